@@ -101,7 +101,7 @@ create table ops.phases (
 );
 -- The claim path reads only these two partial indexes: their size follows the live queue,
 -- not the history (finished phases are in neither).
-create index phases_claimable_idx on ops.phases (priority desc, queued_at, id) where state = 'queued';
+create index phases_claimable_idx on ops.phases (priority desc, queued_at, ordinal, id) where state = 'queued';
 create index phases_lease_expiry_idx on ops.phases (lease_expires_at) where state = 'running';
 create unique index phases_lease_token_idx on ops.phases (lease_token) where lease_token is not null;
 create unique index phases_claim_id_idx on ops.phases (claim_id) where state = 'running';

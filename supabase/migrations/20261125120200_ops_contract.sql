@@ -352,7 +352,7 @@ begin
               and (v_ws is null or p.workspace_id = any (v_ws))
               and (v_run is null or p.run_id = v_run)
               and p.id <> all (v_skip)
-            order by p.priority desc, p.queued_at, p.id
+            order by p.priority desc, p.queued_at, p.ordinal, p.id
             limit 1
             for update skip locked;
             if v_p.id is null then
@@ -373,7 +373,7 @@ begin
             -- the run finished while this phase was locked by us: settle it (protocol rule 3)
             if v_p.state = 'running' and v_r.state = 'cancelled' then
                 update ops.phases p set state = 'cancelled', finished_at = v_now, updated_at = v_now,
-                                        lease_expires_at = null
+                                        lease_expires_at = null, lease_token = null
                 where p.id = v_p.id;
                 perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CANCELLED',
                                          'info', 'cancelled with the run (its lease had expired)', '{}'::jsonb, v_now);
@@ -381,6 +381,8 @@ begin
                 perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'LEASE_EXPIRED',
                     'warning', 'lease expired after the run had finished',
                     jsonb_build_object('attempt', v_p.attempt, 'lease_expires_at', v_p.lease_expires_at), v_now);
+                -- the dead holder's token must not pass for a completion replay
+                update ops.phases p set lease_token = null where p.id = v_p.id;
                 perform ops_private.fail_phase_final(v_p.id, v_r,
                     jsonb_build_object('message', 'lease expired', 'reason', 'lease_expired'), true, v_now);
             else
@@ -396,6 +398,7 @@ begin
                                    'lease_expires_at', v_p.lease_expires_at, 'claimed_by', v_p.claimed_by),
                 v_now);
             if v_p.attempt >= v_p.max_attempts then
+                update ops.phases p set lease_token = null where p.id = v_p.id;
                 perform ops_private.fail_phase_final(v_p.id, v_r,
                     jsonb_build_object('message', 'lease expired on the last attempt', 'reason', 'lease_expired'),
                     true, v_now);

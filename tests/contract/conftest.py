@@ -1,0 +1,155 @@
+"""Fixtures of the contract suite: the ops functions called as PostgREST would call them.
+
+`contract.call(fn, args, as_=principal)` runs one function in one transaction with the
+principal's role and JWT claims set. The suite is written against this one method so that
+it can run over every transport that serves the contract (direct SQL today).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from control_room.db.store import ContractError, acting_as, call
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who calls: a database role (anon, authenticated, service_role) and, for users, a sub."""
+
+    role: str
+    sub: uuid.UUID | None = None
+    label: str = ""
+
+    def __str__(self) -> str:
+        return self.label or self.role
+
+
+SERVICE = Principal("service_role", label="service_role")
+ANON = Principal("anon", label="anon")
+
+
+def user(label: str) -> Principal:
+    return Principal("authenticated", uuid.uuid4(), label)
+
+
+class Contract:
+    """The direct-SQL transport: one connection, one transaction per call."""
+
+    name = "sql"
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def call(
+        self,
+        fn: str,
+        args: dict[str, Any] | None = None,
+        *,
+        as_: Principal = SERVICE,
+        now: datetime | None = None,
+    ) -> Any:
+        with acting_as(
+            self.conn,
+            role=as_.role,
+            sub=str(as_.sub) if as_.sub else None,
+            now=now,
+        ):
+            return call(self.conn, fn, args or {})
+
+    def error(
+        self,
+        fn: str,
+        args: dict[str, Any] | None = None,
+        *,
+        as_: Principal = SERVICE,
+        now: datetime | None = None,
+    ) -> ContractError:
+        """Call and return the ContractError it must raise."""
+        with pytest.raises(ContractError) as info:
+            self.call(fn, args, as_=as_, now=now)
+        return info.value
+
+
+@dataclass
+class World:
+    """Two workspaces with a member of every role in each, made through the contract."""
+
+    w1: str
+    w2: str
+    admin1: Principal
+    dev1: Principal
+    viewer1: Principal
+    exec1: Principal
+    admin2: Principal
+    dev2: Principal
+    viewer2: Principal
+    exec2: Principal
+    members: dict[str, Principal] = field(default_factory=dict)
+
+
+@pytest.fixture
+def contract(conn: psycopg.Connection[Any]) -> Iterator[Contract]:
+    yield Contract(conn)
+
+
+@pytest.fixture
+def world(contract: Contract) -> World:
+    ps = {name: user(name) for name in (
+        "admin1", "dev1", "viewer1", "exec1", "admin2", "dev2", "viewer2", "exec2")}
+    w1 = contract.call("create_workspace", {"slug": "w1", "name": "Workspace 1", "env": "dev"},
+                       as_=ps["admin1"])["id"]
+    w2 = contract.call("create_workspace", {"slug": "w2", "name": "Workspace 2", "env": "prod"},
+                       as_=ps["admin2"])["id"]
+    for ws, suffix in ((w1, "1"), (w2, "2")):
+        for role in ("developer", "viewer", "executor"):
+            short = {"developer": "dev", "viewer": "viewer", "executor": "exec"}[role]
+            contract.call(
+                "add_member",
+                {"workspace_id": ws, "principal_id": str(ps[short + suffix].sub), "role": role},
+                as_=ps["admin" + suffix],
+            )
+    return World(w1=w1, w2=w2, members=ps, **ps)
+
+
+def phase(name: str, kind: str = "python", *deps: str, **extra: Any) -> dict[str, Any]:
+    """One phase spec for create_run."""
+    return {"name": name, "kind": kind, "depends_on": list(deps), **extra}
+
+
+def new_run(
+    contract: Contract,
+    workspace_id: str,
+    phases: list[dict[str, Any]],
+    *,
+    as_: Principal = SERVICE,
+    now: datetime | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    args = {"workspace_id": workspace_id, "spec_slug": "demo", "git_sha": "0123abc",
+            "phases": phases, **extra}
+    result: dict[str, Any] = contract.call("create_run", args, as_=as_, now=now)
+    return result
+
+
+def states(contract: Contract, run_id: str) -> dict[str, str]:
+    """Phase name -> state of a run."""
+    run = contract.call("get_run", {"run_id": run_id})
+    return {p["name"]: p["state"] for p in run["phases"]}
+
+
+def event_types(contract: Contract, run_id: str, phase: str | None = None) -> list[str]:
+    out: list[str] = []
+    after = 0
+    while True:
+        page = contract.call("list_events", {"run_id": run_id, "after": after, "limit": 1000})
+        out += [e["type"] for e in page["events"] if phase is None or e["phase"] == phase]
+        if not page["events"]:
+            return out
+        after = page["next_after"]
