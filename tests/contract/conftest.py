@@ -101,12 +101,16 @@ def contract(conn: psycopg.Connection[Any]) -> Iterator[Contract]:
 
 @pytest.fixture
 def world(contract: Contract) -> World:
-    ps = {name: user(name) for name in (
-        "admin1", "dev1", "viewer1", "exec1", "admin2", "dev2", "viewer2", "exec2")}
-    w1 = contract.call("create_workspace", {"slug": "w1", "name": "Workspace 1", "env": "dev"},
-                       as_=ps["admin1"])["id"]
-    w2 = contract.call("create_workspace", {"slug": "w2", "name": "Workspace 2", "env": "prod"},
-                       as_=ps["admin2"])["id"]
+    ps = {
+        name: user(name)
+        for name in ("admin1", "dev1", "viewer1", "exec1", "admin2", "dev2", "viewer2", "exec2")
+    }
+    w1 = contract.call(
+        "create_workspace", {"slug": "w1", "name": "Workspace 1", "env": "dev"}, as_=ps["admin1"]
+    )["id"]
+    w2 = contract.call(
+        "create_workspace", {"slug": "w2", "name": "Workspace 2", "env": "prod"}, as_=ps["admin2"]
+    )["id"]
     for ws, suffix in ((w1, "1"), (w2, "2")):
         for role in ("developer", "viewer", "executor"):
             short = {"developer": "dev", "viewer": "viewer", "executor": "exec"}[role]
@@ -132,8 +136,13 @@ def new_run(
     now: datetime | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    args = {"workspace_id": workspace_id, "spec_slug": "demo", "git_sha": "0123abc",
-            "phases": phases, **extra}
+    args = {
+        "workspace_id": workspace_id,
+        "spec_slug": "demo",
+        "git_sha": "0123abc",
+        "phases": phases,
+        **extra,
+    }
     result: dict[str, Any] = contract.call("create_run", args, as_=as_, now=now)
     return result
 

@@ -27,7 +27,9 @@ class Clocked:
     def call(self, fn: str, args: dict[str, Any] | None = None, *, as_: Principal = SERVICE) -> Any:
         return self.contract.call(fn, args, as_=as_, now=self.now)
 
-    def error(self, fn: str, args: dict[str, Any] | None = None, *, as_: Principal = SERVICE) -> Any:
+    def error(
+        self, fn: str, args: dict[str, Any] | None = None, *, as_: Principal = SERVICE
+    ) -> Any:
         return self.contract.error(fn, args, as_=as_, now=self.now)
 
     def run(self, world: World, phases: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -37,11 +39,14 @@ class Clocked:
         result: dict[str, Any] | None = self.call("claim_phase", args, as_=world.exec1)
         return result
 
-    def complete(self, world: World, claim: dict[str, Any], outcome: str = "succeeded",
-                 **args: Any) -> dict[str, Any]:
+    def complete(
+        self, world: World, claim: dict[str, Any], outcome: str = "succeeded", **args: Any
+    ) -> dict[str, Any]:
         result: dict[str, Any] = self.call(
-            "complete_phase", {"lease_token": claim["lease_token"], "outcome": outcome, **args},
-            as_=world.exec1)
+            "complete_phase",
+            {"lease_token": claim["lease_token"], "outcome": outcome, **args},
+            as_=world.exec1,
+        )
         return result
 
 
@@ -57,14 +62,25 @@ def run_state(cr: Clocked, run_id: str) -> str:
 
 # --- create_run ------------------------------------------------------------------------------
 
+
 def test_create_run_queues_roots_and_holds_dependents(cr: Clocked, world: World) -> None:
-    run = cr.run(world, [phase("extract"), phase("load", "sql", "extract"),
-                         phase("report", "sql", "extract", "load")])
+    run = cr.run(
+        world,
+        [
+            phase("extract"),
+            phase("load", "sql", "extract"),
+            phase("report", "sql", "extract", "load"),
+        ],
+    )
     assert run["created"] is True
     assert run["state"] == "queued"
     assert run["env"] == "dev"
     assert [p["name"] for p in run["phases"]] == ["extract", "load", "report"]
-    assert states(cr.contract, run["id"]) == {"extract": "queued", "load": "waiting", "report": "waiting"}
+    assert states(cr.contract, run["id"]) == {
+        "extract": "queued",
+        "load": "waiting",
+        "report": "waiting",
+    }
     assert event_types(cr.contract, run["id"]) == ["RUN_CREATED", "PHASE_QUEUED"]
     assert "lease_token" not in run["phases"][0]
 
@@ -82,14 +98,24 @@ def test_create_run_is_idempotent_on_its_key(cr: Clocked, world: World) -> None:
     assert again["created"] is False
     listed = cr.call("list_runs", {"workspace_id": world.w1})["runs"]
     assert [r["id"] for r in listed] == [first["id"]]
-    other = cr.contract.error("create_run", {
-        "workspace_id": world.w1, "spec_slug": "demo", "git_sha": "fedcba9", "phases": phases,
-        "idempotency_key": "nightly-2030-01-01"}, as_=world.dev1, now=cr.now)
+    other = cr.contract.error(
+        "create_run",
+        {
+            "workspace_id": world.w1,
+            "spec_slug": "demo",
+            "git_sha": "fedcba9",
+            "phases": phases,
+            "idempotency_key": "nightly-2030-01-01",
+        },
+        as_=world.dev1,
+        now=cr.now,
+    )
     assert (other.status, other.code) == (409, "conflict")
     assert "idempotency_key" in other.message
 
 
 # --- claim_phase -----------------------------------------------------------------------------
+
 
 def test_claim_takes_priority_then_age(cr: Clocked, world: World) -> None:
     old = cr.run(world, [phase("old")])
@@ -118,8 +144,12 @@ def test_claim_filters_by_kind_run_and_workspace(cr: Clocked, world: World) -> N
 
 
 def test_claim_returns_the_lease_and_what_the_phase_needs(cr: Clocked, world: World) -> None:
-    run = cr.run(world, [phase("a", params={"table": "bronze.orders"}), phase("b", "sql", "a")],
-                 input_manifest={"odoo": "blake3:" + "0" * 64}, labels={"team": "finance"})
+    run = cr.run(
+        world,
+        [phase("a", params={"table": "bronze.orders"}), phase("b", "sql", "a")],
+        input_manifest={"odoo": "blake3:" + "0" * 64},
+        labels={"team": "finance"},
+    )
     claim = cr.claim(world, lease_seconds=30)
     assert claim is not None
     assert claim["params"] == {"table": "bronze.orders"}
@@ -135,22 +165,29 @@ def test_claim_returns_the_lease_and_what_the_phase_needs(cr: Clocked, world: Wo
     assert run_state(cr, run["id"]) == "running"
 
 
-def test_claim_retried_with_the_same_claim_id_returns_the_same_lease(cr: Clocked, world: World) -> None:
+def test_claim_retried_with_the_same_claim_id_returns_the_same_lease(
+    cr: Clocked, world: World
+) -> None:
     cr.run(world, [phase("a"), phase("b")])
     claim_id = str(uuid.uuid4())
     first = cr.claim(world, claim_id=claim_id)
     again = cr.claim(world, claim_id=claim_id)
     assert first is not None and again is not None
     assert (again["phase_id"], again["lease_token"], again["attempt"]) == (
-        first["phase_id"], first["lease_token"], first["attempt"])
+        first["phase_id"],
+        first["lease_token"],
+        first["attempt"],
+    )
     # a fresh claim id gets the other phase; the replay wrote no second PHASE_CLAIMED
     other = cr.claim(world, claim_id=str(uuid.uuid4()))
     assert other is not None and other["phase_id"] != first["phase_id"]
     assert event_types(cr.contract, first["run_id"]).count("PHASE_CLAIMED") == 2
     # someone else presenting that claim id is refused
-    thief = cr.contract.call("add_member", {"workspace_id": world.w1,
-                                            "principal_id": str(world.exec2.sub), "role": "executor"},
-                             as_=world.admin1)
+    thief = cr.contract.call(
+        "add_member",
+        {"workspace_id": world.w1, "principal_id": str(world.exec2.sub), "role": "executor"},
+        as_=world.admin1,
+    )
     assert thief["role"] == "executor"
     err = cr.error("claim_phase", {"claim_id": claim_id}, as_=world.exec2)
     assert (err.status, err.code) == (409, "conflict")
@@ -160,22 +197,25 @@ def test_nothing_runnable_returns_null(cr: Clocked, world: World) -> None:
     assert cr.claim(world) is None
     cr.run(world, [phase("a"), phase("b", "python", "a")])
     assert cr.claim(world) is not None
-    assert cr.claim(world) is None   # b waits for a
+    assert cr.claim(world) is None  # b waits for a
 
 
 # --- heartbeat ------------------------------------------------------------------------------
+
 
 def test_heartbeat_extends_the_lease_and_keeps_progress(cr: Clocked, world: World) -> None:
     cr.run(world, [phase("a")])
     claim = cr.claim(world, lease_seconds=20)
     assert claim is not None
     cr.advance(15)
-    beat = cr.call("heartbeat", {"lease_token": claim["lease_token"], "progress": {"pct": 40}},
-                   as_=world.exec1)
+    beat = cr.call(
+        "heartbeat", {"lease_token": claim["lease_token"], "progress": {"pct": 40}}, as_=world.exec1
+    )
     assert beat["cancel_requested"] is False
     assert datetime.fromisoformat(beat["lease_expires_at"]) == cr.now + timedelta(seconds=20)
-    beat = cr.call("heartbeat", {"lease_token": claim["lease_token"], "lease_seconds": 120},
-                   as_=world.exec1)
+    beat = cr.call(
+        "heartbeat", {"lease_token": claim["lease_token"], "lease_seconds": 120}, as_=world.exec1
+    )
     assert datetime.fromisoformat(beat["lease_expires_at"]) == cr.now + timedelta(seconds=120)
     run = cr.call("get_run", {"run_id": claim["run_id"]})
     assert run["phases"][0]["progress"] == {"pct": 40}
@@ -187,9 +227,14 @@ def test_heartbeat_extends_the_lease_and_keeps_progress(cr: Clocked, world: Worl
 
 # --- complete_phase: success and the DAG ------------------------------------------------------
 
-def test_success_releases_dependents_once_all_their_dependencies_succeeded(cr: Clocked, world: World) -> None:
-    run = cr.run(world, [phase("a"), phase("b", "sql", "a"), phase("c", "sql", "a"),
-                         phase("d", "sql", "b", "c")])
+
+def test_success_releases_dependents_once_all_their_dependencies_succeeded(
+    cr: Clocked, world: World
+) -> None:
+    run = cr.run(
+        world,
+        [phase("a"), phase("b", "sql", "a"), phase("c", "sql", "a"), phase("d", "sql", "b", "c")],
+    )
     a = cr.claim(world)
     assert a is not None
     done = cr.complete(world, a, output_manifest={"rows": 1})
@@ -229,10 +274,16 @@ def test_completing_twice_with_the_same_token_is_a_replay(cr: Clocked, world: Wo
 
 # --- failure: retries with backoff, final failure, skip propagation ---------------------------
 
+
 def test_failures_retry_with_capped_exponential_jittered_backoff(cr: Clocked, world: World) -> None:
-    run = cr.run(world, [phase("flaky", max_attempts=4, retry_backoff_seconds=10,
-                               retry_backoff_max_seconds=25), phase("after", "sql", "flaky")])
-    nominal = {1: 10.0, 2: 20.0, 3: 25.0}   # base * 2^(attempt-1), capped at 25
+    run = cr.run(
+        world,
+        [
+            phase("flaky", max_attempts=4, retry_backoff_seconds=10, retry_backoff_max_seconds=25),
+            phase("after", "sql", "flaky"),
+        ],
+    )
+    nominal = {1: 10.0, 2: 20.0, 3: 25.0}  # base * 2^(attempt-1), capped at 25
     for attempt in (1, 2, 3):
         claim = cr.claim(world)
         assert claim is not None and claim["attempt"] == attempt
@@ -240,7 +291,7 @@ def test_failures_retry_with_capped_exponential_jittered_backoff(cr: Clocked, wo
         assert result["phase_state"] == "queued"
         delay = (datetime.fromisoformat(result["not_before"]) - cr.now).total_seconds()
         assert nominal[attempt] / 2 <= delay <= nominal[attempt], (attempt, delay)
-        assert cr.claim(world) is None            # not before the backoff has passed
+        assert cr.claim(world) is None  # not before the backoff has passed
         cr.advance(delay)
     last = cr.claim(world)
     assert last is not None and last["attempt"] == 4
@@ -256,23 +307,33 @@ def test_failures_retry_with_capped_exponential_jittered_backoff(cr: Clocked, wo
     assert final["phases"][0]["error"] == {"message": "boom 4"}
 
 
-def test_a_terminal_error_fails_at_once_and_skips_what_has_not_started(cr: Clocked, world: World) -> None:
-    run = cr.run(world, [phase("a"), phase("b"), phase("c"), phase("a2", "sql", "a"),
-                         phase("c2", "sql", "c")])
+def test_a_terminal_error_fails_at_once_and_skips_what_has_not_started(
+    cr: Clocked, world: World
+) -> None:
+    run = cr.run(
+        world,
+        [phase("a"), phase("b"), phase("c"), phase("a2", "sql", "a"), phase("c2", "sql", "c")],
+    )
     a = cr.claim(world)
     c = cr.claim(world, run_id=run["id"])
     assert a is not None and a["name"] == "a"
-    assert c is not None and c["name"] == "b"   # b is next in line; c stays queued
+    assert c is not None and c["name"] == "b"  # b is next in line; c stays queued
     result = cr.complete(world, a, "failed", error="bad credentials", retryable=False)
     assert (result["phase_state"], result["run_state"]) == ("failed", "failed")
     assert states(cr.contract, run["id"]) == {
-        "a": "failed", "b": "running", "c": "skipped", "a2": "skipped", "c2": "skipped"}
+        "a": "failed",
+        "b": "running",
+        "c": "skipped",
+        "a2": "skipped",
+        "c2": "skipped",
+    }
     # the phase already running may finish; its success releases nothing in a failed run
     late = cr.complete(world, c)
     assert late["phase_state"] == "succeeded" and late["run_state"] == "failed"
     assert cr.claim(world) is None
     assert cr.call("get_run", {"run_id": run["id"]})["phases"][0]["error"] == {
-        "message": "bad credentials"}
+        "message": "bad credentials"
+    }
 
 
 def test_a_failure_in_a_failed_run_is_not_retried(cr: Clocked, world: World) -> None:
@@ -288,12 +349,15 @@ def test_a_failure_in_a_failed_run_is_not_retried(cr: Clocked, world: World) -> 
 
 # --- leases ---------------------------------------------------------------------------------
 
-def test_an_expired_lease_is_reclaimed_and_counted_as_a_failed_attempt(cr: Clocked, world: World) -> None:
+
+def test_an_expired_lease_is_reclaimed_and_counted_as_a_failed_attempt(
+    cr: Clocked, world: World
+) -> None:
     run = cr.run(world, [phase("a", max_attempts=3)])
     first = cr.claim(world, lease_seconds=30)
     assert first is not None
     cr.advance(29)
-    assert cr.claim(world) is None                 # still leased
+    assert cr.claim(world) is None  # still leased
     cr.advance(2)
     second = cr.claim(world, lease_seconds=30)
     assert second is not None
@@ -314,10 +378,25 @@ def test_a_stale_lease_token_is_refused_everywhere(cr: Clocked, world: World) ->
     token = stale["lease_token"]
     calls: list[tuple[str, dict[str, Any]]] = [
         ("heartbeat", {"lease_token": token}),
-        ("append_events", {"run_id": run["id"], "lease_token": token, "events": [
-            {"event_id": str(uuid.uuid4()), "phase": "a", "type": "LOG", "message": "late"}]}),
-        ("register_artifact", {"lease_token": token, "digest": "blake3:" + "1" * 64,
-                               "uri": "file:///tmp/x", "size_bytes": 1}),
+        (
+            "append_events",
+            {
+                "run_id": run["id"],
+                "lease_token": token,
+                "events": [
+                    {"event_id": str(uuid.uuid4()), "phase": "a", "type": "LOG", "message": "late"}
+                ],
+            },
+        ),
+        (
+            "register_artifact",
+            {
+                "lease_token": token,
+                "digest": "blake3:" + "1" * 64,
+                "uri": "file:///tmp/x",
+                "size_bytes": 1,
+            },
+        ),
         ("complete_phase", {"lease_token": token, "outcome": "succeeded"}),
     ]
     before = cr.call("get_run", {"run_id": run["id"]})["last_event_seq"]
@@ -344,29 +423,54 @@ def test_a_lease_expiring_on_the_last_attempt_fails_the_run(cr: Clocked, world: 
     assert run_state(cr, run["id"]) == "failed"
     types = event_types(cr.contract, run["id"])
     assert types[-4:] == ["LEASE_EXPIRED", "PHASE_FAILED", "RUN_FAILED", "PHASE_SKIPPED"]
-    err = cr.error("complete_phase", {"lease_token": claim["lease_token"], "outcome": "succeeded"},
-                   as_=world.exec1)
+    err = cr.error(
+        "complete_phase",
+        {"lease_token": claim["lease_token"], "outcome": "succeeded"},
+        as_=world.exec1,
+    )
     assert (err.status, err.code) == (409, "lease_lost")
 
 
 # --- events ----------------------------------------------------------------------------------
 
+
 def test_events_are_deduplicated_and_paged_by_a_gap_free_cursor(cr: Clocked, world: World) -> None:
     run = cr.run(world, [phase("a")])
     claim = cr.claim(world)
     assert claim is not None
-    batch = [{"event_id": str(uuid.uuid4()), "phase": "a", "type": "LOG", "level": "info",
-              "message": f"line {i}", "payload": {"i": i}} for i in range(25)]
-    batch.append(dict(batch[3]))                   # a duplicate inside the batch
-    first = cr.call("append_events", {"run_id": run["id"], "events": batch,
-                                      "lease_token": claim["lease_token"]}, as_=world.exec1)
+    batch = [
+        {
+            "event_id": str(uuid.uuid4()),
+            "phase": "a",
+            "type": "LOG",
+            "level": "info",
+            "message": f"line {i}",
+            "payload": {"i": i},
+        }
+        for i in range(25)
+    ]
+    batch.append(dict(batch[3]))  # a duplicate inside the batch
+    first = cr.call(
+        "append_events",
+        {"run_id": run["id"], "events": batch, "lease_token": claim["lease_token"]},
+        as_=world.exec1,
+    )
     assert (first["appended"], first["duplicates"]) == (25, 1)
-    again = cr.call("append_events", {"run_id": run["id"], "events": batch[:10],
-                                      "lease_token": claim["lease_token"]}, as_=world.exec1)
+    again = cr.call(
+        "append_events",
+        {"run_id": run["id"], "events": batch[:10], "lease_token": claim["lease_token"]},
+        as_=world.exec1,
+    )
     assert (again["appended"], again["duplicates"]) == (0, 10)
     # run-level events need no lease; developers may write them
-    cr.call("append_events", {"run_id": run["id"], "events": [
-        {"event_id": str(uuid.uuid4()), "type": "NOTE", "message": "deploy window"}]}, as_=world.dev1)
+    cr.call(
+        "append_events",
+        {
+            "run_id": run["id"],
+            "events": [{"event_id": str(uuid.uuid4()), "type": "NOTE", "message": "deploy window"}],
+        },
+        as_=world.dev1,
+    )
     seqs: list[int] = []
     after = 0
     while True:
@@ -387,14 +491,18 @@ def test_an_event_naming_a_phase_needs_that_phases_live_lease(cr: Clocked, world
     b = cr.claim(world)
     assert a is not None and b is not None
     event = {"event_id": str(uuid.uuid4()), "phase": b["name"], "type": "PHASE_PROGRESS"}
-    err = cr.error("append_events", {"run_id": run["id"], "events": [event],
-                                     "lease_token": a["lease_token"]}, as_=world.exec1)
+    err = cr.error(
+        "append_events",
+        {"run_id": run["id"], "events": [event], "lease_token": a["lease_token"]},
+        as_=world.exec1,
+    )
     assert err.code == "lease_lost"
     missing = cr.error("append_events", {"run_id": run["id"], "events": [event]}, as_=world.exec1)
     assert (missing.status, missing.code) == (400, "invalid_argument")
 
 
 # --- artifacts ---------------------------------------------------------------------------------
+
 
 def test_artifacts_are_immutable_and_shared_by_digest(cr: Clocked, world: World) -> None:
     digest = "blake3:" + "ab" * 32
@@ -403,41 +511,68 @@ def test_artifacts_are_immutable_and_shared_by_digest(cr: Clocked, world: World)
     c1 = cr.claim(world, run_id=run1["id"])
     c2 = cr.claim(world, run_id=run2["id"])
     assert c1 is not None and c2 is not None
-    args = {"digest": digest, "uri": "s3://lake/blobs/ab/abab", "size_bytes": 1234,
-            "media_type": "application/vnd.apache.parquet", "kind": "table", "name": "silver.orders"}
-    first = cr.call("register_artifact", {"lease_token": c1["lease_token"], **args}, as_=world.exec1)
+    args = {
+        "digest": digest,
+        "uri": "s3://lake/blobs/ab/abab",
+        "size_bytes": 1234,
+        "media_type": "application/vnd.apache.parquet",
+        "kind": "table",
+        "name": "silver.orders",
+    }
+    first = cr.call(
+        "register_artifact", {"lease_token": c1["lease_token"], **args}, as_=world.exec1
+    )
     assert (first["created"], first["linked"]) == (True, True)
     same = cr.call("register_artifact", {"lease_token": c1["lease_token"], **args}, as_=world.exec1)
     assert (same["created"], same["linked"]) == (False, False)
-    other = cr.call("register_artifact", {"lease_token": c2["lease_token"], **args,
-                                          "uri": "s3://elsewhere"}, as_=world.exec1)
+    other = cr.call(
+        "register_artifact",
+        {"lease_token": c2["lease_token"], **args, "uri": "s3://elsewhere"},
+        as_=world.exec1,
+    )
     assert (other["created"], other["linked"]) == (False, True)
-    assert other["uri"] == "s3://lake/blobs/ab/abab"       # the first registration stands
-    err = cr.error("register_artifact", {"lease_token": c2["lease_token"], **args, "size_bytes": 9},
-                   as_=world.exec1)
+    assert other["uri"] == "s3://lake/blobs/ab/abab"  # the first registration stands
+    err = cr.error(
+        "register_artifact",
+        {"lease_token": c2["lease_token"], **args, "size_bytes": 9},
+        as_=world.exec1,
+    )
     assert (err.status, err.code) == (409, "conflict")
     by_digest = cr.call("list_artifacts", {"digest": digest})["artifacts"]
     assert sorted(a["run_id"] for a in by_digest) == sorted([run1["id"], run2["id"]])
     by_run = cr.call("list_artifacts", {"run_id": run1["id"]})["artifacts"]
-    assert [(a["name"], a["role"], a["size_bytes"]) for a in by_run] == [("silver.orders", "output", 1234)]
+    assert [(a["name"], a["role"], a["size_bytes"]) for a in by_run] == [
+        ("silver.orders", "output", 1234)
+    ]
     assert "ARTIFACT_REGISTERED" in event_types(cr.contract, run1["id"])
 
 
 # --- cancel_run --------------------------------------------------------------------------------
 
+
 def test_cancel_reaches_the_running_phase_through_its_heartbeat(cr: Clocked, world: World) -> None:
     run = cr.run(world, [phase("a"), phase("b"), phase("c", "sql", "a")])
     running = cr.claim(world)
     assert running is not None and running["name"] == "a"
-    cancelled = cr.call("cancel_run", {"run_id": run["id"], "reason": "wrong inputs"}, as_=world.dev1)
+    cancelled = cr.call(
+        "cancel_run", {"run_id": run["id"], "reason": "wrong inputs"}, as_=world.dev1
+    )
     assert cancelled["state"] == "cancelled" and cancelled["cancel_reason"] == "wrong inputs"
     assert states(cr.contract, run["id"]) == {"a": "cancelled", "b": "cancelled", "c": "cancelled"}
     beat = cr.call("heartbeat", {"lease_token": running["lease_token"]}, as_=world.exec1)
     assert beat["cancel_requested"] is True
     # the executor may still flush its logs, then reports and stops
-    cr.call("append_events", {"run_id": run["id"], "lease_token": running["lease_token"], "events": [
-        {"event_id": str(uuid.uuid4()), "phase": "a", "type": "LOG", "message": "stopping"}]},
-        as_=world.exec1)
+    cr.call(
+        "append_events",
+        {
+            "run_id": run["id"],
+            "lease_token": running["lease_token"],
+            "events": [
+                {"event_id": str(uuid.uuid4()), "phase": "a", "type": "LOG", "message": "stopping"}
+            ],
+        },
+        as_=world.exec1,
+    )
     stop = cr.complete(world, running, "failed", error={"message": "cancelled"})
     assert (stop["phase_state"], stop["run_state"]) == ("cancelled", "cancelled")
     assert cr.claim(world) is None
@@ -472,6 +607,7 @@ def test_a_cancelled_phase_whose_executor_died_is_not_reclaimed(cr: Clocked, wor
 
 # --- complete_run ------------------------------------------------------------------------------
 
+
 def test_complete_run_finalizes_once(cr: Clocked, world: World) -> None:
     run = cr.run(world, [phase("a")])
     early = cr.error("complete_run", {"run_id": run["id"]}, as_=world.exec1)
@@ -481,23 +617,39 @@ def test_complete_run_finalizes_once(cr: Clocked, world: World) -> None:
     assert claim is not None
     cr.complete(world, claim, output_manifest={"rows": 3})
     manifest = {"gold.revenue": "blake3:" + "c" * 64}
-    done = cr.call("complete_run", {"run_id": run["id"], "output_manifest": manifest}, as_=world.exec1)
+    done = cr.call(
+        "complete_run", {"run_id": run["id"], "output_manifest": manifest}, as_=world.exec1
+    )
     assert done["state"] == "succeeded" and done["output_manifest"] == manifest
     assert done["finalized_at"] is not None
-    again = cr.call("complete_run", {"run_id": run["id"], "output_manifest": manifest}, as_=world.exec1)
+    again = cr.call(
+        "complete_run", {"run_id": run["id"], "output_manifest": manifest}, as_=world.exec1
+    )
     assert again["finalized_at"] == done["finalized_at"]
-    assert cr.call("complete_run", {"run_id": run["id"]}, as_=world.dev1)["output_manifest"] == manifest
-    err = cr.error("complete_run", {"run_id": run["id"], "output_manifest": {"other": 1}},
-                   as_=world.exec1)
+    assert (
+        cr.call("complete_run", {"run_id": run["id"]}, as_=world.dev1)["output_manifest"]
+        == manifest
+    )
+    err = cr.error(
+        "complete_run", {"run_id": run["id"], "output_manifest": {"other": 1}}, as_=world.exec1
+    )
     assert err.code == "conflict"
     assert event_types(cr.contract, run["id"]).count("RUN_FINALIZED") == 1
 
 
 # --- retry_run ---------------------------------------------------------------------------------
 
+
 def test_retry_run_keeps_succeeded_phases_and_requeues_the_rest(cr: Clocked, world: World) -> None:
-    parent = cr.run(world, [phase("extract"), phase("transform", "sql", "extract"),
-                            phase("publish", "sql", "transform"), phase("side")])
+    parent = cr.run(
+        world,
+        [
+            phase("extract"),
+            phase("transform", "sql", "extract"),
+            phase("publish", "sql", "transform"),
+            phase("side"),
+        ],
+    )
     extract = cr.claim(world)
     assert extract is not None and extract["name"] == "extract"
     cr.complete(world, extract, output_manifest={"rows": 42})
@@ -515,7 +667,11 @@ def test_retry_run_keeps_succeeded_phases_and_requeues_the_rest(cr: Clocked, wor
     assert (child["spec_slug"], child["git_sha"]) == (parent["spec_slug"], parent["git_sha"])
     by_name = {p["name"]: p for p in child["phases"]}
     assert {n: p["state"] for n, p in by_name.items()} == {
-        "extract": "succeeded", "transform": "queued", "publish": "waiting", "side": "succeeded"}
+        "extract": "succeeded",
+        "transform": "queued",
+        "publish": "waiting",
+        "side": "succeeded",
+    }
     assert by_name["extract"]["output_manifest"] == {"rows": 42}
     assert by_name["extract"]["reused_from_phase_id"] == extract["phase_id"]
     assert by_name["transform"]["attempt"] == 0
@@ -554,17 +710,25 @@ def test_a_cancelled_run_can_be_retried(cr: Clocked, world: World) -> None:
 
 # --- reads and audit ---------------------------------------------------------------------------
 
+
 def test_list_runs_filters_and_pages(cr: Clocked, world: World) -> None:
     ids = []
     for i in range(7):
         cr.advance(1)
-        ids.append(cr.run(world, [phase("a")], labels={"batch": "x" if i % 2 else "y"},
-                          spec_slug="odoo" if i < 3 else "demo")["id"])
+        ids.append(
+            cr.run(
+                world,
+                [phase("a")],
+                labels={"batch": "x" if i % 2 else "y"},
+                spec_slug="odoo" if i < 3 else "demo",
+            )["id"]
+        )
     seen: list[str] = []
     cursor = None
     while True:
-        page = cr.call("list_runs", {"workspace_id": world.w1, "limit": 3, "cursor": cursor},
-                       as_=world.viewer1)
+        page = cr.call(
+            "list_runs", {"workspace_id": world.w1, "limit": 3, "cursor": cursor}, as_=world.viewer1
+        )
         seen += [r["id"] for r in page["runs"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -586,7 +750,9 @@ def test_mutating_calls_are_audited(cr: Clocked, world: World) -> None:
     cr.complete(world, claim)
     rows = cr.contract.conn.execute(
         "select function_name, principal_id::text, target_id from ops.audit_log"
-        " where workspace_id = %s order by id", (world.w1,)).fetchall()
+        " where workspace_id = %s order by id",
+        (world.w1,),
+    ).fetchall()
     cr.contract.conn.rollback()
     functions = [r[0] for r in rows]
     assert functions[:1] == ["create_workspace"]

@@ -1,0 +1,105 @@
+-- Every static query the Python code runs, by name. Loaded by control_room.db.queries.
+-- A block starts with a `-- name: <name>` line and runs to the next one.
+
+-- ---------------------------------------------------------------------------------------------
+-- migrations (control_room.db.migrate)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: advisory_lock
+select pg_catalog.pg_advisory_lock(%(key)s::bigint);
+
+-- name: advisory_unlock
+select pg_catalog.pg_advisory_unlock(%(key)s::bigint);
+
+-- name: detect_platform
+select
+    exists (select 1 from pg_catalog.pg_roles where rolname = 'supabase_admin')
+        or pg_catalog.to_regclass('auth.users') is not null as is_supabase,
+    pg_catalog.to_regprocedure('auth.uid()') is not null as has_auth_uid;
+
+-- name: history_table_exists
+select pg_catalog.to_regclass('supabase_migrations.schema_migrations') is not null;
+
+-- name: create_history_table
+-- The statements of supabase/cli pkg/migration/history.go CreateMigrationTable, verbatim.
+SET LOCAL lock_timeout = '4s';
+CREATE SCHEMA IF NOT EXISTS supabase_migrations;
+CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (version text NOT NULL PRIMARY KEY);
+ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[];
+ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text;
+
+-- name: select_history
+SELECT version, coalesce(name, '') AS name, statements
+FROM supabase_migrations.schema_migrations
+ORDER BY version;
+
+-- name: insert_history
+INSERT INTO supabase_migrations.schema_migrations (version, name, statements)
+VALUES (%(version)s, %(name)s, %(statements)s::text[]);
+
+-- ---------------------------------------------------------------------------------------------
+-- contract calls (control_room.db.store)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: function_signatures
+-- One row per overload of schema.fn. Arrays cover all arguments (IN, OUT, INOUT, VARIADIC,
+-- TABLE); arg_modes is empty when every argument is IN.
+select
+    p.oid::bigint as oid,
+    coalesce(p.proargnames, '{}') as arg_names,
+    coalesce(p.proargmodes::text[], '{}') as arg_modes,
+    array(
+        select pg_catalog.format_type(t.oid, null)
+        from pg_catalog.unnest(coalesce(p.proallargtypes, p.proargtypes::oid[]))
+            with ordinality as t(oid, ord)
+        order by t.ord
+    ) as arg_types,
+    p.pronargdefaults::int as n_defaults,
+    p.proretset as returns_set,
+    pg_catalog.format_type(p.prorettype, null) as return_type,
+    rt.typtype::text as return_typtype
+from pg_catalog.pg_proc as p
+join pg_catalog.pg_namespace as n on n.oid = p.pronamespace
+join pg_catalog.pg_type as rt on rt.oid = p.prorettype
+where n.nspname = %(schema)s
+  and p.proname = %(fn)s
+  and p.prokind = 'f'
+order by p.oid;
+
+-- name: set_statement_timeout
+select pg_catalog.set_config('statement_timeout', %(ms)s, false);
+
+-- name: set_request_context
+-- What PostgREST runs at the start of each request's transaction (PreQuery.hs txVarQuery).
+select
+    pg_catalog.set_config('search_path', 'ops, public, extensions', true),
+    pg_catalog.set_config('role', %(role)s, true),
+    pg_catalog.set_config('request.jwt.claims', %(claims)s, true);
+
+-- name: set_clock
+-- Test-only clock override read by the ops functions.
+select pg_catalog.set_config('control_room.now', %(now)s, true);
+
+-- ---------------------------------------------------------------------------------------------
+-- status (control-room status)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: server_info
+select
+    pg_catalog.current_setting('server_version') as server_version,
+    pg_catalog.current_database() as database,
+    pg_catalog.to_regnamespace('ops') is not null as has_ops,
+    pg_catalog.to_regclass('supabase_migrations.schema_migrations') is not null as has_history;
+
+-- name: migration_summary
+select pg_catalog.count(*)::int as applied, pg_catalog.max(version) as latest
+from supabase_migrations.schema_migrations;
+
+-- name: count_workspaces
+select pg_catalog.count(*)::int from ops.workspaces;
+
+-- name: runs_by_state
+select state, pg_catalog.count(*)::int from ops.runs group by 1 order by 1;
+
+-- name: phases_by_state
+select state, pg_catalog.count(*)::int from ops.phases group by 1 order by 1;

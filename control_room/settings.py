@@ -1,0 +1,69 @@
+"""The one settings object, built at the entry points and passed down.
+
+Values come from keyword overrides, then `CONTROL_ROOM_*` environment variables, then
+defaults. Nothing here writes into `os.environ`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CONTROL_ROOM_"
+
+
+def default_migrations_dir() -> Path:
+    """`supabase/migrations` next to the directory holding the `control_room` package.
+
+    With an editable install (the normal way to work on this repo) that is the repo's own
+    `supabase/migrations`.
+    """
+    return Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets a settings field, e.g. `CONTROL_ROOM_DATABASE_URL`."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class Settings(BaseSettings):
+    """Configuration of the control room. Frozen: build a new one instead of mutating."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        env_ignore_empty=True,
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL conninfo URL; None means the embedded server under state_dir.",
+    )
+    state_dir: Path = Field(
+        default=Path(".control-room"),
+        description="Where local state lives: the embedded server's data, logs and port.",
+    )
+    migrations_dir: Path = Field(
+        default_factory=default_migrations_dir,
+        description="The Supabase CLI migrations directory (supabase/migrations).",
+    )
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    @field_validator("state_dir", "migrations_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; keyword overrides win over the environment.
+
+    An override whose value is None counts as "not given" (so CLI options that were not
+    passed fall back to the environment and the defaults).
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**given)

@@ -1,0 +1,1 @@
+"""Stateless workers that claim phases over the contract and run them on the data plane."""

@@ -1,0 +1,74 @@
+"""Shared fixtures: a real PostgreSQL server, a migrated template, a fresh clone per test.
+
+The server is `$CONTROL_ROOM_TEST_ADMIN_URL` if set, else the system PostgreSQL at
+127.0.0.1:5432 when it answers, else an embedded server started under a temporary
+directory for the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from control_room.local import EmbeddedPostgres
+from tests.helpers import (
+    SYSTEM_ADMIN_URL,
+    admin_url_from_env,
+    server_answers,
+    template_database,
+    temporary_database,
+)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A superuser URL of the server the tests create their databases on."""
+    configured = admin_url_from_env()
+    if configured is not None:
+        yield configured
+        return
+    if server_answers(SYSTEM_ADMIN_URL):
+        yield SYSTEM_ADMIN_URL
+        return
+    with EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg")) as server:
+        url = server.url
+        assert url is not None
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> Iterator[str]:
+    """Name of a database migrated with the repo's supabase/migrations (built once)."""
+    with template_database(pg_admin_url) as name:
+        yield name
+
+
+@pytest.fixture
+def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    """URL of a fresh clone of the migrated template, dropped after the test."""
+    with temporary_database(pg_admin_url, template=template_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    """Like `db_url`, but one clone shared by every test of a module."""
+    with temporary_database(pg_admin_url, template=template_db, suffix="mod") as url:
+        yield url
+
+
+@pytest.fixture
+def empty_db_url(pg_admin_url: str) -> Iterator[str]:
+    """URL of a fresh, empty database (no shim, no migrations), dropped after the test."""
+    with temporary_database(pg_admin_url, suffix="empty") as url:
+        yield url
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection (autocommit off) to the test's fresh database."""
+    with psycopg.connect(db_url) as connection:
+        yield connection

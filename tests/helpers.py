@@ -1,0 +1,117 @@
+"""Throwaway PostgreSQL databases for tests: admin server, migrated template, clones.
+
+Every database a test uses is created here with a unique `crtest_<random>` name and
+dropped afterwards. The migrated template is built once per session; each test gets a
+clone of it (`create database X template Y`), which is much faster than migrating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from control_room.db.migrate import migrate
+from control_room.settings import default_migrations_dir
+
+SYSTEM_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN_URL_ENV = "CONTROL_ROOM_TEST_ADMIN_URL"
+REPO_MIGRATIONS = default_migrations_dir()
+
+
+def server_answers(url: str, timeout: int = 3) -> bool:
+    """Whether a server accepts a connection at `url`."""
+    try:
+        with psycopg.connect(url, connect_timeout=timeout) as conn:
+            conn.execute("select 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def admin_url_from_env() -> str | None:
+    return os.environ.get(ADMIN_URL_ENV) or None
+
+
+def unique_name(suffix: str = "") -> str:
+    """`crtest_<random>[_suffix]`: a database name no other test run will pick."""
+    name = f"crtest_{secrets.token_hex(5)}"
+    return f"{name}_{suffix}" if suffix else name
+
+
+def database_url(admin_url: str, dbname: str) -> str:
+    """`admin_url` pointed at another database of the same server."""
+    params: dict[str, Any] = conninfo_to_dict(admin_url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+def _admin(admin_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(admin_url, autocommit=True, connect_timeout=10)
+
+
+def create_database(admin_url: str, name: str | None = None, *, template: str | None = None) -> str:
+    """Create a database (optionally cloned from `template`); return its name."""
+    name = name or unique_name()
+    statement = sql.SQL("create database {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" template {}").format(sql.Identifier(template))
+    with _admin(admin_url) as conn:
+        conn.execute(statement)
+    return name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Terminate the database's connections and drop it (no error if it is gone)."""
+    with _admin(admin_url) as conn:
+        conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where datname = %s and pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+
+
+@contextlib.contextmanager
+def temporary_database(admin_url: str, *, template: str | None = None,
+                       suffix: str = "") -> Iterator[str]:
+    """A fresh database for the block (a clone of `template` if given); yields its URL."""
+    name = create_database(admin_url, unique_name(suffix), template=template)
+    try:
+        yield database_url(admin_url, name)
+    finally:
+        drop_database(admin_url, name)
+
+
+def create_template(admin_url: str, migrations_dir: Path = REPO_MIGRATIONS) -> str:
+    """A new `crtest_<random>_tpl` database with every migration applied; returns its name.
+
+    Clone it with `create_database(admin_url, template=name)`; drop it with
+    `drop_database(admin_url, name)`. It must have no open connection while being cloned.
+    """
+    name = create_database(admin_url, unique_name("tpl"))
+    try:
+        migrate(database_url(admin_url, name), migrations_dir)
+    except BaseException:
+        drop_database(admin_url, name)
+        raise
+    return name
+
+
+@contextlib.contextmanager
+def template_database(admin_url: str, migrations_dir: Path = REPO_MIGRATIONS) -> Iterator[str]:
+    """`create_template` for the duration of a block; yields the template's name."""
+    name = create_template(admin_url, migrations_dir)
+    try:
+        yield name
+    finally:
+        drop_database(admin_url, name)

@@ -1,0 +1,89 @@
+"""The control-room command line, against a real database."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from control_room.cli import app
+from control_room.db.migrate import load_migrations
+from tests.helpers import REPO_MIGRATIONS
+
+runner = CliRunner()
+
+
+def test_status_prints_the_applied_migration_count(db_url: str) -> None:
+    result = runner.invoke(app, ["status", "--database-url", db_url])
+    assert result.exit_code == 0, result.output
+    expected = len(load_migrations(REPO_MIGRATIONS))
+    assert re.search(rf"migrations applied\s+{expected}\b", result.stdout), result.stdout
+    assert "PostgreSQL" in result.stdout
+
+
+def test_status_reads_the_url_from_the_environment(db_url: str) -> None:
+    result = runner.invoke(app, ["status"], env={"CONTROL_ROOM_DATABASE_URL": db_url})
+    assert result.exit_code == 0, result.output
+    assert "migrations applied" in result.stdout
+
+
+def test_status_of_a_database_without_ops(empty_db_url: str) -> None:
+    result = runner.invoke(app, ["status", "--database-url", empty_db_url])
+    assert result.exit_code == 0, result.output
+    assert "schema ops is missing" in result.stdout
+
+
+def test_migrate_check_on_a_migrated_database(db_url: str) -> None:
+    result = runner.invoke(app, ["migrate", "--check", "--database-url", db_url])
+    assert result.exit_code == 0, result.output
+    assert "Nothing pending" in result.stdout
+
+
+def test_migrate_check_reports_pending(empty_db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "1_first.sql").write_text("create table public.t (x int);")
+    args = ["migrate", "--database-url", empty_db_url, "--migrations-dir", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--check"])
+    assert result.exit_code == 1, result.output
+    assert "1_first" in result.stdout and "pending" in result.stdout
+
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Applied 1 migration" in result.stdout
+    assert runner.invoke(app, [*args, "--check"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/nowhere", "error: cannot connect to 127.0.0.1:1"),
+        ("definitely not a url", "error: malformed database URL"),
+        ("postgresql://postgres@127.0.0.1:5432/crtest_no_such_db", "error: cannot connect"),
+    ],
+)
+def test_bad_url_exits_2_with_one_line(url: str, message: str) -> None:
+    for command in (["status"], ["migrate"], ["migrate", "--check"]):
+        result = runner.invoke(app, [*command, "--database-url", url])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(message)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_missing_migrations_dir_exits_2(db_url: str, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["migrate", "--database-url", db_url, "--migrations-dir", str(tmp_path / "nope")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: migrations directory not found: {tmp_path / 'nope'}"
+
+
+def test_every_option_names_its_environment_variable() -> None:
+    for command in ("migrate", "status", "demo"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0
+        options = re.findall(r"(--[a-z-]+)", result.stdout)
+        envvars = re.findall(r"env var: (CONTROL_ROOM_[A-Z_]+)", result.stdout)
+        assert len(set(envvars)) == len(set(options) - {"--help"}), result.stdout
