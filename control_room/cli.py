@@ -7,9 +7,10 @@ a one-line message on stderr and exit code 2; a failed migration or server start
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import psycopg
 import pydantic
@@ -24,7 +25,13 @@ from control_room.db.migrate import (
     MigrationsDirNotFound,
     migrate,
 )
-from control_room.db.store import DatabaseStatus, connect, database_status
+from control_room.db.store import (
+    ContractError,
+    DatabaseStatus,
+    call,
+    connect,
+    database_status,
+)
 from control_room.local import EmbeddedPostgres, EmbeddedPostgresError
 from control_room.settings import Settings, env_var, load_settings
 
@@ -279,6 +286,195 @@ def demo_command(
             f"The embedded server's data is in {settings.state_dir / 'pgdata'}, its log in "
             f"{settings.state_dir / 'log' / 'postgres.log'}."
         )
+
+
+# ------------------------------------------------------------------------------ serve
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option(
+        "--host", envvar=env_var("host"), show_envvar=True,
+        help="Address to listen on. Default: 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(
+        "--port", envvar=env_var("port"), show_envvar=True,
+        help="Port to listen on. Default: 8787")] = None,
+    database_url: DatabaseUrl = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Serve the contract over HTTP: POST /rest/v1/rpc/<fn>, /health, /metrics.
+
+    Tokens are verified with CONTROL_ROOM_JWT_SECRET (the Supabase project's JWT secret in
+    production); without it, with a secret generated once and kept in the state directory.
+    With no database configured, the embedded one is started and migrated.
+    """
+    import uvicorn
+
+    from control_room.gateway.app import create_app
+
+    with _guard():
+        settings = load_settings(host=host, port=port, database_url=database_url,
+                                 state_dir=state_dir)
+        if not settings.contract_file.is_file():
+            raise BadInput(f"contract not found: {settings.contract_file}")
+        embedded = settings.database_url is None
+        with _database(settings) as url:
+            if embedded:
+                with err.status("Migrating the embedded database ..."):
+                    migrate(url, settings.migrations_dir)
+            app_ = create_app(settings, database_url=url, jwt_secret=_jwt_secret(settings))
+            err.print(f"Serving the contract on http://{settings.host}:{settings.port}/rest/v1/rpc/"
+                      f" (database {_target(url)})", markup=False)
+            uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info",
+                        access_log=False)
+
+
+def _jwt_secret(settings: Settings) -> str:
+    from control_room.gateway.auth import local_secret
+
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value()
+    return local_secret(settings.state_dir)
+
+
+# ----------------------------------------------------------------- workspaces and tokens
+
+workspace_app = typer.Typer(help="Workspaces: tenants with an env (dev, stage, prod).",
+                            no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for principals (executors, users, CI).",
+                        no_args_is_help=True)
+app.add_typer(workspace_app, name="workspace")
+app.add_typer(token_app, name="token")
+
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+_TTL = re.compile(r"^([0-9]+)([smhd]?)$")
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _admin_call(url: str, settings: Settings, fn: str, args: dict[str, Any]) -> Any:
+    """Call a contract function with the operator's own (privileged) database login."""
+    with connect(url, statement_timeout_ms=settings.statement_timeout_ms) as conn:
+        try:
+            with conn.transaction():
+                return call(conn, fn, args)
+        except ContractError as exc:
+            raise BadInput(f"{fn}: {exc.message} ({exc.code})") from None
+
+
+def _workspace_id(url: str, settings: Settings, ref: str) -> str:
+    for ws in _admin_call(url, settings, "list_workspaces", {}):
+        if ref in (ws["id"], ws["slug"]):
+            return str(ws["id"])
+    raise BadInput(f"no workspace {ref!r} (give its slug or id; `control-room workspace list`)")
+
+
+@workspace_app.command("create")
+def workspace_create(
+    name: Annotated[str, typer.Argument(help="Display name; the slug is derived from it.")],
+    env: Annotated[str, typer.Option("--env", help="dev, stage or prod.")] = "dev",
+    slug: Annotated[str | None, typer.Option("--slug", help="Default: from the name.")] = None,
+    database_url: DatabaseUrl = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Create a workspace."""
+    with _guard():
+        settings = load_settings(database_url=database_url, state_dir=state_dir)
+        if env not in ("dev", "stage", "prod"):
+            raise BadInput(f"--env must be dev, stage or prod, not {env!r}")
+        slug = slug or re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-")[:63]
+        with _database(settings) as url:
+            ws = _admin_call(url, settings, "create_workspace",
+                             {"slug": slug, "name": name, "env": env})
+        if as_json:
+            out.print_json(data=ws)
+        else:
+            out.print(f"workspace {ws['slug']} ({ws['env']}): {ws['id']}")
+
+
+@workspace_app.command("list")
+def workspace_list(database_url: DatabaseUrl = None, state_dir: StateDir = None,
+                   as_json: JsonOut = False) -> None:
+    """List workspaces."""
+    with _guard():
+        settings = load_settings(database_url=database_url, state_dir=state_dir)
+        with _database(settings) as url:
+            rows = _admin_call(url, settings, "list_workspaces", {})
+        if as_json:
+            out.print_json(data=rows)
+            return
+        table = Table("slug", "env", "id", "name")
+        for ws in rows:
+            table.add_row(ws["slug"], ws["env"], ws["id"], ws["name"])
+        out.print(table)
+
+
+@token_app.command("create")
+def token_create(
+    workspace: Annotated[str | None, typer.Option(
+        "--workspace", help="Slug or id of the workspace the principal joins.")] = None,
+    role: Annotated[str, typer.Option(
+        "--role", help="executor, viewer, developer or admin.")] = "executor",
+    name: Annotated[str | None, typer.Option("--name", help="Who holds it.")] = None,
+    ttl: Annotated[str, typer.Option(
+        "--ttl", help="Lifetime: seconds or 90s, 15m, 12h, 30d.")] = "30d",
+    service: Annotated[bool, typer.Option(
+        "--service", help="A service_role token (bypasses RLS; operators only).")] = False,
+    database_url: DatabaseUrl = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Create a principal with a role in a workspace and print a signed token for it."""
+    from control_room.gateway.auth import mint_token
+
+    with _guard():
+        settings = load_settings(database_url=database_url, state_dir=state_dir)
+        match = _TTL.match(ttl.strip())
+        if match is None or int(match.group(1)) == 0:
+            raise BadInput(f"--ttl must be a positive duration such as 3600, 15m, 12h or 30d, "
+                           f"not {ttl!r}")
+        seconds = int(match.group(1)) * _TTL_UNITS[match.group(2)]
+        secret = _jwt_secret(settings)
+        if service:
+            token = mint_token(secret, role="service_role", ttl_seconds=seconds, name=name)
+            result: dict[str, Any] = {"token": token, "role": "service_role"}
+        else:
+            if role not in ("executor", "viewer", "developer", "admin"):
+                raise BadInput(f"--role must be executor, viewer, developer or admin, not {role!r}")
+            if workspace is None:
+                raise BadInput("--workspace is required (or --service for a service token)")
+            with _database(settings) as url:
+                ws_id = _workspace_id(url, settings, workspace)
+                label = name or f"{role}@{workspace}"
+                principal = _admin_call(url, settings, "create_principal", {
+                    "name": label, "kind": "executor" if role == "executor" else "user"})
+                _admin_call(url, settings, "add_member", {
+                    "workspace_id": ws_id, "principal_id": principal["id"], "role": role,
+                    "name": label})
+            token = mint_token(secret, role="authenticated", sub=principal["id"],
+                               ttl_seconds=seconds, name=label)
+            result = {"token": token, "principal_id": principal["id"], "workspace_id": ws_id,
+                      "role": role, "name": label}
+        if as_json:
+            out.print_json(data=result)
+        else:
+            if "principal_id" in result:
+                err.print(f"principal {result['principal_id']} is {role} in {workspace}; "
+                          f"token valid {ttl}", markup=False)
+            out.print(token, markup=False, soft_wrap=True)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    principal_id: Annotated[str, typer.Argument(help="The principal whose tokens stop working.")],
+    database_url: DatabaseUrl = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Revoke a principal: every token it holds is refused from now on."""
+    with _guard():
+        settings = load_settings(database_url=database_url, state_dir=state_dir)
+        with _database(settings) as url:
+            row = _admin_call(url, settings, "revoke_principal", {"principal_id": principal_id})
+        out.print(f"revoked {row['id']} ({row['name']}) at {row['revoked_at']}")
 
 
 def main() -> None:

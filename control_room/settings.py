@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CONTROL_ROOM_"
@@ -22,6 +22,11 @@ def default_migrations_dir() -> Path:
     `supabase/migrations`.
     """
     return Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+
+
+def default_contract_file() -> Path:
+    """`contract/openapi.yaml` of this repo: the operations the gateway serves."""
+    return Path(__file__).resolve().parent.parent / "contract" / "openapi.yaml"
 
 
 def env_var(field: str) -> str:
@@ -52,8 +57,34 @@ class Settings(BaseSettings):
         description="The Supabase CLI migrations directory (supabase/migrations).",
     )
     statement_timeout_ms: int = Field(default=30_000, ge=0)
+    contract_file: Path = Field(
+        default_factory=default_contract_file,
+        description="The contract (OpenAPI): the gateway serves exactly its operations.",
+    )
 
-    @field_validator("state_dir", "migrations_dir")
+    # the gateway (control-room serve)
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8787, ge=0, le=65535, description="Port the gateway listens on.")
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "HS256 secret that signs API tokens (the Supabase project's JWT secret in"
+            " production). None: a secret generated once and kept in the state directory."
+        ),
+    )
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=20, ge=1)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    claim_wait_max_seconds: float = Field(default=30.0, ge=0, le=300)
+    claim_poll_seconds: float = Field(
+        default=1.0, gt=0, description="Polling fallback while a claim waits for work."
+    )
+    test_clock: bool = Field(
+        default=False,
+        description="Honour the X-Control-Room-Now header (tests only; never in production).",
+    )
+
+    @field_validator("state_dir", "migrations_dir", "contract_file")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()

@@ -115,3 +115,24 @@ def template_database(admin_url: str, migrations_dir: Path = REPO_MIGRATIONS) ->
         yield name
     finally:
         drop_database(admin_url, name)
+
+
+# ------------------------------------------------------------------------------ gateway
+
+TEST_JWT_SECRET = "test-secret-of-the-control-room-gateway-0123456789"
+
+
+@contextlib.contextmanager
+def running_gateway(db_url: str, **settings: Any) -> Iterator[str]:
+    """The real gateway on a real port over `db_url`; yields its base URL.
+
+    Signs with TEST_JWT_SECRET and honours the test clock header.
+    """
+    from control_room.gateway.app import create_app, serving
+    from control_room.settings import load_settings
+
+    options: dict[str, Any] = {"test_clock": True, "pool_min_size": 1, "pool_max_size": 4}
+    options.update(settings)
+    app = create_app(load_settings(**options), database_url=db_url, jwt_secret=TEST_JWT_SECRET)
+    with serving(app) as url:
+        yield url

@@ -103,3 +103,33 @@ select state, pg_catalog.count(*)::int from ops.runs group by 1 order by 1;
 
 -- name: phases_by_state
 select state, pg_catalog.count(*)::int from ops.phases group by 1 order by 1;
+
+-- ---------------------------------------------------------------------------------------------
+-- gateway (control_room.gateway)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: listen_phase_queued
+-- The ops functions notify this channel when they queue a phase (ops_private.notify_queued).
+listen ops_phase_queued;
+
+-- name: ping
+select 1;
+
+-- name: metrics_phases_by_state
+select state, pg_catalog.count(*)::bigint from ops.phases group by state order by state;
+
+-- name: metrics_queue
+-- Both counts read the claim path's partial indexes; the expiry count the partial index on
+-- LEASE_EXPIRED events.
+select
+    (select pg_catalog.count(*) from ops.phases
+     where state = 'queued' and not_before <= pg_catalog.now())::bigint as queue_depth,
+    (select pg_catalog.count(*) from ops.phases
+     where state = 'running' and lease_expires_at <= pg_catalog.now())::bigint as leases_expired,
+    (select pg_catalog.count(*) from ops.run_events
+     where type = 'LEASE_EXPIRED')::bigint as lease_expiries;
+
+-- name: metrics_outcomes
+select kind, state, pg_catalog.count(*)::bigint from ops.phases
+where state in ('succeeded', 'failed', 'skipped', 'cancelled')
+group by kind, state order by kind, state;

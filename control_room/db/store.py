@@ -380,14 +380,14 @@ def _choose(overloads: tuple[Signature, ...], given: frozenset[str], fn: str,
     if unknown:
         raise ContractError(
             f"{schema}.{fn} has no argument named {unknown[0]!r}",
-            status=400, code="invalid_argument",
+            status=400, code="invalid_argument", sqlstate="PT400",
             details=f"arguments of {_describe(best)}",
             hint="invalid_argument",
         )
     missing = sorted(best.required - given)
     raise ContractError(
         f"{schema}.{fn} is missing the required argument {missing[0]!r}",
-        status=400, code="invalid_argument",
+        status=400, code="invalid_argument", sqlstate="PT400",
         details=f"arguments of {_describe(best)}",
         hint="invalid_argument",
     )
@@ -412,7 +412,7 @@ def _adapt(param: Param, value: Any) -> Any:
     if isinstance(value, Mapping):
         raise ContractError(
             f"argument {param.name!r} must be a {param.type}, not an object",
-            status=400, code="invalid_argument", hint="invalid_argument",
+            status=400, code="invalid_argument", sqlstate="PT400", hint="invalid_argument",
         )
     if isinstance(value, bool) and param.type != "boolean":
         return "true" if value else "false"
@@ -441,7 +441,7 @@ def call(
     if not overloads:
         raise ContractError(
             f"Could not find the function {schema}.{fn} in the schema cache",
-            status=404, code="not_found", hint="not_found",
+            status=404, code="not_found", sqlstate="PGRST202", hint="not_found",
         )
     sig = _choose(overloads, frozenset(given), fn, schema)
 

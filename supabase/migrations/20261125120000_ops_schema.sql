@@ -30,6 +30,20 @@ create table ops.workspace_members (
 );
 create index workspace_members_principal_idx on ops.workspace_members (principal_id, workspace_id);
 
+-- Principals that hold tokens minted by `control-room token create` (executors, service users).
+-- Supabase Auth users need no row here; a row with revoked_at set refuses its holder even
+-- when the token's signature is valid.
+create table ops.principals (
+    id          uuid primary key default gen_random_uuid(),
+    kind        text not null check (kind in ('user', 'executor')),
+    name        text not null check (length(name) between 1 and 200),
+    created_by  uuid,
+    created_at  timestamptz not null default now(),
+    revoked_at  timestamptz,
+    revoked_by  uuid
+);
+create index principals_revoked_idx on ops.principals (id) where revoked_at is not null;
+
 -- ---------------------------------------------------------------------------------------------
 -- runs and phases
 -- ---------------------------------------------------------------------------------------------
@@ -128,6 +142,7 @@ create table ops.run_events (
     unique (run_id, event_id)
 );
 create index run_events_type_idx on ops.run_events (workspace_id, type);
+create index run_events_lease_expired_idx on ops.run_events (recorded_at) where type = 'LEASE_EXPIRED';
 
 create table ops.artifacts (
     workspace_id  uuid not null references ops.workspaces (id),
@@ -185,7 +200,10 @@ returns setof uuid
 language sql stable security definer
 set search_path = ''
 as $$
-    select m.workspace_id from ops.workspace_members m where m.principal_id = (select auth.uid())
+    select m.workspace_id from ops.workspace_members m
+    where m.principal_id = (select auth.uid())
+      and not exists (select 1 from ops.principals p
+                      where p.id = (select auth.uid()) and p.revoked_at is not null)
 $$;
 
 create function ops_private.admin_workspaces()
@@ -195,6 +213,8 @@ set search_path = ''
 as $$
     select m.workspace_id from ops.workspace_members m
     where m.principal_id = (select auth.uid()) and m.role = 'admin'
+      and not exists (select 1 from ops.principals p
+                      where p.id = (select auth.uid()) and p.revoked_at is not null)
 $$;
 
 alter table ops.workspaces        enable row level security;
@@ -205,6 +225,7 @@ alter table ops.run_events        enable row level security;
 alter table ops.artifacts         enable row level security;
 alter table ops.run_artifacts     enable row level security;
 alter table ops.audit_log         enable row level security;
+alter table ops.principals        enable row level security;
 
 create policy workspaces_read on ops.workspaces for select to authenticated
     using (id in (select ops_private.member_workspaces()));
@@ -222,6 +243,9 @@ create policy run_artifacts_read on ops.run_artifacts for select to authenticate
     using (workspace_id in (select ops_private.member_workspaces()));
 create policy audit_log_read on ops.audit_log for select to authenticated
     using (workspace_id in (select ops_private.admin_workspaces()));
+create policy principals_read on ops.principals for select to authenticated
+    using (id in (select m.principal_id from ops.workspace_members m
+                  where m.workspace_id in (select ops_private.member_workspaces())));
 
 -- ---------------------------------------------------------------------------------------------
 -- grants: reads only; lease tokens and claim ids are never readable (they are capabilities)
@@ -233,7 +257,7 @@ grant usage on schema ops to authenticated, service_role;
 grant usage on schema ops_private to authenticated, service_role;
 
 grant select on ops.workspaces, ops.workspace_members, ops.runs, ops.run_events,
-                ops.artifacts, ops.run_artifacts, ops.audit_log
+                ops.artifacts, ops.run_artifacts, ops.audit_log, ops.principals
     to authenticated, service_role;
 grant select (id, run_id, workspace_id, name, ordinal, kind, params, depends_on, state, priority,
               attempt, max_attempts, timeout_seconds, retry_backoff_seconds,

@@ -154,6 +154,33 @@ as $$
     ), false)
 $$;
 
+-- The calling principal (auth.uid()), refused when it has been revoked.
+create function ops_private.principal()
+returns uuid
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+    v_uid uuid := auth.uid();
+begin
+    if v_uid is not null
+       and exists (select 1 from ops.principals p where p.id = v_uid and p.revoked_at is not null) then
+        perform ops_private.fail(401, 'unauthorized', 'principal ' || v_uid::text || ' has been revoked');
+    end if;
+    return v_uid;
+end
+$$;
+
+-- Wake executors waiting for work (the gateway LISTENs; on Supabase nobody does, harmlessly).
+-- Notifications are sent at commit, and identical ones in one transaction are folded into one.
+create function ops_private.notify_queued()
+returns void
+language sql
+set search_path = ''
+as $$
+    select pg_catalog.pg_notify('ops_phase_queued', '')
+$$;
+
 -- The caller's role in a workspace, or an error. Privileged callers pass as 'service_role'.
 -- p_hide: answer "not found" instead of "forbidden" to non-members (used when the workspace was
 -- reached through a run or phase id, so ids of other tenants reveal nothing).
@@ -170,7 +197,7 @@ begin
     if ops_private.is_privileged() then
         return 'service_role';
     end if;
-    v_uid := auth.uid();
+    v_uid := ops_private.principal();
     if v_uid is null then
         perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
     end if;
@@ -522,6 +549,7 @@ begin
                                       'parent_run_id', p_parent,
                                       'phases', pg_catalog.jsonb_array_length(p_phases)),
         p_now);
+    perform ops_private.notify_queued();
     for v_ph in select p.name, p.state, p.reused_from_phase_id from ops.phases p
                 where p.run_id = v_run and p.state in ('queued', 'succeeded') order by p.ordinal loop
         if v_ph.state = 'queued' then

@@ -13,7 +13,7 @@ set search_path = ''
 as $$
 #variable_conflict use_column
 declare
-    v_uid uuid := auth.uid();
+    v_uid uuid := ops_private.principal();
     v_ws  ops.workspaces;
 begin
     if not ops_private.is_privileged() and v_uid is null then
@@ -110,6 +110,75 @@ begin
     perform ops_private.audit('remove_member', v_ws, 'principal', v_pr::text,
                               jsonb_build_object('role', v_role));
     return jsonb_build_object('workspace_id', v_ws, 'principal_id', v_pr, 'removed', true);
+end
+$$;
+
+-- Principals hold tokens that operators mint with the JWT secret (`control-room token create`);
+-- only privileged callers create them. Revocation refuses the principal's tokens at once.
+create function ops.create_principal(name text, kind text default 'executor')
+returns jsonb
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+    v_row ops.principals;
+begin
+    if not ops_private.is_privileged() then
+        perform ops_private.fail(403, 'forbidden', 'only service_role may create principals');
+    end if;
+    if create_principal.name is null or length(create_principal.name) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'name must be 1-200 characters',
+                                 jsonb_build_object('argument', 'name'));
+    end if;
+    if create_principal.kind is null or create_principal.kind not in ('user', 'executor') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'kind must be user or executor, got ' || coalesce(create_principal.kind, 'nothing'),
+            jsonb_build_object('argument', 'kind'));
+    end if;
+    insert into ops.principals (kind, name, created_by, created_at)
+    values (create_principal.kind, create_principal.name, auth.uid(), ops_private.now())
+    returning * into v_row;
+    perform ops_private.audit('create_principal', null, 'principal', v_row.id::text,
+                              jsonb_build_object('name', v_row.name, 'kind', v_row.kind));
+    return to_jsonb(v_row);
+end
+$$;
+
+create function ops.revoke_principal(principal_id text)
+returns jsonb
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+    v_id  uuid := ops_private.uuid_arg('principal_id', revoke_principal.principal_id, true);
+    v_row ops.principals;
+begin
+    select * into v_row from ops.principals p where p.id = v_id for update;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found', 'principal not found');
+    end if;
+    if not ops_private.is_privileged() then
+        -- an admin may revoke the principals of its workspaces
+        perform ops_private.principal();
+        if not exists (select 1 from ops.workspace_members m
+                       where m.principal_id = v_id
+                         and m.workspace_id in (select ops_private.admin_workspaces())) then
+            perform ops_private.fail(404, 'not_found', 'principal not found');
+        end if;
+    end if;
+    if v_row.revoked_at is null then
+        update ops.principals p set revoked_at = ops_private.now(), revoked_by = auth.uid()
+        where p.id = v_id
+        returning * into v_row;
+        perform ops_private.audit('revoke_principal', m.workspace_id, 'principal', v_id::text, '{}'::jsonb)
+        from ops.workspace_members m where m.principal_id = v_id;
+        if not found then
+            perform ops_private.audit('revoke_principal', null, 'principal', v_id::text, '{}'::jsonb);
+        end if;
+    end if;
+    return to_jsonb(v_row);
 end
 $$;
 
@@ -267,7 +336,7 @@ as $$
 #variable_conflict use_column
 declare
     v_now      timestamptz := ops_private.now();
-    v_uid      uuid := auth.uid();
+    v_uid      uuid := ops_private.principal();
     v_claim    uuid := ops_private.uuid_arg('claim_id', claim_phase.claim_id);
     v_run      uuid := ops_private.uuid_arg('run_id', claim_phase.run_id);
     v_wsid     uuid := ops_private.uuid_arg('workspace_id', claim_phase.workspace_id);
@@ -839,6 +908,9 @@ begin
                 perform ops_private.emit(v_r.id, v_r.workspace_id, v_d.name, 0, 'PHASE_QUEUED', 'info',
                     'queued: its dependencies succeeded', jsonb_build_object('released_by', v_p.name), v_now);
             end loop;
+            if cardinality(v_released) > 0 then
+                perform ops_private.notify_queued();
+            end if;
             if not exists (select 1 from ops.phases p where p.run_id = v_r.id and p.state <> 'succeeded') then
                 update ops.runs r
                 set state = 'succeeded', finished_at = v_now, updated_at = v_now,
@@ -870,6 +942,7 @@ begin
             format('attempt %s of %s in %s s', v_p.attempt + 1, v_p.max_attempts, round(v_delay, 3)),
             jsonb_build_object('next_attempt', v_p.attempt + 1, 'not_before', v_p.not_before,
                                'delay_seconds', round(v_delay, 3)), v_now);
+        perform ops_private.notify_queued();
     end if;
 
     perform ops_private.audit('complete_phase', v_p.workspace_id, 'phase', v_p.id::text,

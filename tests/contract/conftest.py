@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from control_room.db.store import ContractError, acting_as, call
+from control_room.gateway.auth import mint_token
+from tests.helpers import TEST_JWT_SECRET, running_gateway
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,10 @@ def user(label: str) -> Principal:
 
 
 class Contract:
-    """The direct-SQL transport: one connection, one transaction per call."""
+    """The direct-SQL transport: one connection, one transaction per call.
+
+    `conn` is also how tests look at the database behind any transport.
+    """
 
     name = "sql"
 
@@ -77,6 +83,51 @@ class Contract:
         return info.value
 
 
+class HttpContract(Contract):
+    """The HTTP transport: the real gateway on a real port, a signed JWT per principal."""
+
+    name = "http"
+
+    def __init__(self, conn: psycopg.Connection[Any], client: httpx.Client) -> None:
+        super().__init__(conn)
+        self.client = client
+        self._tokens: dict[Principal, str] = {}
+
+    def token(self, principal: Principal) -> str:
+        if principal not in self._tokens:
+            self._tokens[principal] = mint_token(
+                TEST_JWT_SECRET, role=principal.role,
+                sub=str(principal.sub) if principal.sub else None, ttl_seconds=3600)
+        return self._tokens[principal]
+
+    def call(
+        self,
+        fn: str,
+        args: dict[str, Any] | None = None,
+        *,
+        as_: Principal = SERVICE,
+        now: datetime | None = None,
+    ) -> Any:
+        headers = {"Content-Profile": "ops"}
+        if as_.role != "anon":
+            headers["Authorization"] = f"Bearer {self.token(as_)}"
+        if now is not None:
+            headers["X-Control-Room-Now"] = now.isoformat()
+        response = self.client.post(f"/rest/v1/rpc/{fn}", json=args or {}, headers=headers)
+        if response.status_code >= 400:
+            raise http_error(response)
+        return response.json()
+
+
+def http_error(response: httpx.Response) -> ContractError:
+    """The gateway's PostgREST-shaped error body as a ContractError."""
+    body = response.json()
+    assert set(body) == {"code", "message", "details", "hint"}, body
+    return ContractError(body["message"], status=response.status_code,
+                         code=body["hint"] or body["code"], sqlstate=body["code"],
+                         details=body["details"], hint=body["hint"])
+
+
 @dataclass
 class World:
     """Two workspaces with a member of every role in each, made through the contract."""
@@ -94,8 +145,20 @@ class World:
     members: dict[str, Principal] = field(default_factory=dict)
 
 
+@pytest.fixture(params=["sql", "http"])
+def contract(request: pytest.FixtureRequest, conn: psycopg.Connection[Any],
+             db_url: str) -> Iterator[Contract]:
+    """The contract over each transport that serves it: direct SQL, and the gateway."""
+    if request.param == "sql":
+        yield Contract(conn)
+        return
+    with running_gateway(db_url) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield HttpContract(conn, client)
+
+
 @pytest.fixture
-def contract(conn: psycopg.Connection[Any]) -> Iterator[Contract]:
+def sql_contract(conn: psycopg.Connection[Any]) -> Iterator[Contract]:
+    """Direct SQL only: for tests about the database itself (RLS on tables, plans)."""
     yield Contract(conn)
 
 

@@ -1,0 +1,1 @@
+"""The HTTP gateway: the ops contract served as PostgREST serves it (`POST /rest/v1/rpc/<fn>`)."""

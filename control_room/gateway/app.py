@@ -1,0 +1,333 @@
+"""The gateway: `POST /rest/v1/rpc/<fn>` over any PostgreSQL, as PostgREST serves it on Supabase.
+
+Per request, as PostgREST does: verify the JWT, open one transaction, set the role, the JWT
+claims and the search path, call the function with named arguments, commit, and answer its
+JSON, or an error in PostgREST's shape. Only the contract's functions (the operations of
+`contract/openapi.yaml`) are served. The database calls run on a psycopg pool in worker
+threads, through the same `control_room.db.store` the direct-SQL tests use.
+
+`claim_phase` may wait for work (`Prefer: wait=<seconds>`): the gateway keeps one LISTEN
+connection of its own (never a pooled one) and retries the claim when the database announces
+a queued phase, polling as a fallback for work that becomes due without a notification
+(a backoff ending, a lease expiring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import yaml
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import ConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from control_room.db.migrate import migrate
+from control_room.db.queries import query
+from control_room.db.store import ContractError, acting_as, call
+from control_room.gateway.auth import Caller, authenticate
+from control_room.gateway.errors import GatewayError, contract_response
+from control_room.gateway.metrics import Metrics
+from control_room.settings import Settings
+
+log = logging.getLogger("control_room.gateway")
+
+SCHEMA = "ops"
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
+
+
+def contract_functions(contract_file: Path) -> frozenset[str]:
+    """The functions the contract names: the `/rpc/<fn>` operations of its OpenAPI document."""
+    document = yaml.safe_load(contract_file.read_text("utf-8"))
+    return frozenset(path.removeprefix("/rpc/") for path in document.get("paths", {})
+                     if path.startswith("/rpc/"))
+
+
+class Notifier:
+    """LISTEN on a dedicated connection; waiters wake on each notification of a queued phase."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self.version = 0
+        self.connected = False
+        self._changed = asyncio.Condition()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(query("listen_phase_queued"))
+                    self.connected = True
+                    await self._bump()   # anything queued while we were away
+                    async for _ in conn.notifies():
+                        await self._bump()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # reconnect; waiters poll meanwhile
+                log.warning("listener connection lost: %s", exc)
+            self.connected = False
+            await asyncio.sleep(1.0)
+
+    async def _bump(self) -> None:
+        async with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+
+    async def wait(self, seen: int, timeout: float) -> None:
+        """Return when a notification came after `seen`, or after `timeout` seconds."""
+        async with self._changed:
+            if self.version != seen:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, database_url: str, jwt_secret: str,
+                 contract_file: Path) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.secret = jwt_secret
+        self.contract_file = contract_file
+        self.functions = contract_functions(contract_file)
+        timeout = str(int(settings.statement_timeout_ms))
+        self.pool = ConnectionPool(
+            database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
+            open=False, name="control-room-gateway",
+            kwargs={"options": f"-c statement_timeout={timeout}"},
+        )
+        self.notifier = Notifier(database_url)
+        self.metrics = Metrics(self.pool.connection)
+        self._health_cache: tuple[float, dict[str, Any]] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(lambda: self.pool.open(wait=True, timeout=30))
+        listener = asyncio.create_task(self.notifier.run(), name="control-room-listener")
+        try:
+            yield
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            await anyio.to_thread.run_sync(self.pool.close)
+
+    # -- /rest/v1/rpc/{function} -----------------------------------------------------------
+
+    async def rpc(self, request: Request) -> Response:
+        fn = request.path_params["function"]
+        label = fn if fn in self.functions else "unknown"
+        started = time.perf_counter()
+        try:
+            response = await self._rpc(request, fn)
+        except GatewayError as exc:
+            response = exc.response()
+        except ContractError as exc:
+            response = contract_response(exc)
+        self.metrics.observe(label, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def _rpc(self, request: Request, fn: str) -> Response:
+        if fn not in self.functions:
+            raise GatewayError(404, "PGRST202",
+                               f"Could not find the function {SCHEMA}.{fn} in the schema cache",
+                               hint="not_found")
+        profile = request.headers.get("content-profile") or request.headers.get("accept-profile")
+        if profile is not None and profile.strip() != SCHEMA:
+            raise GatewayError(406, "PGRST106",
+                               f"The schema must be one of the following: {SCHEMA}",
+                               hint="invalid_argument")
+        caller = authenticate(request.headers.get("authorization"), request.headers.get("apikey"),
+                              self.secret)
+        args = await self._arguments(request)
+        now = self._clock(request)
+        wait = self._wait(request) if fn == "claim_phase" else 0.0
+        if wait > 0:
+            result = await self._claim_waiting(args, caller, now, wait)
+        else:
+            result = await anyio.to_thread.run_sync(self._call, fn, args, caller, now)
+        return JSONResponse(result)
+
+    async def _arguments(self, request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+        if not body.strip():
+            return {}
+        if content_type not in ("application/json", ""):
+            raise GatewayError(415, "PGRST107",
+                               f"Content-Type {content_type} is not acceptable: send JSON",
+                               hint="invalid_argument")
+        try:
+            args = json.loads(body)
+        except ValueError as exc:
+            raise GatewayError(400, "PGRST102", "Empty or invalid json", details=str(exc),
+                               hint="invalid_argument") from exc
+        if not isinstance(args, dict):
+            raise GatewayError(400, "PGRST102",
+                               "The body must be a JSON object of named arguments",
+                               hint="invalid_argument")
+        return args
+
+    def _clock(self, request: Request) -> datetime | None:
+        value = request.headers.get("x-control-room-now")
+        if value is None or not self.settings.test_clock:
+            return None
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise GatewayError(400, "PGRST100", "X-Control-Room-Now must be an ISO timestamp",
+                               hint="invalid_argument") from exc
+
+    def _wait(self, request: Request) -> float:
+        match = _WAIT.search(request.headers.get("prefer", ""))
+        if match is None:
+            return 0.0
+        return min(float(match.group(1)), self.settings.claim_wait_max_seconds)
+
+    def _call(self, fn: str, args: dict[str, Any], caller: Caller, now: datetime | None) -> Any:
+        with self.pool.connection() as conn, acting_as(
+            conn, role=caller.role, sub=caller.sub, claims=caller.claims, now=now
+        ):
+            return call(conn, fn, args, schema=SCHEMA)
+
+    async def _claim_waiting(self, args: dict[str, Any], caller: Caller, now: datetime | None,
+                             wait: float) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            seen = self.notifier.version
+            result = await anyio.to_thread.run_sync(self._call, "claim_phase", args, caller, now)
+            left = deadline - loop.time()
+            if result is not None or left <= 0:
+                return result
+            await self.notifier.wait(seen, min(left, self.settings.claim_poll_seconds))
+
+    # -- the rest ------------------------------------------------------------------------
+
+    async def root(self, request: Request) -> Response:
+        document = yaml.safe_load(self.contract_file.read_text("utf-8"))
+        return JSONResponse(document, media_type="application/openapi+json")
+
+    async def openapi_yaml(self, request: Request) -> Response:
+        return PlainTextResponse(self.contract_file.read_text("utf-8"),
+                                 media_type="application/yaml")
+
+    async def health(self, request: Request) -> Response:
+        report = await anyio.to_thread.run_sync(self._health)
+        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+    def _health(self) -> dict[str, Any]:
+        cached = self._health_cache
+        if cached is not None and time.monotonic() - cached[0] < 5:
+            return cached[1]
+        report: dict[str, Any] = {"status": "ok", "database": "reachable",
+                                  "listener": "connected" if self.notifier.connected else "polling"}
+        try:
+            with self.pool.connection(timeout=5) as conn:
+                conn.execute(query("ping"))
+        except (psycopg.Error, TimeoutError) as exc:
+            report.update(status="unavailable", database=f"unreachable: {exc}")
+            return report
+        try:
+            migrations = migrate(self.database_url, self.settings.migrations_dir, check=True)
+            current = not (migrations.pending or migrations.drifted or migrations.unknown)
+            report["migrations"] = "current" if current else {
+                "pending": migrations.pending, "drifted": migrations.drifted,
+                "unknown": migrations.unknown}
+            if not current:
+                report["status"] = "degraded"
+        except Exception as exc:   # report, don't crash the probe
+            report.update(status="degraded", migrations=f"unknown: {exc}")
+        self._health_cache = (time.monotonic(), report)
+        return report
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        body = await anyio.to_thread.run_sync(generate_latest, self.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, "PT413", f"The request body is larger than {limit} bytes",
+                        hint="payload_too_large")
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    message = f"Invalid path specified in request URL: {request.url.path}"
+    return GatewayError(404, "PGRST125", message, hint="not_found").response()
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return GatewayError(405, "PGRST117", f"Unsupported HTTP method: {request.method}",
+                        hint="invalid_argument").response()
+
+
+def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
+               contract_file: Path | None = None) -> Starlette:
+    """The ASGI app serving the contract over `database_url`."""
+    gateway = Gateway(settings, database_url=database_url, jwt_secret=jwt_secret,
+                      contract_file=contract_file or settings.contract_file)
+    app = Starlette(
+        routes=[
+            Route("/rest/v1/rpc/{function}", gateway.rpc, methods=["POST"]),
+            Route("/rest/v1/", gateway.root, methods=["GET"]),
+            Route("/openapi.yaml", gateway.openapi_yaml, methods=["GET"]),
+            Route("/health", gateway.health, methods=["GET"]),
+            Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
+        ],
+        exception_handlers={404: _not_found, 405: _method_not_allowed},
+        lifespan=gateway.lifespan,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+@contextlib.contextmanager
+def serving(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run `app` on uvicorn in a background thread; yield its base URL (tests, benchmarks)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -1,0 +1,111 @@
+"""Who is calling: JWTs verified as PostgREST verifies them, and tokens minted for principals.
+
+A request without a token is `anon`. A token must be HS256-signed with the configured secret
+(the Supabase project's JWT secret in production), unexpired when it carries `exp`, and may
+only ask for the API roles `anon`, `authenticated` or `service_role`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from control_room.gateway.errors import GatewayError
+
+API_ROLES = frozenset({"anon", "authenticated", "service_role"})
+ISSUER = "control-room"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The database role a request runs as, and the claims PostgREST would set."""
+
+    role: str
+    sub: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+ANON = Caller("anon")
+
+
+def authenticate(authorization: str | None, apikey: str | None, secret: str) -> Caller:
+    """The caller of a request, from `Authorization: Bearer <jwt>` (or a JWT `apikey`)."""
+    token: str | None = None
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise GatewayError(401, "PGRST301", "Authorization must be 'Bearer <JWT>'",
+                               hint="unauthorized", bearer_error="invalid_request")
+        token = value.strip()
+    elif apikey and apikey.count(".") == 2:
+        token = apikey.strip()
+    if token is None:
+        return ANON
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, secret, algorithms=["HS256"],
+            options={"verify_aud": False, "require": []}, leeway=0,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise GatewayError(401, "PGRST303", "JWT expired", hint="unauthorized",
+                           bearer_error="invalid_token") from exc
+    except jwt.InvalidTokenError as exc:
+        raise GatewayError(401, "PGRST301", f"JWT invalid: {exc}", hint="unauthorized",
+                           bearer_error="invalid_token") from exc
+    role = claims.get("role", "anon")
+    if not isinstance(role, str) or role not in API_ROLES:
+        raise GatewayError(
+            403, "42501", f"permission denied to set role {role!r}",
+            details="a token may ask for the roles anon, authenticated or service_role",
+            hint="forbidden",
+        )
+    sub = claims.get("sub")
+    if sub is not None:
+        try:
+            uuid.UUID(str(sub))
+        except ValueError as exc:
+            raise GatewayError(401, "PGRST301", "JWT invalid: sub must be a UUID",
+                               hint="unauthorized", bearer_error="invalid_token") from exc
+    return Caller(role=role, sub=str(sub) if sub is not None else None, claims=claims)
+
+
+def mint_token(secret: str, *, role: str, sub: str | None = None, ttl_seconds: int | None = None,
+               name: str | None = None, extra: dict[str, Any] | None = None) -> str:
+    """An HS256 token as Supabase issues them.
+
+    `role` picks the database role, `sub` the principal (auth.uid()).
+    """
+    if role not in API_ROLES:
+        raise ValueError(f"role must be one of {', '.join(sorted(API_ROLES))}")
+    now = int(time.time())
+    claims: dict[str, Any] = {"role": role, "iat": now, "iss": ISSUER}
+    if role == "authenticated":
+        claims["aud"] = "authenticated"
+    if sub is not None:
+        claims["sub"] = sub
+    if name:
+        claims["name"] = name
+    if ttl_seconds is not None:
+        claims["exp"] = now + ttl_seconds
+    claims.update(extra or {})
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def local_secret(state_dir: Path) -> str:
+    """The secret kept in the state directory, generated (mode 0600) on first use."""
+    path = state_dir / "jwt_secret"
+    if path.exists():
+        return path.read_text("utf-8").strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(value + "\n", "utf-8")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return value

@@ -1,0 +1,46 @@
+"""Errors in PostgREST's shape: `{code, message, details, hint}` with PostgREST's statuses.
+
+`code` is the SQLSTATE (`PT409`) or PostgREST's own code (`PGRST102`); `hint` carries the
+stable machine code (`lease_lost`, `invalid_argument`, ...) that clients branch on.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from control_room.db.store import ContractError
+
+
+class GatewayError(Exception):
+    """A request refused before or around the database call."""
+
+    def __init__(self, status: int, code: str, message: str, *, details: str | None = None,
+                 hint: str | None = None, bearer_error: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.hint = hint
+        self.bearer_error = bearer_error
+
+    def response(self) -> JSONResponse:
+        headers = {}
+        if self.bearer_error:
+            escaped = self.message.replace('"', "'")
+            headers["WWW-Authenticate"] = (
+                f'Bearer error="{self.bearer_error}", error_description="{escaped}"'
+            )
+        return JSONResponse(
+            {"code": self.code, "message": self.message, "details": self.details,
+             "hint": self.hint},
+            status_code=self.status, headers=headers,
+        )
+
+
+def contract_response(error: ContractError) -> JSONResponse:
+    """A ContractError from the database as PostgREST would answer it."""
+    body = error.body()
+    if not body.get("hint"):
+        body["hint"] = error.code
+    return JSONResponse(body, status_code=error.status)
