@@ -164,6 +164,11 @@ def sql_contract(conn: psycopg.Connection[Any]) -> Iterator[Contract]:
 
 @pytest.fixture
 def world(contract: Contract) -> World:
+    return make_world(contract)
+
+
+def make_world(contract: Contract) -> World:
+    """Workspaces w1 (dev) and w2 (prod), each with an admin, developer, viewer and executor."""
     ps = {
         name: user(name)
         for name in ("admin1", "dev1", "viewer1", "exec1", "admin2", "dev2", "viewer2", "exec2")
