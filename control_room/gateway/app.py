@@ -29,7 +29,7 @@ import anyio
 import psycopg
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -107,7 +107,7 @@ class Gateway:
         timeout = str(int(settings.statement_timeout_ms))
         self.pool = ConnectionPool(
             database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
-            open=False, name="control-room-gateway",
+            open=False, name="control-room-gateway", timeout=10,
             kwargs={"options": f"-c statement_timeout={timeout}"},
         )
         self.notifier = Notifier(database_url)
@@ -140,6 +140,14 @@ class Gateway:
             response = exc.response()
         except ContractError as exc:
             response = contract_response(exc)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            log.warning("database unavailable serving %s: %s", fn, exc)
+            response = GatewayError(503, "PGRST000", "the database is unavailable",
+                                    hint="unavailable").response()
+        except Exception:
+            log.exception("unexpected error serving %s", fn)
+            response = GatewayError(500, "XX000", "internal error; see the gateway's log",
+                                    hint="internal").response()
         self.metrics.observe(label, response.status_code, time.perf_counter() - started)
         return response
 
