@@ -387,8 +387,11 @@ begin
         perform ops_private.fail(404, 'not_found', 'run not found');
     end if;
 
-    -- a repeated call with the same claim_id gets the same phase and lease back
+    -- a repeated call with the same claim_id gets the same phase and lease back; concurrent
+    -- calls with one claim_id queue on it (this lock is taken before any row lock)
     if v_claim is not null then
+        perform pg_advisory_xact_lock(
+            ('x' || left(replace(v_claim::text, '-', ''), 16))::bit(64)::bigint);
         select * into v_p from ops.phases p where p.claim_id = v_claim and p.state = 'running';
         if v_p.id is not null then
             if v_p.claimed_by is distinct from v_uid and not ops_private.is_privileged() then
@@ -490,7 +493,7 @@ begin
         end if;
         perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CLAIMED', 'info',
             'claimed, attempt ' || v_p.attempt || ' of ' || v_p.max_attempts,
-            jsonb_build_object('attempt', v_p.attempt, 'claimed_by', v_uid, 'claim_id', v_claim,
+            jsonb_build_object('attempt', v_p.attempt, 'claimed_by', v_uid,
                                'lease_expires_at', v_p.lease_expires_at, 'kind', v_p.kind), v_now);
         perform ops_private.audit('claim_phase', v_p.workspace_id, 'phase', v_p.id::text,
                                   jsonb_build_object('run_id', v_p.run_id, 'phase', v_p.name, 'attempt', v_p.attempt));
@@ -1076,6 +1079,7 @@ declare
     v_phases jsonb;
     v_reuse  jsonb;
     v_child  uuid;
+    v_digest text;
 begin
     if retry_run.idempotency_key is not null and length(retry_run.idempotency_key) not between 1 and 200 then
         perform ops_private.fail(400, 'invalid_argument', 'idempotency_key must be 1-200 characters');
@@ -1090,7 +1094,15 @@ begin
             'only a failed or cancelled run can be retried; this one is ' || v_r.state);
     end if;
     v_key := coalesce(retry_run.idempotency_key, 'retry-of:' || v_parent::text);
-    select r.id into v_child from ops.runs r where r.workspace_id = v_r.workspace_id and r.idempotency_key = v_key;
+    v_digest := md5(jsonb_build_array('retry', v_parent)::text);
+    select r.id into v_child from ops.runs r
+    where r.workspace_id = v_r.workspace_id and r.idempotency_key = v_key;
+    if v_child is not null and not exists (select 1 from ops.runs r
+                                           where r.id = v_child and r.request_digest = v_digest) then
+        perform ops_private.fail(409, 'conflict',
+            'idempotency_key ' || v_key || ' belongs to a run that is not a retry of this one',
+            jsonb_build_object('run_id', v_child));
+    end if;
     if v_child is null then
         select jsonb_agg(jsonb_build_object(
                    'name', p.name, 'kind', p.kind, 'params', p.params, 'depends_on', to_jsonb(p.depends_on),
@@ -1106,9 +1118,14 @@ begin
         from ops.phases p where p.run_id = v_parent;
         v_child := ops_private.insert_run(v_r.workspace_id, v_r.spec_slug, v_r.git_sha, v_phases, v_r.input_manifest,
                                           v_key, v_r.labels, v_r.priority, v_parent, v_reuse,
-                                          md5(jsonb_build_array('retry', v_parent)::text), v_now);
-        if v_child is null then
-            select r.id into v_child from ops.runs r where r.workspace_id = v_r.workspace_id and r.idempotency_key = v_key;
+                                          v_digest, v_now);
+        if v_child is null then   -- a concurrent call with the same key won
+            select r.id into v_child from ops.runs r
+            where r.workspace_id = v_r.workspace_id and r.idempotency_key = v_key and r.request_digest = v_digest;
+            if v_child is null then
+                perform ops_private.fail(409, 'conflict',
+                    'idempotency_key ' || v_key || ' belongs to a run that is not a retry of this one');
+            end if;
             return ops_private.run_json(v_child) || jsonb_build_object('created', false);
         end if;
         perform ops_private.audit('retry_run', v_r.workspace_id, 'run', v_child::text,

@@ -1,0 +1,198 @@
+"""The results of real calls validate against contract/openapi.yaml's response schemas.
+
+One scenario calls every function of the contract through `contract.call` on a fresh
+database and checks each result against its operation's 200 schema (closed objects: a field
+the SQL returns but the document does not declare fails too), and a few refusals against the
+operation's declared error responses and the `Error` schema.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from control_room.db.store import ContractError
+from tests.openapi_doc import MACHINE_CODES, load_openapi, response_errors, rpc_operations
+
+from .conftest import SERVICE, Contract, Principal, phase, user
+
+T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
+
+
+class Recorder:
+    """Calls the contract and records how each result disagrees with the document."""
+
+    def __init__(self, contract: Contract) -> None:
+        self.contract = contract
+        self.now = T0
+        self.called: set[str] = set()
+        self.checked = 0
+        self.problems: list[str] = []
+
+    def call(self, fn: str, args: dict[str, Any] | None = None, *,
+             as_: Principal = SERVICE, label: str = "") -> Any:
+        result = self.contract.call(fn, args, as_=as_, now=self.now)
+        self.called.add(fn)
+        self.checked += 1
+        for error in response_errors(fn, 200, result):
+            self.problems.append(f"{fn}{f' ({label})' if label else ''} 200: {error}")
+        return result
+
+    def refused(self, fn: str, args: dict[str, Any], *, status: int, code: str,
+                as_: Principal = SERVICE) -> ContractError:
+        err = self.contract.error(fn, args, as_=as_, now=self.now)
+        where = f"{fn} refusal {code}"
+        if (err.status, err.code) != (status, code):
+            self.problems.append(f"{where}: got {err.status} {err.code} ({err.message})")
+        declared = rpc_operations(load_openapi())[fn]["responses"]
+        if str(err.status) not in declared:
+            self.problems.append(f"{where}: status {err.status} is not declared "
+                                 f"(declared: {sorted(declared)})")
+        else:
+            for error in response_errors(fn, err.status, err.body()):
+                self.problems.append(f"{where} body: {error}")
+        if err.hint not in MACHINE_CODES:
+            self.problems.append(f"{where}: hint {err.hint!r} is not a documented machine code")
+        self.checked += 1
+        return err
+
+
+def test_every_result_matches_its_response_schema(contract: Contract) -> None:
+    r = Recorder(contract)
+    admin, executor, viewer = user("admin"), user("executor"), user("viewer")
+
+    # workspaces and members
+    ws = r.call("create_workspace", {"slug": "shapes", "name": "Shapes", "env": "stage"})
+    own = r.call("create_workspace", {"slug": "owned", "name": "Owned"}, as_=admin,
+                 label="by a user")
+    assert own["created_by"] == str(admin.sub)
+    for who, role in ((executor, "executor"), (viewer, "viewer"), (admin, "admin")):
+        r.call("add_member", {"workspace_id": ws["id"], "principal_id": str(who.sub),
+                              "role": role, "name": role})
+    gone = r.call("add_member", {"workspace_id": own["id"], "principal_id": str(viewer.sub),
+                                 "role": "viewer"}, as_=admin)
+    assert gone["name"] is None
+    r.call("remove_member", {"workspace_id": own["id"], "principal_id": str(viewer.sub)},
+           as_=admin)
+    bot = r.call("create_principal", {"name": "ci-bot"})
+    r.call("add_member", {"workspace_id": ws["id"], "principal_id": bot["id"],
+                          "role": "executor"}, label="principal")
+    revoked = r.call("revoke_principal", {"principal_id": bot["id"]}, as_=admin)
+    assert revoked["revoked_at"] is not None
+    assert r.call("list_workspaces", {}, label="service_role")[0]["role"] is None
+    assert r.call("list_workspaces", {}, as_=executor, label="executor")[0]["role"] == "executor"
+
+    # a run: a -> (b, c); a fails once and is retried, b fails for good, c is skipped
+    run_args = {
+        "workspace_id": ws["id"], "spec_slug": "shapes.demo", "git_sha": "0123abcd",
+        "phases": [phase("a", "python", max_attempts=2, retry_backoff_seconds=30,
+                         params={"entrypoint": "m:f"}),
+                   phase("b", "sql", "a"), phase("c", "dbt", "a")],
+        "labels": {"team": "data"}, "idempotency_key": "shapes-1", "input_manifest": {"day": 1},
+    }
+    run = r.call("create_run", run_args, as_=admin, label="created")
+    assert r.call("create_run", run_args, as_=admin, label="replay")["created"] is False
+    claim_id = str(uuid.uuid4())
+    a1 = r.call("claim_phase", {"kinds": ["python"], "claim_id": claim_id}, as_=executor)
+    assert a1["claim_id"] == claim_id
+    r.call("claim_phase", {"kinds": ["python"], "claim_id": claim_id}, as_=executor,
+           label="replay")
+    r.call("heartbeat", {"lease_token": a1["lease_token"], "progress": {"pct": 10},
+                         "lease_seconds": 120}, as_=executor)
+    r.call("append_events", {"run_id": run["id"], "lease_token": a1["lease_token"], "events": [
+        {"event_id": str(uuid.uuid4()), "phase": "a", "type": "PHASE_STARTED"},
+        {"event_id": str(uuid.uuid4()), "type": "LOG", "level": "debug", "message": "hello",
+         "payload": {"k": [1, 2]}, "ts": "2031-03-01T09:00:00Z"},
+    ]}, as_=executor)
+    digest = "blake3:" + "ab" * 32
+    artifact = {"lease_token": a1["lease_token"], "digest": digest, "uri": "file:///tmp/x",
+                "size_bytes": 12, "media_type": "application/json", "kind": "table",
+                "name": "orders", "metadata": {"rows": 3}}
+    assert r.call("register_artifact", artifact, as_=executor, label="new")["linked"] is True
+    assert r.call("register_artifact", artifact, as_=executor, label="again")["linked"] is False
+    retry = r.call("complete_phase", {"lease_token": a1["lease_token"], "outcome": "failed",
+                                      "error": {"message": "flaky", "code": 7}}, as_=executor)
+    assert retry["phase_state"] == "queued" and retry["not_before"] is not None
+    r.call("complete_phase", {"lease_token": a1["lease_token"], "outcome": "failed",
+                              "error": {"message": "flaky", "code": 7}}, as_=executor,
+           label="replay")
+    assert r.call("claim_phase", {"run_id": run["id"]}, as_=executor, label="nothing") is None
+    r.now += timedelta(hours=1)
+    a2 = r.call("claim_phase", {"run_id": run["id"], "lease_seconds": 30}, as_=executor,
+                label="second attempt")
+    done = r.call("complete_phase", {"lease_token": a2["lease_token"], "outcome": "succeeded",
+                                     "output_manifest": {"orders": digest}}, as_=executor,
+                  label="success")
+    assert sorted(done["released"]) == ["b", "c"]
+    b = r.call("claim_phase", {"kinds": ["sql"]}, as_=executor, label="with inputs")
+    assert b["inputs"] == {"a": {"orders": digest}}
+    final = r.call("complete_phase", {"lease_token": b["lease_token"], "outcome": "failed",
+                                      "error": "syntax error", "retryable": False},
+                   as_=executor, label="final failure")
+    assert (final["phase_state"], final["run_state"]) == ("failed", "failed")
+    failed = r.call("get_run", {"run_id": run["id"]}, as_=viewer)
+    assert {p["name"]: p["state"] for p in failed["phases"]} == {
+        "a": "succeeded", "b": "failed", "c": "skipped"}
+    page = r.call("list_runs", {"workspace_id": ws["id"], "limit": 1}, as_=viewer)
+    assert page["next_cursor"] is not None
+    r.call("list_runs", {"labels": {"team": "data"}, "state": "failed"}, label="filtered")
+    events = r.call("list_events", {"run_id": run["id"], "limit": 1000}, as_=viewer)
+    types = {e["type"] for e in events["events"]}
+    assert {"RUN_CREATED", "PHASE_CLAIMED", "PHASE_RETRY_SCHEDULED", "PHASE_SKIPPED",
+            "ARTIFACT_REGISTERED", "RUN_FAILED", "LOG"} <= types, types
+    r.call("list_events", {"run_id": run["id"], "after": 3, "limit": 2, "phase": "a"},
+           label="page")
+    r.call("list_artifacts", {"run_id": run["id"]}, as_=viewer)
+    r.call("list_artifacts", {"workspace_id": ws["id"], "digest": digest, "after": 0},
+           label="by digest")
+
+    # retry the failed run, cancel the child while b runs, let b's executor stop
+    child = r.call("retry_run", {"run_id": run["id"]}, as_=admin)
+    assert child["parent_run_id"] == run["id"]
+    b2 = r.call("claim_phase", {"run_id": child["id"], "kinds": ["sql"]}, as_=executor,
+                label="child")
+    cancelled = r.call("cancel_run", {"run_id": child["id"], "reason": "enough"}, as_=admin)
+    assert cancelled["state"] == "cancelled"
+    beat = r.call("heartbeat", {"lease_token": b2["lease_token"]}, as_=executor,
+                  label="cancel requested")
+    assert beat["cancel_requested"] is True
+    stopped = r.call("complete_phase", {"lease_token": b2["lease_token"],
+                                        "outcome": "succeeded"}, as_=executor, label="stopped")
+    assert stopped["phase_state"] == "cancelled"
+    r.call("list_events", {"run_id": child["id"]}, label="child")
+
+    # a run that succeeds and is finalized
+    single = r.call("create_run", {"workspace_id": ws["id"], "spec_slug": "one",
+                                   "git_sha": "abcdef0", "phases": [phase("only")]},
+                    label="single")
+    only = r.call("claim_phase", {"run_id": single["id"]}, label="service_role")
+    r.call("complete_phase", {"lease_token": only["lease_token"], "outcome": "succeeded"},
+           label="last phase")
+    finalized = r.call("complete_run", {"run_id": single["id"],
+                                        "output_manifest": {"gold": digest}}, as_=executor)
+    assert finalized["finalized_at"] is not None
+
+    # refusals carry PostgREST's error body with a documented status and machine code
+    r.refused("get_run", {"run_id": "not-a-uuid"}, status=400, code="invalid_argument")
+    r.refused("get_run", {"run_id": str(uuid.uuid4())}, status=404, code="not_found")
+    r.refused("heartbeat", {"lease_token": a1["lease_token"]}, status=409, code="lease_lost",
+              as_=executor)
+    r.refused("create_run", {**run_args, "idempotency_key": "shapes-2"}, status=403,
+              code="forbidden", as_=viewer)
+    r.refused("create_run", {**run_args, "priority": 5}, status=409, code="conflict")
+    r.refused("create_run", {**run_args, "idempotency_key": None,
+                             "phases": [phase("big", params={"x": "y" * 300_000})]},
+              status=413, code="payload_too_large")
+    r.refused("create_workspace", {"slug": "nosub", "name": "No sub"}, status=401,
+              code="unauthorized", as_=Principal("authenticated"))
+    r.refused("claim_phase", {}, status=401, code="unauthorized",
+              as_=Principal("authenticated", uuid.UUID(bot["id"])))
+    r.refused("create_principal", {"name": "not allowed"}, status=403, code="forbidden",
+              as_=admin)
+
+    unexercised = set(rpc_operations(load_openapi())) - r.called
+    assert not unexercised, f"add a call of {sorted(unexercised)} to this scenario"
+    assert r.checked >= 45
+    assert not r.problems, "results that disagree with contract/openapi.yaml:\n" + "\n".join(
+        r.problems)
