@@ -132,6 +132,14 @@ def contract_error(exc: psycopg.Error, *, authenticated: bool = True) -> Contrac
     hint = diag.message_hint
     if sqlstate == "PGRST":
         return _pgrst_error(message, details, hint)
+    if sqlstate is None and isinstance(exc, psycopg.DataError):
+        # refused by the driver before it reached the server (e.g. a NUL byte in a text value)
+        return ContractError(message, status=400, code="invalid_argument", sqlstate="22000",
+                             hint="invalid_argument")
+    if sqlstate is None and not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        # not the server's answer, not a lost connection: a fault of ours
+        return ContractError(message, status=500, code="internal", sqlstate="XX000",
+                             hint="internal")
     status = http_status(sqlstate, authenticated=authenticated)
     if sqlstate is None:
         # No server answer: the connection failed or broke.
@@ -417,6 +425,18 @@ def _adapt(param: Param, value: Any) -> Any:
     if isinstance(value, bool) and param.type != "boolean":
         return "true" if value else "false"
     if isinstance(value, list | tuple):
+        if not param.type.endswith("[]"):
+            raise ContractError(
+                f"argument {param.name!r} must be a {param.type}, not an array",
+                status=400, code="invalid_argument", sqlstate="PT400", hint="invalid_argument",
+            )
+        for item in value:
+            if item is not None and not isinstance(item, str | int | float):
+                raise ContractError(
+                    f"argument {param.name!r} must be an array of {param.type[:-2]} values",
+                    status=400, code="invalid_argument", sqlstate="PT400",
+                    hint="invalid_argument",
+                )
         return list(value)
     return value
 
