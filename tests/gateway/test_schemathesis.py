@@ -4,6 +4,7 @@ no 5xx, and every response (status, content type, headers, body) is one the cont
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -39,7 +40,7 @@ def service_token() -> str:
 
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-def test_the_gateway_keeps_the_contract(case: schemathesis.Case, gateway_url: str,
+def test_the_gateway_keeps_the_contract(case: schemathesis.Case[Any], gateway_url: str,
                                         service_token: str) -> None:
     case.call_and_validate(
         base_url=f"{gateway_url}/rest/v1",
