@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -49,10 +50,21 @@ SCHEMA = "ops"
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
 
 
+def load_contract(contract_file: Path) -> dict[str, Any]:
+    """The OpenAPI document, parsed once per file version."""
+    return _parse_contract(contract_file, contract_file.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_contract(contract_file: Path, mtime_ns: int) -> dict[str, Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    document: dict[str, Any] = yaml.load(contract_file.read_text("utf-8"), Loader=loader)
+    return document
+
+
 def contract_functions(contract_file: Path) -> frozenset[str]:
     """The functions the contract names: the `/rpc/<fn>` operations of its OpenAPI document."""
-    document = yaml.safe_load(contract_file.read_text("utf-8"))
-    return frozenset(path.removeprefix("/rpc/") for path in document.get("paths", {})
+    return frozenset(path.removeprefix("/rpc/") for path in load_contract(contract_file)["paths"]
                      if path.startswith("/rpc/"))
 
 
@@ -237,8 +249,8 @@ class Gateway:
     # -- the rest ------------------------------------------------------------------------
 
     async def root(self, request: Request) -> Response:
-        document = yaml.safe_load(self.contract_file.read_text("utf-8"))
-        return JSONResponse(document, media_type="application/openapi+json")
+        return JSONResponse(load_contract(self.contract_file),
+                            media_type="application/openapi+json")
 
     async def openapi_yaml(self, request: Request) -> Response:
         return PlainTextResponse(self.contract_file.read_text("utf-8"),
