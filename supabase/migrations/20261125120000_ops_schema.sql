@@ -117,9 +117,11 @@ create table ops.phases (
 -- not the history (finished phases are in neither).
 create index phases_claimable_idx on ops.phases (priority desc, queued_at, ordinal, id) where state = 'queued';
 create index phases_lease_expiry_idx on ops.phases (lease_expires_at) where state = 'running';
+-- claims within one run (claim_phase(run_id => ...)): the same order, the run first
+create index phases_run_claimable_idx on ops.phases (run_id, priority desc, queued_at, ordinal, id)
+    where state = 'queued';
 create unique index phases_lease_token_idx on ops.phases (lease_token) where lease_token is not null;
 create unique index phases_claim_id_idx on ops.phases (claim_id) where state = 'running';
-create index phases_workspace_state_idx on ops.phases (workspace_id, state);
 
 -- ---------------------------------------------------------------------------------------------
 -- events (append-only) and artifacts (immutable, content-addressed)

@@ -146,12 +146,16 @@ returns boolean
 language sql stable
 set search_path = ''
 as $$
-    select coalesce((
-        select r.rolsuper or r.rolbypassrls
-        from pg_catalog.pg_roles r
-        where r.rolname = coalesce(nullif(pg_catalog.current_setting('role', true), 'none'),
-                                   session_user::text)
-    ), false)
+    select case coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text)
+        when 'authenticated' then false          -- the common cases, without a catalog lookup
+        when 'anon' then false
+        when 'service_role' then true
+        else coalesce((
+            select r.rolsuper or r.rolbypassrls
+            from pg_catalog.pg_roles r
+            where r.rolname = coalesce(nullif(pg_catalog.current_setting('role', true), 'none'),
+                                       session_user::text)), false)
+    end
 $$;
 
 -- The calling principal (auth.uid()), refused when it has been revoked.

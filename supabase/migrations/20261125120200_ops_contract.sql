@@ -346,7 +346,10 @@ declare
     v_r        ops.runs;
     v_expired  boolean;
     v_held_run boolean := false; -- this transaction holds a run lock: take further ones with SKIP LOCKED
-    v_skip     uuid[] := '{}';
+    v_skip     uuid[] := '{}';   -- phases tried (and locked) by this call
+    v_busy     uuid[] := '{}';   -- runs whose row another transaction holds: look elsewhere first
+    v_fallback ops.phases;       -- a phase of a busy run, claimed by waiting if nothing else is free
+    v_fallback_expired boolean;
     v_i        integer := 0;
 begin
     if claim_phase.lease_seconds is null or claim_phase.lease_seconds not between 1 and 3600 then
@@ -402,42 +405,59 @@ begin
         end if;
     end if;
 
+    -- Claims of one run serialize on its row (its events are numbered under it), so a claim
+    -- first looks for work in runs nobody else holds, and waits for a busy run only when
+    -- there is nothing else.
     loop
         v_i := v_i + 1;
-        exit when v_i > 20;
-        -- 1. a running phase whose lease expired (its holder is presumed dead)
-        select * into v_p from ops.phases p
-        where p.state = 'running' and p.lease_expires_at <= v_now
-          and (v_kinds is null or p.kind = any (v_kinds))
-          and (v_ws is null or p.workspace_id = any (v_ws))
-          and (v_run is null or p.run_id = v_run)
-          and p.id <> all (v_skip)
-        order by p.lease_expires_at
-        limit 1
-        for update skip locked;
-        v_expired := v_p.id is not null;
-        -- 2. else the best queued phase: priority, then age
-        if not v_expired then
+        v_p := null;
+        if v_i <= 20 then
+            -- 1. a running phase whose lease expired (its holder is presumed dead)
             select * into v_p from ops.phases p
-            where p.state = 'queued' and p.not_before <= v_now
+            where p.state = 'running' and p.lease_expires_at <= v_now
               and (v_kinds is null or p.kind = any (v_kinds))
               and (v_ws is null or p.workspace_id = any (v_ws))
               and (v_run is null or p.run_id = v_run)
-              and p.id <> all (v_skip)
-            order by p.priority desc, p.queued_at, p.ordinal, p.id
+              and p.id <> all (v_skip) and p.run_id <> all (v_busy)
+            order by p.lease_expires_at
             limit 1
             for update skip locked;
-            if v_p.id is null then
-                return null;
+            v_expired := v_p.id is not null;
+            -- 2. else the best queued phase: priority, then age
+            if not v_expired then
+                select * into v_p from ops.phases p
+                where p.state = 'queued' and p.not_before <= v_now
+                  and (v_kinds is null or p.kind = any (v_kinds))
+                  and (v_ws is null or p.workspace_id = any (v_ws))
+                  and (v_run is null or p.run_id = v_run)
+                  and p.id <> all (v_skip) and p.run_id <> all (v_busy)
+                order by p.priority desc, p.queued_at, p.ordinal, p.id
+                limit 1
+                for update skip locked;
             end if;
         end if;
-        v_skip := v_skip || v_p.id;
 
-        if v_held_run then
-            select * into v_r from ops.runs r where r.id = v_p.run_id for update skip locked;
-            continue when v_r.id is null;
-        else
+        if v_p.id is null then
+            if v_fallback.id is null or v_held_run then
+                return null;
+            end if;
+            v_p := v_fallback;
+            v_expired := v_fallback_expired;
+            v_fallback := null;
             select * into v_r from ops.runs r where r.id = v_p.run_id for update;
+        else
+            v_skip := v_skip || v_p.id;
+            select * into v_r from ops.runs r where r.id = v_p.run_id for update skip locked;
+            if v_r.id is null then
+                if not v_held_run then
+                    v_busy := v_busy || v_p.run_id;
+                    if v_fallback.id is null then
+                        v_fallback := v_p;
+                        v_fallback_expired := v_expired;
+                    end if;
+                end if;
+                continue;
+            end if;
         end if;
         v_held_run := true;
 

@@ -1,0 +1,903 @@
+"""The security matrix: who reads which rows, who may call which function, nothing crosses
+workspaces, anon calls nothing, nobody writes a table directly.
+
+Tables and functions are enumerated from pg_catalog, so a new table is checked automatically
+and a new function fails `test_every_function_is_in_the_matrix` until it is given a row of
+expectations here.
+
+Tests of the database itself (row level security, grants, JWT claims) are in `TestDatabase`
+and run on direct SQL; the function matrix and the cross-tenant calls run over every
+transport of the contract. Data is always set up over direct SQL (`direct`), so what is under
+test is only the call being checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from control_room.db.store import ContractError, acting_as, call
+
+from .conftest import ANON, SERVICE, Contract, Principal, World, new_run, phase, user
+from .snapshot import ops_tables, snapshot
+
+# Which workspaces each row of a table belongs to: a query of (row key, workspace id) pairs.
+# A row is visible to the members of any of its workspaces (none: to service_role only).
+# Tables not listed have a workspace_id column and belong to that one workspace.
+TENANCY = {
+    "workspaces": "select id::text, id::text from ops.workspaces",
+    "principals": "select p.id::text, m.workspace_id::text from ops.principals p"
+                  " left join ops.workspace_members m on m.principal_id = p.id",
+}
+
+# Columns of ops.phases that are capabilities: nobody reads them, not even service_role.
+SECRET_PHASE_COLUMNS = frozenset({"lease_token", "claim_id"})
+
+
+def digest_of(text: str) -> str:
+    """A well-formed artifact digest (the format is all the control plane checks)."""
+    return "blake3:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def log_event(phase_name: str | None = None, type_: str = "LOG") -> dict[str, Any]:
+    event: dict[str, Any] = {"event_id": str(uuid.uuid4()), "type": type_, "message": "hello"}
+    if phase_name is not None:
+        event["phase"] = phase_name
+    return event
+
+
+def tenancy(conn: psycopg.Connection[Any], table: str) -> sql.SQL | sql.Composed:
+    if table in TENANCY:
+        return sql.SQL(TENANCY[table])
+    with conn.transaction():
+        row = conn.execute(
+            "select count(*) from pg_catalog.pg_attribute where attrelid ="
+            " pg_catalog.to_regclass(%s) and attname = 'workspace_id' and not attisdropped",
+            (f"ops.{table}",),
+        ).fetchone()
+    assert row is not None and row[0] == 1, (
+        f"ops.{table} has no workspace_id column: describe its tenancy in TENANCY")
+    return sql.SQL("select ctid::text, workspace_id::text from ops.{}").format(
+        sql.Identifier(table))
+
+
+def rows_by_workspace(conn: psycopg.Connection[Any], table: str) -> dict[str, set[str]]:
+    """Workspace id (or '' for none) -> keys of the rows belonging to it, read as superuser."""
+    with conn.transaction():
+        rows = conn.execute(tenancy(conn, table)).fetchall()
+    out: dict[str, set[str]] = {}
+    for key, ws in rows:
+        out.setdefault(str(ws or ""), set()).add(str(key))
+    return out
+
+
+def visible_count(by_ws: dict[str, set[str]], workspaces: set[str]) -> int:
+    return len(set().union(*(by_ws.get(ws, set()) for ws in workspaces)))
+
+
+# ---------------------------------------------------------------------------------------------
+# data in both workspaces, made through the contract
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Populated:
+    world: World
+    both: Principal       # viewer of W1 and admin of W2
+    outsider: Principal   # authenticated, member of nothing
+    runs: dict[str, list[str]] = field(default_factory=dict)       # "w1"/"w2" -> run ids
+    tokens: dict[str, list[str]] = field(default_factory=dict)     # lease tokens ever issued
+    claim_ids: dict[str, list[str]] = field(default_factory=dict)
+    live_claims: dict[str, dict[str, Any]] = field(default_factory=dict)  # a running phase
+
+    def ws(self, key: str) -> str:
+        return self.world.w1 if key == "w1" else self.world.w2
+
+
+def _fill(contract: Contract, data: Populated, key: str, dev: Principal, executor: Principal,
+          extra_runs: int) -> None:
+    """Runs with phases, a claimed phase, events, artifacts and audit rows in one workspace."""
+    ws = data.ws(key)
+    runs: list[str] = []
+    tokens: list[str] = []
+    claim_ids: list[str] = []
+    # a run whose first phase succeeded (events, an artifact) and whose second is claimed
+    run = new_run(contract, ws, [phase("a"), phase("b", "sql", "a")], as_=dev)
+    runs.append(run["id"])
+    first_claim_id = str(uuid.uuid4())
+    claim = contract.call("claim_phase", {"run_id": run["id"], "claim_id": first_claim_id},
+                          as_=executor)
+    assert claim is not None and claim["name"] == "a"
+    tokens.append(claim["lease_token"])
+    claim_ids.append(first_claim_id)
+    contract.call("append_events", {"run_id": run["id"], "lease_token": claim["lease_token"],
+                                    "events": [log_event("a", "PHASE_STARTED"), log_event("a")]},
+                  as_=executor)
+    for i in range(1 + extra_runs):
+        contract.call("register_artifact", {
+            "lease_token": claim["lease_token"], "digest": digest_of(f"{key}-out-{i}"),
+            "uri": f"s3://bucket/{key}/out-{i}", "size_bytes": 10}, as_=executor)
+    contract.call("complete_phase", {"lease_token": claim["lease_token"], "outcome": "succeeded",
+                                     "output_manifest": {"rows": 1}}, as_=executor)
+    second_claim_id = str(uuid.uuid4())
+    claim = contract.call("claim_phase", {"run_id": run["id"], "claim_id": second_claim_id},
+                          as_=executor)
+    assert claim is not None and claim["name"] == "b"
+    tokens.append(claim["lease_token"])
+    claim_ids.append(second_claim_id)
+    data.live_claims[key] = claim
+    # a cancelled run and its retry
+    cancelled = new_run(contract, ws, [phase("x")], as_=dev)
+    contract.call("cancel_run", {"run_id": cancelled["id"], "reason": "test"}, as_=dev)
+    retried = contract.call("retry_run", {"run_id": cancelled["id"]}, as_=dev)
+    runs += [cancelled["id"], retried["id"]]
+    for i in range(extra_runs):
+        runs.append(new_run(contract, ws, [phase(f"e{i}")], as_=dev)["id"])
+    data.runs[key] = runs
+    data.tokens[key] = tokens
+    data.claim_ids[key] = claim_ids
+
+
+@pytest.fixture
+def direct(conn: psycopg.Connection[Any]) -> Contract:
+    """Direct SQL, for making the data a test needs whatever transport it checks."""
+    return Contract(conn)
+
+
+@pytest.fixture
+def populated(direct: Contract, world: World) -> Populated:
+    contract = direct
+    data = Populated(world=world, both=user("both"), outsider=user("outsider"))
+    for ws, role in ((world.w1, "viewer"), (world.w2, "admin")):
+        contract.call("add_member", {"workspace_id": ws, "principal_id": str(data.both.sub),
+                                     "role": role})
+    # minted principals (ops.principals): one in W1, two in W2, one in no workspace
+    for home in (world.w1, world.w2, world.w2, None):
+        minted = contract.call("create_principal", {"name": "runner", "kind": "executor"})
+        if home is not None:
+            contract.call("add_member", {"workspace_id": home, "principal_id": minted["id"],
+                                         "role": "executor"})
+    _fill(contract, data, "w1", world.dev1, world.exec1, extra_runs=0)
+    _fill(contract, data, "w2", world.dev2, world.exec2, extra_runs=2)  # W2 holds more rows
+    return data
+
+
+@dataclass(frozen=True)
+class Reader:
+    principal: Principal
+    member_of: frozenset[str]   # "w1", "w2"
+    admin_of: frozenset[str]
+
+
+def readers(data: Populated) -> list[Reader]:
+    w = data.world
+    one, two, both = frozenset({"w1"}), frozenset({"w2"}), frozenset({"w1", "w2"})
+    none: frozenset[str] = frozenset()
+    return [
+        Reader(w.admin1, one, one), Reader(w.dev1, one, none), Reader(w.viewer1, one, none),
+        Reader(w.exec1, one, none),
+        Reader(w.admin2, two, two), Reader(w.dev2, two, none), Reader(w.viewer2, two, none),
+        Reader(w.exec2, two, none),
+        Reader(data.both, both, two), Reader(data.outsider, none, none),
+    ]
+
+
+def count_as(conn: psycopg.Connection[Any], who: Principal, table: str) -> int:
+    with acting_as(conn, role=who.role, sub=str(who.sub) if who.sub else None):
+        row = conn.execute(
+            sql.SQL("select count(*) from ops.{}").format(sql.Identifier(table))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+def ops_functions(conn: psycopg.Connection[Any], schema: str = "ops") -> list[tuple[int, str]]:
+    """(oid, name) of every function and procedure of the schema."""
+    with conn.transaction():
+        rows = conn.execute(
+            "select p.oid::bigint, p.proname from pg_catalog.pg_proc p"
+            " join pg_catalog.pg_namespace n on n.oid = p.pronamespace"
+            " where n.nspname = %s order by 2, 1",
+            (schema,),
+        ).fetchall()
+    return [(int(o), str(n)) for o, n in rows]
+
+
+def write_statements(conn: psycopg.Connection[Any], table: str) -> dict[str, sql.Composed]:
+    """INSERT, UPDATE, DELETE and TRUNCATE of a table (the privilege check comes first)."""
+    with conn.transaction():
+        row = conn.execute(
+            "select attname from pg_catalog.pg_attribute"
+            " where attrelid = pg_catalog.to_regclass(%s) and attnum > 0 and not attisdropped"
+            "   and attidentity = '' and attgenerated = '' order by attnum limit 1",
+            (f"ops.{table}",),
+        ).fetchone()
+    assert row is not None
+    ident, col = sql.Identifier(table), sql.Identifier(str(row[0]))
+    return {
+        "insert": sql.SQL("insert into ops.{} default values").format(ident),
+        "update": sql.SQL("update ops.{} set {} = {}").format(ident, col, col),
+        "delete": sql.SQL("delete from ops.{}").format(ident),
+        "truncate": sql.SQL("truncate ops.{} cascade").format(ident),
+    }
+
+
+def everything_readable(conn: psycopg.Connection[Any], contract: Contract,
+                        data: Populated) -> Iterator[tuple[str, str]]:
+    """(where, text) of every row that service_role and members can select, and of every
+    answer of the read functions."""
+    tables = ops_tables(conn)
+    for who in (SERVICE, data.world.admin1, data.world.viewer1, data.world.exec2):
+        sub = str(who.sub) if who.sub else None
+        for table in tables:
+            with conn.transaction():
+                cols = [str(r[0]) for r in conn.execute(
+                    "select a.attname from pg_catalog.pg_attribute a"
+                    " where a.attrelid = pg_catalog.to_regclass(%s) and a.attnum > 0"
+                    "   and not a.attisdropped"
+                    "   and pg_catalog.has_column_privilege(%s, a.attrelid, a.attnum, 'select')"
+                    " order by a.attnum",
+                    (f"ops.{table}", who.role)).fetchall()]
+            with acting_as(conn, role=who.role, sub=sub):
+                rows = conn.execute(sql.SQL("select {} from ops.{}").format(
+                    sql.SQL(", ").join(sql.Identifier(c) for c in cols), sql.Identifier(table))
+                ).fetchall()
+            yield f"{who}: ops.{table}", repr(rows)
+        listing = contract.call("list_runs", {"limit": 500}, as_=who)
+        yield f"{who}: list_runs", json.dumps(listing)
+        yield f"{who}: list_artifacts", json.dumps(contract.call("list_artifacts", {}, as_=who))
+        for run in listing["runs"]:
+            yield f"{who}: get_run", json.dumps(
+                contract.call("get_run", {"run_id": run["id"]}, as_=who))
+            yield f"{who}: list_events", json.dumps(contract.call(
+                "list_events", {"run_id": run["id"], "limit": 1000}, as_=who))
+
+
+# ops_private helpers the API roles may execute: each must write nothing and reveal nothing
+# beyond what the caller may read (they run as the caller, or read only the caller's own
+# memberships). Granting another helper must be a reviewed change of this list.
+PRIVATE_HELPERS_FOR_API_ROLES = frozenset({
+    "admin_workspaces", "member_workspaces", "check_object", "fail", "is_privileged", "now",
+    "phases_json", "run_json", "uuid_arg",
+})
+
+
+class TestDatabase:
+    """Row level security, grants and claims, checked in the database (direct SQL only)."""
+
+    @pytest.fixture
+    def contract(self, sql_contract: Contract) -> Contract:
+        return sql_contract
+
+    def test_every_table_has_rls_and_a_tenancy(self, conn: psycopg.Connection[Any]) -> None:
+        tables = ops_tables(conn)
+        assert {"workspaces", "workspace_members", "runs", "phases", "run_events", "artifacts",
+                "run_artifacts", "audit_log"} <= set(tables)
+        with conn.transaction():
+            no_rls = conn.execute(
+                "select c.relname from pg_catalog.pg_class c"
+                " join pg_catalog.pg_namespace n on n.oid = c.relnamespace"
+                " where n.nspname = 'ops' and c.relkind in ('r', 'p') and not c.relrowsecurity"
+            ).fetchall()
+            others = conn.execute(
+                "select c.relname from pg_catalog.pg_class c"
+                " join pg_catalog.pg_namespace n on n.oid = c.relnamespace"
+                " where n.nspname = 'ops' and c.relkind in ('v', 'm', 'f')"
+            ).fetchall()
+        assert no_rls == []
+        assert others == [], "a view or foreign table in ops needs its own rows in this matrix"
+        for table in tables:
+            tenancy(conn, table)
+
+    def test_members_read_exactly_their_workspaces_rows(
+        self, conn: psycopg.Connection[Any], populated: Populated
+    ) -> None:
+        ids = {"w1": populated.world.w1, "w2": populated.world.w2}
+        for table in ops_tables(conn):
+            by_ws = rows_by_workspace(conn, table)
+            # the matrix only proves something if both workspaces have rows, different numbers
+            # of them (so a policy showing the other workspace's rows is caught)
+            n1, n2 = len(by_ws.get(ids["w1"], ())), len(by_ws.get(ids["w2"], ()))
+            assert n1 > 0 and n2 > 0, (table, n1, n2)
+            assert n1 != n2 or table == "workspaces", (table, n1, n2)
+            assert set(by_ws) <= {ids["w1"], ids["w2"], ""}, table
+            for reader in readers(populated):
+                visible = reader.admin_of if table == "audit_log" else reader.member_of
+                expected = visible_count(by_ws, {ids[k] for k in visible})
+                assert count_as(conn, reader.principal, table) == expected, (
+                    f"{reader.principal} reading ops.{table}")
+            everything = visible_count(by_ws, set(by_ws))
+            assert count_as(conn, SERVICE, table) == everything, f"service_role, {table}"
+
+    def test_only_admins_read_the_audit_log(
+        self, conn: psycopg.Connection[Any], populated: Populated
+    ) -> None:
+        w = populated.world
+        by_ws = rows_by_workspace(conn, "audit_log")
+        assert count_as(conn, w.admin1, "audit_log") == len(by_ws[w.w1])
+        assert count_as(conn, w.admin2, "audit_log") == len(by_ws[w.w2])
+        assert count_as(conn, populated.both, "audit_log") == len(by_ws[w.w2])  # W2's admin
+        for who in (w.dev1, w.viewer1, w.exec1, w.dev2, w.viewer2, w.exec2, populated.outsider):
+            assert count_as(conn, who, "audit_log") == 0, str(who)
+        with acting_as(conn, role="authenticated", sub=str(w.admin1.sub)):
+            seen = {str(r[0]) for r in conn.execute(
+                "select distinct workspace_id from ops.audit_log").fetchall()}
+        assert seen == {w.w1}
+
+    def test_anon_reads_no_table(self, conn: psycopg.Connection[Any], populated: Populated) -> None:
+        for table in ops_tables(conn):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(conn, role="anon"):
+                conn.execute(sql.SQL("select count(*) from ops.{}").format(sql.Identifier(table)))
+
+    def test_authenticated_without_a_sub_reads_nothing(
+        self, conn: psycopg.Connection[Any], populated: Populated
+    ) -> None:
+        for table in ops_tables(conn):
+            assert count_as(conn, Principal("authenticated", None, "no-sub"), table) == 0, table
+
+    def test_nobody_writes_a_table_directly(
+        self, conn: psycopg.Connection[Any], populated: Populated
+    ) -> None:
+        w = populated.world
+        writers = [ANON, SERVICE, w.admin1, w.dev1, w.viewer1, w.exec1, w.admin2, w.exec2,
+                   populated.both]
+        before = snapshot(conn)
+        for table in ops_tables(conn):
+            for verb, statement in write_statements(conn, table).items():
+                for who in writers:
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(
+                        conn, role=who.role, sub=str(who.sub) if who.sub else None
+                    ):
+                        conn.execute(statement)
+                        pytest.fail(f"{who} could {verb} ops.{table}")
+        assert snapshot(conn) == before
+
+    def test_lease_token_and_claim_id_are_not_selectable(
+        self, conn: psycopg.Connection[Any], populated: Populated
+    ) -> None:
+        w = populated.world
+        for who in (SERVICE, w.admin1, w.exec1, w.viewer1):
+            sub = str(who.sub) if who.sub else None
+            for column in sorted(SECRET_PHASE_COLUMNS):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(
+                    conn, role=who.role, sub=sub
+                ):
+                    conn.execute(
+                        sql.SQL("select {} from ops.phases").format(sql.Identifier(column)))
+                    pytest.fail(f"{who} selected phases.{column}")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(
+                conn, role=who.role, sub=sub
+            ):
+                conn.execute("select * from ops.phases")
+            with acting_as(conn, role=who.role, sub=sub):
+                assert conn.execute("select id, state, lease_expires_at from ops.phases"
+                                    ).fetchall()
+        # every other column is readable: the hidden ones are exactly the two capabilities
+        with conn.transaction():
+            hidden = conn.execute(
+                "select a.attname, r.rolname from pg_catalog.pg_attribute a"
+                " cross join (values ('authenticated'), ('service_role')) r(rolname)"
+                " where a.attrelid = 'ops.phases'::regclass and a.attnum > 0"
+                "   and not a.attisdropped"
+                "   and not pg_catalog.has_column_privilege(r.rolname, a.attrelid, a.attnum,"
+                "                                           'select')"
+            ).fetchall()
+        assert {(str(c), str(r)) for c, r in hidden} == {
+            (c, r) for c in SECRET_PHASE_COLUMNS for r in ("authenticated", "service_role")}
+
+    def test_lease_tokens_are_never_readable(
+        self, conn: psycopg.Connection[Any], contract: Contract, populated: Populated
+    ) -> None:
+        tokens = populated.tokens["w1"] + populated.tokens["w2"]
+        assert len(tokens) == 4
+        leaks = sorted({where for where, text in everything_readable(conn, contract, populated)
+                        for token in tokens if token in text})
+        assert leaks == [], "lease tokens are readable here"
+
+    def test_claim_ids_are_never_readable(
+        self, conn: psycopg.Connection[Any], contract: Contract, populated: Populated
+    ) -> None:
+        """The schema calls claim ids capabilities and hides ops.phases.claim_id; they must not
+        come back through another door (an event payload, say) either."""
+        claim_ids = populated.claim_ids["w1"] + populated.claim_ids["w2"]
+        leaks = sorted({where for where, text in everything_readable(conn, contract, populated)
+                        for claim_id in claim_ids if claim_id in text})
+        assert leaks == [], "claim ids are readable here"
+
+    def test_anon_executes_no_function(self, conn: psycopg.Connection[Any], world: World) -> None:
+        functions = ops_functions(conn)
+        assert len(functions) >= 17
+        with conn.transaction():
+            row = conn.execute(
+                "select pg_catalog.has_schema_privilege('anon', 'ops', 'usage')").fetchone()
+        assert row is not None and row[0] is False
+        before = snapshot(conn)
+        for oid, name in functions:
+            with conn.transaction():
+                granted = conn.execute(
+                    "select pg_catalog.has_function_privilege('anon', %s::oid, 'execute'),"
+                    " array(select pg_catalog.format_type(t, null)"
+                    "       from pg_catalog.unnest(p.proargtypes) t)"
+                    " from pg_catalog.pg_proc p where p.oid = %s::oid",
+                    (oid, oid),
+                ).fetchone()
+            assert granted is not None
+            assert granted[0] is False, f"anon may execute ops.{name}"
+            # and calling it, every argument null, is refused before anything runs
+            statement = sql.SQL("select ops.{}({})").format(
+                sql.Identifier(name),
+                sql.SQL(", ").join(sql.SQL("null::" + t) for t in granted[1]))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(conn, role="anon"):
+                conn.execute(statement)
+        assert snapshot(conn) == before
+
+    def test_private_helpers_granted_to_api_roles_are_reviewed(
+        self, conn: psycopg.Connection[Any]
+    ) -> None:
+        granted: dict[str, set[str]] = {"anon": set(), "authenticated": set(),
+                                        "service_role": set()}
+        with conn.transaction():
+            for oid, name in ops_functions(conn, "ops_private"):
+                for role, names in granted.items():
+                    row = conn.execute(
+                        "select pg_catalog.has_function_privilege(%s, %s::oid, 'execute')",
+                        (role, oid)).fetchone()
+                    if row is not None and row[0]:
+                        names.add(name)
+        assert granted["anon"] == set()
+        assert granted["authenticated"] == PRIVATE_HELPERS_FOR_API_ROLES
+        assert granted["service_role"] == PRIVATE_HELPERS_FOR_API_ROLES
+
+    def test_a_forged_role_claim_is_not_privileged(
+        self, conn: psycopg.Connection[Any], populated: Populated
+    ) -> None:
+        """is_privileged() reads the database role, not the JWT's role claim: an
+        `authenticated` session whose claims say role=service_role is an ordinary user."""
+        w = populated.world
+        forger = populated.outsider
+        forged = json.dumps({"role": "service_role", "sub": str(forger.sub)})
+
+        def as_forger(fn: str, args: dict[str, Any]) -> ContractError:
+            with pytest.raises(ContractError) as info, acting_as(
+                conn, role="authenticated", sub=str(forger.sub)
+            ):
+                conn.execute("select pg_catalog.set_config('request.jwt.claims', %s, true)",
+                             (forged,))
+                call(conn, fn, args)
+            return info.value
+
+        with acting_as(conn, role="authenticated", sub=str(forger.sub)):
+            conn.execute("select pg_catalog.set_config('request.jwt.claims', %s, true)",
+                         (forged,))
+            row = conn.execute("select auth.role(), ops_private.is_privileged(),"
+                               " (select count(*) from ops.runs)").fetchone()
+        assert row == ("service_role", False, 0)
+
+        before = snapshot(conn)
+        for fn, args, status in (
+            ("create_run", {"workspace_id": w.w1, "spec_slug": "demo", "git_sha": "0123abc",
+                            "phases": [phase("a")]}, 404),
+            ("claim_phase", {}, 403),
+            ("create_principal", {"name": "forged"}, 403),
+            ("cancel_run", {"run_id": populated.runs["w1"][0]}, 404),
+            ("add_member", {"workspace_id": w.w1, "principal_id": str(forger.sub),
+                            "role": "admin"}, 404),
+            ("heartbeat", {"lease_token": populated.live_claims["w1"]["lease_token"]}, 404),
+        ):
+            err = as_forger(fn, args)
+            assert err.status == status, f"{fn}: {err!r}"
+        assert snapshot(conn) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# functions: the role matrix
+# ---------------------------------------------------------------------------------------------
+
+LABELS = ("anon", "viewer1", "dev1", "admin1", "exec1", "admin2", "exec2", "service_role")
+W1_MEMBERS = frozenset({"viewer1", "dev1", "admin1", "exec1"})
+W2_MEMBERS = frozenset({"admin2", "exec2"})
+AUTHENTICATED = W1_MEMBERS | W2_MEMBERS
+SVC = frozenset({"service_role"})
+READERS_OF_W1 = W1_MEMBERS | SVC
+DEVELOPERS = frozenset({"dev1", "admin1"}) | SVC
+EXECUTORS = frozenset({"exec1"}) | SVC
+
+
+class Targets:
+    """Fresh objects of W1 for one call each, made over direct SQL."""
+
+    def __init__(self, contract: Contract, world: World) -> None:
+        self.contract = contract
+        self.world = world
+
+    @property
+    def w1(self) -> str:
+        return self.world.w1
+
+    def run(self) -> str:
+        return str(new_run(self.contract, self.world.w1, [phase("a")])["id"])
+
+    def claimed(self) -> dict[str, Any]:
+        claim: dict[str, Any] | None = self.contract.call(
+            "claim_phase", {"run_id": self.run()}, as_=self.world.exec1)
+        assert claim is not None
+        return claim
+
+    def succeeded_run(self) -> str:
+        claim = self.claimed()
+        self.contract.call("complete_phase", {"lease_token": claim["lease_token"],
+                                              "outcome": "succeeded"}, as_=self.world.exec1)
+        return str(claim["run_id"])
+
+    def cancelled_run(self) -> str:
+        run_id = self.run()
+        self.contract.call("cancel_run", {"run_id": run_id})
+        return run_id
+
+    def minted_member(self) -> str:
+        """A principal of ops.principals, executor of W1."""
+        minted = self.contract.call("create_principal", {"name": "runner"})
+        self.contract.call("add_member", {"workspace_id": self.world.w1,
+                                          "principal_id": minted["id"], "role": "executor"})
+        return str(minted["id"])
+
+    def new_member(self) -> str:
+        sub = str(uuid.uuid4())
+        self.contract.call("add_member", {"workspace_id": self.world.w1, "principal_id": sub,
+                                          "role": "viewer"})
+        return sub
+
+
+Check = Callable[[Any, str], None]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    fn: str
+    prepare: Callable[[Targets], dict[str, Any]]
+    allowed: frozenset[str]
+    not_found: frozenset[str] = W2_MEMBERS   # refused with 404 (the W1 id is hidden), not 403
+    check: Check | None = None
+
+    def expect(self, label: str) -> int:
+        """0 for success, else the HTTP status of the refusal."""
+        if label == "anon":
+            return 401
+        if label in self.allowed:
+            return 0
+        return 404 if label in self.not_found else 403
+
+
+def _check_list_runs(result: Any, label: str) -> None:
+    if label in W2_MEMBERS:
+        assert result["runs"] == [], "a W2 member listed W1's runs"
+    else:
+        assert len(result["runs"]) >= 1
+
+
+def _check_list_workspaces(result: Any, label: str) -> None:
+    slugs = {w["slug"] for w in result}
+    if label == "service_role":
+        assert {"w1", "w2"} <= slugs
+    else:  # the case runs before create_workspace's
+        assert slugs == ({"w2"} if label in W2_MEMBERS else {"w1"}), slugs
+
+
+def _check_claim(result: Any, label: str) -> None:
+    assert result["lease_token"] and result["name"] == "a"
+
+
+def _w1_with_a_run(targets: Targets) -> dict[str, Any]:
+    targets.run()
+    return {"workspace_id": targets.w1}
+
+
+def _phase_events(targets: Targets) -> dict[str, Any]:
+    claim = targets.claimed()
+    return {"run_id": claim["run_id"], "lease_token": claim["lease_token"],
+            "events": [log_event("a")]}
+
+
+CASES = [
+    Case("get_run", "get_run", lambda t: {"run_id": t.run()}, READERS_OF_W1),
+    Case("list_events", "list_events", lambda t: {"run_id": t.run()}, READERS_OF_W1),
+    Case("list_artifacts", "list_artifacts", lambda t: {"run_id": t.run()}, READERS_OF_W1),
+    Case("list_runs", "list_runs", _w1_with_a_run, AUTHENTICATED | SVC, frozenset(),
+         _check_list_runs),
+    Case("list_workspaces", "list_workspaces", lambda t: {}, AUTHENTICATED | SVC, frozenset(),
+         _check_list_workspaces),
+    Case("create_workspace", "create_workspace",
+         lambda t: {"slug": "ws-" + uuid.uuid4().hex[:12], "name": "New"},
+         AUTHENTICATED | SVC, frozenset()),
+    Case("add_member", "add_member",
+         lambda t: {"workspace_id": t.w1, "principal_id": str(uuid.uuid4()), "role": "viewer"},
+         frozenset({"admin1"}) | SVC),
+    Case("remove_member", "remove_member",
+         lambda t: {"workspace_id": t.w1, "principal_id": t.new_member()},
+         frozenset({"admin1"}) | SVC),
+    # only service_role mints principals
+    Case("create_principal", "create_principal", lambda t: {"name": "runner"}, SVC, frozenset()),
+    # an admin of a workspace the principal belongs to may revoke it; to anyone else the
+    # principal does not exist
+    Case("revoke_principal", "revoke_principal",
+         lambda t: {"principal_id": t.minted_member()}, frozenset({"admin1"}) | SVC,
+         AUTHENTICATED - {"admin1"}),
+    Case("create_run", "create_run",
+         lambda t: {"workspace_id": t.w1, "spec_slug": "demo", "git_sha": "0123abc",
+                    "phases": [phase("a")]}, DEVELOPERS),
+    Case("cancel_run", "cancel_run", lambda t: {"run_id": t.run()}, DEVELOPERS),
+    Case("retry_run", "retry_run", lambda t: {"run_id": t.cancelled_run()}, DEVELOPERS),
+    Case("complete_run", "complete_run", lambda t: {"run_id": t.succeeded_run()},
+         DEVELOPERS | EXECUTORS),
+    # not an executor anywhere: 403; an executor of W2 only: W1's run is not found
+    Case("claim_phase", "claim_phase", lambda t: {"run_id": t.run(), "lease_seconds": 60},
+         EXECUTORS, frozenset({"exec2"}), _check_claim),
+    Case("heartbeat", "heartbeat", lambda t: {"lease_token": t.claimed()["lease_token"]},
+         EXECUTORS),
+    Case("append_events[phase]", "append_events", _phase_events, EXECUTORS),
+    # run-level events (no phase, no token): the SQL lets developers and admins add them too
+    Case("append_events[run]", "append_events",
+         lambda t: {"run_id": t.run(), "events": [log_event()]}, DEVELOPERS | EXECUTORS),
+    Case("register_artifact", "register_artifact",
+         lambda t: {"lease_token": t.claimed()["lease_token"], "digest": digest_of("x"),
+                    "uri": "s3://b/x", "size_bytes": 1}, EXECUTORS),
+    Case("complete_phase", "complete_phase",
+         lambda t: {"lease_token": t.claimed()["lease_token"], "outcome": "succeeded"},
+         EXECUTORS),
+]
+
+
+def principal_of(world: World, label: str) -> Principal:
+    if label == "anon":
+        return ANON
+    if label == "service_role":
+        return SERVICE
+    return world.members[label]
+
+
+def test_every_function_is_in_the_matrix(conn: psycopg.Connection[Any]) -> None:
+    in_catalog = {name for _, name in ops_functions(conn)}
+    in_matrix = {case.fn for case in CASES}
+    assert in_catalog - in_matrix == set(), "give these functions rows in CASES"
+    assert in_matrix - in_catalog == set(), "CASES names functions that do not exist"
+
+
+def outcome(contract: Contract, fn: str, args: dict[str, Any], who: Principal) -> tuple[Any, ...]:
+    """(0, result) on success, else (status, code, sqlstate) of the refusal."""
+    try:
+        return (0, contract.call(fn, args, as_=who))
+    except ContractError as err:
+        return (err.status, err.code, err.sqlstate)
+
+
+def test_who_may_call(conn: psycopg.Connection[Any], contract: Contract, direct: Contract,
+                      world: World) -> None:
+    """Every case of the matrix as every principal; all mismatches are reported together."""
+    targets = Targets(direct, world)
+    wrong: list[str] = []
+    for case in CASES:
+        for label in LABELS:
+            args = case.prepare(targets)
+            who = principal_of(world, label)
+            status = case.expect(label)
+            before = snapshot(conn)
+            got = outcome(contract, case.fn, args, who)
+            if status == 0:
+                if got[0] != 0 or got[1] is None:
+                    wrong.append(f"{case.name} as {label}: expected success, got {got}")
+                elif case.check is not None:
+                    try:
+                        case.check(got[1], label)
+                    except AssertionError as exc:
+                        wrong.append(f"{case.name} as {label}: {exc}")
+                continue
+            if status == 401:
+                expected: tuple[Any, ...] = (401, got[1], "42501")  # permission denied
+            else:
+                expected = (status, {403: "forbidden", 404: "not_found"}[status], got[2])
+            if got != expected:
+                wrong.append(f"{case.name} as {label}: expected {expected[:2]}, got {got}")
+            elif snapshot(conn) != before:
+                wrong.append(f"{case.name} as {label}: refused, but it wrote something")
+    assert wrong == []
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-tenant
+# ---------------------------------------------------------------------------------------------
+
+def test_w2_members_do_not_find_w1_runs(
+    conn: psycopg.Connection[Any], contract: Contract, populated: Populated
+) -> None:
+    w = populated.world
+    runs = populated.runs["w1"]
+    succeeded_parent, cancelled = runs[0], runs[1]
+    before = snapshot(conn)
+    for who in (w.admin2, w.dev2, w.viewer2, w.exec2):
+        for fn, args in (
+            ("get_run", {"run_id": succeeded_parent}),
+            ("list_events", {"run_id": succeeded_parent}),
+            ("list_artifacts", {"run_id": succeeded_parent}),
+            ("cancel_run", {"run_id": succeeded_parent}),
+            ("retry_run", {"run_id": cancelled}),
+            ("complete_run", {"run_id": succeeded_parent}),
+            ("append_events", {"run_id": succeeded_parent, "events": [log_event()]}),
+        ):
+            err = contract.error(fn, args, as_=who)
+            assert (err.status, err.code) == (404, "not_found"), f"{fn} as {who}: {err!r}"
+    assert snapshot(conn) == before
+
+
+def test_listings_show_only_the_callers_workspaces(
+    contract: Contract, populated: Populated
+) -> None:
+    w = populated.world
+    w1_runs, w2_runs = set(populated.runs["w1"]), set(populated.runs["w2"])
+    assert (len(w1_runs), len(w2_runs)) == (3, 5)
+
+    def run_ids(who: Principal) -> set[str]:
+        return {r["id"] for r in contract.call("list_runs", {"limit": 500}, as_=who)["runs"]}
+
+    def artifact_workspaces(who: Principal) -> set[str]:
+        items = contract.call("list_artifacts", {}, as_=who)["artifacts"]
+        return {a["workspace_id"] for a in items}
+
+    for who in (w.admin1, w.dev1, w.viewer1, w.exec1):
+        assert run_ids(who) == w1_runs, str(who)
+        assert artifact_workspaces(who) == {w.w1}
+    for who in (w.admin2, w.dev2, w.viewer2, w.exec2):
+        assert run_ids(who) == w2_runs, str(who)
+        assert artifact_workspaces(who) == {w.w2}
+    assert run_ids(populated.both) == w1_runs | w2_runs
+    assert run_ids(SERVICE) == w1_runs | w2_runs
+    assert run_ids(populated.outsider) == set()
+    assert contract.call("list_workspaces", {}, as_=populated.outsider) == []
+    # a filter on another tenant's workspace is an empty page, not a leak
+    assert contract.call("list_runs", {"workspace_id": w.w1}, as_=w.dev2)["runs"] == []
+    assert contract.call("list_artifacts", {"workspace_id": w.w1}, as_=w.dev2)["artifacts"] == []
+
+
+def test_an_executor_cannot_claim_in_another_workspace(
+    conn: psycopg.Connection[Any], contract: Contract, direct: Contract, populated: Populated
+) -> None:
+    w = populated.world
+    new_run(direct, w.w2, [phase("only-in-w2")], as_=w.dev2)
+    before = snapshot(conn)
+    err = contract.error("claim_phase", {"workspace_id": w.w2}, as_=w.exec1)
+    assert (err.status, err.code) == (403, "forbidden")
+    assert w.w2 in err.message
+    err = contract.error("claim_phase", {"run_id": populated.runs["w2"][-1]}, as_=w.exec1)
+    assert (err.status, err.code) == (404, "not_found")
+    assert snapshot(conn) == before
+
+
+def test_an_executor_never_claims_another_workspaces_phases(
+    contract: Contract, direct: Contract, world: World
+) -> None:
+    w2_runs = [new_run(direct, world.w2, [phase("p"), phase("q")], as_=world.dev2)["id"]
+               for _ in range(3)]
+    assert contract.call("claim_phase", {}, as_=world.exec1) is None
+    assert contract.call("claim_phase", {"kinds": ["python"]}, as_=world.exec1) is None
+    w1_run = new_run(direct, world.w1, [phase("p"), phase("q")], as_=world.dev1)["id"]
+    claimed = []
+    while (claim := contract.call("claim_phase", {}, as_=world.exec1)) is not None:
+        claimed.append(claim)
+    assert [(c["workspace_id"], c["run_id"]) for c in claimed] == [(world.w1, w1_run)] * 2
+    for run_id in w2_runs:
+        run = direct.call("get_run", {"run_id": run_id})
+        assert [p["state"] for p in run["phases"]] == ["queued", "queued"]
+    # W2's executor still gets them
+    assert contract.call("claim_phase", {}, as_=world.exec2)["workspace_id"] == world.w2
+
+
+def test_a_lease_token_of_another_workspace_is_not_found(
+    conn: psycopg.Connection[Any], contract: Contract, populated: Populated
+) -> None:
+    """A lease token is a capability, but only in the hands of an executor of its workspace.
+
+    exec1 holding (say, stolen from a log) the token of a phase of W2 gets 404 not_found from
+    every call that takes a token: the functions find the phase by its token, then
+    require_role(..., p_hide => true) refuses a non-member as if the phase did not exist, so the
+    caller learns nothing about W2. append_events checks the run first: W2's run id is not
+    found; W1's run id with W2's token is lease_lost (the token is not one of this run's).
+    """
+    w = populated.world
+    claim = populated.live_claims["w2"]
+    token = claim["lease_token"]
+    before = snapshot(conn)
+    for fn, args in (
+        ("heartbeat", {"lease_token": token}),
+        ("register_artifact", {"lease_token": token, "digest": digest_of("stolen"),
+                               "uri": "s3://b/stolen", "size_bytes": 1}),
+        ("complete_phase", {"lease_token": token, "outcome": "succeeded"}),
+        ("append_events", {"run_id": claim["run_id"], "lease_token": token,
+                           "events": [log_event(claim["name"])]}),
+    ):
+        err = contract.error(fn, args, as_=w.exec1)
+        assert (err.status, err.code) == (404, "not_found"), f"{fn}: {err!r}"
+    err = contract.error("append_events", {"run_id": populated.runs["w1"][0], "lease_token": token,
+                                           "events": [log_event(claim["name"])]}, as_=w.exec1)
+    assert (err.status, err.code) == (409, "lease_lost")
+    assert snapshot(conn) == before
+    # the rightful holder's lease is untouched
+    beat = contract.call("heartbeat", {"lease_token": token}, as_=w.exec2)
+    assert beat["phase_id"] == claim["phase_id"] and beat["cancel_requested"] is False
+
+
+def test_a_caller_without_a_sub_may_not_change_anything(
+    conn: psycopg.Connection[Any], contract: Contract, populated: Populated
+) -> None:
+    w = populated.world
+    nobody = Principal("authenticated", None, "no-sub")
+    before = snapshot(conn)
+    for fn, args in (
+        ("create_workspace", {"slug": "nobodys", "name": "x"}),
+        ("create_run", {"workspace_id": w.w1, "spec_slug": "demo", "git_sha": "0123abc",
+                        "phases": [phase("a")]}),
+        ("claim_phase", {}),
+        ("add_member", {"workspace_id": w.w1, "principal_id": str(uuid.uuid4()),
+                        "role": "viewer"}),
+    ):
+        err = contract.error(fn, args, as_=nobody)
+        assert (err.status, err.code) == (401, "unauthorized"), f"{fn}: {err!r}"
+    assert snapshot(conn) == before
+    assert contract.call("list_runs", {}, as_=nobody)["runs"] == []
+    assert contract.call("list_workspaces", {}, as_=nobody) == []
+
+
+def test_the_last_admin_cannot_demote_itself(
+    conn: psycopg.Connection[Any], contract: Contract, world: World
+) -> None:
+    """remove_member refuses to remove a workspace's last admin; changing that admin's role
+    with add_member must be refused the same way, or the workspace is left without an admin."""
+    err = contract.error("remove_member", {"workspace_id": world.w1,
+                                           "principal_id": str(world.admin1.sub)}, as_=world.admin1)
+    assert (err.status, err.code) == (409, "conflict")
+    before = snapshot(conn)
+    err = contract.error("add_member", {"workspace_id": world.w1,
+                                        "principal_id": str(world.admin1.sub), "role": "viewer"},
+                         as_=world.admin1)
+    assert (err.status, err.code) == (409, "conflict")
+    assert snapshot(conn) == before
+
+
+def test_a_revoked_principal_reads_nothing_and_calls_nothing(
+    conn: psycopg.Connection[Any], contract: Contract, direct: Contract, world: World
+) -> None:
+    """A minted executor revoked by its workspace's admin while it holds a lease: from then on
+    it reads no row and every call it makes is refused with 401, its live lease included."""
+    minted = direct.call("create_principal", {"name": "runner"})
+    direct.call("add_member", {"workspace_id": world.w1, "principal_id": minted["id"],
+                              "role": "executor"})
+    runner = Principal("authenticated", uuid.UUID(minted["id"]), "runner")
+    run = new_run(direct, world.w1, [phase("a"), phase("b")])
+    claim = direct.call("claim_phase", {"run_id": run["id"]}, as_=runner)
+    assert claim is not None
+    contract.call("revoke_principal", {"principal_id": minted["id"]}, as_=world.admin1)
+    for table in ops_tables(conn):
+        assert count_as(conn, runner, table) == 0, table
+    before = snapshot(conn)
+    token = claim["lease_token"]
+    for fn, args in (
+        ("claim_phase", {}),
+        ("heartbeat", {"lease_token": token}),
+        ("append_events", {"run_id": run["id"], "lease_token": token,
+                           "events": [log_event("a")]}),
+        ("register_artifact", {"lease_token": token, "digest": digest_of("r"), "uri": "s3://b/r",
+                               "size_bytes": 1}),
+        ("complete_phase", {"lease_token": token, "outcome": "succeeded"}),
+        ("complete_run", {"run_id": run["id"]}),
+        ("create_workspace", {"slug": "runners-own", "name": "x"}),
+    ):
+        err = contract.error(fn, args, as_=runner)
+        assert (err.status, err.code) == (401, "unauthorized"), f"{fn}: {err!r}"
+    assert snapshot(conn) == before
+    assert contract.call("list_runs", {}, as_=runner)["runs"] == []
+    err = contract.error("get_run", {"run_id": run["id"]}, as_=runner)
+    assert (err.status, err.code) == (404, "not_found")
