@@ -166,7 +166,7 @@ def test_privilege_errors_are_401_for_anon_and_403_otherwise(
     with pytest.raises(ContractError) as caught, acting_as(ops_conn, role="anon"):
         call(ops_conn, "secret")
     assert (caught.value.status, caught.value.code, caught.value.sqlstate) == (
-        401, "forbidden", "42501",
+        401, "unauthorized", "42501",
     )
     with pytest.raises(ContractError) as caught, acting_as(ops_conn, role="authenticated"):
         call(ops_conn, "secret")

@@ -31,7 +31,7 @@ _MACHINE_CODE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 _CODE_BY_STATUS = {
     400: "invalid_argument",
-    401: "forbidden",
+    401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     409: "conflict",
@@ -115,7 +115,7 @@ def machine_code(sqlstate: str | None, hint: str | None, status: int) -> str:
         if sqlstate.startswith("22"):
             return "invalid_argument"
         if sqlstate == "42501":
-            return "forbidden"
+            return "unauthorized" if status == 401 else "forbidden"
         if sqlstate in ("23505", "23503"):
             return "conflict"
         if sqlstate in ("42883", "42P01"):

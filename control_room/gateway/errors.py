@@ -39,8 +39,12 @@ class GatewayError(Exception):
 
 
 def contract_response(error: ContractError) -> JSONResponse:
-    """A ContractError from the database as PostgREST would answer it."""
+    """A ContractError from the database as PostgREST would answer it, with the machine code
+    always in `hint` (PostgreSQL's own prose hint, if any, moves into `details`)."""
     body = error.body()
-    if not body.get("hint"):
+    if body.get("hint") != error.code:
+        prose = body.get("hint")
+        if prose:
+            body["details"] = f"{body['details']} ({prose})" if body.get("details") else prose
         body["hint"] = error.code
     return JSONResponse(body, status_code=error.status)

@@ -69,6 +69,15 @@ begin
     if add_member.name is not null and length(add_member.name) > 200 then
         perform ops_private.fail(400, 'invalid_argument', 'name must be at most 200 characters');
     end if;
+    -- lock the workspace's admins so concurrent changes cannot leave it without one
+    perform 1 from ops.workspace_members m where m.workspace_id = v_ws and m.role = 'admin' for update;
+    if add_member.role <> 'admin'
+       and exists (select 1 from ops.workspace_members m
+                   where m.workspace_id = v_ws and m.principal_id = v_pr and m.role = 'admin')
+       and (select count(*) from ops.workspace_members m
+            where m.workspace_id = v_ws and m.role = 'admin') = 1 then
+        perform ops_private.fail(409, 'conflict', 'cannot demote the last admin of a workspace');
+    end if;
     insert into ops.workspace_members as m (workspace_id, principal_id, role, name, created_at)
     values (v_ws, v_pr, add_member.role, add_member.name, ops_private.now())
     on conflict (workspace_id, principal_id)
@@ -657,7 +666,7 @@ begin
             perform ops_private.check_size(v_path || '.payload', v_e -> 'payload', 65536);
         end if;
         if v_e -> 'ts' is not null and v_e -> 'ts' <> 'null'::jsonb
-           and (jsonb_typeof(v_e -> 'ts') <> 'string' or (v_e ->> 'ts') !~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)$') then
+           and (jsonb_typeof(v_e -> 'ts') <> 'string' or not ops_private.is_timestamptz(v_e ->> 'ts')) then
             perform ops_private.fail(400, 'invalid_argument',
                 v_path || '.ts must be an ISO 8601 timestamp with a time zone, got ' || (v_e -> 'ts')::text,
                 jsonb_build_object('argument', v_path || '.ts'));
@@ -1202,7 +1211,7 @@ begin
     end if;
     perform ops_private.check_object('labels', list_runs.labels);
     if list_runs.cursor is not null then
-        if list_runs.cursor !~ '^\d+:[0-9a-f-]{36}$' then
+        if list_runs.cursor !~ '^\d{1,16}:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
             perform ops_private.fail(400, 'invalid_argument', 'cursor is not one this function returned');
         end if;
         v_at := to_timestamp(split_part(list_runs.cursor, ':', 1)::numeric / 1000000);

@@ -217,7 +217,7 @@ def test_tokens_are_verified(gw: Gateway, world: World) -> None:
 
 def test_no_token_is_anon_and_anon_calls_nothing(gw: Gateway, world: World) -> None:
     response = gw.post("list_workspaces", {}, principal=None)
-    assert refused(response, 401, "forbidden")["code"] == "42501"
+    assert refused(response, 401, "unauthorized")["code"] == "42501"
     # a JWT given as apikey (as supabase clients send it) is honoured
     response = gw.client.post("/rest/v1/rpc/list_workspaces", json={}, headers={
         "apikey": gw.contract.token(world.viewer1)})
