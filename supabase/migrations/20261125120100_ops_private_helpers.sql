@@ -1,4 +1,8 @@
 -- ops_private: helpers shared by the contract's functions. Never exposed, never granted to anon.
+-- They run inside the ops functions and inherit their `search_path = ''` (every name here is
+-- schema-qualified), so they carry no SET clause of their own: a SET clause costs a settings
+-- save and restore on each call and keeps SQL functions from being inlined. The helpers row
+-- level security calls (member_workspaces, admin_workspaces) keep theirs: they run anywhere.
 --
 -- Locking protocol (it is what makes the functions deadlock-free under any interleaving):
 --   1. phase rows are locked before their run row, several phases always in id order;
@@ -14,7 +18,6 @@
 create function ops_private.now()
 returns timestamptz
 language sql stable
-set search_path = ''
 as $$
     select coalesce(nullif(pg_catalog.current_setting('control_room.now', true), '')::timestamptz,
                     pg_catalog.now())
@@ -25,7 +28,6 @@ $$;
 create function ops_private.fail(p_status integer, p_code text, p_message text, p_details jsonb default null)
 returns void
 language plpgsql
-set search_path = ''
 as $$
 begin
     if p_details is null then
@@ -40,7 +42,6 @@ $$;
 create function ops_private.uuid_arg(p_name text, p_value text, p_required boolean default false)
 returns uuid
 language plpgsql immutable
-set search_path = ''
 as $$
 begin
     if p_value is null then
@@ -62,7 +63,6 @@ $$;
 create function ops_private.check_size(p_name text, p_value jsonb, p_max_bytes integer)
 returns void
 language plpgsql immutable
-set search_path = ''
 as $$
 declare
     v_size integer;
@@ -83,7 +83,6 @@ $$;
 create function ops_private.check_object(p_name text, p_value jsonb)
 returns void
 language plpgsql immutable
-set search_path = ''
 as $$
 begin
     if p_value is not null and pg_catalog.jsonb_typeof(p_value) <> 'object' then
@@ -99,7 +98,6 @@ $$;
 create function ops_private.is_timestamptz(p_value text)
 returns boolean
 language plpgsql immutable
-set search_path = ''
 as $$
 declare
     m text[] := pg_catalog.regexp_match(p_value,
@@ -125,7 +123,6 @@ create function ops_private.int_field(p_obj jsonb, p_key text, p_path text, p_de
                                       p_min integer, p_max integer)
 returns integer
 language plpgsql immutable
-set search_path = ''
 as $$
 declare
     v jsonb := p_obj -> p_key;
@@ -147,7 +144,6 @@ create function ops_private.num_field(p_obj jsonb, p_key text, p_path text, p_de
                                       p_min numeric, p_max numeric)
 returns numeric
 language plpgsql immutable
-set search_path = ''
 as $$
 declare
     v jsonb := p_obj -> p_key;
@@ -169,29 +165,39 @@ $$;
 -- the owner, but the `role` setting still names the role PostgREST (or SET ROLE) switched to.
 create function ops_private.is_privileged()
 returns boolean
-language sql stable
-set search_path = ''
+language plpgsql stable
 as $$
-    select case coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text)
-        when 'authenticated' then false          -- the common cases, without a catalog lookup
-        when 'anon' then false
-        when 'service_role' then true
-        else coalesce((
-            select r.rolsuper or r.rolbypassrls
-            from pg_catalog.pg_roles r
-            where r.rolname = coalesce(nullif(pg_catalog.current_setting('role', true), 'none'),
-                                       session_user::text)), false)
-    end
+declare
+    v_role text := coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text);
+begin
+    if v_role in ('authenticated', 'anon') then     -- the common cases, without a catalog lookup
+        return false;
+    end if;
+    if v_role = 'service_role' then
+        return true;
+    end if;
+    return coalesce((select r.rolsuper or r.rolbypassrls from pg_catalog.pg_roles r
+                     where r.rolname = v_role), false);
+end
+$$;
+
+-- auth.uid() as Supabase defines it (supabase/auth 20240624145325_recreate_auth_functions),
+-- minus its SET clause so that it is inlined: the functions ask for it several times a call.
+create function ops_private.uid()
+returns uuid
+language sql stable
+as $$
+    select coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid
 $$;
 
 -- The calling principal (auth.uid()), refused when it has been revoked.
 create function ops_private.principal()
 returns uuid
 language plpgsql stable
-set search_path = ''
 as $$
 declare
-    v_uid uuid := auth.uid();
+    v_uid uuid := ops_private.uid();
 begin
     if v_uid is not null
        and exists (select 1 from ops.principals p where p.id = v_uid and p.revoked_at is not null) then
@@ -205,10 +211,11 @@ $$;
 -- Notifications are sent at commit, and identical ones in one transaction are folded into one.
 create function ops_private.notify_queued()
 returns void
-language sql
-set search_path = ''
+language plpgsql
 as $$
-    select pg_catalog.pg_notify('ops_phase_queued', '')
+begin
+    perform pg_catalog.pg_notify('ops_phase_queued', '');
+end
 $$;
 
 -- The caller's role in a workspace, or an error. Privileged callers pass as 'service_role'.
@@ -218,7 +225,6 @@ create function ops_private.require_role(p_workspace uuid, p_roles text[], p_hid
                                          p_what text default 'workspace')
 returns text
 language plpgsql stable
-set search_path = ''
 as $$
 declare
     v_uid  uuid;
@@ -255,7 +261,6 @@ create function ops_private.emit(p_run uuid, p_workspace uuid, p_phase text, p_a
                                  p_now timestamptz)
 returns bigint
 language plpgsql
-set search_path = ''
 as $$
 declare
     v_seq bigint;
@@ -266,7 +271,7 @@ begin
     insert into ops.run_events (run_id, seq, event_id, workspace_id, phase, attempt, ts, recorded_at,
                                 level, type, message, payload, principal_id)
     values (p_run, v_seq, gen_random_uuid(), p_workspace, p_phase, p_attempt, p_now, p_now,
-            p_level, p_type, coalesce(p_message, ''), coalesce(p_payload, '{}'::jsonb), auth.uid());
+            p_level, p_type, coalesce(p_message, ''), coalesce(p_payload, '{}'::jsonb), ops_private.uid());
     return v_seq;
 end
 $$;
@@ -274,34 +279,38 @@ $$;
 create function ops_private.audit(p_function text, p_workspace uuid, p_target_type text, p_target_id text,
                                   p_details jsonb default '{}'::jsonb)
 returns void
-language sql
-set search_path = ''
+language plpgsql
 as $$
+begin
     insert into ops.audit_log (at, principal_id, db_role, function_name, workspace_id, target_type,
                                target_id, details)
-    values (ops_private.now(), auth.uid(),
+    values (ops_private.now(), ops_private.uid(),
             coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text),
-            p_function, p_workspace, p_target_type, p_target_id, coalesce(p_details, '{}'::jsonb))
+            p_function, p_workspace, p_target_type, p_target_id, coalesce(p_details, '{}'::jsonb));
+end
 $$;
 
 -- Retry delay for a failed attempt: exponential from the phase's base, capped, with equal
 -- jitter (uniform in [d/2, d]) so that retries of many phases failing together spread out.
 create function ops_private.backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric)
 returns numeric
-language sql volatile
-set search_path = ''
+language plpgsql volatile
 as $$
-    select d / 2 + pg_catalog.random()::numeric * d / 2
-    from (select least(p_cap, p_base * power(2::numeric, greatest(p_attempt, 1) - 1)) as d) s
+declare
+    d numeric := least(p_cap, p_base * power(2::numeric, greatest(p_attempt, 1) - 1));
+begin
+    return d / 2 + pg_catalog.random()::numeric * d / 2;
+end
 $$;
 
 -- Phases of a run as the API shows them (never the lease token or claim id).
 -- SECURITY INVOKER: called from read functions it sees what RLS lets the caller see.
 create function ops_private.phases_json(p_run uuid)
 returns jsonb
-language sql stable
-set search_path = ''
+language plpgsql stable
 as $$
+begin
+    return (
     select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
         'id', p.id, 'name', p.name, 'ordinal', p.ordinal, 'kind', p.kind, 'params', p.params,
         'depends_on', pg_catalog.to_jsonb(p.depends_on), 'state', p.state, 'priority', p.priority,
@@ -314,14 +323,16 @@ as $$
         'output_manifest', p.output_manifest, 'error', p.error,
         'reused_from_phase_id', p.reused_from_phase_id) order by p.ordinal), '[]'::jsonb)
     from ops.phases p
-    where p.run_id = p_run
+    where p.run_id = p_run);
+end
 $$;
 
 create function ops_private.run_json(p_run uuid, p_with_phases boolean default true)
 returns jsonb
-language sql stable
-set search_path = ''
+language plpgsql stable
 as $$
+begin
+    return (
     select pg_catalog.to_jsonb(r) - 'request_digest'
            || case when p_with_phases then pg_catalog.jsonb_build_object('phases', ops_private.phases_json(r.id))
                    else pg_catalog.jsonb_build_object('phase_counts', (
@@ -330,7 +341,8 @@ as $$
                               where p.run_id = r.id group by p.state) c))
               end
     from ops.runs r
-    where r.id = p_run
+    where r.id = p_run);
+end
 $$;
 
 -- Settle the not-started phases of a finished run that this transaction can lock (rule 3 of
@@ -339,7 +351,6 @@ $$;
 create function ops_private.settle_run(p_run ops.runs, p_now timestamptz)
 returns integer
 language plpgsql
-set search_path = ''
 as $$
 declare
     v_state text := case p_run.state when 'failed' then 'skipped' else 'cancelled' end;
@@ -374,7 +385,6 @@ $$;
 create function ops_private.normalize_phases(p_phases jsonb)
 returns jsonb
 language plpgsql immutable
-set search_path = ''
 as $$
 declare
     v_allowed constant text[] := array['name', 'kind', 'params', 'depends_on', 'max_attempts',
@@ -581,7 +591,6 @@ create function ops_private.insert_run(p_workspace uuid, p_spec_slug text, p_git
                                        p_now timestamptz)
 returns uuid
 language plpgsql
-set search_path = ''
 as $$
 declare
     v_run  uuid;
@@ -592,7 +601,7 @@ begin
     insert into ops.runs (workspace_id, env, spec_slug, git_sha, state, priority, labels, input_manifest,
                           idempotency_key, request_digest, parent_run_id, created_by, created_at, updated_at)
     values (p_workspace, v_env, p_spec_slug, p_git_sha, 'queued', p_priority, p_labels, p_input_manifest,
-            p_idempotency_key, p_digest, p_parent, auth.uid(), p_now, p_now)
+            p_idempotency_key, p_digest, p_parent, ops_private.uid(), p_now, p_now)
     on conflict (workspace_id, idempotency_key) do nothing
     returning id into v_run;
     if v_run is null then
@@ -644,5 +653,5 @@ revoke execute on all functions in schema ops_private from public, anon;
 grant execute on function ops_private.phases_json(uuid), ops_private.run_json(uuid, boolean),
                           ops_private.uuid_arg(text, text, boolean), ops_private.fail(integer, text, text, jsonb),
                           ops_private.check_object(text, jsonb), ops_private.now(),
-                          ops_private.is_privileged()
+                          ops_private.is_privileged(), ops_private.uid()
     to authenticated, service_role;

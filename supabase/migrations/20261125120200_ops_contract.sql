@@ -146,7 +146,7 @@ begin
             jsonb_build_object('argument', 'kind'));
     end if;
     insert into ops.principals (kind, name, created_by, created_at)
-    values (create_principal.kind, create_principal.name, auth.uid(), ops_private.now())
+    values (create_principal.kind, create_principal.name, ops_private.uid(), ops_private.now())
     returning * into v_row;
     perform ops_private.audit('create_principal', null, 'principal', v_row.id::text,
                               jsonb_build_object('name', v_row.name, 'kind', v_row.kind));
@@ -178,7 +178,7 @@ begin
         end if;
     end if;
     if v_row.revoked_at is null then
-        update ops.principals p set revoked_at = ops_private.now(), revoked_by = auth.uid()
+        update ops.principals p set revoked_at = ops_private.now(), revoked_by = ops_private.uid()
         where p.id = v_id
         returning * into v_row;
         perform ops_private.audit('revoke_principal', m.workspace_id, 'principal', v_id::text, '{}'::jsonb)
@@ -282,10 +282,10 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 create function ops_private.claim_json(p ops.phases, r ops.runs)
 returns jsonb
-language sql stable
-set search_path = ''
+language plpgsql stable
 as $$
-    select jsonb_build_object(
+begin
+    return jsonb_build_object(
         'phase_id', p.id, 'run_id', p.run_id, 'workspace_id', p.workspace_id, 'name', p.name,
         'kind', p.kind, 'params', p.params, 'depends_on', to_jsonb(p.depends_on),
         'attempt', p.attempt, 'max_attempts', p.max_attempts, 'timeout_seconds', p.timeout_seconds,
@@ -295,7 +295,8 @@ as $$
                    from ops.phases d where d.run_id = p.run_id and d.name = any (p.depends_on)),
         'run', jsonb_build_object('spec_slug', r.spec_slug, 'git_sha', r.git_sha, 'env', r.env,
                                   'input_manifest', r.input_manifest, 'labels', r.labels,
-                                  'priority', r.priority, 'parent_run_id', r.parent_run_id))
+                                  'priority', r.priority, 'parent_run_id', r.parent_run_id));
+end
 $$;
 
 -- Fail a phase for good: the phase fails, the run fails, its not-started phases are skipped
@@ -304,7 +305,6 @@ create function ops_private.fail_phase_final(p_phase uuid, p_run ops.runs, p_err
                                              p_now timestamptz)
 returns ops.runs
 language plpgsql
-set search_path = ''
 as $$
 #variable_conflict use_column
 declare
@@ -341,6 +341,9 @@ create function ops.claim_phase(kinds text[] default null, lease_seconds integer
 returns jsonb
 language plpgsql volatile security definer
 set search_path = ''
+-- Bitmap scans never mark dead index entries, so with them every claim would revisit each
+-- phase claimed since the last vacuum; ordered index scans stop at the first live entry.
+set enable_bitmapscan = off
 as $$
 #variable_conflict use_column
 declare
@@ -724,7 +727,7 @@ begin
         select v_run, v_base + o, (e ->> 'event_id')::uuid, v_ws, nullif(e ->> 'phase', ''),
                case when e ->> 'phase' is not null then v_p.attempt end,
                coalesce((e ->> 'ts')::timestamptz, v_now), v_now, coalesce(e ->> 'level', 'info'), e ->> 'type',
-               coalesce(e ->> 'message', ''), coalesce(nullif(e -> 'payload', 'null'::jsonb), '{}'::jsonb), auth.uid()
+               coalesce(e ->> 'message', ''), coalesce(nullif(e -> 'payload', 'null'::jsonb), '{}'::jsonb), ops_private.uid()
         from jsonb_array_elements(v_rows) with ordinality as t(e, o);
     end if;
     return jsonb_build_object('appended', v_new, 'duplicates', v_n - v_new,
@@ -798,7 +801,7 @@ begin
                                created_by, created_at)
     values (v_p.workspace_id, register_artifact.digest, register_artifact.size_bytes, register_artifact.media_type,
             register_artifact.kind, register_artifact.uri, coalesce(register_artifact.metadata, '{}'::jsonb),
-            v_p.run_id, auth.uid(), v_now)
+            v_p.run_id, ops_private.uid(), v_now)
     on conflict (workspace_id, digest) do nothing
     returning * into v_a;
     v_created := v_a.digest is not null;
@@ -1324,7 +1327,7 @@ as $$
     select coalesce(jsonb_agg(jsonb_build_object(
                'id', w.id, 'slug', w.slug, 'name', w.name, 'env', w.env, 'created_at', w.created_at,
                'role', (select m.role from ops.workspace_members m
-                        where m.workspace_id = w.id and m.principal_id = auth.uid()))
+                        where m.workspace_id = w.id and m.principal_id = ops_private.uid()))
                order by w.slug), '[]'::jsonb)
     from ops.workspaces w
 $$;

@@ -263,7 +263,7 @@ def everything_readable(conn: psycopg.Connection[Any], contract: Contract,
 # memberships). Granting another helper must be a reviewed change of this list.
 PRIVATE_HELPERS_FOR_API_ROLES = frozenset({
     "admin_workspaces", "member_workspaces", "check_object", "fail", "is_privileged", "now",
-    "phases_json", "run_json", "uuid_arg",
+    "phases_json", "run_json", "uid", "uuid_arg",
 })
 
 
