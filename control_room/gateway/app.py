@@ -22,6 +22,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from starlette.routing import Route
 from control_room.db.migrate import migrate
 from control_room.db.queries import query
 from control_room.db.store import ContractError, acting_as, call
-from control_room.gateway.auth import Caller, authenticate
+from control_room.gateway.auth import Caller, TokenCache
 from control_room.gateway.errors import GatewayError, contract_response
 from control_room.gateway.metrics import Metrics
 from control_room.settings import Settings
@@ -68,14 +69,33 @@ def contract_functions(contract_file: Path) -> frozenset[str]:
                      if path.startswith("/rpc/"))
 
 
+@dataclass(eq=False)
+class Waiter:
+    """A claim waiting for work: which notifications concern it, and how it is woken."""
+
+    kinds: frozenset[str] | None
+    workspace: str | None
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def concerns(self, payload: str) -> bool:
+        workspace, _, kind = payload.partition(" ")
+        if not kind:
+            return True                 # a payload we do not understand wakes everyone
+        return ((self.kinds is None or kind in self.kinds)
+                and (self.workspace is None or self.workspace == workspace))
+
+
 class Notifier:
-    """LISTEN on a dedicated connection; waiters wake on each notification of a queued phase."""
+    """LISTEN on a dedicated connection; wake the waiters a queued phase concerns.
+
+    The ops functions notify `ops_phase_queued` with '<workspace id> <kind>' for each phase
+    they queue, so a notification wakes only the claims that could take it.
+    """
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
-        self.version = 0
         self.connected = False
-        self._changed = asyncio.Condition()
+        self._waiters: set[Waiter] = set()
 
     async def run(self) -> None:
         while True:
@@ -84,9 +104,9 @@ class Notifier:
                 async with conn:
                     await conn.execute(query("listen_phase_queued"))
                     self.connected = True
-                    await self._bump()   # anything queued while we were away
-                    async for _ in conn.notifies():
-                        await self._bump()
+                    self._wake("")             # anything queued while we were away
+                    async for notification in conn.notifies():
+                        self._wake(notification.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:   # reconnect; waiters poll meanwhile
@@ -94,18 +114,19 @@ class Notifier:
             self.connected = False
             await asyncio.sleep(1.0)
 
-    async def _bump(self) -> None:
-        async with self._changed:
-            self.version += 1
-            self._changed.notify_all()
+    def _wake(self, payload: str) -> None:
+        for waiter in self._waiters:
+            if waiter.concerns(payload):
+                waiter.woken.set()
 
-    async def wait(self, seen: int, timeout: float) -> None:
-        """Return when a notification came after `seen`, or after `timeout` seconds."""
-        async with self._changed:
-            if self.version != seen:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+    @contextlib.contextmanager
+    def waiting(self, kinds: frozenset[str] | None, workspace: str | None) -> Iterator[Waiter]:
+        waiter = Waiter(kinds, workspace)
+        self._waiters.add(waiter)
+        try:
+            yield waiter
+        finally:
+            self._waiters.discard(waiter)
 
 
 class Gateway:
@@ -123,6 +144,7 @@ class Gateway:
             kwargs={"options": f"-c statement_timeout={timeout}"},
         )
         self.notifier = Notifier(database_url)
+        self.tokens = TokenCache(jwt_secret)
         self.metrics = Metrics(self.pool.connection)
         self._health_cache: tuple[float, dict[str, Any]] | None = None
 
@@ -173,13 +195,13 @@ class Gateway:
             raise GatewayError(406, "PGRST106",
                                f"The schema must be one of the following: {SCHEMA}",
                                hint="invalid_argument")
-        caller = authenticate(request.headers.get("authorization"), request.headers.get("apikey"),
-                              self.secret)
+        caller = self.tokens.authenticate(request.headers.get("authorization"),
+                                          request.headers.get("apikey"))
         args = await self._arguments(request)
         now = self._clock(request)
         wait = self._wait(request) if fn == "claim_phase" else 0.0
         if wait > 0:
-            result = await self._claim_waiting(args, caller, now, wait)
+            result = await self._claim_waiting(request, args, caller, now, wait)
         else:
             result = await anyio.to_thread.run_sync(self._call, fn, args, caller, now)
         return JSONResponse(result)
@@ -234,17 +256,31 @@ class Gateway:
         ):
             return call(conn, fn, args, schema=SCHEMA)
 
-    async def _claim_waiting(self, args: dict[str, Any], caller: Caller, now: datetime | None,
-                             wait: float) -> Any:
+    async def _claim_waiting(self, request: Request, args: dict[str, Any], caller: Caller,
+                             now: datetime | None, wait: float) -> Any:
+        kinds = args.get("kinds")
+        workspace = args.get("workspace_id")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while True:
-            seen = self.notifier.version
-            result = await anyio.to_thread.run_sync(self._call, "claim_phase", args, caller, now)
-            left = deadline - loop.time()
-            if result is not None or left <= 0:
-                return result
-            await self.notifier.wait(seen, min(left, self.settings.claim_poll_seconds))
+        with self.notifier.waiting(
+            frozenset(kinds) if isinstance(kinds, list) and all(isinstance(k, str) for k in kinds)
+            else None,
+            workspace if isinstance(workspace, str) else None,
+        ) as waiter:
+            while True:
+                if await request.is_disconnected():
+                    # nobody would receive a lease now; a client that retries with the same
+                    # claim_id gets back any lease a claim in flight took for it
+                    return None
+                waiter.woken.clear()
+                result = await anyio.to_thread.run_sync(self._call, "claim_phase", args, caller,
+                                                        now)
+                left = deadline - loop.time()
+                if result is not None or left <= 0:
+                    return result
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.woken.wait(),
+                                           min(left, self.settings.claim_poll_seconds))
 
     # -- the rest ------------------------------------------------------------------------
 

@@ -75,6 +75,32 @@ def authenticate(authorization: str | None, apikey: str | None, secret: str) -> 
     return Caller(role=role, sub=str(sub) if sub is not None else None, claims=claims)
 
 
+class TokenCache:
+    """Verified tokens, kept until they expire so a busy executor's token is checked once.
+
+    Only successes are kept (a refused token is verified again each time), the expiry is
+    checked on every use, and the cache is bounded.
+    """
+
+    def __init__(self, secret: str, size: int = 4096) -> None:
+        self._secret = secret
+        self._size = size
+        self._callers: dict[str, tuple[Caller, float | None]] = {}
+
+    def authenticate(self, authorization: str | None, apikey: str | None) -> Caller:
+        key = f"{authorization}\n{apikey}"
+        hit = self._callers.get(key)
+        if hit is not None and (hit[1] is None or hit[1] > time.time()):
+            return hit[0]
+        caller = authenticate(authorization, apikey, self._secret)
+        if caller is not ANON:
+            if len(self._callers) >= self._size:
+                self._callers.clear()
+            exp = caller.claims.get("exp")
+            self._callers[key] = (caller, float(exp) if isinstance(exp, int | float) else None)
+        return caller
+
+
 def mint_token(secret: str, *, role: str, sub: str | None = None, ttl_seconds: int | None = None,
                name: str | None = None, extra: dict[str, Any] | None = None) -> str:
     """An HS256 token as Supabase issues them.

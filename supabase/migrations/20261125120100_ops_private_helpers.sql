@@ -208,13 +208,14 @@ end
 $$;
 
 -- Wake executors waiting for work (the gateway LISTENs; on Supabase nobody does, harmlessly).
--- Notifications are sent at commit, and identical ones in one transaction are folded into one.
-create function ops_private.notify_queued()
+-- The payload '<workspace id> <kind>' lets the gateway wake only the waiters that could claim
+-- it. Notifications are sent at commit; identical ones in one transaction are folded into one.
+create function ops_private.notify_queued(p_workspace uuid, p_kind text)
 returns void
 language plpgsql
 as $$
 begin
-    perform pg_catalog.pg_notify('ops_phase_queued', '');
+    perform pg_catalog.pg_notify('ops_phase_queued', p_workspace::text || ' ' || p_kind);
 end
 $$;
 
@@ -633,7 +634,8 @@ begin
                                       'parent_run_id', p_parent,
                                       'phases', pg_catalog.jsonb_array_length(p_phases)),
         p_now);
-    perform ops_private.notify_queued();
+    perform ops_private.notify_queued(p_workspace, k.kind)
+    from (select distinct p.kind from ops.phases p where p.run_id = v_run and p.state = 'queued') k;
     for v_ph in select p.name, p.state, p.reused_from_phase_id from ops.phases p
                 where p.run_id = v_run and p.state in ('queued', 'succeeded') order by p.ordinal loop
         if v_ph.state = 'queued' then

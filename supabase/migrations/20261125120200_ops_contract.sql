@@ -937,15 +937,13 @@ begin
                 where p.run_id = v_r.id and p.state = 'waiting' and v_p.name = any (p.depends_on)
                   and not exists (select 1 from ops.phases d
                                   where d.run_id = p.run_id and d.name = any (p.depends_on) and d.state <> 'succeeded')
-                returning p.name
+                returning p.name, p.kind
             loop
                 v_released := v_released || v_d.name;
+                perform ops_private.notify_queued(v_r.workspace_id, v_d.kind);
                 perform ops_private.emit(v_r.id, v_r.workspace_id, v_d.name, 0, 'PHASE_QUEUED', 'info',
                     'queued: its dependencies succeeded', jsonb_build_object('released_by', v_p.name), v_now);
             end loop;
-            if cardinality(v_released) > 0 then
-                perform ops_private.notify_queued();
-            end if;
             if not exists (select 1 from ops.phases p where p.run_id = v_r.id and p.state <> 'succeeded') then
                 update ops.runs r
                 set state = 'succeeded', finished_at = v_now, updated_at = v_now,
@@ -977,7 +975,7 @@ begin
             format('attempt %s of %s in %s s', v_p.attempt + 1, v_p.max_attempts, round(v_delay, 3)),
             jsonb_build_object('next_attempt', v_p.attempt + 1, 'not_before', v_p.not_before,
                                'delay_seconds', round(v_delay, 3)), v_now);
-        perform ops_private.notify_queued();
+        perform ops_private.notify_queued(v_p.workspace_id, v_p.kind);
     end if;
 
     perform ops_private.audit('complete_phase', v_p.workspace_id, 'phase', v_p.id::text,

@@ -322,3 +322,28 @@ def test_the_listener_has_a_connection_of_its_own(gw: Gateway, db_url: str) -> N
         state = probe.execute("select state, query from pg_stat_activity where pid = %s",
                               (rows[0][0],)).fetchone()
     assert state is not None and state[0] == "idle" and "listen" in state[1].lower()
+
+
+def test_a_waiting_claim_whose_client_left_claims_nothing(gw: Gateway, world: World) -> None:
+    headers = {"Authorization": f"Bearer {gw.contract.token(world.exec1)}",
+               "Content-Profile": "ops", "Prefer": "wait=10"}
+    with httpx.Client(base_url=gw.url, timeout=1.0) as impatient, \
+            pytest.raises(httpx.ReadTimeout):
+        impatient.post("/rest/v1/rpc/claim_phase", json={"lease_seconds": 60}, headers=headers)
+    time.sleep(0.3)
+    run = new_run(gw.contract, world.w1, [phase("a", max_attempts=1)], as_=world.dev1)
+    time.sleep(1.5)   # the abandoned wait would have been woken by now
+    phases = gw.contract.call("get_run", {"run_id": run["id"]})["phases"]
+    assert phases[0]["state"] == "queued", phases
+    claim = gw.contract.call("claim_phase", {}, as_=world.exec1)
+    assert claim is not None and claim["run_id"] == run["id"]
+
+
+def test_notifications_wake_only_the_waiters_they_concern() -> None:
+    from control_room.gateway.app import Waiter
+
+    sql_anywhere = Waiter(frozenset({"sql"}), None)
+    anything_in_w = Waiter(None, "w-1")
+    assert sql_anywhere.concerns("w-9 sql") and not sql_anywhere.concerns("w-9 python")
+    assert anything_in_w.concerns("w-1 dbt") and not anything_in_w.concerns("w-2 dbt")
+    assert sql_anywhere.concerns("") and anything_in_w.concerns("")   # unknown: wake all
