@@ -33,15 +33,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from common import own_database  # bench/common.py (run as python bench/<script>.py)
 from rich.console import Console
 from rich.table import Table
 
@@ -114,22 +113,6 @@ class StatementProfile:
                           f"{self.total_ms[q] / self.calls[q]:.3f}", str(self.max_blocks[q]),
                           ", ".join(sorted(self.phases_scans[q])))
         Console(width=200).print(table)
-
-
-@contextlib.contextmanager
-def own_database(admin_url: str) -> Iterator[str]:
-    """A new database for the benchmark, dropped afterwards; yields its URL."""
-    name = f"bench_claims_{secrets.token_hex(4)}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params: dict[str, Any] = conninfo_to_dict(admin_url)
-    params["dbname"] = name
-    try:
-        yield make_conninfo(**params)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(
-                sql.Identifier(name)))
 
 
 def run_threads(n: int, job: Callable[[int, threading.Barrier], None]) -> float:
@@ -277,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     with contextlib.ExitStack() as stack:
-        url = args.database_url or stack.enter_context(own_database(ADMIN_URL))
+        url = args.database_url or stack.enter_context(own_database(ADMIN_URL, "bench_claims"))
         migrate(url, default_migrations_dir())
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(Q["create_jobs_table"])

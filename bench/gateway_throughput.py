@@ -64,9 +64,10 @@ from typing import Any
 import httpx
 import jwt
 import psycopg
+from common import own_database  # bench/common.py (run as python bench/<script>.py)
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -88,22 +89,6 @@ console = Console(width=150)
 
 
 # --------------------------------------------------------------------------------- plumbing
-
-@contextlib.contextmanager
-def own_database(admin_url: str) -> Iterator[str]:
-    """A new database for the benchmark, dropped afterwards; yields its URL."""
-    name = f"bench_gateway_{secrets.token_hex(4)}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params: dict[str, Any] = conninfo_to_dict(admin_url)
-    params["dbname"] = name
-    try:
-        yield make_conninfo(**params)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(
-                sql.Identifier(name)))
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -640,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with contextlib.ExitStack() as stack:
-        url = args.database_url or stack.enter_context(own_database(ADMIN_URL))
+        url = args.database_url or stack.enter_context(own_database(ADMIN_URL, "bench_gateway"))
         migrate(url, default_migrations_dir())
         with psycopg.connect(url) as conn:
             row = conn.execute(Q["server_version"]).fetchone()
