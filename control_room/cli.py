@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -324,8 +325,17 @@ def serve_command(
             app_ = create_app(settings, database_url=url, jwt_secret=_jwt_secret(settings))
             err.print(f"Serving the contract on http://{settings.host}:{settings.port}/rest/v1/rpc/"
                       f" (database {_target(url)})", markup=False)
-            uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info",
-                        access_log=False)
+            # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
+            # handler it found: make that one a no-op so that this command's own cleanup
+            # (stopping an embedded server) runs and the exit status is 0
+            previous = {sig: signal.signal(sig, lambda *_: None)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info",
+                            access_log=False)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
 
 def _jwt_secret(settings: Settings) -> str:
