@@ -248,9 +248,8 @@ def acting_as(
         all_claims["sub"] = str(sub)
     body_done = False
     try:
-        # pipelined: BEGIN, the settings and the caller's first statement go out together, so a
-        # request costs two round trips (that statement, COMMIT) instead of four
-        with conn.pipeline(), conn.transaction():
+        # (pipelining these statements was measured slower, not faster: bench/claim_throughput.py)
+        with conn.transaction():
             with wrap_errors(role=role):
                 conn.execute(
                     query("set_request_context"),
