@@ -6,7 +6,8 @@
 For each connection count, two measurements of the same number of jobs on the same database:
 
 - functions: a job is `claim_phase` + `complete_phase` as an executor principal, each call its
-  own transaction with the role and JWT claims set as PostgREST sets them (`acting_as`). The
+  own transaction with the role and JWT claims set as PostgREST sets them (`call_as`: the
+  settings and the call in one round trip, as the gateway makes them). The
   phases are created beforehand (runs of 10 phases without dependencies), one workspace per
   measurement so measurements do not see each other's work.
 - bare SQL: the database's limit, pgbench-style. A tiny table of queued rows; a job is one
@@ -46,7 +47,7 @@ from rich.table import Table
 
 from control_room.db.migrate import migrate
 from control_room.db.queries import parse_queries
-from control_room.db.store import acting_as, call
+from control_room.db.store import acting_as, call, call_as
 from control_room.settings import default_migrations_dir
 
 Q = parse_queries((Path(__file__).parent / "claim_throughput.sql").read_text("utf-8"))
@@ -153,7 +154,7 @@ def measure_functions(url: str, jobs: int, connections: int, *, profile: bool) -
     ws, executors = prepare_functions(url, jobs, connections)
     result = Measurement(jobs=0, seconds=0.0)
     lock = threading.Lock()
-    conns = [psycopg.connect(url) for _ in range(connections)]
+    conns = [psycopg.connect(url, autocommit=True) for _ in range(connections)]
     statements = StatementProfile()
     try:
         if profile:
@@ -162,9 +163,7 @@ def measure_functions(url: str, jobs: int, connections: int, *, profile: bool) -
                 conn.commit()
             conns[0].execute(Q["reset_function_stats"])
             conns[0].commit()
-            conns[0].autocommit = True
             conns[0].execute(Q["load_auto_explain"])
-            conns[0].autocommit = False
             conns[0].add_notice_handler(lambda diag: statements.add(diag.message_primary or ""))
 
         def work(k: int, barrier: threading.Barrier) -> None:
@@ -173,15 +172,15 @@ def measure_functions(url: str, jobs: int, connections: int, *, profile: bool) -
             barrier.wait()
             while True:
                 t0 = time.perf_counter()
-                with acting_as(conn, role="authenticated", sub=sub):
-                    claim = call(conn, "claim_phase", {"kinds": ["noop"], "lease_seconds": 60,
-                                                       "workspace_id": ws})
+                claim = call_as(conn, "claim_phase", {"kinds": ["noop"], "lease_seconds": 60,
+                                                      "workspace_id": ws},
+                                role="authenticated", sub=sub)
                 t1 = time.perf_counter()
                 if claim is None:
                     break
-                with acting_as(conn, role="authenticated", sub=sub):
-                    call(conn, "complete_phase", {"lease_token": claim["lease_token"],
-                                                  "outcome": "succeeded"})
+                call_as(conn, "complete_phase", {"lease_token": claim["lease_token"],
+                                                 "outcome": "succeeded"},
+                        role="authenticated", sub=sub)
                 t2 = time.perf_counter()
                 done += 1
                 claims.append((t1 - t0) * 1000)
@@ -288,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(functions.complete_ms):.2f}")
     console.print(table)
     console.print("functions: claim_phase + complete_phase as an executor, one transaction "
-                  "each (acting_as, as PostgREST).\nbare SQL: UPDATE ... FOR UPDATE SKIP LOCKED "
+                  "each (call_as, as PostgREST and the gateway make them).\n"
+                  "bare SQL: UPDATE ... FOR UPDATE SKIP LOCKED "
                   "LIMIT 1 + UPDATE ... SET state = 'done', one transaction each.")
     return 0
 

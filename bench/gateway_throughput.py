@@ -11,7 +11,8 @@
       one keep-alive httpx client per worker: `POST /rest/v1/rpc/claim_phase`, then
       `complete_phase`, until a claim answers null.
     - direct SQL: the same loop on one psycopg connection per worker, each call its own
-      transaction inside `acting_as` (role and JWT claims set as PostgREST sets them).
+      transaction through `call_as` (role and JWT claims set as PostgREST sets them, one round
+      trip, exactly as the gateway calls the database).
     Same database, same run, the same number of phases (runs of 10 noop phases, one workspace
     per measurement); the two alternate for --rounds rounds and the table shows the median.
     CPU seconds per 1,000 jobs of the load generator, the gateway process and the database's
@@ -40,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import os
 import random
 import resource
@@ -52,6 +55,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -73,7 +77,7 @@ from rich.table import Table
 
 from control_room.db.migrate import migrate
 from control_room.db.queries import parse_queries
-from control_room.db.store import acting_as, call
+from control_room.db.store import acting_as, call, call_as
 from control_room.settings import default_migrations_dir
 
 Q = parse_queries((Path(__file__).parent / "gateway_throughput.sql").read_text("utf-8"))
@@ -109,6 +113,12 @@ class GatewayProcess:
         if sub is not None:
             claims.update(sub=sub, aud="authenticated")
         return jwt.encode(claims, self.secret, algorithm="HS256")
+
+    def light_client(self, sub: str) -> KeepAliveClient:
+        """A bare keep-alive client acting as the executor `sub` (for the throughput rounds)."""
+        return KeepAliveClient(self.base_url, {
+            "Authorization": f"Bearer {self.token('authenticated', sub)}",
+            "Content-Profile": "ops"})
 
     def client(self, sub: str) -> httpx.Client:
         """A keep-alive client acting as the executor `sub`."""
@@ -178,6 +188,32 @@ def tracking_functions(url: str) -> Iterator[bool]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql.SQL("alter database {} reset track_functions").format(name))
+
+
+class KeepAliveClient:
+    """One keep-alive HTTP/1.1 connection (the standard library's http.client).
+
+    The throughput rounds run the load generator, the gateway and PostgreSQL on the same two
+    cores, so the client's own CPU counts against the gateway: httpx costs about twice the CPU
+    per request of this, which would measure the client library rather than the gateway.
+    """
+
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        self._conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
+                                                timeout=60)
+        self._headers = {**headers, "Content-Type": "application/json"}
+
+    def rpc(self, fn: str, args: dict[str, Any]) -> Any:
+        self._conn.request("POST", f"/rest/v1/rpc/{fn}", json.dumps(args), self._headers)
+        response = self._conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{fn}: HTTP {response.status}: {body[:500]!r}")
+        return json.loads(body)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def rpc(client: httpx.Client, fn: str, args: dict[str, Any],
@@ -314,7 +350,7 @@ def drive(workers: int, loop: Callable[[int], tuple[list[float], list[float]]],
 def measure_sql(url: str, jobs: int, workers: int) -> Measurement:
     executors = [str(uuid.uuid4()) for _ in range(workers)]
     ws = make_workspace(url, executors, jobs, "sql")
-    conns = [psycopg.connect(url) for _ in range(workers)]
+    conns = [psycopg.connect(url, autocommit=True) for _ in range(workers)]
     try:
         def loop(k: int) -> tuple[list[float], list[float]]:
             conn, sub = conns[k], executors[k]
@@ -322,14 +358,14 @@ def measure_sql(url: str, jobs: int, workers: int) -> Measurement:
             completes: list[float] = []
             while True:
                 t0 = time.perf_counter()
-                with acting_as(conn, role="authenticated", sub=sub):
-                    claim = call(conn, "claim_phase", {**CLAIM, "workspace_id": ws})
+                claim = call_as(conn, "claim_phase", {**CLAIM, "workspace_id": ws},
+                                role="authenticated", sub=sub)
                 t1 = time.perf_counter()
                 if claim is None:
                     return claims, completes
-                with acting_as(conn, role="authenticated", sub=sub):
-                    call(conn, "complete_phase", {"lease_token": claim["lease_token"],
-                                                  "outcome": "succeeded"})
+                call_as(conn, "complete_phase", {"lease_token": claim["lease_token"],
+                                                 "outcome": "succeeded"},
+                        role="authenticated", sub=sub)
                 claims.append((t1 - t0) * 1000)
                 completes.append((time.perf_counter() - t1) * 1000)
 
@@ -345,11 +381,11 @@ def measure_sql(url: str, jobs: int, workers: int) -> Measurement:
 def measure_http(gw: GatewayProcess, url: str, jobs: int, workers: int) -> Measurement:
     executors = [str(uuid.uuid4()) for _ in range(workers)]
     ws = make_workspace(url, executors, jobs, "http")
-    clients = [gw.client(sub) for sub in executors]
+    clients = [gw.light_client(sub) for sub in executors]
     try:
         for client in clients:   # open the keep-alive connections before the clock starts
             for _ in range(3):
-                rpc(client, "list_workspaces", {})
+                client.rpc("list_workspaces", {})
 
         def loop(k: int) -> tuple[list[float], list[float]]:
             client = clients[k]
@@ -357,12 +393,12 @@ def measure_http(gw: GatewayProcess, url: str, jobs: int, workers: int) -> Measu
             completes: list[float] = []
             while True:
                 t0 = time.perf_counter()
-                claim = rpc(client, "claim_phase", {**CLAIM, "workspace_id": ws})
+                claim = client.rpc("claim_phase", {**CLAIM, "workspace_id": ws})
                 t1 = time.perf_counter()
                 if claim is None:
                     return claims, completes
-                rpc(client, "complete_phase", {"lease_token": claim["lease_token"],
-                                               "outcome": "succeeded"})
+                client.rpc("complete_phase", {"lease_token": claim["lease_token"],
+                                              "outcome": "succeeded"})
                 claims.append((t1 - t0) * 1000)
                 completes.append((time.perf_counter() - t1) * 1000)
 
@@ -694,9 +730,11 @@ def main(argv: list[str] | None = None) -> int:
                   "n/a" if idle_poll is None else f"{idle_poll:.2f}", "")
     console.print(table)
     console.print(
-        f"(a) {args.workers} threads, each its own executor: HTTP = keep-alive httpx clients "
+        f"(a) {args.workers} threads, each its own executor: HTTP = a keep-alive http.client "
+        f"connection each "
         f"against `control-room serve` (own process, pool {args.pool_max_size}); direct SQL = "
-        f"one psycopg connection each, claim and complete one transaction each (acting_as). "
+        f"one psycopg connection each, claim and complete one transaction each "
+        f"(call_as, as the gateway). "
         f"{'Median of ' + str(args.rounds) + ' rounds. ' if args.rounds > 1 else ''}"
         f"CPU from /proc: load generator = this process, postgres = the database's backends.\n"
         f"(b) {args.samples} samples per variant; waiting: 1 worker; polling: {args.pollers} "

@@ -15,6 +15,7 @@ from control_room.db.migrate import migrate
 from control_room.db.store import (
     ContractError,
     acting_as,
+    call_as,
     call,
     contract_error,
     http_status,
@@ -262,3 +263,34 @@ def test_derived_codes(ops_conn: psycopg.Connection[Any]) -> None:
         ops_conn.rollback()
         error = contract_error(caught.value)
         assert (error.sqlstate, error.status, error.code) == expected, statement
+
+
+def test_call_as_is_one_request_in_one_transaction(ops_db_url: str) -> None:
+    user = uuid.uuid4()
+    now = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with psycopg.connect(ops_db_url, autocommit=True) as conn:
+        seen = call_as(conn, "whoami", role="authenticated", sub=str(user),
+                       claims={"email": "a@b.c"}, now=now)
+        assert (seen["uid"], seen["role"], seen["now"]) == (str(user), "authenticated",
+                                                            now.isoformat())
+        assert seen["claims"] == {"email": "a@b.c", "role": "authenticated", "sub": str(user)}
+        # nothing outlives the request
+        after = conn.execute("select auth.uid(), current_setting('role'),"
+                             " current_setting('control_room.now', true)").fetchone()
+        assert after is not None and after[0] is None and after[1] == "none" and not after[2]
+        # arguments are quoted client-side, never spliced
+        hostile = "x'); drop table ops.calls; --"
+        echoed = call_as(conn, "echo", {"p_payload": {"s": hostile}, "p_tags": [hostile]},
+                         role="service_role")
+        assert echoed["payload"] == {"s": hostile} and echoed["tags"] == [hostile]
+        before = calls_made(conn)
+        # an error rolls the whole request back, and maps like call()'s
+        with pytest.raises(ContractError) as caught:
+            call_as(conn, "lose_lease", {"p_phase_id": str(uuid.uuid4())}, role="service_role")
+        assert (caught.value.status, caught.value.code) == (409, "lease_lost")
+        with pytest.raises(ContractError) as caught:
+            call_as(conn, "secret", role="anon")
+        assert (caught.value.status, caught.value.code) == (401, "unauthorized")
+        assert calls_made(conn) == before
+    with psycopg.connect(ops_db_url) as conn, pytest.raises(RuntimeError, match="autocommit"):
+        call_as(conn, "noop", role="service_role")

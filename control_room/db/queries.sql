@@ -76,6 +76,15 @@ select
     pg_catalog.set_config('role', %(role)s, true),
     pg_catalog.set_config('request.jwt.claims', %(claims)s, true);
 
+-- name: set_request_context_positional
+-- The same, plus the test clock ('' = the real time), sent in one message with the call
+-- (store.call_as).
+select
+    pg_catalog.set_config('search_path', 'ops, public, extensions', true),
+    pg_catalog.set_config('role', %s, true),
+    pg_catalog.set_config('request.jwt.claims', %s, true),
+    pg_catalog.set_config('control_room.now', %s, true)
+
 -- name: set_clock
 -- Test-only clock override read by the ops functions.
 select pg_catalog.set_config('control_room.now', %(now)s, true);

@@ -442,22 +442,11 @@ def _adapt(param: Param, value: Any) -> Any:
     return value
 
 
-def call(
-    conn: psycopg.Connection[Any],
-    fn: str,
-    args: Mapping[str, Any] | None = None,
-    *,
-    schema: str = "ops",
-) -> Any:
-    """Call `schema.fn(name => value, ...)` as PostgREST's `POST /rpc/fn` does; return its result.
-
-    Arguments are matched by name against the catalog (an unknown name fails with 400
-    before anything runs) and cast to their declared types. A scalar result comes back as
-    a Python value (jsonb decoded), a composite one as a dict, a set as a list.
-    """
-    given = dict(args or {})
-    role = acting_role(conn)
-    with wrap_errors(role=role):
+def _prepare(
+    conn: psycopg.Connection[Any], fn: str, given: dict[str, Any], schema: str
+) -> tuple[Signature, sql.Composed, list[Any]]:
+    """The overload that fits the given argument names, and the statement calling it."""
+    with wrap_errors(role=acting_role(conn)):
         overloads = signatures(conn, fn, schema=schema)
     if not overloads:
         raise ContractError(
@@ -485,16 +474,14 @@ def call(
             values.append(_adapt(param, value))
         arguments = sql.SQL(", ").join(parts)
     invocation = sql.SQL("{}({})").format(target, arguments)
-
     if sig.returns_composite:
-        statement = sql.SQL("select * from {}").format(invocation)
-    else:
-        statement = sql.SQL("select {}").format(invocation)
+        return sig, sql.SQL("select * from {}").format(invocation), values
+    return sig, sql.SQL("select {}").format(invocation), values
 
-    with wrap_errors(role=role), conn.cursor() as cur:
-        cur.execute(statement, values)
-        rows = cur.fetchall()
-        columns = [column.name for column in cur.description or ()]
+
+def _result(sig: Signature, cur: psycopg.Cursor[Any]) -> Any:
+    rows = cur.fetchall()
+    columns = [column.name for column in cur.description or ()]
     if sig.returns_composite:
         records = [dict(zip(columns, row, strict=True)) for row in rows]
         if sig.returns_set:
@@ -505,6 +492,60 @@ def call(
     if not rows or sig.return_type == "void":
         return None
     return rows[0][0]
+
+
+def call(
+    conn: psycopg.Connection[Any],
+    fn: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    schema: str = "ops",
+) -> Any:
+    """Call `schema.fn(name => value, ...)` as PostgREST's `POST /rpc/fn` does; return its result.
+
+    Arguments are matched by name against the catalog (an unknown name fails with 400
+    before anything runs) and cast to their declared types. A scalar result comes back as
+    a Python value (jsonb decoded), a composite one as a dict, a set as a list.
+    """
+    sig, statement, values = _prepare(conn, fn, dict(args or {}), schema)
+    with wrap_errors(role=acting_role(conn)), conn.cursor() as cur:
+        cur.execute(statement, values)
+        return _result(sig, cur)
+
+
+def call_as(
+    conn: psycopg.Connection[Any],
+    fn: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    role: str,
+    sub: str | None = None,
+    claims: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+    schema: str = "ops",
+) -> Any:
+    """One whole request in one round trip: `acting_as()` + `call()` on an autocommit connection.
+
+    The request settings and the call go out as one simple-query message, which PostgreSQL runs
+    as one implicit transaction (so the `set_config(..., true)` settings hold for the call and
+    vanish with it; an error rolls everything back), with the arguments bound client-side by
+    psycopg's quoting.
+    """
+    if role not in API_ROLES:
+        raise ValueError(f"role must be one of {', '.join(API_ROLES)}, not {role!r}")
+    if not conn.autocommit:
+        raise RuntimeError("call_as() needs a connection in autocommit mode")
+    sig, statement, values = _prepare(conn, fn, dict(args or {}), schema)
+    all_claims: dict[str, Any] = dict(claims or {})
+    all_claims["role"] = role
+    if sub is not None:
+        all_claims["sub"] = str(sub)
+    request = sql.SQL(query("set_request_context_positional"))
+    params = [role, json.dumps(all_claims, default=str), now.isoformat() if now else "", *values]
+    with wrap_errors(role=role), psycopg.ClientCursor(conn) as cur:
+        cur.execute(request + sql.SQL(";\n") + statement, params)
+        cur.nextset()
+        return _result(sig, cur)
 
 
 # ---------------------------------------------------------------------------------- status

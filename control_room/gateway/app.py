@@ -4,7 +4,8 @@ Per request, as PostgREST does: verify the JWT, open one transaction, set the ro
 claims and the search path, call the function with named arguments, commit, and answer its
 JSON, or an error in PostgREST's shape. Only the contract's functions (the operations of
 `contract/openapi.yaml`) are served. The database calls run on a psycopg pool in worker
-threads, through the same `control_room.db.store` the direct-SQL tests use.
+threads, through `control_room.db.store.call_as` (the settings and the call in one round trip,
+one implicit transaction), which shares its argument handling with the direct-SQL `call`.
 
 `claim_phase` may wait for work (`Prefer: wait=<seconds>`): the gateway keeps one LISTEN
 connection of its own (never a pooled one) and retries the claim when the database announces
@@ -39,7 +40,7 @@ from starlette.routing import Route
 
 from control_room.db.migrate import migrate
 from control_room.db.queries import query
-from control_room.db.store import ContractError, acting_as, call
+from control_room.db.store import ContractError, call_as
 from control_room.gateway.auth import Caller, TokenCache
 from control_room.gateway.errors import GatewayError, contract_response
 from control_room.gateway.metrics import Metrics
@@ -141,7 +142,7 @@ class Gateway:
         self.pool = ConnectionPool(
             database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
             open=False, name="control-room-gateway", timeout=10,
-            kwargs={"options": f"-c statement_timeout={timeout}"},
+            kwargs={"options": f"-c statement_timeout={timeout}", "autocommit": True},
         )
         self.notifier = Notifier(database_url)
         self.tokens = TokenCache(jwt_secret)
@@ -251,10 +252,9 @@ class Gateway:
         return min(float(match.group(1)), self.settings.claim_wait_max_seconds)
 
     def _call(self, fn: str, args: dict[str, Any], caller: Caller, now: datetime | None) -> Any:
-        with self.pool.connection() as conn, acting_as(
-            conn, role=caller.role, sub=caller.sub, claims=caller.claims, now=now
-        ):
-            return call(conn, fn, args, schema=SCHEMA)
+        with self.pool.connection() as conn:
+            return call_as(conn, fn, args, role=caller.role, sub=caller.sub,
+                           claims=caller.claims, now=now, schema=SCHEMA)
 
     async def _claim_waiting(self, request: Request, args: dict[str, Any], caller: Caller,
                              now: datetime | None, wait: float) -> Any:
