@@ -15,8 +15,8 @@ from control_room.db.migrate import migrate
 from control_room.db.store import (
     ContractError,
     acting_as,
-    call_as,
     call,
+    call_as,
     contract_error,
     http_status,
     wrap_errors,
