@@ -203,8 +203,9 @@ class Gateway:
         wait = self._wait(request) if fn == "claim_phase" else 0.0
         if wait > 0:
             result = await self._claim_waiting(request, args, caller, now, wait)
-        else:
-            result = await anyio.to_thread.run_sync(self._call, fn, args, caller, now)
+            # RFC 7240: say that the wait was honoured (Supabase's PostgREST does not wait)
+            return JSONResponse(result, headers={"Preference-Applied": f"wait={wait:g}"})
+        result = await anyio.to_thread.run_sync(self._call, fn, args, caller, now)
         return JSONResponse(result)
 
     async def _arguments(self, request: Request) -> dict[str, Any]:

@@ -298,6 +298,9 @@ def test_a_waiting_claim_gives_up_after_its_wait(gw: Gateway, world: World) -> N
     elapsed = time.monotonic() - started
     assert (response.status_code, response.json()) == (200, None)
     assert 0.9 <= elapsed < 4
+    assert response.headers["Preference-Applied"] == "wait=1"
+    plain = gw.post("claim_phase", {}, principal=world.exec1)
+    assert "Preference-Applied" not in plain.headers
 
 
 def test_the_listener_has_a_connection_of_its_own(gw: Gateway, db_url: str) -> None:
