@@ -113,6 +113,14 @@ create table ops.phases (
     updated_at            timestamptz not null default now(),
     unique (run_id, name)
 );
+-- Phases and runs are updated on every claim, heartbeat, event and completion: leave room on
+-- each page for HOT updates, and vacuum them eagerly so that dead tuples do not pile up in the
+-- claim path's indexes (a queue table's usual decline).
+alter table ops.phases set (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
+                            autovacuum_vacuum_threshold = 500, autovacuum_analyze_scale_factor = 0.02);
+alter table ops.runs set (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
+                          autovacuum_vacuum_threshold = 500);
+
 -- The claim path reads only these two partial indexes: their size follows the live queue,
 -- not the history (finished phases are in neither).
 create index phases_claimable_idx on ops.phases (priority desc, queued_at, ordinal, id) where state = 'queued';
