@@ -1,0 +1,51 @@
+"""Executor kinds: one small protocol (`executor.kinds.base`) and a registry of the kinds.
+
+Importing this package registers the built-in kinds (`python`).
+"""
+
+from __future__ import annotations
+
+from executor.kinds import python as _python  # noqa: F401  (registers the python kind)
+from executor.kinds.base import (
+    KINDS,
+    ArtifactRole,
+    Connection,
+    Emit,
+    EventLevel,
+    Kind,
+    OutputFile,
+    PhaseCancelled,
+    PhaseContext,
+    PhaseError,
+    PhaseResult,
+    PhaseTimeout,
+    Progress,
+    TerminalPhaseError,
+    TransientPhaseError,
+    UnknownKindError,
+    as_phase_error,
+    kind_for,
+    register_kind,
+)
+
+__all__ = [
+    "KINDS",
+    "ArtifactRole",
+    "Connection",
+    "Emit",
+    "EventLevel",
+    "Kind",
+    "OutputFile",
+    "PhaseCancelled",
+    "PhaseContext",
+    "PhaseError",
+    "PhaseResult",
+    "PhaseTimeout",
+    "Progress",
+    "TerminalPhaseError",
+    "TransientPhaseError",
+    "UnknownKindError",
+    "as_phase_error",
+    "kind_for",
+    "register_kind",
+]

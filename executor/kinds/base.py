@@ -1,0 +1,234 @@
+"""The one protocol every executor kind implements, the phase context and result, the errors.
+
+A kind is a class with two class constants and one method:
+
+    @register_kind
+    class SqlKind:
+        NAME: ClassVar[str] = "sql"
+        CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset({"postgres", "trino"})
+
+        def run(self, ctx: PhaseContext) -> PhaseResult: ...
+
+`NAME` is the phase kind of the spec; `CONNECTION_TYPES` the connection types the kind can
+use (empty: it needs none, or takes any). The worker owns everything around `run`: claiming,
+leases and heartbeats, events, artifact registration and completion. A kind never talks to
+the control plane: it reads its `PhaseContext`, reports through `ctx.emit` / `ctx.progress`
+(the worker turns them into batched events and heartbeats), writes files under
+`ctx.output_dir`, and returns a `PhaseResult` or raises.
+
+Errors (the worker decides retries, never the kind):
+
+- `TerminalPhaseError`: the phase fails now (`retryable = False`): bad params, a bad
+  entrypoint, a schema change that breaks the contract, anything a retry cannot fix.
+- `TransientPhaseError`: retried with backoff (`retryable = True`).
+- `PhaseTimeout`: terminal, with the failure reason `"timeout"`.
+- `PhaseCancelled`: the cancellation flag was set; the work stopped (not a failure).
+- Any other exception is treated as transient (`as_phase_error`): the phase's attempt cap
+  (enforced in SQL) keeps it from being retried forever.
+
+Kinds are stateless: `kind_for(name)` builds a fresh instance per phase.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
+
+__all__ = [
+    "KINDS",
+    "ArtifactRole",
+    "Connection",
+    "Emit",
+    "EventLevel",
+    "Kind",
+    "OutputFile",
+    "PhaseCancelled",
+    "PhaseContext",
+    "PhaseError",
+    "PhaseResult",
+    "PhaseTimeout",
+    "Progress",
+    "TerminalPhaseError",
+    "TransientPhaseError",
+    "UnknownKindError",
+    "as_phase_error",
+    "kind_for",
+    "register_kind",
+]
+
+EventLevel = Literal["debug", "info", "warning", "error"]
+ArtifactRole = Literal["output", "input", "log", "report"]
+EVENT_LEVELS: frozenset[str] = frozenset({"debug", "info", "warning", "error"})
+
+
+class Emit(Protocol):
+    """`emit(type, message, level="info", payload=None)`: one event of the phase.
+
+    `type` is an upper-case event type (`LOG`, `PHASE_PROGRESS`, ...); `payload` a JSON
+    object. The worker batches the events and sends them with the phase's lease."""
+
+    def __call__(
+        self,
+        type: str,
+        message: str,
+        level: EventLevel = "info",
+        payload: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
+Progress = Callable[[float | Mapping[str, Any]], None]
+"""`progress(fraction)` with a fraction in [0, 1], or `progress({...})` with a JSON object."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A connection resolved from its secret reference. `config` holds secrets: it is left
+    out of `repr` and must never be logged, emitted or written to an output."""
+
+    name: str
+    type: str
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class PhaseContext:
+    """Everything a kind may read while it runs one attempt of a phase. Built by the worker."""
+
+    run_id: str
+    phase: str
+    attempt: int
+    kind: str
+    params: Mapping[str, Any]
+    inputs: Mapping[str, Any]
+    """Dependency outputs: the output manifest of each upstream phase, by phase name."""
+    git_sha: str | None
+    input_manifest: Mapping[str, Any]
+    output_dir: Path
+    """A fresh, empty directory owned by this attempt; files the kind leaves there may be
+    reported as outputs."""
+    emit: Emit
+    progress: Progress
+    connections: Mapping[str, Connection] = field(default_factory=dict, repr=False)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set by the worker when the phase is cancelled (learned from a heartbeat) or the worker
+    stops; a kind polls it (or waits on it) and raises `PhaseCancelled`."""
+    timeout_s: float | None = None
+    """The phase's timeout in seconds (None: no limit). A kind that runs work it can kill
+    enforces it and raises `PhaseTimeout`; the worker enforces it too."""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file to register as an artifact of the phase."""
+
+    path: Path
+    name: str
+    """The artifact's name (1-512 characters), e.g. the path relative to the output dir."""
+    media_type: str = "application/octet-stream"
+    role: ArtifactRole = "output"
+    kind: str = "blob"
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    output_manifest: dict[str, Any] = field(default_factory=dict)
+    """A JSON object: what downstream phases receive as this phase's entry in `inputs`."""
+    outputs: list[OutputFile] = field(default_factory=list)
+
+
+class PhaseError(Exception):
+    """Base of the errors a kind raises on purpose. `retryable` tells the worker whether to
+    give the attempt back for a retry with backoff; `reason` is the failure's reason."""
+
+    retryable: ClassVar[bool] = True
+    reason: ClassVar[str] = "error"
+
+    def __init__(
+        self, message: str, *, error_type: str | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        """The type of the exception behind this one (e.g. `ValueError`), when wrapped."""
+        self.detail = detail
+        """Longer text, e.g. a traceback from the phase's subprocess."""
+
+
+class TerminalPhaseError(PhaseError):
+    """The phase fails now: a retry cannot help."""
+
+    retryable = False
+
+
+class TransientPhaseError(PhaseError):
+    """The attempt failed, a retry may succeed: retried with backoff up to the attempt cap."""
+
+    retryable = True
+
+
+class PhaseTimeout(TerminalPhaseError):
+    """The phase ran past its timeout; its work was killed."""
+
+    reason = "timeout"
+
+
+class PhaseCancelled(PhaseError):
+    """The phase was cancelled while it ran; its work was stopped."""
+
+    retryable = False
+    reason = "cancelled"
+
+
+def as_phase_error(exc: BaseException) -> PhaseError:
+    """The `PhaseError` the worker acts on: `exc` itself when it is one, else a
+    `TransientPhaseError` wrapping it (unknown errors are transient; attempts are capped)."""
+    if isinstance(exc, PhaseError):
+        return exc
+    return TransientPhaseError(f"{type(exc).__name__}: {exc}", error_type=type(exc).__qualname__)
+
+
+class Kind(Protocol):
+    """What every executor kind is: see the module's docstring."""
+
+    NAME: ClassVar[str]
+    CONNECTION_TYPES: ClassVar[frozenset[str]]
+
+    def run(self, ctx: PhaseContext) -> PhaseResult: ...
+
+
+class UnknownKindError(LookupError):
+    """No kind registered under this name."""
+
+
+KINDS: dict[str, type[Kind]] = {}
+"""The registered kinds by `NAME`."""
+
+K = TypeVar("K", bound=type[Kind])
+
+
+def register_kind(cls: K) -> K:
+    """Register a kind class under its `NAME` (usable as a class decorator). Registering a
+    second class under a taken name is an error; registering the same class again is not."""
+    name = getattr(cls, "NAME", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__qualname__} has no NAME")
+    if not isinstance(getattr(cls, "CONNECTION_TYPES", None), frozenset):
+        raise TypeError(f"{cls.__qualname__}.CONNECTION_TYPES must be a frozenset")
+    existing = KINDS.get(name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"kind {name!r} is already registered by {existing.__qualname__}")
+    KINDS[name] = cls
+    return cls
+
+
+def kind_for(name: str) -> Kind:
+    """A fresh instance of the kind registered under `name`."""
+    try:
+        cls = KINDS[name]
+    except KeyError:
+        known = ", ".join(sorted(KINDS)) or "none"
+        raise UnknownKindError(f"unknown phase kind {name!r} (registered: {known})") from None
+    return cls()

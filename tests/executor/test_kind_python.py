@@ -1,0 +1,341 @@
+"""The kind protocol and registry, and the python kind against real spawned subprocesses
+(entrypoints in `tests.executor.sample_entrypoints`). Each subprocess costs a spawn (about
+0.3-1 s), so each case starts at most one."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from executor.kinds import (
+    KINDS,
+    Connection,
+    EventLevel,
+    OutputFile,
+    PhaseCancelled,
+    PhaseContext,
+    PhaseError,
+    PhaseResult,
+    PhaseTimeout,
+    TerminalPhaseError,
+    TransientPhaseError,
+    UnknownKindError,
+    as_phase_error,
+    kind_for,
+    register_kind,
+)
+from executor.kinds.python import PythonKind, parse_entrypoint
+
+SAMPLES = "tests.executor.sample_entrypoints"
+
+
+@dataclass
+class Recorder:
+    """The worker's side of emit/progress: records every call in order."""
+
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    on_event: dict[str, threading.Event] = field(default_factory=dict)
+
+    def emit(
+        self,
+        type: str,
+        message: str,
+        level: EventLevel = "info",
+        payload: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.calls.append(("event", type, message, level, payload))
+        if type in self.on_event:
+            self.on_event[type].set()
+
+    def progress(self, value: float | Mapping[str, Any]) -> None:
+        self.calls.append(("progress", value))
+
+    def payload(self, type: str) -> Mapping[str, Any]:
+        for call in self.calls:
+            if call[0] == "event" and call[1] == type:
+                payload: Mapping[str, Any] = call[4]
+                return payload
+        raise AssertionError(f"no {type} event in {self.calls}")
+
+
+def make_ctx(
+    tmp_path: Path,
+    recorder: Recorder,
+    entrypoint: object,
+    args: Mapping[str, Any] | None = None,
+    timeout_s: float | None = 60.0,
+    cancel: threading.Event | None = None,
+) -> PhaseContext:
+    params: dict[str, Any] = {"entrypoint": entrypoint}
+    if args is not None:
+        params["args"] = dict(args)
+    return PhaseContext(
+        run_id="run-1",
+        phase="load",
+        attempt=2,
+        kind="python",
+        params=params,
+        inputs={"extract": {"rows": 5}},
+        git_sha="abc123",
+        input_manifest={"extract": {"digest": "blake3:" + "0" * 64}},
+        output_dir=tmp_path / "out",
+        emit=recorder.emit,
+        progress=recorder.progress,
+        connections={
+            "warehouse": Connection("warehouse", "postgres", {"password": "s3cret"}),
+        },
+        cancel=cancel or threading.Event(),
+        timeout_s=timeout_s,
+    )
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or a zombie (killed; waiting for a parent that may never reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def wait_gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if process_gone(pid):
+            return True
+        time.sleep(0.05)
+    return process_gone(pid)
+
+
+# -- the protocol and the registry ----------------------------------------------------------
+
+
+def test_registry_knows_the_python_kind() -> None:
+    assert KINDS["python"] is PythonKind
+    kind = kind_for("python")
+    assert isinstance(kind, PythonKind)
+    assert kind.NAME == "python"
+    assert not kind.CONNECTION_TYPES
+    with pytest.raises(UnknownKindError, match=r"unknown phase kind 'nope'.*python"):
+        kind_for("nope")
+
+
+def test_register_kind_checks_names() -> None:
+    class Echo:
+        NAME: ClassVar[str] = "test-echo"
+        CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset({"postgres"})
+
+        def run(self, ctx: PhaseContext) -> PhaseResult:
+            return PhaseResult(output_manifest=dict(ctx.params))
+
+    class Other(Echo):
+        pass
+
+    class Nameless:
+        CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset()
+
+        def run(self, ctx: PhaseContext) -> PhaseResult:
+            return PhaseResult()
+
+    try:
+        assert register_kind(Echo) is Echo
+        assert register_kind(Echo) is Echo  # the same class again: fine
+        assert isinstance(kind_for("test-echo"), Echo)
+        with pytest.raises(ValueError, match="already registered"):
+            register_kind(Other)
+        with pytest.raises(TypeError, match="no NAME"):
+            register_kind(Nameless)  # type: ignore[type-var]
+    finally:
+        KINDS.pop("test-echo", None)
+
+
+def test_error_classes_and_unknown_errors_are_transient() -> None:
+    assert TerminalPhaseError("x").retryable is False
+    assert TransientPhaseError("x").retryable is True
+    assert PhaseTimeout("x").retryable is False
+    assert PhaseTimeout("x").reason == "timeout"
+    assert isinstance(PhaseTimeout("x"), TerminalPhaseError)
+    assert PhaseCancelled("x").reason == "cancelled"
+    terminal = TerminalPhaseError("no")
+    assert as_phase_error(terminal) is terminal
+    wrapped = as_phase_error(KeyError("k"))
+    assert isinstance(wrapped, TransientPhaseError)
+    assert wrapped.error_type == "KeyError"
+    assert "KeyError" in str(wrapped)
+
+
+def test_connection_secrets_stay_out_of_repr(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, Recorder(), f"{SAMPLES}:succeed")
+    assert "s3cret" not in repr(ctx)
+    assert "s3cret" not in repr(ctx.connections["warehouse"])
+
+
+# -- the python kind: no subprocess needed --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entrypoint",
+    ["no_colon", "a.b:", ":fn", "a b:fn", "mod:fn:extra", "1mod:fn", 42, None],
+)
+def test_malformed_entrypoints_fail_terminally_without_a_process(
+    tmp_path: Path, entrypoint: object
+) -> None:
+    with pytest.raises(TerminalPhaseError, match="entrypoint"):
+        PythonKind().run(make_ctx(tmp_path, Recorder(), entrypoint))
+    assert parse_entrypoint("pkg.mod:Cls.method") == ("pkg.mod", "Cls.method")
+
+
+def test_args_must_be_an_object(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, Recorder(), f"{SAMPLES}:succeed")
+    ctx = dataclasses.replace(ctx, params={"entrypoint": "m:f", "args": [1]})
+    with pytest.raises(TerminalPhaseError, match="args must be a JSON object"):
+        PythonKind().run(ctx)
+
+
+def test_already_cancelled_phase_starts_nothing(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(PhaseCancelled):
+        PythonKind().run(make_ctx(tmp_path, Recorder(), f"{SAMPLES}:succeed", cancel=cancel))
+
+
+# -- the python kind: real subprocesses -----------------------------------------------------
+
+
+def test_success_returns_manifest_events_progress_and_outputs(tmp_path: Path) -> None:
+    recorder = Recorder()
+    ctx = make_ctx(tmp_path, recorder, f"{SAMPLES}:succeed", args={"limit": 3})
+    started = time.monotonic()
+    result = PythonKind().run(ctx)
+    # the entrypoint left a non-daemon thread sleeping 60 s: the phase did not wait for it
+    assert time.monotonic() - started < 30
+
+    manifest = result.output_manifest
+    child_pid = manifest.pop("pid")
+    assert child_pid != os.getpid()
+    assert manifest == {
+        "args": {"limit": 3},
+        "inputs": {"extract": {"rows": 5}},
+        "run_id": "run-1",
+        "phase": "load",
+        "attempt": 2,
+        "git_sha": "abc123",
+        "connection_type": "postgres",
+    }
+    assert recorder.calls == [
+        ("event", "LOG", "starting", "info", {"n": 1}),
+        ("progress", 0.25),
+        ("event", "LOG", "halfway", "warning", None),
+        ("progress", {"rows": 10, "of": 20}),
+        ("event", "LOG", "done", "info", {"n": 3}),
+    ]
+    out = tmp_path / "out"
+    assert result.outputs == [
+        OutputFile(out / "parts" / "rows.csv", "parts/rows.csv", "text/csv"),
+        OutputFile(out / "result.json", "result.json", "application/json"),
+    ]
+    assert all(output.role == "output" for output in result.outputs)
+    assert wait_gone(child_pid)
+
+
+def test_processes_left_behind_by_a_successful_entrypoint_are_killed(tmp_path: Path) -> None:
+    result = PythonKind().run(make_ctx(tmp_path, Recorder(), f"{SAMPLES}:leave_grandchild"))
+    assert wait_gone(result.output_manifest["grandchild"])
+    assert result.outputs == []
+
+
+def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    recorder = Recorder()
+    ctx = make_ctx(tmp_path, recorder, f"{SAMPLES}:sleep_with_grandchild", timeout_s=4.0)
+    started = time.monotonic()
+    with pytest.raises(PhaseTimeout, match="timeout of 4 s") as caught:
+        PythonKind().run(ctx)
+    elapsed = time.monotonic() - started
+    assert 4.0 <= elapsed < 20
+    assert caught.value.reason == "timeout"
+    assert caught.value.retryable is False
+    pids = recorder.payload("PIDS")
+    assert wait_gone(pids["child"])
+    assert wait_gone(pids["grandchild"])
+
+
+def test_cancellation_stops_a_sleeping_entrypoint_promptly(tmp_path: Path) -> None:
+    cancel = threading.Event()
+    recorder = Recorder(on_event={"READY": threading.Event()})
+    ctx = make_ctx(tmp_path, recorder, f"{SAMPLES}:sleep_forever", cancel=cancel)
+    cancelled_at: list[float] = []
+
+    def cancel_when_ready() -> None:
+        if recorder.on_event["READY"].wait(30):
+            cancelled_at.append(time.monotonic())
+            cancel.set()
+
+    threading.Thread(target=cancel_when_ready, daemon=True).start()
+    with pytest.raises(PhaseCancelled):
+        PythonKind().run(ctx)
+    assert cancelled_at, "the entrypoint never reported READY"
+    assert time.monotonic() - cancelled_at[0] < 1.0
+    assert wait_gone(recorder.payload("READY")["child"])
+
+
+def test_an_exception_is_transient_with_type_message_and_traceback(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, Recorder(), f"{SAMPLES}:raise_value_error", args={"value": 7})
+    with pytest.raises(TransientPhaseError, match="raised ValueError: bad value 7") as caught:
+        PythonKind().run(ctx)
+    assert caught.value.retryable is True
+    assert caught.value.error_type == "ValueError"
+    assert caught.value.detail is not None
+    assert "Traceback" in caught.value.detail
+    assert "raise_value_error" in caught.value.detail
+
+
+def test_terminal_phase_error_stays_terminal(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, Recorder(), f"{SAMPLES}:raise_terminal")
+    with pytest.raises(TerminalPhaseError, match="the input can never work") as caught:
+        PythonKind().run(ctx)
+    assert type(caught.value) is TerminalPhaseError
+    assert caught.value.retryable is False
+    assert caught.value.error_type == "TerminalPhaseError"
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "message"),
+    [
+        ("tests.executor.no_such_module:fn", "module 'tests.executor.no_such_module' not found"),
+        (f"{SAMPLES}:no_such_function", "has no attribute 'no_such_function'"),
+        (f"{SAMPLES}:NOT_CALLABLE", "is not callable"),
+    ],
+)
+def test_bad_entrypoints_are_terminal(tmp_path: Path, entrypoint: str, message: str) -> None:
+    with pytest.raises(TerminalPhaseError, match=message):
+        PythonKind().run(make_ctx(tmp_path, Recorder(), entrypoint))
+
+
+def test_a_child_exiting_without_a_result_is_transient(tmp_path: Path) -> None:
+    recorder = Recorder()
+    with pytest.raises(TransientPhaseError, match="exited with code 3 without a result"):
+        PythonKind().run(make_ctx(tmp_path, recorder, f"{SAMPLES}:exit_abruptly"))
+    assert recorder.calls == [("event", "LOG", "about to exit", "info", None)]
+
+
+def test_a_non_json_return_value_is_terminal(tmp_path: Path) -> None:
+    with pytest.raises(TerminalPhaseError, match="not JSON-serialisable") as caught:
+        PythonKind().run(make_ctx(tmp_path, Recorder(), f"{SAMPLES}:return_unserialisable"))
+    assert caught.value.retryable is False
+
+
+def test_phase_errors_share_a_base() -> None:
+    for cls in (TerminalPhaseError, TransientPhaseError, PhaseTimeout, PhaseCancelled):
+        assert issubclass(cls, PhaseError)
