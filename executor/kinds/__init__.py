@@ -6,6 +6,7 @@ Importing this package registers the built-in kinds (`python`).
 from __future__ import annotations
 
 from executor.kinds import python as _python  # noqa: F401  (registers the python kind)
+from executor.kinds import sql as _sql  # noqa: F401  (registers the sql kind)
 from executor.kinds.base import (
     KINDS,
     ArtifactRole,

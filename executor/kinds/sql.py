@@ -1,0 +1,505 @@
+"""The `sql` kind: a DuckDB query over Delta tables and Parquet files, written as a Delta table.
+
+Params:
+
+    {
+      "query": "select ...",                        # or "query_file" + "code_dir"
+      "query_file": "models/silver_orders.sql",      # relative to code_dir (the repo checkout
+      "code_dir": "/checkouts/<git_sha>",            # at the run's git_sha)
+      "inputs": {
+        "orders": {"delta": "<uri>", "version": null},   # version: time travel (int) or latest
+        "items": {"parquet": "<path or glob>"},
+        "raw": {"upstream": "<phase>"}                   # an upstream phase's output table,
+      },                                                 # at the version it wrote
+      "output": {"delta": "<uri>", "mode": "overwrite" | "append" | "merge",
+                 "keys": ["id"], "name": "silver.orders"},
+      "preview_rows": 50
+    }
+
+How it runs. An in-memory DuckDB connection with external access disabled (the query reads
+only its declared inputs: no files, no extensions, nothing a fingerprint would miss), each
+input registered as a view over an Arrow dataset: Delta through deltalake's
+`to_pyarrow_dataset` (at `version` when given), Parquet through `pyarrow.dataset` (a glob is
+expanded and sorted first; no match is an error). The query runs in a thread; the calling
+thread watches `ctx.cancel` and the timeout and calls `conn.interrupt()` (`PhaseCancelled`,
+`PhaseTimeout`). The result is written with `executor.tables.write_table` (a BREAKING schema
+change is terminal, with its message), then hashed with `executor.digests.table_digest` at
+the version written (all-column canonical order, no primary key).
+
+Outputs, written into `ctx.output_dir`:
+
+- `query.sql` (application/sql): the query text, as run;
+- `result_manifest.json`: the query's row count and schema, the written table's digest, row
+  count and schema, the query digest, the output's name, mode and keys. Only content, never
+  the location: the table's URI and version live in the output manifest, so the same query
+  over the same inputs gives byte-identical files (and artifact digests) wherever it writes;
+- `preview.json`: the first `preview_rows` rows of the query's result in a deterministic
+  order (DuckDB's `ORDER BY ALL`), as `{"columns": [...], "rows": [[...], ...]}`, values as
+  JSON (dates and times ISO 8601, decimals as strings, bytes as base64, non-finite floats as
+  strings).
+
+Output manifest: `{"table": {"uri", "version", "digest", "rows", "name"}, "query_digest",
+"result_rows"}`.
+
+Errors. Bad params, a missing input table / version / file, a SQL error (DuckDB's parser,
+binder, catalog, conversion, constraint and permission errors, with DuckDB's message), a
+BREAKING schema change or a bad merge batch (null or duplicated keys): terminal. DuckDB IO
+and out-of-memory errors, commit conflicts and anything unknown: transient.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import glob
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import duckdb
+import pyarrow.dataset as pds
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from executor.digests import blob_digest, table_digest
+from executor.kinds.base import (
+    OutputFile,
+    PhaseCancelled,
+    PhaseContext,
+    PhaseResult,
+    PhaseTimeout,
+    TerminalPhaseError,
+    TransientPhaseError,
+    register_kind,
+)
+from executor.tables import SchemaBreakingChange, write_table
+
+__all__ = ["RESULT_MANIFEST_FORMAT", "SqlKind", "SqlParams", "parse_params"]
+
+RESULT_MANIFEST_FORMAT = "cr-sql-result-v1"
+DEFAULT_PREVIEW_ROWS = 50
+MAX_PREVIEW_ROWS = 10_000
+POLL_S = 0.05
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODES = ("overwrite", "append", "merge")
+_GLOB_CHARS = frozenset("*?[")
+
+# DuckDB errors a retry cannot fix: the SQL or the data is wrong.
+_TERMINAL_DUCKDB: tuple[type[BaseException], ...] = (
+    duckdb.ProgrammingError,  # parser, syntax, binder, catalog, invalid input
+    duckdb.DataError,  # conversion, type mismatch, out of range
+    duckdb.NotSupportedError,
+    duckdb.IntegrityError,  # constraint
+    duckdb.PermissionException,  # external access (files, extensions) is disabled
+)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    delta: str | None = None
+    version: int | None = None
+    parquet: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    uri: str
+    mode: str
+    keys: tuple[str, ...] | None
+    name: str
+
+
+@dataclass(frozen=True)
+class SqlParams:
+    query: str
+    inputs: tuple[InputSpec, ...]
+    output: OutputSpec
+    preview_rows: int
+
+
+def _bad(message: str) -> TerminalPhaseError:
+    return TerminalPhaseError(f"sql params: {message}", error_type="ValueError")
+
+
+def _read_query(params: Mapping[str, Any]) -> str:
+    query = params.get("query")
+    query_file = params.get("query_file")
+    if (query is None) == (query_file is None):
+        raise _bad("give exactly one of 'query' and 'query_file'")
+    if query is not None:
+        if not isinstance(query, str) or not query.strip():
+            raise _bad("'query' must be a non-empty string")
+        return query
+    code_dir = params.get("code_dir")
+    if not isinstance(query_file, str) or not query_file:
+        raise _bad("'query_file' must be a non-empty string")
+    if not isinstance(code_dir, str) or not code_dir:
+        raise _bad("'query_file' needs 'code_dir' (the checkout at the run's git_sha)")
+    if os.path.isabs(query_file):
+        raise _bad(f"'query_file' must be relative to code_dir: {query_file!r}")
+    root = Path(code_dir).resolve()
+    path = (root / query_file).resolve()
+    if not path.is_relative_to(root):
+        raise _bad(f"'query_file' leaves code_dir: {query_file!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TerminalPhaseError(
+            f"query file not found: {query_file} (in {code_dir})", error_type="FileNotFoundError"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise _bad(f"query file {query_file} is not UTF-8: {exc}") from None
+    if not text.strip():
+        raise _bad(f"query file {query_file} is empty")
+    return text
+
+
+def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any]) -> InputSpec:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _bad(f"input name {name!r} is not an identifier")
+    if not isinstance(spec, Mapping):
+        raise _bad(f"input {name!r} must be an object")
+    sources = [key for key in ("delta", "parquet", "upstream") if key in spec]
+    if len(sources) != 1:
+        raise _bad(f"input {name!r} needs exactly one of 'delta', 'parquet', 'upstream'")
+    unknown = set(spec) - {"delta", "parquet", "upstream", "version"}
+    if unknown:
+        raise _bad(f"input {name!r} has unknown keys {sorted(unknown)}")
+    version = spec.get("version")
+    if version is not None and (
+        not isinstance(version, int) or isinstance(version, bool) or version < 0
+    ):
+        raise _bad(f"input {name!r}: 'version' must be a non-negative integer or null")
+    source = sources[0]
+    if source == "parquet":
+        if version is not None:
+            raise _bad(f"input {name!r}: 'version' applies to Delta inputs only")
+        path = spec["parquet"]
+        if not isinstance(path, str) or not path:
+            raise _bad(f"input {name!r}: 'parquet' must be a path or glob")
+        return InputSpec(name, parquet=path)
+    if source == "delta":
+        uri = spec["delta"]
+        if not isinstance(uri, str) or not uri:
+            raise _bad(f"input {name!r}: 'delta' must be a table URI")
+        return InputSpec(name, delta=uri, version=version)
+    phase = spec["upstream"]
+    manifest = upstream.get(phase) if isinstance(phase, str) else None
+    table = manifest.get("table") if isinstance(manifest, Mapping) else None
+    if not isinstance(table, Mapping) or not isinstance(table.get("uri"), str):
+        raise TerminalPhaseError(
+            f"input {name!r}: upstream phase {phase!r} has no output table in its manifest"
+        )
+    written = table.get("version")
+    if version is None and isinstance(written, int) and not isinstance(written, bool):
+        version = written
+    return InputSpec(name, delta=str(table["uri"]), version=version)
+
+
+def _parse_output(spec: Any) -> OutputSpec:
+    if not isinstance(spec, Mapping):
+        raise _bad("'output' must be an object")
+    unknown = set(spec) - {"delta", "mode", "keys", "name"}
+    if unknown:
+        raise _bad(f"'output' has unknown keys {sorted(unknown)}")
+    uri = spec.get("delta")
+    if not isinstance(uri, str) or not uri:
+        raise _bad("'output.delta' must be a table URI")
+    mode = spec.get("mode", "overwrite")
+    if mode not in _MODES:
+        raise _bad(f"'output.mode' must be one of {', '.join(_MODES)}, not {mode!r}")
+    raw_keys = spec.get("keys")
+    keys: tuple[str, ...] | None = None
+    if raw_keys is not None:
+        if not isinstance(raw_keys, list) or not all(
+            isinstance(k, str) and k for k in raw_keys
+        ):
+            raise _bad("'output.keys' must be a list of column names")
+        keys = tuple(raw_keys)
+    if mode == "merge" and not keys:
+        raise _bad("'output.mode' merge needs 'output.keys'")
+    name = spec.get("name", uri)
+    if not isinstance(name, str) or not name:
+        raise _bad("'output.name' must be a non-empty string")
+    return OutputSpec(uri=uri, mode=mode, keys=keys, name=name)
+
+
+def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None = None
+                 ) -> SqlParams:
+    """Validate the phase's params (TerminalPhaseError when they are wrong)."""
+    unknown = set(params) - {"query", "query_file", "code_dir", "inputs", "output",
+                             "preview_rows"}
+    if unknown:
+        raise _bad(f"unknown keys {sorted(unknown)}")
+    query = _read_query(params)
+    raw_inputs = params.get("inputs", {})
+    if not isinstance(raw_inputs, Mapping):
+        raise _bad("'inputs' must be an object")
+    inputs = tuple(
+        _parse_input(name, spec, upstream or {}) for name, spec in raw_inputs.items()
+    )
+    if "output" not in params:
+        raise _bad("'output' is required")
+    output = _parse_output(params["output"])
+    preview = params.get("preview_rows", DEFAULT_PREVIEW_ROWS)
+    if (
+        not isinstance(preview, int)
+        or isinstance(preview, bool)
+        or not 0 <= preview <= MAX_PREVIEW_ROWS
+    ):
+        raise _bad(f"'preview_rows' must be an integer in [0, {MAX_PREVIEW_ROWS}]")
+    return SqlParams(query=query, inputs=inputs, output=output, preview_rows=preview)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _dataset(spec: InputSpec) -> Any:
+    if spec.delta is not None:
+        try:
+            table = DeltaTable(spec.delta, version=spec.version)
+        except TableNotFoundError as exc:
+            raise TerminalPhaseError(
+                f"input {spec.name!r}: no Delta table at {spec.delta}: {exc}",
+                error_type="TableNotFoundError",
+            ) from None
+        except Exception as exc:
+            if spec.version is not None and "version" in str(exc).lower():
+                raise TerminalPhaseError(
+                    f"input {spec.name!r}: {spec.delta} has no version {spec.version}: {exc}",
+                    error_type=type(exc).__name__,
+                ) from None
+            raise
+        return table.to_pyarrow_dataset()
+    assert spec.parquet is not None
+    path = spec.parquet
+    if _GLOB_CHARS & set(path):
+        files = sorted(glob.glob(path, recursive=True))
+        if not files:
+            raise TerminalPhaseError(f"input {spec.name!r}: no Parquet file matches {path}")
+        return pds.dataset(files, format="parquet")
+    if not os.path.exists(path):
+        raise TerminalPhaseError(f"input {spec.name!r}: no Parquet file or directory {path}")
+    return pds.dataset(path, format="parquet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the query
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(
+        ":memory:",
+        config={
+            "enable_external_access": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        },
+    )
+
+
+def _duckdb_error(exc: BaseException) -> Exception:
+    message = str(exc)
+    if isinstance(exc, _TERMINAL_DUCKDB):
+        return TerminalPhaseError(message, error_type=type(exc).__name__)
+    return TransientPhaseError(message, error_type=type(exc).__name__)
+
+
+def _run_interruptible(conn: duckdb.DuckDBPyConnection, query: str, ctx: PhaseContext) -> Any:
+    """Run `query` in a thread and return its result as a pyarrow Table; interrupt it when
+    the phase is cancelled or times out."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            # several statements run in order; the last one's rows are the result
+            outcome["table"] = conn.sql(query).to_arrow_table()
+        except BaseException as exc:  # handed to the calling thread
+            outcome["error"] = exc
+
+    deadline = None if ctx.timeout_s is None else time.monotonic() + ctx.timeout_s
+    thread = threading.Thread(target=work, name=f"sql-{ctx.phase}", daemon=True)
+    thread.start()
+    stop: type[PhaseCancelled] | type[PhaseTimeout] | None = None
+    while thread.is_alive():
+        if stop is None:
+            if ctx.cancel.is_set():
+                stop = PhaseCancelled
+            elif deadline is not None and time.monotonic() >= deadline:
+                stop = PhaseTimeout
+        if stop is not None:
+            conn.interrupt()  # repeated until the thread ends: a query may not have begun
+        thread.join(POLL_S)
+    if stop is PhaseCancelled:
+        raise PhaseCancelled("sql query cancelled")
+    if stop is PhaseTimeout:
+        raise PhaseTimeout(f"sql query ran past the phase's timeout ({ctx.timeout_s} s)")
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, duckdb.Error):
+            raise _duckdb_error(error) from error
+        raise error
+    return outcome["table"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        # pyarrow gives maps as lists of (key, value) tuples
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
+def _schema_json(schema: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": f.name, "type": str(f.type), "nullable": bool(f.nullable)} for f in schema
+    ]
+
+
+def _dump(path: Path, document: Any) -> None:
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _preview(result: Any, rows: int) -> dict[str, Any]:
+    """The first `rows` rows of `result` ordered by all its columns."""
+    columns = list(result.column_names)
+    if rows == 0 or result.num_rows == 0 or not columns:
+        return {"columns": columns, "rows": []}
+    conn = _connect()
+    try:
+        conn.register("__result", result)
+        sample = conn.sql(
+            f"select * from __result order by all limit {int(rows)}"
+        ).to_arrow_table()
+    finally:
+        conn.close()
+    data = [sample.column(i).to_pylist() for i in range(sample.num_columns)]
+    return {
+        "columns": columns,
+        "rows": [[_json_value(col[r]) for col in data] for r in range(sample.num_rows)],
+    }
+
+
+@register_kind
+class SqlKind:
+    """DuckDB over Delta / Parquet inputs, written as a Delta table (module docstring)."""
+
+    NAME: ClassVar[str] = "sql"
+    CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset()
+
+    def run(self, ctx: PhaseContext) -> PhaseResult:
+        params = parse_params(ctx.params, ctx.inputs)
+        if ctx.cancel.is_set():
+            raise PhaseCancelled("sql phase cancelled before it started")
+        output_dir = Path(ctx.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        query_path = output_dir / "query.sql"
+        query_path.write_text(params.query, encoding="utf-8")
+        query_digest = blob_digest(query_path)
+
+        conn = _connect()
+        try:
+            for spec in params.inputs:
+                conn.register(spec.name, _dataset(spec))
+            ctx.emit("LOG", f"running query over {len(params.inputs)} input(s)", "info",
+                     {"inputs": [spec.name for spec in params.inputs],
+                      "query_digest": query_digest})
+            result = _run_interruptible(conn, params.query, ctx)
+        finally:
+            conn.close()
+        ctx.progress(0.5)
+        if ctx.cancel.is_set():
+            raise PhaseCancelled("sql phase cancelled before its output was written")
+
+        out = params.output
+        try:
+            written = write_table(
+                out.uri,
+                result,
+                mode=out.mode,  # type: ignore[arg-type]  # checked by parse_params
+                keys=list(out.keys) if out.keys is not None else None,
+                name=out.name,
+                commit_metadata={
+                    "controlroom.run_id": ctx.run_id,
+                    "controlroom.phase": ctx.phase,
+                    "controlroom.attempt": ctx.attempt,
+                    "controlroom.query_digest": query_digest,
+                },
+            )
+        except SchemaBreakingChange as exc:
+            raise TerminalPhaseError(str(exc), error_type="SchemaBreakingChange") from exc
+        except ValueError as exc:  # bad keys, null / duplicated merge keys, schema drift
+            raise TerminalPhaseError(f"{out.name}: {exc}", error_type=type(exc).__name__
+                                     ) from exc
+        ctx.progress(0.8)
+
+        digest = table_digest(out.uri, written.version)
+        manifest = {
+            "format": RESULT_MANIFEST_FORMAT,
+            "query_digest": query_digest,
+            "result": {"rows": result.num_rows, "schema": _schema_json(result.schema)},
+            "table": {
+                "name": out.name,
+                "mode": out.mode,
+                "keys": list(out.keys) if out.keys is not None else None,
+                "digest": digest.digest,
+                "rows": digest.rows,
+                "schema": _schema_json(written.schema),
+            },
+        }
+        manifest_path = output_dir / "result_manifest.json"
+        _dump(manifest_path, manifest)
+        preview_path = output_dir / "preview.json"
+        _dump(preview_path, _preview(result, params.preview_rows))
+        ctx.progress(1.0)
+        ctx.emit("LOG", f"wrote {result.num_rows} row(s) to {out.name} "
+                 f"(version {written.version})", "info",
+                 {"table": out.name, "version": written.version, "digest": digest.digest,
+                  "change": written.change.kind})
+        return PhaseResult(
+            output_manifest={
+                "table": {
+                    "uri": out.uri,
+                    "version": written.version,
+                    "digest": digest.digest,
+                    "rows": digest.rows,
+                    "name": out.name,
+                },
+                "query_digest": query_digest,
+                "result_rows": result.num_rows,
+            },
+            outputs=[
+                OutputFile(query_path, "query.sql", media_type="application/sql"),
+                OutputFile(manifest_path, "result_manifest.json",
+                           media_type="application/json"),
+                OutputFile(preview_path, "preview.json", media_type="application/json"),
+            ],
+        )
