@@ -487,6 +487,98 @@ def token_revoke(
         out.print(f"revoked {row['id']} ({row['name']}) at {row['revoked_at']}")
 
 
+# ------------------------------------------------------------------------------ worker
+
+@app.command("worker")
+def worker_command(
+    gateway: Annotated[str, typer.Option(
+        "--gateway", envvar="CONTROL_ROOM_GATEWAY_URL", show_envvar=True,
+        help="The contract's REST root: the gateway's or Supabase's /rest/v1.")
+    ] = "http://127.0.0.1:8787/rest/v1",
+    token: Annotated[str | None, typer.Option(
+        "--token", envvar="CONTROL_ROOM_TOKEN", show_envvar=True,
+        help="The executor principal's token (`control-room token create`).")] = None,
+    kinds: Annotated[str | None, typer.Option(
+        "--kinds", envvar="CONTROL_ROOM_WORKER_KINDS", show_envvar=True,
+        help="Comma-separated phase kinds to run, e.g. python,sql. Default: every kind "
+             "this worker has.")] = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", envvar="CONTROL_ROOM_WORKER_CONCURRENCY", show_envvar=True,
+        min=1, max=256, help="Phases run at once.")] = 1,
+    lease_seconds: Annotated[int, typer.Option(
+        "--lease-seconds", envvar="CONTROL_ROOM_WORKER_LEASE_SECONDS", show_envvar=True,
+        min=1, max=3600, help="Lease length; heartbeats every third of it.")] = 60,
+    artifacts: Annotated[str | None, typer.Option(
+        "--artifacts", envvar="CONTROL_ROOM_ARTIFACTS_URL", show_envvar=True,
+        help="Artifact store: a directory, file:///dir or s3://bucket/prefix. "
+             "Default: artifacts under the state directory.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(
+        "--work-dir", envvar="CONTROL_ROOM_WORKER_DIR", show_envvar=True, file_okay=False,
+        help="Scratch space for phase outputs. Default: work under the state directory.")
+    ] = None,
+    workspace: Annotated[str | None, typer.Option(
+        "--workspace-id", envvar="CONTROL_ROOM_WORKSPACE_ID", show_envvar=True,
+        help="Claim only in this workspace (id). Default: every workspace of the token.")
+    ] = None,
+    grace_seconds: Annotated[float, typer.Option(
+        "--grace-seconds", envvar="CONTROL_ROOM_WORKER_GRACE_SECONDS", show_envvar=True,
+        min=0, help="On SIGTERM or Ctrl-C: how long running phases may finish before they "
+                    "are given back.")] = 30.0,
+    state_dir: StateDir = None,
+) -> None:
+    """Run phases: claim, heartbeat, run the kind, register artifacts, complete.
+
+    SIGTERM or Ctrl-C stops gracefully: no more claims, running phases get --grace-seconds
+    to finish, the rest are given back to the queue.
+    """
+    import logging
+    import threading
+    import urllib.parse
+
+    from executor.artifacts import artifact_store_from_url
+    from executor.client import ContractClient
+    from executor.kinds import KINDS
+    from executor.worker import Worker
+
+    with _guard():
+        settings = load_settings(state_dir=state_dir)
+        if not token:
+            raise BadInput("--token (or CONTROL_ROOM_TOKEN) is required: an executor token")
+        if urllib.parse.urlsplit(gateway).scheme not in ("http", "https"):
+            raise BadInput(f"--gateway must be an http(s) URL, not {gateway!r}")
+        names = [k.strip() for k in (kinds or ",".join(sorted(KINDS))).split(",") if k.strip()]
+        unknown = sorted(set(names) - set(KINDS))
+        if not names or unknown:
+            raise BadInput(f"--kinds: unknown kind(s) {', '.join(unknown) or '(none given)'} "
+                           f"(this worker has: {', '.join(sorted(KINDS))})")
+        try:
+            store = artifact_store_from_url(artifacts or str(settings.state_dir / "artifacts"))
+        except ValueError as exc:
+            raise BadInput(f"--artifacts: {exc}") from None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        stop = threading.Event()
+
+        def _stop(signum: int, frame: Any) -> None:
+            err.print(f"{signal.Signals(signum).name}: stopping gracefully ...", markup=False)
+            stop.set()
+
+        with ContractClient(gateway, token) as client:
+            worker = Worker(client, kinds=names, concurrency=concurrency,
+                            lease_seconds=lease_seconds, store=store,
+                            work_dir=work_dir or settings.state_dir / "work",
+                            workspace_id=workspace, grace_seconds=grace_seconds)
+            err.print(f"Worker {worker.name}: kinds {','.join(names)}, {concurrency} slot(s), "
+                      f"claiming from {gateway}", markup=False)
+            previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                stats = worker.run(stop)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        err.print(f"Worker stopped: {stats.claimed} claimed, {stats.succeeded} succeeded, "
+                  f"{stats.failed} failed, {stats.abandoned} abandoned", markup=False)
+
+
 def main() -> None:
     app()
 
