@@ -556,6 +556,7 @@ def worker_command(
         except ValueError as exc:
             raise BadInput(f"--artifacts: {exc}") from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)   # not a line per request
         stop = threading.Event()
 
         def _stop(signum: int, frame: Any) -> None:
