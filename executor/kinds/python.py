@@ -219,7 +219,7 @@ class PythonKind:
         reader, writer = mp.Pipe(duplex=False)
         process = mp.Process(
             target=_child_main,
-            args=(spec, writer),
+            args=(spec, writer, os.getpid()),
             name=f"phase-{ctx.phase}-{ctx.attempt}",
             daemon=False,
         )
@@ -346,9 +346,27 @@ def _kill_group(pid: int, *, leader_reaped: bool = False) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _child_main(spec: _ChildSpec, writer: multiprocessing.connection.Connection) -> None:
+def _die_with_parent(parent: int, interval: float = 0.2) -> None:
+    """Kill this process group as soon as the worker that started it is gone.
+
+    A worker may be SIGKILLed; its phase must not live on as an orphan writing beside the
+    attempt that another worker makes after the lease expires. The child leads its own process
+    group, so this takes its own children with it.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _child_main(spec: _ChildSpec, writer: multiprocessing.connection.Connection,
+                parent: int) -> None:
     """The child's whole life: run the entrypoint, send one result or error, exit."""
     os.setpgid(0, 0)
+    _die_with_parent(parent)
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Mapping
@@ -339,3 +343,45 @@ def test_a_non_json_return_value_is_terminal(tmp_path: Path) -> None:
 def test_phase_errors_share_a_base() -> None:
     for cls in (TerminalPhaseError, TransientPhaseError, PhaseTimeout, PhaseCancelled):
         assert issubclass(cls, PhaseError)
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie nobody reaps (PID 1 in a container may not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_phase_dies_with_a_worker_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL leaves the worker no chance to clean up: the phase's process group must still
+    die, or it would write beside the attempt another worker makes after the lease expires."""
+    script = textwrap.dedent('''
+        import tempfile, threading
+        from pathlib import Path
+        from executor.kinds import PhaseContext, kind_for
+        def emit(type, message, level="info", payload=None):
+            if type == "READY":
+                print(payload["pid"], flush=True)
+        kind_for("python").run(PhaseContext(
+            run_id="r", phase="p", attempt=1, kind="python",
+            params={"entrypoint": "tests.executor.worker_entrypoints:sleep_long"}, inputs={},
+            git_sha=None, input_manifest={}, output_dir=Path(tempfile.mkdtemp()), emit=emit,
+            progress=lambda value: None, cancel=threading.Event(), timeout_s=None))
+    ''')
+    repo = Path(__file__).resolve().parents[2]
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        assert worker.stdout is not None
+        child = int(worker.stdout.readline())
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        deadline = time.monotonic() + 10
+        while not _dead(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _dead(child)
+    finally:
+        if worker.poll() is None:
+            worker.kill()

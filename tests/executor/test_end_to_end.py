@@ -1,0 +1,351 @@
+"""End to end: the real gateway on a real port, a real database, real workers (a `Worker` in a
+thread, and `python -m control_room.cli worker` processes), python and sql phases writing real
+Delta tables under tmp, and a local artifact store under tmp.
+
+Every wait polls with a generous deadline; nothing depends on timing beyond "eventually, well
+within the bound". The SIGKILL test is made deterministic by its entrypoint: the first attempt
+writes, says READY, then sleeps a minute, so the kill always lands after the write and before
+the phase returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from executor.artifacts import LocalArtifactStore, read_blob
+from executor.client import ContractClient, Event, RetryPolicy, Run
+from executor.digests import blob_digest, table_digest
+from executor.worker import Worker, WorkerStats
+from tests.contract.conftest import HttpContract, World, make_world, phase
+from tests.executor import e2e_entrypoints
+from tests.helpers import running_gateway
+
+FAST_RETRY = RetryPolicy(attempts=4, initial=0.05, max_wait=0.5, total=10.0)
+EP = "tests.executor.e2e_entrypoints"
+BOUND = 30.0
+REPO = Path(__file__).resolve().parents[2]
+GIT_SHA = "0123abc"
+
+SILVER_SQL = ("select order_id, customer, amount from orders where status = 'paid'")
+GOLD_SQL = ("select customer, count(*) as orders, sum(amount)::bigint as total from silver "
+            "group by customer")
+SQL_OUTPUTS = ("query.sql", "result_manifest.json", "preview.json")
+
+
+def wait_for(what: str, check: Callable[[], Any], bound: float = BOUND) -> Any:
+    deadline = time.monotonic() + bound
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def medallion(lake: Path) -> list[dict[str, Any]]:
+    """python (bronze orders) -> sql (silver: paid orders) -> sql (gold: per customer)."""
+    return [
+        phase("extract", "python", params={"entrypoint": f"{EP}:extract_orders",
+                                           "args": {"lake": str(lake)}}),
+        phase("silver", "sql", "extract", params={
+            "query": SILVER_SQL,
+            "inputs": {"orders": {"upstream": "extract"}},
+            "output": {"delta": str(lake / "silver" / "orders"), "mode": "merge",
+                       "keys": ["order_id"], "name": "silver.orders"}}),
+        phase("gold", "sql", "silver", params={
+            "query": GOLD_SQL,
+            "inputs": {"silver": {"upstream": "silver"}},
+            "output": {"delta": str(lake / "gold" / "customers"), "mode": "overwrite",
+                       "name": "gold.customers"}}),
+    ]
+
+
+@dataclass
+class Env:
+    rest_url: str
+    world: World
+    contract: HttpContract
+    tmp: Path
+    clients: list[ContractClient] = field(default_factory=list)
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    """Phase subprocesses a test learned of (killed, with their groups, in teardown)."""
+
+    def client(self, principal: Any) -> ContractClient:
+        client = ContractClient(self.rest_url, self.contract.token(principal), retry=FAST_RETRY)
+        self.clients.append(client)
+        return client
+
+    @property
+    def store(self) -> LocalArtifactStore:
+        return LocalArtifactStore(self.tmp / "blobs")
+
+    def new_run(self, *phases: dict[str, Any]) -> str:
+        run = self.client(self.world.dev1).call("create_run", {
+            "workspace_id": self.world.w1, "spec_slug": "medallion", "git_sha": GIT_SHA,
+            "phases": list(phases), "idempotency_key": str(uuid.uuid4())})
+        return str(run["id"])
+
+    def get_run(self, run_id: str) -> Run:
+        return self.client(self.world.viewer1).get_run(run_id)
+
+    def events(self, run_id: str) -> list[Event]:
+        return list(self.client(self.world.viewer1).iter_events(run_id))
+
+    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        page = self.client(self.world.viewer1).call("list_artifacts", {"run_id": run_id})
+        rows: list[dict[str, Any]] = page["artifacts"]
+        return rows
+
+    def run_worker(self, max_phases: int) -> WorkerStats:
+        """A `Worker` (python and sql) in a thread until it has run `max_phases` phases."""
+        worker = Worker(self.client(self.world.exec1), kinds=["python", "sql"],
+                        store=self.store, work_dir=self.tmp / "work", claim_wait=1.0,
+                        idle_max=0.5, event_flush_seconds=0.2)
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["stats"] = worker.run(threading.Event(), max_phases=max_phases)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        thread.join(BOUND * 2)
+        assert not thread.is_alive(), "the worker did not end in time"
+        assert "error" not in outcome, outcome["error"]
+        stats: WorkerStats = outcome["stats"]
+        return stats
+
+    def worker_process(self, *args: str) -> subprocess.Popen[str]:
+        """`python -m control_room.cli worker ARGS` against the gateway (output in tmp)."""
+        process_env = {**os.environ, "PYTHONPATH": str(REPO),
+                       "CONTROL_ROOM_GATEWAY_URL": self.rest_url,
+                       "CONTROL_ROOM_TOKEN": self.contract.token(self.world.exec1),
+                       "CONTROL_ROOM_STATE_DIR": str(self.tmp / "state"),
+                       "CONTROL_ROOM_ARTIFACTS_URL": (self.tmp / "blobs").as_uri()}
+        log = self.tmp / f"worker-{len(self.processes)}.log"
+        with log.open("w") as out:
+            process: subprocess.Popen[str] = subprocess.Popen(
+                [sys.executable, "-m", "control_room.cli", "worker", *args], env=process_env,
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True)
+        self.processes.append(process)
+        return process
+
+
+def _kill_group(pid: int) -> None:
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(target, signal.SIGKILL)
+
+
+@pytest.fixture
+def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[Env]:
+    with running_gateway(db_url, claim_poll_seconds=0.5) as url, \
+            httpx.Client(base_url=url, timeout=30) as http:
+        contract = HttpContract(conn, http)
+        environment = Env(f"{url}/rest/v1", make_world(contract), contract, tmp_path)
+        try:
+            yield environment
+        finally:
+            for process in environment.processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(timeout=BOUND)
+            for pid in environment.pids:
+                _kill_group(pid)
+            for client in environment.clients:
+                client.close()
+
+
+def of_phase(events: list[Event], name: str) -> list[str]:
+    return [e.type for e in events if e.phase == name]
+
+
+def rows_of(uri: Path, *order_by: str) -> list[dict[str, Any]]:
+    table: pa.Table = DeltaTable(str(uri)).to_pyarrow_table()
+    rows: list[dict[str, Any]] = table.sort_by([(c, "ascending") for c in order_by]).to_pylist()
+    return rows
+
+
+def run_artifacts(env: Env, run_id: str) -> dict[tuple[str, str], str]:
+    """(phase, name) -> digest of every artifact registered for the run."""
+    rows = env.artifacts(run_id)
+    by_name = {(str(r["phase"]), str(r["name"])): str(r["digest"]) for r in rows}
+    assert len(by_name) == len(rows), rows
+    return by_name
+
+
+# ------------------------------------------------------------------------------------ tests
+
+def test_a_python_sql_sql_dag_builds_bronze_silver_and_gold(env: Env) -> None:
+    lake = env.tmp / "lake"
+    run_id = env.new_run(*medallion(lake))
+    stats = env.run_worker(max_phases=3)
+    assert (stats.claimed, stats.succeeded, stats.failed, stats.abandoned) == (3, 3, 0, 0)
+
+    run = env.get_run(run_id)
+    assert run.state == "succeeded" and run.finalized_at is not None
+    assert [(p.name, p.state, p.attempt) for p in run.phases] == [
+        ("extract", "succeeded", 1), ("silver", "succeeded", 1), ("gold", "succeeded", 1)]
+
+    # the Delta tables, with the expected rows
+    assert rows_of(lake / "bronze" / "orders", "order_id") == e2e_entrypoints.ORDERS
+    paid = [{k: o[k] for k in ("order_id", "customer", "amount")}
+            for o in e2e_entrypoints.ORDERS if o["status"] == "paid"]
+    assert rows_of(lake / "silver" / "orders", "order_id") == paid
+    assert rows_of(lake / "gold" / "customers", "customer") == [
+        {"customer": "ada", "orders": 2, "total": 200},
+        {"customer": "bob", "orders": 2, "total": 100},
+        {"customer": "cyd", "orders": 1, "total": 300}]
+
+    # each phase's manifest names its table, at the version written, with its digest; an
+    # upstream input read the table the dependency wrote
+    for name, uri, rows in (("extract", lake / "bronze" / "orders", 6),
+                            ("silver", lake / "silver" / "orders", 5),
+                            ("gold", lake / "gold" / "customers", 3)):
+        manifest = run.phase(name).output_manifest
+        assert manifest is not None
+        table = manifest["table"]
+        assert (table["uri"], table["version"], table["rows"]) == (str(uri), 0, rows)
+        assert table["digest"] == table_digest(str(uri), 0).digest
+    silver_manifest = run.phase("silver").output_manifest
+    assert silver_manifest is not None and silver_manifest["result_rows"] == 5
+
+    # the SQL outputs are registered artifacts whose blobs are in the store
+    artifacts = run_artifacts(env, run_id)
+    assert sorted(artifacts) == sorted(
+        [("extract", "extract_summary.json")]
+        + [(p, n) for p in ("silver", "gold") for n in SQL_OUTPUTS])
+    for (name, output), digest in artifacts.items():
+        manifest = run.phase(name).output_manifest
+        assert manifest is not None and manifest["artifacts"][output] == digest
+        assert blob_digest(read_blob(env.store, digest)) == digest
+    gold = run.phase("gold").output_manifest
+    assert gold is not None
+    assert read_blob(env.store, artifacts[("gold", "query.sql")]).decode() == GOLD_SQL
+    result = json.loads(read_blob(env.store, artifacts[("gold", "result_manifest.json")]))
+    assert result["result"]["rows"] == 3
+    assert (result["table"]["name"], result["table"]["rows"], result["table"]["digest"]) == (
+        "gold.customers", 3, gold["table"]["digest"])
+    preview = json.loads(read_blob(env.store, artifacts[("gold", "preview.json")]))
+    assert preview == {"columns": ["customer", "orders", "total"],
+                       "rows": [["ada", 2, 200], ["bob", 2, 100], ["cyd", 1, 300]]}
+
+    # a complete trail, in order, for every phase; then the run's end
+    events = env.events(run_id)
+    for name, outputs in (("extract", 1), ("silver", 3), ("gold", 3)):
+        trail = of_phase(events, name)
+        assert trail[0] == "PHASE_QUEUED", trail
+        assert trail.index("PHASE_QUEUED") < trail.index("PHASE_CLAIMED")
+        assert trail[trail.index("PHASE_CLAIMED") + 1] == "PHASE_STARTED", trail
+        assert trail.index("PHASE_STARTED") < trail.index("LOG") < trail.index(
+            "ARTIFACT_REGISTERED") < trail.index("PHASE_SUCCEEDED"), trail
+        assert trail.count("ARTIFACT_REGISTERED") == outputs, trail
+        assert trail.count("PHASE_STARTED") == 1 and trail.count("PHASE_SUCCEEDED") == 1
+        assert "PHASE_PROGRESS" in trail
+        assert not {"PHASE_FAILED", "LEASE_EXPIRED"} & set(trail), trail
+    succeeded = [e.seq for e in events if e.type == "PHASE_SUCCEEDED"]
+    claimed = [e.seq for e in events if e.type == "PHASE_CLAIMED"]
+    assert succeeded[0] < claimed[1] and succeeded[1] < claimed[2]   # in dependency order
+    types = [e.type for e in events]
+    assert types.count("RUN_SUCCEEDED") == 1 and types[-1] == "RUN_FINALIZED", types
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+
+
+def test_the_same_spec_run_twice_gives_the_same_digests(env: Env) -> None:
+    lakes = (env.tmp / "lake-1", env.tmp / "lake-2")
+    run_ids = [env.new_run(*medallion(lake)) for lake in lakes]
+    stats = env.run_worker(max_phases=6)
+    assert (stats.claimed, stats.succeeded) == (6, 6)
+    runs = [env.get_run(run_id) for run_id in run_ids]
+    assert [r.state for r in runs] == ["succeeded", "succeeded"]
+
+    # every artifact, compared by (phase, name): none embeds a location, so all are identical
+    first, second = (run_artifacts(env, run_id) for run_id in run_ids)
+    assert len(first) == 7 and sorted(first) == sorted(second)
+    differ = {key: (first[key], second[key]) for key in first if first[key] != second[key]}
+    assert differ == {}
+    # ... and the same in the phases' manifests, which otherwise differ only by the tables' URIs
+    for name in ("extract", "silver", "gold"):
+        one, two = (r.phase(name).output_manifest for r in runs)
+        assert one is not None and two is not None
+        assert one.get("artifacts") == two.get("artifacts")
+        assert one["table"]["uri"] != two["table"]["uri"]
+        strip = {**one["table"], "uri": None}, {**two["table"], "uri": None}
+        assert strip[0] == strip[1]
+        # the table digests, recomputed from the two lakes, are the same too
+        uris = [one["table"]["uri"], two["table"]["uri"]]
+        assert table_digest(uris[0]).digest == table_digest(uris[1]).digest == \
+            one["table"]["digest"]
+
+
+def test_a_sigkilled_worker_s_phase_is_taken_over_and_succeeds_once(env: Env) -> None:
+    table = env.tmp / "lake" / "silver" / "items"
+    run_id = env.new_run(phase("load", "python", params={
+        "entrypoint": f"{EP}:merge_then_sleep", "args": {"table": str(table)}},
+        max_attempts=3, retry_backoff_seconds=0))
+    options = ("--kinds", "python", "--lease-seconds", "3", "--grace-seconds", "0.5")
+    first = env.worker_process(*options)
+
+    def ready(attempt: int) -> list[Event]:
+        return [e for e in env.events(run_id)
+                if e.type == "READY" and e.payload["attempt"] == attempt]
+
+    child = wait_for("READY of attempt 1", lambda: ready(1))[0].payload["pid"]
+    env.pids.append(child)          # the phase's subprocess survives its worker (see below)
+    assert len(rows_of(table, "id")) == 3       # the first attempt wrote before the kill
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(timeout=BOUND) == -signal.SIGKILL
+    killed_at = time.monotonic()
+
+    second = env.worker_process(*options)
+    wait_for("the phase's success",
+             lambda: env.get_run(run_id).state == "succeeded", bound=BOUND * 2)
+    assert time.monotonic() - killed_at < BOUND
+    run = env.get_run(run_id)
+    load = run.phase("load")
+    assert (load.state, load.attempt) == ("succeeded", 2)
+    assert ready(2)[0].payload["pid"] != child
+
+    events = env.events(run_id)
+    trail = of_phase(events, "load")
+    assert trail.count("PHASE_SUCCEEDED") == 1 and trail.count("LEASE_EXPIRED") == 1, trail
+    assert trail.count("PHASE_CLAIMED") == 2 and trail.count("PHASE_STARTED") == 2, trail
+    expired = next(e for e in events if e.type == "LEASE_EXPIRED")
+    claims = [e for e in events if e.type == "PHASE_CLAIMED"]
+    succeeded = next(e for e in events if e.type == "PHASE_SUCCEEDED")
+    assert (expired.attempt, claims[1].attempt, succeeded.attempt) == (1, 2, 2)
+    assert claims[0].seq < expired.seq < claims[1].seq < succeeded.seq
+    assert "PHASE_FAILED" not in trail, trail
+
+    # the re-run merged on the key: no duplicated rows, two commits of the same rows
+    assert rows_of(table, "id") == e2e_entrypoints.ITEMS
+    assert DeltaTable(str(table)).version() == 1
+    manifest = load.output_manifest
+    assert manifest is not None
+    assert manifest["table"]["version"] == 1 and manifest["table"]["rows"] == 3
+    assert table_digest(str(table), 0).digest == table_digest(str(table), 1).digest
+
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=BOUND) == 0
