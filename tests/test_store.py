@@ -50,6 +50,8 @@ create function ops.noop() returns void language plpgsql as $$ begin end $$;
 
 create function ops.take_int(p_n int) returns int language sql as $$ select p_n * 2 $$;
 
+create function ops.take_text(p_text text) returns text language sql as $$ select p_text $$;
+
 create function ops.whoami() returns jsonb language sql stable as $$
     select jsonb_build_object(
         'uid', auth.uid(), 'role', current_setting('role'), 'jwt_role', auth.role(),
@@ -292,5 +294,10 @@ def test_call_as_is_one_request_in_one_transaction(ops_db_url: str) -> None:
             call_as(conn, "secret", role="anon")
         assert (caught.value.status, caught.value.code) == (401, "unauthorized")
         assert calls_made(conn) == before
+        # values are bound client-side: a negative number must stay one value before its cast
+        # (`-35184372088833::text` parses as minus applied to text, an undefined operator: 404)
+        assert call_as(conn, "take_text", {"p_text": -35184372088833},
+                       role="service_role") == "-35184372088833"
+        assert call_as(conn, "take_int", {"p_n": -5}, role="service_role") == -10
     with psycopg.connect(ops_db_url) as conn, pytest.raises(RuntimeError, match="autocommit"):
         call_as(conn, "noop", role="service_role")

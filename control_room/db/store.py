@@ -458,14 +458,14 @@ def _prepare(
     target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(fn))
     values: list[Any] = []
     if sig.single_unnamed_json:
-        arguments = sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(sig.params[0].type))
+        arguments = sql.SQL("({})::{}").format(sql.Placeholder(), sql.SQL(sig.params[0].type))
         values.append(_adapt(sig.params[0], given))
     else:
         parts = []
         by_name = {p.name: p for p in sig.params}
         for name, value in given.items():
             param = by_name[name]
-            cast = sql.SQL("{} => {}::{}").format(
+            cast = sql.SQL("{} => ({})::{}").format(
                 sql.Identifier(name), sql.Placeholder(), sql.SQL(param.type)
             )
             if param.variadic:
