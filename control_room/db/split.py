@@ -13,19 +13,20 @@ push` agree about a database.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 _BEGIN_ATOMIC = "ATOMIC"
 _END_ATOMIC = "END"
 
 
-class _State:
+class _State(abc.ABC):
+    @abc.abstractmethod
     def next(self, ch: str, data: str, start: int, end: int) -> _State | None:
         """Consume `ch` (= data[end - 1]); `data[start:end]` is the token so far.
 
         Returns the next state, or None to emit the token.
         """
-        raise NotImplementedError
 
 
 class _Ready(_State):
