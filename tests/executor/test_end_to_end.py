@@ -10,55 +10,39 @@ the phase returns.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from executor.artifacts import LocalArtifactStore, read_blob
-from executor.client import ContractClient, Event, RetryPolicy, Run
+from executor.artifacts import read_blob
+from executor.client import Event
 from executor.digests import blob_digest, table_digest
-from executor.worker import Worker, WorkerStats
-from tests.contract.conftest import HttpContract, World, make_world, phase
+from executor.worker import WorkerStats
+from tests.contract.conftest import phase
 from tests.executor import e2e_entrypoints
-from tests.helpers import running_gateway
+from tests.executor.harness import (
+    BOUND,
+    Env,
+    Running,
+    gateway_env,
+    of_phase,
+    wait_for,
+)
 
-FAST_RETRY = RetryPolicy(attempts=4, initial=0.05, max_wait=0.5, total=10.0)
 EP = "tests.executor.e2e_entrypoints"
-BOUND = 30.0
-REPO = Path(__file__).resolve().parents[2]
-GIT_SHA = "0123abc"
 
 SILVER_SQL = ("select order_id, customer, amount from orders where status = 'paid'")
 GOLD_SQL = ("select customer, count(*) as orders, sum(amount)::bigint as total from silver "
             "group by customer")
 SQL_OUTPUTS = ("query.sql", "result_manifest.json", "preview.json")
-
-
-def wait_for(what: str, check: Callable[[], Any], bound: float = BOUND) -> Any:
-    deadline = time.monotonic() + bound
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def medallion(lake: Path) -> list[dict[str, Any]]:
@@ -79,107 +63,15 @@ def medallion(lake: Path) -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
-class Env:
-    rest_url: str
-    world: World
-    contract: HttpContract
-    tmp: Path
-    clients: list[ContractClient] = field(default_factory=list)
-    processes: list[subprocess.Popen[str]] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)
-    """Phase subprocesses a test learned of (killed, with their groups, in teardown)."""
-
-    def client(self, principal: Any) -> ContractClient:
-        client = ContractClient(self.rest_url, self.contract.token(principal), retry=FAST_RETRY)
-        self.clients.append(client)
-        return client
-
-    @property
-    def store(self) -> LocalArtifactStore:
-        return LocalArtifactStore(self.tmp / "blobs")
-
-    def new_run(self, *phases: dict[str, Any]) -> str:
-        run = self.client(self.world.dev1).call("create_run", {
-            "workspace_id": self.world.w1, "spec_slug": "medallion", "git_sha": GIT_SHA,
-            "phases": list(phases), "idempotency_key": str(uuid.uuid4())})
-        return str(run["id"])
-
-    def get_run(self, run_id: str) -> Run:
-        return self.client(self.world.viewer1).get_run(run_id)
-
-    def events(self, run_id: str) -> list[Event]:
-        return list(self.client(self.world.viewer1).iter_events(run_id))
-
-    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
-        page = self.client(self.world.viewer1).call("list_artifacts", {"run_id": run_id})
-        rows: list[dict[str, Any]] = page["artifacts"]
-        return rows
-
-    def run_worker(self, max_phases: int) -> WorkerStats:
-        """A `Worker` (python and sql) in a thread until it has run `max_phases` phases."""
-        worker = Worker(self.client(self.world.exec1), kinds=["python", "sql"],
-                        store=self.store, work_dir=self.tmp / "work", claim_wait=1.0,
-                        idle_max=0.5, event_flush_seconds=0.2)
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                outcome["stats"] = worker.run(threading.Event(), max_phases=max_phases)
-            except BaseException as exc:
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        thread.join(BOUND * 2)
-        assert not thread.is_alive(), "the worker did not end in time"
-        assert "error" not in outcome, outcome["error"]
-        stats: WorkerStats = outcome["stats"]
-        return stats
-
-    def worker_process(self, *args: str) -> subprocess.Popen[str]:
-        """`python -m control_room.cli worker ARGS` against the gateway (output in tmp)."""
-        process_env = {**os.environ, "PYTHONPATH": str(REPO),
-                       "CONTROL_ROOM_GATEWAY_URL": self.rest_url,
-                       "CONTROL_ROOM_TOKEN": self.contract.token(self.world.exec1),
-                       "CONTROL_ROOM_STATE_DIR": str(self.tmp / "state"),
-                       "CONTROL_ROOM_ARTIFACTS_URL": (self.tmp / "blobs").as_uri()}
-        log = self.tmp / f"worker-{len(self.processes)}.log"
-        with log.open("w") as out:
-            process: subprocess.Popen[str] = subprocess.Popen(
-                [sys.executable, "-m", "control_room.cli", "worker", *args], env=process_env,
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True)
-        self.processes.append(process)
-        return process
-
-
-def _kill_group(pid: int) -> None:
-    for kill, target in ((os.killpg, pid), (os.kill, pid)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            kill(target, signal.SIGKILL)
-
-
 @pytest.fixture
 def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[Env]:
-    with running_gateway(db_url, claim_poll_seconds=0.5) as url, \
-            httpx.Client(base_url=url, timeout=30) as http:
-        contract = HttpContract(conn, http)
-        environment = Env(f"{url}/rest/v1", make_world(contract), contract, tmp_path)
-        try:
-            yield environment
-        finally:
-            for process in environment.processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(timeout=BOUND)
-            for pid in environment.pids:
-                _kill_group(pid)
-            for client in environment.clients:
-                client.close()
+    with gateway_env(conn, db_url, tmp_path) as environment:
+        yield environment
 
 
-def of_phase(events: list[Event], name: str) -> list[str]:
-    return [e.type for e in events if e.phase == name]
+def run_worker(env: Env, max_phases: int) -> WorkerStats:
+    """A python and sql `Worker` in a thread until it has run `max_phases` phases."""
+    return Running(env.worker(kinds=["python", "sql"]), max_phases=max_phases).join(BOUND * 2)
 
 
 def rows_of(uri: Path, *order_by: str) -> list[dict[str, Any]]:
@@ -201,7 +93,7 @@ def run_artifacts(env: Env, run_id: str) -> dict[tuple[str, str], str]:
 def test_a_python_sql_sql_dag_builds_bronze_silver_and_gold(env: Env) -> None:
     lake = env.tmp / "lake"
     run_id = env.new_run(*medallion(lake))
-    stats = env.run_worker(max_phases=3)
+    stats = run_worker(env, max_phases=3)
     assert (stats.claimed, stats.succeeded, stats.failed, stats.abandoned) == (3, 3, 0, 0)
 
     run = env.get_run(run_id)
@@ -276,7 +168,7 @@ def test_a_python_sql_sql_dag_builds_bronze_silver_and_gold(env: Env) -> None:
 def test_the_same_spec_run_twice_gives_the_same_digests(env: Env) -> None:
     lakes = (env.tmp / "lake-1", env.tmp / "lake-2")
     run_ids = [env.new_run(*medallion(lake)) for lake in lakes]
-    stats = env.run_worker(max_phases=6)
+    stats = run_worker(env, max_phases=6)
     assert (stats.claimed, stats.succeeded) == (6, 6)
     runs = [env.get_run(run_id) for run_id in run_ids]
     assert [r.state for r in runs] == ["succeeded", "succeeded"]

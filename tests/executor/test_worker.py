@@ -10,125 +10,39 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import blake3
-import httpx
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from control_room.cli import app
-from executor.artifacts import LocalArtifactStore, read_blob
-from executor.client import ContractClient, Event, RetryPolicy, Run
-from executor.worker import Worker, WorkerStats
-from tests.contract.conftest import HttpContract, World, make_world, phase
-from tests.helpers import running_gateway
+from executor.artifacts import read_blob
+from tests.contract.conftest import phase
+from tests.executor.harness import (
+    BOUND,
+    Env,
+    Running,
+    gateway_env,
+    of_phase,
+    wait_for,
+)
 
-FAST_RETRY = RetryPolicy(attempts=4, initial=0.05, max_wait=0.5, total=10.0)
 EP = "tests.executor.worker_entrypoints"
-BOUND = 30.0        # seconds: a generous bound for anything that should take one or two
 
 
 def python(name: str, entrypoint: str, *deps: str, **extra: Any) -> dict[str, Any]:
     return phase(name, "python", *deps, params={"entrypoint": entrypoint}, **extra)
 
 
-def wait_for(what: str, check: Callable[[], Any], bound: float = BOUND) -> Any:
-    deadline = time.monotonic() + bound
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-@dataclass
-class Env:
-    rest_url: str
-    world: World
-    contract: HttpContract
-    tmp: Path
-    clients: list[ContractClient] = field(default_factory=list)
-
-    def client(self, principal: Any) -> ContractClient:
-        client = ContractClient(self.rest_url, self.contract.token(principal), retry=FAST_RETRY)
-        self.clients.append(client)
-        return client
-
-    @property
-    def store(self) -> LocalArtifactStore:
-        return LocalArtifactStore(self.tmp / "blobs")
-
-    def new_run(self, *phases: dict[str, Any]) -> str:
-        run = self.client(self.world.dev1).call("create_run", {
-            "workspace_id": self.world.w1, "spec_slug": "demo", "git_sha": "0123abc",
-            "phases": list(phases), "idempotency_key": str(uuid.uuid4())})
-        return str(run["id"])
-
-    def get_run(self, run_id: str) -> Run:
-        return self.client(self.world.viewer1).get_run(run_id)
-
-    def events(self, run_id: str) -> list[Event]:
-        return list(self.client(self.world.viewer1).iter_events(run_id))
-
-    def worker(self, **options: Any) -> Worker:
-        settings: dict[str, Any] = {"kinds": ["python"], "store": self.store,
-                                    "work_dir": self.tmp / "work", "claim_wait": 1.0,
-                                    "idle_max": 0.5, "event_flush_seconds": 0.2}
-        settings.update(options)
-        return Worker(self.client(self.world.exec1), **settings)
-
-
-class Running:
-    """A worker's `run` in a thread."""
-
-    def __init__(self, worker: Worker, max_phases: int | None = None) -> None:
-        self.stop = threading.Event()
-        self.stats: WorkerStats | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(worker, max_phases), daemon=True)
-        self.thread.start()
-
-    def _run(self, worker: Worker, max_phases: int | None) -> None:
-        try:
-            self.stats = worker.run(self.stop, max_phases=max_phases)
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self, bound: float = BOUND) -> WorkerStats:
-        self.thread.join(bound)
-        assert not self.thread.is_alive(), "the worker did not end in time"
-        assert self.error is None, self.error
-        assert self.stats is not None
-        return self.stats
-
-
 @pytest.fixture
 def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[Env]:
-    with running_gateway(db_url, claim_poll_seconds=0.5) as url, \
-            httpx.Client(base_url=url, timeout=30) as http:
-        contract = HttpContract(conn, http)
-        environment = Env(f"{url}/rest/v1", make_world(contract), contract, tmp_path)
-        try:
-            yield environment
-        finally:
-            for client in environment.clients:
-                client.close()
-
-
-def of_phase(events: list[Event], name: str) -> list[str]:
-    return [e.type for e in events if e.phase == name]
+    with gateway_env(conn, db_url, tmp_path) as environment:
+        yield environment
 
 
 def test_a_dag_of_three_python_phases_succeeds_with_two_slots(env: Env) -> None:
@@ -265,24 +179,12 @@ def _alive(pid: int) -> bool:
 
 def test_the_worker_command_runs_phases_and_gives_them_back_on_sigterm(env: Env) -> None:
     run_id = env.new_run(python("a", f"{EP}:produce"), python("s", f"{EP}:sleep_long", "a"))
-    repo = Path(__file__).resolve().parents[2]
-    process_env = {**os.environ, "PYTHONPATH": str(repo),
-                   "CONTROL_ROOM_GATEWAY_URL": env.rest_url,
-                   "CONTROL_ROOM_TOKEN": env.contract.token(env.world.exec1),
-                   "CONTROL_ROOM_STATE_DIR": str(env.tmp / "state"),
-                   "CONTROL_ROOM_ARTIFACTS_URL": (env.tmp / "blobs").as_uri()}
-    command = [sys.executable, "-m", "control_room.cli", "worker", "--kinds", "python",
-               "--concurrency", "2", "--grace-seconds", "0.5", "--lease-seconds", "6"]
-    worker = subprocess.Popen(command, env=process_env, cwd=repo, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for("READY", lambda: [e for e in env.events(run_id) if e.type == "READY"])
-        worker.send_signal(signal.SIGTERM)
-        _, stderr = worker.communicate(timeout=BOUND)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+    worker = env.worker_process("--kinds", "python", "--concurrency", "2",
+                                "--grace-seconds", "0.5", "--lease-seconds", "6")
+    wait_for("READY", lambda: [e for e in env.events(run_id) if e.type == "READY"])
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=BOUND)
+    stderr = env.log_of(worker)
     assert worker.returncode == 0, stderr
     assert "stopping gracefully" in stderr
     run = env.get_run(run_id)
