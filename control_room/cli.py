@@ -580,6 +580,10 @@ def worker_command(
                   f"{stats.failed} failed, {stats.abandoned} abandoned", markup=False)
 
 
+# Commands in their own modules register themselves on `app` when imported.
+from control_room import cli_runs, cli_up, cli_verify  # noqa: E402,F401
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,1 @@
+"""Pipelines shipped with the control room."""

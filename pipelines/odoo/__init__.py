@@ -1,0 +1,1 @@
+"""The Odoo medallion pipeline: generator, extraction, silver, gold (docs/odoo.md)."""
