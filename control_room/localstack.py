@@ -1,0 +1,242 @@
+"""The local stack: database, migrations, gateway and workers in one process tree.
+
+    with LocalStack(settings, workers=2) as stack:    # `control-room up`, `control-room demo`
+        stack.info.gateway_url, stack.info.token       # also written to <state_dir>/stack.json
+        stack.wait()                                   # until stopped (Ctrl-C)
+
+- The database is the configured one (`CONTROL_ROOM_DATABASE_URL`) or the embedded server
+  under the state directory, started here and stopped on exit (a second `up` reuses its data).
+- The gateway runs in this process on uvicorn (a thread); workers are child processes
+  (`control-room worker`), so that a phase's subprocesses belong to this tree and a worker
+  that dies takes nothing else with it. Ctrl-C / SIGTERM: the workers get SIGTERM (they give
+  running phases their grace period), then the gateway and the database stop.
+- One workspace (`local`) and two principals are created once and reused: `local-operator`
+  (admin; its token is the CLI's, in stack.json) and `local-executor` (the workers'). Their ids
+  are kept in `<state_dir>/local-principals.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import psycopg
+from pydantic import SecretStr
+
+from control_room.db.migrate import migrate
+from control_room.db.store import call, connect
+from control_room.local import EmbeddedPostgres
+from control_room.settings import Settings
+from control_room.stack import Stack, remove_stack, write_stack
+
+__all__ = ["LocalStack", "LocalStackError"]
+
+WORKSPACE_SLUG = "local"
+PRINCIPALS_FILE = "local-principals.json"
+TOKEN_TTL_SECONDS = 30 * 86400
+
+
+class LocalStackError(RuntimeError):
+    """The stack could not start (a port taken, a worker that died at once, ...)."""
+
+
+@dataclass
+class LocalStack:
+    """Database + gateway + workers; a context manager (see the module docstring)."""
+
+    settings: Settings
+    workers: int = 2
+    concurrency: int = 2
+    kinds: str = "python,sql"
+    repo: Path | None = None
+    worker_env: dict[str, str] = field(default_factory=dict)
+    log: Any = None
+    """A callable(str) for progress lines (rich console's print); None: silent."""
+
+    def __post_init__(self) -> None:
+        self._exit = contextlib.ExitStack()
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.database_url = ""
+        self.info: Stack | None = None
+        self.server: EmbeddedPostgres | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+    def _start(self) -> None:
+        state = self.settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        if self.settings.database_url:
+            self.database_url = self.settings.database_url
+        else:
+            self.server = EmbeddedPostgres(state)
+            self._say(f"database: starting the embedded PostgreSQL in {state / 'pgdata'}")
+            self.database_url = self.server.start()
+            if self.server.started_here:
+                self._exit.callback(self.server.stop)
+        report = migrate(self.database_url, self.settings.migrations_dir)
+        self._say(f"database: migrated ({len(report.applied)} applied now)")
+        workspace_id = self._workspace()
+        operator, executor = self._principals(workspace_id)
+        secret = _jwt_secret(self.settings)
+
+        from control_room.gateway.app import create_app, serving
+        from control_room.gateway.auth import mint_token
+
+        app = create_app(self.settings, database_url=self.database_url, jwt_secret=secret)
+        try:
+            base = self._exit.enter_context(
+                serving(app, host=self.settings.host, port=self.settings.port))
+        except OSError as exc:
+            raise LocalStackError(f"the gateway cannot listen on {self.settings.host}:"
+                                  f"{self.settings.port}: {exc.strerror or exc} (is another "
+                                  "`control-room up` running? pass --port)") from None
+        gateway_url = f"{base}/rest/v1"
+        self._say(f"gateway: {gateway_url} (health {base}/health)")
+        operator_token = mint_token(secret, role="authenticated", sub=operator,
+                                    ttl_seconds=TOKEN_TTL_SECONDS, name="local-operator")
+        executor_token = mint_token(secret, role="authenticated", sub=executor,
+                                    ttl_seconds=TOKEN_TTL_SECONDS, name="local-executor")
+        lake = (state / "lake").absolute()
+        artifacts = (state / "artifacts").absolute()
+        self.info = Stack(gateway_url=gateway_url, token=SecretStr(operator_token),
+                          workspace_id=workspace_id, workspace_slug=WORKSPACE_SLUG,
+                          lake=lake, artifacts=artifacts, ui_url=f"{base}/")
+        for n in range(self.workers):
+            self._procs.append(self._worker(n, gateway_url, executor_token, workspace_id,
+                                            artifacts))
+        self._exit.callback(self._stop_workers)
+        write_stack(state, self.info)
+        self._exit.callback(remove_stack, state)
+        self._say(f"workers: {self.workers} x {self.concurrency} slot(s), kinds {self.kinds}")
+
+    def _workspace(self) -> str:
+        with connect(self.database_url) as conn, conn.transaction():
+            for ws in call(conn, "list_workspaces", {}):
+                if ws["slug"] == WORKSPACE_SLUG:
+                    return str(ws["id"])
+            ws = call(conn, "create_workspace",
+                      {"slug": WORKSPACE_SLUG, "name": "Local", "env": "dev"})
+            return str(ws["id"])
+
+    def _principals(self, workspace_id: str) -> tuple[str, str]:
+        """(operator, executor) principal ids: reused from the state dir when still members."""
+        path = self.settings.state_dir / PRINCIPALS_FILE
+        try:
+            known = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            known = {}
+        ids: dict[str, str] = {}
+        with connect(self.database_url) as conn:
+            for name, role, kind in (("local-operator", "admin", "user"),
+                                     ("local-executor", "executor", "executor")):
+                pid = known.get(name) if known.get("workspace_id") == workspace_id else None
+                if pid is not None and _is_member(conn, workspace_id, str(pid)):
+                    ids[name] = str(pid)
+                    continue
+                with conn.transaction():
+                    principal = call(conn, "create_principal", {"name": name, "kind": kind})
+                    call(conn, "add_member", {"workspace_id": workspace_id,
+                                              "principal_id": principal["id"], "role": role,
+                                              "name": name})
+                ids[name] = str(principal["id"])
+        path.write_text(json.dumps({"workspace_id": workspace_id, **ids}, indent=2) + "\n")
+        return ids["local-operator"], ids["local-executor"]
+
+    def _worker(self, n: int, gateway_url: str, token: str, workspace_id: str,
+                artifacts: Path) -> subprocess.Popen[bytes]:
+        state = self.settings.state_dir
+        env = {**os.environ, **self.worker_env,
+               "CONTROL_ROOM_TOKEN": token, "CONTROL_ROOM_STATE_DIR": str(state)}
+        cmd = [sys.executable, "-m", "control_room", "worker", "--gateway", gateway_url,
+               "--kinds", self.kinds, "--concurrency", str(self.concurrency),
+               "--artifacts", str(artifacts), "--work-dir", str(state / "work" / f"w{n}"),
+               "--workspace-id", workspace_id, "--grace-seconds", "10"]
+        if self.repo is not None:
+            cmd += ["--repo", str(self.repo)]
+        log_dir = state / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"worker-{n}.log", "ab") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        return proc
+
+    def check_workers(self) -> None:
+        """Raise when a worker process has exited (its log names why)."""
+        for n, proc in enumerate(self._procs):
+            if proc.poll() is not None:
+                log = self.settings.state_dir / "log" / f"worker-{n}.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise LocalStackError(f"worker {n} exited with {proc.returncode}: "
+                                      + " | ".join(tail))
+
+    def wait(self, stop: threading.Event) -> None:
+        """Block until `stop` is set; a worker that dies meanwhile ends the wait with an error."""
+        while not stop.wait(1.0):
+            self.check_workers()
+
+    def _stop_workers(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+
+    def close(self) -> None:
+        self._exit.close()
+
+    def health(self) -> dict[str, Any]:
+        """The gateway's /health document."""
+        assert self.info is not None
+        base = self.info.ui_url.rstrip("/")
+        answer: dict[str, Any] = httpx.get(f"{base}/health", timeout=5).json()
+        return answer
+
+
+def _is_member(conn: psycopg.Connection[Any], workspace_id: str, principal_id: str) -> bool:
+    row = conn.execute(
+        "select 1 from ops.workspace_members m join ops.principals p on p.id = m.principal_id"
+        " where m.workspace_id = %s and m.principal_id = %s and p.revoked_at is null",
+        (workspace_id, principal_id)).fetchone()
+    conn.rollback()
+    return row is not None
+
+
+def _jwt_secret(settings: Settings) -> str:
+    from control_room.gateway.auth import local_secret
+
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value()
+    return local_secret(settings.state_dir)
