@@ -524,6 +524,11 @@ def worker_command(
         "--grace-seconds", envvar="CONTROL_ROOM_WORKER_GRACE_SECONDS", show_envvar=True,
         min=0, help="On SIGTERM or Ctrl-C: how long running phases may finish before they "
                     "are given back.")] = 30.0,
+    repo: Annotated[str | None, typer.Option(
+        "--repo", envvar="CONTROL_ROOM_WORKER_REPO", show_envvar=True,
+        help="Git repository (a directory or URL) of the pipelines' code: each run's "
+             "git sha is checked out under the work dir and its code runs. Default: this "
+             "worker's own code.")] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Run phases: claim, heartbeat, run the kind, register artifacts, complete.
@@ -564,10 +569,14 @@ def worker_command(
             stop.set()
 
         with ContractClient(gateway, token) as client:
-            worker = Worker(client, kinds=names, concurrency=concurrency,
-                            lease_seconds=lease_seconds, store=store,
-                            work_dir=work_dir or settings.state_dir / "work",
-                            workspace_id=workspace, grace_seconds=grace_seconds)
+            try:
+                worker = Worker(client, kinds=names, concurrency=concurrency,
+                                lease_seconds=lease_seconds, store=store,
+                                work_dir=work_dir or settings.state_dir / "work",
+                                workspace_id=workspace, grace_seconds=grace_seconds,
+                                repo=repo)
+            except ValueError as exc:
+                raise BadInput(f"--repo: {exc}") from None
             err.print(f"Worker {worker.name}: kinds {','.join(names)}, {concurrency} slot(s), "
                       f"claiming from {gateway}", markup=False)
             previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -580,8 +589,10 @@ def worker_command(
                   f"{stats.failed} failed, {stats.abandoned} abandoned", markup=False)
 
 
-# Commands in their own modules register themselves on `app` when imported.
-from control_room import cli_runs, cli_up, cli_verify  # noqa: E402,F401
+# Commands in their own modules register themselves on `app` when imported (by the module
+# itself, not by a copy of this file run as `__main__` or as multiprocessing's `__mp_main__`).
+if __name__ == "control_room.cli":
+    from control_room import cli_runs, cli_up, cli_verify  # noqa: F401
 
 
 def main() -> None:
@@ -589,4 +600,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m control_room.cli` runs this file as `__main__`, a second copy of the module:
+    # run the real `control_room.cli`, whose app the command modules register on
+    from control_room.cli import main as _main
+    _main()

@@ -60,6 +60,9 @@ __all__ = [
     "Conflict",
     "ContractClient",
     "ContractError",
+    "Dataset",
+    "DatasetRecord",
+    "DatasetVersion",
     "Event",
     "EventPage",
     "Forbidden",
@@ -437,6 +440,72 @@ class EventPage(_Result):
     next_after: int
 
 
+class DatasetRecord(_Result):
+    """`record_dataset`'s answer: the dataset's state after the call; `version` and `change`
+    what this call recorded (`recorded` False, `version` None and `change` NONE for a write
+    that kept the schema or a repeat of one)."""
+
+    dataset_id: str
+    workspace_id: str
+    name: str
+    layer: str
+    schema_state: str       # active | blocked | accepted
+    schema_version: int     # the last applied version (0: no schema yet)
+    recorded: bool
+    version: int | None = None
+    change: str | None = None
+
+
+class DatasetVersion(_Result):
+    """One schema the catalog was shown (`get_dataset`'s `versions`, newest first); `applied`
+    False for a refused breaking change."""
+
+    version: int
+    change: str
+    applied: bool
+    schema_: Any = Field(default=None, alias="schema")
+    changes: list[dict[str, Any]] = Field(default_factory=list)
+    run_id: str | None = None
+    phase_id: str | None = None
+    phase: str | None = None
+    table_version: int | None = None
+    digest: str | None = None
+    recorded_at: datetime
+    recorded_by: str | None = None
+
+    @property
+    def schema(self) -> Any:   # shadows pydantic v1's deprecated BaseModel.schema
+        """The recorded schema (`[{name, type, nullable, key?}]` from the executors)."""
+        return self.schema_
+
+
+class Dataset(_Result):
+    """A dataset of the catalog (`list_datasets`, `get_dataset`, `unblock_dataset`);
+    `versions` only from `get_dataset`."""
+
+    id: str
+    workspace_id: str
+    name: str
+    layer: str
+    location: str
+    format: str
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+    schema_state: str
+    schema_version: int
+    blocked_change: dict[str, Any] | None = None
+    blocked_at: datetime | None = None
+    last_run_id: str | None = None
+    last_phase_id: str | None = None
+    last_table_version: int | None = None
+    last_digest: str | None = None
+    last_rows: int | None = None
+    last_written_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    versions: tuple[DatasetVersion, ...] = ()
+
+
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -702,6 +771,53 @@ class ContractClient:
             if len(page.events) < page_size:
                 return
             after = page.next_after
+
+    # -- the data catalog -----------------------------------------------------------------
+
+    def record_dataset(self, lease_token: str, name: str, location: str, *,
+                       layer: str | None = None, format: str | None = None,
+                       schema: Any = None, change: str | None = None,
+                       changes: Sequence[Mapping[str, Any]] | None = None,
+                       table_version: int | None = None, digest: str | None = None,
+                       rows: int | None = None, owner: str | None = None,
+                       tags: Sequence[str] | None = None) -> DatasetRecord:
+        """Record a table the leased phase wrote (or the BREAKING change it was refused).
+        Idempotent: a repeat of the same write answers the version it recorded, so it is
+        retried like the other leased calls. `Conflict` (PT409): the dataset is blocked and
+        `change` is not BREAKING; `LeaseLost`: stop. Arguments left at None take the
+        server's defaults (delta, NONE, [] ...; the layer from the name's prefix)."""
+        args = _omit_none(lease_token=lease_token, name=name, location=location, layer=layer,
+                          format=format, schema=schema, change=change,
+                          changes=[dict(c) for c in changes] if changes is not None else None,
+                          table_version=table_version, digest=digest, rows=rows, owner=owner,
+                          tags=list(tags) if tags is not None else None)
+        return _parse(DatasetRecord, self.call("record_dataset", args), "record_dataset")
+
+    def list_datasets(self, workspace_id: str | None = None, *, layer: str | None = None,
+                      schema_state: str | None = None, name: str | None = None,
+                      limit: int | None = None) -> list[Dataset]:
+        """The datasets the caller may see, by name; `name` matches a prefix, `limit` is
+        1-1000 (default 100)."""
+        args = _omit_none(workspace_id=workspace_id, layer=layer, schema_state=schema_state,
+                          name=name, limit=limit)
+        result = self.call("list_datasets", args)
+        if not isinstance(result, list):
+            raise InvalidResponse("list_datasets: the answer is not a JSON array", status=200,
+                                  function="list_datasets")
+        return [_parse(Dataset, item, "list_datasets") for item in result]
+
+    def get_dataset(self, workspace_id: str, name: str) -> Dataset:
+        """One dataset with its `versions`, newest first; `NotFound` when there is none."""
+        return _parse(Dataset, self.call("get_dataset", {"workspace_id": workspace_id,
+                                                         "name": name}), "get_dataset")
+
+    def unblock_dataset(self, workspace_id: str, name: str, resolution: Literal[
+            "accept", "reject"], note: str | None = None) -> Dataset:
+        """An admin's answer to a blocked schema change: `accept` (the next write applies
+        it) or `reject` (the schema stays; fix the source). Idempotent."""
+        args = _omit_none(workspace_id=workspace_id, name=name, resolution=resolution,
+                          note=note)
+        return _parse(Dataset, self.call("unblock_dataset", args), "unblock_dataset")
 
     # -- waiting for work ---------------------------------------------------------------------
 

@@ -41,6 +41,11 @@ Schema evolution (`classify`), from the table's current schema (or an `expected`
   (the reverse of a widening above, e.g. float64 -> float32); any other type change (int64
   -> float64, int -> string, date -> timestamp, time zone <-> no time zone, any change inside
   a nested type); a nullable column declared non-nullable; a key change.
+  `allow_breaking=True` (the catalog's admin accepted the change, docs/catalog.md) applies
+  it instead: the incoming schema replaces the table's (removed columns dropped, the new
+  types, nullability and keys) in one overwrite commit, the current rows cast safely to the
+  new types for append and merge (a value that does not fit is a ValueError, nothing
+  written).
 
 Timestamp units are not compared (Delta stores microseconds only), and nested types are
 compared as a whole (a new struct field is a type change, so BREAKING).
@@ -116,6 +121,11 @@ class ColumnChange:
     def breaking(self) -> bool:
         return self.change in _BREAKING_CHANGES
 
+    def to_json(self) -> dict[str, Any]:
+        """`{column, change, old_type, new_type}`: as the catalog records it."""
+        return {"column": self.column, "change": self.change, "old_type": self.old_type,
+                "new_type": self.new_type}
+
     def describe(self) -> str:
         if self.change == "keys_changed":
             return f"keys changed {self.old_type} → {self.new_type}"
@@ -162,11 +172,14 @@ class WriteResult:
 
 
 class SchemaBreakingChange(Exception):
-    """A write would change a table's schema in a breaking way; nothing was written."""
+    """A write would change a table's schema in a breaking way; nothing was written.
+    `schema` is the schema the write proposed (Delta types, keys recorded), when known."""
 
-    def __init__(self, table: str, changes: Sequence[ColumnChange]) -> None:
+    def __init__(self, table: str, changes: Sequence[ColumnChange],
+                 schema: Any = None) -> None:
         self.table = table
         self.changes = list(changes)
+        self.schema = schema
         super().__init__(f"{table}: " + "; ".join(c.describe() for c in self.changes))
 
 
@@ -217,6 +230,21 @@ def with_keys(schema: Any, keys: Sequence[str]) -> Any:
             metadata[KEY_METADATA.encode()] = str(key_list.index(f.name) + 1).encode()
         fields.append(f.with_metadata(metadata) if metadata else f.remove_metadata())
     return pa.schema(fields)
+
+
+def schema_json(schema: Any) -> list[dict[str, Any]]:
+    """A schema as the catalog records it: `[{name, type, nullable}]` in column order, type
+    names as in `ColumnChange` (float64 rather than double), `key` (1-based position) on key
+    columns."""
+    columns: list[dict[str, Any]] = []
+    keys = schema_keys(schema)
+    for f in schema:
+        column: dict[str, Any] = {"name": f.name, "type": _type_name(f.type),
+                                  "nullable": bool(f.nullable)}
+        if f.name in keys:
+            column["key"] = keys.index(f.name) + 1
+        columns.append(column)
+    return columns
 
 
 def delta_type(data_type: Any) -> Any:
@@ -360,12 +388,15 @@ def write_table(
     commit_metadata: Mapping[str, Any] | None = None,
     expected: SchemaVersion | None = None,
     name: str | None = None,
+    allow_breaking: bool = False,
 ) -> WriteResult:
     """Write `data` (a pyarrow Table, a RecordBatchReader or a list of dicts) to the Delta
     table at `uri`: append, overwrite, or merge (upsert on `keys`: matched rows updated,
     others inserted). The schema change is classified first (against `expected` when given,
     else the table's current schema); a BREAKING one raises `SchemaBreakingChange` and
-    nothing is written. `name` names the table in messages (default: the URI)."""
+    nothing is written, unless `allow_breaking` (an admin accepted the change in the catalog):
+    then the incoming schema replaces the table's (see `_breaking_target`) in one overwrite
+    commit. `name` names the table in messages (default: the URI)."""
     if mode not in ("append", "overwrite", "merge"):
         raise ValueError(f"mode must be append, overwrite or merge, not {mode!r}")
     if isinstance(keys, str):
@@ -394,8 +425,10 @@ def write_table(
     else:
         current = actual
     change = classify(current, incoming.schema, key_list)
-    if change.kind == "BREAKING":
-        raise SchemaBreakingChange(table_name, change.breaking)
+    breaking = change.kind == "BREAKING"
+    if breaking and not allow_breaking:
+        raise SchemaBreakingChange(table_name, change.breaking,
+                                   _breaking_target(actual, incoming.schema, key_list))
 
     partitions = list(partition_by) if partition_by is not None else None
     if dt is not None:
@@ -409,7 +442,10 @@ def write_table(
         if missing:
             raise ValueError(f"{table_name}: partition column(s) {missing} not in the data")
 
-    target = _target_schema(actual, incoming.schema, key_list)
+    if breaking:
+        target = _breaking_target(actual, incoming.schema, key_list)
+    else:
+        target = _target_schema(actual, incoming.schema, key_list)
     batch = incoming.select(target.names).cast(target).combine_chunks()
     if mode == "merge":
         assert key_list is not None
@@ -426,8 +462,8 @@ def write_table(
         write_deltalake(uri_text, batch, mode="overwrite" if mode == "overwrite" else "append",
                         partition_by=partitions or None, storage_options=options,
                         commit_properties=commit)
-    elif "widened" in changed or "made_nullable" in changed:
-        rewritten = _rewrite(dt, batch, target, mode, key_list)
+    elif breaking or "widened" in changed or "made_nullable" in changed:
+        rewritten = _rewrite(table_name, dt, batch, target, mode, key_list)
         write_deltalake(dt, rewritten, mode="overwrite", schema_mode="overwrite",
                         partition_by=partitions or None, storage_options=options,
                         commit_properties=commit)
@@ -540,6 +576,21 @@ def _target_schema(actual: Any, incoming: Any, keys: list[str] | None) -> Any:
     return schema
 
 
+def _breaking_target(actual: Any, incoming: Any, keys: list[str] | None) -> Any:
+    """The schema an accepted breaking write gives the table: the incoming columns, their
+    types and nullability as they come, in the table's order first (removed columns
+    dropped), then the new ones; `keys` recorded, else the table's keys while their columns
+    remain."""
+    known = list(actual.names) if actual is not None else []
+    names = [n for n in known if n in incoming.names]
+    names += [n for n in incoming.names if n not in known]
+    schema = pa.schema([incoming.field(n).remove_metadata() for n in names])
+    if keys is None:
+        recorded = schema_keys(actual) if actual is not None else []
+        keys = recorded if all(k in schema.names for k in recorded) else []
+    return with_keys(schema, keys)
+
+
 def _check_merge_keys(table_name: str, batch: Any, keys: list[str]) -> None:
     for k in keys:
         if batch.column(k).null_count:
@@ -549,16 +600,29 @@ def _check_merge_keys(table_name: str, batch: Any, keys: list[str]) -> None:
         raise ValueError(f"{table_name}: the batch repeats a key ({', '.join(keys)})")
 
 
-def _rewrite(dt: DeltaTable, batch: Any, target: Any, mode: WriteMode,
+def _rewrite(table_name: str, dt: DeltaTable, batch: Any, target: Any, mode: WriteMode,
              keys: list[str] | None) -> Any:
-    """The whole new content of a table whose schema cannot change in place."""
+    """The whole new content of a table whose schema cannot change in place. The current
+    rows are cast to the new types (safely: a value the new type cannot hold, or a null in a
+    column now required, is a ValueError naming the column; nothing is written)."""
     if mode == "overwrite":
         return batch
     current = pa.RecordBatchReader.from_stream(dt.scan()).read_all()
     columns = []
     for f in target:
         if f.name in current.column_names:
-            columns.append(current.column(f.name).cast(f.type))
+            try:
+                column = current.column(f.name).cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(f"{table_name}: the current rows of column {f.name} cannot "
+                                 f"be converted to {_type_name(f.type)}: {exc}") from exc
+            if not f.nullable and column.null_count:
+                raise ValueError(f"{table_name}: column {f.name} is now required, but "
+                                 f"{column.null_count} current row(s) hold nulls")
+            columns.append(column)
+        elif not f.nullable and current.num_rows:
+            raise ValueError(f"{table_name}: new required column {f.name} has no value "
+                             f"for the {current.num_rows} current row(s)")
         else:
             columns.append(pa.nulls(current.num_rows, f.type))
     current = pa.Table.from_arrays(columns, schema=target)

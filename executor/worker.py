@@ -28,6 +28,22 @@ of its own: kill it at any moment and its phases are reclaimed once their leases
   (terminal, timeout, cancelled: False; transient and unknown errors: True; the phase's
   `max_attempts` caps the retries). When that completion answers `run_state: succeeded`, the
   worker finalizes the run (`complete_run`).
+- **Code, params, connections.** Before the kind runs, the phase's params are rendered with
+  the run's params (`${params.lake}`, executor/render.py; the stored params keep their
+  templates), the connections named by `params.connections` are resolved with their secrets
+  (executor/connections.py), and, when the worker has a `repo`, the run's git sha is checked
+  out once under `<work_dir>/checkouts/<sha>` for `ctx.code_dir` (executor/checkout.py; a
+  `CODE_CHECKOUT` event says which code runs). Any of them failing fails the phase (terminal).
+  `run_id` restricts the claims to one run (`control-room verify`'s worker).
+- **The data catalog** (docs/catalog.md). Before the kind runs, the workspace's datasets that
+  are not active (`list_datasets`, schema states `blocked` and `accepted`) go into
+  `ctx.datasets`, so that kinds refuse to write a blocked one and may apply an accepted
+  breaking change. After a successful run, every entry of the output manifest's `tables` (or
+  a legacy `table` with a name) is recorded with `record_dataset` under the lease, after the
+  artifacts and before `complete_phase`; a dataset blocked meanwhile (`Conflict`) fails the
+  phase (`DatasetBlocked`, terminal). A `SchemaBlocked` failure is recorded as a BREAKING
+  change (which blocks the dataset, event `DATASET_BLOCKED`), then the phase fails without a
+  retry.
 - **Timeouts** are enforced by the kind (the python kind kills its process group); the worker
   enforces them too, for kinds that cannot: `timeout_grace` seconds after the timeout it sets
   the phase's `cancel` event and fails the phase as `timeout`.
@@ -53,8 +69,10 @@ from pathlib import Path
 from typing import Any
 
 from executor.artifacts import ArtifactStore
+from executor.checkout import Checkouts, own_code
 from executor.client import (
     Claim,
+    Conflict,
     ContractClient,
     ContractError,
     InvalidArgument,
@@ -63,26 +81,35 @@ from executor.client import (
     PayloadTooLarge,
     TransientError,
 )
+from executor.connections import resolve_connections
+from executor.datasets import DATASET_NAME, UNBLOCK_HINT
 from executor.kinds import (
     KINDS,
+    Connection,
+    DatasetBlocked,
     EventLevel,
     PhaseCancelled,
     PhaseContext,
     PhaseError,
     PhaseResult,
     PhaseTimeout,
+    SchemaBlocked,
     TerminalPhaseError,
     TransientPhaseError,
     UnknownKindError,
     as_phase_error,
     kind_for,
 )
+from executor.render import render
 
 __all__ = ["Worker", "WorkerStats", "WorkerStopped", "phase_error_json"]
 
 log = logging.getLogger("executor.worker")
 
 MAX_MESSAGE_CHARS = 4000
+DATASET_STATES = ("blocked", "accepted")
+"""The catalog's schema states a kind must know of before it writes (others are active)."""
+MAX_NON_ACTIVE_DATASETS = 1000
 MAX_DETAIL_CHARS = 32000
 
 
@@ -113,12 +140,43 @@ def phase_error_json(error: PhaseError) -> dict[str, Any]:
     message = error.message or type(error).__name__
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "..."
-    return {
+    result: dict[str, Any] = {
         "message": message,
         "type": error.error_type or type(error).__name__,
         "reason": error.reason,
         "detail": detail,
     }
+    if isinstance(error, SchemaBlocked | DatasetBlocked):
+        result["dataset"] = {"name": error.table, "uri": error.uri}
+        if isinstance(error, SchemaBlocked):
+            result["dataset"]["changes"] = error.changes
+    return result
+
+
+def table_entries(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The tables an output manifest says the phase wrote: its `tables` (each an object
+    with a string `name` and `uri`), else its legacy single `table` when that has a uri and
+    a name the catalog accepts (older entrypoints name tables by their path: not
+    catalogued). ValueError naming the bad entry."""
+    tables = manifest.get("tables")
+    if tables is None:
+        table = manifest.get("table")
+        if not isinstance(table, Mapping):
+            return []
+        name, uri = table.get("name"), table.get("uri")
+        if isinstance(name, str) and DATASET_NAME.match(name) and isinstance(uri, str):
+            return [table]
+        return []
+    if not isinstance(tables, list):
+        raise ValueError("'tables' must be a list of table entries")
+    for i, entry in enumerate(tables):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str) \
+                or not isinstance(entry.get("uri"), str):
+            raise ValueError(f"tables[{i}] is not a table entry with a string name and uri")
+        schema_change = entry.get("schema_change")
+        if schema_change is not None and not isinstance(schema_change, Mapping):
+            raise ValueError(f"tables[{i}].schema_change must be an object")
+    return list(tables)
 
 
 class _Stop(Exception):
@@ -275,7 +333,8 @@ class Worker:
                  workspace_id: str | None = None, grace_seconds: float = 30,
                  event_batch: int = 100, event_flush_seconds: float = 0.5,
                  claim_wait: float = 5.0, idle_max: float = 5.0,
-                 timeout_grace: float = 5.0) -> None:
+                 timeout_grace: float = 5.0, repo: str | Path | None = None,
+                 run_id: str | None = None) -> None:
         if not kinds:
             raise ValueError("a worker needs at least one kind")
         unknown = sorted(set(kinds) - set(KINDS))
@@ -297,6 +356,9 @@ class Worker:
         self.store = store
         self.work_dir = Path(work_dir)
         self.workspace_id = workspace_id
+        self.run_id = run_id
+        self.checkouts = Checkouts(repo, self.work_dir / "checkouts") if repo else None
+        """The run's code at its git sha (None: the worker's own code for every phase)."""
         self.grace_seconds = grace_seconds
         self.event_batch = event_batch
         self.event_flush_seconds = event_flush_seconds
@@ -329,6 +391,7 @@ class Worker:
             try:
                 claim = self.client.poll_for_work(
                     self.kinds, self.lease_seconds, workspace_id=self.workspace_id,
+                    run_id=self.run_id,
                     wait=self.claim_wait, idle_max=self.idle_max, stop=stop)
             except ContractError as exc:        # refused (a bad token...): back off, retry
                 log.error("claim_phase refused: %s", exc)
@@ -413,6 +476,13 @@ class Worker:
                     except Exception as exc:
                         log.warning("phase %s: registering outputs failed: %s", claim.name, exc)
                         result, error = None, as_phase_error(exc)
+                if result is not None or isinstance(error, SchemaBlocked):
+                    try:
+                        error = self._record_datasets(phase, manifest, error)
+                    except _Stop:
+                        return "abandoned"
+                    if error is not None:
+                        result = None
             finally:
                 phase.stop_keeper()
             if phase.lease_lost.is_set():
@@ -427,12 +497,18 @@ class Worker:
     def _execute(self, phase: _PhaseRun,
                  output_dir: Path) -> tuple[PhaseResult | None, PhaseError | None]:
         claim = phase.claim
+        try:
+            params, connections, code_dir = self._prepare(phase)
+            datasets = self._dataset_states(claim)
+        except Exception as exc:
+            return None, as_phase_error(exc)
         ctx = PhaseContext(
             run_id=claim.run_id, phase=claim.name, attempt=claim.attempt, kind=claim.kind,
-            params=claim.params, inputs=claim.inputs, git_sha=claim.run.git_sha,
+            params=params, inputs=claim.inputs, git_sha=claim.run.git_sha,
             input_manifest=claim.run.input_manifest, output_dir=output_dir,
             emit=phase.emit, progress=phase.progress, cancel=phase.cancel,
-            timeout_s=float(claim.timeout_seconds) if claim.timeout_seconds else None)
+            timeout_s=float(claim.timeout_seconds) if claim.timeout_seconds else None,
+            connections=connections, code_dir=code_dir, datasets=datasets)
         try:
             kind = kind_for(claim.kind)
         except UnknownKindError as exc:
@@ -441,6 +517,107 @@ class Worker:
             return kind.run(ctx), None
         except Exception as exc:
             return None, as_phase_error(exc)
+
+    def _prepare(self, phase: _PhaseRun
+                 ) -> tuple[dict[str, Any], dict[str, Connection], Path | None]:
+        """The phase's params rendered, its connections resolved, its code checked out."""
+        claim = phase.claim
+        manifest = claim.run.input_manifest
+        run_params = manifest.get("params") or {}
+        if not isinstance(run_params, Mapping):
+            raise TerminalPhaseError("the run's input_manifest.params must be an object")
+        run = {"id": claim.run_id, "git_sha": claim.run.git_sha,
+               "spec_slug": claim.run.spec_slug}
+        params = render(claim.params, params=run_params, run=run, path="params")
+        connections = resolve_connections(params.get("connections"),
+                                          manifest.get("connections"), params=run_params,
+                                          run=run)
+        kind = KINDS.get(claim.kind)
+        allowed = kind.CONNECTION_TYPES if kind is not None else frozenset()
+        for connection in connections.values():
+            if allowed and connection.type not in allowed:
+                raise TerminalPhaseError(
+                    f"connection {connection.name!r} is of type {connection.type!r}; the "
+                    f"{claim.kind} kind takes {', '.join(sorted(allowed))}")
+        code = (self.checkouts.code_for(claim.run.git_sha) if self.checkouts is not None
+                else own_code("no repository configured"))
+        phase.emit("CODE_CHECKOUT", code.note, payload={
+            "git_sha": claim.run.git_sha, "commit": code.commit,
+            "code_dir": str(code.path) if code.path is not None else None})
+        return params, connections, code.path
+
+    def _dataset_states(self, claim: Claim) -> dict[str, str]:
+        """The workspace's datasets that are not active, by name -> `blocked` | `accepted`
+        (the kinds refuse the first, may apply the breaking change of the second). Without
+        them the guard cannot hold: a refusal fails the attempt (transient when it may
+        pass)."""
+        states: dict[str, str] = {}
+        for state in DATASET_STATES:
+            try:
+                found = self.client.list_datasets(workspace_id=claim.workspace_id,
+                                                  schema_state=state,
+                                                  limit=MAX_NON_ACTIVE_DATASETS)
+            except TransientError as exc:
+                raise TransientPhaseError(f"the catalog's {state} datasets could not be "
+                                          f"read: {exc}") from exc
+            except ContractError as exc:
+                raise TerminalPhaseError(f"the catalog's {state} datasets could not be "
+                                         f"read: {exc}") from exc
+            states.update({dataset.name: state for dataset in found})
+        return states
+
+    def _record_datasets(self, phase: _PhaseRun, manifest: dict[str, Any],
+                         error: PhaseError | None) -> PhaseError | None:
+        """Record in the catalog, under the lease, every table the phase wrote (its
+        manifest's `tables`, else a legacy `table` with a name), or the breaking change a
+        `SchemaBlocked` refused (which blocks the dataset; the phase fails all the same).
+        Answers the error the phase ends with (None: it may succeed); `_Stop` when the lease
+        is lost."""
+        if isinstance(error, SchemaBlocked):
+            try:
+                self._record(phase, error.table, error.uri, layer=error.layer,
+                             schema=error.schema, change="BREAKING", changes=error.changes)
+            except ContractError as exc:        # the phase fails anyway; a re-run records
+                log.warning("phase %s: recording the breaking change of %s failed: %s",
+                            phase.claim.name, error.table, exc)
+            return error
+        try:
+            entries = table_entries(manifest)
+        except ValueError as exc:
+            return TerminalPhaseError(f"output manifest: {exc}", error_type="ValueError")
+        for entry in entries:
+            schema_change = entry.get("schema_change") or {}
+            try:
+                self._record(phase, entry["name"], entry["uri"], layer=entry.get("layer"),
+                             schema=schema_change.get("schema"),
+                             change=schema_change.get("change", "NONE"),
+                             changes=schema_change.get("changes"),
+                             table_version=entry.get("version"), digest=entry.get("digest"),
+                             rows=entry.get("rows"))
+            except Conflict as exc:
+                return DatasetBlocked(
+                    f"dataset {entry['name']} was blocked while the phase ran; its write "
+                    f"(version {entry.get('version')}) is not recorded: "
+                    f"{UNBLOCK_HINT} ({exc.message})",
+                    table=entry["name"], uri=entry["uri"])
+            except TransientError as exc:
+                return TransientPhaseError(f"recording dataset {entry['name']} failed: {exc}")
+            except ContractError as exc:
+                return TerminalPhaseError(f"recording dataset {entry['name']} was refused: "
+                                          f"{exc}", error_type=type(exc).__name__)
+        return None
+
+    def _record(self, phase: _PhaseRun, name: str, uri: str, **fields: Any) -> None:
+        """One `record_dataset` under the phase's lease; `_Stop` when the lease is lost."""
+        try:
+            recorded = self.client.record_dataset(phase.claim.lease_token, name, uri, **fields)
+        except LeaseLost:
+            if phase.run_cancelled.is_set():
+                raise       # completed as cancelled all the same
+            phase._lose_lease()
+            raise _Stop from None
+        log.info("phase %s: dataset %s recorded (%s, schema %s v%s)", phase.claim.name, name,
+                 fields.get("change"), recorded.schema_state, recorded.schema_version)
 
     def _register_outputs(self, phase: _PhaseRun, result: PhaseResult) -> dict[str, Any]:
         """Put every output in the store and register it; the manifest with their digests."""

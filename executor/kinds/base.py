@@ -23,6 +23,8 @@ Errors (the worker decides retries, never the kind):
 - `TransientPhaseError`: retried with backoff (`retryable = True`).
 - `PhaseTimeout`: terminal, with the failure reason `"timeout"`.
 - `PhaseCancelled`: the cancellation flag was set; the work stopped (not a failure).
+- `SchemaBlocked` / `DatasetBlocked` (terminal): a table write refused by the data
+  catalog's schema rules (docs/catalog.md); the worker records the first in the catalog.
 - Any other exception is treated as transient (`as_phase_error`): the phase's attempt cap
   (enforced in SQL) keeps it from being retried forever.
 
@@ -41,6 +43,7 @@ __all__ = [
     "KINDS",
     "ArtifactRole",
     "Connection",
+    "DatasetBlocked",
     "Emit",
     "EventLevel",
     "Kind",
@@ -51,6 +54,7 @@ __all__ = [
     "PhaseResult",
     "PhaseTimeout",
     "Progress",
+    "SchemaBlocked",
     "TerminalPhaseError",
     "TransientPhaseError",
     "UnknownKindError",
@@ -102,6 +106,7 @@ class PhaseContext:
     attempt: int
     kind: str
     params: Mapping[str, Any]
+    """The phase's params with their templates rendered (executor/render.py)."""
     inputs: Mapping[str, Any]
     """Dependency outputs: the output manifest of each upstream phase, by phase name."""
     git_sha: str | None
@@ -112,12 +117,23 @@ class PhaseContext:
     emit: Emit
     progress: Progress
     connections: Mapping[str, Connection] = field(default_factory=dict, repr=False)
+    """The connections named by `params.connections`, their secrets resolved
+    (executor/connections.py)."""
     cancel: threading.Event = field(default_factory=threading.Event)
     """Set by the worker when the phase is cancelled (learned from a heartbeat) or the worker
     stops; a kind polls it (or waits on it) and raises `PhaseCancelled`."""
     timeout_s: float | None = None
     """The phase's timeout in seconds (None: no limit). A kind that runs work it can kill
     enforces it and raises `PhaseTimeout`; the worker enforces it too."""
+    datasets: Mapping[str, str] = field(default_factory=dict)
+    """The workspace's catalog datasets that are not active, by name: `blocked` (a breaking
+    change awaits an admin: a kind must not write it, `DatasetBlocked`) or `accepted` (the
+    next write may apply its breaking change). Fetched by the worker before the phase runs;
+    write tables through `executor.datasets.write_dataset`, which honours it."""
+    code_dir: Path | None = None
+    """The checkout of the run's git sha (executor/checkout.py): where entrypoints and query
+    files come from. None: the worker's own code (no repository configured, or the run was
+    made from a working tree)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,43 @@ class PhaseTimeout(TerminalPhaseError):
     """The phase ran past its timeout; its work was killed."""
 
     reason = "timeout"
+
+
+class SchemaBlocked(TerminalPhaseError):
+    """A table write was refused: its schema change is BREAKING and the catalog has not
+    accepted it; nothing was written. The worker records the change in the catalog (which
+    blocks the dataset until an admin resolves it) and fails the phase without a retry.
+
+    `table` is the dataset's name, `uri` its location, `changes` the breaking column changes
+    (`{column, change, old_type, new_type}`), `schema` the schema the write proposed
+    (`[{name, type, nullable, key?}]`), `layer` the layer the write named (None: the
+    catalog's default)."""
+
+    reason = "schema_blocked"
+
+    def __init__(self, message: str, *, table: str, uri: str,
+                 changes: list[dict[str, Any]], schema: list[dict[str, Any]] | None,
+                 layer: str | None = None, error_type: str | None = None,
+                 detail: str | None = None) -> None:
+        super().__init__(message, error_type=error_type or "SchemaBlocked", detail=detail)
+        self.table = table
+        self.uri = uri
+        self.changes = changes
+        self.schema = schema
+        self.layer = layer
+
+
+class DatasetBlocked(TerminalPhaseError):
+    """A write to a dataset the catalog holds blocked (a breaking change awaits an admin's
+    `unblock_dataset`) was refused before the table was touched."""
+
+    reason = "dataset_blocked"
+
+    def __init__(self, message: str, *, table: str, uri: str,
+                 error_type: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message, error_type=error_type or "DatasetBlocked", detail=detail)
+        self.table = table
+        self.uri = uri
 
 
 class PhaseCancelled(PhaseError):

@@ -11,15 +11,41 @@ path relative to that directory, with a media type guessed from the name.
     def load(ctx: PythonContext) -> dict[str, Any]:
         ctx.emit("LOG", "loading", payload={"rows": 10})
         ctx.progress(0.5)
+        ctx.write_table("bronze.orders", f"{ctx.args['lake']}/bronze/orders", rows,
+                        mode="merge", keys=["id"])
         (ctx.output_dir / "rows.json").write_text("[]")
         return {"rows": 10}
+
+Tables: `ctx.write_table(name, uri, data, *, mode, keys=None, layer=None, partition_by=None)`
+writes a Delta table under the data catalog's rules (`executor.datasets.write_dataset`: a
+blocked dataset is refused, `DatasetBlocked`; a breaking change raises `SchemaBlocked`, an
+accepted one is applied) and answers its manifest entry, which is also appended to the
+output manifest's `tables` (after the entries the function returns there itself, if any):
+the worker records each in the catalog. Both errors cross the process boundary with their
+details and stay terminal. `write_table`'s ValueError (a bad merge batch...) is the
+function's own exception (transient) unless it handles it.
+
+Output: the child's file descriptors 1 and 2 are pipes read by two threads of the child, so
+`print`, `logging`, C libraries and the subprocesses the function starts all land there;
+each non-blank line becomes a `LOG` event (`info` for stdout, `warning` for stderr, payload
+`{"stream": ...}`, at most `MAX_LINE_CHARS` characters), sent in batches of the lines read
+at once. After `MAX_OUTPUT_LINES` lines in an attempt the rest is dropped, announced by one
+`LOG` warning with payload `{"truncated": true, "limit": ...}`. Python's stdout is made
+line-buffered; before the result is sent the streams are flushed and the pipes drained, so
+an attempt's output precedes its end in the trail.
+
+Code: when the worker checked out the run's git sha (`ctx.code_dir`, executor/checkout.py),
+that directory comes first on the child's `sys.path`: the entrypoint's module, and what it
+imports that the child has not imported yet, come from the run's commit (the `executor`
+package itself stays the worker's). `PythonContext.code_dir` tells the function where it is.
 
 Isolation: the function runs in a process started with multiprocessing's `spawn` method,
 never `fork` (deltalake's tokio runtime panics in a forked child; a fork would also copy the
 worker's threads and sockets). The child makes itself the leader of a new process group, so
 that everything it starts can be killed with it. `emit` and `progress` travel to the parent
 over a pipe, which the parent drains while it waits, calling the phase context's `emit` /
-`progress` in the order the child sent them.
+`progress` in the order the child sent them. The catalog's states of the workspace's
+datasets (`ctx.datasets`) go to the child with the rest of the context.
 
 Outcomes:
 
@@ -42,7 +68,7 @@ Outcomes:
   naming the exit code or signal.
 
 When the phase ends, however it ends, the child's process group is killed: a phase leaves no
-processes behind. The child's stdout and stderr are the worker's.
+processes behind.
 """
 
 from __future__ import annotations
@@ -56,6 +82,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -66,31 +93,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from executor import datasets as catalog
 from executor.kinds.base import (
     EVENT_LEVELS,
     Connection,
+    DatasetBlocked,
     EventLevel,
     OutputFile,
     PhaseCancelled,
     PhaseContext,
+    PhaseError,
     PhaseResult,
     PhaseTimeout,
+    SchemaBlocked,
     TerminalPhaseError,
     TransientPhaseError,
     register_kind,
 )
+from executor.tables import WriteMode
 
-__all__ = ["PythonContext", "PythonKind", "parse_entrypoint"]
+__all__ = ["MAX_LINE_CHARS", "MAX_OUTPUT_LINES", "PythonContext", "PythonKind",
+           "parse_entrypoint"]
 
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
 _DRAIN_BATCH = 1000
+MAX_OUTPUT_LINES = 2000
+"""Lines of stdout and stderr an attempt sends as events; the rest is dropped."""
+MAX_LINE_CHARS = 4000
+"""A longer line is cut (and a line without a newline is sent in pieces of this size)."""
+_PUMP_POLL_S = 0.05
+_PUMP_CLOSE_S = 2.0
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 # Messages from the child, each a tuple whose first item is its tag.
 _EVENT = "event"  # (tag, type, message, level, payload)
 _PROGRESS = "progress"  # (tag, value)
 _RESULT = "result"  # (tag, manifest as JSON text)
-_ERROR = "error"  # (tag, terminal: bool, error_type, message, traceback text)
+_LINES = "lines"  # (tag, stream, level, [line, ...]): the child's stdout or stderr
+_ERROR = "error"  # (tag, terminal: bool, error_type, message, traceback text, details)
 
 
 def parse_entrypoint(entrypoint: object) -> tuple[str, str]:
@@ -124,6 +164,8 @@ class _ChildSpec:
     output_dir: Path
     timeout_s: float | None
     connections: Mapping[str, Connection] = field(repr=False)
+    datasets: Mapping[str, str] = field(default_factory=dict)
+    code_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +186,37 @@ class PythonContext:
     timeout_s: float | None
     connections: Mapping[str, Connection] = field(repr=False)
     _send: Callable[[tuple[Any, ...]], None] = field(repr=False)
+    datasets: Mapping[str, str] = field(default_factory=dict)
+    """The catalog's datasets that are not active, by name: `blocked` or `accepted`."""
+    _tables: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    code_dir: Path | None = None
+    """The checkout of the run's git sha the entrypoint was imported from (None: the
+    worker's own code); e.g. for files that live beside the code."""
+
+    def write_table(
+        self,
+        name: str,
+        uri: str | os.PathLike[str],
+        data: Any,
+        *,
+        mode: WriteMode,
+        keys: list[str] | None = None,
+        layer: str | None = None,
+        partition_by: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Write `data` (a pyarrow Table, a RecordBatchReader or a list of dicts) to the
+        Delta table `name` (its catalog name, e.g. `bronze.sale_order`) at `uri`, under the
+        catalog's rules; answers the table's manifest entry, also added to the phase's
+        `tables` (see the module's docstring). Raises `DatasetBlocked` / `SchemaBlocked`."""
+        written = catalog.write_dataset(
+            self.datasets, name, uri, data, mode=mode, keys=keys, layer=layer,
+            partition_by=partition_by,
+            commit_metadata={"controlroom.run_id": self.run_id,
+                             "controlroom.phase": self.phase,
+                             "controlroom.attempt": self.attempt})
+        self._tables.append(written.entry)
+        entry: dict[str, Any] = json.loads(json.dumps(written.entry))  # the caller's copy
+        return entry
 
     def emit(
         self,
@@ -208,6 +281,8 @@ class PythonKind:
             output_dir=ctx.output_dir,
             timeout_s=ctx.timeout_s,
             connections=dict(ctx.connections),
+            datasets=dict(ctx.datasets),
+            code_dir=ctx.code_dir,
         )
         if ctx.cancel.is_set():
             raise PhaseCancelled(f"phase {ctx.phase!r} was cancelled before it started")
@@ -225,7 +300,7 @@ class PythonKind:
         )
         deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
         manifest_text: str | None = None
-        error: tuple[bool, str, str, str] | None = None
+        error: tuple[bool, str, str, str, dict[str, Any] | None] | None = None
         exitcode: int | None = None
         try:
             process.start()
@@ -262,7 +337,7 @@ class PythonKind:
                 if final[0] == _RESULT:
                     manifest_text = final[1]
                 else:
-                    error = (final[1], final[2], final[3], final[4])
+                    error = (final[1], final[2], final[3], final[4], final[5])
         finally:
             if process.pid is not None:
                 # leftovers, or the child itself on an early exit
@@ -276,9 +351,7 @@ class PythonKind:
             manifest: dict[str, Any] = json.loads(manifest_text)
             return manifest
         if error is not None:
-            terminal, error_type, message, detail = error
-            cls = TerminalPhaseError if terminal else TransientPhaseError
-            raise cls(message, error_type=error_type, detail=detail)
+            raise _rebuild_error(*error)
         raise TransientPhaseError(
             f"the python process of phase {ctx.phase!r} {_describe_exit(exitcode)} without a result"
         )
@@ -302,6 +375,9 @@ def _drain(
                 ctx.emit(message[1], message[2], level=message[3], payload=message[4])
             elif tag == _PROGRESS:
                 ctx.progress(message[1])
+            elif tag == _LINES:
+                for line in message[3]:
+                    ctx.emit("LOG", line, level=message[2], payload={"stream": message[1]})
             else:
                 finals.append(message)
                 return True
@@ -373,9 +449,13 @@ def _child_main(spec: _ChildSpec, writer: multiprocessing.connection.Connection,
         with lock:
             writer.send(message)
 
+    capture = _OutputCapture(send)
     code = 0
     try:
-        send(_run_entrypoint(spec, send))
+        capture.start()
+        outcome = _run_entrypoint(spec, send)
+        capture.close()  # the attempt's output before its end
+        send(outcome)
     except BaseException:  # the pipe broke: nothing more can be reported
         code = 1
     finally:
@@ -387,6 +467,9 @@ def _child_main(spec: _ChildSpec, writer: multiprocessing.connection.Connection,
 
 def _run_entrypoint(spec: _ChildSpec, send: Callable[[tuple[Any, ...]], None]) -> tuple[Any, ...]:
     module_name, attr_path = parse_entrypoint(spec.entrypoint)
+    if spec.code_dir is not None:     # the run's code first: its modules shadow the worker's
+        sys.path.insert(0, str(spec.code_dir))
+        importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -426,6 +509,7 @@ def _run_entrypoint(spec: _ChildSpec, send: Callable[[tuple[Any, ...]], None]) -
             "TypeError",
             f"python entrypoint {spec.entrypoint!r} is not callable (a {type(target).__name__})",
             "",
+            None,
         )
     ctx = PythonContext(
         run_id=spec.run_id,
@@ -438,8 +522,10 @@ def _run_entrypoint(spec: _ChildSpec, send: Callable[[tuple[Any, ...]], None]) -
         git_sha=spec.git_sha,
         output_dir=spec.output_dir,
         timeout_s=spec.timeout_s,
+        code_dir=spec.code_dir,
         connections=spec.connections,
         _send=send,
+        datasets=spec.datasets,
     )
     try:
         value = target(ctx)
@@ -455,7 +541,15 @@ def _run_entrypoint(spec: _ChildSpec, send: Callable[[tuple[Any, ...]], None]) -
             f"python entrypoint {spec.entrypoint!r} returned a {type(value).__name__}, "
             "not a dict (the output manifest)",
             "",
+            None,
         )
+    if ctx._tables:
+        declared = value.get("tables", [])
+        if not isinstance(declared, list):
+            return (_ERROR, True, "TypeError",
+                    f"python entrypoint {spec.entrypoint!r} returned 'tables' that is not a "
+                    "list, while it wrote tables with ctx.write_table", "", None)
+        value = {**value, "tables": declared + [t for t in ctx._tables if t not in declared]}
     try:
         text = json.dumps(value, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -468,15 +562,127 @@ def _run_entrypoint(spec: _ChildSpec, send: Callable[[tuple[Any, ...]], None]) -
     return (_RESULT, text)
 
 
-def _error(terminal: bool, exc: BaseException, message: str) -> tuple[Any, ...]:
-    return (_ERROR, terminal, type(exc).__qualname__, message, _traceback_text(exc))
+def _error(terminal: bool, exc: BaseException, message: str,
+           details: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    return (_ERROR, terminal, type(exc).__qualname__, message, _traceback_text(exc), details)
 
 
 def _user_error(exc: BaseException, where: str) -> tuple[Any, ...]:
-    """An exception the entrypoint raised: terminal for `TerminalPhaseError`, else transient."""
+    """An exception the entrypoint raised: terminal for `TerminalPhaseError`, else transient.
+    The catalog's refusals keep their details (`_rebuild_error` makes them again)."""
+    if isinstance(exc, SchemaBlocked):
+        return _error(True, exc, exc.message, {
+            "class": "SchemaBlocked", "table": exc.table, "uri": exc.uri,
+            "changes": exc.changes, "schema": exc.schema, "layer": exc.layer})
+    if isinstance(exc, DatasetBlocked):
+        return _error(True, exc, exc.message,
+                      {"class": "DatasetBlocked", "table": exc.table, "uri": exc.uri})
     if isinstance(exc, TerminalPhaseError):
         return _error(True, exc, str(exc))
     return _error(False, exc, f"{where} raised {type(exc).__name__}: {exc}")
+
+
+def _rebuild_error(terminal: bool, error_type: str, message: str, detail: str,
+                   details: dict[str, Any] | None) -> PhaseError:
+    """The parent's `PhaseError` for an error the child reported."""
+    kind = (details or {}).get("class")
+    if details is not None and kind == "SchemaBlocked":
+        return SchemaBlocked(message, table=details["table"], uri=details["uri"],
+                             changes=details["changes"], schema=details["schema"],
+                             layer=details["layer"], error_type=error_type, detail=detail)
+    if details is not None and kind == "DatasetBlocked":
+        return DatasetBlocked(message, table=details["table"], uri=details["uri"],
+                              error_type=error_type, detail=detail)
+    cls = TerminalPhaseError if terminal else TransientPhaseError
+    return cls(message, error_type=error_type, detail=detail)
+
+
+class _OutputCapture:
+    """The child's file descriptors 1 and 2 redirected into pipes whose lines two threads
+    send to the parent (`_LINES`), capped at `MAX_OUTPUT_LINES` per attempt (module
+    docstring). `close` flushes Python's streams and drains what was written before it."""
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None],
+                 limit: int = MAX_OUTPUT_LINES) -> None:
+        self._send = send
+        self._left = limit
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._closed = False
+        self._drained: list[threading.Event] = []
+
+    def start(self) -> None:
+        for fd, stream, level in ((1, "stdout", "info"), (2, "stderr", "warning")):
+            read, write = os.pipe()
+            os.dup2(write, fd)
+            os.close(write)
+            drained = threading.Event()
+            self._drained.append(drained)
+            threading.Thread(target=self._pump, args=(read, stream, level, drained),
+                             name=f"capture-{stream}", daemon=True).start()
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(line_buffering=True)
+
+    def close(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        self._closing.set()
+        deadline = time.monotonic() + _PUMP_CLOSE_S
+        for drained in self._drained:
+            drained.wait(max(deadline - time.monotonic(), 0.0))
+        with self._lock:
+            self._closed = True  # what processes left behind write now is dropped
+
+    def _pump(self, fd: int, stream: str, level: str, drained: threading.Event) -> None:
+        """Read `fd` until EOF. Once closing began, the first time the pipe is empty the
+        last partial line is sent and `drained` set; reading goes on (and `_lines` drops
+        it), so that processes the function left running never block on a full pipe."""
+        pending = b""
+        while True:
+            ready, _, _ = select.select([fd], [], [], _PUMP_POLL_S)
+            chunk = os.read(fd, 65536) if ready else b""
+            if ready and not chunk:
+                break
+            if chunk:
+                *lines, pending = (pending + chunk).split(b"\n")
+                while len(pending) > MAX_LINE_CHARS * 4:  # no newline yet: in pieces
+                    lines.append(pending[: MAX_LINE_CHARS * 4])
+                    pending = pending[MAX_LINE_CHARS * 4:]
+                self._lines(stream, level, lines)
+            elif self._closing.is_set() and not drained.is_set():
+                self._lines(stream, level, [pending])
+                pending = b""
+                drained.set()
+        self._lines(stream, level, [pending])
+        drained.set()
+
+    def _lines(self, stream: str, level: str, raw: list[bytes]) -> None:
+        batch: list[str] = []
+        truncated = False
+        with self._lock:
+            if self._closed:
+                return
+            for item in raw:
+                text = item.decode("utf-8", "replace").rstrip("\r")
+                if not text.strip():
+                    continue
+                if self._left <= 0:
+                    truncated = self._left == 0
+                    self._left = -1
+                    break
+                self._left -= 1
+                if len(text) > MAX_LINE_CHARS:
+                    text = text[: MAX_LINE_CHARS - 1] + "…"
+                batch.append(text)
+            if batch:
+                self._send((_LINES, stream, level, batch))
+            if truncated:
+                self._send((_EVENT, "LOG",
+                            f"output truncated: more than {self._limit} lines of stdout and "
+                            "stderr in this attempt; the rest is dropped", "warning",
+                            {"stream": stream, "truncated": True, "limit": self._limit}))
 
 
 def _traceback_text(exc: BaseException) -> str:

@@ -3,16 +3,21 @@
 Params:
 
     {
-      "query": "select ...",                        # or "query_file" + "code_dir"
-      "query_file": "models/silver_orders.sql",      # relative to code_dir (the repo checkout
-      "code_dir": "/checkouts/<git_sha>",            # at the run's git_sha)
+      "query": "select ...",                        # or "query_file"
+      "query_file": "models/silver_orders.sql",      # relative to code_dir: the param, else
+      "code_dir": "/checkouts/<git_sha>",            # ctx.code_dir (the run's checkout)
+      "connections": ["odoo"],                       # the phase's connections (resolved)
       "inputs": {
         "orders": {"delta": "<uri>", "version": null},   # version: time travel (int) or latest
         "items": {"parquet": "<path or glob>"},
-        "raw": {"upstream": "<phase>"}                   # an upstream phase's output table,
-      },                                                 # at the version it wrote
+        "raw": {"upstream": "<phase>"},                  # an upstream phase's output table,
+                                                         # at the version it wrote
+        "partners": {"postgres": {"connection": "odoo",  # a Postgres query or table, read
+                                  "table": "public.res_partner"}}   # into Arrow (or "query")
+      },
       "output": {"delta": "<uri>", "mode": "overwrite" | "append" | "merge",
-                 "keys": ["id"], "name": "silver.orders"},
+                 "keys": ["id"], "name": "silver.orders",   # the catalog's dataset name
+                 "layer": "silver"},                         # optional: else from the name
       "preview_rows": 50
     }
 
@@ -20,11 +25,19 @@ How it runs. An in-memory DuckDB connection with external access disabled (the q
 only its declared inputs: no files, no extensions, nothing a fingerprint would miss), each
 input registered as a view over an Arrow dataset: Delta through deltalake's
 `to_pyarrow_dataset` (at `version` when given), Parquet through `pyarrow.dataset` (a glob is
-expanded and sorted first; no match is an error). The query runs in a thread; the calling
-thread watches `ctx.cancel` and the timeout and calls `conn.interrupt()` (`PhaseCancelled`,
-`PhaseTimeout`). The result is written with `executor.tables.write_table` (a BREAKING schema
-change is terminal, with its message), then hashed with `executor.digests.table_digest` at
-the version written (all-column canonical order, no primary key).
+expanded and sorted first; no match is an error), Postgres read whole into an Arrow table by
+`executor.connections.read_postgres` over one of the phase's connections (types mapped from
+the columns': numeric(p, s) as decimal, unconstrained numeric as float64, jsonb as text...).
+The query runs in a thread; the calling thread watches `ctx.cancel` and the timeout and
+calls `conn.interrupt()` (`PhaseCancelled`, `PhaseTimeout`). A named output (`output.name`,
+a catalog name such as `silver.orders`) is a dataset of the data catalog: written with
+`executor.datasets.write_dataset` under its rules (a dataset the catalog holds blocked is
+not written, `DatasetBlocked`; a BREAKING schema change is `SchemaBlocked`, both terminal;
+an accepted one is applied) and listed in the output manifest's `tables`, which the worker
+records. An unnamed output is written with `executor.tables.write_table` alone (a BREAKING
+change is a plain terminal error) and is not catalogued. Either way the table is hashed
+with `executor.digests.table_digest` at the version written (all-column canonical order,
+no primary key).
 
 Outputs, written into `ctx.output_dir`:
 
@@ -38,8 +51,9 @@ Outputs, written into `ctx.output_dir`:
   JSON (dates and times ISO 8601, decimals as strings, bytes as base64, non-finite floats as
   strings).
 
-Output manifest: `{"table": {"uri", "version", "digest", "rows", "name"}, "query_digest",
-"result_rows"}`.
+Output manifest: `{"table": {"uri", "version", "digest", "rows", "name"}, "tables": [the
+catalog entry of a named output, see executor/datasets.py; empty for an unnamed one],
+"query_digest", "result_rows"}`.
 
 Errors. Bad params, a missing input table / version / file, a SQL error (DuckDB's parser,
 binder, catalog, conversion, constraint and permission errors, with DuckDB's message), a
@@ -69,6 +83,8 @@ import pyarrow.dataset as pds
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from executor import connections as pg_inputs  # a module: connections imports the kinds
+from executor import datasets
 from executor.digests import blob_digest, table_digest
 from executor.kinds.base import (
     OutputFile,
@@ -80,7 +96,7 @@ from executor.kinds.base import (
     TransientPhaseError,
     register_kind,
 )
-from executor.tables import SchemaBreakingChange, write_table
+from executor.tables import SchemaBreakingChange, WriteMode, WriteResult, write_table
 
 __all__ = ["RESULT_MANIFEST_FORMAT", "SqlKind", "SqlParams", "parse_params"]
 
@@ -103,11 +119,19 @@ _TERMINAL_DUCKDB: tuple[type[BaseException], ...] = (
 
 
 @dataclass(frozen=True)
+class PostgresSource:
+    connection: str
+    query: str | None = None
+    table: str | None = None
+
+
+@dataclass(frozen=True)
 class InputSpec:
     name: str
     delta: str | None = None
     version: int | None = None
     parquet: str | None = None
+    postgres: PostgresSource | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +140,10 @@ class OutputSpec:
     mode: str
     keys: tuple[str, ...] | None
     name: str
+    layer: str | None = None
+    dataset: bool = False
+    """Named explicitly: a catalog dataset (written by `datasets.write_dataset`, listed in
+    the output manifest's `tables`)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +158,7 @@ def _bad(message: str) -> TerminalPhaseError:
     return TerminalPhaseError(f"sql params: {message}", error_type="ValueError")
 
 
-def _read_query(params: Mapping[str, Any]) -> str:
+def _read_query(params: Mapping[str, Any], checkout: Path | None = None) -> str:
     query = params.get("query")
     query_file = params.get("query_file")
     if (query is None) == (query_file is None):
@@ -139,11 +167,12 @@ def _read_query(params: Mapping[str, Any]) -> str:
         if not isinstance(query, str) or not query.strip():
             raise _bad("'query' must be a non-empty string")
         return query
-    code_dir = params.get("code_dir")
+    code_dir = params.get("code_dir", str(checkout) if checkout is not None else None)
     if not isinstance(query_file, str) or not query_file:
         raise _bad("'query_file' must be a non-empty string")
     if not isinstance(code_dir, str) or not code_dir:
-        raise _bad("'query_file' needs 'code_dir' (the checkout at the run's git_sha)")
+        raise _bad("'query_file' needs 'code_dir' or a checkout of the run's git_sha "
+                   "(a worker with a repository)")
     if os.path.isabs(query_file):
         raise _bad(f"'query_file' must be relative to code_dir: {query_file!r}")
     root = Path(code_dir).resolve()
@@ -168,10 +197,11 @@ def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any]) -> InputSpec
         raise _bad(f"input name {name!r} is not an identifier")
     if not isinstance(spec, Mapping):
         raise _bad(f"input {name!r} must be an object")
-    sources = [key for key in ("delta", "parquet", "upstream") if key in spec]
+    sources = [key for key in ("delta", "parquet", "upstream", "postgres") if key in spec]
     if len(sources) != 1:
-        raise _bad(f"input {name!r} needs exactly one of 'delta', 'parquet', 'upstream'")
-    unknown = set(spec) - {"delta", "parquet", "upstream", "version"}
+        raise _bad(f"input {name!r} needs exactly one of 'delta', 'parquet', 'upstream', "
+                   "'postgres'")
+    unknown = set(spec) - {"delta", "parquet", "upstream", "postgres", "version"}
     if unknown:
         raise _bad(f"input {name!r} has unknown keys {sorted(unknown)}")
     version = spec.get("version")
@@ -180,6 +210,10 @@ def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any]) -> InputSpec
     ):
         raise _bad(f"input {name!r}: 'version' must be a non-negative integer or null")
     source = sources[0]
+    if source == "postgres":
+        if version is not None:
+            raise _bad(f"input {name!r}: 'version' applies to Delta inputs only")
+        return InputSpec(name, postgres=_parse_postgres(name, spec["postgres"]))
     if source == "parquet":
         if version is not None:
             raise _bad(f"input {name!r}: 'version' applies to Delta inputs only")
@@ -205,10 +239,30 @@ def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any]) -> InputSpec
     return InputSpec(name, delta=str(table["uri"]), version=version)
 
 
+def _parse_postgres(name: str, spec: Any) -> PostgresSource:
+    if not isinstance(spec, Mapping):
+        raise _bad(f"input {name!r}: 'postgres' must be an object")
+    unknown = set(spec) - {"connection", "query", "table"}
+    if unknown:
+        raise _bad(f"input {name!r}: 'postgres' has unknown keys {sorted(unknown)}")
+    connection = spec.get("connection")
+    if not isinstance(connection, str) or not connection:
+        raise _bad(f"input {name!r}: 'postgres.connection' must name a connection")
+    if ("query" in spec) == ("table" in spec):
+        raise _bad(f"input {name!r}: 'postgres' needs exactly one of 'query' and 'table'")
+    text = spec.get("query", spec.get("table"))
+    if not isinstance(text, str) or not text.strip():
+        raise _bad(f"input {name!r}: 'postgres.query' / 'postgres.table' must be a "
+                   "non-empty string")
+    if "query" in spec:
+        return PostgresSource(connection, query=text)
+    return PostgresSource(connection, table=text)
+
+
 def _parse_output(spec: Any) -> OutputSpec:
     if not isinstance(spec, Mapping):
         raise _bad("'output' must be an object")
-    unknown = set(spec) - {"delta", "mode", "keys", "name"}
+    unknown = set(spec) - {"delta", "mode", "keys", "name", "layer"}
     if unknown:
         raise _bad(f"'output' has unknown keys {sorted(unknown)}")
     uri = spec.get("delta")
@@ -230,17 +284,27 @@ def _parse_output(spec: Any) -> OutputSpec:
     name = spec.get("name", uri)
     if not isinstance(name, str) or not name:
         raise _bad("'output.name' must be a non-empty string")
-    return OutputSpec(uri=uri, mode=mode, keys=keys, name=name)
+    layer = spec.get("layer")
+    if "name" in spec:
+        try:
+            datasets.check_name(name, layer)
+        except TerminalPhaseError as exc:
+            raise _bad(f"'output.name': {exc}") from None
+    elif layer is not None:
+        raise _bad("'output.layer' needs 'output.name' (the catalog's dataset name)")
+    return OutputSpec(uri=uri, mode=mode, keys=keys, name=name, layer=layer,
+                      dataset="name" in spec)
 
 
-def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None = None
-                 ) -> SqlParams:
-    """Validate the phase's params (TerminalPhaseError when they are wrong)."""
+def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None = None,
+                 code_dir: Path | None = None) -> SqlParams:
+    """Validate the phase's params (TerminalPhaseError when they are wrong); a `query_file`
+    is read under the `code_dir` param, else under `code_dir` (the run's checkout)."""
     unknown = set(params) - {"query", "query_file", "code_dir", "inputs", "output",
-                             "preview_rows"}
+                             "preview_rows", "connections"}
     if unknown:
         raise _bad(f"unknown keys {sorted(unknown)}")
-    query = _read_query(params)
+    query = _read_query(params, code_dir)
     raw_inputs = params.get("inputs", {})
     if not isinstance(raw_inputs, Mapping):
         raise _bad("'inputs' must be an object")
@@ -262,6 +326,25 @@ def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None =
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
+
+
+def _source(spec: InputSpec, ctx: PhaseContext) -> Any:
+    """What DuckDB reads as the input: a Postgres read (an Arrow table), else a dataset."""
+    if spec.postgres is None:
+        return _dataset(spec)
+    source = spec.postgres
+    connection = ctx.connections.get(source.connection)
+    if connection is None:
+        raise TerminalPhaseError(
+            f"input {spec.name!r}: connection {source.connection!r} is not one of the "
+            f"phase's connections (params.connections: {sorted(ctx.connections)})")
+    deadline = None if ctx.timeout_s is None else time.monotonic() + ctx.timeout_s
+    table = pg_inputs.read_postgres(connection, query=source.query, table=source.table,
+                                    cancel=ctx.cancel, deadline=deadline)
+    ctx.emit("LOG", f"read {table.num_rows} row(s) from Postgres for input {spec.name!r}",
+             "info", {"input": spec.name, "connection": source.connection,
+                      "rows": table.num_rows})
+    return table
 
 
 def _dataset(spec: InputSpec) -> Any:
@@ -408,15 +491,41 @@ def _preview(result: Any, rows: int) -> dict[str, Any]:
     }
 
 
+def _write_output(ctx: PhaseContext, out: OutputSpec, result: Any, query_digest: str
+                  ) -> tuple[WriteResult, dict[str, Any]]:
+    """Write the query's result: a named output through the catalog's rules
+    (`datasets.write_dataset`), an unnamed one with `write_table` alone. Answers the write
+    and the table's entry (`digest` and `rows` at the version written)."""
+    mode: WriteMode = out.mode  # type: ignore[assignment]  # checked by parse_params
+    keys = list(out.keys) if out.keys is not None else None
+    metadata = {"controlroom.run_id": ctx.run_id, "controlroom.phase": ctx.phase,
+                "controlroom.attempt": ctx.attempt, "controlroom.query_digest": query_digest}
+    try:
+        if out.dataset:
+            dataset = datasets.write_dataset(ctx.datasets, out.name, out.uri, result,
+                                             mode=mode, keys=keys, layer=out.layer,
+                                             commit_metadata=metadata)
+            return dataset.result, dataset.entry
+        written = write_table(out.uri, result, mode=mode, keys=keys, name=out.name,
+                              commit_metadata=metadata)
+    except SchemaBreakingChange as exc:
+        raise TerminalPhaseError(str(exc), error_type="SchemaBreakingChange") from exc
+    except ValueError as exc:  # bad keys, null / duplicated merge keys, schema drift
+        raise TerminalPhaseError(f"{out.name}: {exc}", error_type=type(exc).__name__
+                                 ) from exc
+    digest = table_digest(out.uri, written.version)
+    return written, {"digest": digest.digest, "rows": digest.rows}
+
+
 @register_kind
 class SqlKind:
     """DuckDB over Delta / Parquet inputs, written as a Delta table (module docstring)."""
 
     NAME: ClassVar[str] = "sql"
-    CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset()
+    CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset({"postgres"})
 
     def run(self, ctx: PhaseContext) -> PhaseResult:
-        params = parse_params(ctx.params, ctx.inputs)
+        params = parse_params(ctx.params, ctx.inputs, ctx.code_dir)
         if ctx.cancel.is_set():
             raise PhaseCancelled("sql phase cancelled before it started")
         output_dir = Path(ctx.output_dir)
@@ -428,7 +537,7 @@ class SqlKind:
         conn = _connect()
         try:
             for spec in params.inputs:
-                conn.register(spec.name, _dataset(spec))
+                conn.register(spec.name, _source(spec, ctx))
             ctx.emit("LOG", f"running query over {len(params.inputs)} input(s)", "info",
                      {"inputs": [spec.name for spec in params.inputs],
                       "query_digest": query_digest})
@@ -440,28 +549,9 @@ class SqlKind:
             raise PhaseCancelled("sql phase cancelled before its output was written")
 
         out = params.output
-        try:
-            written = write_table(
-                out.uri,
-                result,
-                mode=out.mode,  # type: ignore[arg-type]  # checked by parse_params
-                keys=list(out.keys) if out.keys is not None else None,
-                name=out.name,
-                commit_metadata={
-                    "controlroom.run_id": ctx.run_id,
-                    "controlroom.phase": ctx.phase,
-                    "controlroom.attempt": ctx.attempt,
-                    "controlroom.query_digest": query_digest,
-                },
-            )
-        except SchemaBreakingChange as exc:
-            raise TerminalPhaseError(str(exc), error_type="SchemaBreakingChange") from exc
-        except ValueError as exc:  # bad keys, null / duplicated merge keys, schema drift
-            raise TerminalPhaseError(f"{out.name}: {exc}", error_type=type(exc).__name__
-                                     ) from exc
+        written, entry = _write_output(ctx, out, result, query_digest)
         ctx.progress(0.8)
 
-        digest = table_digest(out.uri, written.version)
         manifest = {
             "format": RESULT_MANIFEST_FORMAT,
             "query_digest": query_digest,
@@ -470,8 +560,8 @@ class SqlKind:
                 "name": out.name,
                 "mode": out.mode,
                 "keys": list(out.keys) if out.keys is not None else None,
-                "digest": digest.digest,
-                "rows": digest.rows,
+                "digest": entry["digest"],
+                "rows": entry["rows"],
                 "schema": _schema_json(written.schema),
             },
         }
@@ -482,17 +572,18 @@ class SqlKind:
         ctx.progress(1.0)
         ctx.emit("LOG", f"wrote {result.num_rows} row(s) to {out.name} "
                  f"(version {written.version})", "info",
-                 {"table": out.name, "version": written.version, "digest": digest.digest,
+                 {"table": out.name, "version": written.version, "digest": entry["digest"],
                   "change": written.change.kind})
         return PhaseResult(
             output_manifest={
                 "table": {
                     "uri": out.uri,
                     "version": written.version,
-                    "digest": digest.digest,
-                    "rows": digest.rows,
+                    "digest": entry["digest"],
+                    "rows": entry["rows"],
                     "name": out.name,
                 },
+                "tables": [entry] if out.dataset else [],
                 "query_digest": query_digest,
                 "result_rows": result.num_rows,
             },

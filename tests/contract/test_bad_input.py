@@ -93,9 +93,9 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
     setup.call("complete_phase", {"lease_token": only["lease_token"], "outcome": "succeeded"},
                as_=executor)
     as_ = {fn: executor for fn in ("claim_phase", "heartbeat", "append_events",
-                                   "register_artifact", "complete_phase")}
+                                   "register_artifact", "complete_phase", "record_dataset")}
     as_.update({"add_member": admin, "remove_member": admin, "revoke_principal": admin,
-                "create_principal": SERVICE})
+                "create_principal": SERVICE, "unblock_dataset": admin})
     return Ctx(w1=w1, admin=admin, dev=dev, executor=executor, run_id=run["id"],
                token=claim["lease_token"], succeeded_run=done["id"], as_=as_)
 
@@ -137,6 +137,13 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
         "list_events": lambda: {"run_id": ctx.run_id},
         "list_artifacts": lambda: {"run_id": ctx.run_id, "workspace_id": ctx.w1},
         "list_workspaces": lambda: {},
+        "record_dataset": lambda: {"lease_token": ctx.token, "name": "bronze.orders",
+                                   "location": "s3://lake/bronze/orders", "change": "INITIAL",
+                                   "schema": [{"name": "id", "type": "int64"}]},
+        "unblock_dataset": lambda: {"workspace_id": ctx.w1, "name": "bronze.orders",
+                                    "resolution": "reject"},
+        "list_datasets": lambda: {"workspace_id": ctx.w1},
+        "get_dataset": lambda: {"workspace_id": ctx.w1, "name": "bronze.orders"},
     }
     return table[fn]()
 
@@ -444,7 +451,65 @@ COMPLETE_AND_RUNS = [
     bad("principal-kind-robot", "create_principal", {"kind": "robot"}, "kind", argument="kind"),
 ]
 
-CASES = CREATE_RUN + CLAIM_AND_LEASE + APPEND_EVENTS + REGISTER_ARTIFACT + COMPLETE_AND_RUNS
+CATALOG = [
+    bad("dataset-name-with-a-space", "record_dataset", {"name": "bronze orders"}, "name",
+        argument="name"),
+    bad("dataset-name-empty", "record_dataset", {"name": ""}, "name", argument="name"),
+    bad("dataset-name-too-long", "record_dataset", {"name": "n" * 201}, "name"),
+    bad("dataset-name-null", "record_dataset", {"name": None}, "name"),
+    bad("location-empty", "record_dataset", {"location": ""}, "location", argument="location"),
+    bad("location-too-long", "record_dataset", {"location": "s3://" + "x" * 2044}, "location"),
+    bad("layer-platinum", "record_dataset", {"layer": "platinum"}, "layer", argument="layer"),
+    bad("format-upper-case", "record_dataset", {"format": "Delta"}, "format",
+        argument="format"),
+    bad("format-null", "record_dataset", {"format": None}, "format"),
+    bad("change-unchanged", "record_dataset", {"change": "UNCHANGED"}, "change",
+        argument="change"),
+    bad("change-lower-case", "record_dataset", {"change": "initial"}, "change"),
+    bad("change-null", "record_dataset", {"change": None}, "change"),
+    bad("schema-missing-for-initial", "record_dataset", {"schema": None}, "schema",
+        argument="schema"),
+    bad("schema-a-string", "record_dataset", {"schema": "id int64"}, "schema",
+        argument="schema"),
+    bad("schema-over-256-kib", "record_dataset", {"schema": [{"name": "x" * (256 * KIB)}]},
+        "schema", status=413, argument="schema"),
+    bad("changes-an-object", "record_dataset", {"changes": {"id": "added"}}, "changes",
+        argument="changes"),
+    bad("changes-over-64-kib", "record_dataset", {"changes": ["x" * (64 * KIB)]}, "changes",
+        status=413, argument="changes"),
+    bad("table-version-negative", "record_dataset", {"table_version": -1}, "table_version",
+        argument="table_version"),
+    bad("dataset-digest-sha256", "record_dataset", {"digest": "sha256:" + HEX64}, "digest",
+        argument="digest"),
+    bad("rows-negative", "record_dataset", {"rows": -1}, "rows", argument="rows"),
+    bad("owner-empty", "record_dataset", {"owner": ""}, "owner", argument="owner"),
+    bad("owner-too-long", "record_dataset", {"owner": "o" * 201}, "owner"),
+    bad("tag-with-a-space", "record_dataset", {"tags": ["has space"]}, "tags",
+        argument="tags"),
+    bad("tag-null", "record_dataset", {"tags": [None]}, "tags", argument="tags"),
+    bad("33-tags", "record_dataset", {"tags": [f"t{i}" for i in range(33)]}, "tags"),
+    bad("resolution-approve", "unblock_dataset", {"resolution": "approve"}, "resolution",
+        argument="resolution"),
+    bad("resolution-null", "unblock_dataset", {"resolution": None}, "resolution"),
+    bad("unblock-name-null", "unblock_dataset", {"name": None}, "name", argument="name"),
+    bad("note-too-long", "unblock_dataset", {"note": "n" * 2001}, "note", argument="note"),
+    bad("unblock-unknown-workspace", "unblock_dataset", {"workspace_id": str(uuid.uuid4())},
+        "workspace", status=404),
+    bad("unblock-unknown-dataset", "unblock_dataset", {"name": "bronze.nothing"},
+        "bronze.nothing", status=404),
+    bad("list-datasets-layer-platinum", "list_datasets", {"layer": "platinum"}, "layer",
+        argument="layer"),
+    bad("list-datasets-unknown-state", "list_datasets", {"schema_state": "broken"},
+        "schema_state", argument="schema_state"),
+    bad("list-datasets-limit-zero", "list_datasets", {"limit": 0}, "limit", argument="limit"),
+    bad("list-datasets-limit-1001", "list_datasets", {"limit": 1001}, "limit"),
+    bad("get-dataset-name-null", "get_dataset", {"name": None}, "name", argument="name"),
+    bad("get-dataset-unknown", "get_dataset", {"name": "bronze.nothing"}, "bronze.nothing",
+        status=404),
+]
+
+CASES = (CREATE_RUN + CLAIM_AND_LEASE + APPEND_EVENTS + REGISTER_ARTIFACT + COMPLETE_AND_RUNS
+         + CATALOG)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.fn}:{c.id}" for c in CASES])
@@ -643,6 +708,8 @@ def test_create_run_within_the_limits_answers_within_a_statement_timeout(
     ("register_artifact", {"size_bytes": "big"}),
     ("complete_phase", {"retryable": "maybe"}),
     ("list_events", {"after": "start"}),
+    ("record_dataset", {"table_version": "v1"}),
+    ("list_datasets", {"limit": "all"}),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v)))
 def test_a_value_of_the_wrong_sql_type_is_a_400(
     fn: str, args: dict[str, Any], transport: Contract, mconn: psycopg.Connection[Any], ctx: Ctx

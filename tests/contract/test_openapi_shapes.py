@@ -173,6 +173,46 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
                                         "output_manifest": {"gold": digest}}, as_=executor)
     assert finalized["finalized_at"] is not None
 
+    # the catalog: a table written, widened, kept, then blocked by a breaking change
+    load = r.call("create_run", {"workspace_id": ws["id"], "spec_slug": "catalog",
+                                 "git_sha": "abcdef0", "phases": [phase("load")]},
+                  label="catalog")
+    lease = r.call("claim_phase", {"run_id": load["id"]}, as_=executor, label="catalog")
+    columns = [{"name": "id", "type": "int64", "nullable": False, "key": 1}]
+    table = {"lease_token": lease["lease_token"], "name": "silver.orders",
+             "location": "/lake/silver/orders"}
+    r.call("record_dataset", {**table, "change": "INITIAL", "schema": columns, "table_version": 0,
+                              "digest": digest, "rows": 3, "owner": "sales", "tags": ["odoo"]},
+           as_=executor, label="INITIAL")
+    wider = [*columns, {"name": "note", "type": "string", "nullable": True}]
+    r.call("record_dataset", {**table, "change": "NON_BREAKING", "schema": wider,
+                              "changes": [{"column": "note", "change": "added"}],
+                              "table_version": 1}, as_=executor, label="NON_BREAKING")
+    r.call("record_dataset", {**table, "table_version": 2}, as_=executor, label="NONE")
+    refused = r.call("record_dataset", {**table, "change": "BREAKING", "schema": columns[:0],
+                                        "changes": [{"column": "id", "change": "removed"}]},
+                     as_=executor, label="BREAKING")
+    assert refused["schema_state"] == "blocked"
+    r.refused("record_dataset", {**table, "table_version": 3}, status=409, code="conflict",
+              as_=executor)
+    assert r.call("list_datasets", {"schema_state": "blocked"}, as_=viewer)[0]["name"] == (
+        "silver.orders")
+    r.call("list_datasets", {"workspace_id": ws["id"], "layer": "silver", "name": "silver.",
+                             "limit": 10}, label="filtered")
+    detail = r.call("get_dataset", {"workspace_id": ws["id"], "name": "silver.orders"},
+                    as_=viewer)
+    assert [v["version"] for v in detail["versions"]] == [3, 2, 1]
+    accepted = r.call("unblock_dataset", {"workspace_id": ws["id"], "name": "silver.orders",
+                                          "resolution": "accept", "note": "ids dropped"},
+                      as_=admin)
+    assert accepted["schema_state"] == "accepted"
+    r.call("get_dataset", {"workspace_id": ws["id"], "name": "silver.orders"}, label="accepted")
+    r.refused("unblock_dataset", {"workspace_id": ws["id"], "name": "silver.orders",
+                                  "resolution": "accept"}, status=403, code="forbidden",
+              as_=viewer)
+    r.call("complete_phase", {"lease_token": lease["lease_token"], "outcome": "succeeded"},
+           as_=executor, label="catalog")
+
     # refusals carry PostgREST's error body with a documented status and machine code
     r.refused("get_run", {"run_id": "not-a-uuid"}, status=400, code="invalid_argument")
     r.refused("get_run", {"run_id": str(uuid.uuid4())}, status=404, code="not_found")

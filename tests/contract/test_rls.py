@@ -54,6 +54,12 @@ def log_event(phase_name: str | None = None, type_: str = "LOG") -> dict[str, An
     return event
 
 
+def dataset_args(lease_token: str, name: str, change: str = "INITIAL") -> dict[str, Any]:
+    """record_dataset's arguments for a table write with a one-column schema."""
+    return {"lease_token": lease_token, "name": name, "location": f"s3://lake/{name}",
+            "change": change, "schema": [{"name": "id", "type": "int64", "nullable": False}]}
+
+
 def tenancy(conn: psycopg.Connection[Any], table: str) -> sql.SQL | sql.Composed:
     if table in TENANCY:
         return sql.SQL(TENANCY[table])
@@ -124,6 +130,8 @@ def _fill(contract: Contract, data: Populated, key: str, dev: Principal, executo
         contract.call("register_artifact", {
             "lease_token": claim["lease_token"], "digest": digest_of(f"{key}-out-{i}"),
             "uri": f"s3://bucket/{key}/out-{i}", "size_bytes": 10}, as_=executor)
+        contract.call("record_dataset", dataset_args(claim["lease_token"], f"bronze.{key}_{i}"),
+                      as_=executor)
     contract.call("complete_phase", {"lease_token": claim["lease_token"], "outcome": "succeeded",
                                      "output_manifest": {"rows": 1}}, as_=executor)
     second_claim_id = str(uuid.uuid4())
@@ -251,6 +259,10 @@ def everything_readable(conn: psycopg.Connection[Any], contract: Contract,
         listing = contract.call("list_runs", {"limit": 500}, as_=who)
         yield f"{who}: list_runs", json.dumps(listing)
         yield f"{who}: list_artifacts", json.dumps(contract.call("list_artifacts", {}, as_=who))
+        for item in contract.call("list_datasets", {"limit": 1000}, as_=who):
+            yield f"{who}: get_dataset", json.dumps(contract.call(
+                "get_dataset", {"workspace_id": item["workspace_id"], "name": item["name"]},
+                as_=who))
         for run in listing["runs"]:
             yield f"{who}: get_run", json.dumps(
                 contract.call("get_run", {"run_id": run["id"]}, as_=who))
@@ -546,6 +558,13 @@ class Targets:
                                           "principal_id": minted["id"], "role": "executor"})
         return str(minted["id"])
 
+    def dataset(self, change: str = "INITIAL") -> str:
+        """The name of a new dataset of W1 (blocked when `change` is BREAKING)."""
+        name = f"bronze.t_{uuid.uuid4().hex[:12]}"
+        self.contract.call("record_dataset", dataset_args(self.claimed()["lease_token"], name,
+                                                          change), as_=self.world.exec1)
+        return name
+
     def new_member(self) -> str:
         sub = str(uuid.uuid4())
         self.contract.call("add_member", {"workspace_id": self.world.w1, "principal_id": sub,
@@ -595,6 +614,18 @@ def _check_claim(result: Any, label: str) -> None:
 
 def _w1_with_a_run(targets: Targets) -> dict[str, Any]:
     targets.run()
+    return {"workspace_id": targets.w1}
+
+
+def _check_list_datasets(result: Any, label: str) -> None:
+    if label in W2_MEMBERS:
+        assert result == [], "a W2 member listed W1's datasets"
+    else:
+        assert len(result) >= 1
+
+
+def _w1_with_a_dataset(targets: Targets) -> dict[str, Any]:
+    targets.dataset()
     return {"workspace_id": targets.w1}
 
 
@@ -650,6 +681,17 @@ CASES = [
     Case("complete_phase", "complete_phase",
          lambda t: {"lease_token": t.claimed()["lease_token"], "outcome": "succeeded"},
          EXECUTORS),
+    Case("record_dataset", "record_dataset",
+         lambda t: dataset_args(t.claimed()["lease_token"], "bronze.orders"), EXECUTORS),
+    Case("list_datasets", "list_datasets", _w1_with_a_dataset, AUTHENTICATED | SVC, frozenset(),
+         _check_list_datasets),
+    Case("get_dataset", "get_dataset",
+         lambda t: {"workspace_id": t.w1, "name": t.dataset()}, READERS_OF_W1),
+    # an admin of the dataset's workspace resolves a breaking change; to others outside it the
+    # workspace does not exist
+    Case("unblock_dataset", "unblock_dataset",
+         lambda t: {"workspace_id": t.w1, "name": t.dataset("BREAKING"), "resolution": "accept"},
+         frozenset({"admin1"}) | SVC),
 ]
 
 
@@ -728,6 +770,9 @@ def test_w2_members_do_not_find_w1_runs(
             ("retry_run", {"run_id": cancelled}),
             ("complete_run", {"run_id": succeeded_parent}),
             ("append_events", {"run_id": succeeded_parent, "events": [log_event()]}),
+            ("get_dataset", {"workspace_id": w.w1, "name": "bronze.w1_0"}),
+            ("unblock_dataset", {"workspace_id": w.w1, "name": "bronze.w1_0",
+                                 "resolution": "reject"}),
         ):
             err = contract.error(fn, args, as_=who)
             assert (err.status, err.code) == (404, "not_found"), f"{fn} as {who}: {err!r}"
@@ -748,12 +793,21 @@ def test_listings_show_only_the_callers_workspaces(
         items = contract.call("list_artifacts", {}, as_=who)["artifacts"]
         return {a["workspace_id"] for a in items}
 
+    def datasets(who: Principal) -> set[str]:
+        return {d["name"] for d in contract.call("list_datasets", {}, as_=who)}
+
+    w1_datasets, w2_datasets = {"bronze.w1_0"}, {"bronze.w2_0", "bronze.w2_1", "bronze.w2_2"}
     for who in (w.admin1, w.dev1, w.viewer1, w.exec1):
         assert run_ids(who) == w1_runs, str(who)
         assert artifact_workspaces(who) == {w.w1}
+        assert datasets(who) == w1_datasets, str(who)
     for who in (w.admin2, w.dev2, w.viewer2, w.exec2):
         assert run_ids(who) == w2_runs, str(who)
         assert artifact_workspaces(who) == {w.w2}
+        assert datasets(who) == w2_datasets, str(who)
+    assert datasets(populated.both) == datasets(SERVICE) == w1_datasets | w2_datasets
+    assert datasets(populated.outsider) == set()
+    assert contract.call("list_datasets", {"workspace_id": w.w1}, as_=w.dev2) == []
     assert run_ids(populated.both) == w1_runs | w2_runs
     assert run_ids(SERVICE) == w1_runs | w2_runs
     assert run_ids(populated.outsider) == set()
@@ -818,6 +872,7 @@ def test_a_lease_token_of_another_workspace_is_not_found(
         ("complete_phase", {"lease_token": token, "outcome": "succeeded"}),
         ("append_events", {"run_id": claim["run_id"], "lease_token": token,
                            "events": [log_event(claim["name"])]}),
+        ("record_dataset", dataset_args(token, "bronze.stolen")),
     ):
         err = contract.error(fn, args, as_=w.exec1)
         assert (err.status, err.code) == (404, "not_found"), f"{fn}: {err!r}"
@@ -892,6 +947,7 @@ def test_a_revoked_principal_reads_nothing_and_calls_nothing(
         ("register_artifact", {"lease_token": token, "digest": digest_of("r"), "uri": "s3://b/r",
                                "size_bytes": 1}),
         ("complete_phase", {"lease_token": token, "outcome": "succeeded"}),
+        ("record_dataset", dataset_args(token, "bronze.revoked")),
         ("complete_run", {"run_id": run["id"]}),
         ("create_workspace", {"slug": "runners-own", "name": "x"}),
     ):

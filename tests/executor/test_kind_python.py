@@ -22,6 +22,7 @@ import pytest
 from executor.kinds import (
     KINDS,
     Connection,
+    DatasetBlocked,
     EventLevel,
     OutputFile,
     PhaseCancelled,
@@ -29,6 +30,7 @@ from executor.kinds import (
     PhaseError,
     PhaseResult,
     PhaseTimeout,
+    SchemaBlocked,
     TerminalPhaseError,
     TransientPhaseError,
     UnknownKindError,
@@ -36,7 +38,7 @@ from executor.kinds import (
     kind_for,
     register_kind,
 )
-from executor.kinds.python import PythonKind, parse_entrypoint
+from executor.kinds.python import MAX_OUTPUT_LINES, PythonKind, parse_entrypoint
 
 SAMPLES = "tests.executor.sample_entrypoints"
 
@@ -385,3 +387,78 @@ def test_a_phase_dies_with_a_worker_killed_outright(tmp_path: Path) -> None:
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+# -- tables through the catalog's rules, and the child's output -----------------------------
+
+CATALOG = "tests.executor.catalog_entrypoints"
+
+
+def test_write_table_adds_its_entry_to_the_manifest_s_tables(tmp_path: Path) -> None:
+    table = tmp_path / "lake" / "gold" / "items"
+    ctx = make_ctx(tmp_path, Recorder(), f"{CATALOG}:write_and_declare",
+                   args={"name": "gold.items", "table": str(table)})
+    tables = PythonKind().run(ctx).output_manifest["tables"]
+    assert tables[0] == {"name": "declared.elsewhere", "uri": "/nowhere"}
+    entry = tables[1]
+    assert (entry["name"], entry["uri"], entry["version"], entry["rows"], entry["layer"]) == (
+        "gold.items", str(table), 0, 2, "gold")
+    assert entry["schema_change"]["change"] == "INITIAL"
+    assert entry["schema_change"]["schema"] == [
+        {"name": "id", "type": "int64", "nullable": True},
+        {"name": "sku", "type": "string", "nullable": True}]
+
+
+def test_schema_blocked_crosses_the_process_boundary_with_its_details(tmp_path: Path) -> None:
+    table = tmp_path / "items"
+    ctx = make_ctx(tmp_path, Recorder(), f"{CATALOG}:write_twice",
+                   args={"name": "silver.items", "table": str(table)})
+    with pytest.raises(SchemaBlocked, match=r"silver\.items: column id narrowed") as caught:
+        PythonKind().run(ctx)
+    error = caught.value
+    assert (error.retryable, error.reason, error.error_type) == (
+        False, "schema_blocked", "SchemaBlocked")
+    assert (error.table, error.uri) == ("silver.items", str(table))
+    assert error.changes == [{"column": "id", "change": "narrowed", "old_type": "int64",
+                              "new_type": "int32"}]
+    assert error.schema is not None and error.schema[0] == {
+        "name": "id", "type": "int32", "nullable": True}
+    assert "unblock" in error.message
+
+
+def test_a_blocked_dataset_is_refused_before_the_table_is_touched(tmp_path: Path) -> None:
+    table = tmp_path / "items"
+    ctx = make_ctx(tmp_path, Recorder(), f"{CATALOG}:write_twice",
+                   args={"name": "silver.items", "table": str(table)})
+    ctx = dataclasses.replace(ctx, datasets={"silver.items": "blocked"})
+    with pytest.raises(DatasetBlocked, match=r"dataset silver\.items is blocked") as caught:
+        PythonKind().run(ctx)
+    assert (caught.value.table, caught.value.uri, caught.value.retryable) == (
+        "silver.items", str(table), False)
+    assert not table.exists()
+
+
+def test_stdout_and_stderr_lines_become_log_events(tmp_path: Path) -> None:
+    recorder = Recorder()
+    PythonKind().run(make_ctx(tmp_path, recorder, f"{CATALOG}:chatter", args={"lines": 3}))
+    by_stream: dict[str, list[tuple[str, str]]] = {"stdout": [], "stderr": []}
+    for call in recorder.calls:
+        assert call[:2] == ("event", "LOG"), call
+        by_stream[call[4]["stream"]].append((call[2], call[3]))
+    assert by_stream == {
+        "stdout": [("line 0", "info"), ("line 1", "info"), ("line 2", "info"),
+                   ("no newline", "info")],
+        "stderr": [("to stderr", "warning")],
+    }
+
+
+def test_output_is_capped_then_announced_once(tmp_path: Path) -> None:
+    recorder = Recorder()
+    lines = MAX_OUTPUT_LINES + 100
+    PythonKind().run(make_ctx(tmp_path, recorder, f"{CATALOG}:chatter", args={"lines": lines}))
+    logs = [call for call in recorder.calls if call[:2] == ("event", "LOG")]
+    truncated = [call for call in logs if call[4].get("truncated")]
+    assert len(truncated) == 1
+    assert truncated[0][3] == "warning" and truncated[0][4]["limit"] == MAX_OUTPUT_LINES
+    lines_sent = [call[2] for call in logs if not call[4].get("truncated")]
+    assert lines_sent == [f"line {i}" for i in range(MAX_OUTPUT_LINES)]

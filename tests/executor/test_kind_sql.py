@@ -24,6 +24,7 @@ from executor.kinds import (
     PhaseCancelled,
     PhaseContext,
     PhaseTimeout,
+    SchemaBlocked,
     TerminalPhaseError,
 )
 from executor.kinds.sql import RESULT_MANIFEST_FORMAT, SqlKind, parse_params
@@ -123,7 +124,7 @@ def rows_of(uri: str) -> list[dict[str, Any]]:
 def test_registered() -> None:
     assert KINDS["sql"] is SqlKind
     assert SqlKind.NAME == "sql"
-    assert not SqlKind.CONNECTION_TYPES
+    assert sorted(SqlKind.CONNECTION_TYPES) == ["postgres"]   # Postgres inputs
 
 
 def test_join_of_two_delta_inputs(lake: Path, tmp_path: Path) -> None:
@@ -319,7 +320,13 @@ def test_breaking_schema_change_is_terminal(lake: Path, tmp_path: Path) -> None:
     with pytest.raises(TerminalPhaseError, match=r"silver\.orders: column amount narrowed"
                        ) as info:
         SqlKind().run(make_ctx(tmp_path / "o2", params))
-    assert info.value.error_type == "SchemaBreakingChange"
+    assert isinstance(info.value, SchemaBlocked)
+    assert info.value.error_type == "SchemaBlocked"
+    assert (info.value.table, info.value.uri) == ("silver.orders", out)
+    assert info.value.changes == [{"column": "amount", "change": "narrowed",
+                                   "old_type": "float64", "new_type": "float32"}]
+    assert info.value.schema is not None
+    assert {c["name"]: c["type"] for c in info.value.schema}["amount"] == "float32"
     assert DeltaTable(out).version() == 0
 
     params["query"] = "select o.id, o.customer_id from orders o"

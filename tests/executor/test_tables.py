@@ -513,6 +513,71 @@ def test_message_defaults_to_uri(tmp_path: Path) -> None:
     assert str(raised.value) == f"{uri}: column amount_total removed (was float64)"
 
 
+def test_a_refused_breaking_change_carries_the_proposed_schema(tmp_path: Path) -> None:
+    uri = tmp_path / "t"
+    write_table(uri, orders([1], [1.0]), mode="merge", keys=["id"])
+    narrow = pa.table({"id": pa.array([2], pa.int32()), "note": pa.array(["x"])})
+    with pytest.raises(SchemaBreakingChange) as raised:
+        write_table(uri, narrow, mode="append")
+    proposed = raised.value.schema
+    assert [(f.name, str(f.type)) for f in proposed] == [("id", "int32"), ("note", "string")]
+    assert schema_keys(proposed) == ["id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# accepted breaking changes (allow_breaking)
+
+
+@pytest.mark.parametrize("mode", ["append", "merge"])
+def test_allow_breaking_narrows_and_keeps_the_current_rows(tmp_path: Path, mode: Any) -> None:
+    uri = tmp_path / "t"
+    write_table(uri, orders([1, 2], [1.0, 2.0]), mode="merge", keys=["id"])
+    narrow = pa.table({"id": pa.array([2, 3], pa.int32()),
+                       "amount_total": pa.array([20.0, 3.0], pa.float64())})
+    written = write_table(uri, narrow, mode=mode, keys=["id"], allow_breaking=True)
+    assert written.version == 1
+    assert written.change.kind == "BREAKING"
+    assert written.change.changes == [ColumnChange("id", "narrowed", "int64", "int32")]
+    schema = read_schema(uri)
+    assert str(schema.field("id").type) == "int32"
+    assert schema_keys(schema) == ["id"]
+    expected = {"append": [(1, 1.0), (2, 2.0), (2, 20.0), (3, 3.0)],
+                "merge": [(1, 1.0), (2, 20.0), (3, 3.0)]}[mode]
+    assert [(r["id"], r["amount_total"]) for r in rows(uri, "id", "amount_total")] == expected
+    history = commit_history(uri, limit=1)
+    assert history[0]["controlroom.schema_change"] == "BREAKING"
+
+
+def test_allow_breaking_overwrite_drops_a_column(tmp_path: Path) -> None:
+    uri = tmp_path / "t"
+    write_table(uri, orders([1, 2], [1.0, 2.0], note=pa.array(["a", "b"])), mode="overwrite")
+    written = write_table(uri, pa.table({"id": pa.array([7], pa.int64()),
+                                         "note": pa.array(["z"])}),
+                          mode="overwrite", allow_breaking=True)
+    assert written.change.kind == "BREAKING"
+    assert read_schema(uri).names == ["id", "note"]
+    assert rows(uri) == [{"id": 7, "note": "z"}]
+
+
+def test_allow_breaking_refuses_current_rows_the_new_type_cannot_hold(tmp_path: Path) -> None:
+    uri = tmp_path / "t"
+    write_table(uri, orders([1, 2**40], [1.0, 2.0]), mode="append")
+    digest = table_digest(uri).digest
+    narrow = orders([3], [3.0]).cast(pa.schema([("id", pa.int32()),
+                                                ("amount_total", pa.float64())]))
+    with pytest.raises(ValueError, match="current rows of column id cannot be converted"):
+        write_table(uri, narrow, mode="append", allow_breaking=True)
+    _untouched(uri, 0, digest)
+
+
+def test_allow_breaking_without_a_breaking_change_is_a_plain_write(tmp_path: Path) -> None:
+    uri = tmp_path / "t"
+    write_table(uri, orders([1], [1.0]), mode="append")
+    written = write_table(uri, orders([2], [2.0]), mode="append", allow_breaking=True)
+    assert written.change.kind == "UNCHANGED"
+    assert rows(uri, "id") == [{"id": 1, "amount_total": 1.0}, {"id": 2, "amount_total": 2.0}]
+
+
 # ---------------------------------------------------------------------------------------------
 # expected schema versions
 

@@ -1,0 +1,289 @@
+"""Named connections: resolved from the run's input manifest, secrets from their references.
+
+A spec declares its connections once (`connections: {odoo: {type: postgres, dsn: ..., password:
+"secret:env:ODOO_PASSWORD"}}`), the run's input manifest keeps them with their secrets as
+*references*, and a phase names the ones it uses (`params.connections: [odoo]`). The worker
+resolves only those, just before the phase runs, so a secret is read where the work happens
+and never travels through the control plane:
+
+- fields are rendered as templates first (`dsn: "${params.odoo_dsn}"`, executor/render.py);
+- `secret:env:NAME` is the worker's environment variable NAME; `secret:file:/path` the file's
+  contents without its trailing newline (the shape of Docker and Kubernetes secrets);
+- an unknown connection, a malformed reference, an unset variable or an unreadable file is a
+  terminal phase error naming the connection and the *reference*, never a value.
+
+`postgres_connect` opens a `type: postgres` connection (`{"dsn", "password"}`: the password is
+given to libpq apart from the DSN, so it never appears in one); `read_postgres` reads a query
+or a table into an Arrow table with types mapped from the Postgres column types (the `sql`
+kind's Postgres inputs and python entrypoints use it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+from psycopg.types.string import TextLoader
+
+from executor.kinds.base import (
+    Connection,
+    PhaseCancelled,
+    PhaseTimeout,
+    TerminalPhaseError,
+)
+from executor.render import render
+
+__all__ = [
+    "SECRET_PREFIX",
+    "arrow_type",
+    "postgres_connect",
+    "read_postgres",
+    "resolve_connections",
+    "resolve_secret",
+]
+
+SECRET_PREFIX = "secret:"
+BATCH_ROWS = 10_000
+"""Rows fetched per round trip (a server-side cursor) and per Arrow record batch."""
+
+
+def _connection_error(name: str, message: str) -> TerminalPhaseError:
+    return TerminalPhaseError(f"connection {name!r}: {message}", error_type="ConnectionError")
+
+
+def resolve_secret(name: str, reference: str, environ: Mapping[str, str]) -> str:
+    """The secret `reference` (`secret:env:NAME` or `secret:file:/path`) points at."""
+    scheme, _, target = reference[len(SECRET_PREFIX):].partition(":")
+    if scheme == "env" and target:
+        value = environ.get(target)
+        if value is None:
+            raise _connection_error(
+                name, f"secret {reference}: the worker has no environment variable {target}")
+        return value
+    if scheme == "file" and os.path.isabs(target):
+        try:
+            text = Path(target).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
+            raise _connection_error(name, f"secret {reference}: {reason}") from None
+        return text.removesuffix("\n").removesuffix("\r")
+    raise _connection_error(
+        name, f"malformed secret reference {reference!r}: use secret:env:NAME or "
+              "secret:file:/absolute/path")
+
+
+def _resolve_value(name: str, value: Any, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith(SECRET_PREFIX):
+        return resolve_secret(name, value, environ)
+    if isinstance(value, Mapping):
+        return {k: _resolve_value(name, v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_value(name, v, environ) for v in value]
+    return value
+
+
+def resolve_connections(
+    names: Any,
+    declared: Any,
+    *,
+    params: Mapping[str, Any],
+    run: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Connection]:
+    """The connections `names` (a phase's `params.connections`) as declared in the run's
+    input manifest (`declared`: `{name: {type, ...fields}}`), rendered and with their secrets
+    resolved from `environ` (default: the worker's environment)."""
+    if names is None:
+        return {}
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise TerminalPhaseError("params.connections must be a list of connection names",
+                                 error_type="ValueError")
+    environ = os.environ if environ is None else environ
+    declared = declared if isinstance(declared, Mapping) else {}
+    resolved: dict[str, Connection] = {}
+    for name in dict.fromkeys(names):
+        spec = declared.get(name)
+        if spec is None:
+            known = ", ".join(sorted(str(k) for k in declared)) or "none"
+            raise _connection_error(
+                name, f"not declared in the run's input manifest (its connections: {known})")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("type"), str):
+            raise _connection_error(name, "its declaration must be an object with a 'type'")
+        fields = render({k: v for k, v in spec.items() if k != "type"}, params=params,
+                        run=run, path=f"connections.{name}")
+        config = _resolve_value(name, fields, environ)
+        resolved[name] = Connection(name=name, type=str(spec["type"]), config=config)
+    return resolved
+
+
+# ---------------------------------------------------------------------------------- Postgres
+
+def postgres_connect(conn: Connection, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A psycopg connection for a `type: postgres` connection (`config`: `dsn`, and
+    `password` given apart from the DSN). `kwargs` go to `psycopg.connect`."""
+    if conn.type != "postgres":
+        raise TerminalPhaseError(f"connection {conn.name!r} is of type {conn.type!r}, "
+                                 "not postgres", error_type="ValueError")
+    dsn = conn.config.get("dsn")
+    if not isinstance(dsn, str) or not dsn:
+        raise _connection_error(conn.name, "a postgres connection needs a 'dsn'")
+    password = conn.config.get("password")
+    if password is not None:
+        kwargs["password"] = str(password)
+    kwargs.setdefault("connect_timeout", 10)
+    return psycopg.connect(dsn, **kwargs)
+
+
+# Postgres type OIDs (pg_type.dat) and the Arrow types they are read as.
+_FIXED_TYPES: dict[int, pa.DataType] = {
+    16: pa.bool_(),                     # bool
+    17: pa.binary(),                    # bytea
+    18: pa.string(),                    # "char"
+    19: pa.string(),                    # name
+    20: pa.int64(),                     # int8
+    21: pa.int16(),                     # int2
+    23: pa.int32(),                     # int4
+    25: pa.string(),                    # text
+    26: pa.int64(),                     # oid
+    114: pa.string(),                   # json (its text)
+    700: pa.float32(),                  # float4
+    701: pa.float64(),                  # float8
+    1042: pa.string(),                  # bpchar
+    1043: pa.string(),                  # varchar
+    1082: pa.date32(),                  # date
+    1083: pa.time64("us"),              # time
+    1114: pa.timestamp("us"),           # timestamp
+    1184: pa.timestamp("us", tz="UTC"),  # timestamptz
+    2950: pa.string(),                  # uuid
+    3802: pa.string(),                  # jsonb (its text)
+}
+_NUMERIC = 1700
+_MAX_DECIMAL128 = 38
+
+
+def arrow_type(type_code: int, precision: int | None = None,
+               scale: int | None = None) -> pa.DataType:
+    """The Arrow type a Postgres column is read as: numeric(p, s) as decimal128(p, s) (float64
+    when unconstrained or wider than 38 digits), json/jsonb as their text, any type not
+    mapped as a string (its Python value's text)."""
+    if type_code == _NUMERIC:
+        if precision is not None and 0 < precision <= _MAX_DECIMAL128:
+            return pa.decimal128(precision, scale or 0)
+        return pa.float64()
+    return _FIXED_TYPES.get(type_code, pa.string())
+
+
+def _converter(arrow: pa.DataType, type_code: int) -> Callable[[Any], Any] | None:
+    """How a Python value of the column becomes what `pa.array` takes (None: as it is)."""
+    if pa.types.is_floating(arrow) and type_code == _NUMERIC:
+        return lambda v: None if v is None else float(v)
+    if pa.types.is_string(arrow) and type_code not in (25, 1042, 1043, 18, 19, 114, 3802):
+        return _text
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, default=str, sort_keys=True)
+    return str(value)
+
+
+def _source_query(query: str | None, table: str | None) -> sql.SQL | sql.Composed:
+    if (query is None) == (table is None):
+        raise TerminalPhaseError("read_postgres needs exactly one of a query and a table",
+                                 error_type="ValueError")
+    if query is not None:
+        return sql.SQL(query)  # the spec's own SQL
+    assert table is not None
+    parts = table.split(".")
+    if len(parts) > 2 or not all(parts):
+        raise TerminalPhaseError(f"table {table!r} is not 'name' or 'schema.name'",
+                                 error_type="ValueError")
+    return sql.SQL("select * from {}").format(sql.Identifier(*parts))
+
+
+def read_postgres(
+    conn: Connection,
+    *,
+    query: str | None = None,
+    table: str | None = None,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> pa.Table:
+    """The rows of `query` (or every row of `table`, `schema.name`) as an Arrow table.
+
+    Read in a read-only transaction through a server-side cursor, `batch_rows` at a time;
+    `cancel` and `deadline` (a `time.monotonic()` value) are checked between batches
+    (`PhaseCancelled`, `PhaseTimeout`). Row order is the query's: add `order by` if it
+    matters (table digests do not depend on it). A SQL error is terminal; a connection
+    failure is left as psycopg's `OperationalError` (a transient failure for the worker).
+    """
+    statement = _source_query(query, table)
+    with postgres_connect(conn) as pg:
+        pg.read_only = True
+        for json_type in ("json", "jsonb"):
+            pg.adapters.register_loader(json_type, TextLoader)
+        try:
+            with pg.cursor(name="control_room_read") as cursor:
+                cursor.itersize = batch_rows
+                cursor.execute(statement)
+                return _to_arrow(cursor, cancel, deadline, batch_rows)
+        except (psycopg.ProgrammingError, psycopg.DataError) as exc:  # the SQL or the data
+            raise TerminalPhaseError(f"connection {conn.name!r}: {exc}".strip(),
+                                     error_type=type(exc).__name__) from None
+
+
+def _to_arrow(cursor: psycopg.ServerCursor[Any], cancel: threading.Event | None,
+              deadline: float | None, batch_rows: int) -> pa.Table:
+    description = cursor.description or []
+    names = [column.name for column in description]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise TerminalPhaseError(f"the query returns duplicated column names {duplicated}",
+                                 error_type="ValueError")
+    types = [arrow_type(c.type_code, c.precision, c.scale) for c in description]
+    converters = [_converter(t, c.type_code) for t, c in zip(types, description, strict=True)]
+    schema = pa.schema([pa.field(n, t) for n, t in zip(names, types, strict=True)])
+    batches = [pa.record_batch(_columns(rows, names, types, converters), schema=schema)
+               for rows in _batches(cursor, cancel, deadline, batch_rows)]
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def _batches(cursor: psycopg.ServerCursor[Any], cancel: threading.Event | None,
+             deadline: float | None, batch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise PhaseCancelled("reading from Postgres was cancelled")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise PhaseTimeout("reading from Postgres ran past the phase's timeout")
+        rows = cursor.fetchmany(batch_rows)
+        if not rows:
+            return
+        yield rows
+
+
+def _columns(rows: list[tuple[Any, ...]], names: list[str], types: list[pa.DataType],
+             converters: list[Callable[[Any], Any] | None]) -> list[pa.Array]:
+    arrays: list[pa.Array] = []
+    for index, (name, arrow, convert) in enumerate(zip(names, types, converters, strict=True)):
+        values = [row[index] for row in rows]
+        if convert is not None:
+            values = [convert(v) for v in values]
+        try:
+            arrays.append(pa.array(values, type=arrow))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise TerminalPhaseError(f"column {name!r} cannot be read as {arrow}: {exc}",
+                                     error_type=type(exc).__name__) from None
+    return arrays
+

@@ -1,0 +1,157 @@
+"""Where the Odoo pipeline keeps its tables, and what its python entrypoints use of their
+context.
+
+Layout under the lake root (`${params.lake}` in specs/odoo_medallion.yaml):
+
+    bronze/odoo/<odoo table>     raw rows + ingestion metadata, catalog name bronze.odoo.<table>
+    silver/<entity>              typed current rows, catalog name silver.odoo.<entity>
+    gold/<mart>                  marts, catalog name gold.odoo.<mart>
+    _state/watermarks            the extraction watermarks (one append-only Delta table)
+    _state/quality               every quality check of every run
+    _state/freshness             one row per published run
+
+`_state` tables are the pipeline's own bookkeeping, not catalog datasets: they are written
+with `executor.tables.write_table` directly and never read by silver or gold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import duckdb
+from deltalake import DeltaTable
+
+from executor.kinds.base import Connection, EventLevel, TerminalPhaseError
+from executor.tables import WriteMode
+
+__all__ = [
+    "Context",
+    "arg",
+    "bronze_name",
+    "bronze_uri",
+    "delta_dataset",
+    "duck",
+    "open_delta",
+    "queries",
+    "retry_commit",
+    "state_uri",
+]
+
+T = TypeVar("T")
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+_NAME_LINE = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+class Context(Protocol):
+    """What the pipeline's entrypoints read from `executor.kinds.python.PythonContext`
+    (a structural type, so that tests can hand them the real context built in-process)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def args(self) -> Mapping[str, Any]: ...
+    @property
+    def inputs(self) -> Mapping[str, Any]: ...
+    @property
+    def connections(self) -> Mapping[str, Connection]: ...
+    @property
+    def datasets(self) -> Mapping[str, str]: ...
+    @property
+    def output_dir(self) -> Path: ...
+
+    def emit(self, type: str, message: str, level: EventLevel = "info",
+             payload: Mapping[str, Any] | None = None) -> None: ...
+
+    def progress(self, value: float | Mapping[str, Any]) -> None: ...
+
+    def write_table(self, name: str, uri: str | os.PathLike[str], data: Any, *,
+                    mode: WriteMode, keys: list[str] | None = None, layer: str | None = None,
+                    partition_by: list[str] | None = None) -> dict[str, Any]: ...
+
+
+def arg(ctx: Context, name: str, kind: type[T]) -> T:
+    """`ctx.args[name]`, checked to be a `kind` (a terminal error naming it otherwise)."""
+    value = ctx.args.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TerminalPhaseError(
+            f"phase {ctx.phase}: args.{name} must be a {kind.__name__}, got {value!r}",
+            error_type="ValueError")
+    return value
+
+
+@cache
+def queries(file: str) -> dict[str, str]:
+    """The named queries of `sql/<file>.sql`: each block starts with `-- name: NAME` and runs
+    to the next; the trailing `;` is dropped (DuckDB and psycopg take one statement)."""
+    text = (SQL_DIR / f"{file}.sql").read_text(encoding="utf-8")
+    parts = _NAME_LINE.split(text)
+    named: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        named[name] = body.strip().removesuffix(";").strip()
+    return named
+
+
+def bronze_name(table: str) -> str:
+    return f"bronze.odoo.{table}"
+
+
+def bronze_uri(lake: str, table: str) -> str:
+    return f"{lake.rstrip('/')}/bronze/odoo/{table}"
+
+
+def state_uri(lake: str, name: str) -> str:
+    return f"{lake.rstrip('/')}/_state/{name}"
+
+
+def open_delta(uri: str) -> DeltaTable | None:
+    """The Delta table at `uri`, None when there is none yet."""
+    if not DeltaTable.is_deltatable(uri):
+        return None
+    return DeltaTable(uri)
+
+
+def delta_dataset(uri: str, version: int | None = None) -> Any:
+    """A pyarrow dataset over the Delta table (DuckDB scans it with projection and filter
+    pushdown), None when there is no table."""
+    if not DeltaTable.is_deltatable(uri):
+        return None
+    return DeltaTable(uri, version=version).to_pyarrow_dataset()
+
+
+@contextlib.contextmanager
+def duck(**relations: Any) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection with `relations` (Arrow tables or datasets) registered
+    as views by name; closed at the end of the block."""
+    conn = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                              "autoload_known_extensions": False})
+    try:
+        for name, relation in relations.items():
+            conn.register(name, relation)
+        yield conn
+    finally:
+        conn.close()
+
+
+def retry_commit(write: Callable[[], T], attempts: int = 5) -> T:
+    """`write()`, tried again when another writer committed first (phases running side by
+    side append to the same `_state` table; the first commit of a new table races too)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except Exception as exc:  # delta-rs reports commit races with several classes
+            text = str(exc).lower()
+            racing = any(word in text for word in ("conflict", "already exists", "version"))
+            if not racing or attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")

@@ -1,0 +1,28 @@
+-- Queries of the bronze extraction (pipelines/odoo/extract.py), by name. Postgres queries run
+-- on the Odoo database; DuckDB queries over the bronze Delta table (`bronze`).
+
+-- name: primary_key
+-- Postgres: the primary key's columns of a table (by oid), in key order.
+select a.attname
+from pg_index i
+join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey::int2[])
+where i.indrelid = %s and i.indisprimary
+order by array_position(i.indkey::int2[], a.attnum);
+
+-- name: live_ids
+-- DuckDB: the ids live in a model table's bronze (their newest version is not a tombstone),
+-- with the date of that version. A tombstone carries the date of the version it deletes.
+select id, max(_source_write_date) as last_write
+from bronze
+group by id
+having max(_source_write_date) filter (where _op = 'delete') is null
+    or max(_source_write_date) filter (where _op = 'upsert')
+       > max(_source_write_date) filter (where _op = 'delete');
+
+-- name: vanished_ids
+-- DuckDB: the ids live in bronze that the source (`source`: its ids now) no longer has.
+select live.id, live.last_write from live anti join source using (id) order by live.id;
+
+-- name: newest_watermark
+-- DuckDB: a dataset's newest committed watermark.
+select write_date, id from watermarks where dataset = ? order by write_date desc, id desc limit 1;
