@@ -38,6 +38,10 @@ Repo = Annotated[Path | None, typer.Option(
          "workers' own code).")]
 
 
+def _say(line: str) -> None:
+    err.print(line, markup=False)
+
+
 @app.command("up")
 def up_command(
     port: Port = None,
@@ -65,7 +69,7 @@ def up_command(
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             with LocalStack(settings, workers=workers, concurrency=concurrency, repo=repo,
-                            log=lambda line: err.print(line, markup=False)) as stack:
+                            log=_say) as stack:
                 assert stack.info is not None
                 out.print(f"Control Room is up: gateway {stack.info.gateway_url}, workspace "
                           f"{stack.info.workspace_slug}, lake {stack.info.lake}", markup=False)
@@ -78,3 +82,148 @@ def up_command(
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         err.print("Stopped.", markup=False)
+
+
+# --------------------------------------------------------------------------------- demo
+
+REPO_SPECS = Path(__file__).resolve().parent.parent / "specs"
+DEMO_SPEC = REPO_SPECS / "odoo_medallion.yaml"
+DEMO_SOURCE_DB = "odoo_demo"
+DEMO_WAREHOUSE_DB = "odoo_warehouse"
+
+
+@app.command("demo")
+def demo_command(
+    scale: Annotated[float, typer.Option(
+        "--scale", min=0.001, max=100.0,
+        help="Size of the Odoo data: about 100,000 x scale sale order lines.")] = 0.05,
+    days: Annotated[int, typer.Option(
+        "--days", min=1, max=3650, help="Days of Odoo activity to simulate.")] = 30,
+    seed: Annotated[int, typer.Option("--seed", help="The generator's seed.")] = 42,
+    workers: Workers = 2,
+    port: Annotated[int, typer.Option(
+        "--port", help="The gateway's port. Default: any free port.")] = 0,
+    keep_up: Annotated[bool, typer.Option(
+        "--keep-up", help="Keep the stack running after the run, until Ctrl-C.")] = False,
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """The Odoo medallion pipeline end to end on the embedded stack, with nothing configured.
+
+    Generates an Odoo database, runs specs/odoo_medallion.yaml through the gateway and real
+    workers with live progress, then prints the gold KPIs, the artifact digests and where to
+    look. Always uses the embedded PostgreSQL under the state directory.
+    """
+    import shutil
+    from datetime import timedelta
+
+    from control_room.cli_runs import _watch
+    from control_room.specs import load_spec
+    from executor.client import ContractClient
+    from pipelines.odoo.generator import ensure_database, generate
+
+    with _guard():
+        settings = load_settings(state_dir=state_dir, port=port)
+        settings = settings.model_copy(update={"database_url": None})
+        if not DEMO_SPEC.is_file():
+            raise BadInput(f"the demo spec is missing: {DEMO_SPEC}")
+        spec = load_spec(DEMO_SPEC)
+        say = _say
+        secrets = {"ODOO_PASSWORD": "", "WAREHOUSE_PASSWORD": ""}
+        try:
+            with LocalStack(settings, workers=workers, concurrency=2, worker_env=secrets,
+                            log=say) as stack:
+                assert stack.info is not None
+                admin = stack.database_url
+                with err.status(f"Generating the Odoo database (scale {scale}, {days} days, "
+                                f"seed {seed}) ..."):
+                    source = ensure_database(admin, DEMO_SOURCE_DB)
+                    report = generate(source, scale=scale, seed=seed, days=days)
+                say(f"odoo: {report.rows.get('sale_order', 0):,} orders, "
+                    f"{report.rows.get('sale_order_line', 0):,} order lines, "
+                    f"{report.rows.get('account_move', 0):,} invoices in {report.seconds:.1f} s "
+                    f"({report.first_day} .. {report.last_day})")
+                warehouse = ensure_database(admin, DEMO_WAREHOUSE_DB)
+                lake = settings.state_dir / "demo" / "lake"
+                shutil.rmtree(lake, ignore_errors=True)     # each demo rebuilds from scratch
+                as_of = (report.last_day + timedelta(days=1)).isoformat()
+                args = spec.create_run_args(stack.info.workspace_id, {
+                    "lake": str(lake), "as_of": as_of, "odoo_dsn": source,
+                    "warehouse_dsn": warehouse}, labels={"demo": "true"})
+                with ContractClient(stack.info.gateway_url,
+                                    stack.info.token.get_secret_value()) as client:
+                    created = client.call("create_run", args)
+                    run_id = str(created["id"])
+                    say(f"run {run_id}: {len(args['phases'])} phases")
+                    _, run = _watch(client, run_id, interval=0.5, quiet=as_json)
+                    stack.check_workers()
+                    artifacts = _all_artifacts(client, run_id)
+                kpis = _gold_kpis(warehouse) if run.state == "succeeded" else {}
+                summary = {
+                    "run_id": run_id, "state": run.state, "source": report.to_json(),
+                    "lake": str(lake), "warehouse": warehouse, "gold_schema": "gold",
+                    "ui_url": stack.info.ui_url, "kpis": kpis,
+                    "artifacts": [{"phase": a.get("phase"), "name": a["name"],
+                                   "digest": a["digest"]} for a in artifacts],
+                }
+                if as_json:
+                    out.print_json(data=summary)
+                else:
+                    _print_demo(summary)
+                if keep_up and run.state == "succeeded":
+                    out.print(f"The stack stays up (gateway {stack.info.gateway_url}); "
+                              "Ctrl-C stops it.", markup=False)
+                    stop = threading.Event()
+                    signal.signal(signal.SIGINT, lambda *_: stop.set())
+                    stack.wait(stop)
+        except LocalStackError as exc:
+            _fail(str(exc), EXIT_FAILED)
+        if run.state != "succeeded":
+            _fail(f"the demo run {run_id} ended {run.state}: `control-room runs show "
+                  f"{run_id}` after `control-room up` shows why", EXIT_FAILED)
+
+
+def _all_artifacts(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """Every artifact of the run, page by page."""
+    found: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = client.call("list_artifacts", {"run_id": run_id, "after": after, "limit": 500})
+        found += page["artifacts"]
+        if not page["artifacts"]:
+            return found
+        after = int(page["next_after"])
+
+
+def _gold_kpis(warehouse: str) -> dict[str, Any]:
+    """The headline numbers, read back from the warehouse's `gold` schema (what a BI tool
+    sees)."""
+    import psycopg
+
+    kpis: dict[str, Any] = {}
+    with psycopg.connect(warehouse) as conn:
+        tables = [r[0] for r in conn.execute(
+            "select table_name from information_schema.tables where table_schema = 'gold'"
+            " order by table_name")]
+        kpis["tables"] = {t: conn.execute(
+            f'select count(*) from gold."{t}"').fetchone()[0] for t in tables}  # type: ignore[index]
+    return kpis
+
+
+def _print_demo(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    tables = Table("gold table (Postgres schema gold)", "rows", title="Gold")
+    for name, rows in summary["kpis"].get("tables", {}).items():
+        tables.add_row(name, f"{rows:,}")
+    out.print(tables)
+    digests = Table("phase", "artifact", "digest", title="Artifacts (content-addressed)")
+    for a in summary["artifacts"]:
+        digests.add_row(str(a["phase"]), a["name"], a["digest"])
+    out.print(digests)
+    out.print(f"Run {summary['run_id']}: {summary['state']}", markup=False)
+    out.print(f"Lake (Delta tables): {summary['lake']}", markup=False)
+    out.print(f"Warehouse for BI (Superset, Metabase): {summary['warehouse']} schema gold",
+              markup=False)
+    out.print(f"Gateway: {summary['ui_url']} (`control-room up` keeps it running; "
+              f"`control-room runs show {summary['run_id']}`)", markup=False)
