@@ -135,7 +135,9 @@ def _load_stack(state_dir: Path | None) -> Stack | None:
 
 @contextlib.contextmanager
 def _gateway(gateway: str | None, token: str | None, workspace: str | None,
-             state_dir: Path | None) -> Iterator[_Gateway]:
+             state_dir: Path | None, *, run_id: str | None = None) -> Iterator[_Gateway]:
+    """A client of the configured gateway; its refusals reported as the CLI reports them
+    (`run_id`: the run the command is about, named when the gateway does not find it)."""
     stack = _load_stack(state_dir) if not (gateway and token) else None
     url = gateway or (stack.gateway_url if stack else None)
     secret = token or (stack.token.get_secret_value() if stack else None)
@@ -147,17 +149,21 @@ def _gateway(gateway: str | None, token: str | None, workspace: str | None,
     with ContractClient(url, secret, retry=CLI_RETRY) as client:
         target = _Gateway(client, url.rstrip("/"), workspace, state_dir)
         target._stack = stack
-        with _contract_errors(target.url):
+        with _contract_errors(target.url, run_id):
             yield target
 
 
 @contextlib.contextmanager
-def _contract_errors(url: str) -> Iterator[None]:
+def _contract_errors(url: str, run_id: str | None) -> Iterator[None]:
     """The gateway's refusals as the CLI reports them: the caller's mistakes exit 2, the
     run's state or an unreachable gateway exit 1."""
     try:
         yield
-    except (NotFound, InvalidArgument, Unauthorized, Forbidden) as exc:
+    except NotFound as exc:
+        if run_id is None:
+            raise BadInput(f"{exc.function or 'gateway'}: {exc.message} ({exc.code})") from None
+        raise BadInput(f"run {run_id} not found (or not visible to this token)") from None
+    except (InvalidArgument, Unauthorized, Forbidden) as exc:
         raise BadInput(f"{exc.function or 'gateway'}: {exc.message} ({exc.code})") from None
     except Conflict as exc:
         _fail(f"{exc.function or 'gateway'}: {exc.message} (conflict)", EXIT_FAILED)
@@ -406,7 +412,7 @@ def create_command(
     git_sha: Annotated[str | None, typer.Option(
         "--git-sha", help="Read the spec at this commit (`git show SHA:FILE`). Default: HEAD "
                           "when the file is clean in git, else the working file "
-                          "(`<HEAD>-dirty`).")] = None,
+                          "(HEAD's sha, labelled git_dirty=true).")] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", help="NAME=VALUE: a param of the spec (repeatable); coerced to its type.")
     ] = None,
@@ -432,14 +438,13 @@ def create_command(
         with _gateway(gateway, token, workspace, state_dir) as target:
             args = loaded.create_run_args(target.workspace_id(), params,
                                           idempotency_key=idempotency_key, labels=labels)
-            try:
-                created: dict[str, Any] = target.client.call("create_run", args)
-            except InvalidArgument as exc:
-                if exc.argument != "git_sha":
-                    raise
-                raise BadInput(f"create_run: {exc.message}: the spec was read from a "
-                               "modified or untracked file, or outside git; commit it or "
-                               "pass --git-sha") from None
+            if loaded.dirty and not as_json:
+                mark = ", ".join(f"{k}={v}" for k, v in args["labels"].items()
+                                 if k in ("git_dirty", "code_version"))
+                err.print(f"note: {loaded.file} differs from git (or is outside git): the run "
+                          f"records {loaded.git_sha[:12]} with the label {mark}; commit the "
+                          "spec for a reproducible run", markup=False)
+            created: dict[str, Any] = target.client.call("create_run", args)
             if not wait:
                 if as_json:
                     out.print_json(data=created)
@@ -511,7 +516,7 @@ def show_command(
     """A run, its phases (state, attempt, duration, progress) and its error."""
     with _guard():
         wanted = _run_id(run_id)
-        with _gateway(gateway, token, None, state_dir) as target:
+        with _gateway(gateway, token, None, state_dir, run_id=wanted) as target:
             raw, run = _poll(target.client, wanted)
         if as_json:
             out.print_json(data=raw)
@@ -531,7 +536,7 @@ def watch_command(
     """Follow a run live until it ends: exit 0 when it succeeded, 1 otherwise."""
     with _guard():
         wanted = _run_id(run_id)
-        with _gateway(gateway, token, None, state_dir) as target:
+        with _gateway(gateway, token, None, state_dir, run_id=wanted) as target:
             _watch_and_exit(target, wanted, interval=interval, as_json=as_json)
 
 
@@ -548,7 +553,7 @@ def cancel_command(
     """Cancel a queued or running run (running phases stop at their next heartbeat)."""
     with _guard():
         wanted = _run_id(run_id)
-        with _gateway(gateway, token, None, state_dir) as target:
+        with _gateway(gateway, token, None, state_dir, run_id=wanted) as target:
             args: dict[str, Any] = {"run_id": wanted}
             if reason is not None:
                 args["reason"] = reason
@@ -572,7 +577,7 @@ def retry_command(
     """A new run of a failed or cancelled one that keeps its succeeded phases."""
     with _guard():
         wanted = _run_id(run_id)
-        with _gateway(gateway, token, None, state_dir) as target:
+        with _gateway(gateway, token, None, state_dir, run_id=wanted) as target:
             child: dict[str, Any] = target.client.call("retry_run", {"run_id": wanted})
             reused = sum(1 for p in child.get("phases") or [] if p.get("reused_from_phase_id"))
             if as_json and not wait:

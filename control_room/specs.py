@@ -17,8 +17,10 @@ params just before a phase runs (`executor.render`), so that a run's phases say 
 mean and a retry or verify can point them elsewhere by changing only the run's params.
 
 A spec is read at a git sha (`git show SHA:path`), so that a run records exactly the spec it
-ran; without one, at HEAD when the file is clean in git, else the working file with the git
-sha `<HEAD>-dirty` (`local` outside git).
+ran; without one, at HEAD when the file is clean in git, else the working file: the run then
+records HEAD's sha with `dirty: true` in its spec manifest and the label `git_dirty=true`
+(outside git: git's null sha, 40 zeros, and the label `code_version=local`), because a run's
+git_sha must be a commit (the contract refuses anything else) and a dirty run must say so.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from executor.kinds import KINDS
-from executor.render import RUN_FIELDS, TemplateError, references
+from executor.render import TemplateError, references
 
 __all__ = [
     "SCHEMA_FILE",
@@ -409,8 +411,8 @@ def _check_connection(name: str, fields: dict[str, Any], params: dict[str, Param
 
 def _check_templates(value: Any, path: FieldPath, params: Mapping[str, Param],
                      issues: _Issues) -> None:
-    """Every template in `value`'s strings is well formed and names a declared param or a
-    run field."""
+    """Every template in `value`'s strings is well formed (`references` refuses a malformed
+    one and a run field outside RUN_FIELDS) and names a declared param."""
     for text, where in _strings(value, path):
         try:
             found = references(text)
@@ -422,8 +424,6 @@ def _check_templates(value: Any, path: FieldPath, params: Mapping[str, Param],
                 known = ", ".join(params) or "none declared"
                 issues.add(where, f"unknown param {reference.name!r} in "
                                   f"'${{{reference.text}}}' (params: {known})")
-            elif reference.scope == "run" and reference.name not in RUN_FIELDS:
-                issues.add(where, f"unknown run field {reference.name!r}")
 
 
 def _strings(value: Any, path: FieldPath) -> Iterator[tuple[str, FieldPath]]:
@@ -582,12 +582,18 @@ def _commit(repo: Path, revision: str) -> str | None:
     return out.decode().strip() if out else None
 
 
+NULL_SHA = "0" * 40
+"""git's null object id: the git_sha of a spec read outside any git repository."""
+
+
 @dataclass(frozen=True)
 class _Source:
     content: bytes
     git_sha: str
     repo_path: str | None
     """The spec's path relative to the repository's root (posix), when in git."""
+    dirty: bool = False
+    """Read from a modified or untracked working file, or outside git."""
 
 
 def _read_source(path: Path, git_sha: str | None, repo: Path | None) -> _Source:
@@ -615,14 +621,14 @@ def _read_source(path: Path, git_sha: str | None, repo: Path | None) -> _Source:
         raise SpecError([SpecIssue("spec file not found", shown)])
     head = _commit(root, "HEAD") if root is not None and rel is not None else None
     if root is None or rel is None or head is None:
-        return _Source(path.read_bytes(), "local", rel)
+        return _Source(path.read_bytes(), NULL_SHA, rel, dirty=True)
     tracked = _git(root, "ls-files", "--error-unmatch", "--", rel) is not None
     status = _git(root, "status", "--porcelain", "--untracked-files=all", "--", rel)
     if tracked and status == b"":
         content = _git(root, "show", f"HEAD:{rel}")
         if content is not None:
             return _Source(content, head, rel)
-    return _Source(path.read_bytes(), f"{head}-dirty", rel)
+    return _Source(path.read_bytes(), head, rel, dirty=True)
 
 
 # ------------------------------------------------------------------------------------ load
@@ -642,6 +648,9 @@ class LoadedSpec:
     digest: str
     """`blake3:<hex>` of the file's bytes."""
     source: bytes = field(repr=False)
+    dirty: bool = False
+    """The spec was read from a modified or untracked file (or outside git): `git_sha` is
+    HEAD's (or the null sha) and does not hold this content."""
 
     def resolve_params(self, overrides: Mapping[str, Scalar],
                        cwd: Path | None = None) -> dict[str, Scalar]:
@@ -681,7 +690,7 @@ class LoadedSpec:
     def input_manifest(self, params: Mapping[str, Scalar]) -> dict[str, Any]:
         return {
             "spec": {"slug": self.spec.slug, "version": self.spec.version, "path": self.path,
-                     "digest": self.digest},
+                     "digest": self.digest, "dirty": self.dirty},
             "params": dict(params),
             "connections": {name: dict(fields) for name, fields in
                             self.spec.connections.items()},
@@ -702,8 +711,12 @@ class LoadedSpec:
         }
         if idempotency_key is not None:
             args["idempotency_key"] = idempotency_key
-        if labels:
-            args["labels"] = dict(labels)
+        marks = {}
+        if self.dirty:
+            marks = ({"code_version": "local"} if self.git_sha == NULL_SHA
+                     else {"git_dirty": "true"})
+        if labels or marks:
+            args["labels"] = {**marks, **dict(labels or {})}
         return args
 
 
@@ -762,4 +775,4 @@ def load_spec(path: str | os.PathLike[str], *, git_sha: str | None = None,
     run_path = source.repo_path or str(spec_path.resolve())
     return LoadedSpec(spec=spec, file=shown, path=run_path, git_sha=source.git_sha,
                       digest="blake3:" + blake3.blake3(source.content).hexdigest(),
-                      source=source.content)
+                      source=source.content, dirty=source.dirty)

@@ -198,16 +198,23 @@ def test_bad_input_exits_2_with_a_message(env: Env, spec_repo: tuple[Path, str],
         env, "runs", "create", "--spec", str(spec), "--workspace", "nope")
 
     unknown = str(uuid.uuid4())
-    assert "not found" in bad(env, "runs", "show", unknown)
-    assert "not found" in bad(env, "runs", "cancel", unknown)
+    for command in ("show", "watch", "cancel", "retry"):
+        assert bad(env, "runs", command, unknown) == (
+            f"error: run {unknown} not found (or not visible to this token)\n")
     assert "malformed run id 'run-1'" in bad(env, "runs", "show", "run-1")
     assert "--state must be one of" in bad(env, "runs", "list", "--state", "done")
     assert "unauthorized" in bad(env, "runs", "list", token="not-a-jwt")
 
-    # a modified spec is read as the working file, at `<HEAD>-dirty`, which the contract's
-    # git_sha refuses; --git-sha reads the committed file instead
+    # a modified spec is read as the working file: HEAD's sha, labelled dirty, with a note;
+    # --git-sha reads the committed file instead
     spec.write_text(spec.read_text() + "# edited\n")
-    assert "commit it or pass --git-sha" in bad(env, "runs", "create", "--spec", str(spec))
+    code, out, err = cli(env, "runs", "create", "--spec", str(spec))
+    assert code == 0, err
+    assert "differs from git" in err and "git_dirty=true" in err
+    code, out, err = cli(env, "runs", "create", "--spec", str(spec), "--json")
+    dirty_run = json.loads(out)
+    assert (dirty_run["git_sha"], dirty_run["labels"]) == (sha, {"git_dirty": "true"})
+    assert dirty_run["input_manifest"]["spec"]["dirty"] is True
     code, out, err = cli(env, "runs", "create", "--spec", str(spec), "--git-sha", sha, "--json")
     assert code == 0, err
     assert json.loads(out)["git_sha"] == sha

@@ -15,9 +15,11 @@ import blake3
 import pytest
 
 from control_room.specs import LoadedSpec, SpecError, load_spec, parse_duration
+from executor.kinds import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "specs" / "example.yaml"
+KNOWN_KINDS = ", ".join(sorted(KINDS))
 
 SPEC = """\
 version: 1
@@ -89,7 +91,7 @@ def commit(repo: Path, message: str) -> str:
 def test_a_valid_spec_gives_exact_create_run_arguments(tmp_path: Path) -> None:
     path = write(tmp_path, SPEC)
     loaded = load_spec(path)
-    assert loaded.git_sha == "local"            # tmp_path is not in a git repository
+    assert (loaded.git_sha, loaded.dirty) == ("0" * 40, True)   # tmp_path is outside git
     assert loaded.path == str(path.resolve())
     digest = "blake3:" + blake3.blake3(path.read_bytes()).hexdigest()
     work = tmp_path / "work"
@@ -98,9 +100,9 @@ def test_a_valid_spec_gives_exact_create_run_arguments(tmp_path: Path) -> None:
     assert args == {
         "workspace_id": "ws-1",
         "spec_slug": "odoo_medallion",
-        "git_sha": "local",
+        "git_sha": "0" * 40,
         "idempotency_key": "k1",
-        "labels": {"team": "data"},
+        "labels": {"code_version": "local", "team": "data"},
         "phases": [
             {"name": "extract", "kind": "python", "depends_on": [], "max_attempts": 3,
              "timeout_seconds": 600, "retry_backoff_seconds": 5,
@@ -122,7 +124,7 @@ def test_a_valid_spec_gives_exact_create_run_arguments(tmp_path: Path) -> None:
         ],
         "input_manifest": {
             "spec": {"slug": "odoo_medallion", "version": 1, "path": str(path.resolve()),
-                     "digest": digest},
+                     "digest": digest, "dirty": True},
             "params": {"lake": str(work / "lake"), "as_of": "2026-01-31", "limit": 7,
                        "ratio": 0.5, "full": True,
                        "odoo_dsn": "postgresql://127.0.0.1:5432/odoo_demo"},
@@ -144,7 +146,7 @@ def test_phase_settings_default_to_the_contracts(tmp_path: Path) -> None:
                                "max_attempts": 3, "timeout_seconds": 3600,
                                "retry_backoff_seconds": 10}]
     assert args["input_manifest"]["params"] == {}
-    assert "idempotency_key" not in args and "labels" not in args
+    assert "idempotency_key" not in args and args["labels"] == {"code_version": "local"}
 
 
 def test_the_example_spec_loads(tmp_path: Path) -> None:
@@ -300,7 +302,7 @@ def test_semantic_errors_are_all_reported(tmp_path: Path) -> None:
         "fields are run.id, run.git_sha, run.spec_slug",
         f"{f}:12: phases[0].params.args.open: template '${{params.lake' has no closing '}}' "
         "(write $${ for a literal ${)",
-        f"{f}:14: phases[1].kind: unknown kind 'sqll' (kinds: python, sql)",
+        f"{f}:14: phases[1].kind: unknown kind 'sqll' (kinds: {KNOWN_KINDS})",
         f"{f}:15: phases[1].depends_on[0]: unknown phase 'silverr' (phases: extract, silver, "
         "gold)",
         f"{f}:15: phases[1].depends_on: dependency cycle: silver -> gold -> silver",
@@ -370,26 +372,25 @@ def test_a_spec_is_read_at_a_git_sha(tmp_path: Path) -> None:
     assert load_spec(spec, git_sha="HEAD~1").spec.slug == "first"
 
     spec.write_text("version: 1\nslug: edited\nphases: [{name: c, kind: sql}]\n")
-    dirty = load_spec(spec)                             # edited: the working file, -dirty
-    assert (dirty.spec.slug, dirty.git_sha) == ("edited", f"{second}-dirty")
+    dirty = load_spec(spec)                             # edited: the working file, dirty
+    assert (dirty.spec.slug, dirty.git_sha, dirty.dirty) == ("edited", second, True)
     assert dirty.digest == "blake3:" + blake3.blake3(spec.read_bytes()).hexdigest()
     assert load_spec(spec, git_sha=second).spec.slug == "second"
 
     untracked = repo / "specs" / "new.yaml"
     untracked.write_text("version: 1\nslug: new\nphases: [{name: a, kind: python}]\n")
-    assert load_spec(untracked).git_sha == f"{second}-dirty"
+    assert (load_spec(untracked).git_sha, load_spec(untracked).dirty) == (second, True)
 
     assert errors_of(spec, git_sha="deadbeef") == [
         f"{spec}: unknown git revision 'deadbeef' in {repo}"]
     assert errors_of(untracked, git_sha=second) == [
         f"{untracked}: no such file at commit {second[:12]} (specs/new.yaml)"]
     # an error in the file at that sha names it (the working file is fine)
-    spec.write_text("version: 1\nslug: fixed\nphases: [{name: a, kind: python}]\n")
     spec.write_text("version: 1\nslug: bad\nphases: [{name: a, kind: nope}]\n")
     commit(repo, "broken")
     spec.write_text("version: 1\nslug: fixed\nphases: [{name: a, kind: python}]\n")
     assert errors_of(spec, git_sha="HEAD") == [
-        f"{spec}:3: phases[0].kind: unknown kind 'nope' (kinds: python, sql)"]
+        f"{spec}:3: phases[0].kind: unknown kind 'nope' (kinds: {KNOWN_KINDS})"]
 
 
 def test_git_sha_needs_a_repository(tmp_path: Path) -> None:

@@ -621,8 +621,14 @@ class _OutputCapture:
             self._drained.append(drained)
             threading.Thread(target=self._pump, args=(read, stream, level, drained),
                              name=f"capture-{stream}", daemon=True).start()
-        if hasattr(sys.stdout, "reconfigure"):
-            sys.stdout.reconfigure(line_buffering=True)
+        # a worker started without stdout / stderr gives its children None for them
+        if sys.stdout is None:
+            sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        if sys.stderr is None:
+            sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        for text_stream in (sys.stdout, sys.stderr):
+            if hasattr(text_stream, "reconfigure"):
+                text_stream.reconfigure(line_buffering=True)
 
     def close(self) -> None:
         for stream in (sys.stdout, sys.stderr):

@@ -258,8 +258,8 @@ def read_watermark(lake: str, dataset: str) -> Watermark | None:
     if watermarks is None:
         return None
     with duck(watermarks=watermarks) as db:
-        row = db.execute(queries("extract")["newest_watermark"], [dataset]).fetchone()
-    return None if row is None else Watermark(row[0], int(row[1]))
+        rows = db.execute(queries("extract")["newest_watermark"], [dataset]).fetchall()
+    return Watermark(rows[0][0], int(rows[0][1])) if rows else None
 
 
 def commit_watermark(lake: str, dataset: str, watermark: Watermark, *, run_id: str,

@@ -27,10 +27,11 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -184,11 +185,16 @@ def _blank(table: str) -> tuple[Row, frozenset[str]]:
 def _row(table: str, values: dict[str, Any]) -> Row:
     """A full row of `table`: every column, None unless given."""
     blank, known = _blank(table)
-    if not known.issuperset(values):
-        raise KeyError(f"{table} has no column {sorted(set(values) - known)}")
     row = dict(blank)
     row.update(values)
+    if len(row) != len(blank):
+        raise KeyError(f"{table} has no column {sorted(set(values) - known)}")
     return row
+
+
+def _values_of(table: Table) -> Callable[[Row], tuple[Any, ...]]:
+    """A fast getter of a row's values in column order (every table has 2+ columns)."""
+    return itemgetter(*table.columns)
 
 
 def _key(table: str, row: Row) -> tuple[Any, ...]:
@@ -383,7 +389,7 @@ class _BulkSink:
         self._directory = directory
         self._files: dict[str, IO[bytes]] = {}
         self._copies: dict[str, psycopg.Copy] = {}
-        self._columns = {name: table.columns for name, table in schema_tables().items()}
+        self._values = {name: _values_of(table) for name, table in schema_tables().items()}
         self.counts: Counter[str] = Counter()
 
     def added(self, table: str, row: Row) -> None:
@@ -397,7 +403,7 @@ class _BulkSink:
 
     def released(self, table: str, row: Row) -> None:
         copy = self._copies.get(table) or self._open(table)
-        copy.write_row([row[column] for column in self._columns[table]])
+        copy.write_row(self._values[table](row))
         self.counts[table] += 1
 
     def _open(self, table: str) -> psycopg.Copy:
@@ -477,9 +483,10 @@ def _copy_rows(conn: psycopg.Connection[Any], target: str, columns: tuple[str, .
     statement = sql.SQL("copy {} ({}) from stdin").format(
         sql.Identifier(target), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
+    values = itemgetter(*columns)
     with conn.cursor().copy(statement) as copy:
         for row in rows:
-            copy.write_row([row[column] for column in columns])
+            copy.write_row(values(row))
 
 
 def _update_rows(conn: psycopg.Connection[Any], table: Table, rows: Any) -> None:
@@ -1529,7 +1536,10 @@ def _load_world(conn: psycopg.Connection[Any], seed: int | None) -> tuple[World,
     """The working set at the end of the last simulated day, read back from the database."""
     queries = _queries()
     cur = conn.cursor(row_factory=dict_row)
-    config = {row["key"]: row for row in cur.execute(queries["config"], {}).fetchall()}
+    marker = cur.execute(queries["generator_marker"], {}).fetchone()
+    config: dict[str, Row] = {}
+    if marker is not None and marker["has_config"]:
+        config = {row["key"]: row for row in cur.execute(queries["config"], {}).fetchall()}
     if DAY_KEY not in config:
         raise GeneratorError(
             "this database was not made by the generator: ir_config_parameter has no "
@@ -1677,7 +1687,6 @@ def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
         _set_sequences(conn, world.ids)
         conn.execute(_schema_parts()[1])
         conn.commit()
-        conn.execute("analyze")
         rows = _row_counts(conn)
     last = start + timedelta(days=max(days - 1, 0))
     return GenerateReport(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
@@ -28,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import duckdb
 from deltalake import DeltaTable
 
+from control_room.db.queries import parse_queries
 from executor.kinds.base import Connection, EventLevel, TerminalPhaseError
 from executor.tables import WriteMode
 
@@ -47,7 +47,6 @@ __all__ = [
 T = TypeVar("T")
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
-_NAME_LINE = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
 class Context(Protocol):
@@ -91,14 +90,11 @@ def arg(ctx: Context, name: str, kind: type[T]) -> T:
 
 @cache
 def queries(file: str) -> dict[str, str]:
-    """The named queries of `sql/<file>.sql`: each block starts with `-- name: NAME` and runs
-    to the next; the trailing `;` is dropped (DuckDB and psycopg take one statement)."""
+    """The named queries of `sql/<file>.sql` (`-- name: NAME` blocks), without their
+    trailing `;` (each is embedded in other statements)."""
     text = (SQL_DIR / f"{file}.sql").read_text(encoding="utf-8")
-    parts = _NAME_LINE.split(text)
-    named: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        named[name] = body.strip().removesuffix(";").strip()
-    return named
+    return {name: body.strip().removesuffix(";").rstrip()
+            for name, body in parse_queries(text).items()}
 
 
 def bronze_name(table: str) -> str:

@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 import psycopg
-import pytest
 
 from .conftest import Contract, Principal, World, new_run, phase
 from .snapshot import snapshot
@@ -283,7 +282,7 @@ def test_a_retried_record_gets_the_same_answer(
     conn: psycopg.Connection[Any], contract: Contract, world: World
 ) -> None:
     writer = Writer(contract, world)
-    steps = [
+    steps: list[tuple[str, Any, dict[str, Any]]] = [
         ("INITIAL", V1, {"table_version": 0, "digest": digest_of("v0"), "rows": 1}),
         ("NON_BREAKING", V2, {"table_version": 1, "digest": digest_of("v1"), "changes": ADDED}),
         ("NONE", V2, {"table_version": 2, "digest": digest_of("v2")}),
@@ -355,7 +354,7 @@ def test_reads_follow_the_workspaces(contract: Contract, world: World) -> None:
     assert listed(schema_state="blocked") == []
 
 
-BAD = [
+BAD: list[tuple[str, dict[str, Any], str]] = [
     ("record_dataset", {"name": "bad name"}, "name"),
     ("record_dataset", {"name": ""}, "name"),
     ("record_dataset", {"location": ""}, "location"),

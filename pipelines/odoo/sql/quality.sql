@@ -12,31 +12,45 @@ select count(*) from (
   having arg_max(_op, _extracted_at) = 'upsert'
 );
 
--- name: gold_reconciliation
--- Gold recomputed from silver, independently of the gold queries' own SQL.
-select 'gold.odoo.revenue' as dataset, 'revenue' as measure,
-       (select sum(-balance) from account_move_line
-        where not is_deleted and not is_orphan and move_state = 'posted'
-          and move_type in ('out_invoice', 'out_refund') and display_type = 'product')
-         as silver,
-       (select sum(revenue) from gold_revenue) as gold
-union all
-select 'gold.odoo.revenue', 'invoice lines',
-       (select count(*) from account_move_line
-        where not is_deleted and not is_orphan and move_state = 'posted'
-          and move_type in ('out_invoice', 'out_refund') and display_type = 'product'),
-       (select sum(lines) from gold_revenue)
-union all
-select 'gold.odoo.order_invoice_lag', 'confirmed orders',
-       (select count(*) from sale_order where not is_deleted and state in ('sale', 'done')),
-       (select count(*) from gold_order_invoice_lag)
-union all
-select 'gold.odoo.receivables_ageing', 'open invoices',
-       (select count(*) from account_move
-        where not is_deleted and state = 'posted' and move_type in ('out_invoice', 'out_refund')
-          and payment_state not in ('paid', 'in_payment', 'reversed')
-          and amount_residual_signed <> 0 and invoice_date <= ?),
-       (select sum(invoices) from gold_receivables_ageing);
+-- name: row_counts_reconcile
+-- `row_counts` (made by quality.py): per extracted table, its rows in the source at
+-- extraction, live in bronze and live in silver. Then gold recomputed from silver,
+-- independently of the gold queries' own SQL. A row fails when its layers disagree.
+with measured as (
+  select dataset, measure, cast(source as decimal(38, 2)) as source,
+         cast(bronze as decimal(38, 2)) as bronze, cast(silver as decimal(38, 2)) as silver,
+         cast(null as decimal(38, 2)) as gold
+  from row_counts
+  union all
+  select 'gold.odoo.revenue', 'revenue', null, null,
+         coalesce((select sum(-balance) from account_move_line
+                   where not is_deleted and not is_orphan and move_state = 'posted'
+                     and move_type in ('out_invoice', 'out_refund')
+                     and display_type = 'product'), 0),
+         coalesce((select sum(revenue) from gold_revenue), 0)
+  union all
+  select 'gold.odoo.revenue', 'invoice lines', null, null,
+         (select count(*) from account_move_line
+          where not is_deleted and not is_orphan and move_state = 'posted'
+            and move_type in ('out_invoice', 'out_refund') and display_type = 'product'),
+         coalesce((select sum(lines) from gold_revenue), 0)
+  union all
+  select 'gold.odoo.order_invoice_lag', 'confirmed orders', null, null,
+         (select count(*) from sale_order where not is_deleted and state in ('sale', 'done')),
+         (select count(*) from gold_order_invoice_lag)
+  union all
+  select 'gold.odoo.receivables_ageing', 'open invoices', null, null,
+         (select count(*) from account_move
+          where not is_deleted and state = 'posted'
+            and move_type in ('out_invoice', 'out_refund')
+            and payment_state not in ('paid', 'in_payment', 'reversed')
+            and amount_residual_signed <> 0 and invoice_date <= $as_of),
+         coalesce((select sum(invoices) from gold_receivables_ageing), 0)
+)
+select 'every layer holds the same ' || measure || ' of ' || dataset as rule, *
+from measured
+where least(source, bronze, silver, gold) is distinct from greatest(source, bronze, silver, gold)
+order by dataset, measure;
 
 -- name: line_sums_match_headers
 -- Odoo stores header totals that are sums of their lines (each line already rounded).
