@@ -19,10 +19,11 @@ artifact store. docs/verify.md.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,6 +240,20 @@ def _scratch_dir(scratch: Path | None, run_id: str, state_dir: Path | None) -> P
 
 # ----------------------------------------------------------------------------- rebuilding
 
+@contextlib.contextmanager
+def _worker_client(target: Any, token: str | None) -> Iterator[ContractClient]:
+    """The client the rebuild claims with: the local stack's executor token when the command
+    talks to the stack with the stack's (operator) token, since only executors claim; else
+    the command's own client (`--token` must then be able to create runs and claim)."""
+    stack = target.stack()
+    if (token is None and stack is not None and stack.executor_token is not None
+            and stack.gateway_url.rstrip("/") == target.url):
+        with ContractClient(target.url, stack.executor_token.get_secret_value()) as client:
+            yield client
+    else:
+        yield target.client
+
+
 def _rebuild(client: ContractClient, run_id: str, *, workspace_id: str, kinds: list[str],
              store: ArtifactStore, work_dir: Path, repo: str | None,
              concurrency: int) -> Run:
@@ -373,9 +388,11 @@ def verify_command(
             if not as_json:
                 err.print(f"verify {wanted}: rebuilding as run {created['id']} in {folder}",
                           markup=False)
-            rebuilt = _rebuild(target.client, str(created["id"]),
-                               workspace_id=original.workspace_id, kinds=kinds, store=store,
-                               work_dir=folder / "work", repo=repo, concurrency=concurrency)
+            with _worker_client(target, token) as claimer:
+                rebuilt = _rebuild(claimer, str(created["id"]),
+                                   workspace_id=original.workspace_id, kinds=kinds,
+                                   store=store, work_dir=folder / "work", repo=repo,
+                                   concurrency=concurrency)
         comparison = compare_runs(original, rebuilt)
         if as_json:
             out.print_json(data=_report(original, rebuilt, comparison, folder))

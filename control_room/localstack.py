@@ -126,6 +126,7 @@ class LocalStack:
         lake = (state / "lake").absolute()
         artifacts = (state / "artifacts").absolute()
         self.info = Stack(gateway_url=gateway_url, token=SecretStr(operator_token),
+                          executor_token=SecretStr(executor_token),
                           workspace_id=workspace_id, workspace_slug=WORKSPACE_SLUG,
                           lake=lake, artifacts=artifacts, ui_url=f"{base}/")
         for n in range(self.workers):

@@ -22,6 +22,9 @@ class Stack(BaseModel):
 
     gateway_url: str
     token: SecretStr
+    """The operator's (workspace admin): creates, cancels and retries runs."""
+    executor_token: SecretStr | None = None
+    """The local workers' (executor role): what `verify` claims its rebuild with."""
     workspace_id: str
     workspace_slug: str
     lake: Path
@@ -57,6 +60,8 @@ def write_stack(state_dir: Path, stack: Stack) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     document = stack.model_dump(mode="json")
     document["token"] = stack.token.get_secret_value()
+    if stack.executor_token is not None:
+        document["executor_token"] = stack.executor_token.get_secret_value()
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

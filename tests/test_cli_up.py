@@ -78,7 +78,22 @@ def test_up_runs_phases_and_stops_cleanly_and_a_second_up_reuses_state(tmp_path:
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
         assert health["status"] == "ok" and health["migrations"] == "current"
 
-        # the operator token creates a run; a worker of the stack runs it
+        # `runs create --wait` and `verify` find the stack through stack.json alone
+        cli = [sys.executable, "-m", "control_room"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_ROOM_")}
+        created = subprocess.run(
+            [*cli, "runs", "create", "--spec", "specs/example.yaml", "--param",
+             f"lake={tmp_path / 'lake'}", "--wait", "--json", "--state-dir", str(state)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert created.returncode == 0, created.stderr
+        example = json.loads(created.stdout)
+        assert example["state"] == "succeeded"
+        verified = subprocess.run(
+            [*cli, "verify", example["id"], "--json", "--state-dir", str(state)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert verified.returncode == 0, verified.stderr + verified.stdout
+
+        # the operator token creates a run over HTTP; a worker of the stack runs it
         run = rpc(stack, "create_run", {
             "workspace_id": stack["workspace_id"], "spec_slug": "up-test", "git_sha": "abc1234",
             "phases": [{"name": "hello", "kind": "python", "params": {
@@ -104,7 +119,7 @@ def test_up_runs_phases_and_stops_cleanly_and_a_second_up_reuses_state(tmp_path:
         again = json.loads((state / "stack.json").read_text())
         assert again["workspace_id"] == stack["workspace_id"]
         runs = rpc(again, "list_runs", {"workspace_id": again["workspace_id"]})
-        assert [r["id"] for r in runs["runs"]] == [run["id"]]
+        assert {r["id"] for r in runs["runs"]} >= {run["id"], example["id"]}
     finally:
         output = stop(proc)
     assert proc.returncode == 0, output

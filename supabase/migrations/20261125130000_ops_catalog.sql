@@ -490,3 +490,163 @@ grant execute on function ops.record_dataset(text, text, text, text, text, jsonb
                           ops.list_datasets(text, text, text, text, integer),
                           ops.get_dataset(text, text)
     to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- append_events: the catalog's two event types are written by record_dataset only, like the
+-- lifecycle events; an executor cannot forge them. (The function as in 20261125120200, with
+-- the two types added to its reserved list.)
+
+create or replace function ops.append_events(run_id text, events jsonb, lease_token text default null)
+returns jsonb
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+    v_now      timestamptz := ops_private.now();
+    v_run      uuid := ops_private.uuid_arg('run_id', append_events.run_id, true);
+    v_token    uuid := ops_private.uuid_arg('lease_token', append_events.lease_token);
+    v_reserved constant text[] := array['DATASET_SCHEMA_CHANGED', 'DATASET_BLOCKED', 'RUN_CREATED', 'RUN_SUCCEEDED', 'RUN_FAILED', 'RUN_CANCELLED',
+                                        'RUN_FINALIZED', 'PHASE_QUEUED', 'PHASE_CLAIMED', 'LEASE_EXPIRED',
+                                        'PHASE_SUCCEEDED', 'PHASE_FAILED', 'PHASE_RETRY_SCHEDULED',
+                                        'PHASE_SKIPPED', 'PHASE_CANCELLED', 'PHASE_REUSED', 'PHASE_STOPPED',
+                                        'ARTIFACT_REGISTERED'];
+    v_allowed  constant text[] := array['event_id', 'phase', 'ts', 'level', 'type', 'message', 'payload'];
+    v_ws       uuid;
+    v_n        integer;
+    v_i        integer;
+    v_e        jsonb;
+    v_path     text;
+    v_key      text;
+    v_phase    text;
+    v_p        ops.phases;
+    v_rows     jsonb := '[]'::jsonb;
+    v_ids      uuid[] := '{}';
+    v_id       uuid;
+    v_base     bigint;
+    v_new      integer;
+begin
+    select r.workspace_id into v_ws from ops.runs r where r.id = v_run;
+    if v_ws is null then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['executor', 'developer', 'admin'], true, 'run');
+    if append_events.events is null or jsonb_typeof(append_events.events) <> 'array' then
+        perform ops_private.fail(400, 'invalid_argument', 'events must be a JSON array of events',
+                                 jsonb_build_object('argument', 'events'));
+    end if;
+    v_n := jsonb_array_length(append_events.events);
+    if v_n > 1000 then
+        perform ops_private.fail(413, 'payload_too_large',
+            format('at most 1000 events per call, got %s', v_n), jsonb_build_object('argument', 'events'));
+    end if;
+    perform ops_private.check_size('events', append_events.events, 1048576);
+
+    for v_i in 0 .. v_n - 1 loop
+        v_e := append_events.events -> v_i;
+        v_path := format('events[%s]', v_i);
+        if jsonb_typeof(v_e) <> 'object' then
+            perform ops_private.fail(400, 'invalid_argument', v_path || ' must be a JSON object');
+        end if;
+        for v_key in select jsonb_object_keys(v_e) loop
+            if not (v_key = any (v_allowed)) then
+                perform ops_private.fail(400, 'invalid_argument',
+                    format('%s has an unknown field %s (known: %s)', v_path, v_key, array_to_string(v_allowed, ', ')),
+                    jsonb_build_object('argument', v_path || '.' || v_key));
+            end if;
+        end loop;
+        if jsonb_typeof(v_e -> 'event_id') is distinct from 'string' then
+            perform ops_private.fail(400, 'invalid_argument', v_path || '.event_id is required (a client-made UUID)',
+                                     jsonb_build_object('argument', v_path || '.event_id'));
+        end if;
+        v_id := ops_private.uuid_arg(v_path || '.event_id', v_e ->> 'event_id');
+        if jsonb_typeof(v_e -> 'type') is distinct from 'string' or (v_e ->> 'type') !~ '^[A-Z][A-Z0-9_]{0,63}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.type must be an upper-case name such as PHASE_STARTED or LOG, got '
+                || coalesce((v_e -> 'type')::text, 'nothing'), jsonb_build_object('argument', v_path || '.type'));
+        end if;
+        if (v_e ->> 'type') = any (v_reserved) then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.type ' || (v_e ->> 'type') || ' is a lifecycle event that only the control plane writes',
+                jsonb_build_object('argument', v_path || '.type'));
+        end if;
+        if v_e ? 'level' and (v_e ->> 'level') is distinct from null
+           and (v_e ->> 'level') not in ('debug', 'info', 'warning', 'error') then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.level must be one of debug, info, warning, error', jsonb_build_object('argument', v_path || '.level'));
+        end if;
+        if v_e -> 'message' is not null and v_e -> 'message' <> 'null'::jsonb
+           and (jsonb_typeof(v_e -> 'message') <> 'string' or length(v_e ->> 'message') > 16384) then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.message must be a string of at most 16384 characters', jsonb_build_object('argument', v_path || '.message'));
+        end if;
+        if v_e -> 'payload' is not null and v_e -> 'payload' <> 'null'::jsonb then
+            perform ops_private.check_object(v_path || '.payload', v_e -> 'payload');
+            perform ops_private.check_size(v_path || '.payload', v_e -> 'payload', 65536);
+        end if;
+        if v_e -> 'ts' is not null and v_e -> 'ts' <> 'null'::jsonb
+           and (jsonb_typeof(v_e -> 'ts') <> 'string' or not ops_private.is_timestamptz(v_e ->> 'ts')) then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.ts must be an ISO 8601 timestamp with a time zone, got ' || (v_e -> 'ts')::text,
+                jsonb_build_object('argument', v_path || '.ts'));
+        end if;
+        if v_e -> 'phase' is not null and v_e -> 'phase' <> 'null'::jsonb then
+            if jsonb_typeof(v_e -> 'phase') <> 'string' then
+                perform ops_private.fail(400, 'invalid_argument', v_path || '.phase must be a phase name',
+                                         jsonb_build_object('argument', v_path || '.phase'));
+            end if;
+            if v_phase is not null and v_phase <> (v_e ->> 'phase') then
+                perform ops_private.fail(400, 'invalid_argument',
+                    'one call may carry events of one phase only (its lease token proves that phase)',
+                    jsonb_build_object('argument', v_path || '.phase'));
+            end if;
+            v_phase := v_e ->> 'phase';
+        end if;
+        if not (v_id = any (v_ids)) then   -- the first of duplicate event_ids in one batch wins
+            v_ids := v_ids || v_id;
+            v_rows := v_rows || jsonb_build_array(v_e || jsonb_build_object('event_id', v_id));
+        end if;
+    end loop;
+
+    if v_phase is not null and v_token is null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'events naming a phase need that phase''s lease_token', jsonb_build_object('argument', 'lease_token'));
+    end if;
+
+    -- all of a run's events are written under its row lock, which also fences the lease check:
+    -- a lease token changes only under this lock (claim_phase, complete_phase)
+    perform 1 from ops.runs r where r.id = v_run for update;
+    if v_token is not null then
+        select * into v_p from ops.phases p
+        where p.lease_token = v_token and p.run_id = v_run
+          and (p.state = 'running' or (p.state = 'cancelled' and p.lease_expires_at > v_now));
+        if v_p.id is null then
+            perform ops_private.fail(409, 'lease_lost', 'lease token is not live for a phase of this run');
+        end if;
+        perform ops_private.require_role(v_ws, array['executor'], true, 'run');
+        if v_phase is not null and v_phase <> v_p.name then
+            perform ops_private.fail(409, 'lease_lost',
+                format('the lease token belongs to phase %s, not %s', v_p.name, v_phase));
+        end if;
+    end if;
+
+    -- drop events already stored (a retried call), then allocate consecutive sequence numbers
+    select coalesce(jsonb_agg(e order by o), '[]'::jsonb) into v_rows
+    from jsonb_array_elements(v_rows) with ordinality as t(e, o)
+    where not exists (select 1 from ops.run_events x where x.run_id = v_run and x.event_id = (e ->> 'event_id')::uuid);
+    v_new := jsonb_array_length(v_rows);
+    if v_new > 0 then
+        update ops.runs r set last_event_seq = r.last_event_seq + v_new where r.id = v_run
+        returning r.last_event_seq - v_new into v_base;
+        insert into ops.run_events (run_id, seq, event_id, workspace_id, phase, attempt, ts, recorded_at,
+                                    level, type, message, payload, principal_id)
+        select v_run, v_base + o, (e ->> 'event_id')::uuid, v_ws, nullif(e ->> 'phase', ''),
+               case when e ->> 'phase' is not null then v_p.attempt end,
+               coalesce((e ->> 'ts')::timestamptz, v_now), v_now, coalesce(e ->> 'level', 'info'), e ->> 'type',
+               coalesce(e ->> 'message', ''), coalesce(nullif(e -> 'payload', 'null'::jsonb), '{}'::jsonb), ops_private.uid()
+        from jsonb_array_elements(v_rows) with ordinality as t(e, o);
+    end if;
+    return jsonb_build_object('appended', v_new, 'duplicates', v_n - v_new,
+                              'last_seq', (select r.last_event_seq from ops.runs r where r.id = v_run));
+end
+$$;

@@ -342,6 +342,8 @@ APPEND_EVENTS = [
         argument="events[0].type"),
     bad("reserved-run-created", "append_events", lambda c: events(event(type="RUN_CREATED")),
         "events[0].type", "RUN_CREATED"),
+    bad("reserved-dataset-blocked", "append_events",
+        lambda c: events(event(type="DATASET_BLOCKED")), "events[0].type", "DATASET_BLOCKED"),
     bad("reserved-lease-expired", "append_events", lambda c: events(event(type="LEASE_EXPIRED")),
         "events[0].type", "LEASE_EXPIRED"),
     bad("type-lower-case", "append_events", lambda c: events(event(type="log")),
