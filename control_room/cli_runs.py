@@ -279,9 +279,13 @@ def _run_header(run: Run) -> Table:
 
 def _phases_table(run: Run, *, live: Mapping[tuple[str, int], float] | None = None,
                   latest: Mapping[str, str] | None = None) -> Table:
-    table = Table("phase", "kind", "state", "attempt", "duration", "progress")
-    if latest is not None:
-        table.add_column("latest event", overflow="ellipsis", no_wrap=True, max_width=60)
+    table = Table()
+    for column in ("phase", "kind", "state", "attempt", "duration"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("progress", no_wrap=True, min_width=12)
+    if latest is not None:       # the column that gives way on a narrow screen or a CI log
+        table.add_column("latest event", overflow="ellipsis", no_wrap=True, max_width=60,
+                         ratio=1)
     for phase in run.phases:
         row: list[RenderableType] = [
             phase.name, phase.kind, _state(phase.state), f"{phase.attempt}/{phase.max_attempts}",
