@@ -95,16 +95,20 @@ DEMO_WAREHOUSE_DB = "odoo_warehouse"
 @app.command("demo")
 def demo_command(
     scale: Annotated[float, typer.Option(
-        "--scale", min=0.001, max=100.0,
+        "--scale", envvar="CONTROL_ROOM_DEMO_SCALE", show_envvar=True, min=0.001, max=100.0,
         help="Size of the Odoo data: about 100,000 x scale sale order lines.")] = 0.05,
     days: Annotated[int, typer.Option(
-        "--days", min=1, max=3650, help="Days of Odoo activity to simulate.")] = 30,
-    seed: Annotated[int, typer.Option("--seed", help="The generator's seed.")] = 42,
+        "--days", envvar="CONTROL_ROOM_DEMO_DAYS", show_envvar=True, min=1, max=3650, help="Days of Odoo activity to simulate.")] = 30,
+    seed: Annotated[int, typer.Option(
+        "--seed", envvar="CONTROL_ROOM_DEMO_SEED", show_envvar=True,
+        help="The generator's seed.")] = 42,
     workers: Workers = 2,
     port: Annotated[int, typer.Option(
-        "--port", help="The gateway's port. Default: any free port.")] = 0,
+        "--port", envvar="CONTROL_ROOM_DEMO_PORT", show_envvar=True,
+        help="The gateway's port. Default: any free port.")] = 0,
     keep_up: Annotated[bool, typer.Option(
-        "--keep-up", help="Keep the stack running after the run, until Ctrl-C.")] = False,
+        "--keep-up", envvar="CONTROL_ROOM_DEMO_KEEP_UP", show_envvar=True,
+        help="Keep the stack running after the run, until Ctrl-C.")] = False,
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -28,12 +29,13 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 import blake3
 import psycopg
@@ -246,8 +248,10 @@ def _count(rng: random.Random, mean: float) -> int:
 
 
 def _r2(value: float) -> float:
-    """Round to cents; `+ 0.0` turns -0.0 into 0.0 so equal amounts serialise equally."""
-    return round(value, 2) + 0.0
+    """Round to cents, half away from zero as Odoo's float_round (Python's round() is not:
+    round(2.675, 2) == 2.67); `+ 0.0` turns -0.0 into 0.0 so equal amounts serialise equally.
+    """
+    return round(value * 100.0 + (1e-7 if value > 0 else -1e-7)) / 100.0 + 0.0
 
 
 # ---------------------------------------------------------------------------------- world
@@ -390,7 +394,6 @@ class _BulkSink:
         self._files: dict[str, IO[bytes]] = {}
         self._copies: dict[str, psycopg.Copy] = {}
         self._values = {name: _values_of(table) for name, table in schema_tables().items()}
-        self.counts: Counter[str] = Counter()
 
     def added(self, table: str, row: Row) -> None:
         pass
@@ -402,9 +405,11 @@ class _BulkSink:
         pass
 
     def released(self, table: str, row: Row) -> None:
-        copy = self._copies.get(table) or self._open(table)
+        try:
+            copy = self._copies[table]
+        except KeyError:
+            copy = self._open(table)
         copy.write_row(self._values[table](row))
-        self.counts[table] += 1
 
     def _open(self, table: str) -> psycopg.Copy:
         file = (self._directory / f"{table}.copy").open("w+b")
@@ -413,22 +418,20 @@ class _BulkSink:
         self._copies[table] = copy
         return copy
 
-    def load(self) -> None:
-        """COPY every file into its table (tables have no constraints yet)."""
+    def load(self, dsn: str) -> None:
+        """COPY every file into its (committed, constraint-free) table, two tables at a time.
+
+        The server does the parsing: two connections keep both cores of a small machine busy.
+        """
         for copy in self._copies.values():
             copy.finish(None)
         self._copies.clear()
-        for name, table in schema_tables().items():
-            file = self._files.get(name)
-            if file is None:
-                continue
-            file.seek(0)
-            statement = sql.SQL("copy {} ({}) from stdin").format(
-                sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, table.columns))
-            )
-            with self._conn.cursor().copy(statement) as copy:
-                while chunk := file.read(1 << 20):
-                    copy.write(chunk)
+        tables = schema_tables()
+        biggest_first = sorted(self._files, key=lambda name: -self._files[name].tell())
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for done in [pool.submit(_load_file, dsn, tables[name], self._files[name])
+                         for name in biggest_first]:
+                done.result()
 
     def close(self) -> None:
         for copy in self._copies.values():
@@ -476,6 +479,16 @@ class _DbSink:
         for name in reversed(list(tables)):
             if self.deleted[name]:
                 _delete_rows(conn, tables[name], list(self.deleted[name]))
+
+
+def _load_file(dsn: str, table: Table, file: IO[bytes]) -> None:
+    file.seek(0)
+    statement = sql.SQL("copy {} ({}) from stdin").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, table.columns))
+    )
+    with psycopg.connect(dsn) as conn, conn.cursor().copy(statement) as copy:
+        while chunk := file.read(1 << 20):
+            copy.write(chunk)
 
 
 def _copy_rows(conn: psycopg.Connection[Any], target: str, columns: tuple[str, ...],
@@ -690,6 +703,7 @@ class _Setup:
 
     def staff(self) -> list[int]:
         self.fixed("res_partner", {"name": "Control Room Demo BV", "is_company": True,
+                                   "complete_name": "Control Room Demo BV",
                                    "company_id": COMPANY_ID, "commercial_partner_id": 1,
                                    "country_id": 1, "email": "info@controlroom.example.com",
                                    "active": True, "type": "contact", "partner_share": False,
@@ -923,8 +937,7 @@ def _undelivered(order: Order) -> bool:
     return any(line["qty_delivered"] < line["product_uom_qty"] for line in order.lines.values())
 
 
-@dataclass(frozen=True)
-class _Item:
+class _Item(NamedTuple):
     """One product line of a customer invoice or credit note, before it becomes a move line."""
 
     order_line_id: int
@@ -980,6 +993,11 @@ class _Day:
         self.sink.added(table, row)
         self.sink.released(table, row)
         return row
+
+    def link(self, table: str, row: Row) -> None:
+        """A Many2many pair that never changes (the row is given whole)."""
+        self.sink.added(table, row)
+        self.sink.released(table, row)
 
     def touch(self, table: str, row: Row, when: datetime, uid: int) -> None:
         _stamp(row, when, uid)
@@ -1316,10 +1334,10 @@ class _Day:
                 "price_total": _r2(item.subtotal + item.tax), "display_type": "product"})
             lines.append(line)
             links[line["id"]] = item.order_line_id
-            self.final("sale_order_line_invoice_rel", {"invoice_line_id": line["id"],
-                                                       "order_line_id": item.order_line_id})
-            self.final("account_move_line_account_tax_rel", {"account_move_line_id": line["id"],
-                                                             "account_tax_id": TAX_ID})
+            self.link("sale_order_line_invoice_rel", {"invoice_line_id": line["id"],
+                                                      "order_line_id": item.order_line_id})
+            self.link("account_move_line_account_tax_rel", {"account_move_line_id": line["id"],
+                                                            "account_tax_id": TAX_ID})
         untaxed = _r2(sum(item.subtotal for item in items))
         tax = _r2(sum(item.tax for item in items))
         total = _r2(untaxed + tax)
@@ -1362,11 +1380,14 @@ class _Day:
                        lines=lines, links=links)
 
     def move_line(self, common: dict[str, Any], values: dict[str, Any]) -> Row:
-        balance = values["balance"]
-        values = {"debit": balance if balance > 0 else 0.0,
-                  "credit": _r2(-balance) if balance < 0 else 0.0, **values}
-        line = _row("account_move_line", {"id": self.world.next_id("account_move_line"),
-                                          **common, **values})
+        line = _row("account_move_line", common)
+        line.update(values)
+        if len(line) != len(_blank("account_move_line")[0]):
+            _row("account_move_line", {**common, **values})  # raises, naming the column
+        balance = line["balance"]
+        line["id"] = self.world.next_id("account_move_line")
+        line["debit"] = balance if balance > 0 else 0.0
+        line["credit"] = _r2(-balance) if balance < 0 else 0.0
         self.sink.added("account_move_line", line)
         return line
 
@@ -1613,6 +1634,19 @@ def _load_open_documents(cur: psycopg.Cursor[Any], world: World) -> None:
 # ---------------------------------------------------------------------------------- public API
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while millions of (acyclic) row dicts are made: the
+    collector would walk them all again and again for nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _validate(*, scale: float, days: int) -> None:
     if not (isinstance(scale, int | float) and math.isfinite(scale) and 0 < scale <= 100):
         raise GeneratorError(f"scale must be a number in (0, 100], got {scale!r}")
@@ -1625,14 +1659,11 @@ def _refuse_foreign(conn: psycopg.Connection[Any], database: str) -> None:
     queries = _queries()
     marker = conn.execute(queries["generator_marker"], {}).fetchone()
     assert marker is not None
-    has_odoo, has_config = marker
-    if not has_odoo:
-        return
-    seed = conn.execute(queries["generator_seed"], {}).fetchone() if has_config else None
-    if seed is None:
+    has_odoo, _, made_by_generator = marker
+    if has_odoo and not made_by_generator:
         raise GeneratorError(
             f"refusing to overwrite database {database!r}: it has Odoo tables that the "
-            "generator did not create (no control_room.generator.seed parameter)"
+            "generator did not create (ir_config_parameter lacks its mark)"
         )
 
 
@@ -1669,19 +1700,24 @@ def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
     began = time.monotonic()
     database = str(conninfo_to_dict(dsn).get("dbname") or "")
     if create_database and database:
-        ensure_database(_with_dbname(dsn, "postgres"), database)
+        # Through the server's `postgres` database; if that is out of reach, the connection
+        # below reports the real problem.
+        with contextlib.suppress(psycopg.OperationalError):
+            ensure_database(_with_dbname(dsn, "postgres"), database)
     with _connect(dsn) as conn:
         _refuse_foreign(conn, database)
         _recreate_tables(conn)
+        conn.commit()
         with tempfile.TemporaryDirectory(prefix="odoo-generator-") as directory:
             sink = _BulkSink(conn, Path(directory))
             try:
-                world = _Setup(seed, float(scale), start, sink).build()
-                for _ in range(days):
-                    _Day(world, sink, seed).run()
-                for table, row in world.held():
-                    sink.released(table, row)
-                sink.load()
+                with _collector_paused():
+                    world = _Setup(seed, float(scale), start, sink).build()
+                    for _ in range(days):
+                        _Day(world, sink, seed).run()
+                    for table, row in world.held():
+                        sink.released(table, row)
+                sink.load(dsn)
             finally:
                 sink.close()
         _set_sequences(conn, world.ids)
@@ -1691,7 +1727,8 @@ def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
     last = start + timedelta(days=max(days - 1, 0))
     return GenerateReport(
         database=database, seed=seed, scale=float(scale), first_day=start, last_day=last,
-        rows=rows, inserted=dict(sink.counts), updated={}, deleted={},
+        rows=rows, inserted={name: count for name, count in rows.items() if count},
+        updated={}, deleted={},
         activity=dict(sorted(world.activity.items())), seconds=time.monotonic() - began,
     )
 
@@ -1708,8 +1745,9 @@ def advance(dsn: str, *, days: int = 1, seed: int | None = None) -> GenerateRepo
         world, day_seed = _load_world(conn, seed)
         first = world.current_date
         sink = _DbSink()
-        for _ in range(days):
-            _Day(world, sink, day_seed).run()
+        with _collector_paused():
+            for _ in range(days):
+                _Day(world, sink, day_seed).run()
         sink.flush(conn)
         _set_sequences(conn, world.ids)
         conn.commit()

@@ -6,11 +6,12 @@
 select 1 from pg_database where datname = %(name)s;
 
 -- name: generator_marker
+-- Odoo tables present, and whether the generator made them (schema.sql comments its
+-- ir_config_parameter; a real Odoo's says "System Parameter").
 select to_regclass('res_partner') is not null as has_odoo_tables,
-       to_regclass('ir_config_parameter') is not null as has_config;
-
--- name: generator_seed
-select value from ir_config_parameter where key = 'control_room.generator.seed';
+       to_regclass('ir_config_parameter') is not null as has_config,
+       coalesce(obj_description(to_regclass('ir_config_parameter'), 'pg_class')
+                = 'control_room.generator', false) as made_by_generator;
 
 -- name: config
 select * from ir_config_parameter where key like 'control_room.generator.%%' order by id;

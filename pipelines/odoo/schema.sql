@@ -33,6 +33,9 @@ create table ir_config_parameter (
     write_uid integer,
     write_date timestamp without time zone
 );
+-- The generator's mark: it only ever drops tables of a database whose ir_config_parameter
+-- carries this comment (a real Odoo's says "System Parameter").
+comment on table ir_config_parameter is 'control_room.generator';
 
 create table res_currency (
     id serial primary key,
