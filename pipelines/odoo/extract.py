@@ -21,15 +21,24 @@ What one phase does, all of it read from one REPEATABLE READ snapshot of the sou
    it (Odoo sets `write_date` when a transaction starts, so a long transaction can commit a
    row older than a watermark already taken). Rows travel as `COPY ... TO STDOUT (FORMAT
    csv)`, parsed into Arrow by pyarrow's multi-threaded CSV reader in 32 MiB chunks while
-   the copy goes on; no Python loop touches a row.
-3. Detects deletions (Odoo unlinks rows): the ids the source has now are compared with the
-   ids live in bronze; each vanished id gets a tombstone row (`_op = 'delete'`).
-4. Writes upserts and tombstones to bronze in ONE Delta commit, a merge on
-   `(id, _source_write_date, _op)`: a row version is stored once however often it is read,
-   so a re-run after a crash (or a lookback) adds no duplicate.
-5. Only then appends the new watermark to `_state/watermarks`. A crash between 4 and 5
-   leaves the old watermark: the next attempt reads the same rows again and the merge keeps
-   one copy of each.
+   the copy goes on; a row never becomes Python values (each COPY message, one row's CSV
+   bytes, is appended to the chunk as it is).
+3. Keeps only the row versions bronze does not hold yet: a version is `(id,
+   _source_write_date)`, and the rows read are anti-joined with bronze's versions from the
+   oldest one read on (a scan pruned by the files' statistics). So a version is stored once
+   however often it is read: a re-run after a crash, or a lookback, appends no duplicate.
+4. Detects deletions (Odoo unlinks rows): the ids the source has now are compared with the
+   ids live in bronze; each vanished id gets a tombstone row (`_op = 'delete'`). An id
+   already tombstoned is not live, so it is never tombstoned twice.
+5. Appends the new versions and tombstones to bronze in ONE Delta commit.
+6. Only then appends the new watermark to `_state/watermarks`. A crash between 5 and 6
+   leaves the old watermark: the next attempt reads the same rows again, finds them all in
+   bronze, and appends nothing but what changed since.
+
+Bronze is append-only (never a Delta merge: it costs a scan of the whole table, and
+delta-rs 1.6 writes merged files with Arrow string_view columns, on which pyarrow's dataset
+filters fail). One attempt of a phase runs at a time (the worker's lease); two at once could
+both append the same versions, which `row_counts_reconcile` in quality would catch.
 
 Tables without `id` and `write_date` are Odoo's many2many relations (every column in the
 primary key, e.g. `sale_order_line_invoice_rel`): read whole each run and compared with the
@@ -61,9 +70,10 @@ from psycopg import sql
 from executor import datasets as catalog
 from executor.connections import arrow_type, postgres_connect
 from executor.kinds.base import DatasetBlocked, SchemaBlocked, TerminalPhaseError
-from executor.tables import classify, read_schema, schema_json, with_keys, write_table
+from executor.tables import classify, read_schema, schema_json, with_keys
 from pipelines.odoo.lake import (
     Context,
+    append_state,
     arg,
     bronze_name,
     bronze_uri,
@@ -71,12 +81,12 @@ from pipelines.odoo.lake import (
     duck,
     open_delta,
     queries,
-    retry_commit,
     state_uri,
 )
 
 __all__ = [
     "CHUNK_BYTES",
+    "INCREMENTAL_KEYS",
     "METADATA_COLUMNS",
     "SourceColumn",
     "SourceTable",
@@ -104,6 +114,7 @@ WATERMARKS = "watermarks"
 EPOCH = dt.datetime(1970, 1, 1)
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TIMESTAMPTZ = 1184
+
 
 @dataclass(frozen=True)
 class SourceColumn:
@@ -142,7 +153,8 @@ class SourceTable:
 
     @property
     def bronze_keys(self) -> list[str] | None:
-        """Merge keys of a model table's bronze; None for a relation's (appended)."""
+        """The key of a model table's bronze rows (recorded in its schema); a relation's
+        rows have none (a pair may vanish and come back)."""
         return list(INCREMENTAL_KEYS) if self.incremental else None
 
 
@@ -276,8 +288,7 @@ def commit_watermark(lake: str, dataset: str, watermark: Watermark, *, run_id: s
         "run_id": pa.array([run_id], pa.string()),
         "committed_at": pa.array([dt.datetime.now(dt.UTC)], pa.timestamp("us", tz="UTC")),
     })
-    uri = state_uri(lake, WATERMARKS)
-    retry_commit(lambda: write_table(uri, row, mode="append", name="_state.watermarks"))
+    append_state(state_uri(lake, WATERMARKS), row)
 
 
 def _batch_watermark(rows: pa.Table) -> Watermark | None:
@@ -351,6 +362,27 @@ def _check_schema(ctx: Context, source: SourceTable, name: str, uri: str) -> str
     return change.kind
 
 
+@dataclass(frozen=True)
+class _Batch:
+    rows: pa.Table
+    """What to append to bronze: new versions, then tombstones."""
+    stats: dict[str, Any]
+    """For the manifest: mode, read, upserts, deletes, source_rows, watermark..."""
+    watermark: Watermark | None = None
+    """The watermark to commit after the append (None: it does not move)."""
+
+
+def _new_versions(bronze: Any, upserts: pa.Table) -> pa.Table:
+    """The rows of `upserts` whose version `(id, _source_write_date)` bronze lacks."""
+    if bronze is None or upserts.num_rows == 0:
+        return upserts
+    oldest = pc.min(upserts.column("_source_write_date")).as_py()
+    with duck(bronze=bronze, batch=upserts) as db:
+        fresh = db.sql(queries("extract")["new_versions"], params={"oldest": oldest}
+                       ).to_arrow_table()
+    return fresh.cast(upserts.schema)
+
+
 # ---------------------------------------------------------------------------------- the phase
 
 def extract_table(ctx: Context) -> dict[str, Any]:
@@ -387,21 +419,21 @@ def extract(ctx: Context, pg: psycopg.Connection[Any], *, table: str, lake: str,
     change = _check_schema(ctx, source, name, uri)
     ctx.progress(0.1)
     if source.incremental:
-        batch, stats = _incremental_batch(ctx, pg, source, lake, name, uri, lookback)
+        batch = _incremental_batch(ctx, pg, source, lake, name, uri, lookback)
     else:
-        batch, stats = _relation_batch(ctx, pg, source, uri)
+        batch = _relation_batch(ctx, pg, source, uri)
+    stats = batch.stats
     ctx.progress(0.6)
     bronze = open_delta(uri)
-    written: dict[str, Any] | None = None
-    if bronze is None or batch.num_rows:
-        mode = "merge" if source.incremental else "append"
-        written = ctx.write_table(name, uri, batch, mode=mode, keys=source.bronze_keys,
-                                  layer="bronze")
+    if bronze is None or batch.rows.num_rows or change != "UNCHANGED":
+        # a schema change is applied even when no row changed (an empty append commits it)
+        written = ctx.write_table(name, uri, batch.rows, mode="append",
+                                  keys=source.bronze_keys, layer="bronze")
         table_entry = {k: written[k] for k in ("name", "uri", "version", "digest", "rows")}
     else:
         table_entry = {"name": name, "uri": uri, "version": bronze.version()}
     ctx.progress(0.9)
-    watermark: Watermark | None = stats.pop("_new_watermark", None)
+    watermark = batch.watermark
     if watermark is not None:
         commit_watermark(lake, name, watermark, run_id=ctx.run_id, upserts=stats["upserts"],
                          deletes=stats["deletes"], bronze_version=table_entry["version"])
@@ -416,9 +448,9 @@ def extract(ctx: Context, pg: psycopg.Connection[Any], *, table: str, lake: str,
 
 
 def _incremental_batch(ctx: Context, pg: psycopg.Connection[Any], source: SourceTable,
-                       lake: str, name: str, uri: str, lookback: dt.timedelta
-                       ) -> tuple[pa.Table, dict[str, Any]]:
-    """The upserts since the watermark and the tombstones of vanished ids."""
+                       lake: str, name: str, uri: str, lookback: dt.timedelta) -> _Batch:
+    """The versions since the watermark that bronze lacks, and the tombstones of vanished
+    ids."""
     table = sql.Identifier(source.name)
     row = pg.execute(sql.SQL("select count(*), max(write_date) from {}").format(table)
                      ).fetchone()
@@ -434,7 +466,8 @@ def _incremental_batch(ctx: Context, pg: psycopg.Connection[Any], source: Source
             d=sql.Literal(since), i=sql.Literal(since_id))
     extracted_at = dt.datetime.now(dt.UTC)
     raw = read_rows(pg, source, where)
-    parts = [_upserts(raw, ctx.run_id, extracted_at)]
+    upserts = _new_versions(bronze, _upserts(raw, ctx.run_id, extracted_at))
+    parts = [upserts]
     deletes = 0
     if bronze is not None:
         named = queries("extract")
@@ -446,25 +479,23 @@ def _incremental_batch(ctx: Context, pg: psycopg.Connection[Any], source: Source
             parts.append(_tombstones(source, vanished.select(["id"]),
                                      vanished.column("last_write").combine_chunks(),
                                      ctx.run_id, extracted_at))
-    batch = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-    batch_mark = _batch_watermark(raw)
-    new = batch_mark
+    new = _batch_watermark(raw)
     if previous is not None and (new is None or (new.write_date, new.id)
                                  <= (previous.write_date, previous.id)):
         new = None  # nothing newer than the committed watermark
     stats: dict[str, Any] = {
         "mode": "incremental" if previous is not None else "initial",
-        "upserts": raw.num_rows, "deletes": deletes, "source_rows": source_rows,
+        "read": raw.num_rows, "upserts": upserts.num_rows, "deletes": deletes,
+        "source_rows": source_rows,
         "source_max_write_date": newest.isoformat() if newest is not None else None,
         "watermark": {"from": previous.to_json() if previous else None,
                       "to": previous.to_json() if previous else None},
-        "_new_watermark": new,
     }
-    return batch, stats
+    return _Batch(pa.concat_tables(parts) if len(parts) > 1 else parts[0], stats, new)
 
 
 def _relation_batch(ctx: Context, pg: psycopg.Connection[Any], source: SourceTable,
-                    uri: str) -> tuple[pa.Table, dict[str, Any]]:
+                    uri: str) -> _Batch:
     """A many2many relation: the pairs that appeared (upserts) and vanished (tombstones)
     since bronze last saw them."""
     extracted_at = dt.datetime.now(dt.UTC)
@@ -484,12 +515,12 @@ def _relation_batch(ctx: Context, pg: psycopg.Connection[Any], source: SourceTab
     parts = [_upserts(added, ctx.run_id, extracted_at)]
     if vanished.num_rows:
         parts.append(_tombstones(source, vanished, None, ctx.run_id, extracted_at))
-    batch = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     stats: dict[str, Any] = {
-        "mode": "snapshot", "upserts": added.num_rows, "deletes": vanished.num_rows,
-        "source_rows": raw.num_rows, "source_max_write_date": None, "watermark": None,
+        "mode": "snapshot", "read": raw.num_rows, "upserts": added.num_rows,
+        "deletes": vanished.num_rows, "source_rows": raw.num_rows,
+        "source_max_write_date": None, "watermark": None,
     }
-    return batch, stats
+    return _Batch(pa.concat_tables(parts) if len(parts) > 1 else parts[0], stats)
 
 
 def _quote(identifier: str) -> str:

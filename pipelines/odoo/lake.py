@@ -10,22 +10,25 @@ Layout under the lake root (`${params.lake}` in specs/odoo_medallion.yaml):
     _state/quality               every quality check of every run
     _state/freshness             one row per published run
 
-`_state` tables are the pipeline's own bookkeeping, not catalog datasets: they are written
-with `executor.tables.write_table` directly and never read by silver or gold.
+`_state` tables are the pipeline's own bookkeeping, not catalog datasets: appended to with
+`append_state` and never read by silver or gold.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import duckdb
-from deltalake import DeltaTable
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from control_room.db.queries import parse_queries
 from executor.kinds.base import Connection, EventLevel, TerminalPhaseError
@@ -33,14 +36,15 @@ from executor.tables import WriteMode
 
 __all__ = [
     "Context",
+    "append_state",
     "arg",
     "bronze_name",
     "bronze_uri",
     "delta_dataset",
     "duck",
     "open_delta",
+    "parse_as_of",
     "queries",
-    "retry_commit",
     "state_uri",
 ]
 
@@ -97,6 +101,15 @@ def queries(file: str) -> dict[str, str]:
             for name, body in parse_queries(text).items()}
 
 
+def parse_as_of(text: str) -> dt.date:
+    """The date of an `as_of` param (an ISO date or date-time): the run's logical date."""
+    try:
+        return dt.datetime.fromisoformat(text).date()
+    except ValueError:
+        raise TerminalPhaseError(f"as_of {text!r} is not an ISO date or date-time",
+                                 error_type="ValueError") from None
+
+
 def bronze_name(table: str) -> str:
     return f"bronze.odoo.{table}"
 
@@ -138,16 +151,16 @@ def duck(**relations: Any) -> Iterator[duckdb.DuckDBPyConnection]:
         conn.close()
 
 
-def retry_commit(write: Callable[[], T], attempts: int = 5) -> T:
-    """`write()`, tried again when another writer committed first (phases running side by
-    side append to the same `_state` table; the first commit of a new table races too)."""
+def append_state(uri: str, rows: pa.Table, attempts: int = 5) -> None:
+    """Append `rows` to a `_state` table (created by the first append). Phases running side
+    by side append to the same table: appends to an existing table never conflict, but the
+    first commits of a new one race (delta-rs: `CommitFailedError`, nothing committed), so
+    a failed commit is tried again."""
     for attempt in range(1, attempts + 1):
         try:
-            return write()
-        except Exception as exc:  # delta-rs reports commit races with several classes
-            text = str(exc).lower()
-            racing = any(word in text for word in ("conflict", "already exists", "version"))
-            if not racing or attempt == attempts:
+            write_deltalake(uri, rows, mode="append")
+            return
+        except CommitFailedError:
+            if attempt == attempts:
                 raise
             time.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")

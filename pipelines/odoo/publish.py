@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -41,9 +42,15 @@ from psycopg import sql
 
 from executor.connections import postgres_connect
 from executor.kinds.base import TerminalPhaseError
-from executor.tables import write_table
-from pipelines.odoo.lake import Context, arg, delta_dataset, duck, retry_commit, state_uri
-from pipelines.odoo.quality import parse_as_of
+from pipelines.odoo.lake import (
+    Context,
+    append_state,
+    arg,
+    delta_dataset,
+    duck,
+    parse_as_of,
+    state_uri,
+)
 
 __all__ = ["GOLD_PREFIX", "Mart", "freshness_source", "pg_type", "publish", "publish_gold"]
 
@@ -77,14 +84,14 @@ def pg_type(arrow: pa.DataType) -> str:
                              error_type="TypeError")
 
 
+@dataclass(frozen=True)
 class Mart:
     """A gold table this run wrote, as its phase's manifest names it."""
 
-    def __init__(self, name: str, uri: str, version: int, digest: str | None) -> None:
-        self.name = name
-        self.uri = uri
-        self.version = version
-        self.digest = digest
+    name: str
+    uri: str
+    version: int
+    digest: str | None
 
     @property
     def table(self) -> str:
@@ -199,8 +206,7 @@ def _record_freshness(lake: str, run_id: str, as_of: dt.date, newest: dt.datetim
             freshness["gold_available_at"])], pa.timestamp("us", tz="UTC")),
         "freshness_seconds": pa.array([freshness["seconds"]], pa.float64()),
     })
-    uri = state_uri(lake, "freshness")
-    retry_commit(lambda: write_table(uri, row, mode="append", name="_state.freshness"))
+    append_state(state_uri(lake, "freshness"), row)
 
 
 def publish_gold(ctx: Context) -> dict[str, Any]:

@@ -43,14 +43,14 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from executor.kinds.base import TerminalPhaseError
-from executor.tables import write_table
 from pipelines.odoo.lake import (
     Context,
+    append_state,
     arg,
     delta_dataset,
     duck,
+    parse_as_of,
     queries,
-    retry_commit,
     state_uri,
 )
 
@@ -85,7 +85,7 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        return self.failed.num_rows == 0
+        return bool(self.failed.num_rows == 0)
 
     def summary(self) -> dict[str, Any]:
         rules: dict[str, int] = {}
@@ -102,12 +102,14 @@ class _Inputs:
 
     bronze: dict[str, Any]          # Odoo table -> dataset at the version extracted
     source_rows: dict[str, int]     # Odoo table -> rows at extraction
+    relations: set[str]             # the Odoo tables that are many2many relations
     tables: dict[str, Any]          # silver entity / gold_<mart> -> dataset
 
 
 def _locate(inputs: Mapping[str, Any]) -> _Inputs:
     bronze: dict[str, Any] = {}
     source_rows: dict[str, int] = {}
+    relations: set[str] = set()
     tables: dict[str, Any] = {}
     for phase, manifest in inputs.items():
         table = manifest.get("table") if isinstance(manifest, Mapping) else None
@@ -119,8 +121,11 @@ def _locate(inputs: Mapping[str, Any]) -> _Inputs:
             raise TerminalPhaseError(f"phase {phase} names the table {table['uri']}, which "
                                      "does not exist")
         if "source_table" in manifest:
-            bronze[str(manifest["source_table"])] = dataset
-            source_rows[str(manifest["source_table"])] = int(manifest["source_rows"])
+            source = str(manifest["source_table"])
+            bronze[source] = dataset
+            source_rows[source] = int(manifest["source_rows"])
+            if manifest.get("mode") == "snapshot":
+                relations.add(source)
         elif name.startswith("silver.odoo."):
             tables[name.removeprefix("silver.odoo.")] = dataset
         elif name.startswith("gold.odoo."):
@@ -133,13 +138,14 @@ def _locate(inputs: Mapping[str, Any]) -> _Inputs:
         raise TerminalPhaseError(
             "quality needs every extract, silver and gold phase among its dependencies; "
             f"missing: {', '.join(missing)}", error_type="ValueError")
-    return _Inputs(bronze, source_rows, tables)
+    return _Inputs(bronze, source_rows, relations, tables)
 
 
-def _bronze_live_rows(table: str, bronze: Any) -> int:
-    named = queries("extract") if table != "sale_order_line_invoice_rel" else None
-    query = (f"select count(*) from ({named['live_ids']})" if named is not None
-             else queries("quality")["live_relation_pairs"])
+def _bronze_live_rows(bronze: Any, relation: bool) -> int:
+    """The rows live in a bronze table: ids (a model) or pairs (a relation) whose newest
+    row is not a tombstone."""
+    query = (queries("quality")["live_relation_pairs"] if relation
+             else f"select count(*) from ({queries('extract')['live_ids']})")
     with duck(bronze=bronze) as db:
         return int(db.sql(query).fetchall()[0][0])
 
@@ -153,13 +159,14 @@ def _row_counts(db: duckdb.DuckDBPyConnection, found: _Inputs, as_of: dt.date) -
             silver = int(db.sql(f"select count(*) from {entity}{live}").fetchall()[0][0])
         counts.append({"dataset": table, "measure": "rows",
                        "source": found.source_rows[table],
-                       "bronze": _bronze_live_rows(table, found.bronze[table]),
+                       "bronze": _bronze_live_rows(found.bronze[table],
+                                                   table in found.relations),
                        "silver": silver})
     db.register("row_counts", pa.Table.from_pylist(counts, schema=pa.schema([
         ("dataset", pa.string()), ("measure", pa.string()), ("source", pa.int64()),
         ("bronze", pa.int64()), ("silver", pa.int64())])))
-    return db.execute(queries("quality")["row_counts_reconcile"], {"as_of": as_of}
-                      ).to_arrow_table()
+    return db.sql(queries("quality")["row_counts_reconcile"], params={"as_of": as_of}
+                  ).to_arrow_table()
 
 
 def _named_check(name: str) -> Callable[[duckdb.DuckDBPyConnection, _Inputs, dt.date],
@@ -184,15 +191,6 @@ def run_checks(inputs: Mapping[str, Any], as_of: dt.date) -> list[CheckResult]:
         return [CheckResult(name, check(db, found, as_of)) for name, check in CHECKS.items()]
 
 
-def parse_as_of(text: str) -> dt.date:
-    """The date of an `as_of` param: an ISO date or date-time."""
-    try:
-        return dt.datetime.fromisoformat(text).date()
-    except ValueError:
-        raise TerminalPhaseError(f"as_of {text!r} is not an ISO date or date-time",
-                                 error_type="ValueError") from None
-
-
 def _record(lake: str, run_id: str, as_of: dt.date, results: list[CheckResult]) -> None:
     summaries = [r.summary() for r in results]
     rows = pa.table({
@@ -206,8 +204,7 @@ def _record(lake: str, run_id: str, as_of: dt.date, results: list[CheckResult]) 
         "checked_at": pa.array([dt.datetime.now(dt.UTC)] * len(results),
                                pa.timestamp("us", tz="UTC")),
     })
-    uri = state_uri(lake, "quality")
-    retry_commit(lambda: write_table(uri, rows, mode="append", name="_state.quality"))
+    append_state(state_uri(lake, "quality"), rows)
 
 
 def check_quality(ctx: Context) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None
                 run_id=run.run_id, phase=name, attempt=1, kind="sql", params=params_,
                 inputs=inputs, git_sha=loaded.git_sha, input_manifest=manifest,
                 output_dir=output_dir,
-                emit=lambda *a, events=events, **k: events.append((*a, k)),  # type: ignore[misc]
+                emit=lambda *a, events=events, **k: events.append((*a, k)),
                 progress=lambda value: None, connections=connections,
                 datasets=dict(datasets or {}))
             run.manifests[name] = SqlKind().run(sql_ctx).output_manifest

@@ -28,10 +28,10 @@ def generate(dsn: str, days: int = 1) -> None:
     generator.generate(dsn, scale=0.02, seed=11, days=days, start=START)
 
 
-def run_extract(dsn: str, lake: Path, table: str, tmp: Path, **options: Any
-                ) -> dict[str, Any]:
+def run_extract(dsn: str, lake: Path, table: str, tmp: Path, *,
+                args: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
     events: list[tuple[Any, ...]] = []
-    ctx = python_context(f"extract_{table}", {"table": table, "lake": str(lake)},
+    ctx = python_context(f"extract_{table}", {"table": table, "lake": str(lake), **(args or {})},
                          tmp / "out" / table, connections={"odoo": postgres("odoo", dsn)},
                          events=events, **options)
     manifest = extract.extract_table(ctx)
@@ -60,7 +60,8 @@ def live_ids(rows: pa.Table) -> set[int]:
 
 def versions_are_unique(rows: pa.Table) -> bool:
     keys = rows.select(extract.INCREMENTAL_KEYS)
-    return keys.group_by(extract.INCREMENTAL_KEYS).aggregate([]).num_rows == rows.num_rows
+    distinct: int = keys.group_by(extract.INCREMENTAL_KEYS).aggregate([]).num_rows
+    return bool(distinct == rows.num_rows)
 
 
 def execute(dsn: str, *statements: str) -> None:
@@ -128,6 +129,21 @@ def test_an_incremental_load_takes_the_changed_rows_and_tombstones_the_deleted_o
     assert set(tombstones.column("id").to_pylist()) == vanished
     assert tombstones.column("name").null_count == tombstones.num_rows   # no values, a marker
     assert versions_are_unique(rows)
+
+
+def test_a_lookback_reads_again_but_stores_each_version_once(
+        source_dsn: str, tmp_path: Path) -> None:
+    generate(source_dsn)
+    lake = tmp_path / "lake"
+    first = run_extract(source_dsn, lake, "sale_order", tmp_path)
+    generator.advance(source_dsn, days=1)
+    second = run_extract(source_dsn, lake, "sale_order", tmp_path,
+                         args={"lookback_seconds": 2 * 86400})
+    assert second["read"] > second["upserts"] > 0     # older versions read again, skipped
+    rows = bronze(lake, "sale_order")
+    assert versions_are_unique(rows)
+    assert rows.num_rows == first["upserts"] + second["upserts"] + second["deletes"]
+    assert live_ids(rows) == source_ids(source_dsn, "sale_order")
 
 
 def test_a_relation_table_is_compared_whole_and_its_vanished_pairs_tombstoned(
@@ -201,8 +217,8 @@ def test_a_crash_between_the_bronze_write_and_the_watermark_commit_leaves_no_dup
 
     rerun = run_extract(source_dsn, lake, table, tmp_path)
     rows = bronze(lake, table)
-    assert rerun["upserts"] > 0                     # the same rows were read again...
-    assert rows.num_rows == crashed.num_rows        # ...and stored once
+    assert rerun["read"] > 0 and rerun["upserts"] == 0   # the same rows were read again...
+    assert rows.num_rows == crashed.num_rows              # ...and not stored twice
     assert versions_are_unique(rows)
     assert live_ids(rows) == source_ids(source_dsn, table)
     moved = extract.read_watermark(str(lake), dataset)
@@ -220,7 +236,8 @@ def test_a_column_added_in_odoo_is_non_breaking_and_reaches_silver(
               "warehouse_dsn": warehouse_dsn}
     run_spec(params, tmp_path / "work", only={"silver_sale_order"})
     execute(source_dsn, "alter table sale_order add column x_margin numeric(12, 2)",
-            "update sale_order set x_margin = 12.5, write_date = write_date + interval '1 hour' "
+            "update sale_order set x_margin = 12.5, "
+            "write_date = (select max(write_date) from sale_order) + interval '1 hour' "
             "where id = (select min(id) from sale_order)")
 
     run = run_spec(params, tmp_path / "work", only={"silver_sale_order"})
@@ -241,6 +258,20 @@ def test_a_column_added_in_odoo_is_non_breaking_and_reaches_silver(
     assert "x_margin" in silver.column_names
     silver_entry = run.manifests["silver_sale_order"]["tables"][0]
     assert silver_entry["schema_change"]["change"] == "NON_BREAKING"
+
+
+def test_a_column_added_with_no_row_changed_still_evolves_bronze(
+        source_dsn: str, tmp_path: Path) -> None:
+    generate(source_dsn)
+    lake = tmp_path / "lake"
+    run_extract(source_dsn, lake, "res_partner", tmp_path)
+    execute(source_dsn, "alter table res_partner add column x_segment varchar")
+    manifest = run_extract(source_dsn, lake, "res_partner", tmp_path)
+    assert (manifest["schema_change"], manifest["upserts"]) == ("NON_BREAKING", 0)
+    assert manifest["table"]["version"] == 1
+    assert bronze(lake, "res_partner").schema.field("x_segment").type == pa.string()
+    again = run_extract(source_dsn, lake, "res_partner", tmp_path)
+    assert (again["schema_change"], again["tables"]) == ("UNCHANGED", [])
 
 
 @pytest.mark.parametrize(("ddl", "table", "column", "change"), [
@@ -275,7 +306,7 @@ def test_a_narrowed_or_removed_column_fails_fast_naming_table_column_and_change(
 def test_a_dataset_the_catalog_holds_blocked_is_refused_before_reading(
         source_dsn: str, tmp_path: Path) -> None:
     generate(source_dsn)
-    with pytest.raises(DatasetBlocked, match="bronze.odoo.sale_order is blocked"):
+    with pytest.raises(DatasetBlocked, match=r"bronze\.odoo\.sale_order is blocked"):
         run_extract(source_dsn, tmp_path / "lake", "sale_order", tmp_path,
                     datasets={"bronze.odoo.sale_order": "blocked"})
     assert not (tmp_path / "lake").exists()

@@ -19,6 +19,13 @@ having max(_source_write_date) filter (where _op = 'delete') is null
     or max(_source_write_date) filter (where _op = 'upsert')
        > max(_source_write_date) filter (where _op = 'delete');
 
+-- name: new_versions
+-- DuckDB: the rows read (`batch`) whose version bronze does not hold yet. Only bronze's
+-- versions from the oldest one read on can match: the filter prunes files by statistics.
+select b.* from batch b
+anti join (select id, _source_write_date from bronze where _source_write_date >= $oldest) k
+  using (id, _source_write_date);
+
 -- name: vanished_ids
 -- DuckDB: the ids live in bronze that the source (`source`: its ids now) no longer has.
 select live.id, live.last_write from live anti join source using (id) order by live.id;

@@ -4,7 +4,8 @@
 -- a `rule` saying which part of the check it breaks. Every check ignores rows deleted in Odoo.
 
 -- name: live_relation_pairs
--- The pairs live in a relation's bronze: their newest row is not a tombstone.
+-- The pairs live in the bronze of sale_order_line_invoice_rel (the one relation extracted):
+-- their newest row is not a tombstone.
 select count(*) from (
   select order_line_id, invoice_line_id
   from bronze

@@ -1,0 +1,101 @@
+"""specs/odoo_medallion.yaml as a user runs it: loaded by the spec loader, created through
+the real gateway, run by real workers (python phases in their subprocesses, sql phases in
+DuckDB) against a generated Odoo database, published to a scratch warehouse; then a column
+removed in Odoo fails the next run and blocks the dataset in the catalog."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from deltalake import DeltaTable
+
+from control_room.specs import load_spec
+from pipelines.odoo import generator
+from tests.executor.harness import BOUND, Env, Running, gateway_env, wait_for
+from tests.odoo.runner import SPEC
+
+MARTS = ("revenue", "receivables_ageing", "order_invoice_lag")
+
+
+@pytest.fixture
+def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[Env]:
+    with gateway_env(conn, db_url, tmp_path) as environment:
+        yield environment
+
+
+def test_the_odoo_spec_runs_through_the_gateway_and_workers(
+        env: Env, source_dsn: str, warehouse_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an empty secret is allowed: libpq then uses PGPASSWORD / ~/.pgpass or trust auth
+    monkeypatch.setenv("ODOO_PASSWORD", "")
+    monkeypatch.setenv("WAREHOUSE_PASSWORD", "")
+    generator.generate(source_dsn, scale=0.02, seed=11, days=3, start=dt.date(2026, 1, 1))
+    lake = env.tmp / "lake"
+    loaded = load_spec(SPEC)
+    params = {"lake": str(lake), "as_of": "2026-01-03", "odoo_dsn": source_dsn,
+              "warehouse_dsn": warehouse_dsn}
+
+    def create_run() -> str:
+        args = loaded.create_run_args(env.world.w1, params, idempotency_key=str(uuid.uuid4()))
+        return str(env.client(env.world.dev1).call("create_run", args)["id"])
+
+    run_id = create_run()
+    phases = len(loaded.spec.phases)
+
+    stats = Running(env.worker(kinds=["python", "sql"], concurrency=2),
+                    max_phases=phases).join(BOUND * 8)
+    run = env.get_run(run_id)
+    failed = {p.name: p.error for p in run.phases if p.state != "succeeded"}
+    assert run.state == "succeeded", failed
+    assert (stats.claimed, stats.succeeded) == (phases, phases)
+
+    # gold in the lake, and the same tables in the warehouse's gold schema
+    with psycopg.connect(warehouse_dsn) as pg:
+        for mart in MARTS:
+            rows = DeltaTable(str(lake / "gold" / mart)).to_pyarrow_table().num_rows
+            assert rows > 0, mart
+            assert pg.execute(f"select count(*) from gold.{mart}").fetchone() == (rows,)
+        assert pg.execute("select count(*) from gold.freshness where run_id = %s",
+                          [run_id]).fetchone() == (1,)
+
+    # each gold phase's manifest names its table; quality recorded its report as an artifact
+    revenue = run.phase("gold_revenue").output_manifest
+    assert revenue is not None and revenue["table"]["name"] == "gold.odoo.revenue"
+    artifacts = {(a["phase"], a["name"]) for a in env.artifacts(run_id)}
+    assert ("quality", "quality_report.json") in artifacts
+    assert ("gold_revenue", "query.sql") in artifacts
+    # every bronze, silver and gold table is in the catalog
+    datasets = env.client(env.world.viewer1).call(
+        "list_datasets", {"workspace_id": env.world.w1, "limit": 100})
+    names = {d["name"] for d in datasets}
+    assert {"bronze.odoo.sale_order_line", "silver.odoo.sale_order_line",
+            "gold.odoo.revenue"} <= names
+    events = env.events(run_id)
+    assert [e.type for e in events if e.phase == "quality"].count("QUALITY_CHECK") == 4
+    assert [e.type for e in events if e.phase == "publish"].count("FRESHNESS") == 1
+
+    # a column removed in Odoo: the next run's extraction fails fast and blocks the dataset
+    with psycopg.connect(source_dsn, autocommit=True) as pg:
+        pg.execute("alter table sale_order drop column note")
+    second = create_run()
+    worker = Running(env.worker(kinds=["python", "sql"], concurrency=2))
+    try:
+        wait_for("the second run to fail",
+                 lambda: env.get_run(second).state == "failed", BOUND * 4)
+    finally:
+        worker.stop.set()
+        worker.join(BOUND * 2)
+    failed_phase = env.get_run(second).phase("extract_sale_order")
+    assert failed_phase.state == "failed" and failed_phase.error is not None
+    message = failed_phase.error["message"]
+    assert "bronze.odoo.sale_order" in message and "column note removed" in message
+    assert failed_phase.attempt == 1          # terminal: not retried
+    dataset = env.client(env.world.viewer1).call(
+        "get_dataset", {"workspace_id": env.world.w1, "name": "bronze.odoo.sale_order"})
+    assert dataset["schema_state"] == "blocked"
