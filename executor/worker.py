@@ -88,6 +88,7 @@ from executor.kinds import (
     Connection,
     DatasetBlocked,
     EventLevel,
+    OutputFile,
     PhaseCancelled,
     PhaseContext,
     PhaseError,
@@ -100,6 +101,7 @@ from executor.kinds import (
     as_phase_error,
     kind_for,
 )
+from executor.kinds.python import collect_outputs
 from executor.render import render
 
 __all__ = ["Worker", "WorkerStats", "WorkerStopped", "phase_error_json"]
@@ -476,6 +478,12 @@ class Worker:
                     except Exception as exc:
                         log.warning("phase %s: registering outputs failed: %s", claim.name, exc)
                         result, error = None, as_phase_error(exc)
+                if result is None and error is not None and not isinstance(
+                        error, PhaseCancelled | WorkerStopped) and not phase.cancel.is_set():
+                    try:
+                        self._register_failure_outputs(phase, output_dir)
+                    except _Stop:
+                        return "abandoned"
                 if result is not None or isinstance(error, SchemaBlocked):
                     try:
                         error = self._record_datasets(phase, manifest, error)
@@ -618,6 +626,26 @@ class Worker:
             raise _Stop from None
         log.info("phase %s: dataset %s recorded (%s, schema %s v%s)", phase.claim.name, name,
                  fields.get("change"), recorded.schema_state, recorded.schema_version)
+
+    def _register_failure_outputs(self, phase: _PhaseRun, output_dir: Path) -> None:
+        """The files a failed attempt left in its output directory (a quality check's
+        failing rows, a partial report) are registered with role `report`, so that the
+        failure can be read, not only counted; a file that cannot be stored is logged and
+        skipped (the phase fails all the same)."""
+        files = [OutputFile(path=f.path, name=f.name, media_type=f.media_type, role="report")
+                 for f in collect_outputs(output_dir)]
+        if not files:
+            return
+        try:
+            digests = self._register_outputs(phase, PhaseResult(outputs=files))
+        except _Stop:
+            raise
+        except Exception as exc:
+            log.warning("phase %s: registering a failed attempt's files failed: %s",
+                        phase.claim.name, exc)
+            return
+        phase.emit("FAILURE_OUTPUTS", f"{len(files)} file(s) of the failed attempt registered",
+                   level="warning", payload={"artifacts": digests.get("artifacts", {})})
 
     def _register_outputs(self, phase: _PhaseRun, result: PhaseResult) -> dict[str, Any]:
         """Put every output in the store and register it; the manifest with their digests."""

@@ -211,3 +211,17 @@ def test_the_worker_command_refuses_bad_input(tmp_path: Path) -> None:
     for args in cases:
         result = runner.invoke(app, args, env=env)
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_a_failed_attempts_files_are_registered_as_reports(env: Env) -> None:
+    run_id = env.new_run(python("check", f"{EP}:report_then_fail", max_attempts=2))
+    stats = Running(env.worker(), max_phases=1).join()
+    assert (stats.claimed, stats.failed) == (1, 1)
+    run = env.get_run(run_id)
+    assert (run.state, run.phase("check").attempt) == ("failed", 1)   # terminal: no retry
+    [artifact] = env.artifacts(run_id)
+    assert (artifact["phase"], artifact["name"], artifact["role"]) == (
+        "check", "failed_rows/negative_qty.csv", "report")
+    assert read_blob(env.store, artifact["digest"]) == b"id,qty\n7,-2\n"
+    trail = of_phase(env.events(run_id), "check")
+    assert trail.index("FAILURE_OUTPUTS") < trail.index("PHASE_FAILED")

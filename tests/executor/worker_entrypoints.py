@@ -29,3 +29,12 @@ def sleep_long(ctx: PythonContext) -> dict[str, Any]:
     ctx.emit("READY", "sleeping", payload={"pid": os.getpid()})
     time.sleep(120)
     return {}
+
+
+def report_then_fail(ctx: PythonContext) -> dict[str, Any]:
+    """Leaves the rows it found wrong in its output directory, then fails for good."""
+    from executor.kinds import TerminalPhaseError
+
+    (ctx.output_dir / "failed_rows").mkdir()
+    (ctx.output_dir / "failed_rows" / "negative_qty.csv").write_text("id,qty\n7,-2\n")
+    raise TerminalPhaseError("1 row with a negative quantity")
