@@ -88,6 +88,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.dataset as pds
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 KEY_METADATA = "controlroom.key"
@@ -647,3 +648,31 @@ def commit_history(uri: str | os.PathLike[str], storage_options: Mapping[str, st
     options = dict(storage_options) if storage_options is not None else None
     history = DeltaTable(os.fspath(uri), storage_options=options).history(limit)
     return [json.loads(json.dumps(entry, default=str)) for entry in history]
+
+
+VIEW_TYPES = (pa.string_view(), pa.binary_view())
+
+
+def scan_dataset(table: DeltaTable) -> Any:
+    """`table.to_pyarrow_dataset()`, made safe for filter pushdown (DuckDB's).
+
+    delta-rs's merge writes Parquet files whose Arrow schema holds `string_view` /
+    `binary_view` columns where the table's schema says `string` / `binary`; pyarrow then
+    applies a pushed-down filter to the file's physical column and fails ("no kernel
+    matching input types (string, string_view)"). Declaring the view type in the dataset's
+    schema for such a column works for every file, view-typed or not (pyarrow casts the
+    others), so the dataset's schema is replaced when any file has one. Only file footers
+    are read to find out.
+    """
+    dataset = table.to_pyarrow_dataset()
+    views: dict[str, Any] = {}
+    for fragment in dataset.get_fragments():
+        for column in fragment.physical_schema:
+            if column.type in VIEW_TYPES:
+                views[column.name] = column.type
+    if not views:
+        return dataset
+    schema = pa.schema([f.with_type(views[f.name]) if f.name in views else f
+                        for f in dataset.schema])
+    fragments = list(dataset.get_fragments())
+    return pds.FileSystemDataset(fragments, schema, dataset.format, dataset.filesystem)

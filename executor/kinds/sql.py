@@ -96,7 +96,13 @@ from executor.kinds.base import (
     TransientPhaseError,
     register_kind,
 )
-from executor.tables import SchemaBreakingChange, WriteMode, WriteResult, write_table
+from executor.tables import (
+    SchemaBreakingChange,
+    WriteMode,
+    WriteResult,
+    scan_dataset,
+    write_table,
+)
 
 __all__ = ["RESULT_MANIFEST_FORMAT", "SqlKind", "SqlParams", "parse_params"]
 
@@ -363,7 +369,7 @@ def _dataset(spec: InputSpec) -> Any:
                     error_type=type(exc).__name__,
                 ) from None
             raise
-        return table.to_pyarrow_dataset()
+        return scan_dataset(table)
     assert spec.parquet is not None
     path = spec.parquet
     if _GLOB_CHARS & set(path):

@@ -32,7 +32,7 @@ from deltalake.exceptions import CommitFailedError
 
 from control_room.db.queries import parse_queries
 from executor.kinds.base import Connection, EventLevel, TerminalPhaseError
-from executor.tables import WriteMode
+from executor.tables import WriteMode, scan_dataset
 
 __all__ = [
     "Context",
@@ -134,7 +134,7 @@ def delta_dataset(uri: str, version: int | None = None) -> Any:
     pushdown), None when there is no table."""
     if not DeltaTable.is_deltatable(uri):
         return None
-    return DeltaTable(uri, version=version).to_pyarrow_dataset()
+    return scan_dataset(DeltaTable(uri, version=version))
 
 
 @contextlib.contextmanager

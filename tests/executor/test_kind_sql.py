@@ -28,6 +28,7 @@ from executor.kinds import (
     TerminalPhaseError,
 )
 from executor.kinds.sql import RESULT_MANIFEST_FORMAT, SqlKind, parse_params
+from executor.tables import scan_dataset, write_table
 
 JOIN = """
 select o.id, o.customer_id, c.name as customer, o.amount
@@ -415,3 +416,17 @@ def test_conversion_error_in_data_is_terminal(tmp_path: Path) -> None:
     params = {"query": "select 'abc'::integer as x", "output": {"delta": str(tmp_path / "t")}}
     with pytest.raises(TerminalPhaseError, match="Conversion Error"):
         SqlKind().run(make_ctx(tmp_path / "o", params))
+
+
+def test_a_string_filter_reads_a_merged_table(tmp_path: Path) -> None:
+    """delta-rs's merge writes `string_view` files; a filter DuckDB pushes into the scan of
+    such a table (some files merged, some not) still answers."""
+    uri = str(tmp_path / "t")
+    write_table(uri, pa.table({"id": [1, 2], "s": ["a", "b"]}), mode="overwrite", keys=["id"])
+    write_table(uri, pa.table({"id": [5, 6], "s": ["e", "f"]}), mode="append")
+    write_table(uri, pa.table({"id": [2, 3], "s": ["x", "c"]}), mode="merge", keys=["id"])
+    dataset = scan_dataset(DeltaTable(uri))
+    assert dataset.schema.field("s").type == pa.string_view()     # a merged file says so
+    for value, rows in (("x", [(2, "x")]), ("e", [(5, "e")]), ("a", [(1, "a")])):
+        found = duckdb.execute(f"select id, s from dataset where s = '{value}'").fetchall()
+        assert found == rows
