@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -280,12 +279,12 @@ def _run_header(run: Run) -> Table:
 def _phases_table(run: Run, *, live: Mapping[tuple[str, int], float] | None = None,
                   latest: Mapping[str, str] | None = None) -> Table:
     table = Table()
-    for column in ("phase", "kind", "state", "attempt", "duration"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("progress", no_wrap=True, min_width=12)
+    for column, width in (("phase", 12), ("kind", 6), ("state", 9), ("attempt", 7),
+                          ("duration", 8)):
+        table.add_column(column, no_wrap=True, min_width=width)
+    table.add_column("progress", no_wrap=True, min_width=BAR_CELLS + 5)
     if latest is not None:       # the column that gives way on a narrow screen or a CI log
-        table.add_column("latest event", overflow="ellipsis", no_wrap=True, max_width=60,
-                         ratio=1)
+        table.add_column("latest event", overflow="ellipsis", no_wrap=True, max_width=60)
     for phase in run.phases:
         row: list[RenderableType] = [
             phase.name, phase.kind, _state(phase.state), f"{phase.attempt}/{phase.max_attempts}",
@@ -297,12 +296,19 @@ def _phases_table(run: Run, *, live: Mapping[tuple[str, int], float] | None = No
     return table
 
 
+BAR_CELLS = 12
+
+
 def _bar(fraction: float | None) -> RenderableType:
+    """A fixed-width text bar (a nested renderable would make the table's column widths
+    collapse on narrow consoles and in logs)."""
     if fraction is None:
         return "-"
-    cell = Table.grid()
-    cell.add_row(ProgressBar(total=1.0, completed=fraction, width=20), f" {fraction:>4.0%}")
-    return cell
+    filled = round(max(0.0, min(1.0, fraction)) * BAR_CELLS)
+    bar = Text("━" * filled, style="green" if filled == BAR_CELLS else "magenta")
+    bar.append("━" * (BAR_CELLS - filled), style="grey23")
+    bar.append(f" {fraction:>4.0%}")
+    return bar
 
 
 def _phase_errors(run: Run) -> list[str]:
@@ -359,6 +365,11 @@ class _Watch:
                                                      latest=self.latest))
 
 
+LOG_WIDTH = 140
+"""Columns of the final table printed to a log (not a terminal): wide enough for phase names,
+states and the latest event side by side."""
+
+
 def _poll(client: ContractClient, run_id: str) -> tuple[dict[str, Any], Run]:
     raw: dict[str, Any] = client.call("get_run", {"run_id": run_id})
     return raw, Run.model_validate(raw)
@@ -376,7 +387,8 @@ def _watch(client: ContractClient, run_id: str, *, interval: float,
             raw, run = _poll(client, run_id)
         if not quiet:           # a log, not a screen: the last frame only
             watch.read(client)
-            out.print(watch.render(run))
+            Console(file=out.file, width=max(out.width, LOG_WIDTH), highlight=False,
+                    color_system=None).print(watch.render(run))
         return raw, run
     with Live(console=out, auto_refresh=False) as live:
         while True:

@@ -98,7 +98,8 @@ def demo_command(
         "--scale", envvar="CONTROL_ROOM_DEMO_SCALE", show_envvar=True, min=0.001, max=100.0,
         help="Size of the Odoo data: about 100,000 x scale sale order lines.")] = 0.05,
     days: Annotated[int, typer.Option(
-        "--days", envvar="CONTROL_ROOM_DEMO_DAYS", show_envvar=True, min=1, max=3650, help="Days of Odoo activity to simulate.")] = 30,
+        "--days", envvar="CONTROL_ROOM_DEMO_DAYS", show_envvar=True, min=1, max=3650,
+        help="Days of Odoo activity to simulate.")] = 30,
     seed: Annotated[int, typer.Option(
         "--seed", envvar="CONTROL_ROOM_DEMO_SEED", show_envvar=True,
         help="The generator's seed.")] = 42,
@@ -199,26 +200,90 @@ def _all_artifacts(client: Any, run_id: str) -> list[dict[str, Any]]:
         after = int(page["next_after"])
 
 
+KPI_QUERIES = {
+    "revenue_by_month": (
+        "select to_char(month, 'YYYY-MM') as month, currency, round(sum(revenue), 2) as revenue,"
+        " sum(invoices) as invoices from gold.revenue group by 1, 2 order by 1, 2"),
+    "top_customers": (
+        "select customer, currency, round(sum(revenue), 2) as revenue from gold.revenue"
+        " group by 1, 2 order by 3 desc, 1 limit 5"),
+    "receivables_ageing": (
+        "select bucket, currency, sum(invoices) as invoices,"
+        " round(sum(amount_residual), 2) as open_amount from gold.receivables_ageing"
+        " group by bucket, bucket_order, currency order by bucket_order, currency"),
+    "order_to_invoice_lag": (
+        "select count(*) as confirmed_orders, count(first_invoice_date) as invoiced,"
+        " percentile_disc(0.5) within group (order by lag_days) as median_lag_days,"
+        " percentile_disc(0.9) within group (order by lag_days) as p90_lag_days"
+        " from gold.order_invoice_lag"),
+    "freshness": (
+        "select newest_source_write_date, gold_available_at,"
+        " round(freshness_seconds::numeric, 1) as freshness_seconds from gold.freshness"
+        " order by gold_available_at desc limit 1"),
+}
+
+
 def _gold_kpis(warehouse: str) -> dict[str, Any]:
-    """The headline numbers, read back from the warehouse's `gold` schema (what a BI tool
-    sees)."""
+    """The headline numbers, read back from the warehouse's `gold` schema: what Superset or
+    Metabase sees, not what the pipeline thinks it wrote."""
     import psycopg
+    from psycopg.rows import dict_row
 
     kpis: dict[str, Any] = {}
-    with psycopg.connect(warehouse) as conn:
-        tables = [r[0] for r in conn.execute(
+    with psycopg.connect(warehouse, row_factory=dict_row) as conn:
+        for name, query in KPI_QUERIES.items():
+            kpis[name] = [{k: _jsonable(v) for k, v in row.items()}
+                          for row in conn.execute(query)]
+        kpis["tables"] = {str(r["table_name"]): None for r in conn.execute(
             "select table_name from information_schema.tables where table_schema = 'gold'"
-            " order by table_name")]
-        kpis["tables"] = {t: conn.execute(
-            f'select count(*) from gold."{t}"').fetchone()[0] for t in tables}  # type: ignore[index]
+            " order by table_name")}
+        for table in kpis["tables"]:
+            count = conn.execute(f'select count(*) as n from gold."{table}"').fetchone()
+            kpis["tables"][table] = count["n"] if count else 0
     return kpis
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def _jsonable(value: Any) -> Any:
+    import datetime as dt
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return value
 
 
 def _print_demo(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
+    kpis = summary["kpis"]
+    for name, title in (("revenue_by_month", "Invoiced revenue by month (untaxed)"),
+                        ("top_customers", "Top customers"),
+                        ("receivables_ageing", "Receivables ageing"),
+                        ("order_to_invoice_lag", "Order to invoice")):
+        rows = kpis.get(name) or []
+        if not rows:
+            continue
+        table = Table(*rows[0].keys(), title=title)
+        for row in rows:
+            table.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v)
+                            for v in row.values()))
+        out.print(table)
+    for fresh in kpis.get("freshness") or []:
+        seconds = float(fresh["freshness_seconds"] or 0)
+        out.print(f"Freshness: newest source change {fresh['newest_source_write_date']} -> gold "
+                  f"available {fresh['gold_available_at']}: {_human(seconds)} (the generated "
+                  "Odoo activity is simulated in the past)", markup=False)
     tables = Table("gold table (Postgres schema gold)", "rows", title="Gold")
-    for name, rows in summary["kpis"].get("tables", {}).items():
+    for name, rows in kpis.get("tables", {}).items():
         tables.add_row(name, f"{rows:,}")
     out.print(tables)
     digests = Table("phase", "artifact", "digest", title="Artifacts (content-addressed)")
