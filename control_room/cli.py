@@ -592,7 +592,7 @@ def worker_command(
 # Commands in their own modules register themselves on `app` when imported (by the module
 # itself, not by a copy of this file run as `__main__` or as multiprocessing's `__mp_main__`).
 if __name__ == "control_room.cli":
-    from control_room import cli_runs, cli_up, cli_verify  # noqa: F401
+    from control_room import cli_datasets, cli_runs, cli_up, cli_verify  # noqa: F401
 
 
 def main() -> None:
