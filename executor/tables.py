@@ -170,6 +170,10 @@ class WriteResult:
     rows_written: int
     schema: Any  # pa.Schema, as read back from the table (key metadata included)
     change: SchemaChange
+    content: Any = field(default=None, repr=False, compare=False)
+    """The Arrow table the written version holds, when it holds exactly the rows written
+    (an overwrite, or the first write of a table): its digest needs no read back. None
+    after an append to or a merge into existing rows."""
 
 
 class SchemaBreakingChange(Exception):
@@ -487,7 +491,10 @@ def write_table(
                         commit_properties=commit)
 
     written = _written_version(uri_text, options, write_id)
-    return WriteResult(written.version(), batch.num_rows, _table_schema(written), change)
+    whole = dt is None or (mode == "overwrite" and not breaking
+                           and "widened" not in changed and "made_nullable" not in changed)
+    return WriteResult(written.version(), batch.num_rows, _table_schema(written), change,
+                       content=batch if whole else None)
 
 
 def _written_version(uri: str, options: dict[str, str] | None, write_id: str) -> DeltaTable:

@@ -36,8 +36,8 @@ not written, `DatasetBlocked`; a BREAKING schema change is `SchemaBlocked`, both
 an accepted one is applied) and listed in the output manifest's `tables`, which the worker
 records. An unnamed output is written with `executor.tables.write_table` alone (a BREAKING
 change is a plain terminal error) and is not catalogued. Either way the table is hashed
-with `executor.digests.table_digest` at the version written (all-column canonical order,
-no primary key).
+at the version written (`datasets.written_digest`: in memory when the version holds exactly
+the rows written; all-column canonical order, no primary key).
 
 Outputs, written into `ctx.output_dir`:
 
@@ -85,7 +85,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from executor import connections as pg_inputs  # a module: connections imports the kinds
 from executor import datasets
-from executor.digests import blob_digest, table_digest
+from executor.digests import blob_digest
 from executor.kinds.base import (
     OutputFile,
     PhaseCancelled,
@@ -519,7 +519,7 @@ def _write_output(ctx: PhaseContext, out: OutputSpec, result: Any, query_digest:
     except ValueError as exc:  # bad keys, null / duplicated merge keys, schema drift
         raise TerminalPhaseError(f"{out.name}: {exc}", error_type=type(exc).__name__
                                  ) from exc
-    digest = table_digest(out.uri, written.version)
+    digest = datasets.written_digest(out.uri, written)
     return written, {"digest": digest.digest, "rows": digest.rows}
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from executor.datasets import write_dataset
+from executor.datasets import write_dataset, written_digest
 from executor.digests import table_digest
 from executor.kinds import DatasetBlocked, PhaseContext, SchemaBlocked, TerminalPhaseError
 from executor.kinds.sql import SqlKind
@@ -146,3 +146,45 @@ def test_bad_catalog_params_of_the_sql_kind(tmp_path: Path, output: dict[str, An
                                             message: str) -> None:
     with pytest.raises(TerminalPhaseError, match=message):
         SqlKind().run(sql_ctx(tmp_path, {"delta": str(tmp_path / "items"), **output}))
+
+
+def _many_types(n: int, offset: int = 0) -> pa.Table:
+    import datetime as dt
+    import decimal
+
+    ids = list(range(offset, offset + n))
+    return pa.table({
+        "id": pa.array(ids, pa.int64()),
+        "small": pa.array([i % 100 for i in ids], pa.int32()),
+        "amount": pa.array([decimal.Decimal(i) / 100 for i in ids], pa.decimal128(12, 2)),
+        "ratio": pa.array([i / 7 if i % 5 else None for i in ids], pa.float64()),
+        "name": pa.array([f"n{i}" if i % 3 else None for i in ids], pa.string()),
+        "flag": pa.array([i % 2 == 0 for i in ids], pa.bool_()),
+        "day": pa.array([dt.date(2026, 1, 1) + dt.timedelta(days=i % 40) for i in ids]),
+        "at": pa.array([dt.datetime(2026, 1, 1, 12) + dt.timedelta(seconds=i) for i in ids],
+                       pa.timestamp("us")),
+        "at_utc": pa.array([dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i)
+                            for i in ids], pa.timestamp("us", tz="UTC")),
+        "ns": pa.array([dt.datetime(2026, 2, 1) + dt.timedelta(milliseconds=i) for i in ids],
+                       pa.timestamp("ns")),
+        "tags": pa.array([[f"t{i % 4}"] for i in ids], pa.list_(pa.string())),
+    })
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_the_in_memory_digest_is_the_digest_read_back(tmp_path: Path, mode: str) -> None:
+    """A new table, and an overwrite of an existing one, are hashed in memory; the digest is
+    exactly the one read back from the version written. An append to existing rows is read
+    back (its version holds more than the batch)."""
+    uri = str(tmp_path / "t")
+    first = write_dataset({}, "silver.types", uri, _many_types(300), mode=mode,  # type: ignore[arg-type]
+                          keys=["id"])
+    assert first.result.content is not None
+    assert first.entry["digest"] == table_digest(uri, first.result.version).digest
+    # hashed in memory indeed: nothing is read (there is no table at this path)
+    assert written_digest(str(tmp_path / "nowhere"), first.result).digest == first.entry["digest"]
+    second = write_dataset({}, "silver.types", uri, _many_types(200, offset=1000),
+                           mode=mode, keys=["id"])  # type: ignore[arg-type]
+    assert (second.result.content is None) == (mode == "append")
+    assert second.entry["digest"] == table_digest(uri, second.result.version).digest
+    assert second.entry["rows"] == (500 if mode == "append" else 200)
