@@ -39,10 +39,12 @@ that directory comes first on the child's `sys.path`: the entrypoint's module, a
 imports that the child has not imported yet, come from the run's commit (the `executor`
 package itself stays the worker's). `PythonContext.code_dir` tells the function where it is.
 
-Isolation: the function runs in a process started with multiprocessing's `spawn` method,
-never `fork` (deltalake's tokio runtime panics in a forked child; a fork would also copy the
-worker's threads and sockets). The child makes itself the leader of a new process group, so
-that everything it starts can be killed with it. `emit` and `progress` travel to the parent
+Isolation: the function runs in a process started with multiprocessing's `spawn` method
+(started ahead of need and kept warm, see `_Spares`: a phase does not wait ≈ 0.4 s for an
+interpreter and pyarrow / deltalake / duckdb imports), never `fork` (deltalake's tokio
+runtime panics in a forked child; a fork would also copy the worker's threads and sockets).
+The child makes itself the leader of a new process group, so that everything it starts can
+be killed with it. `emit` and `progress` travel to the parent
 over a pipe, which the parent drains while it waits, calling the phase context's `emit` /
 `progress` in the order the child sent them. The catalog's states of the workspace's
 datasets (`ctx.datasets`) go to the child with the rest of the context.
@@ -73,6 +75,7 @@ processes behind.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
@@ -245,6 +248,95 @@ class PythonContext:
         self._send((_PROGRESS, sent))
 
 
+PRELOAD = ("pyarrow", "pyarrow.compute", "pyarrow.dataset", "deltalake", "duckdb", "psycopg")
+"""Third-party modules a phase process imports before it is given a phase (never the
+pipelines' own modules: those must come from the run's checkout)."""
+
+
+@dataclass
+class _Child:
+    process: Any                                     # multiprocessing's SpawnProcess
+    spec_writer: multiprocessing.connection.Connection
+    reader: multiprocessing.connection.Connection
+    writer: multiprocessing.connection.Connection
+
+
+class _Spares:
+    """Phase processes started ahead of need, so that a python phase does not wait for an
+    interpreter to start and import pyarrow, deltalake and the rest (≈ 0.4 s a phase).
+
+    `take()` answers a waiting spare (or starts one when none waits) and starts a
+    replacement in the background. A spare is an ordinary phase process that has not been
+    sent its spec yet: it leads its own process group and dies with the worker, like any
+    phase process. `CONTROL_ROOM_PYTHON_SPARES` (default 2; 0: none) caps how many wait.
+    At exit the waiting spares are told to go (EOF on their spec pipe)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._waiting: list[_Child] = []
+        self._closed = False
+
+    def _start(self) -> _Child:
+        mp = multiprocessing.get_context("spawn")
+        spec_reader, spec_writer = mp.Pipe(duplex=False)
+        reader, writer = mp.Pipe(duplex=False)
+        process = mp.Process(target=_child_boot, args=(spec_reader, writer, os.getpid()),
+                             name="python-phase", daemon=False)
+        process.start()
+        spec_reader.close()     # the child holds the only read end of its spec pipe
+        writer.close()          # and the only write end of its result pipe: EOF when gone
+        return _Child(process, spec_writer, reader, writer)
+
+    def take(self) -> _Child:
+        with self._lock:
+            while self._waiting:
+                child = self._waiting.pop(0)
+                if child.process.is_alive():
+                    break
+                self._discard(child)
+            else:
+                child = self._start()
+            if self.size > 0 and not self._closed:
+                threading.Thread(target=self._refill, name="python-spares",
+                                 daemon=True).start()
+        return child
+
+    def _refill(self) -> None:
+        """Start spares until `size` wait (one at a time: the machine is busy with phases)."""
+        while True:
+            with self._lock:
+                if self._closed or len(self._waiting) >= self.size:
+                    return
+            child = self._start()
+            with self._lock:
+                if self._closed or len(self._waiting) >= self.size:
+                    self._discard(child)
+                    return
+                self._waiting.append(child)
+
+    @staticmethod
+    def _discard(child: _Child) -> None:
+        child.spec_writer.close()
+        with contextlib.suppress(Exception):
+            child.process.join(5)
+            if child.process.exitcode is None:
+                child.process.kill()
+                child.process.join()
+        child.reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiting, self._waiting = self._waiting, []
+        for child in waiting:
+            self._discard(child)
+
+
+SPARES = _Spares(int(os.environ.get("CONTROL_ROOM_PYTHON_SPARES", "2") or 0))
+atexit.register(SPARES.close)   # after multiprocessing's own exit handler is registered, so first
+
+
 @register_kind
 class PythonKind:
     """Runs `params.entrypoint` in a spawned subprocess: see the module's docstring."""
@@ -290,21 +382,19 @@ class PythonKind:
         return PhaseResult(output_manifest=manifest, outputs=collect_outputs(ctx.output_dir))
 
     def _run_child(self, ctx: PhaseContext, spec: _ChildSpec, started: float) -> dict[str, Any]:
-        mp = multiprocessing.get_context("spawn")
-        reader, writer = mp.Pipe(duplex=False)
-        process = mp.Process(
-            target=_child_main,
-            args=(spec, writer, os.getpid()),
-            name=f"phase-{ctx.phase}-{ctx.attempt}",
-            daemon=False,
-        )
+        child = SPARES.take()
+        process, reader, writer = child.process, child.reader, child.writer
         deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
         manifest_text: str | None = None
         error: tuple[bool, str, str, str, dict[str, Any] | None] | None = None
         exitcode: int | None = None
         try:
-            process.start()
-            writer.close()  # the child holds the only write end: EOF when it is gone
+            try:
+                child.spec_writer.send(spec)
+            except (OSError, EOFError):     # a spare that died while it waited: no result
+                pass
+            finally:
+                child.spec_writer.close()
             pid = process.pid
             assert pid is not None
             open_pipe = True
@@ -438,11 +528,26 @@ def _die_with_parent(parent: int, interval: float = 0.2) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def _child_main(spec: _ChildSpec, writer: multiprocessing.connection.Connection,
-                parent: int) -> None:
-    """The child's whole life: run the entrypoint, send one result or error, exit."""
+def _child_boot(spec_reader: multiprocessing.connection.Connection,
+                writer: multiprocessing.connection.Connection, parent: int) -> None:
+    """A phase process: lead a process group, watch the worker, import what phases use,
+    then wait for the one spec it will run (EOF: the worker no longer needs it; exit)."""
     os.setpgid(0, 0)
     _die_with_parent(parent)
+    for module in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    try:
+        spec = spec_reader.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+    spec_reader.close()
+    _child_main(spec, writer)
+
+
+def _child_main(spec: _ChildSpec, writer: multiprocessing.connection.Connection) -> None:
+    """The child's whole life once it has its spec: run the entrypoint, send one result or
+    error, exit."""
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:

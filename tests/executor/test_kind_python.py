@@ -462,3 +462,48 @@ def test_output_is_capped_then_announced_once(tmp_path: Path) -> None:
     assert truncated[0][3] == "warning" and truncated[0][4]["limit"] == MAX_OUTPUT_LINES
     lines_sent = [call[2] for call in logs if not call[4].get("truncated")]
     assert lines_sent == [f"line {i}" for i in range(MAX_OUTPUT_LINES)]
+
+
+def test_phases_run_in_spare_processes_started_ahead(tmp_path: Path) -> None:
+    """A phase takes a process started (and warmed with pyarrow, deltalake...) before it was
+    needed; a replacement is started in the background; closing the pool ends the spares."""
+    from executor.kinds import python as python_kind
+
+    spares = python_kind._Spares(1)
+    try:
+        first = spares.take()                      # none waiting: started now
+        assert wait_for_spare(spares)
+        [waiting] = spares._waiting
+        spare_pid = waiting.process.pid
+        assert wait_until(lambda: os.getpgid(spare_pid) == spare_pid)   # leads its group
+        assert spares.take() is waiting            # the next phase gets it
+        first.spec_writer.close()                  # never given a spec: it just exits
+        waiting.spec_writer.close()
+        assert wait_gone(first.process.pid) and wait_gone(spare_pid)
+        assert wait_for_spare(spares)              # replaced again
+        [replacement] = spares._waiting
+    finally:
+        spares.close()
+    replacement.process.join(10)
+    assert replacement.process.exitcode == 0 and spares._waiting == []
+
+    # through the kind: the phase's process is the spare that waited
+    python_kind.SPARES.take().spec_writer.close()  # make sure one is being started
+    assert wait_for_spare(python_kind.SPARES)
+    waiting_pid = python_kind.SPARES._waiting[0].process.pid
+    recorder = Recorder()
+    result = PythonKind().run(make_ctx(tmp_path, recorder, f"{SAMPLES}:succeed"))
+    assert result.output_manifest["pid"] == waiting_pid
+
+
+def wait_until(check: Any, within: float = 30.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_for_spare(spares: Any, within: float = 30.0) -> bool:
+    return wait_until(lambda: bool(spares._waiting), within)
