@@ -311,6 +311,7 @@ def serve_command(
     import uvicorn
 
     from control_room.gateway.app import create_app
+    from control_room.gateway.auth import signing_secret
 
     with _guard():
         settings = load_settings(host=host, port=port, database_url=database_url,
@@ -322,7 +323,7 @@ def serve_command(
             if embedded:
                 with err.status("Migrating the embedded database ..."):
                     migrate(url, settings.migrations_dir)
-            app_ = create_app(settings, database_url=url, jwt_secret=_jwt_secret(settings))
+            app_ = create_app(settings, database_url=url, jwt_secret=signing_secret(settings))
             err.print(f"Serving the contract on http://{settings.host}:{settings.port}/rest/v1/rpc/"
                       f" (database {_target(url)})", markup=False)
             # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
@@ -336,14 +337,6 @@ def serve_command(
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
-
-
-def _jwt_secret(settings: Settings) -> str:
-    from control_room.gateway.auth import local_secret
-
-    if settings.jwt_secret is not None:
-        return settings.jwt_secret.get_secret_value()
-    return local_secret(settings.state_dir)
 
 
 # ----------------------------------------------------------------- workspaces and tokens
@@ -434,7 +427,7 @@ def token_create(
     as_json: JsonOut = False,
 ) -> None:
     """Create a principal with a role in a workspace and print a signed token for it."""
-    from control_room.gateway.auth import mint_token
+    from control_room.gateway.auth import mint_token, signing_secret
 
     with _guard():
         settings = load_settings(database_url=database_url, state_dir=state_dir)
@@ -443,7 +436,7 @@ def token_create(
             raise BadInput(f"--ttl must be a positive duration such as 3600, 15m, 12h or 30d, "
                            f"not {ttl!r}")
         seconds = int(match.group(1)) * _TTL_UNITS[match.group(2)]
-        secret = _jwt_secret(settings)
+        secret = signing_secret(settings)
         if service:
             token = mint_token(secret, role="service_role", ttl_seconds=seconds, name=name)
             result: dict[str, Any] = {"token": token, "role": "service_role"}

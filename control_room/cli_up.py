@@ -133,18 +133,17 @@ def demo_command(
         if not DEMO_SPEC.is_file():
             raise BadInput(f"the demo spec is missing: {DEMO_SPEC}")
         spec = load_spec(DEMO_SPEC)
-        say = _say
         secrets = {"ODOO_PASSWORD": "", "WAREHOUSE_PASSWORD": ""}
         try:
             with LocalStack(settings, workers=workers, concurrency=2, worker_env=secrets,
-                            log=say) as stack:
+                            log=_say) as stack:
                 assert stack.info is not None
                 admin = stack.database_url
                 with err.status(f"Generating the Odoo database (scale {scale}, {days} days, "
                                 f"seed {seed}) ..."):
                     source = ensure_database(admin, DEMO_SOURCE_DB)
                     report = generate(source, scale=scale, seed=seed, days=days)
-                say(f"odoo: {report.rows.get('sale_order', 0):,} orders, "
+                _say(f"odoo: {report.rows.get('sale_order', 0):,} orders, "
                     f"{report.rows.get('sale_order_line', 0):,} order lines, "
                     f"{report.rows.get('account_move', 0):,} invoices in {report.seconds:.1f} s "
                     f"({report.first_day} .. {report.last_day})")
@@ -159,7 +158,7 @@ def demo_command(
                                     stack.info.token.get_secret_value()) as client:
                     created = client.call("create_run", args)
                     run_id = str(created["id"])
-                    say(f"run {run_id}: {len(args['phases'])} phases")
+                    _say(f"run {run_id}: {len(args['phases'])} phases")
                     _, run = _watch(client, run_id, interval=0.5, quiet=as_json)
                     stack.check_workers()
                     artifacts = _all_artifacts(client, run_id)

@@ -35,6 +35,7 @@ import psycopg
 from pydantic import SecretStr
 
 from control_room.db.migrate import migrate
+from control_room.db.queries import query
 from control_room.db.store import call, connect
 from control_room.local import EmbeddedPostgres
 from control_room.settings import Settings
@@ -104,10 +105,10 @@ class LocalStack:
         self._say(f"database: migrated ({len(report.applied)} applied now)")
         workspace_id = self._workspace()
         operator, executor = self._principals(workspace_id)
-        secret = _jwt_secret(self.settings)
-
         from control_room.gateway.app import create_app, serving
-        from control_room.gateway.auth import mint_token
+        from control_room.gateway.auth import mint_token, signing_secret
+
+        secret = signing_secret(self.settings)
 
         app = create_app(self.settings, database_url=self.database_url, jwt_secret=secret)
         try:
@@ -227,17 +228,7 @@ class LocalStack:
 
 
 def _is_member(conn: psycopg.Connection[Any], workspace_id: str, principal_id: str) -> bool:
-    row = conn.execute(
-        "select 1 from ops.workspace_members m join ops.principals p on p.id = m.principal_id"
-        " where m.workspace_id = %s and m.principal_id = %s and p.revoked_at is null",
-        (workspace_id, principal_id)).fetchone()
+    row = conn.execute(query("live_member"),
+                       {"workspace_id": workspace_id, "principal_id": principal_id}).fetchone()
     conn.rollback()
     return row is not None
-
-
-def _jwt_secret(settings: Settings) -> str:
-    from control_room.gateway.auth import local_secret
-
-    if settings.jwt_secret is not None:
-        return settings.jwt_secret.get_secret_value()
-    return local_secret(settings.state_dir)

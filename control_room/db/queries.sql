@@ -142,3 +142,11 @@ select
 select kind, state, pg_catalog.count(*)::bigint from ops.phases
 where state in ('succeeded', 'failed', 'skipped', 'cancelled')
 group by kind, state order by kind, state;
+
+-- name: live_member
+-- (control_room.localstack) is this principal still an unrevoked member of the workspace?
+select 1
+from ops.workspace_members m
+join ops.principals p on p.id = m.principal_id
+where m.workspace_id = %(workspace_id)s and m.principal_id = %(principal_id)s
+  and p.revoked_at is null;

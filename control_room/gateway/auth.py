@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 
 from control_room.gateway.errors import GatewayError
+from control_room.settings import Settings
 
 API_ROLES = frozenset({"anon", "authenticated", "service_role"})
 ISSUER = "control-room"
@@ -121,6 +122,14 @@ def mint_token(secret: str, *, role: str, sub: str | None = None, ttl_seconds: i
         claims["exp"] = now + ttl_seconds
     claims.update(extra or {})
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def signing_secret(settings: Settings) -> str:
+    """The secret tokens are signed and verified with: `CONTROL_ROOM_JWT_SECRET` (the
+    Supabase project's in production), else the one kept in the state directory."""
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value()
+    return local_secret(settings.state_dir)
 
 
 def local_secret(state_dir: Path) -> str:
