@@ -6,25 +6,18 @@ COPY pyproject.toml README.md ./
 COPY control_room ./control_room
 COPY executor ./executor
 COPY pipelines ./pipelines
-COPY contract ./contract
-COPY supabase ./supabase
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && pip install --no-cache-dir --prefix=/install /wheels/*.whl
 
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends git tini \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 control-room
 COPY --from=build /install /usr/local
-# The contract and the migrations are read from the source tree at run time.
-COPY --from=build /src/contract /app/contract
-COPY --from=build /src/supabase /app/supabase
-COPY --from=build /src/pipelines /app/pipelines
-COPY specs /app/specs
+# The wheel carries the migrations, the contract, the spec schema and the example specs.
 WORKDIR /app
 USER control-room
-ENV CONTROL_ROOM_CONTRACT_FILE=/app/contract/openapi.yaml \
-    CONTROL_ROOM_MIGRATIONS_DIR=/app/supabase/migrations \
-    CONTROL_ROOM_STATE_DIR=/home/control-room/state \
+ENV CONTROL_ROOM_STATE_DIR=/home/control-room/state \
     CONTROL_ROOM_HOST=0.0.0.0
 EXPOSE 8787
 ENTRYPOINT ["tini", "--", "control-room"]

@@ -73,10 +73,10 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
+from control_room.contract.client import ContractClient, Event, Phase, Run
 from control_room.localstack import LocalStack
 from control_room.settings import load_settings
 from control_room.specs import load_spec
-from executor.client import ContractClient, Event, Phase, Run
 from executor.digests import arrow_table_digest, table_digest
 from executor.tables import table_keys
 from pipelines.odoo.generator import generate

@@ -533,8 +533,8 @@ def worker_command(
     import threading
     import urllib.parse
 
+    from control_room.contract.client import ContractClient
     from executor.artifacts import artifact_store_from_url
-    from executor.client import ContractClient
     from executor.kinds import KINDS
     from executor.worker import Worker
 

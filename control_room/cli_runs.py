@@ -1,6 +1,6 @@
 """`control-room runs`: create runs from specs, list, show, watch, cancel and retry them.
 
-Every command talks to the contract over HTTP (`executor.client.ContractClient`), like any
+Every command talks to the contract over HTTP (`control_room.contract.client`), like any
 other client: `--gateway/--token/--workspace` (CONTROL_ROOM_GATEWAY_URL, CONTROL_ROOM_TOKEN,
 CONTROL_ROOM_WORKSPACE), else the local stack that `control-room up` wrote. Bad input (a
 spec that does not load, a param it does not declare, a malformed or unknown run id, a token
@@ -39,10 +39,7 @@ from control_room.cli import (
     err,
     out,
 )
-from control_room.settings import load_settings
-from control_room.specs import SpecError, load_spec
-from control_room.stack import Stack, StackFileError, load_stack
-from executor.client import (
+from control_room.contract.client import (
     Conflict,
     ContractClient,
     ContractError,
@@ -56,6 +53,9 @@ from executor.client import (
     TransientError,
     Unauthorized,
 )
+from control_room.settings import load_settings
+from control_room.specs import SpecError, load_spec
+from control_room.stack import Stack, StackFileError, load_stack
 
 runs_app = typer.Typer(help="Runs: create them from specs, list, show, watch, cancel, retry.",
                        no_args_is_help=True)

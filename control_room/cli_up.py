@@ -86,8 +86,6 @@ def up_command(
 
 # --------------------------------------------------------------------------------- demo
 
-REPO_SPECS = Path(__file__).resolve().parent.parent / "specs"
-DEMO_SPEC = REPO_SPECS / "odoo_medallion.yaml"
 DEMO_SOURCE_DB = "odoo_demo"
 DEMO_WAREHOUSE_DB = "odoo_warehouse"
 
@@ -123,16 +121,14 @@ def demo_command(
     from datetime import timedelta
 
     from control_room.cli_runs import _watch
-    from control_room.specs import load_spec
-    from executor.client import ContractClient
+    from control_room.contract.client import ContractClient
+    from control_room.specs import example_spec, load_spec
     from pipelines.odoo.generator import ensure_database, generate
 
     with _guard():
         settings = load_settings(state_dir=state_dir, port=port)
         settings = settings.model_copy(update={"database_url": None})
-        if not DEMO_SPEC.is_file():
-            raise BadInput(f"the demo spec is missing: {DEMO_SPEC}")
-        spec = load_spec(DEMO_SPEC)
+        spec = load_spec(example_spec("odoo_medallion"))
         secrets = {"ODOO_PASSWORD": "", "WAREHOUSE_PASSWORD": ""}
         try:
             with LocalStack(settings, workers=workers, concurrency=2, worker_env=secrets,

@@ -53,11 +53,11 @@ from control_room.cli_runs import (
     _pairs,
     _run_id,
 )
+from control_room.contract.client import ContractClient, NotFound, Run
 from control_room.settings import load_settings
 from control_room.stack import Stack
 from executor.artifacts import ArtifactStore, artifact_store_from_url
 from executor.checkout import Checkouts
-from executor.client import ContractClient, NotFound, Run
 from executor.kinds import KINDS
 from executor.render import TemplateError, references
 from executor.worker import Worker

@@ -6,6 +6,7 @@ defaults. Nothing here writes into `os.environ`.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +17,16 @@ ENV_PREFIX = "CONTROL_ROOM_"
 
 
 def default_migrations_dir() -> Path:
-    """`supabase/migrations` next to the directory holding the `control_room` package.
+    """The migrations shipped in the package (`control_room/db/migrations`).
 
-    With an editable install (the normal way to work on this repo) that is the repo's own
-    `supabase/migrations`.
+    The repo's `supabase/migrations` (what the Supabase CLI reads) links to this directory.
     """
-    return Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+    return Path(str(resources.files("control_room.db").joinpath("migrations")))
 
 
 def default_contract_file() -> Path:
-    """`contract/openapi.yaml` of this repo: the operations the gateway serves."""
-    return Path(__file__).resolve().parent.parent / "contract" / "openapi.yaml"
+    """The contract shipped in the package (`control_room/contract/openapi.yaml`)."""
+    return Path(str(resources.files("control_room.contract").joinpath("openapi.yaml")))
 
 
 def env_var(field: str) -> str:

@@ -68,9 +68,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from executor.artifacts import ArtifactStore
-from executor.checkout import Checkouts, own_code
-from executor.client import (
+from control_room.contract.client import (
     Claim,
     Conflict,
     ContractClient,
@@ -81,6 +79,8 @@ from executor.client import (
     PayloadTooLarge,
     TransientError,
 )
+from executor.artifacts import ArtifactStore
+from executor.checkout import Checkouts, own_code
 from executor.connections import resolve_connections
 from executor.datasets import DATASET_NAME, UNBLOCK_HINT
 from executor.kinds import (

@@ -17,8 +17,10 @@ from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from control_room.settings import default_contract_file
+
 REPO = Path(__file__).resolve().parents[1]
-OPENAPI_PATH = REPO / "contract" / "openapi.yaml"
+OPENAPI_PATH = default_contract_file()
 DOC_URI = "urn:control-room:contract:openapi"
 
 MACHINE_CODES = frozenset({

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.helpers import REPO_MIGRATIONS
 
-SUPABASE = REPO_MIGRATIONS.parent
+SUPABASE = Path(__file__).resolve().parents[1] / "supabase"
 
 
 def test_the_config_exposes_ops() -> None:
@@ -32,3 +32,14 @@ def test_migrations_follow_the_cli_rules() -> None:
         assert not re.search(r"^\s*(begin|commit|rollback)\s*;", lowered, re.MULTILINE), path.name
         assert "concurrently" not in lowered, path.name
         assert "uuidv7" not in lowered, path.name
+
+
+def test_the_cli_reads_the_packaged_migrations() -> None:
+    """supabase/migrations (what `supabase db push` reads) is the package's migrations: the
+    same files with the same bytes."""
+    linked = SUPABASE / "migrations"
+    assert linked.resolve() == Path(REPO_MIGRATIONS).resolve()
+    names = sorted(p.name for p in linked.glob("*.sql"))
+    assert names == sorted(p.name for p in Path(REPO_MIGRATIONS).glob("*.sql"))
+    for name in names:
+        assert (linked / name).read_bytes() == (Path(REPO_MIGRATIONS) / name).read_bytes()

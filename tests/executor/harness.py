@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from control_room.contract.client import ContractClient, Event, RetryPolicy, Run
 from executor.artifacts import LocalArtifactStore
-from executor.client import ContractClient, Event, RetryPolicy, Run
 from executor.worker import Worker, WorkerStats
 from tests.contract.conftest import HttpContract, World, make_world
 from tests.helpers import running_gateway

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from executor.client import ContractClient, Dataset, Event, Run
+from control_room.contract.client import ContractClient, Dataset, Event, Run
 from executor.tables import read_schema
 from executor.worker import table_entries
 from tests.contract.conftest import phase

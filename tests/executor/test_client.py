@@ -23,7 +23,7 @@ import psycopg
 import pytest
 import respx
 
-from executor.client import (
+from control_room.contract.client import (
     Conflict,
     ContractClient,
     ContractError,
@@ -426,6 +426,6 @@ def test_poll_for_work_gives_up_at_its_timeout_or_stop(env: Env) -> None:
 
 
 def test_the_executor_package_never_imports_control_room() -> None:
-    probe = ("import sys, executor.client; "
+    probe = ("import sys, control_room.contract.client; "
              "sys.exit(any(m.split('.')[0] == 'control_room' for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from control_room.contract.client import Event
 from executor.artifacts import read_blob
-from executor.client import Event
 from executor.digests import blob_digest, table_digest
 from executor.worker import WorkerStats
 from tests.contract.conftest import phase

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control_room.specs import LoadedSpec, load_spec
+from control_room.specs import LoadedSpec, example_spec, load_spec
 from executor.connections import resolve_connections
 from executor.kinds.base import Connection, PhaseContext
 from executor.kinds.python import PythonContext, parse_entrypoint
@@ -25,7 +25,7 @@ from executor.kinds.sql import SqlKind
 from executor.render import render
 
 REPO = Path(__file__).resolve().parents[2]
-SPEC = REPO / "specs" / "odoo_medallion.yaml"
+SPEC = example_spec("odoo_medallion")
 ENVIRON = {"ODOO_PASSWORD": "", "WAREHOUSE_PASSWORD": ""}
 
 

@@ -33,6 +33,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +58,7 @@ __all__ = [
     "parse_duration",
 ]
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "specs" / "spec.schema.json"
+SCHEMA_FILE = Path(str(resources.files("control_room.specs").joinpath("spec.schema.json")))
 
 ParamType = Literal["string", "path", "integer", "number", "boolean"]
 Scalar = str | int | float | bool

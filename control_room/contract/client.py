@@ -83,7 +83,7 @@ __all__ = [
     "Unauthorized",
 ]
 
-log = logging.getLogger("executor.client")
+log = logging.getLogger("control_room.contract.client")
 
 SCHEMA = "ops"
 USER_AGENT = "control-room-executor/0.1"
