@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# pytest-xdist: one worker per core (each test clones its own database).
+PYTEST_WORKERS ?= auto
 
-.PHONY: venv demo test lint
+.PHONY: venv demo test test-fast lint
 
 venv: $(STAMP)
 
@@ -16,11 +18,17 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/control-room demo
 
+# ruff, mypy --strict and the import-linter contracts (who may import whom: docs/architecture.md)
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
-test: venv
+# unit and contract tests, no end-to-end: the loop while working
+test-fast: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -m "not slow and not e2e"
+
+# what CI runs (.ci/run)
+test: lint
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --durations=15

@@ -1,0 +1,147 @@
+"""The built wheel works outside the checkout: build it, install it into a fresh venv in a
+temporary directory, and drive a whole stack from there (`migrate`, `up` with its gateway and
+worker, `runs create` of the example spec shipped in the package).
+
+The fresh venv gets the wheel with `--no-deps` and reaches the third-party dependencies
+through a `.pth` line naming this venv's site-packages: a path line adds the directory only,
+it does not run that directory's own `.pth` files, so the checkout (which the editable
+install puts on `sys.path` through such a file) stays invisible. Only the wheel's files
+provide `control_room`, `executor` and `pipelines`; the test asserts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.executor.harness import REPO, wait_for
+from tests.test_cli_up import free_port
+
+pytestmark = pytest.mark.slow
+
+PACKAGE_DATA = (
+    "control_room/contract/openapi.yaml",
+    "control_room/db/queries.sql",
+    "control_room/db/shim.sql",
+    "control_room/specs/spec.schema.json",
+    "control_room/specs/examples/example.yaml",
+    "control_room/specs/examples/odoo_medallion.yaml",
+    "pipelines/odoo/schema.sql",
+)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(out), str(REPO)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    (built,) = out.glob("lakehouse_control_room-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True,
+                   timeout=120)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(root / "bin" / "python"),
+                    "install", "--quiet", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    fresh_site = subprocess.run(
+        [str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    Path(fresh_site, "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return root
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CONTROL_ROOM_", "PYTHON", "VIRTUAL_ENV"))}
+    env.update(extra)
+    return env
+
+
+def test_the_wheel_carries_the_package_data(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [name for name in PACKAGE_DATA if name not in names]
+    assert not missing, missing
+    migrations = [n for n in names if n.startswith("control_room/db/migrations/")
+                  and n.endswith(".sql")]
+    expected = sorted(p.name for p in (REPO / "control_room" / "db" / "migrations").glob("*.sql"))
+    assert sorted(Path(n).name for n in migrations) == expected
+    assert not [n for n in names if n.startswith("tests/")]
+
+
+def test_the_installed_package_comes_from_the_wheel(venv: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import control_room, executor, pipelines, json;"
+         "print(json.dumps([m.__file__ for m in (control_room, executor, pipelines)]))"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, check=True)
+    for path in json.loads(done.stdout):
+        assert Path(path).is_relative_to(venv), path
+        assert not Path(path).is_relative_to(REPO), path
+
+
+@pytest.fixture
+def stack(venv: Path, db_url: str, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """`control-room up` from the installed wheel, on a fresh database of the test server."""
+    state = tmp_path / "state"
+    env = _env(CONTROL_ROOM_DATABASE_URL=db_url, CONTROL_ROOM_STATE_DIR=str(state))
+    proc = subprocess.Popen([str(venv / "bin" / "control-room"), "up", "--port",
+                             str(free_port()), "--workers", "1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for("the stack file",
+                 lambda: (state / "stack.json").exists() or proc.poll() is not None, 120)
+        assert proc.poll() is None, proc.communicate()[0]
+        yield state, env
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def test_migrate_and_status_from_the_wheel(venv: Path, empty_db_url: str,
+                                           tmp_path: Path) -> None:
+    cli = str(venv / "bin" / "control-room")
+    env = _env(CONTROL_ROOM_DATABASE_URL=empty_db_url)
+    migrated = subprocess.run([cli, "migrate"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    check = subprocess.run([cli, "migrate", "--check"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_up_and_a_run_of_the_shipped_example_from_the_wheel(
+        venv: Path, stack: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    state, env = stack
+    python = str(venv / "bin" / "python")
+    spec = subprocess.run(
+        [python, "-c", "from control_room.specs import example_spec; print(example_spec('example'))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(spec).is_relative_to(venv), spec
+    lake = tmp_path / "lake"
+    created = subprocess.run(
+        [str(venv / "bin" / "control-room"), "runs", "create", "--spec", spec,
+         "--param", f"lake={lake}", "--wait", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert created.returncode == 0, created.stdout + created.stderr
+    run = json.loads(created.stdout)
+    assert run["state"] == "succeeded", run
+    assert (lake / "gold").is_dir()
