@@ -1,16 +1,20 @@
-"""The contract client: what an executor calls, over HTTP only.
+"""The contract client: one typed method per operation of `openapi.yaml`, over HTTP only.
 
 One client for every server that speaks the contract (docs/contract.md): the control-room
 gateway (`http://127.0.0.1:8787/rest/v1`) and Supabase's PostgREST
 (`https://<ref>.supabase.co/rest/v1`), or a plain PostgREST at its root. Each call is
 `POST <base_url>/rpc/<fn>` with the named arguments as a JSON object, `Content-Profile: ops`,
 `Authorization: Bearer <token>` and `apikey` (the token itself unless a project key is given,
-as Supabase clients send it). This module never imports `control_room`: workers speak HTTP.
+as Supabase clients send it). This package never imports the rest of `control_room`: workers
+speak HTTP. How to use it: docs/executor_client.md.
 
-Results are frozen pydantic models parsed from the JSON the server returns
-(`contract/openapi.yaml`); unknown fields are ignored so that an older worker keeps working
-against a newer server. A refusal raises a `ContractError` subclass chosen by the body's
-machine code (`hint`), falling back on the HTTP status for errors PostgREST makes itself.
+Each method is named after its operation (`create_run`, `claim_phase`, ...), takes the
+operation's request properties as arguments (those left at None are not sent, so that the
+function's default applies), and answers a frozen pydantic model (`models.py`); unknown fields
+are ignored so that an older worker keeps working against a newer server. `call(fn, args)`
+stays as the untyped escape hatch. A refusal raises a `ContractError` subclass chosen by the
+body's machine code (`hint`), falling back on the HTTP status for errors PostgREST makes itself
+(`errors.py`).
 
 Retries (tenacity): a call that got no answer (connection refused or reset, a timeout) or a
 502/503/504 is sent again with exponential backoff and full jitter, up to
@@ -18,10 +22,10 @@ Retries (tenacity): a call that got no answer (connection refused or reset, a ti
 call is idempotent on the server: `claim_phase` carries one `claim_id` for all tries of a
 logical claim, `append_events` gives each event its `event_id` before the first try,
 `complete_phase` answers a completed attempt again with `replayed: true` (a success here),
-`heartbeat` and `register_artifact` are harmless to repeat. Through `call()`, the functions
-that are not idempotent (`create_workspace`, `remove_member`, `create_principal`, `create_run`
-without `idempotency_key`) are retried only when the request surely never left
-(connection refused, no connection from the pool).
+`heartbeat` and `register_artifact` are harmless to repeat. The functions that are not
+idempotent (`create_workspace`, `remove_member`, `create_principal`, `create_run` without
+`idempotency_key`) are retried only when the request surely never left (connection refused,
+no connection from the pool), whether called through their method or through `call()`.
 
 The client is synchronous and thread-safe (one `httpx.Client`): a worker shares one between
 its slots and their heartbeats.
@@ -35,13 +39,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -51,9 +55,71 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from control_room.contract.errors import (
+    Conflict,
+    ContractError,
+    Forbidden,
+    InvalidArgument,
+    InvalidResponse,
+    LeaseLost,
+    NotFound,
+    PayloadTooLarge,
+    ServerError,
+    ServiceUnavailable,
+    TransientError,
+    TransportFailure,
+    Unauthorized,
+    error_from_body,
+)
+from control_room.contract.models import (
+    REQUESTS,
+    AppendResult,
+    Artifact,
+    ArtifactLink,
+    ArtifactPage,
+    Claim,
+    ClaimRun,
+    CompleteResult,
+    Dataset,
+    DatasetRecord,
+    DatasetVersion,
+    Event,
+    EventPage,
+    HeartbeatResult,
+    Member,
+    MemberRemoved,
+    NewEvent,
+    Phase,
+    PhaseSpec,
+    Principal,
+    Run,
+    RunCreated,
+    RunPage,
+    RunSummary,
+    Workspace,
+    WorkspaceListItem,
+)
+from control_room.contract.vocabulary import (
+    ArtifactRole,
+    ChangeKind,
+    DatasetLayer,
+    Env,
+    EventLevel,
+    MemberRole,
+    Outcome,
+    PrincipalKind,
+    Resolution,
+    RunState,
+    SchemaState,
+)
+
 __all__ = [
+    "TRANSPORT_OPTIONS",
     "AppendResult",
     "Artifact",
+    "ArtifactLink",
+    "ArtifactPage",
+    "ArtifactRole",
     "Claim",
     "ClaimRun",
     "CompleteResult",
@@ -64,23 +130,35 @@ __all__ = [
     "DatasetRecord",
     "DatasetVersion",
     "Event",
+    "EventLevel",
     "EventPage",
     "Forbidden",
     "HeartbeatResult",
     "InvalidArgument",
     "InvalidResponse",
     "LeaseLost",
+    "Member",
+    "MemberRemoved",
     "NewEvent",
     "NotFound",
+    "Outcome",
     "PayloadTooLarge",
     "Phase",
+    "PhaseSpec",
+    "Principal",
     "RetryPolicy",
     "Run",
+    "RunCreated",
+    "RunPage",
+    "RunSummary",
     "ServerError",
     "ServiceUnavailable",
     "TransientError",
     "TransportFailure",
     "Unauthorized",
+    "Workspace",
+    "WorkspaceListItem",
+    "error_from_response",
 ]
 
 log = logging.getLogger("control_room.contract.client")
@@ -88,425 +166,26 @@ log = logging.getLogger("control_room.contract.client")
 SCHEMA = "ops"
 USER_AGENT = "control-room-executor/0.1"
 
-Outcome = Literal["succeeded", "failed"]
-EventLevel = Literal["debug", "info", "warning", "error"]
-ArtifactRole = Literal["output", "input", "log", "report"]
+TRANSPORT_OPTIONS = frozenset({"wait"})
+"""Method arguments that are not request properties (`wait`: `Prefer: wait=<s>`)."""
 
-# through call(): functions a repeat would do twice (docs/contract.md, Idempotency)
+# functions a repeat would do twice (docs/contract.md, Idempotency)
 _NOT_IDEMPOTENT = frozenset({"create_workspace", "remove_member", "create_principal"})
 _RETRIED_STATUSES = frozenset({502, 503, 504})
 
-
-# ----------------------------------------------------------------------------------- errors
-
-
-class ContractError(Exception):
-    """A call the server refused, or that got no usable answer.
-
-    `code` is the stable machine code to branch on (`lease_lost`, `invalid_argument`, ...:
-    the body's `hint`, or one derived from the status for PostgREST's own errors);
-    `sqlstate` is the body's `code` (`PT409`, `PGRST202`, `42501`); `details` the body's
-    `details` parsed when it is a JSON object (the text as sent is in `details_text`).
-    `status` is None when no answer came.
-    """
-
-    default_code: ClassVar[str] = "error"
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 sqlstate: str | None = None, details: dict[str, Any] | None = None,
-                 details_text: str | None = None, hint: str | None = None,
-                 function: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code or self.default_code
-        self.sqlstate = sqlstate
-        self.details = details
-        self.details_text = details_text
-        self.hint = hint
-        self.function = function
-
-    @property
-    def argument(self) -> str | None:
-        """The argument an `invalid_argument` or `payload_too_large` error names, if any."""
-        value = (self.details or {}).get("argument")
-        return value if isinstance(value, str) else None
-
-    def __str__(self) -> str:
-        where = f"{self.function}: " if self.function else ""
-        status = f" {self.status}" if self.status is not None else ""
-        return f"{where}{self.code}{status}: {self.message}"
-
-
-class InvalidArgument(ContractError):
-    """400 (and 406/415): an argument is missing, malformed or out of bounds. A bug in the call."""
-
-    default_code = "invalid_argument"
-
-
-class Unauthorized(ContractError):
-    """401: the token was refused (signature, expiry), has no principal, or was revoked."""
-
-    default_code = "unauthorized"
-
-
-class Forbidden(ContractError):
-    """403: the caller's role may not make this call (e.g. a viewer claiming a phase)."""
-
-    default_code = "forbidden"
-
-
-class NotFound(ContractError):
-    """404: the run, phase or workspace does not exist or is not visible to the caller."""
-
-    default_code = "not_found"
-
-
-class Conflict(ContractError):
-    """409 `conflict`: the call contradicts the current state or an earlier call."""
-
-    default_code = "conflict"
-
-
-class LeaseLost(ContractError):
-    """409 `lease_lost`: the lease token is not live. Stop working on the phase at once."""
-
-    default_code = "lease_lost"
-
-
-class PayloadTooLarge(ContractError):
-    """413: an argument or the body exceeds its limit (`details`: argument, size, limit)."""
-
-    default_code = "payload_too_large"
-
-
-class InvalidResponse(ContractError):
-    """A 2xx answer that is not the JSON the contract describes."""
-
-    default_code = "invalid_response"
-
-
-class TransientError(ContractError):
-    """A failure that may pass: no answer, or a 5xx. Try again later."""
-
-    default_code = "unavailable"
-
-
-class TransportFailure(TransientError):
-    """No answer came (connection refused or reset, a timeout); `__cause__` is httpx's error.
-
-    `sent` is False when the request surely never reached the server.
-    """
-
-    default_code = "transport"
-
-    def __init__(self, message: str, *, sent: bool, function: str | None = None) -> None:
-        super().__init__(message, function=function)
-        self.sent = sent
-
-
-class ServiceUnavailable(TransientError):
-    """502, 503 or 504: the server or the database behind it is unavailable for now."""
-
-    default_code = "unavailable"
-
-
-class ServerError(TransientError):
-    """Another 5xx (an unexpected server error). Not retried by the client itself."""
-
-    default_code = "internal"
-
-
-_BY_CODE: dict[str, type[ContractError]] = {
-    "invalid_argument": InvalidArgument,
-    "unauthorized": Unauthorized,
-    "forbidden": Forbidden,
-    "not_found": NotFound,
-    "conflict": Conflict,
-    "lease_lost": LeaseLost,
-    "payload_too_large": PayloadTooLarge,
-    "unavailable": ServiceUnavailable,
-    "internal": ServerError,
-}
-
-_BY_STATUS: dict[int, type[ContractError]] = {
-    400: InvalidArgument, 401: Unauthorized, 403: Forbidden, 404: NotFound,
-    406: InvalidArgument, 409: Conflict, 413: PayloadTooLarge, 415: InvalidArgument,
-    502: ServiceUnavailable, 503: ServiceUnavailable, 504: ServiceUnavailable,
-}
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def error_from_response(response: httpx.Response, function: str | None = None) -> ContractError:
     """The typed error for a non-2xx answer in PostgREST's `{code, message, details, hint}`."""
-    status = response.status_code
     try:
         body = response.json()
     except ValueError:
         body = None
     if not isinstance(body, dict):      # a proxy's HTML page, an API gateway's own error...
         body = {"message": response.text[:500] or response.reason_phrase}
-    message = str(body.get("message") or body.get("msg") or response.reason_phrase)
-    sqlstate = body.get("code")
-    hint = body.get("hint")
-    details_text = body.get("details")
-    details: dict[str, Any] | None = None
-    if isinstance(details_text, str):
-        try:
-            parsed = json.loads(details_text)
-        except ValueError:
-            parsed = None
-        details = parsed if isinstance(parsed, dict) else None
-    elif isinstance(details_text, dict):
-        details, details_text = details_text, json.dumps(details_text)
-    cls = _BY_CODE.get(hint) if isinstance(hint, str) else None
-    if cls is None or issubclass(cls, TransientError):   # 5xx: the status says which
-        cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else ContractError)
-    code = cls.default_code if cls is not ContractError else f"http_{status}"
-    if isinstance(hint, str) and hint in _BY_CODE:
-        code = hint
-    return cls(message, status=status, code=code,
-               sqlstate=str(sqlstate) if sqlstate is not None else None,
-               details=details, details_text=details_text if isinstance(details_text, str)
-               else None, hint=hint if isinstance(hint, str) else None, function=function)
-
-
-# --------------------------------------------------------------------------------- results
-
-
-class _Result(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class ClaimRun(_Result):
-    """The run a claimed phase belongs to, as the executor needs it."""
-
-    spec_slug: str
-    git_sha: str
-    env: str
-    input_manifest: dict[str, Any]
-    labels: dict[str, str]
-    priority: int
-    parent_run_id: str | None
-
-
-class Claim(_Result):
-    """A claimed phase. `lease_token` is a capability: never log it (it is kept out of repr)."""
-
-    phase_id: str
-    run_id: str
-    workspace_id: str
-    name: str
-    kind: str
-    params: dict[str, Any]
-    depends_on: tuple[str, ...]
-    attempt: int
-    max_attempts: int
-    timeout_seconds: int
-    lease_token: str = Field(repr=False)
-    lease_seconds: int
-    lease_expires_at: datetime
-    claim_id: str | None
-    inputs: dict[str, dict[str, Any]]
-    run: ClaimRun
-
-
-class HeartbeatResult(_Result):
-    phase_id: str
-    lease_expires_at: datetime
-    cancel_requested: bool
-    phase_state: str        # running | cancelled
-    run_state: str
-
-
-class AppendResult(_Result):
-    """What `append_events` stored; `event_ids` are the ids the batch was sent with."""
-
-    appended: int
-    duplicates: int
-    last_seq: int
-    event_ids: tuple[str, ...] = ()
-
-
-class Artifact(_Result):
-    """A registered artifact and its link to the phase (`register_artifact`'s answer)."""
-
-    workspace_id: str
-    digest: str
-    size_bytes: int
-    media_type: str
-    kind: str
-    uri: str
-    metadata: dict[str, Any]
-    first_run_id: str | None
-    created_by: str | None
-    created_at: datetime
-    run_id: str
-    phase: str
-    name: str
-    role: str
-    created: bool
-    linked: bool
-
-
-class CompleteResult(_Result):
-    """The phase's and the run's states after `complete_phase` (`replayed`: a repeat)."""
-
-    phase_id: str
-    phase: str
-    phase_state: str
-    attempt: int
-    run_id: str
-    run_state: str
-    not_before: datetime | None
-    released: tuple[str, ...]
-    replayed: bool
-
-
-class Phase(_Result):
-    id: str
-    name: str
-    ordinal: int
-    kind: str
-    params: dict[str, Any]
-    depends_on: tuple[str, ...]
-    state: str
-    priority: int
-    attempt: int
-    max_attempts: int
-    timeout_seconds: int
-    retry_backoff_seconds: float
-    retry_backoff_max_seconds: float
-    queued_at: datetime
-    not_before: datetime | None
-    lease_seconds: int | None
-    lease_expires_at: datetime | None
-    claimed_by: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    progress: dict[str, Any] | None
-    output_manifest: dict[str, Any] | None
-    error: dict[str, Any] | None
-    reused_from_phase_id: str | None
-
-
-class Run(_Result):
-    id: str
-    workspace_id: str
-    env: str
-    spec_slug: str
-    git_sha: str
-    state: str
-    priority: int
-    labels: dict[str, str]
-    input_manifest: dict[str, Any]
-    output_manifest: dict[str, Any] | None
-    idempotency_key: str | None
-    parent_run_id: str | None
-    error: dict[str, Any] | None
-    cancel_reason: str | None
-    created_by: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    finalized_at: datetime | None
-    updated_at: datetime
-    last_event_seq: int
-    phases: tuple[Phase, ...]
-
-    def phase(self, name: str) -> Phase:
-        for phase in self.phases:
-            if phase.name == name:
-                return phase
-        raise KeyError(name)
-
-
-class Event(_Result):
-    seq: int
-    event_id: str
-    run_id: str
-    phase: str | None
-    attempt: int | None
-    ts: datetime
-    recorded_at: datetime
-    level: str
-    type: str
-    message: str
-    payload: dict[str, Any]
-    principal_id: str | None
-
-
-class EventPage(_Result):
-    events: tuple[Event, ...]
-    next_after: int
-
-
-class DatasetRecord(_Result):
-    """`record_dataset`'s answer: the dataset's state after the call; `version` and `change`
-    what this call recorded (`recorded` False, `version` None and `change` NONE for a write
-    that kept the schema or a repeat of one)."""
-
-    dataset_id: str
-    workspace_id: str
-    name: str
-    layer: str
-    schema_state: str       # active | blocked | accepted
-    schema_version: int     # the last applied version (0: no schema yet)
-    recorded: bool
-    version: int | None = None
-    change: str | None = None
-
-
-class DatasetVersion(_Result):
-    """One schema the catalog was shown (`get_dataset`'s `versions`, newest first); `applied`
-    False for a refused breaking change."""
-
-    version: int
-    change: str
-    applied: bool
-    schema_: Any = Field(default=None, alias="schema")
-    changes: list[dict[str, Any]] = Field(default_factory=list)
-    run_id: str | None = None
-    phase_id: str | None = None
-    phase: str | None = None
-    table_version: int | None = None
-    digest: str | None = None
-    recorded_at: datetime
-    recorded_by: str | None = None
-
-    @property
-    def schema(self) -> Any:   # shadows pydantic v1's deprecated BaseModel.schema
-        """The recorded schema (`[{name, type, nullable, key?}]` from the executors)."""
-        return self.schema_
-
-
-class Dataset(_Result):
-    """A dataset of the catalog (`list_datasets`, `get_dataset`, `unblock_dataset`);
-    `versions` only from `get_dataset`."""
-
-    id: str
-    workspace_id: str
-    name: str
-    layer: str
-    location: str
-    format: str
-    owner: str | None = None
-    tags: tuple[str, ...] = ()
-    schema_state: str
-    schema_version: int
-    blocked_change: dict[str, Any] | None = None
-    blocked_at: datetime | None = None
-    last_run_id: str | None = None
-    last_phase_id: str | None = None
-    last_table_version: int | None = None
-    last_digest: str | None = None
-    last_rows: int | None = None
-    last_written_at: datetime | None = None
-    created_at: datetime
-    updated_at: datetime
-    versions: tuple[DatasetVersion, ...] = ()
-
-
-_M = TypeVar("_M", bound=BaseModel)
+    return error_from_body(response.status_code, body, reason=response.reason_phrase,
+                           function=function)
 
 
 def _parse(model: type[_M], value: Any, function: str) -> _M:
@@ -517,34 +196,28 @@ def _parse(model: type[_M], value: Any, function: str) -> _M:
                               function=function) from exc
 
 
-# ---------------------------------------------------------------------------------- inputs
+def _parse_list(model: type[_M], value: Any, function: str) -> list[_M]:
+    if not isinstance(value, list):
+        raise InvalidResponse(f"{function}: the answer is not a JSON array", status=200,
+                              function=function)
+    return [_parse(model, item, function) for item in value]
 
 
-@dataclass(frozen=True)
-class NewEvent:
-    """An event to append. Its `event_id` is made once, when the event is made, so that every
-    resend of it (by the client's retries or by the caller) is recognised as the same event."""
+def _request(fn: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The request body of `fn`: `args` checked against its model (names and types, not the
+    server's bounds), None values left out. A mistake raises InvalidArgument, unsent."""
+    try:
+        return REQUESTS[fn].model_validate(dict(args)).to_json()
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidArgument(f"{where}: {first['msg']}" if where else str(exc),
+                              code="invalid_argument",
+                              details={"argument": where} if where else None,
+                              function=fn) from exc
 
-    type: str
-    message: str = ""
-    payload: Mapping[str, Any] | None = None
-    phase: str | None = None
-    level: EventLevel | None = None
-    ts: datetime | None = None
-    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
-    def to_json(self) -> dict[str, Any]:
-        event: dict[str, Any] = {"event_id": self.event_id, "type": self.type,
-                                 "message": self.message}
-        if self.payload is not None:
-            event["payload"] = dict(self.payload)
-        if self.phase is not None:
-            event["phase"] = self.phase
-        if self.level is not None:
-            event["level"] = self.level
-        if self.ts is not None:
-            event["ts"] = self.ts.isoformat()
-        return event
+# --------------------------------------------------------------------------------- inputs
 
 
 @dataclass(frozen=True)
@@ -566,12 +239,6 @@ class RetryPolicy:
         return cls(attempts=1)
 
 
-def _omit_none(**args: Any) -> dict[str, Any]:
-    """Arguments left at None are not sent, so that the function's own default applies
-    (a JSON null is SQL NULL, which is not always the default)."""
-    return {name: value for name, value in args.items() if value is not None}
-
-
 def _wait_header(seconds: float) -> str:
     return "wait=" + f"{seconds:.3f}".rstrip("0").rstrip(".")
 
@@ -580,7 +247,7 @@ def _wait_header(seconds: float) -> str:
 
 
 class ContractClient:
-    """The executor's client of the contract.
+    """A client of the contract (one per token; thread-safe).
 
     `base_url` is the contract's REST root: `http://127.0.0.1:8787/rest/v1` (gateway),
     `https://<ref>.supabase.co/rest/v1` (Supabase). `token` is the principal's JWT; `apikey`
@@ -675,6 +342,108 @@ class ContractClient:
             raise InvalidResponse(f"the answer is not JSON: {response.text[:200]!r}",
                                   status=response.status_code, function=fn) from exc
 
+    def _rpc(self, fn: str, args: Mapping[str, Any], *, wait: float | None = None) -> Any:
+        """Call `fn` with `args` checked and cleaned by its request model."""
+        return self.call(fn, _request(fn, args), wait=wait)
+
+    # -- workspaces, members and principals -----------------------------------------------
+
+    def create_workspace(self, slug: str, name: str, env: Env | None = None) -> Workspace:
+        """A new workspace with the caller as its admin (`env` default dev). Not idempotent:
+        a repeat is Conflict (slug taken), so it is re-sent only when surely unsent."""
+        args = {"slug": slug, "name": name, "env": env}
+        return _parse(Workspace, self._rpc("create_workspace", args), "create_workspace")
+
+    def add_member(self, workspace_id: str, principal_id: str, role: MemberRole,
+                   name: str | None = None) -> Member:
+        """Make a principal a member with this role, or change its role (an upsert)."""
+        args = {"workspace_id": workspace_id, "principal_id": principal_id, "role": role,
+                "name": name}
+        return _parse(Member, self._rpc("add_member", args), "add_member")
+
+    def remove_member(self, workspace_id: str, principal_id: str) -> MemberRemoved:
+        """End a membership (not idempotent: a repeat is NotFound)."""
+        args = {"workspace_id": workspace_id, "principal_id": principal_id}
+        return _parse(MemberRemoved, self._rpc("remove_member", args), "remove_member")
+
+    def create_principal(self, name: str, kind: PrincipalKind | None = None) -> Principal:
+        """A new principal (service_role only; `kind` default executor). Not idempotent."""
+        args = {"name": name, "kind": kind}
+        return _parse(Principal, self._rpc("create_principal", args), "create_principal")
+
+    def revoke_principal(self, principal_id: str) -> Principal:
+        """Revoke a principal: its tokens and leases stop working (idempotent)."""
+        return _parse(Principal, self._rpc("revoke_principal", {"principal_id": principal_id}),
+                      "revoke_principal")
+
+    def list_workspaces(self) -> list[WorkspaceListItem]:
+        """The workspaces the caller may see, with its role in each."""
+        return _parse_list(WorkspaceListItem, self._rpc("list_workspaces", {}),
+                           "list_workspaces")
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def create_run(self, workspace_id: str, spec_slug: str, git_sha: str,
+                   phases: Sequence[PhaseSpec | Mapping[str, Any]], *,
+                   input_manifest: Mapping[str, Any] | None = None,
+                   idempotency_key: str | None = None,
+                   labels: Mapping[str, str] | None = None,
+                   priority: int | None = None) -> RunCreated:
+        """Create a run of these phases (`created` False: the `idempotency_key` named an
+        earlier run with the same arguments). Without a key every call creates a run, so it
+        is re-sent only when surely unsent."""
+        args = {"workspace_id": workspace_id, "spec_slug": spec_slug, "git_sha": git_sha,
+                "phases": [p.to_json() if isinstance(p, PhaseSpec) else dict(p)
+                           for p in phases],
+                "input_manifest": _dict(input_manifest), "idempotency_key": idempotency_key,
+                "labels": _dict(labels), "priority": priority}
+        return _parse(RunCreated, self._rpc("create_run", args), "create_run")
+
+    def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
+        """Cancel a run (a cancelled run is returned unchanged; Conflict once finished)."""
+        args = {"run_id": run_id, "reason": reason}
+        return _parse(Run, self._rpc("cancel_run", args), "cancel_run")
+
+    def retry_run(self, run_id: str, idempotency_key: str | None = None) -> RunCreated:
+        """A new run of a failed or cancelled one, reusing its succeeded phases (the key
+        defaults to `retry-of:<run_id>`, so a repeat answers the same child)."""
+        args = {"run_id": run_id, "idempotency_key": idempotency_key}
+        return _parse(RunCreated, self._rpc("retry_run", args), "retry_run")
+
+    def get_run(self, run_id: str) -> Run:
+        """A run with its phases; NotFound when there is none visible."""
+        return _parse(Run, self._rpc("get_run", {"run_id": run_id}), "get_run")
+
+    def list_runs(self, workspace_id: str | None = None, *, state: RunState | None = None,
+                  spec_slug: str | None = None, labels: Mapping[str, str] | None = None,
+                  parent_run_id: str | None = None, limit: int | None = None,
+                  cursor: str | None = None) -> RunPage:
+        """The newest runs first; pass `next_cursor` as `cursor` to continue."""
+        args = {"workspace_id": workspace_id, "state": state, "spec_slug": spec_slug,
+                "labels": _dict(labels), "parent_run_id": parent_run_id, "limit": limit,
+                "cursor": cursor}
+        return _parse(RunPage, self._rpc("list_runs", args), "list_runs")
+
+    def iter_runs(self, workspace_id: str | None = None, *, state: RunState | None = None,
+                  spec_slug: str | None = None, labels: Mapping[str, str] | None = None,
+                  parent_run_id: str | None = None,
+                  page_size: int = 100) -> Iterator[RunSummary]:
+        """Every run `list_runs` answers for these filters, following the cursor."""
+        cursor: str | None = None
+        while True:
+            page = self.list_runs(workspace_id, state=state, spec_slug=spec_slug,
+                                  labels=labels, parent_run_id=parent_run_id,
+                                  limit=page_size, cursor=cursor)
+            yield from page.runs
+            if page.next_cursor is None or not page.runs:
+                return
+            cursor = page.next_cursor
+
+    def complete_run(self, run_id: str, output_manifest: Mapping[str, Any] | None = None) -> Run:
+        """Finalize a succeeded run (idempotent); Conflict when it has not succeeded."""
+        args = {"run_id": run_id, "output_manifest": _dict(output_manifest)}
+        return _parse(Run, self._rpc("complete_run", args), "complete_run")
+
     # -- the executor's calls ---------------------------------------------------------------
 
     def claim_phase(self, kinds: Sequence[str] | None = None, lease_seconds: int = 60, *,
@@ -686,20 +455,18 @@ class ContractClient:
         a lost answer returns the lease the lost answer held. `wait` asks the server to wait
         that long for work (`Prefer: wait`; the gateway honours it, PostgREST answers at once).
         """
-        args = _omit_none(kinds=list(kinds) if kinds is not None else None,
-                          lease_seconds=lease_seconds, run_id=run_id,
-                          workspace_id=workspace_id)
-        args["claim_id"] = claim_id or str(uuid.uuid4())
-        result = self.call("claim_phase", args, wait=wait)
+        args = {"kinds": list(kinds) if kinds is not None else None,
+                "lease_seconds": lease_seconds, "run_id": run_id, "workspace_id": workspace_id,
+                "claim_id": claim_id or str(uuid.uuid4())}
+        result = self._rpc("claim_phase", args, wait=wait)
         return None if result is None else _parse(Claim, result, "claim_phase")
 
     def heartbeat(self, lease_token: str, progress: Mapping[str, Any] | None = None,
                   lease_seconds: int | None = None) -> HeartbeatResult:
         """Extend the lease; `cancel_requested` says to stop. LeaseLost: stop at once."""
-        args = _omit_none(lease_token=lease_token,
-                          progress=dict(progress) if progress is not None else None,
-                          lease_seconds=lease_seconds)
-        return _parse(HeartbeatResult, self.call("heartbeat", args), "heartbeat")
+        args = {"lease_token": lease_token, "progress": _dict(progress),
+                "lease_seconds": lease_seconds}
+        return _parse(HeartbeatResult, self._rpc("heartbeat", args), "heartbeat")
 
     def append_events(self, run_id: str, events: Sequence[NewEvent | Mapping[str, Any]],
                       lease_token: str | None = None) -> AppendResult:
@@ -712,11 +479,9 @@ class ContractClient:
         for event in events:
             item = event.to_json() if isinstance(event, NewEvent) else dict(event)
             item.setdefault("event_id", str(uuid.uuid4()))
-            if isinstance(item.get("ts"), datetime):
-                item["ts"] = item["ts"].isoformat()
             batch.append(item)
-        args = _omit_none(run_id=run_id, events=batch, lease_token=lease_token)
-        result = self.call("append_events", args)
+        args = {"run_id": run_id, "events": batch, "lease_token": lease_token}
+        result = self._rpc("append_events", args)
         if isinstance(result, dict):
             result = {**result, "event_ids": [str(item["event_id"]) for item in batch]}
         return _parse(AppendResult, result, "append_events")
@@ -730,37 +495,28 @@ class ContractClient:
         Arguments left at None take the server's defaults (application/octet-stream, blob,
         the digest as name, output, {}).
         """
-        args = _omit_none(lease_token=lease_token, digest=digest, uri=uri, size_bytes=size_bytes,
-                          media_type=media_type, kind=kind, name=name, role=role,
-                          metadata=dict(metadata) if metadata is not None else None)
-        return _parse(Artifact, self.call("register_artifact", args), "register_artifact")
+        args = {"lease_token": lease_token, "digest": digest, "uri": uri,
+                "size_bytes": size_bytes, "media_type": media_type, "kind": kind, "name": name,
+                "role": role, "metadata": _dict(metadata)}
+        return _parse(Artifact, self._rpc("register_artifact", args), "register_artifact")
 
     def complete_phase(self, lease_token: str, outcome: Outcome,
                        output_manifest: Mapping[str, Any] | None = None, error: Any = None,
                        retryable: bool = True) -> CompleteResult:
         """Report the attempt's outcome. A repeat of a completed attempt (e.g. a retry after
         a lost answer) answers `replayed: true`: a success, nothing written twice."""
-        args = _omit_none(lease_token=lease_token, outcome=outcome,
-                          output_manifest=dict(output_manifest)
-                          if output_manifest is not None else None,
-                          error=error)
-        args["retryable"] = retryable
-        return _parse(CompleteResult, self.call("complete_phase", args), "complete_phase")
+        args = {"lease_token": lease_token, "outcome": outcome,
+                "output_manifest": _dict(output_manifest), "error": error,
+                "retryable": retryable}
+        return _parse(CompleteResult, self._rpc("complete_phase", args), "complete_phase")
 
-    def complete_run(self, run_id: str, output_manifest: Mapping[str, Any] | None = None) -> Run:
-        """Finalize a succeeded run (idempotent); Conflict when it has not succeeded."""
-        args = _omit_none(run_id=run_id, output_manifest=dict(output_manifest)
-                          if output_manifest is not None else None)
-        return _parse(Run, self.call("complete_run", args), "complete_run")
-
-    def get_run(self, run_id: str) -> Run:
-        return _parse(Run, self.call("get_run", {"run_id": run_id}), "get_run")
+    # -- reading events and artifacts -------------------------------------------------------
 
     def list_events(self, run_id: str, after: int = 0, limit: int | None = None,
                     phase: str | None = None) -> EventPage:
         """Events with `seq > after`, in order; pass `next_after` as `after` to continue."""
-        args = _omit_none(run_id=run_id, after=after, limit=limit, phase=phase)
-        return _parse(EventPage, self.call("list_events", args), "list_events")
+        args = {"run_id": run_id, "after": after, "limit": limit, "phase": phase}
+        return _parse(EventPage, self._rpc("list_events", args), "list_events")
 
     def iter_events(self, run_id: str, after: int = 0, phase: str | None = None,
                     page_size: int = 1000) -> Iterator[Event]:
@@ -772,11 +528,31 @@ class ContractClient:
                 return
             after = page.next_after
 
+    def list_artifacts(self, run_id: str | None = None, *, workspace_id: str | None = None,
+                       digest: str | None = None, limit: int | None = None,
+                       after: int | None = None) -> ArtifactPage:
+        """Artifact links with `id > after`, in order; pass `next_after` as `after`."""
+        args = {"run_id": run_id, "workspace_id": workspace_id, "digest": digest,
+                "limit": limit, "after": after}
+        return _parse(ArtifactPage, self._rpc("list_artifacts", args), "list_artifacts")
+
+    def iter_artifacts(self, run_id: str | None = None, *, workspace_id: str | None = None,
+                       digest: str | None = None, after: int = 0,
+                       page_size: int = 500) -> Iterator[ArtifactLink]:
+        """Every artifact link `list_artifacts` answers, following the cursor."""
+        while True:
+            page = self.list_artifacts(run_id, workspace_id=workspace_id, digest=digest,
+                                       limit=page_size, after=after)
+            yield from page.artifacts
+            if len(page.artifacts) < page_size:
+                return
+            after = page.next_after
+
     # -- the data catalog -----------------------------------------------------------------
 
     def record_dataset(self, lease_token: str, name: str, location: str, *,
-                       layer: str | None = None, format: str | None = None,
-                       schema: Any = None, change: str | None = None,
+                       layer: DatasetLayer | None = None, format: str | None = None,
+                       schema: Any = None, change: ChangeKind | None = None,
                        changes: Sequence[Mapping[str, Any]] | None = None,
                        table_version: int | None = None, digest: str | None = None,
                        rows: int | None = None, owner: str | None = None,
@@ -786,38 +562,35 @@ class ContractClient:
         retried like the other leased calls. `Conflict` (PT409): the dataset is blocked and
         `change` is not BREAKING; `LeaseLost`: stop. Arguments left at None take the
         server's defaults (delta, NONE, [] ...; the layer from the name's prefix)."""
-        args = _omit_none(lease_token=lease_token, name=name, location=location, layer=layer,
-                          format=format, schema=schema, change=change,
-                          changes=[dict(c) for c in changes] if changes is not None else None,
-                          table_version=table_version, digest=digest, rows=rows, owner=owner,
-                          tags=list(tags) if tags is not None else None)
-        return _parse(DatasetRecord, self.call("record_dataset", args), "record_dataset")
+        args = {"lease_token": lease_token, "name": name, "location": location,
+                "layer": layer, "format": format, "schema": schema, "change": change,
+                "changes": [dict(c) for c in changes] if changes is not None else None,
+                "table_version": table_version, "digest": digest, "rows": rows,
+                "owner": owner, "tags": list(tags) if tags is not None else None}
+        return _parse(DatasetRecord, self._rpc("record_dataset", args), "record_dataset")
 
-    def list_datasets(self, workspace_id: str | None = None, *, layer: str | None = None,
-                      schema_state: str | None = None, name: str | None = None,
+    def list_datasets(self, workspace_id: str | None = None, *,
+                      layer: DatasetLayer | None = None,
+                      schema_state: SchemaState | None = None, name: str | None = None,
                       limit: int | None = None) -> list[Dataset]:
         """The datasets the caller may see, by name; `name` matches a prefix, `limit` is
         1-1000 (default 100)."""
-        args = _omit_none(workspace_id=workspace_id, layer=layer, schema_state=schema_state,
-                          name=name, limit=limit)
-        result = self.call("list_datasets", args)
-        if not isinstance(result, list):
-            raise InvalidResponse("list_datasets: the answer is not a JSON array", status=200,
-                                  function="list_datasets")
-        return [_parse(Dataset, item, "list_datasets") for item in result]
+        args = {"workspace_id": workspace_id, "layer": layer, "schema_state": schema_state,
+                "name": name, "limit": limit}
+        return _parse_list(Dataset, self._rpc("list_datasets", args), "list_datasets")
 
     def get_dataset(self, workspace_id: str, name: str) -> Dataset:
         """One dataset with its `versions`, newest first; `NotFound` when there is none."""
-        return _parse(Dataset, self.call("get_dataset", {"workspace_id": workspace_id,
-                                                         "name": name}), "get_dataset")
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(Dataset, self._rpc("get_dataset", args), "get_dataset")
 
-    def unblock_dataset(self, workspace_id: str, name: str, resolution: Literal[
-            "accept", "reject"], note: str | None = None) -> Dataset:
+    def unblock_dataset(self, workspace_id: str, name: str, resolution: Resolution,
+                        note: str | None = None) -> Dataset:
         """An admin's answer to a blocked schema change: `accept` (the next write applies
         it) or `reject` (the schema stays; fix the source). Idempotent."""
-        args = _omit_none(workspace_id=workspace_id, name=name, resolution=resolution,
-                          note=note)
-        return _parse(Dataset, self.call("unblock_dataset", args), "unblock_dataset")
+        args = {"workspace_id": workspace_id, "name": name, "resolution": resolution,
+                "note": note}
+        return _parse(Dataset, self._rpc("unblock_dataset", args), "unblock_dataset")
 
     # -- waiting for work ---------------------------------------------------------------------
 
@@ -908,3 +681,7 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, frozenset | set | tuple):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return dict(value) if value is not None else None

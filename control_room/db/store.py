@@ -2,8 +2,9 @@
 
 `call()` invokes an `ops` function with named arguments the way PostgREST's `/rpc` does;
 `acting_as()` opens the request transaction with the role and JWT claims PostgREST would set;
-`wrap_errors()` turns driver errors into `ContractError`, mapped like PostgREST maps them to
-HTTP, with a stable machine `code`.
+`wrap_errors()` turns driver errors into the contract's `ContractError` family
+(`control_room.contract.errors`: the subclass of the machine code, e.g. `LeaseLost`), mapped
+like PostgREST maps them to HTTP, with a stable machine `code`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 
+from control_room.contract.errors import ContractError as ContractError  # re-exported
+from control_room.contract.errors import error_for
 from control_room.db.queries import query
 
 API_ROLES = ("anon", "authenticated", "service_role")
@@ -39,45 +42,11 @@ _CODE_BY_STATUS = {
 }
 
 
-class ContractError(Exception):
-    """An RPC refused or failed, described the way PostgREST describes it.
-
-    `sqlstate` is PostgREST's `code` (e.g. `PT409`), `status` the HTTP status PostgREST
-    answers with, and `code` the stable machine code (`lease_lost`, `not_found`, ...).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        code: str,
-        sqlstate: str | None = None,
-        details: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.sqlstate = sqlstate
-        self.details = details
-        self.hint = hint
-
-    def body(self) -> dict[str, str | None]:
-        """PostgREST's error body: `{code, message, details, hint}` (code = SQLSTATE)."""
-        return {
-            "code": self.sqlstate or self.code,
-            "message": self.message,
-            "details": self.details,
-            "hint": self.hint,
-        }
-
-    def __repr__(self) -> str:
-        return (
-            f"ContractError(status={self.status}, code={self.code!r}, "
-            f"sqlstate={self.sqlstate!r}, message={self.message!r})"
-        )
+def _error(message: str, *, status: int, code: str, sqlstate: str | None = None,
+           details: str | None = None, hint: str | None = None) -> ContractError:
+    """The contract's error of machine code `code` (its subclass: LeaseLost, NotFound...)."""
+    return error_for(code, message, status=status, sqlstate=sqlstate, details=details,
+                     hint=hint)
 
 
 def http_status(sqlstate: str | None, *, authenticated: bool = True) -> int:
@@ -134,17 +103,17 @@ def contract_error(exc: psycopg.Error, *, authenticated: bool = True) -> Contrac
         return _pgrst_error(message, details, hint)
     if sqlstate is None and isinstance(exc, psycopg.DataError):
         # refused by the driver before it reached the server (e.g. a NUL byte in a text value)
-        return ContractError(message, status=400, code="invalid_argument", sqlstate="22000",
+        return _error(message, status=400, code="invalid_argument", sqlstate="22000",
                              hint="invalid_argument")
     if sqlstate is None and not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         # not the server's answer, not a lost connection: a fault of ours
-        return ContractError(message, status=500, code="internal", sqlstate="XX000",
+        return _error(message, status=500, code="internal", sqlstate="XX000",
                              hint="internal")
     status = http_status(sqlstate, authenticated=authenticated)
     if sqlstate is None:
         # No server answer: the connection failed or broke.
         message = " ".join(message.split())
-    return ContractError(
+    return _error(
         message,
         status=status,
         code=machine_code(sqlstate, hint, status),
@@ -161,13 +130,13 @@ def _pgrst_error(message: str, details: str | None, hint: str | None) -> Contrac
         meta = json.loads(details) if details else {}
         status = int(meta.get("status", 400))
     except (ValueError, TypeError, AttributeError):
-        return ContractError(
+        return _error(
             "Invalid custom error raised with sqlstate PGRST",
             status=500, code="internal", sqlstate="PGRST121", details=details, hint=hint,
         )
     body_hint = body.get("hint")
     sqlstate = body.get("code")
-    return ContractError(
+    return _error(
         str(body.get("message", "")),
         status=status,
         code=machine_code(sqlstate, body_hint, status),
@@ -378,7 +347,7 @@ def _choose(overloads: tuple[Signature, ...], given: frozenset[str], fn: str,
     if len(matching) == 1:
         return matching[0]
     if len(matching) > 1:
-        raise ContractError(
+        raise _error(
             f"Could not choose the best candidate function between: "
             f"{', '.join(_describe(s) for s in matching)}",
             status=300, code="invalid_argument", sqlstate="PGRST203",
@@ -387,14 +356,14 @@ def _choose(overloads: tuple[Signature, ...], given: frozenset[str], fn: str,
     best = max(overloads, key=lambda s: len(given & s.names))
     unknown = sorted(given - best.names)
     if unknown:
-        raise ContractError(
+        raise _error(
             f"{schema}.{fn} has no argument named {unknown[0]!r}",
             status=400, code="invalid_argument", sqlstate="PT400",
             details=f"arguments of {_describe(best)}",
             hint="invalid_argument",
         )
     missing = sorted(best.required - given)
-    raise ContractError(
+    raise _error(
         f"{schema}.{fn} is missing the required argument {missing[0]!r}",
         status=400, code="invalid_argument", sqlstate="PT400",
         details=f"arguments of {_describe(best)}",
@@ -419,7 +388,7 @@ def _adapt(param: Param, value: Any) -> Any:
     if param.type == "json":
         return Json(value)
     if isinstance(value, Mapping):
-        raise ContractError(
+        raise _error(
             f"argument {param.name!r} must be a {param.type}, not an object",
             status=400, code="invalid_argument", sqlstate="PT400", hint="invalid_argument",
         )
@@ -427,13 +396,13 @@ def _adapt(param: Param, value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, list | tuple):
         if not param.type.endswith("[]"):
-            raise ContractError(
+            raise _error(
                 f"argument {param.name!r} must be a {param.type}, not an array",
                 status=400, code="invalid_argument", sqlstate="PT400", hint="invalid_argument",
             )
         for item in value:
             if item is not None and not isinstance(item, str | int | float):
-                raise ContractError(
+                raise _error(
                     f"argument {param.name!r} must be an array of {param.type[:-2]} values",
                     status=400, code="invalid_argument", sqlstate="PT400",
                     hint="invalid_argument",
@@ -449,7 +418,7 @@ def _prepare(
     with wrap_errors(role=acting_role(conn)):
         overloads = signatures(conn, fn, schema=schema)
     if not overloads:
-        raise ContractError(
+        raise _error(
             f"Could not find the function {schema}.{fn} in the schema cache",
             status=404, code="not_found", sqlstate="PGRST202", hint="not_found",
         )

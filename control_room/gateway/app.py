@@ -38,9 +38,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from control_room.contract.errors import ContractError
 from control_room.db.migrate import migrate
 from control_room.db.queries import query
-from control_room.db.store import ContractError, call_as
+from control_room.db.store import call_as
 from control_room.gateway.auth import Caller, TokenCache
 from control_room.gateway.errors import GatewayError, contract_response
 from control_room.gateway.metrics import Metrics

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from control_room.db.store import ContractError
+from control_room.contract.errors import ContractError
 
 
 class GatewayError(Exception):
@@ -39,12 +39,13 @@ class GatewayError(Exception):
 
 
 def contract_response(error: ContractError) -> JSONResponse:
-    """A ContractError from the database as PostgREST would answer it, with the machine code
-    always in `hint` (PostgreSQL's own prose hint, if any, moves into `details`)."""
+    """A ContractError (the contract's family, raised by `db.store`) as PostgREST would answer
+    it, with the machine code always in `hint` (PostgreSQL's own prose hint, if any, moves
+    into `details`)."""
     body = error.body()
     if body.get("hint") != error.code:
         prose = body.get("hint")
         if prose:
             body["details"] = f"{body['details']} ({prose})" if body.get("details") else prose
         body["hint"] = error.code
-    return JSONResponse(body, status_code=error.status)
+    return JSONResponse(body, status_code=error.status or 500)

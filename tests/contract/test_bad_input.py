@@ -802,7 +802,7 @@ def counts(mconn: psycopg.Connection[Any]) -> tuple[Any, ...]:
 
 
 def assert_clean_refusal(err: ContractError, what: str) -> None:
-    assert 400 <= err.status < 500, f"{what}: {err!r}"
+    assert err.status is not None and 400 <= err.status < 500, f"{what}: {err!r}"
     assert (err.sqlstate or "").startswith("PT"), f"{what}: {err!r}"
     assert err.code != "internal", f"{what}: {err!r}"
 

@@ -50,7 +50,7 @@ class Recorder:
             self.problems.append(f"{where}: status {err.status} is not declared "
                                  f"(declared: {sorted(declared)})")
         else:
-            for error in response_errors(fn, err.status, err.body()):
+            for error in response_errors(fn, str(err.status), err.body()):
                 self.problems.append(f"{where} body: {error}")
         if err.hint not in MACHINE_CODES:
             self.problems.append(f"{where}: hint {err.hint!r} is not a documented machine code")

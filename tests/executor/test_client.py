@@ -205,12 +205,12 @@ def test_refusals_raise_typed_errors_and_are_not_retried(env: Env) -> None:
     with pytest.raises(InvalidArgument) as bad:
         ex.get_run("nope")
     assert (bad.value.status, bad.value.sqlstate, bad.value.argument) == (400, "PT400", "run_id")
-    assert bad.value.details == {"argument": "run_id"}
+    assert bad.value.details_json == {"argument": "run_id"}
     with pytest.raises(NotFound):
         ex.get_run(str(uuid.uuid4()))
     with pytest.raises(PayloadTooLarge) as big:
         ex.heartbeat(live.lease_token, {"blob": "x" * 20_000})
-    assert big.value.details is not None and big.value.details["limit"] == 16384
+    assert big.value.details_json is not None and big.value.details_json["limit"] == 16384
     with pytest.raises(Conflict) as conflict:          # the other run has not succeeded
         ex.complete_run(other)
     assert conflict.value.code == "conflict"
@@ -425,7 +425,15 @@ def test_poll_for_work_gives_up_at_its_timeout_or_stop(env: Env) -> None:
     assert ex.poll_for_work(["python"], stop=stop) is None
 
 
-def test_the_executor_package_never_imports_control_room() -> None:
+def test_the_contract_package_imports_nothing_else_of_ours() -> None:
+    """`control_room.contract` (what workers import) loads only itself of ours, and neither the
+    database driver nor the server."""
     probe = ("import sys, control_room.contract.client; "
-             "sys.exit(any(m.split('.')[0] == 'control_room' for m in sys.modules))")
-    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+             "ours = [m for m in sys.modules if m.split('.')[0] == 'control_room' "
+             "and m != 'control_room' and not m.startswith('control_room.contract')]; "
+             "theirs = [m for m in ('psycopg', 'starlette', 'uvicorn', 'duckdb') "
+             "if m in sys.modules]; "
+             "print(ours + theirs); sys.exit(bool(ours or theirs))")
+    done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,106 @@
+"""The contract's words, defined once: states, roles, layers, event types, codes.
+
+Each is a `Literal` type (for annotations and the pydantic models) and a frozenset of the same
+values (for checks at run time). `tests/contract/test_vocabulary.py` proves every set equal to
+the SQL CHECK constraints of a migrated database and to the enums of `openapi.yaml`; a new
+value is added in the migration, the OpenAPI file and here together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "ARTIFACT_ROLES",
+    "CHANGE_KINDS",
+    "DATASET_LAYERS",
+    "ENVS",
+    "EVENT_LEVELS",
+    "EXECUTOR_EVENT_TYPES",
+    "FINISHED_PHASE_STATES",
+    "FINISHED_RUN_STATES",
+    "LIFECYCLE_EVENT_TYPES",
+    "MACHINE_CODES",
+    "MEMBER_ROLES",
+    "OUTCOMES",
+    "PHASE_STATES",
+    "PRINCIPAL_KINDS",
+    "RESERVED_EVENT_TYPES",
+    "RESOLUTIONS",
+    "RUN_STATES",
+    "SCHEMA_STATES",
+    "ArtifactRole",
+    "ChangeKind",
+    "DatasetLayer",
+    "Env",
+    "EventLevel",
+    "ExecutorEventType",
+    "LifecycleEventType",
+    "MachineCode",
+    "MemberRole",
+    "Outcome",
+    "PhaseState",
+    "PrincipalKind",
+    "Resolution",
+    "RunState",
+    "SchemaState",
+]
+
+RunState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+PhaseState = Literal["waiting", "queued", "running", "succeeded", "failed", "skipped",
+                     "cancelled"]
+MemberRole = Literal["viewer", "developer", "admin", "executor"]
+PrincipalKind = Literal["user", "executor"]
+Env = Literal["dev", "stage", "prod"]
+EventLevel = Literal["debug", "info", "warning", "error"]
+ArtifactRole = Literal["output", "input", "log", "report"]
+DatasetLayer = Literal["raw", "bronze", "silver", "gold", "other"]
+SchemaState = Literal["active", "blocked", "accepted"]
+ChangeKind = Literal["INITIAL", "NON_BREAKING", "NONE", "BREAKING"]
+"""How a write changed a dataset's schema (`record_dataset.change`); a recorded version is
+never NONE."""
+Outcome = Literal["succeeded", "failed"]
+"""`complete_phase.outcome`."""
+Resolution = Literal["accept", "reject"]
+"""`unblock_dataset.resolution`."""
+
+LifecycleEventType = Literal[
+    "RUN_CREATED", "RUN_SUCCEEDED", "RUN_FAILED", "RUN_CANCELLED", "RUN_FINALIZED",
+    "PHASE_QUEUED", "PHASE_CLAIMED", "LEASE_EXPIRED", "PHASE_SUCCEEDED", "PHASE_FAILED",
+    "PHASE_RETRY_SCHEDULED", "PHASE_SKIPPED", "PHASE_CANCELLED", "PHASE_REUSED",
+    "PHASE_STOPPED", "ARTIFACT_REGISTERED", "DATASET_SCHEMA_CHANGED", "DATASET_BLOCKED",
+]
+"""Written only by the contract functions (the run and phase lifecycle, `register_artifact`,
+`record_dataset`); `append_events` refuses them."""
+ExecutorEventType = Literal["PHASE_STARTED", "PHASE_PROGRESS", "LOG", "CODE_CHECKOUT",
+                            "FAILURE_OUTPUTS"]
+"""The types the worker writes through `append_events` (any other upper-case name that is not
+a lifecycle type is allowed too: a kind may add its own)."""
+
+MachineCode = Literal["invalid_argument", "unauthorized", "forbidden", "not_found", "conflict",
+                      "lease_lost", "payload_too_large"]
+"""The machine codes the contract functions put in an error's `hint` (docs/contract.md,
+Errors). Clients also see `unavailable` and `internal` (5xx), `transport` (no answer) and
+`invalid_response` (an answer that is not the contract's JSON)."""
+
+RUN_STATES: frozenset[str] = frozenset(get_args(RunState))
+PHASE_STATES: frozenset[str] = frozenset(get_args(PhaseState))
+MEMBER_ROLES: frozenset[str] = frozenset(get_args(MemberRole))
+PRINCIPAL_KINDS: frozenset[str] = frozenset(get_args(PrincipalKind))
+ENVS: frozenset[str] = frozenset(get_args(Env))
+EVENT_LEVELS: frozenset[str] = frozenset(get_args(EventLevel))
+ARTIFACT_ROLES: frozenset[str] = frozenset(get_args(ArtifactRole))
+DATASET_LAYERS: frozenset[str] = frozenset(get_args(DatasetLayer))
+SCHEMA_STATES: frozenset[str] = frozenset(get_args(SchemaState))
+CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
+OUTCOMES: frozenset[str] = frozenset(get_args(Outcome))
+RESOLUTIONS: frozenset[str] = frozenset(get_args(Resolution))
+LIFECYCLE_EVENT_TYPES: frozenset[str] = frozenset(get_args(LifecycleEventType))
+RESERVED_EVENT_TYPES = LIFECYCLE_EVENT_TYPES
+"""What `append_events` refuses as an event type."""
+EXECUTOR_EVENT_TYPES: frozenset[str] = frozenset(get_args(ExecutorEventType))
+MACHINE_CODES: frozenset[str] = frozenset(get_args(MachineCode))
+
+FINISHED_RUN_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+FINISHED_PHASE_STATES: frozenset[str] = frozenset({"succeeded", "failed", "skipped",
+                                                   "cancelled"})
