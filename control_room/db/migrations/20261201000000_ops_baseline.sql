@@ -165,6 +165,34 @@ create table ops.run_events (
 create index run_events_type_idx on ops.run_events (workspace_id, type);
 create index run_events_lease_expired_idx on ops.run_events (recorded_at) where type = 'LEASE_EXPIRED';
 
+-- Event types that only the control plane writes (the run and phase lifecycle,
+-- register_artifact, record_dataset): append_events refuses them. Reserving one more is one
+-- line in a new migration:
+--     insert into ops_private.reserved_event_types (type) values ('NEW_TYPE');
+create table ops_private.reserved_event_types (
+    type text primary key check (type ~ '^[A-Z][A-Z0-9_]{0,63}$')
+);
+comment on table ops_private.reserved_event_types is 'Event types append_events refuses: only the control plane writes them.';
+insert into ops_private.reserved_event_types (type) values
+    ('RUN_CREATED'),
+    ('RUN_SUCCEEDED'),
+    ('RUN_FAILED'),
+    ('RUN_CANCELLED'),
+    ('RUN_FINALIZED'),
+    ('PHASE_QUEUED'),
+    ('PHASE_CLAIMED'),
+    ('LEASE_EXPIRED'),
+    ('PHASE_SUCCEEDED'),
+    ('PHASE_FAILED'),
+    ('PHASE_RETRY_SCHEDULED'),
+    ('PHASE_SKIPPED'),
+    ('PHASE_CANCELLED'),
+    ('PHASE_REUSED'),
+    ('PHASE_STOPPED'),
+    ('ARTIFACT_REGISTERED'),
+    ('DATASET_SCHEMA_CHANGED'),
+    ('DATASET_BLOCKED');
+
 create table ops.artifacts (
     workspace_id  uuid not null references ops.workspaces (id),
     digest        text not null check (digest ~ '^blake3:[0-9a-f]{64}$'),
@@ -274,6 +302,7 @@ create policy principals_read on ops.principals for select to authenticated
 revoke all on all tables in schema ops from public, anon, authenticated, service_role;
 revoke all on all sequences in schema ops from public, anon, authenticated, service_role;
 revoke all on schema ops_private from public, anon;
+revoke all on ops_private.reserved_event_types from public, anon, authenticated, service_role;
 grant usage on schema ops to authenticated, service_role;
 grant usage on schema ops_private to authenticated, service_role;
 
@@ -645,6 +674,135 @@ begin
 end
 $$;
 
+-- The one way to move a phase: every change of ops.phases.state is a call of this function,
+-- which sets what the target state implies (the "also changes" column of
+-- docs/state_machine.md). p_lease says what becomes of the current attempt's lease when the
+-- phase leaves `running` (a move to `running` always starts a new lease):
+--   'end'     the attempt is over: the expiry is cleared, the token kept, so that its holder's
+--             repeated complete_phase is answered as a replay (default, except as below);
+--   'revoke'  token and expiry cleared: the holder is presumed dead (its lease expired) or the
+--             phase never started; its token is lease_lost from now on (default for skipped
+--             and cancelled);
+--   'keep'    token and expiry kept and finished_at left null: a running phase is cancelled and
+--             its executor, told by heartbeat, still reports through complete_phase.
+-- p_error and p_output_manifest are what the attempt reported (succeeded: the manifest, error
+-- cleared; failed and queued: the error; cancelled with 'end': both, as the executor sent them).
+-- p_not_before is when a queued phase may be claimed (default now). The caller holds the
+-- phase's row lock and its run's; the trigger phases_transition refuses an illegal move.
+create function ops_private.move_phase(p_phase uuid, p_to text, p_now timestamptz,
+                                       p_lease text default null, p_error jsonb default null,
+                                       p_output_manifest jsonb default null,
+                                       p_not_before timestamptz default null,
+                                       p_lease_seconds integer default null,
+                                       p_claim_id uuid default null, p_claimed_by uuid default null)
+returns ops.phases
+language plpgsql
+as $$
+declare
+    v_lease text := coalesce(p_lease, case when p_to in ('skipped', 'cancelled') then 'revoke' else 'end' end);
+    v_p     ops.phases;
+begin
+    if v_lease not in ('end', 'revoke', 'keep') or (p_to = 'running' and p_lease_seconds is null) then
+        raise exception 'move_phase(%, %): p_lease must be end, revoke or keep (got %) and a claim needs p_lease_seconds',
+                        p_phase, p_to, v_lease using errcode = '22023';
+    end if;
+    update ops.phases p
+    set state = p_to,
+        attempt = case when p_to = 'running' then p.attempt + 1 else p.attempt end,
+        lease_token = case when p_to = 'running' then gen_random_uuid()
+                           when v_lease = 'revoke' then null
+                           else p.lease_token end,
+        lease_seconds = case when p_to = 'running' then p_lease_seconds else p.lease_seconds end,
+        lease_expires_at = case when p_to = 'running' then p_now + pg_catalog.make_interval(secs => p_lease_seconds)
+                                when v_lease = 'keep' then p.lease_expires_at end,
+        claim_id = case when p_to = 'running' then p_claim_id else p.claim_id end,
+        claimed_by = case when p_to = 'running' then p_claimed_by else p.claimed_by end,
+        started_at = case when p_to = 'running' then p_now else p.started_at end,
+        progress = case when p_to = 'running' then null else p.progress end,
+        queued_at = case when p_to = 'queued' then coalesce(p_not_before, p_now) else p.queued_at end,
+        not_before = case when p_to = 'queued' then coalesce(p_not_before, p_now) end,
+        finished_at = case when p_to in ('running', 'queued') then null
+                           when v_lease = 'keep' then p.finished_at
+                           else p_now end,
+        output_manifest = case when p_to = 'succeeded' then coalesce(p_output_manifest, '{}'::jsonb)
+                               when p_to = 'cancelled' and v_lease = 'end' then p_output_manifest
+                               else p.output_manifest end,
+        error = case when p_to = 'succeeded' then null
+                     when p_to = 'cancelled' and v_lease = 'end' then p_error
+                     else coalesce(p_error, p.error) end,
+        updated_at = p_now
+    where p.id = p_phase
+    returning * into v_p;
+    return v_p;
+end
+$$;
+
+-- The transitions docs/state_machine.md allows, enforced on every insert and every change of
+-- state of a phase or run, whoever makes it (move_phase, or an UPDATE by hand): anything else
+-- is PT409 conflict naming both states. A state kept (running -> running on a reclaim,
+-- cancelled -> cancelled when a cancelled phase's executor reports) is not a transition.
+create function ops_private.check_phase_transition()
+returns trigger
+language plpgsql
+as $$
+begin
+    if tg_op = 'INSERT' then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('a phase starts as waiting, queued or succeeded, not %s (docs/state_machine.md)',
+                              new.state),
+            pg_catalog.jsonb_build_object('phase_id', new.id, 'to', new.state));
+    end if;
+    if not (case old.state
+                when 'waiting' then new.state in ('queued', 'skipped', 'cancelled')
+                when 'queued' then new.state in ('running', 'skipped', 'cancelled')
+                when 'running' then new.state in ('succeeded', 'queued', 'failed', 'cancelled')
+                else false   -- succeeded, failed, skipped and cancelled are final
+            end) then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('illegal phase transition %s -> %s (docs/state_machine.md)', old.state, new.state),
+            pg_catalog.jsonb_build_object('phase_id', old.id, 'from', old.state, 'to', new.state));
+    end if;
+    return new;
+end
+$$;
+
+create function ops_private.check_run_transition()
+returns trigger
+language plpgsql
+as $$
+begin
+    if tg_op = 'INSERT' then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('a run starts as queued, not %s (docs/state_machine.md)', new.state),
+            pg_catalog.jsonb_build_object('run_id', new.id, 'to', new.state));
+    end if;
+    if not (case old.state
+                when 'queued' then new.state in ('running', 'failed', 'cancelled')
+                when 'running' then new.state in ('succeeded', 'failed', 'cancelled')
+                else false   -- succeeded, failed and cancelled are final
+            end) then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('illegal run transition %s -> %s (docs/state_machine.md)', old.state, new.state),
+            pg_catalog.jsonb_build_object('run_id', old.id, 'from', old.state, 'to', new.state));
+    end if;
+    return new;
+end
+$$;
+
+-- The WHEN clauses keep every other update (heartbeats, event counters) off the trigger.
+create trigger phases_transition before update of state on ops.phases
+    for each row when (old.state is distinct from new.state)
+    execute function ops_private.check_phase_transition();
+create trigger phases_initial_state before insert on ops.phases
+    for each row when (new.state not in ('waiting', 'queued', 'succeeded'))
+    execute function ops_private.check_phase_transition();
+create trigger runs_transition before update of state on ops.runs
+    for each row when (old.state is distinct from new.state)
+    execute function ops_private.check_run_transition();
+create trigger runs_initial_state before insert on ops.runs
+    for each row when (new.state <> 'queued')
+    execute function ops_private.check_run_transition();
+
 -- Settle the not-started phases of a finished run that this transaction can lock (rule 3 of
 -- the protocol): skipped when the run failed, cancelled when it was cancelled. Running phases
 -- are left to their holders. The caller holds the run lock.
@@ -662,14 +820,12 @@ begin
         return 0;
     end if;
     for v_p in
-        update ops.phases p
-        set state = v_state, finished_at = p_now, updated_at = p_now, lease_expires_at = null,
-            lease_token = null, not_before = null
-        where p.id in (select q.id from ops.phases q
-                       where q.run_id = p_run.id and q.state in ('waiting', 'queued')
-                       order by q.id for update skip locked)
-        returning p.name, p.attempt
+        select q.id, q.name, q.attempt from ops.phases q
+        where q.run_id = p_run.id and q.state in ('waiting', 'queued')
+        order by q.id
+        for update skip locked
     loop
+        perform ops_private.move_phase(v_p.id, v_state, p_now);
         perform ops_private.emit(p_run.id, p_run.workspace_id, v_p.name, v_p.attempt, v_type, 'info',
             case p_run.state when 'failed' then 'skipped: the run failed' else 'cancelled with the run' end,
             '{}'::jsonb, p_now);
@@ -1262,8 +1418,10 @@ $$;
 
 -- Fail a phase for good: the phase fails, the run fails, its not-started phases are skipped
 -- (those this transaction can lock; their holders settle the rest). Caller holds the run lock.
+-- p_lease as for move_phase: 'end' when the holder reported the failure, 'revoke' when its
+-- lease expired (its token must not pass for a completion replay).
 create function ops_private.fail_phase_final(p_phase uuid, p_run ops.runs, p_error jsonb, p_retryable boolean,
-                                             p_now timestamptz)
+                                             p_now timestamptz, p_lease text default 'end')
 returns ops.runs
 language plpgsql
 as $$
@@ -1272,11 +1430,7 @@ declare
     v_p ops.phases;
     v_r ops.runs := p_run;
 begin
-    update ops.phases p
-    set state = 'failed', error = p_error, finished_at = p_now, updated_at = p_now,
-        lease_expires_at = null, not_before = null
-    where p.id = p_phase
-    returning * into v_p;
+    v_p := ops_private.move_phase(p_phase, 'failed', p_now, p_lease, p_error);
     perform ops_private.emit(v_p.run_id, v_p.workspace_id, v_p.name, v_p.attempt, 'PHASE_FAILED', 'error',
         coalesce(p_error ->> 'message', 'failed'),
         jsonb_build_object('attempt', v_p.attempt, 'max_attempts', v_p.max_attempts, 'error', p_error,
@@ -1437,9 +1591,7 @@ begin
         if v_r.state not in ('queued', 'running') then
             -- the run finished while this phase was locked by us: settle it (protocol rule 3)
             if v_p.state = 'running' and v_r.state = 'cancelled' then
-                update ops.phases p set state = 'cancelled', finished_at = v_now, updated_at = v_now,
-                                        lease_expires_at = null, lease_token = null
-                where p.id = v_p.id;
+                perform ops_private.move_phase(v_p.id, 'cancelled', v_now, 'revoke');
                 perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CANCELLED',
                                          'info', 'cancelled with the run (its lease had expired)', '{}'::jsonb, v_now);
             elsif v_p.state = 'running' then
@@ -1447,9 +1599,9 @@ begin
                     'warning', 'lease expired after the run had finished',
                     jsonb_build_object('attempt', v_p.attempt, 'lease_expires_at', v_p.lease_expires_at), v_now);
                 -- the dead holder's token must not pass for a completion replay
-                update ops.phases p set lease_token = null where p.id = v_p.id;
                 perform ops_private.fail_phase_final(v_p.id, v_r,
-                    jsonb_build_object('message', 'lease expired', 'reason', 'lease_expired'), true, v_now);
+                    jsonb_build_object('message', 'lease expired', 'reason', 'lease_expired'), true, v_now,
+                    'revoke');
             else
                 perform ops_private.settle_run(v_r, v_now);
             end if;
@@ -1463,22 +1615,15 @@ begin
                                    'lease_expires_at', v_p.lease_expires_at, 'claimed_by', v_p.claimed_by),
                 v_now);
             if v_p.attempt >= v_p.max_attempts then
-                update ops.phases p set lease_token = null where p.id = v_p.id;
                 perform ops_private.fail_phase_final(v_p.id, v_r,
                     jsonb_build_object('message', 'lease expired on the last attempt', 'reason', 'lease_expired'),
-                    true, v_now);
+                    true, v_now, 'revoke');
                 continue;
             end if;
         end if;
 
-        update ops.phases p
-        set state = 'running', attempt = p.attempt + 1, lease_token = gen_random_uuid(),
-            lease_seconds = claim_phase.lease_seconds,
-            lease_expires_at = v_now + make_interval(secs => claim_phase.lease_seconds),
-            claim_id = v_claim, claimed_by = v_uid, started_at = v_now, finished_at = null,
-            progress = null, not_before = null, updated_at = v_now
-        where p.id = v_p.id
-        returning * into v_p;
+        v_p := ops_private.move_phase(v_p.id, 'running', v_now, p_lease_seconds => claim_phase.lease_seconds,
+                                      p_claim_id => v_claim, p_claimed_by => v_uid);
         if v_r.state = 'queued' then
             update ops.runs r set state = 'running', started_at = v_now, updated_at = v_now
             where r.id = v_r.id
@@ -1551,11 +1696,6 @@ declare
     v_now      timestamptz := ops_private.now();
     v_run      uuid := ops_private.uuid_arg('run_id', append_events.run_id, true);
     v_token    uuid := ops_private.uuid_arg('lease_token', append_events.lease_token);
-    v_reserved constant text[] := array['DATASET_SCHEMA_CHANGED', 'DATASET_BLOCKED', 'RUN_CREATED', 'RUN_SUCCEEDED', 'RUN_FAILED', 'RUN_CANCELLED',
-                                        'RUN_FINALIZED', 'PHASE_QUEUED', 'PHASE_CLAIMED', 'LEASE_EXPIRED',
-                                        'PHASE_SUCCEEDED', 'PHASE_FAILED', 'PHASE_RETRY_SCHEDULED',
-                                        'PHASE_SKIPPED', 'PHASE_CANCELLED', 'PHASE_REUSED', 'PHASE_STOPPED',
-                                        'ARTIFACT_REGISTERED'];
     v_allowed  constant text[] := array['event_id', 'phase', 'ts', 'level', 'type', 'message', 'payload'];
     v_ws       uuid;
     v_n        integer;
@@ -1610,7 +1750,7 @@ begin
                 v_path || '.type must be an upper-case name such as PHASE_STARTED or LOG, got '
                 || coalesce((v_e -> 'type')::text, 'nothing'), jsonb_build_object('argument', v_path || '.type'));
         end if;
-        if (v_e ->> 'type') = any (v_reserved) then
+        if exists (select 1 from ops_private.reserved_event_types t where t.type = (v_e ->> 'type')) then
             perform ops_private.fail(400, 'invalid_argument',
                 v_path || '.type ' || (v_e ->> 'type') || ' is a lifecycle event that only the control plane writes',
                 jsonb_build_object('argument', v_path || '.type'));
@@ -1870,21 +2010,14 @@ begin
 
     if v_p.state = 'cancelled' or v_r.state = 'cancelled' then
         -- the run was cancelled while this phase ran: record what the executor reports, stop
-        update ops.phases p
-        set state = 'cancelled', finished_at = v_now, updated_at = v_now, lease_expires_at = null,
-            output_manifest = complete_phase.output_manifest, error = v_error
-        where p.id = v_p.id
-        returning * into v_p;
+        v_p := ops_private.move_phase(v_p.id, 'cancelled', v_now, 'end', v_error, complete_phase.output_manifest);
         perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_STOPPED', 'info',
             'stopped after the run was cancelled; the executor reported ' || complete_phase.outcome,
             jsonb_build_object('attempt', v_p.attempt, 'outcome', complete_phase.outcome, 'error', v_error), v_now);
         perform ops_private.settle_run(v_r, v_now);
     elsif complete_phase.outcome = 'succeeded' then
-        update ops.phases p
-        set state = 'succeeded', finished_at = v_now, updated_at = v_now, lease_expires_at = null,
-            output_manifest = coalesce(complete_phase.output_manifest, '{}'::jsonb), error = null
-        where p.id = v_p.id
-        returning * into v_p;
+        v_p := ops_private.move_phase(v_p.id, 'succeeded', v_now,
+                                      p_output_manifest => complete_phase.output_manifest);
         perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_SUCCEEDED', 'info',
             'succeeded on attempt ' || v_p.attempt,
             jsonb_build_object('attempt', v_p.attempt, 'output_manifest', v_p.output_manifest,
@@ -1893,13 +2026,13 @@ begin
             perform ops_private.settle_run(v_r, v_now);   -- another branch failed the run meanwhile
         else
             for v_d in
-                update ops.phases p
-                set state = 'queued', queued_at = v_now, not_before = v_now, updated_at = v_now
+                select p.id, p.name, p.kind from ops.phases p
                 where p.run_id = v_r.id and p.state = 'waiting' and v_p.name = any (p.depends_on)
                   and not exists (select 1 from ops.phases d
                                   where d.run_id = p.run_id and d.name = any (p.depends_on) and d.state <> 'succeeded')
-                returning p.name, p.kind
+                order by p.ordinal
             loop
+                perform ops_private.move_phase(v_d.id, 'queued', v_now);
                 v_released := v_released || v_d.name;
                 perform ops_private.notify_queued(v_r.workspace_id, v_d.kind);
                 perform ops_private.emit(v_r.id, v_r.workspace_id, v_d.name, 0, 'PHASE_QUEUED', 'info',
@@ -1922,12 +2055,8 @@ begin
         select * into v_p from ops.phases p where p.id = v_p.id;
     else
         v_delay := ops_private.backoff_seconds(v_p.attempt, v_p.retry_backoff_seconds, v_p.retry_backoff_max_seconds);
-        update ops.phases p
-        set state = 'queued', error = v_error, updated_at = v_now, lease_expires_at = null,
-            not_before = v_now + make_interval(secs => v_delay::double precision),
-            queued_at = v_now + make_interval(secs => v_delay::double precision)
-        where p.id = v_p.id
-        returning * into v_p;
+        v_p := ops_private.move_phase(v_p.id, 'queued', v_now, p_error => v_error,
+                                      p_not_before => v_now + make_interval(secs => v_delay::double precision));
         perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_FAILED', 'warning',
             coalesce(v_error ->> 'message', 'failed'),
             jsonb_build_object('attempt', v_p.attempt, 'max_attempts', v_p.max_attempts, 'error', v_error,
@@ -2030,18 +2159,13 @@ begin
     where r.id = v_run
     returning * into v_r;
     for v_p in
-        update ops.phases p
-        set state = 'cancelled', updated_at = v_now,
-            -- a running phase keeps its lease so its executor learns of the cancel from heartbeat
-            finished_at = case when p.state = 'running' then null else v_now end,
-            lease_expires_at = case when p.state = 'running' then p.lease_expires_at end,
-            lease_token = case when p.state = 'running' then p.lease_token end,
-            not_before = null
-        from (select q.id, q.state as old_state from ops.phases q
-              where q.run_id = v_run and q.state in ('waiting', 'queued', 'running')) o
-        where p.id = o.id
-        returning p.name, p.attempt, o.old_state
+        select q.id, q.name, q.attempt, q.state as old_state from ops.phases q
+        where q.run_id = v_run and q.state in ('waiting', 'queued', 'running')
+        order by q.ordinal
     loop
+        -- a running phase keeps its lease so its executor learns of the cancel from heartbeat
+        perform ops_private.move_phase(v_p.id, 'cancelled', v_now,
+                                       case when v_p.old_state = 'running' then 'keep' end);
         perform ops_private.emit(v_run, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CANCELLED', 'info',
             case when v_p.old_state = 'running' then 'cancel requested; the executor stops at its next heartbeat'
                  else 'cancelled with the run' end,
