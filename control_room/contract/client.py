@@ -81,6 +81,7 @@ from control_room.contract.models import (
     ClaimRun,
     CompleteResult,
     Dataset,
+    DatasetDetail,
     DatasetRecord,
     DatasetVersion,
     Event,
@@ -127,6 +128,7 @@ __all__ = [
     "ContractClient",
     "ContractError",
     "Dataset",
+    "DatasetDetail",
     "DatasetRecord",
     "DatasetVersion",
     "Event",
@@ -579,10 +581,10 @@ class ContractClient:
                 "name": name, "limit": limit}
         return _parse_list(Dataset, self._rpc("list_datasets", args), "list_datasets")
 
-    def get_dataset(self, workspace_id: str, name: str) -> Dataset:
+    def get_dataset(self, workspace_id: str, name: str) -> DatasetDetail:
         """One dataset with its `versions`, newest first; `NotFound` when there is none."""
         args = {"workspace_id": workspace_id, "name": name}
-        return _parse(Dataset, self._rpc("get_dataset", args), "get_dataset")
+        return _parse(DatasetDetail, self._rpc("get_dataset", args), "get_dataset")
 
     def unblock_dataset(self, workspace_id: str, name: str, resolution: Resolution,
                         note: str | None = None) -> Dataset:

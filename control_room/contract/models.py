@@ -54,6 +54,7 @@ __all__ = [
     "CreateRunArgs",
     "CreateWorkspaceArgs",
     "Dataset",
+    "DatasetDetail",
     "DatasetRecord",
     "DatasetVersion",
     "Event",
@@ -400,8 +401,7 @@ class DatasetVersion(_Result):
 
 
 class Dataset(_Result):
-    """A dataset of the catalog (`list_datasets`, `unblock_dataset`); `get_dataset` adds
-    its `versions`, newest first."""
+    """A dataset of the catalog (`list_datasets`, `unblock_dataset`)."""
 
     id: str
     workspace_id: str
@@ -423,6 +423,12 @@ class Dataset(_Result):
     last_written_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class DatasetDetail(Dataset):
+    """`get_dataset`'s answer: the dataset with every schema version the catalog was shown,
+    newest first."""
+
     versions: tuple[DatasetVersion, ...] = ()
 
 
@@ -702,6 +708,6 @@ RESULTS: dict[str, type[_Result]] = {
     "record_dataset": DatasetRecord,
     "unblock_dataset": Dataset,
     "list_datasets": Dataset,
-    "get_dataset": Dataset,
+    "get_dataset": DatasetDetail,
 }
 """The result model of each operation (of one item, for the two that answer a list)."""

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from control_room.contract.client import ContractClient, Dataset, Event, Run
+from control_room.contract.client import ContractClient, DatasetDetail, Event, Run
 from executor.tables import read_schema
 from executor.worker import table_entries
 from tests.contract.conftest import phase
@@ -46,11 +46,11 @@ def sql_items(uri: Path, select: str) -> dict[str, Any]:
         max_attempts=3, retry_backoff_seconds=0)
 
 
-def dataset(env: Env, name: str = NAME) -> Dataset:
+def dataset(env: Env, name: str = NAME) -> DatasetDetail:
     return env.client(env.world.viewer1).get_dataset(env.world.w1, name)
 
 
-def schema_of(ds: Dataset, version: int) -> Any:
+def schema_of(ds: DatasetDetail, version: int) -> Any:
     return next(v for v in ds.versions if v.version == version).schema
 
 
