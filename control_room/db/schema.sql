@@ -1,0 +1,3977 @@
+-- The whole schema the migrations create (schemas ops, ops_private and the rows of
+-- ops_private.reserved_event_types), as pg_dump writes it. Generated: do not edit.
+-- Regenerate after adding a migration: python -m control_room.db.snapshot
+-- Load it after the local Supabase shim (control_room/db/shim.sql); it is not a migration.
+
+--
+-- PostgreSQL database dump
+--
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Name: ops; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA ops;
+
+--
+-- Name: SCHEMA ops; Type: COMMENT; Schema: -; Owner: -
+--
+
+COMMENT ON SCHEMA ops IS 'Lakehouse Control Room control plane: runs, phases, events, artifacts. Exposed over /rest/v1/rpc.';
+
+--
+-- Name: ops_private; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA ops_private;
+
+--
+-- Name: SCHEMA ops_private; Type: COMMENT; Schema: -; Owner: -
+--
+
+COMMENT ON SCHEMA ops_private IS 'Helpers of the ops functions. Never exposed.';
+
+--
+-- Name: add_member(text, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.add_member(workspace_id text, principal_id text, role text, name text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', add_member.workspace_id, true);
+    v_pr  uuid := ops_private.uuid_arg('principal_id', add_member.principal_id, true);
+    v_row ops.workspace_members;
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['admin'], true);
+    if add_member.role is null or add_member.role not in ('viewer', 'developer', 'admin', 'executor') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'role must be one of viewer, developer, admin, executor, got ' || coalesce(add_member.role, 'nothing'));
+    end if;
+    if add_member.name is not null and length(add_member.name) > 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'name must be at most 200 characters');
+    end if;
+    -- lock the workspace's admins so concurrent changes cannot leave it without one
+    perform 1 from ops.workspace_members m where m.workspace_id = v_ws and m.role = 'admin' for update;
+    if add_member.role <> 'admin'
+       and exists (select 1 from ops.workspace_members m
+                   where m.workspace_id = v_ws and m.principal_id = v_pr and m.role = 'admin')
+       and (select count(*) from ops.workspace_members m
+            where m.workspace_id = v_ws and m.role = 'admin') = 1 then
+        perform ops_private.fail(409, 'conflict', 'cannot demote the last admin of a workspace');
+    end if;
+    insert into ops.workspace_members as m (workspace_id, principal_id, role, name, created_at)
+    values (v_ws, v_pr, add_member.role, add_member.name, ops_private.now())
+    on conflict (workspace_id, principal_id)
+        do update set role = excluded.role, name = coalesce(excluded.name, m.name)
+    returning * into v_row;
+    perform ops_private.audit('add_member', v_ws, 'principal', v_pr::text,
+                              jsonb_build_object('role', v_row.role));
+    return to_jsonb(v_row);
+end
+$$;
+
+--
+-- Name: append_events(text, jsonb, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.append_events(run_id text, events jsonb, lease_token text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now      timestamptz := ops_private.now();
+    v_run      uuid := ops_private.uuid_arg('run_id', append_events.run_id, true);
+    v_token    uuid := ops_private.uuid_arg('lease_token', append_events.lease_token);
+    v_allowed  constant text[] := array['event_id', 'phase', 'ts', 'level', 'type', 'message', 'payload'];
+    v_ws       uuid;
+    v_n        integer;
+    v_i        integer;
+    v_e        jsonb;
+    v_path     text;
+    v_key      text;
+    v_phase    text;
+    v_p        ops.phases;
+    v_rows     jsonb := '[]'::jsonb;
+    v_ids      uuid[] := '{}';
+    v_id       uuid;
+    v_base     bigint;
+    v_new      integer;
+begin
+    select r.workspace_id into v_ws from ops.runs r where r.id = v_run;
+    if v_ws is null then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['executor', 'developer', 'admin'], true, 'run');
+    if append_events.events is null or jsonb_typeof(append_events.events) <> 'array' then
+        perform ops_private.fail(400, 'invalid_argument', 'events must be a JSON array of events',
+                                 jsonb_build_object('argument', 'events'));
+    end if;
+    v_n := jsonb_array_length(append_events.events);
+    if v_n > 1000 then
+        perform ops_private.fail(413, 'payload_too_large',
+            format('at most 1000 events per call, got %s', v_n), jsonb_build_object('argument', 'events'));
+    end if;
+    perform ops_private.check_size('events', append_events.events, 1048576);
+
+    for v_i in 0 .. v_n - 1 loop
+        v_e := append_events.events -> v_i;
+        v_path := format('events[%s]', v_i);
+        if jsonb_typeof(v_e) <> 'object' then
+            perform ops_private.fail(400, 'invalid_argument', v_path || ' must be a JSON object');
+        end if;
+        for v_key in select jsonb_object_keys(v_e) loop
+            if not (v_key = any (v_allowed)) then
+                perform ops_private.fail(400, 'invalid_argument',
+                    format('%s has an unknown field %s (known: %s)', v_path, v_key, array_to_string(v_allowed, ', ')),
+                    jsonb_build_object('argument', v_path || '.' || v_key));
+            end if;
+        end loop;
+        if jsonb_typeof(v_e -> 'event_id') is distinct from 'string' then
+            perform ops_private.fail(400, 'invalid_argument', v_path || '.event_id is required (a client-made UUID)',
+                                     jsonb_build_object('argument', v_path || '.event_id'));
+        end if;
+        v_id := ops_private.uuid_arg(v_path || '.event_id', v_e ->> 'event_id');
+        if jsonb_typeof(v_e -> 'type') is distinct from 'string' or (v_e ->> 'type') !~ '^[A-Z][A-Z0-9_]{0,63}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.type must be an upper-case name such as PHASE_STARTED or LOG, got '
+                || coalesce((v_e -> 'type')::text, 'nothing'), jsonb_build_object('argument', v_path || '.type'));
+        end if;
+        if exists (select 1 from ops_private.reserved_event_types t where t.type = (v_e ->> 'type')) then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.type ' || (v_e ->> 'type') || ' is a lifecycle event that only the control plane writes',
+                jsonb_build_object('argument', v_path || '.type'));
+        end if;
+        if v_e ? 'level' and (v_e ->> 'level') is distinct from null
+           and (v_e ->> 'level') not in ('debug', 'info', 'warning', 'error') then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.level must be one of debug, info, warning, error', jsonb_build_object('argument', v_path || '.level'));
+        end if;
+        if v_e -> 'message' is not null and v_e -> 'message' <> 'null'::jsonb
+           and (jsonb_typeof(v_e -> 'message') <> 'string' or length(v_e ->> 'message') > 16384) then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.message must be a string of at most 16384 characters', jsonb_build_object('argument', v_path || '.message'));
+        end if;
+        if v_e -> 'payload' is not null and v_e -> 'payload' <> 'null'::jsonb then
+            perform ops_private.check_object(v_path || '.payload', v_e -> 'payload');
+            perform ops_private.check_size(v_path || '.payload', v_e -> 'payload', 65536);
+        end if;
+        if v_e -> 'ts' is not null and v_e -> 'ts' <> 'null'::jsonb
+           and (jsonb_typeof(v_e -> 'ts') <> 'string' or not ops_private.is_timestamptz(v_e ->> 'ts')) then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.ts must be an ISO 8601 timestamp with a time zone, got ' || (v_e -> 'ts')::text,
+                jsonb_build_object('argument', v_path || '.ts'));
+        end if;
+        if v_e -> 'phase' is not null and v_e -> 'phase' <> 'null'::jsonb then
+            if jsonb_typeof(v_e -> 'phase') <> 'string' then
+                perform ops_private.fail(400, 'invalid_argument', v_path || '.phase must be a phase name',
+                                         jsonb_build_object('argument', v_path || '.phase'));
+            end if;
+            if v_phase is not null and v_phase <> (v_e ->> 'phase') then
+                perform ops_private.fail(400, 'invalid_argument',
+                    'one call may carry events of one phase only (its lease token proves that phase)',
+                    jsonb_build_object('argument', v_path || '.phase'));
+            end if;
+            v_phase := v_e ->> 'phase';
+        end if;
+        if not (v_id = any (v_ids)) then   -- the first of duplicate event_ids in one batch wins
+            v_ids := v_ids || v_id;
+            v_rows := v_rows || jsonb_build_array(v_e || jsonb_build_object('event_id', v_id));
+        end if;
+    end loop;
+
+    if v_phase is not null and v_token is null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'events naming a phase need that phase''s lease_token', jsonb_build_object('argument', 'lease_token'));
+    end if;
+
+    -- all of a run's events are written under its row lock, which also fences the lease check:
+    -- a lease token changes only under this lock (claim_phase, complete_phase)
+    perform 1 from ops.runs r where r.id = v_run for update;
+    if v_token is not null then
+        select * into v_p from ops.phases p
+        where p.lease_token = v_token and p.run_id = v_run
+          and (p.state = 'running' or (p.state = 'cancelled' and p.lease_expires_at > v_now));
+        if v_p.id is null then
+            perform ops_private.fail(409, 'lease_lost', 'lease token is not live for a phase of this run');
+        end if;
+        perform ops_private.require_role(v_ws, array['executor'], true, 'run');
+        if v_phase is not null and v_phase <> v_p.name then
+            perform ops_private.fail(409, 'lease_lost',
+                format('the lease token belongs to phase %s, not %s', v_p.name, v_phase));
+        end if;
+    end if;
+
+    -- drop events already stored (a retried call), then allocate consecutive sequence numbers
+    select coalesce(jsonb_agg(e order by o), '[]'::jsonb) into v_rows
+    from jsonb_array_elements(v_rows) with ordinality as t(e, o)
+    where not exists (select 1 from ops.run_events x where x.run_id = v_run and x.event_id = (e ->> 'event_id')::uuid);
+    v_new := jsonb_array_length(v_rows);
+    if v_new > 0 then
+        update ops.runs r set last_event_seq = r.last_event_seq + v_new where r.id = v_run
+        returning r.last_event_seq - v_new into v_base;
+        insert into ops.run_events (run_id, seq, event_id, workspace_id, phase, attempt, ts, recorded_at,
+                                    level, type, message, payload, principal_id)
+        select v_run, v_base + o, (e ->> 'event_id')::uuid, v_ws, nullif(e ->> 'phase', ''),
+               case when e ->> 'phase' is not null then v_p.attempt end,
+               coalesce((e ->> 'ts')::timestamptz, v_now), v_now, coalesce(e ->> 'level', 'info'), e ->> 'type',
+               coalesce(e ->> 'message', ''), coalesce(nullif(e -> 'payload', 'null'::jsonb), '{}'::jsonb), ops_private.uid()
+        from jsonb_array_elements(v_rows) with ordinality as t(e, o);
+    end if;
+    return jsonb_build_object('appended', v_new, 'duplicates', v_n - v_new,
+                              'last_seq', (select r.last_event_seq from ops.runs r where r.id = v_run));
+end
+$_$;
+
+--
+-- Name: cancel_run(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.cancel_run(run_id text, reason text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := ops_private.now();
+    v_run uuid := ops_private.uuid_arg('run_id', cancel_run.run_id, true);
+    v_r   ops.runs;
+    v_p   record;
+begin
+    if cancel_run.reason is not null and length(cancel_run.reason) > 2000 then
+        perform ops_private.fail(400, 'invalid_argument', 'reason must be at most 2000 characters');
+    end if;
+    select * into v_r from ops.runs r where r.id = v_run;
+    if v_r.id is null then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    perform ops_private.require_role(v_r.workspace_id, array['developer', 'admin'], true, 'run');
+    perform 1 from ops.phases p
+    where p.run_id = v_run and p.state in ('waiting', 'queued', 'running')
+    order by p.id for update;
+    select * into v_r from ops.runs r where r.id = v_run for update;
+    if v_r.state = 'cancelled' then
+        return ops_private.run_json(v_run);
+    end if;
+    if v_r.state in ('succeeded', 'failed') then
+        perform ops_private.fail(409, 'conflict', 'run already ' || v_r.state || '; nothing to cancel');
+    end if;
+    update ops.runs r
+    set state = 'cancelled', cancel_reason = cancel_run.reason, finished_at = v_now, updated_at = v_now
+    where r.id = v_run
+    returning * into v_r;
+    for v_p in
+        select q.id, q.name, q.attempt, q.state as old_state from ops.phases q
+        where q.run_id = v_run and q.state in ('waiting', 'queued', 'running')
+        order by q.ordinal
+    loop
+        -- a running phase keeps its lease so its executor learns of the cancel from heartbeat
+        perform ops_private.move_phase(v_p.id, 'cancelled', v_now,
+                                       case when v_p.old_state = 'running' then 'keep' end);
+        perform ops_private.emit(v_run, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CANCELLED', 'info',
+            case when v_p.old_state = 'running' then 'cancel requested; the executor stops at its next heartbeat'
+                 else 'cancelled with the run' end,
+            jsonb_build_object('was', v_p.old_state), v_now);
+    end loop;
+    perform ops_private.emit(v_run, v_r.workspace_id, null, null, 'RUN_CANCELLED', 'warning',
+        'run cancelled' || coalesce(': ' || cancel_run.reason, ''),
+        jsonb_build_object('reason', cancel_run.reason), v_now);
+    perform ops_private.audit('cancel_run', v_r.workspace_id, 'run', v_run::text,
+                              jsonb_build_object('reason', cancel_run.reason));
+    return ops_private.run_json(v_run);
+end
+$$;
+
+--
+-- Name: claim_phase(text[], integer, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.claim_phase(kinds text[] DEFAULT NULL::text[], lease_seconds integer DEFAULT 60, claim_id text DEFAULT NULL::text, run_id text DEFAULT NULL::text, workspace_id text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    SET enable_bitmapscan TO 'off'
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now      timestamptz := ops_private.now();
+    v_uid      uuid := ops_private.principal();
+    v_claim    uuid := ops_private.uuid_arg('claim_id', claim_phase.claim_id);
+    v_run      uuid := ops_private.uuid_arg('run_id', claim_phase.run_id);
+    v_wsid     uuid := ops_private.uuid_arg('workspace_id', claim_phase.workspace_id);
+    v_kinds    text[] := claim_phase.kinds;
+    v_ws       uuid[];          -- workspaces the caller may claim in; null means any
+    v_p        ops.phases;
+    v_r        ops.runs;
+    v_expired  boolean;
+    v_held_run boolean := false; -- this transaction holds a run lock: take further ones with SKIP LOCKED
+    v_skip     uuid[] := '{}';   -- phases tried (and locked) by this call
+    v_busy     uuid[] := '{}';   -- runs whose row another transaction holds: look elsewhere first
+    v_fallback ops.phases;       -- a phase of a busy run, claimed by waiting if nothing else is free
+    v_fallback_expired boolean;
+    v_i        integer := 0;
+begin
+    if claim_phase.lease_seconds is null or claim_phase.lease_seconds not between 1 and 3600 then
+        perform ops_private.fail(400, 'invalid_argument', 'lease_seconds must be between 1 and 3600',
+                                 jsonb_build_object('argument', 'lease_seconds'));
+    end if;
+    if v_kinds is not null then
+        if cardinality(v_kinds) = 0 or cardinality(v_kinds) > 100
+           or exists (select 1 from unnest(v_kinds) k where k is null or k !~ '^[a-z][a-z0-9_]{0,63}$') then
+            perform ops_private.fail(400, 'invalid_argument',
+                'kinds must be a non-empty list of at most 100 kind names such as python or sql',
+                jsonb_build_object('argument', 'kinds'));
+        end if;
+    end if;
+
+    if ops_private.is_privileged() then
+        if v_wsid is not null then
+            v_ws := array[v_wsid];
+        end if;
+    else
+        if v_uid is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+        v_ws := array(select m.workspace_id from ops.workspace_members m
+                      where m.principal_id = v_uid and m.role = 'executor');
+        if v_wsid is not null then
+            if not (v_wsid = any (v_ws)) then
+                perform ops_private.fail(403, 'forbidden', 'caller is not an executor in workspace ' || v_wsid::text);
+            end if;
+            v_ws := array[v_wsid];
+        end if;
+        if cardinality(v_ws) = 0 then
+            perform ops_private.fail(403, 'forbidden', 'caller is not an executor in any workspace');
+        end if;
+    end if;
+    if v_run is not null and not exists (select 1 from ops.runs r where r.id = v_run
+                                         and (v_ws is null or r.workspace_id = any (v_ws))) then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+
+    -- a repeated call with the same claim_id gets the same phase and lease back; concurrent
+    -- calls with one claim_id queue on it (this lock is taken before any row lock)
+    if v_claim is not null then
+        perform pg_advisory_xact_lock(
+            ('x' || left(replace(v_claim::text, '-', ''), 16))::bit(64)::bigint);
+        select * into v_p from ops.phases p where p.claim_id = v_claim and p.state = 'running';
+        if v_p.id is not null then
+            if v_p.claimed_by is distinct from v_uid and not ops_private.is_privileged() then
+                perform ops_private.fail(409, 'conflict', 'claim_id is in use by another principal');
+            end if;
+            select * into v_r from ops.runs r where r.id = v_p.run_id;
+            return ops_private.claim_json(v_p, v_r);
+        end if;
+    end if;
+
+    -- Claims of one run serialize on its row (its events are numbered under it), so a claim
+    -- first looks for work in runs nobody else holds, and waits for a busy run only when
+    -- there is nothing else.
+    loop
+        v_i := v_i + 1;
+        v_p := null;
+        if v_i <= 20 then
+            -- 1. a running phase whose lease expired (its holder is presumed dead)
+            select * into v_p from ops.phases p
+            where p.state = 'running' and p.lease_expires_at <= v_now
+              and (v_kinds is null or p.kind = any (v_kinds))
+              and (v_ws is null or p.workspace_id = any (v_ws))
+              and (v_run is null or p.run_id = v_run)
+              and p.id <> all (v_skip) and p.run_id <> all (v_busy)
+            order by p.lease_expires_at
+            limit 1
+            for update skip locked;
+            v_expired := v_p.id is not null;
+            -- 2. else the best queued phase: priority, then age
+            if not v_expired then
+                select * into v_p from ops.phases p
+                where p.state = 'queued' and p.not_before <= v_now
+                  and (v_kinds is null or p.kind = any (v_kinds))
+                  and (v_ws is null or p.workspace_id = any (v_ws))
+                  and (v_run is null or p.run_id = v_run)
+                  and p.id <> all (v_skip) and p.run_id <> all (v_busy)
+                order by p.priority desc, p.queued_at, p.ordinal, p.id
+                limit 1
+                for update skip locked;
+            end if;
+        end if;
+
+        if v_p.id is null then
+            if v_fallback.id is null or v_held_run then
+                return null;
+            end if;
+            v_p := v_fallback;
+            v_expired := v_fallback_expired;
+            v_fallback := null;
+            select * into v_r from ops.runs r where r.id = v_p.run_id for update;
+        else
+            v_skip := v_skip || v_p.id;
+            select * into v_r from ops.runs r where r.id = v_p.run_id for update skip locked;
+            if v_r.id is null then
+                if not v_held_run then
+                    v_busy := v_busy || v_p.run_id;
+                    if v_fallback.id is null then
+                        v_fallback := v_p;
+                        v_fallback_expired := v_expired;
+                    end if;
+                end if;
+                continue;
+            end if;
+        end if;
+        v_held_run := true;
+
+        if v_r.state not in ('queued', 'running') then
+            -- the run finished while this phase was locked by us: settle it (protocol rule 3)
+            if v_p.state = 'running' and v_r.state = 'cancelled' then
+                perform ops_private.move_phase(v_p.id, 'cancelled', v_now, 'revoke');
+                perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CANCELLED',
+                                         'info', 'cancelled with the run (its lease had expired)', '{}'::jsonb, v_now);
+            elsif v_p.state = 'running' then
+                perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'LEASE_EXPIRED',
+                    'warning', 'lease expired after the run had finished',
+                    jsonb_build_object('attempt', v_p.attempt, 'lease_expires_at', v_p.lease_expires_at), v_now);
+                -- the dead holder's token must not pass for a completion replay
+                perform ops_private.fail_phase_final(v_p.id, v_r,
+                    jsonb_build_object('message', 'lease expired', 'reason', 'lease_expired'), true, v_now,
+                    'revoke');
+            else
+                perform ops_private.settle_run(v_r, v_now);
+            end if;
+            continue;
+        end if;
+
+        if v_expired then
+            perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'LEASE_EXPIRED', 'warning',
+                'lease expired: attempt ' || v_p.attempt || ' counted as failed',
+                jsonb_build_object('attempt', v_p.attempt, 'max_attempts', v_p.max_attempts,
+                                   'lease_expires_at', v_p.lease_expires_at, 'claimed_by', v_p.claimed_by),
+                v_now);
+            if v_p.attempt >= v_p.max_attempts then
+                perform ops_private.fail_phase_final(v_p.id, v_r,
+                    jsonb_build_object('message', 'lease expired on the last attempt', 'reason', 'lease_expired'),
+                    true, v_now, 'revoke');
+                continue;
+            end if;
+        end if;
+
+        v_p := ops_private.move_phase(v_p.id, 'running', v_now, p_lease_seconds => claim_phase.lease_seconds,
+                                      p_claim_id => v_claim, p_claimed_by => v_uid);
+        if v_r.state = 'queued' then
+            update ops.runs r set state = 'running', started_at = v_now, updated_at = v_now
+            where r.id = v_r.id
+            returning * into v_r;
+        end if;
+        perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CLAIMED', 'info',
+            'claimed, attempt ' || v_p.attempt || ' of ' || v_p.max_attempts,
+            jsonb_build_object('attempt', v_p.attempt, 'claimed_by', v_uid,
+                               'lease_expires_at', v_p.lease_expires_at, 'kind', v_p.kind), v_now);
+        perform ops_private.audit('claim_phase', v_p.workspace_id, 'phase', v_p.id::text,
+                                  jsonb_build_object('run_id', v_p.run_id, 'phase', v_p.name, 'attempt', v_p.attempt));
+        return ops_private.claim_json(v_p, v_r);
+    end loop;
+    return null;
+end
+$_$;
+
+--
+-- Name: complete_phase(text, text, jsonb, jsonb, boolean); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.complete_phase(lease_token text, outcome text, output_manifest jsonb DEFAULT NULL::jsonb, error jsonb DEFAULT NULL::jsonb, retryable boolean DEFAULT true) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now      timestamptz := ops_private.now();
+    v_token    uuid := ops_private.uuid_arg('lease_token', complete_phase.lease_token, true);
+    v_error    jsonb;
+    v_p        ops.phases;
+    v_r        ops.runs;
+    v_final    boolean;
+    v_delay    numeric;
+    v_released text[] := '{}';
+    v_d        record;
+begin
+    if complete_phase.outcome is null or complete_phase.outcome not in ('succeeded', 'failed') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'outcome must be succeeded or failed, got ' || coalesce(complete_phase.outcome, 'nothing'),
+            jsonb_build_object('argument', 'outcome'));
+    end if;
+    perform ops_private.check_object('output_manifest', complete_phase.output_manifest);
+    perform ops_private.check_size('output_manifest', complete_phase.output_manifest, 1048576);
+    perform ops_private.check_size('error', complete_phase.error, 65536);
+    v_error := case
+        when complete_phase.error is null or complete_phase.error = 'null'::jsonb then
+            case when complete_phase.outcome = 'failed' then jsonb_build_object('message', 'failed') end
+        when jsonb_typeof(complete_phase.error) = 'object' then complete_phase.error
+        else jsonb_build_object('message', complete_phase.error #>> '{}') end;
+    if complete_phase.retryable is null then
+        perform ops_private.fail(400, 'invalid_argument', 'retryable must be true or false',
+                                 jsonb_build_object('argument', 'retryable'));
+    end if;
+
+    select * into v_p from ops.phases p where p.lease_token = v_token;
+    if v_p.id is null then
+        perform ops_private.fail(409, 'lease_lost', 'lease token is not live: the phase was reclaimed or finished');
+    end if;
+    perform ops_private.require_role(v_p.workspace_id, array['executor'], true, 'phase');
+
+    -- lock the phases this completion may change, in id order, then the run (protocol rules 1-2)
+    v_final := complete_phase.outcome = 'failed'
+               and (not complete_phase.retryable or v_p.attempt >= v_p.max_attempts);
+    if complete_phase.outcome = 'succeeded' then
+        perform 1 from ops.phases p
+        where p.run_id = v_p.run_id
+          and (p.id = v_p.id or (p.state = 'waiting' and v_p.name = any (p.depends_on)))
+        order by p.id for update;
+    elsif v_final then
+        perform 1 from ops.phases p
+        where p.run_id = v_p.run_id
+          and (p.id = v_p.id or p.state in ('waiting', 'queued'))
+        order by p.id for update;
+    else
+        perform 1 from ops.phases p where p.id = v_p.id for update;
+    end if;
+    select * into v_r from ops.runs r where r.id = v_p.run_id for update;
+    select * into v_p from ops.phases p where p.id = v_p.id;
+    -- a retry is pointless once another branch has failed the run
+    v_final := v_final or (complete_phase.outcome = 'failed' and v_r.state = 'failed');
+
+    if v_p.lease_token is distinct from v_token then
+        perform ops_private.fail(409, 'lease_lost', 'lease token is not live: the phase was reclaimed');
+    end if;
+    if v_p.state not in ('running', 'cancelled') or (v_p.state = 'cancelled' and v_p.lease_expires_at is null) then
+        -- this attempt was completed already: a retried call gets the same answer
+        return jsonb_build_object('phase_id', v_p.id, 'phase', v_p.name, 'phase_state', v_p.state,
+                                  'attempt', v_p.attempt, 'run_id', v_r.id, 'run_state', v_r.state,
+                                  'not_before', v_p.not_before, 'released', '[]'::jsonb, 'replayed', true);
+    end if;
+
+    if v_p.state = 'cancelled' or v_r.state = 'cancelled' then
+        -- the run was cancelled while this phase ran: record what the executor reports, stop
+        v_p := ops_private.move_phase(v_p.id, 'cancelled', v_now, 'end', v_error, complete_phase.output_manifest);
+        perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_STOPPED', 'info',
+            'stopped after the run was cancelled; the executor reported ' || complete_phase.outcome,
+            jsonb_build_object('attempt', v_p.attempt, 'outcome', complete_phase.outcome, 'error', v_error), v_now);
+        perform ops_private.settle_run(v_r, v_now);
+    elsif complete_phase.outcome = 'succeeded' then
+        v_p := ops_private.move_phase(v_p.id, 'succeeded', v_now,
+                                      p_output_manifest => complete_phase.output_manifest);
+        perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_SUCCEEDED', 'info',
+            'succeeded on attempt ' || v_p.attempt,
+            jsonb_build_object('attempt', v_p.attempt, 'output_manifest', v_p.output_manifest,
+                               'duration_seconds', extract(epoch from v_now - v_p.started_at)), v_now);
+        if v_r.state = 'failed' then
+            perform ops_private.settle_run(v_r, v_now);   -- another branch failed the run meanwhile
+        else
+            for v_d in
+                select p.id, p.name, p.kind from ops.phases p
+                where p.run_id = v_r.id and p.state = 'waiting' and v_p.name = any (p.depends_on)
+                  and not exists (select 1 from ops.phases d
+                                  where d.run_id = p.run_id and d.name = any (p.depends_on) and d.state <> 'succeeded')
+                order by p.ordinal
+            loop
+                perform ops_private.move_phase(v_d.id, 'queued', v_now);
+                v_released := v_released || v_d.name;
+                perform ops_private.notify_queued(v_r.workspace_id, v_d.kind);
+                perform ops_private.emit(v_r.id, v_r.workspace_id, v_d.name, 0, 'PHASE_QUEUED', 'info',
+                    'queued: its dependencies succeeded', jsonb_build_object('released_by', v_p.name), v_now);
+            end loop;
+            if not exists (select 1 from ops.phases p where p.run_id = v_r.id and p.state <> 'succeeded') then
+                update ops.runs r
+                set state = 'succeeded', finished_at = v_now, updated_at = v_now,
+                    output_manifest = (select coalesce(jsonb_object_agg(p.name, p.output_manifest order by p.ordinal), '{}'::jsonb)
+                                       from ops.phases p where p.run_id = r.id)
+                where r.id = v_r.id
+                returning * into v_r;
+                perform ops_private.emit(v_r.id, v_r.workspace_id, null, null, 'RUN_SUCCEEDED', 'info',
+                    'run succeeded', jsonb_build_object('duration_seconds', extract(epoch from v_now - v_r.started_at)),
+                    v_now);
+            end if;
+        end if;
+    elsif v_final then
+        v_r := ops_private.fail_phase_final(v_p.id, v_r, v_error, complete_phase.retryable, v_now);
+        select * into v_p from ops.phases p where p.id = v_p.id;
+    else
+        v_delay := ops_private.backoff_seconds(v_p.attempt, v_p.retry_backoff_seconds, v_p.retry_backoff_max_seconds);
+        v_p := ops_private.move_phase(v_p.id, 'queued', v_now, p_error => v_error,
+                                      p_not_before => v_now + make_interval(secs => v_delay::double precision));
+        perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_FAILED', 'warning',
+            coalesce(v_error ->> 'message', 'failed'),
+            jsonb_build_object('attempt', v_p.attempt, 'max_attempts', v_p.max_attempts, 'error', v_error,
+                               'retryable', true, 'final', false), v_now);
+        perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_RETRY_SCHEDULED', 'info',
+            format('attempt %s of %s in %s s', v_p.attempt + 1, v_p.max_attempts, round(v_delay, 3)),
+            jsonb_build_object('next_attempt', v_p.attempt + 1, 'not_before', v_p.not_before,
+                               'delay_seconds', round(v_delay, 3)), v_now);
+        perform ops_private.notify_queued(v_p.workspace_id, v_p.kind);
+    end if;
+
+    perform ops_private.audit('complete_phase', v_p.workspace_id, 'phase', v_p.id::text,
+                              jsonb_build_object('run_id', v_r.id, 'phase', v_p.name, 'attempt', v_p.attempt,
+                                                 'outcome', complete_phase.outcome));
+    return jsonb_build_object('phase_id', v_p.id, 'phase', v_p.name, 'phase_state', v_p.state,
+                              'attempt', v_p.attempt, 'run_id', v_r.id, 'run_state', v_r.state,
+                              'not_before', v_p.not_before, 'released', to_jsonb(v_released), 'replayed', false);
+end
+$$;
+
+--
+-- Name: complete_run(text, jsonb); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.complete_run(run_id text, output_manifest jsonb DEFAULT NULL::jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := ops_private.now();
+    v_run uuid := ops_private.uuid_arg('run_id', complete_run.run_id, true);
+    v_r   ops.runs;
+    v_pending text;
+begin
+    perform ops_private.check_object('output_manifest', complete_run.output_manifest);
+    perform ops_private.check_size('output_manifest', complete_run.output_manifest, 1048576);
+    select * into v_r from ops.runs r where r.id = v_run;
+    if v_r.id is null then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    perform ops_private.require_role(v_r.workspace_id, array['executor', 'developer', 'admin'], true, 'run');
+    select * into v_r from ops.runs r where r.id = v_run for update;
+    if v_r.state in ('failed', 'cancelled') then
+        perform ops_private.fail(409, 'conflict', 'run is ' || v_r.state || '; only a succeeded run can be finalized');
+    end if;
+    if v_r.state <> 'succeeded' then
+        select string_agg(p.name || ' (' || p.state || ')', ', ' order by p.ordinal) into v_pending
+        from ops.phases p where p.run_id = v_run and p.state <> 'succeeded';
+        perform ops_private.fail(409, 'conflict', 'run has unfinished phases: ' || v_pending);
+    end if;
+    if v_r.finalized_at is null then
+        update ops.runs r
+        set finalized_at = v_now, updated_at = v_now,
+            output_manifest = coalesce(complete_run.output_manifest, r.output_manifest)
+        where r.id = v_run
+        returning * into v_r;
+        perform ops_private.emit(v_r.id, v_r.workspace_id, null, null, 'RUN_FINALIZED', 'info',
+            'output manifest finalized', jsonb_build_object('output_manifest', v_r.output_manifest), v_now);
+        perform ops_private.audit('complete_run', v_r.workspace_id, 'run', v_r.id::text, '{}'::jsonb);
+    elsif complete_run.output_manifest is not null and complete_run.output_manifest <> v_r.output_manifest then
+        perform ops_private.fail(409, 'conflict', 'run was finalized with another output manifest');
+    end if;
+    return ops_private.run_json(v_run);
+end
+$$;
+
+--
+-- Name: create_principal(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_principal(name text, kind text DEFAULT 'executor'::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_row ops.principals;
+begin
+    if not ops_private.is_privileged() then
+        perform ops_private.fail(403, 'forbidden', 'only service_role may create principals');
+    end if;
+    if create_principal.name is null or length(create_principal.name) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'name must be 1-200 characters',
+                                 jsonb_build_object('argument', 'name'));
+    end if;
+    if create_principal.kind is null or create_principal.kind not in ('user', 'executor') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'kind must be user or executor, got ' || coalesce(create_principal.kind, 'nothing'),
+            jsonb_build_object('argument', 'kind'));
+    end if;
+    insert into ops.principals (kind, name, created_by, created_at)
+    values (create_principal.kind, create_principal.name, ops_private.uid(), ops_private.now())
+    returning * into v_row;
+    perform ops_private.audit('create_principal', null, 'principal', v_row.id::text,
+                              jsonb_build_object('name', v_row.name, 'kind', v_row.kind));
+    return to_jsonb(v_row);
+end
+$$;
+
+--
+-- Name: create_run(text, text, text, jsonb, jsonb, text, jsonb, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_run(workspace_id text, spec_slug text, git_sha text, phases jsonb, input_manifest jsonb DEFAULT '{}'::jsonb, idempotency_key text DEFAULT NULL::text, labels jsonb DEFAULT '{}'::jsonb, priority integer DEFAULT 0) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now    timestamptz := ops_private.now();
+    v_ws     uuid := ops_private.uuid_arg('workspace_id', create_run.workspace_id, true);
+    v_phases jsonb;
+    v_labels jsonb := coalesce(create_run.labels, '{}'::jsonb);
+    v_input  jsonb := coalesce(create_run.input_manifest, '{}'::jsonb);
+    v_digest text;
+    v_run    uuid;
+    v_old    ops.runs;
+    v_bad    text;
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['developer', 'admin'], true, 'workspace');
+    if create_run.spec_slug is null or create_run.spec_slug !~ '^[a-z0-9][a-z0-9_.-]{0,127}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'spec_slug must be 1-128 lower-case letters, digits, _ . -, got ' || coalesce(create_run.spec_slug, 'nothing'),
+            jsonb_build_object('argument', 'spec_slug'));
+    end if;
+    if create_run.git_sha is null or create_run.git_sha !~ '^[0-9a-f]{7,64}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'git_sha must be 7-64 lower-case hex digits, got ' || coalesce(left(create_run.git_sha, 80), 'nothing'),
+            jsonb_build_object('argument', 'git_sha'));
+    end if;
+    if create_run.priority is null or create_run.priority not between -1000 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'priority must be between -1000 and 1000',
+                                 jsonb_build_object('argument', 'priority'));
+    end if;
+    if create_run.idempotency_key is not null and length(create_run.idempotency_key) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'idempotency_key must be 1-200 characters',
+                                 jsonb_build_object('argument', 'idempotency_key'));
+    end if;
+    perform ops_private.check_object('input_manifest', v_input);
+    perform ops_private.check_size('input_manifest', v_input, 1048576);
+    perform ops_private.check_object('labels', v_labels);
+    perform ops_private.check_size('labels', v_labels, 16384);
+    select l.key into v_bad from jsonb_each(v_labels) l
+    where jsonb_typeof(l.value) <> 'string' or length(l.key) > 64 or length(l.value #>> '{}') > 256 limit 1;
+    if v_bad is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'labels must map keys of at most 64 characters to strings of at most 256; label ' || v_bad || ' does not',
+            jsonb_build_object('argument', 'labels.' || v_bad));
+    end if;
+    perform ops_private.check_size('phases', create_run.phases, 4194304);
+    v_phases := ops_private.normalize_phases(create_run.phases);
+
+    v_digest := md5(jsonb_build_array(create_run.spec_slug, create_run.git_sha, v_phases, v_input, v_labels,
+                                      create_run.priority)::text);
+    if create_run.idempotency_key is not null then
+        select * into v_old from ops.runs r where r.workspace_id = v_ws and r.idempotency_key = create_run.idempotency_key;
+    end if;
+    if v_old.id is null then
+        v_run := ops_private.insert_run(v_ws, create_run.spec_slug, create_run.git_sha, v_phases, v_input,
+                                        create_run.idempotency_key, v_labels, create_run.priority, null,
+                                        '{}'::jsonb, v_digest, v_now);
+        if v_run is null then
+            select * into v_old from ops.runs r where r.workspace_id = v_ws and r.idempotency_key = create_run.idempotency_key;
+        end if;
+    end if;
+    if v_old.id is not null then
+        if v_old.request_digest <> v_digest then
+            perform ops_private.fail(409, 'conflict',
+                'idempotency_key ' || create_run.idempotency_key || ' was used for a run with other arguments',
+                jsonb_build_object('run_id', v_old.id));
+        end if;
+        return ops_private.run_json(v_old.id) || jsonb_build_object('created', false);
+    end if;
+    perform ops_private.audit('create_run', v_ws, 'run', v_run::text,
+                              jsonb_build_object('spec_slug', create_run.spec_slug, 'git_sha', create_run.git_sha,
+                                                 'idempotency_key', create_run.idempotency_key));
+    return ops_private.run_json(v_run) || jsonb_build_object('created', true);
+end
+$_$;
+
+--
+-- Name: create_workspace(text, text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_workspace(slug text, name text, env text DEFAULT 'dev'::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_uid uuid := ops_private.principal();
+    v_ws  ops.workspaces;
+begin
+    if not ops_private.is_privileged() and v_uid is null then
+        perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+    end if;
+    if create_workspace.slug is null or create_workspace.slug !~ '^[a-z0-9][a-z0-9_-]{0,62}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'slug must be 1-63 lower-case letters, digits, _ or -, got ' || coalesce(create_workspace.slug, 'nothing'));
+    end if;
+    if create_workspace.name is null or length(create_workspace.name) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'name must be 1-200 characters');
+    end if;
+    if create_workspace.env is null or create_workspace.env not in ('dev', 'stage', 'prod') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'env must be one of dev, stage, prod, got ' || coalesce(create_workspace.env, 'nothing'));
+    end if;
+    insert into ops.workspaces (slug, name, env, created_by, created_at)
+    values (create_workspace.slug, create_workspace.name, create_workspace.env, v_uid, ops_private.now())
+    on conflict (slug) do nothing
+    returning * into v_ws;
+    if v_ws.id is null then
+        perform ops_private.fail(409, 'conflict', 'a workspace with slug ' || create_workspace.slug || ' exists');
+    end if;
+    if v_uid is not null then
+        insert into ops.workspace_members (workspace_id, principal_id, role, created_at)
+        values (v_ws.id, v_uid, 'admin', ops_private.now());
+    end if;
+    perform ops_private.audit('create_workspace', v_ws.id, 'workspace', v_ws.id::text,
+                              jsonb_build_object('slug', v_ws.slug, 'env', v_ws.env));
+    return to_jsonb(v_ws);
+end
+$_$;
+
+--
+-- Name: get_dataset(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_dataset(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', get_dataset.workspace_id, true);
+    v_out jsonb;
+begin
+    if get_dataset.name is null then
+        perform ops_private.fail(400, 'invalid_argument', 'name is required', jsonb_build_object('argument', 'name'));
+    end if;
+    select to_jsonb(d) || jsonb_build_object('versions', (
+               select coalesce(jsonb_agg(to_jsonb(v) - 'dataset_id' - 'workspace_id' order by v.version desc),
+                               '[]'::jsonb)
+               from ops.dataset_versions v where v.dataset_id = d.id))
+    into v_out
+    from ops.datasets d
+    where d.workspace_id = v_ws and d.name = get_dataset.name;
+    if v_out is null then
+        perform ops_private.fail(404, 'not_found', 'dataset ' || get_dataset.name || ' not found');
+    end if;
+    return v_out;
+end
+$$;
+
+--
+-- Name: get_run(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_run(run_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_run uuid := ops_private.uuid_arg('run_id', get_run.run_id, true);
+    v_out jsonb;
+begin
+    v_out := ops_private.run_json(v_run);
+    if v_out is null then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    return v_out;
+end
+$$;
+
+--
+-- Name: heartbeat(text, jsonb, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.heartbeat(lease_token text, progress jsonb DEFAULT NULL::jsonb, lease_seconds integer DEFAULT NULL::integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now   timestamptz := ops_private.now();
+    v_token uuid := ops_private.uuid_arg('lease_token', heartbeat.lease_token, true);
+    v_p     ops.phases;
+    v_run_state text;
+begin
+    if heartbeat.lease_seconds is not null and heartbeat.lease_seconds not between 1 and 3600 then
+        perform ops_private.fail(400, 'invalid_argument', 'lease_seconds must be between 1 and 3600',
+                                 jsonb_build_object('argument', 'lease_seconds'));
+    end if;
+    perform ops_private.check_object('progress', heartbeat.progress);
+    perform ops_private.check_size('progress', heartbeat.progress, 16384);
+    update ops.phases p
+    set lease_expires_at = case when p.state = 'running'
+                                then v_now + make_interval(secs => coalesce(heartbeat.lease_seconds, p.lease_seconds))
+                                else p.lease_expires_at end,
+        lease_seconds = case when p.state = 'running' then coalesce(heartbeat.lease_seconds, p.lease_seconds)
+                             else p.lease_seconds end,
+        progress = coalesce(heartbeat.progress, p.progress),
+        updated_at = v_now
+    where p.lease_token = v_token
+      and (p.state = 'running' or (p.state = 'cancelled' and p.lease_expires_at > v_now))
+    returning * into v_p;
+    if v_p.id is null then
+        perform ops_private.fail(409, 'lease_lost', 'lease token is not live: the phase was reclaimed or finished');
+    end if;
+    perform ops_private.require_role(v_p.workspace_id, array['executor'], true, 'phase');
+    select r.state into v_run_state from ops.runs r where r.id = v_p.run_id;
+    return jsonb_build_object('phase_id', v_p.id, 'lease_expires_at', v_p.lease_expires_at,
+                              'cancel_requested', v_p.state = 'cancelled' or v_run_state = 'cancelled',
+                              'phase_state', v_p.state, 'run_state', v_run_state);
+end
+$$;
+
+--
+-- Name: list_artifacts(text, text, text, integer, bigint); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_artifacts(run_id text DEFAULT NULL::text, workspace_id text DEFAULT NULL::text, digest text DEFAULT NULL::text, "limit" integer DEFAULT 100, after bigint DEFAULT 0) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_run   uuid := ops_private.uuid_arg('run_id', list_artifacts.run_id);
+    v_ws    uuid := ops_private.uuid_arg('workspace_id', list_artifacts.workspace_id);
+    v_items jsonb;
+begin
+    if list_artifacts."limit" is null or list_artifacts."limit" not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 1000');
+    end if;
+    if list_artifacts.after is null or list_artifacts.after < 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'after must be a cursor >= 0');
+    end if;
+    if list_artifacts.digest is not null and list_artifacts.digest !~ '^blake3:[0-9a-f]{64}$' then
+        perform ops_private.fail(400, 'invalid_argument', 'digest must be blake3: followed by 64 lower-case hex digits');
+    end if;
+    if v_run is not null and not exists (select 1 from ops.runs r where r.id = v_run) then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'id', x.id, 'run_id', x.run_id, 'workspace_id', x.workspace_id, 'phase', x.phase,
+               'role', x.role, 'name', x.name, 'attempt', x.attempt, 'linked_at', x.created_at,
+               'digest', a.digest, 'size_bytes', a.size_bytes, 'media_type', a.media_type, 'kind', a.kind,
+               'uri', a.uri, 'metadata', a.metadata, 'first_run_id', a.first_run_id) order by x.id), '[]'::jsonb)
+    into v_items
+    from (select * from ops.run_artifacts ra
+          where (v_run is null or ra.run_id = v_run)
+            and (v_ws is null or ra.workspace_id = v_ws)
+            and (list_artifacts.digest is null or ra.digest = list_artifacts.digest)
+            and ra.id > list_artifacts.after
+          order by ra.id
+          limit list_artifacts."limit") x
+    join ops.artifacts a on a.workspace_id = x.workspace_id and a.digest = x.digest;
+    return jsonb_build_object('artifacts', v_items,
+        'next_after', coalesce((v_items -> -1 ->> 'id')::bigint, list_artifacts.after));
+end
+$_$;
+
+--
+-- Name: list_datasets(text, text, text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_datasets(workspace_id text DEFAULT NULL::text, layer text DEFAULT NULL::text, schema_state text DEFAULT NULL::text, name text DEFAULT NULL::text, "limit" integer DEFAULT 100) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', list_datasets.workspace_id);
+begin
+    if list_datasets."limit" is null or list_datasets."limit" not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 1000',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if list_datasets.layer is not null and list_datasets.layer not in ('raw', 'bronze', 'silver', 'gold', 'other') then
+        perform ops_private.fail(400, 'invalid_argument', 'layer must be one of raw, bronze, silver, gold, other',
+                                 jsonb_build_object('argument', 'layer'));
+    end if;
+    if list_datasets.schema_state is not null and list_datasets.schema_state not in ('active', 'blocked', 'accepted') then
+        perform ops_private.fail(400, 'invalid_argument', 'schema_state must be one of active, blocked, accepted',
+                                 jsonb_build_object('argument', 'schema_state'));
+    end if;
+    return (
+        select coalesce(jsonb_agg(to_jsonb(x) order by x.name, x.workspace_id), '[]'::jsonb)
+        from (select * from ops.datasets d
+              where (v_ws is null or d.workspace_id = v_ws)
+                and (list_datasets.layer is null or d.layer = list_datasets.layer)
+                and (list_datasets.schema_state is null or d.schema_state = list_datasets.schema_state)
+                and (list_datasets.name is null
+                     or left(d.name, length(list_datasets.name)) = list_datasets.name)
+              order by d.name, d.workspace_id
+              limit list_datasets."limit") x);
+end
+$$;
+
+--
+-- Name: list_events(text, bigint, integer, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_events(run_id text, after bigint DEFAULT 0, "limit" integer DEFAULT 100, phase text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_run    uuid := ops_private.uuid_arg('run_id', list_events.run_id, true);
+    v_events jsonb;
+begin
+    if list_events."limit" is null or list_events."limit" not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 1000');
+    end if;
+    if list_events.after is null or list_events.after < 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'after must be a sequence number >= 0');
+    end if;
+    if not exists (select 1 from ops.runs r where r.id = v_run) then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'seq', e.seq, 'event_id', e.event_id, 'run_id', e.run_id, 'phase', e.phase, 'attempt', e.attempt,
+               'ts', e.ts, 'recorded_at', e.recorded_at, 'level', e.level, 'type', e.type,
+               'message', e.message, 'payload', e.payload, 'principal_id', e.principal_id) order by e.seq),
+           '[]'::jsonb)
+    into v_events
+    from (select * from ops.run_events e
+          where e.run_id = v_run and e.seq > list_events.after
+            and (list_events.phase is null or e.phase = list_events.phase)
+          order by e.seq
+          limit list_events."limit") e;
+    return jsonb_build_object('events', v_events,
+        'next_after', coalesce((v_events -> -1 ->> 'seq')::bigint, list_events.after));
+end
+$$;
+
+--
+-- Name: list_runs(text, text, text, jsonb, text, integer, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_runs(workspace_id text DEFAULT NULL::text, state text DEFAULT NULL::text, spec_slug text DEFAULT NULL::text, labels jsonb DEFAULT NULL::jsonb, parent_run_id text DEFAULT NULL::text, "limit" integer DEFAULT 50, cursor text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_ws     uuid := ops_private.uuid_arg('workspace_id', list_runs.workspace_id);
+    v_parent uuid := ops_private.uuid_arg('parent_run_id', list_runs.parent_run_id);
+    v_at     timestamptz;
+    v_id     uuid;
+    v_rows   jsonb;
+    v_n      integer;
+begin
+    if list_runs."limit" is null or list_runs."limit" not between 1 and 500 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500');
+    end if;
+    if list_runs.state is not null and list_runs.state not in ('queued', 'running', 'succeeded', 'failed', 'cancelled') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'state must be one of queued, running, succeeded, failed, cancelled');
+    end if;
+    perform ops_private.check_object('labels', list_runs.labels);
+    if list_runs.cursor is not null then
+        if list_runs.cursor !~ '^\d{1,16}:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+            perform ops_private.fail(400, 'invalid_argument', 'cursor is not one this function returned');
+        end if;
+        v_at := to_timestamp(split_part(list_runs.cursor, ':', 1)::numeric / 1000000);
+        v_id := split_part(list_runs.cursor, ':', 2)::uuid;
+    end if;
+    select coalesce(jsonb_agg(ops_private.run_json(x.id, false) order by x.created_at desc, x.id desc), '[]'::jsonb),
+           count(*)
+    into v_rows, v_n
+    from (select r.id, r.created_at from ops.runs r
+          where (v_ws is null or r.workspace_id = v_ws)
+            and (list_runs.state is null or r.state = list_runs.state)
+            and (list_runs.spec_slug is null or r.spec_slug = list_runs.spec_slug)
+            and (list_runs.labels is null or r.labels @> list_runs.labels)
+            and (v_parent is null or r.parent_run_id = v_parent)
+            and (v_at is null or (r.created_at, r.id) < (v_at, v_id))
+          order by r.created_at desc, r.id desc
+          limit list_runs."limit") x;
+    return jsonb_build_object('runs', v_rows,
+        'next_cursor', case when v_n = list_runs."limit" then
+            (extract(epoch from (v_rows -> (v_n - 1) ->> 'created_at')::timestamptz) * 1000000)::bigint::text
+            || ':' || (v_rows -> (v_n - 1) ->> 'id') end);
+end
+$_$;
+
+--
+-- Name: list_workspaces(); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_workspaces() RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'id', w.id, 'slug', w.slug, 'name', w.name, 'env', w.env, 'created_at', w.created_at,
+               'role', (select m.role from ops.workspace_members m
+                        where m.workspace_id = w.id and m.principal_id = ops_private.uid()))
+               order by w.slug), '[]'::jsonb)
+    from ops.workspaces w
+$$;
+
+--
+-- Name: record_dataset(text, text, text, text, text, jsonb, text, jsonb, bigint, text, bigint, text, text[]); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text DEFAULT NULL::text, format text DEFAULT 'delta'::text, schema jsonb DEFAULT NULL::jsonb, change text DEFAULT 'NONE'::text, changes jsonb DEFAULT '[]'::jsonb, table_version bigint DEFAULT NULL::bigint, digest text DEFAULT NULL::text, rows bigint DEFAULT NULL::bigint, owner text DEFAULT NULL::text, tags text[] DEFAULT NULL::text[]) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now      timestamptz := ops_private.now();
+    v_token    uuid := ops_private.uuid_arg('lease_token', record_dataset.lease_token, true);
+    v_change   text := record_dataset.change;
+    v_changes  jsonb := coalesce(record_dataset.changes, '[]'::jsonb);
+    v_prefix   text := split_part(record_dataset.name, '.', 1);
+    v_layer    text;
+    v_tags     text[];
+    v_p        ops.phases;
+    v_d        ops.datasets;
+    v_found    ops.dataset_versions;
+    v_created  boolean;
+    v_version  integer;      -- the version this call recorded (or a replay found)
+    v_applied  boolean;
+    v_effective text;        -- the change as recorded: INITIAL, NON_BREAKING, BREAKING or NONE
+begin
+    if record_dataset.name is null or record_dataset.name !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'name must be 1-200 letters, digits, _ . - starting with a letter or digit (such as bronze.sale_order), got '
+            || coalesce(left(record_dataset.name, 80), 'nothing'),
+            jsonb_build_object('argument', 'name'));
+    end if;
+    if record_dataset.location is null or length(record_dataset.location) not between 1 and 2048 then
+        perform ops_private.fail(400, 'invalid_argument', 'location must be 1-2048 characters',
+                                 jsonb_build_object('argument', 'location'));
+    end if;
+    if record_dataset.layer is not null and record_dataset.layer not in ('raw', 'bronze', 'silver', 'gold', 'other') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'layer must be one of raw, bronze, silver, gold, other, got ' || left(record_dataset.layer, 80),
+            jsonb_build_object('argument', 'layer'));
+    end if;
+    if record_dataset.format is null or record_dataset.format !~ '^[a-z][a-z0-9_]{0,63}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'format must be a lower-case identifier such as delta or parquet, got '
+            || coalesce(left(record_dataset.format, 80), 'nothing'),
+            jsonb_build_object('argument', 'format'));
+    end if;
+    if v_change is null or v_change not in ('INITIAL', 'NON_BREAKING', 'NONE', 'BREAKING') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'change must be one of INITIAL, NON_BREAKING, NONE, BREAKING, got '
+            || coalesce(left(record_dataset.change, 80), 'nothing'),
+            jsonb_build_object('argument', 'change'));
+    end if;
+    if record_dataset.schema is not null and jsonb_typeof(record_dataset.schema) not in ('object', 'array') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'schema must be a JSON object or array, got ' || jsonb_typeof(record_dataset.schema),
+            jsonb_build_object('argument', 'schema'));
+    end if;
+    perform ops_private.check_size('schema', record_dataset.schema, 262144);
+    if record_dataset.schema is null and v_change in ('INITIAL', 'NON_BREAKING') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'schema is required with change ' || v_change || ': the version records the schema',
+            jsonb_build_object('argument', 'schema'));
+    end if;
+    if jsonb_typeof(v_changes) <> 'array' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'changes must be a JSON array, got ' || jsonb_typeof(v_changes),
+            jsonb_build_object('argument', 'changes'));
+    end if;
+    perform ops_private.check_size('changes', v_changes, 65536);
+    if record_dataset.table_version is not null and record_dataset.table_version < 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'table_version must be a non-negative integer',
+                                 jsonb_build_object('argument', 'table_version'));
+    end if;
+    if record_dataset.digest is not null and record_dataset.digest !~ '^blake3:[0-9a-f]{64}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'digest must be blake3: followed by 64 lower-case hex digits, got ' || left(record_dataset.digest, 80),
+            jsonb_build_object('argument', 'digest'));
+    end if;
+    if record_dataset."rows" is not null and record_dataset."rows" < 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'rows must be a non-negative integer',
+                                 jsonb_build_object('argument', 'rows'));
+    end if;
+    if record_dataset.owner is not null and length(record_dataset.owner) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'owner must be 1-200 characters',
+                                 jsonb_build_object('argument', 'owner'));
+    end if;
+    if record_dataset.tags is not null then
+        if cardinality(record_dataset.tags) > 32
+           or exists (select 1 from unnest(record_dataset.tags) t
+                      where t is null or t !~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$') then
+            perform ops_private.fail(400, 'invalid_argument',
+                'tags must be at most 32 tags of 1-64 letters, digits, _ . : / - starting with a letter or digit',
+                jsonb_build_object('argument', 'tags'));
+        end if;
+        v_tags := array(select distinct t from unnest(record_dataset.tags) t order by 1);
+    end if;
+    v_layer := coalesce(record_dataset.layer,
+                        case when v_prefix in ('raw', 'bronze', 'silver', 'gold') then v_prefix else 'other' end);
+
+    -- the lease, as register_artifact checks it: found, the caller's, and live under the run lock
+    select * into v_p from ops.phases p where p.lease_token = v_token;
+    if v_p.id is null then
+        perform ops_private.fail(409, 'lease_lost', 'lease token is not live: the phase was reclaimed or finished');
+    end if;
+    perform ops_private.require_role(v_p.workspace_id, array['executor'], true, 'phase');
+    perform 1 from ops.runs r where r.id = v_p.run_id for update;
+    select * into v_p from ops.phases p
+    where p.lease_token = v_token
+      and (p.state = 'running' or (p.state = 'cancelled' and p.lease_expires_at > v_now));
+    if v_p.id is null then
+        perform ops_private.fail(409, 'lease_lost', 'lease token is not live: the phase was reclaimed or finished');
+    end if;
+
+    insert into ops.datasets (workspace_id, name, layer, location, format, owner, tags, created_at, updated_at)
+    values (v_p.workspace_id, record_dataset.name, v_layer, record_dataset.location, record_dataset.format,
+            record_dataset.owner, coalesce(v_tags, '{}'), v_now, v_now)
+    on conflict (workspace_id, name) do nothing
+    returning * into v_d;
+    v_created := v_d.id is not null;
+    if not v_created then
+        select * into v_d from ops.datasets d
+        where d.workspace_id = v_p.workspace_id and d.name = record_dataset.name
+        for update;
+    end if;
+
+    -- A retried call gets the same answer and writes nothing. This phase's write is recognized
+    -- by its table_version or digest (one commit of the table), a refused breaking change by the
+    -- schema this phase proposed.
+    if not v_created then
+        if v_change = 'BREAKING' then
+            select * into v_found from ops.dataset_versions v
+            where v.dataset_id = v_d.id and v.phase_id = v_p.id and v.change = 'BREAKING'
+              and v.schema is not distinct from record_dataset.schema
+              and v.table_version is not distinct from record_dataset.table_version
+              and v.digest is not distinct from record_dataset.digest
+            order by v.version desc limit 1;
+        elsif record_dataset.table_version is not null or record_dataset.digest is not null then
+            select * into v_found from ops.dataset_versions v
+            where v.dataset_id = v_d.id and v.phase_id = v_p.id and v.change <> 'BREAKING'
+              and v.schema is not distinct from record_dataset.schema
+              and v.table_version is not distinct from record_dataset.table_version
+              and v.digest is not distinct from record_dataset.digest
+            order by v.version desc limit 1;
+            if v_found.version is null and v_change = 'NONE' and v_d.last_phase_id = v_p.id
+               and v_d.last_table_version is not distinct from record_dataset.table_version
+               and v_d.last_digest is not distinct from record_dataset.digest then
+                return ops_private.dataset_record_json(v_d, false, null, 'NONE');
+            end if;
+        end if;
+        if v_found.version is not null then
+            return ops_private.dataset_record_json(v_d, true, v_found.version, v_found.change);
+        end if;
+    end if;
+
+    if v_d.schema_state = 'blocked' and v_change <> 'BREAKING' then
+        perform ops_private.fail(409, 'conflict',
+            format('dataset %s is blocked by a breaking schema change (version %s); an admin must accept or reject it (unblock_dataset) before it is written again',
+                   v_d.name, v_d.blocked_change ->> 'version'),
+            jsonb_build_object('dataset_id', v_d.id, 'name', v_d.name, 'schema_state', v_d.schema_state));
+    end if;
+
+    -- what this write records
+    if v_change = 'BREAKING' then
+        v_effective := 'BREAKING';
+        v_applied := v_d.schema_state = 'accepted';
+    elsif v_d.schema_version = 0 and record_dataset.schema is not null then
+        v_effective := 'INITIAL';    -- the first schema the catalog sees, whatever the writer compared
+        v_applied := true;
+    elsif v_change = 'NONE' then
+        v_effective := 'NONE';
+        v_applied := true;
+    else
+        v_effective := v_change;
+        v_applied := true;
+    end if;
+    if v_effective <> 'NONE' then
+        select coalesce(max(v.version), 0) + 1 into v_version from ops.dataset_versions v where v.dataset_id = v_d.id;
+        insert into ops.dataset_versions (dataset_id, version, workspace_id, change, applied, schema, changes,
+                                          run_id, phase_id, phase, table_version, digest, recorded_at, recorded_by)
+        values (v_d.id, v_version, v_d.workspace_id, v_effective, v_applied, record_dataset.schema, v_changes,
+                v_p.run_id, v_p.id, v_p.name, record_dataset.table_version, record_dataset.digest, v_now,
+                ops_private.uid());
+    end if;
+
+    update ops.datasets d
+    set location = record_dataset.location,
+        format = record_dataset.format,
+        layer = coalesce(record_dataset.layer, d.layer),
+        owner = coalesce(record_dataset.owner, d.owner),
+        tags = coalesce(v_tags, d.tags),
+        schema_version = case when v_version is not null and v_applied then v_version else d.schema_version end,
+        schema_state = case when v_effective = 'BREAKING' and not v_applied then 'blocked'
+                            when v_effective = 'BREAKING' then 'active'
+                            else d.schema_state end,
+        blocked_change = case when v_effective = 'BREAKING' and not v_applied then
+                                  jsonb_build_object('version', v_version, 'schema_version', d.schema_version,
+                                                     'changes', v_changes, 'run_id', v_p.run_id,
+                                                     'phase_id', v_p.id, 'phase', v_p.name,
+                                                     'table_version', record_dataset.table_version,
+                                                     'digest', record_dataset.digest, 'recorded_at', v_now)
+                              when v_effective = 'BREAKING' then null
+                              else d.blocked_change end,
+        blocked_at = case when v_effective = 'BREAKING' and not v_applied then coalesce(d.blocked_at, v_now)
+                          when v_effective = 'BREAKING' then null
+                          else d.blocked_at end,
+        last_run_id = case when v_applied then v_p.run_id else d.last_run_id end,
+        last_phase_id = case when v_applied then v_p.id else d.last_phase_id end,
+        last_table_version = case when v_applied then record_dataset.table_version else d.last_table_version end,
+        last_digest = case when v_applied then record_dataset.digest else d.last_digest end,
+        last_rows = case when v_applied then record_dataset."rows" else d.last_rows end,
+        last_written_at = case when v_applied then v_now else d.last_written_at end,
+        updated_at = v_now
+    where d.id = v_d.id
+    returning * into v_d;
+
+    if v_version is not null and v_applied then
+        perform ops_private.emit(v_p.run_id, v_p.workspace_id, v_p.name, v_p.attempt, 'DATASET_SCHEMA_CHANGED', 'info',
+            format('%s: schema version %s (%s)', v_d.name, v_version, v_effective),
+            jsonb_build_object('dataset_id', v_d.id, 'name', v_d.name, 'layer', v_d.layer, 'change', v_effective,
+                               'version', v_version, 'changes', v_changes,
+                               'table_version', record_dataset.table_version, 'digest', record_dataset.digest),
+            v_now);
+    elsif v_version is not null then
+        perform ops_private.emit(v_p.run_id, v_p.workspace_id, v_p.name, v_p.attempt, 'DATASET_BLOCKED', 'error',
+            format('%s: breaking schema change refused (version %s); schema version %s stays in force until an admin accepts or rejects it',
+                   v_d.name, v_version, v_d.schema_version),
+            jsonb_build_object('dataset_id', v_d.id, 'name', v_d.name, 'layer', v_d.layer, 'version', v_version,
+                               'schema_version', v_d.schema_version, 'changes', v_changes,
+                               'table_version', record_dataset.table_version, 'digest', record_dataset.digest),
+            v_now);
+    end if;
+    if v_created or v_version is not null then
+        perform ops_private.audit('record_dataset', v_d.workspace_id, 'dataset', v_d.id::text,
+            jsonb_build_object('run_id', v_p.run_id, 'phase', v_p.name, 'name', v_d.name,
+                               'change', v_effective, 'version', v_version, 'applied', v_applied));
+    end if;
+    return ops_private.dataset_record_json(v_d, v_version is not null, v_version, v_effective);
+end
+$_$;
+
+--
+-- Name: register_artifact(text, text, text, bigint, text, text, text, text, jsonb); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.register_artifact(lease_token text, digest text, uri text, size_bytes bigint, media_type text DEFAULT 'application/octet-stream'::text, kind text DEFAULT 'blob'::text, name text DEFAULT NULL::text, role text DEFAULT 'output'::text, metadata jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now     timestamptz := ops_private.now();
+    v_token   uuid := ops_private.uuid_arg('lease_token', register_artifact.lease_token, true);
+    v_p       ops.phases;
+    v_a       ops.artifacts;
+    v_name    text := coalesce(register_artifact.name, register_artifact.digest);
+    v_created boolean := false;
+    v_linked  boolean := false;
+    v_link    bigint;
+begin
+    if register_artifact.digest is null or register_artifact.digest !~ '^blake3:[0-9a-f]{64}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'digest must be blake3: followed by 64 lower-case hex digits, got ' || coalesce(left(register_artifact.digest, 80), 'nothing'),
+            jsonb_build_object('argument', 'digest'));
+    end if;
+    if register_artifact.uri is null or length(register_artifact.uri) not between 1 and 2048 then
+        perform ops_private.fail(400, 'invalid_argument', 'uri must be 1-2048 characters', jsonb_build_object('argument', 'uri'));
+    end if;
+    if register_artifact.size_bytes is null or register_artifact.size_bytes < 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'size_bytes must be a non-negative integer',
+                                 jsonb_build_object('argument', 'size_bytes'));
+    end if;
+    if register_artifact.media_type is null or register_artifact.media_type !~ '^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(;.{0,200})?$' then
+        perform ops_private.fail(400, 'invalid_argument', 'media_type must be a MIME type such as application/json',
+                                 jsonb_build_object('argument', 'media_type'));
+    end if;
+    if register_artifact.kind is null or register_artifact.kind !~ '^[a-z][a-z0-9_]{0,63}$' then
+        perform ops_private.fail(400, 'invalid_argument', 'kind must be a lower-case identifier such as blob, table or sql_output',
+                                 jsonb_build_object('argument', 'kind'));
+    end if;
+    if length(v_name) not between 1 and 512 then
+        perform ops_private.fail(400, 'invalid_argument', 'name must be 1-512 characters', jsonb_build_object('argument', 'name'));
+    end if;
+    if register_artifact.role is null or register_artifact.role not in ('output', 'input', 'log', 'report') then
+        perform ops_private.fail(400, 'invalid_argument', 'role must be one of output, input, log, report',
+                                 jsonb_build_object('argument', 'role'));
+    end if;
+    perform ops_private.check_object('metadata', register_artifact.metadata);
+    perform ops_private.check_size('metadata', register_artifact.metadata, 65536);
+
+    select * into v_p from ops.phases p where p.lease_token = v_token;
+    if v_p.id is null then
+        perform ops_private.fail(409, 'lease_lost', 'lease token is not live: the phase was reclaimed or finished');
+    end if;
+    perform ops_private.require_role(v_p.workspace_id, array['executor'], true, 'phase');
+    perform 1 from ops.runs r where r.id = v_p.run_id for update;
+    select * into v_p from ops.phases p
+    where p.lease_token = v_token
+      and (p.state = 'running' or (p.state = 'cancelled' and p.lease_expires_at > v_now));
+    if v_p.id is null then
+        perform ops_private.fail(409, 'lease_lost', 'lease token is not live: the phase was reclaimed or finished');
+    end if;
+
+    insert into ops.artifacts (workspace_id, digest, size_bytes, media_type, kind, uri, metadata, first_run_id,
+                               created_by, created_at)
+    values (v_p.workspace_id, register_artifact.digest, register_artifact.size_bytes, register_artifact.media_type,
+            register_artifact.kind, register_artifact.uri, coalesce(register_artifact.metadata, '{}'::jsonb),
+            v_p.run_id, ops_private.uid(), v_now)
+    on conflict (workspace_id, digest) do nothing
+    returning * into v_a;
+    v_created := v_a.digest is not null;
+    if not v_created then
+        select * into v_a from ops.artifacts a where a.workspace_id = v_p.workspace_id and a.digest = register_artifact.digest;
+        if v_a.size_bytes <> register_artifact.size_bytes then
+            perform ops_private.fail(409, 'conflict',
+                format('%s is registered with size %s, not %s: same digest, different content?',
+                       register_artifact.digest, v_a.size_bytes, register_artifact.size_bytes),
+                jsonb_build_object('digest', register_artifact.digest, 'size_bytes', v_a.size_bytes));
+        end if;
+    end if;
+    insert into ops.run_artifacts (run_id, workspace_id, phase_id, phase, digest, role, name, attempt, created_at)
+    values (v_p.run_id, v_p.workspace_id, v_p.id, v_p.name, register_artifact.digest, register_artifact.role,
+            v_name, v_p.attempt, v_now)
+    on conflict do nothing
+    returning id into v_link;
+    v_linked := v_link is not null;
+    if v_linked then
+        perform ops_private.emit(v_p.run_id, v_p.workspace_id, v_p.name, v_p.attempt, 'ARTIFACT_REGISTERED', 'info',
+            v_name || ' ' || register_artifact.digest,
+            jsonb_build_object('digest', register_artifact.digest, 'name', v_name, 'role', register_artifact.role,
+                               'kind', v_a.kind, 'size_bytes', v_a.size_bytes, 'uri', v_a.uri), v_now);
+        perform ops_private.audit('register_artifact', v_p.workspace_id, 'artifact', register_artifact.digest,
+                                  jsonb_build_object('run_id', v_p.run_id, 'phase', v_p.name, 'name', v_name));
+    end if;
+    return to_jsonb(v_a) || jsonb_build_object('run_id', v_p.run_id, 'phase', v_p.name, 'name', v_name,
+                                               'role', register_artifact.role, 'created', v_created,
+                                               'linked', v_linked);
+end
+$_$;
+
+--
+-- Name: remove_member(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.remove_member(workspace_id text, principal_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws   uuid := ops_private.uuid_arg('workspace_id', remove_member.workspace_id, true);
+    v_pr   uuid := ops_private.uuid_arg('principal_id', remove_member.principal_id, true);
+    v_role text;
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['admin'], true);
+    -- lock the workspace's admin rows so two concurrent removals cannot remove the last two admins
+    perform 1 from ops.workspace_members m where m.workspace_id = v_ws and m.role = 'admin' for update;
+    select m.role into v_role from ops.workspace_members m
+    where m.workspace_id = v_ws and m.principal_id = v_pr;
+    if v_role is null then
+        perform ops_private.fail(404, 'not_found', 'principal is not a member of this workspace');
+    end if;
+    if v_role = 'admin' and (select count(*) from ops.workspace_members m
+                             where m.workspace_id = v_ws and m.role = 'admin') = 1 then
+        perform ops_private.fail(409, 'conflict', 'cannot remove the last admin of a workspace');
+    end if;
+    delete from ops.workspace_members m where m.workspace_id = v_ws and m.principal_id = v_pr;
+    perform ops_private.audit('remove_member', v_ws, 'principal', v_pr::text,
+                              jsonb_build_object('role', v_role));
+    return jsonb_build_object('workspace_id', v_ws, 'principal_id', v_pr, 'removed', true);
+end
+$$;
+
+--
+-- Name: retry_run(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.retry_run(run_id text, idempotency_key text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now    timestamptz := ops_private.now();
+    v_parent uuid := ops_private.uuid_arg('run_id', retry_run.run_id, true);
+    v_r      ops.runs;
+    v_key    text;
+    v_phases jsonb;
+    v_reuse  jsonb;
+    v_child  uuid;
+    v_digest text;
+begin
+    if retry_run.idempotency_key is not null and length(retry_run.idempotency_key) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'idempotency_key must be 1-200 characters');
+    end if;
+    select * into v_r from ops.runs r where r.id = v_parent;
+    if v_r.id is null then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    perform ops_private.require_role(v_r.workspace_id, array['developer', 'admin'], true, 'run');
+    if v_r.state not in ('failed', 'cancelled') then
+        perform ops_private.fail(409, 'conflict',
+            'only a failed or cancelled run can be retried; this one is ' || v_r.state);
+    end if;
+    v_key := coalesce(retry_run.idempotency_key, 'retry-of:' || v_parent::text);
+    v_digest := md5(jsonb_build_array('retry', v_parent)::text);
+    select r.id into v_child from ops.runs r
+    where r.workspace_id = v_r.workspace_id and r.idempotency_key = v_key;
+    if v_child is not null and not exists (select 1 from ops.runs r
+                                           where r.id = v_child and r.request_digest = v_digest) then
+        perform ops_private.fail(409, 'conflict',
+            'idempotency_key ' || v_key || ' belongs to a run that is not a retry of this one',
+            jsonb_build_object('run_id', v_child));
+    end if;
+    if v_child is null then
+        select jsonb_agg(jsonb_build_object(
+                   'name', p.name, 'kind', p.kind, 'params', p.params, 'depends_on', to_jsonb(p.depends_on),
+                   'max_attempts', p.max_attempts, 'timeout_seconds', p.timeout_seconds,
+                   'retry_backoff_seconds', p.retry_backoff_seconds,
+                   'retry_backoff_max_seconds', p.retry_backoff_max_seconds, 'ordinal', p.ordinal)
+                   order by p.ordinal),
+               coalesce(jsonb_object_agg(p.name, jsonb_build_object(
+                   'output_manifest', p.output_manifest,
+                   'phase_id', coalesce(p.reused_from_phase_id, p.id))) filter (where p.state = 'succeeded'),
+                   '{}'::jsonb)
+        into v_phases, v_reuse
+        from ops.phases p where p.run_id = v_parent;
+        v_child := ops_private.insert_run(v_r.workspace_id, v_r.spec_slug, v_r.git_sha, v_phases, v_r.input_manifest,
+                                          v_key, v_r.labels, v_r.priority, v_parent, v_reuse,
+                                          v_digest, v_now);
+        if v_child is null then   -- a concurrent call with the same key won
+            select r.id into v_child from ops.runs r
+            where r.workspace_id = v_r.workspace_id and r.idempotency_key = v_key and r.request_digest = v_digest;
+            if v_child is null then
+                perform ops_private.fail(409, 'conflict',
+                    'idempotency_key ' || v_key || ' belongs to a run that is not a retry of this one');
+            end if;
+            return ops_private.run_json(v_child) || jsonb_build_object('created', false);
+        end if;
+        perform ops_private.audit('retry_run', v_r.workspace_id, 'run', v_child::text,
+                                  jsonb_build_object('parent_run_id', v_parent));
+        return ops_private.run_json(v_child) || jsonb_build_object('created', true);
+    end if;
+    return ops_private.run_json(v_child) || jsonb_build_object('created', false);
+end
+$$;
+
+--
+-- Name: revoke_principal(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.revoke_principal(principal_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_id  uuid := ops_private.uuid_arg('principal_id', revoke_principal.principal_id, true);
+    v_row ops.principals;
+begin
+    select * into v_row from ops.principals p where p.id = v_id for update;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found', 'principal not found');
+    end if;
+    if not ops_private.is_privileged() then
+        -- an admin may revoke the principals of its workspaces
+        perform ops_private.principal();
+        if not exists (select 1 from ops.workspace_members m
+                       where m.principal_id = v_id
+                         and m.workspace_id in (select ops_private.admin_workspaces())) then
+            perform ops_private.fail(404, 'not_found', 'principal not found');
+        end if;
+    end if;
+    if v_row.revoked_at is null then
+        update ops.principals p set revoked_at = ops_private.now(), revoked_by = ops_private.uid()
+        where p.id = v_id
+        returning * into v_row;
+        perform ops_private.audit('revoke_principal', m.workspace_id, 'principal', v_id::text, '{}'::jsonb)
+        from ops.workspace_members m where m.principal_id = v_id;
+        if not found then
+            perform ops_private.audit('revoke_principal', null, 'principal', v_id::text, '{}'::jsonb);
+        end if;
+    end if;
+    return to_jsonb(v_row);
+end
+$$;
+
+--
+-- Name: unblock_dataset(text, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.unblock_dataset(workspace_id text, name text, resolution text, note text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := ops_private.now();
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', unblock_dataset.workspace_id, true);
+    v_d   ops.datasets;
+    v_was text;
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['admin'], true);
+    if unblock_dataset.name is null or length(unblock_dataset.name) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'name must be a dataset name (1-200 characters)',
+                                 jsonb_build_object('argument', 'name'));
+    end if;
+    if unblock_dataset.resolution is null or unblock_dataset.resolution not in ('accept', 'reject') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'resolution must be accept or reject, got ' || coalesce(left(unblock_dataset.resolution, 80), 'nothing'),
+            jsonb_build_object('argument', 'resolution'));
+    end if;
+    if unblock_dataset.note is not null and length(unblock_dataset.note) > 2000 then
+        perform ops_private.fail(400, 'invalid_argument', 'note must be at most 2000 characters',
+                                 jsonb_build_object('argument', 'note'));
+    end if;
+    select * into v_d from ops.datasets d
+    where d.workspace_id = v_ws and d.name = unblock_dataset.name
+    for update;
+    if v_d.id is null then
+        perform ops_private.fail(404, 'not_found', 'dataset ' || unblock_dataset.name || ' not found');
+    end if;
+    v_was := v_d.schema_state;
+    -- a retried call finds its work done: the dataset comes back unchanged
+    if (unblock_dataset.resolution = 'accept' and v_was = 'accepted')
+       or (unblock_dataset.resolution = 'reject' and v_was = 'active') then
+        return to_jsonb(v_d);
+    end if;
+    if unblock_dataset.resolution = 'accept' and v_was = 'active' then
+        perform ops_private.fail(409, 'conflict',
+            'dataset ' || v_d.name || ' is active: there is no blocked schema change to accept');
+    end if;
+    if unblock_dataset.resolution = 'accept' then
+        update ops.datasets d
+        set schema_state = 'accepted', updated_at = v_now,
+            blocked_change = d.blocked_change || jsonb_build_object('accepted_by', ops_private.uid(),
+                                                                    'accepted_at', v_now,
+                                                                    'note', unblock_dataset.note)
+        where d.id = v_d.id
+        returning * into v_d;
+    else
+        update ops.datasets d
+        set schema_state = 'active', blocked_change = null, blocked_at = null, updated_at = v_now
+        where d.id = v_d.id
+        returning * into v_d;
+    end if;
+    perform ops_private.audit('unblock_dataset', v_ws, 'dataset', v_d.id::text,
+        jsonb_build_object('name', v_d.name, 'resolution', unblock_dataset.resolution, 'note', unblock_dataset.note,
+                           'was', v_was, 'schema_version', v_d.schema_version));
+    return to_jsonb(v_d);
+end
+$$;
+
+--
+-- Name: admin_workspaces(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.admin_workspaces() RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    select m.workspace_id from ops.workspace_members m
+    where m.principal_id = (select auth.uid()) and m.role = 'admin'
+      and not exists (select 1 from ops.principals p
+                      where p.id = (select auth.uid()) and p.revoked_at is not null)
+$$;
+
+--
+-- Name: audit(text, uuid, text, text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.audit(p_function text, p_workspace uuid, p_target_type text, p_target_id text, p_details jsonb DEFAULT '{}'::jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    insert into ops.audit_log (at, principal_id, db_role, function_name, workspace_id, target_type,
+                               target_id, details)
+    values (ops_private.now(), ops_private.uid(),
+            coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text),
+            p_function, p_workspace, p_target_type, p_target_id, coalesce(p_details, '{}'::jsonb));
+end
+$$;
+
+--
+-- Name: backoff_seconds(integer, numeric, numeric); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric) RETURNS numeric
+    LANGUAGE plpgsql
+    AS $$
+declare
+    d numeric := least(p_cap, p_base * power(2::numeric, greatest(p_attempt, 1) - 1));
+begin
+    return d / 2 + pg_catalog.random()::numeric * d / 2;
+end
+$$;
+
+--
+-- Name: check_object(text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_object(p_name text, p_value jsonb) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+begin
+    if p_value is not null and pg_catalog.jsonb_typeof(p_value) <> 'object' then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('%s must be a JSON object, got %s', p_name, pg_catalog.jsonb_typeof(p_value)),
+            pg_catalog.jsonb_build_object('argument', p_name));
+    end if;
+end
+$$;
+
+--
+-- Name: check_phase_transition(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_phase_transition() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if tg_op = 'INSERT' then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('a phase starts as waiting, queued or succeeded, not %s (docs/state_machine.md)',
+                              new.state),
+            pg_catalog.jsonb_build_object('phase_id', new.id, 'to', new.state));
+    end if;
+    if not (case old.state
+                when 'waiting' then new.state in ('queued', 'skipped', 'cancelled')
+                when 'queued' then new.state in ('running', 'skipped', 'cancelled')
+                when 'running' then new.state in ('succeeded', 'queued', 'failed', 'cancelled')
+                else false   -- succeeded, failed, skipped and cancelled are final
+            end) then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('illegal phase transition %s -> %s (docs/state_machine.md)', old.state, new.state),
+            pg_catalog.jsonb_build_object('phase_id', old.id, 'from', old.state, 'to', new.state));
+    end if;
+    return new;
+end
+$$;
+
+--
+-- Name: check_run_transition(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_run_transition() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if tg_op = 'INSERT' then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('a run starts as queued, not %s (docs/state_machine.md)', new.state),
+            pg_catalog.jsonb_build_object('run_id', new.id, 'to', new.state));
+    end if;
+    if not (case old.state
+                when 'queued' then new.state in ('running', 'failed', 'cancelled')
+                when 'running' then new.state in ('succeeded', 'failed', 'cancelled')
+                else false   -- succeeded, failed and cancelled are final
+            end) then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('illegal run transition %s -> %s (docs/state_machine.md)', old.state, new.state),
+            pg_catalog.jsonb_build_object('run_id', old.id, 'from', old.state, 'to', new.state));
+    end if;
+    return new;
+end
+$$;
+
+--
+-- Name: check_size(text, jsonb, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_size(p_name text, p_value jsonb, p_max_bytes integer) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+    v_size integer;
+begin
+    if p_value is null then
+        return;
+    end if;
+    v_size := pg_catalog.octet_length(p_value::text);
+    if v_size > p_max_bytes then
+        perform ops_private.fail(413, 'payload_too_large',
+            pg_catalog.format('%s is %s bytes; the limit is %s', p_name, v_size, p_max_bytes),
+            pg_catalog.jsonb_build_object('argument', p_name, 'size', v_size, 'limit', p_max_bytes));
+    end if;
+end
+$$;
+
+SET default_table_access_method = heap;
+
+--
+-- Name: phases; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.phases (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    run_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    name text NOT NULL,
+    ordinal integer NOT NULL,
+    kind text NOT NULL,
+    params jsonb DEFAULT '{}'::jsonb NOT NULL,
+    depends_on text[] DEFAULT '{}'::text[] NOT NULL,
+    state text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    attempt integer DEFAULT 0 NOT NULL,
+    max_attempts integer NOT NULL,
+    timeout_seconds integer NOT NULL,
+    retry_backoff_seconds numeric NOT NULL,
+    retry_backoff_max_seconds numeric NOT NULL,
+    queued_at timestamp with time zone,
+    not_before timestamp with time zone,
+    lease_token uuid,
+    lease_seconds integer,
+    lease_expires_at timestamp with time zone,
+    claim_id uuid,
+    claimed_by uuid,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    progress jsonb,
+    output_manifest jsonb,
+    error jsonb,
+    reused_from_phase_id uuid,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT phases_state_check CHECK ((state = ANY (ARRAY['waiting'::text, 'queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'cancelled'::text])))
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='500', autovacuum_analyze_scale_factor='0.02');
+
+--
+-- Name: runs; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.runs (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    env text NOT NULL,
+    spec_slug text NOT NULL,
+    git_sha text NOT NULL,
+    state text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    labels jsonb DEFAULT '{}'::jsonb NOT NULL,
+    input_manifest jsonb DEFAULT '{}'::jsonb NOT NULL,
+    output_manifest jsonb,
+    idempotency_key text,
+    request_digest text NOT NULL,
+    parent_run_id uuid,
+    error jsonb,
+    cancel_reason text,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    finalized_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_event_seq bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='500');
+
+--
+-- Name: claim_json(ops.phases, ops.runs); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.claim_json(p ops.phases, r ops.runs) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return jsonb_build_object(
+        'phase_id', p.id, 'run_id', p.run_id, 'workspace_id', p.workspace_id, 'name', p.name,
+        'kind', p.kind, 'params', p.params, 'depends_on', to_jsonb(p.depends_on),
+        'attempt', p.attempt, 'max_attempts', p.max_attempts, 'timeout_seconds', p.timeout_seconds,
+        'lease_token', p.lease_token, 'lease_seconds', p.lease_seconds,
+        'lease_expires_at', p.lease_expires_at, 'claim_id', p.claim_id,
+        'inputs', (select coalesce(jsonb_object_agg(d.name, d.output_manifest), '{}'::jsonb)
+                   from ops.phases d where d.run_id = p.run_id and d.name = any (p.depends_on)),
+        'run', jsonb_build_object('spec_slug', r.spec_slug, 'git_sha', r.git_sha, 'env', r.env,
+                                  'input_manifest', r.input_manifest, 'labels', r.labels,
+                                  'priority', r.priority, 'parent_run_id', r.parent_run_id));
+end
+$$;
+
+--
+-- Name: datasets; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.datasets (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    name text NOT NULL,
+    layer text NOT NULL,
+    location text NOT NULL,
+    format text NOT NULL,
+    owner text,
+    tags text[] DEFAULT '{}'::text[] NOT NULL,
+    schema_state text DEFAULT 'active'::text NOT NULL,
+    schema_version integer DEFAULT 0 NOT NULL,
+    blocked_change jsonb,
+    blocked_at timestamp with time zone,
+    last_run_id uuid,
+    last_phase_id uuid,
+    last_table_version bigint,
+    last_digest text,
+    last_rows bigint,
+    last_written_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT datasets_format_check CHECK ((format ~ '^[a-z][a-z0-9_]{0,63}$'::text)),
+    CONSTRAINT datasets_layer_check CHECK ((layer = ANY (ARRAY['raw'::text, 'bronze'::text, 'silver'::text, 'gold'::text, 'other'::text]))),
+    CONSTRAINT datasets_location_check CHECK (((length(location) >= 1) AND (length(location) <= 2048))),
+    CONSTRAINT datasets_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$'::text)),
+    CONSTRAINT datasets_owner_check CHECK (((length(owner) >= 1) AND (length(owner) <= 200))),
+    CONSTRAINT datasets_schema_state_check CHECK ((schema_state = ANY (ARRAY['active'::text, 'blocked'::text, 'accepted'::text]))),
+    CONSTRAINT datasets_schema_version_check CHECK ((schema_version >= 0))
+);
+
+--
+-- Name: dataset_record_json(ops.datasets, boolean, integer, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.dataset_record_json(p_d ops.datasets, p_recorded boolean, p_version integer, p_change text) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select jsonb_build_object('dataset_id', p_d.id, 'workspace_id', p_d.workspace_id, 'name', p_d.name,
+                              'layer', p_d.layer, 'schema_state', p_d.schema_state,
+                              'schema_version', p_d.schema_version, 'recorded', p_recorded,
+                              'version', p_version, 'change', p_change)
+$$;
+
+--
+-- Name: emit(uuid, uuid, text, integer, text, text, text, jsonb, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.emit(p_run uuid, p_workspace uuid, p_phase text, p_attempt integer, p_type text, p_level text, p_message text, p_payload jsonb, p_now timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_seq bigint;
+begin
+    update ops.runs r set last_event_seq = r.last_event_seq + 1
+    where r.id = p_run
+    returning r.last_event_seq into v_seq;
+    insert into ops.run_events (run_id, seq, event_id, workspace_id, phase, attempt, ts, recorded_at,
+                                level, type, message, payload, principal_id)
+    values (p_run, v_seq, gen_random_uuid(), p_workspace, p_phase, p_attempt, p_now, p_now,
+            p_level, p_type, coalesce(p_message, ''), coalesce(p_payload, '{}'::jsonb), ops_private.uid());
+    return v_seq;
+end
+$$;
+
+--
+-- Name: fail(integer, text, text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.fail(p_status integer, p_code text, p_message text, p_details jsonb DEFAULT NULL::jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if p_details is null then
+        raise exception using errcode = 'PT' || p_status::text, message = p_message, hint = p_code;
+    end if;
+    raise exception using errcode = 'PT' || p_status::text, message = p_message, hint = p_code,
+                          detail = p_details::text;
+end
+$$;
+
+--
+-- Name: fail_phase_final(uuid, ops.runs, jsonb, boolean, timestamp with time zone, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.fail_phase_final(p_phase uuid, p_run ops.runs, p_error jsonb, p_retryable boolean, p_now timestamp with time zone, p_lease text DEFAULT 'end'::text) RETURNS ops.runs
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+declare
+    v_p ops.phases;
+    v_r ops.runs := p_run;
+begin
+    v_p := ops_private.move_phase(p_phase, 'failed', p_now, p_lease, p_error);
+    perform ops_private.emit(v_p.run_id, v_p.workspace_id, v_p.name, v_p.attempt, 'PHASE_FAILED', 'error',
+        coalesce(p_error ->> 'message', 'failed'),
+        jsonb_build_object('attempt', v_p.attempt, 'max_attempts', v_p.max_attempts, 'error', p_error,
+                           'retryable', p_retryable, 'final', true), p_now);
+    if v_r.state in ('queued', 'running') then
+        update ops.runs r
+        set state = 'failed', finished_at = p_now, updated_at = p_now,
+            error = jsonb_build_object('phase', v_p.name, 'error', p_error)
+        where r.id = v_r.id
+        returning * into v_r;
+        perform ops_private.emit(v_r.id, v_r.workspace_id, null, null, 'RUN_FAILED', 'error',
+            'run failed: phase ' || v_p.name || ' failed',
+            jsonb_build_object('phase', v_p.name, 'error', p_error), p_now);
+    end if;
+    perform ops_private.settle_run(v_r, p_now);
+    return v_r;
+end
+$$;
+
+--
+-- Name: insert_run(uuid, text, text, jsonb, jsonb, text, jsonb, integer, uuid, jsonb, text, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.insert_run(p_workspace uuid, p_spec_slug text, p_git_sha text, p_phases jsonb, p_input_manifest jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer, p_parent uuid, p_reuse jsonb, p_digest text, p_now timestamp with time zone) RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_run  uuid;
+    v_env  text;
+    v_ph   record;
+begin
+    select w.env into v_env from ops.workspaces w where w.id = p_workspace;
+    insert into ops.runs (workspace_id, env, spec_slug, git_sha, state, priority, labels, input_manifest,
+                          idempotency_key, request_digest, parent_run_id, created_by, created_at, updated_at)
+    values (p_workspace, v_env, p_spec_slug, p_git_sha, 'queued', p_priority, p_labels, p_input_manifest,
+            p_idempotency_key, p_digest, p_parent, ops_private.uid(), p_now, p_now)
+    on conflict (workspace_id, idempotency_key) do nothing
+    returning id into v_run;
+    if v_run is null then
+        return null;   -- a concurrent call with the same idempotency key won
+    end if;
+
+    insert into ops.phases (run_id, workspace_id, name, ordinal, kind, params, depends_on, state, priority,
+                            max_attempts, timeout_seconds, retry_backoff_seconds, retry_backoff_max_seconds,
+                            queued_at, not_before, output_manifest, finished_at, reused_from_phase_id,
+                            updated_at)
+    select v_run, p_workspace, e ->> 'name', (e ->> 'ordinal')::integer, e ->> 'kind', e -> 'params',
+           array(select pg_catalog.jsonb_array_elements_text(e -> 'depends_on')),
+           case when p_reuse ? (e ->> 'name') then 'succeeded'
+                when not exists (select 1 from pg_catalog.jsonb_array_elements_text(e -> 'depends_on') d(name)
+                                 where not coalesce(p_reuse ? d.name, false)) then 'queued'
+                else 'waiting' end,
+           p_priority, (e ->> 'max_attempts')::integer, (e ->> 'timeout_seconds')::integer,
+           (e ->> 'retry_backoff_seconds')::numeric, (e ->> 'retry_backoff_max_seconds')::numeric,
+           p_now, p_now,
+           p_reuse -> (e ->> 'name') -> 'output_manifest',
+           case when p_reuse ? (e ->> 'name') then p_now end,
+           (p_reuse -> (e ->> 'name') ->> 'phase_id')::uuid,
+           p_now
+    from pg_catalog.jsonb_array_elements(p_phases) e;
+
+    perform ops_private.emit(v_run, p_workspace, null, null, 'RUN_CREATED', 'info',
+        'run created: ' || p_spec_slug || ' @ ' || p_git_sha,
+        pg_catalog.jsonb_build_object('spec_slug', p_spec_slug, 'git_sha', p_git_sha, 'env', v_env,
+                                      'parent_run_id', p_parent,
+                                      'phases', pg_catalog.jsonb_array_length(p_phases)),
+        p_now);
+    perform ops_private.notify_queued(p_workspace, k.kind)
+    from (select distinct p.kind from ops.phases p where p.run_id = v_run and p.state = 'queued') k;
+    for v_ph in select p.name, p.state, p.reused_from_phase_id from ops.phases p
+                where p.run_id = v_run and p.state in ('queued', 'succeeded') order by p.ordinal loop
+        if v_ph.state = 'queued' then
+            perform ops_private.emit(v_run, p_workspace, v_ph.name, 0, 'PHASE_QUEUED', 'info',
+                                     'queued', '{}'::jsonb, p_now);
+        else
+            perform ops_private.emit(v_run, p_workspace, v_ph.name, 0, 'PHASE_REUSED', 'info',
+                'kept from the parent run',
+                pg_catalog.jsonb_build_object('reused_from_phase_id', v_ph.reused_from_phase_id), p_now);
+        end if;
+    end loop;
+    return v_run;
+end
+$$;
+
+--
+-- Name: int_field(jsonb, text, text, integer, integer, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.int_field(p_obj jsonb, p_key text, p_path text, p_default integer, p_min integer, p_max integer) RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+    v jsonb := p_obj -> p_key;
+begin
+    if v is null or v = 'null'::jsonb then
+        return p_default;
+    end if;
+    if pg_catalog.jsonb_typeof(v) <> 'number' or (v #>> '{}')::numeric <> pg_catalog.trunc((v #>> '{}')::numeric)
+       or (v #>> '{}')::numeric not between p_min and p_max then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('%s must be an integer between %s and %s, got %s', p_path, p_min, p_max, v::text),
+            pg_catalog.jsonb_build_object('argument', p_path));
+    end if;
+    return (v #>> '{}')::numeric::integer;
+end
+$$;
+
+--
+-- Name: is_privileged(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.is_privileged() RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_role text := coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text);
+begin
+    if v_role in ('authenticated', 'anon') then     -- the common cases, without a catalog lookup
+        return false;
+    end if;
+    if v_role = 'service_role' then
+        return true;
+    end if;
+    return coalesce((select r.rolsuper or r.rolbypassrls from pg_catalog.pg_roles r
+                     where r.rolname = v_role), false);
+end
+$$;
+
+--
+-- Name: is_timestamptz(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.is_timestamptz(p_value text) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+    m text[] := pg_catalog.regexp_match(p_value,
+        '^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,6})?)?(?:Z|[+-](\d{2})(?::?(\d{2}))?)$');
+    y integer;
+    mo integer;
+begin
+    if m is null then
+        return false;
+    end if;
+    y := m[1]::integer;
+    mo := m[2]::integer;
+    return y between 1 and 9999 and mo between 1 and 12
+       and m[3]::integer between 1 and extract(day from pg_catalog.make_date(y, mo, 1)
+                                                     + interval '1 month' - interval '1 day')
+       and m[4]::integer <= 23 and m[5]::integer <= 59 and coalesce(m[6]::integer, 0) <= 59
+       and coalesce(m[7]::integer, 0) <= 15 and coalesce(m[8]::integer, 0) <= 59;
+end
+$_$;
+
+--
+-- Name: member_workspaces(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.member_workspaces() RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    select m.workspace_id from ops.workspace_members m
+    where m.principal_id = (select auth.uid())
+      and not exists (select 1 from ops.principals p
+                      where p.id = (select auth.uid()) and p.revoked_at is not null)
+$$;
+
+--
+-- Name: move_phase(uuid, text, timestamp with time zone, text, jsonb, jsonb, timestamp with time zone, integer, uuid, uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.move_phase(p_phase uuid, p_to text, p_now timestamp with time zone, p_lease text DEFAULT NULL::text, p_error jsonb DEFAULT NULL::jsonb, p_output_manifest jsonb DEFAULT NULL::jsonb, p_not_before timestamp with time zone DEFAULT NULL::timestamp with time zone, p_lease_seconds integer DEFAULT NULL::integer, p_claim_id uuid DEFAULT NULL::uuid, p_claimed_by uuid DEFAULT NULL::uuid) RETURNS ops.phases
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_lease text := coalesce(p_lease, case when p_to in ('skipped', 'cancelled') then 'revoke' else 'end' end);
+    v_p     ops.phases;
+begin
+    if v_lease not in ('end', 'revoke', 'keep') or (p_to = 'running' and p_lease_seconds is null) then
+        raise exception 'move_phase(%, %): p_lease must be end, revoke or keep (got %) and a claim needs p_lease_seconds',
+                        p_phase, p_to, v_lease using errcode = '22023';
+    end if;
+    update ops.phases p
+    set state = p_to,
+        attempt = case when p_to = 'running' then p.attempt + 1 else p.attempt end,
+        lease_token = case when p_to = 'running' then gen_random_uuid()
+                           when v_lease = 'revoke' then null
+                           else p.lease_token end,
+        lease_seconds = case when p_to = 'running' then p_lease_seconds else p.lease_seconds end,
+        lease_expires_at = case when p_to = 'running' then p_now + pg_catalog.make_interval(secs => p_lease_seconds)
+                                when v_lease = 'keep' then p.lease_expires_at end,
+        claim_id = case when p_to = 'running' then p_claim_id else p.claim_id end,
+        claimed_by = case when p_to = 'running' then p_claimed_by else p.claimed_by end,
+        started_at = case when p_to = 'running' then p_now else p.started_at end,
+        progress = case when p_to = 'running' then null else p.progress end,
+        queued_at = case when p_to = 'queued' then coalesce(p_not_before, p_now) else p.queued_at end,
+        not_before = case when p_to = 'queued' then coalesce(p_not_before, p_now) end,
+        finished_at = case when p_to in ('running', 'queued') then null
+                           when v_lease = 'keep' then p.finished_at
+                           else p_now end,
+        output_manifest = case when p_to = 'succeeded' then coalesce(p_output_manifest, '{}'::jsonb)
+                               when p_to = 'cancelled' and v_lease = 'end' then p_output_manifest
+                               else p.output_manifest end,
+        error = case when p_to = 'succeeded' then null
+                     when p_to = 'cancelled' and v_lease = 'end' then p_error
+                     else coalesce(p_error, p.error) end,
+        updated_at = p_now
+    where p.id = p_phase
+    returning * into v_p;
+    return v_p;
+end
+$$;
+
+--
+-- Name: normalize_phases(jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.normalize_phases(p_phases jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+    v_allowed constant text[] := array['name', 'kind', 'params', 'depends_on', 'max_attempts',
+                                       'timeout_seconds', 'retry_backoff_seconds',
+                                       'retry_backoff_max_seconds'];
+    v_n       integer;
+    v_elem    jsonb;
+    v_i       integer;
+    v_path    text;
+    v_key     text;
+    v_name    text;
+    v_deps    text[];
+    v_dep     jsonb;
+    v_edges   integer := 0;
+    v_base    numeric;
+    v_cap     numeric;
+    v_names   text[] := '{}';
+    v_norm    jsonb[] := '{}';
+    v_bad     record;
+    v_index   jsonb;            -- name -> index (1-based)
+    v_next    jsonb;            -- name -> indexes of the phases that depend on it
+    v_indeg   integer[];
+    v_queue   integer[] := '{}';
+    v_head    integer := 1;
+    v_j       integer;
+    v_order   jsonb := '[]'::jsonb;
+    v_seen    integer[];
+    v_path_ix integer[];
+begin
+    if p_phases is null then
+        perform ops_private.fail(400, 'invalid_argument', 'phases is required');
+    end if;
+    if pg_catalog.jsonb_typeof(p_phases) <> 'array' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'phases must be a JSON array, got ' || pg_catalog.jsonb_typeof(p_phases));
+    end if;
+    v_n := pg_catalog.jsonb_array_length(p_phases);
+    if v_n = 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'phases must name at least one phase');
+    end if;
+    if v_n > 1000 then
+        perform ops_private.fail(413, 'payload_too_large',
+            pg_catalog.format('a run may have at most 1000 phases, got %s', v_n));
+    end if;
+
+    -- 1. each phase on its own
+    for v_i in 0 .. v_n - 1 loop
+        v_elem := p_phases -> v_i;
+        v_path := pg_catalog.format('phases[%s]', v_i);
+        if pg_catalog.jsonb_typeof(v_elem) <> 'object' then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || ' must be a JSON object, got ' || pg_catalog.jsonb_typeof(v_elem));
+        end if;
+        for v_key in select pg_catalog.jsonb_object_keys(v_elem) loop
+            if not (v_key = any (v_allowed)) then
+                perform ops_private.fail(400, 'invalid_argument',
+                    pg_catalog.format('%s has an unknown field %s (known: %s)', v_path, v_key,
+                                      pg_catalog.array_to_string(v_allowed, ', ')),
+                    pg_catalog.jsonb_build_object('argument', v_path || '.' || v_key));
+            end if;
+        end loop;
+        if pg_catalog.jsonb_typeof(v_elem -> 'name') is distinct from 'string'
+           or (v_elem ->> 'name') !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.name must be a string of 1-128 letters, digits, _ . - starting with a letter or digit, got '
+                || coalesce((v_elem -> 'name')::text, 'nothing'),
+                pg_catalog.jsonb_build_object('argument', v_path || '.name'));
+        end if;
+        v_name := v_elem ->> 'name';
+        if pg_catalog.jsonb_typeof(v_elem -> 'kind') is distinct from 'string'
+           or (v_elem ->> 'kind') !~ '^[a-z][a-z0-9_]{0,63}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || '.kind must be a lower-case identifier such as python or sql, got '
+                || coalesce((v_elem -> 'kind')::text, 'nothing'),
+                pg_catalog.jsonb_build_object('argument', v_path || '.kind'));
+        end if;
+        if v_elem ? 'params' and v_elem -> 'params' <> 'null'::jsonb then
+            perform ops_private.check_object(v_path || '.params', v_elem -> 'params');
+            perform ops_private.check_size(v_path || '.params', v_elem -> 'params', 262144);
+        end if;
+        v_deps := '{}';
+        if v_elem ? 'depends_on' and v_elem -> 'depends_on' <> 'null'::jsonb then
+            if pg_catalog.jsonb_typeof(v_elem -> 'depends_on') <> 'array' then
+                perform ops_private.fail(400, 'invalid_argument',
+                    v_path || '.depends_on must be an array of phase names',
+                    pg_catalog.jsonb_build_object('argument', v_path || '.depends_on'));
+            end if;
+            for v_dep in select pg_catalog.jsonb_array_elements(v_elem -> 'depends_on') loop
+                if pg_catalog.jsonb_typeof(v_dep) <> 'string' then
+                    perform ops_private.fail(400, 'invalid_argument',
+                        v_path || '.depends_on must hold phase names (strings), got ' || v_dep::text,
+                        pg_catalog.jsonb_build_object('argument', v_path || '.depends_on'));
+                end if;
+                if (v_dep #>> '{}') = v_name then
+                    perform ops_private.fail(400, 'invalid_argument',
+                        pg_catalog.format('%s (%s) depends on itself', v_path, v_name),
+                        pg_catalog.jsonb_build_object('argument', v_path || '.depends_on'));
+                end if;
+            end loop;
+            select coalesce(pg_catalog.array_agg(d.name order by d.first), '{}') into v_deps
+            from (select e.name, min(e.o) as first
+                  from pg_catalog.jsonb_array_elements_text(v_elem -> 'depends_on') with ordinality e(name, o)
+                  group by e.name) d;
+        end if;
+        v_edges := v_edges + pg_catalog.cardinality(v_deps);
+        if v_edges > 20000 then
+            perform ops_private.fail(413, 'payload_too_large',
+                'phases may declare at most 20000 dependencies in all',
+                pg_catalog.jsonb_build_object('argument', 'phases'));
+        end if;
+        v_base := ops_private.num_field(v_elem, 'retry_backoff_seconds', v_path || '.retry_backoff_seconds', 10, 0, 86400);
+        v_cap := ops_private.num_field(v_elem, 'retry_backoff_max_seconds', v_path || '.retry_backoff_max_seconds',
+                                       greatest(3600, v_base), v_base, 604800);
+        v_names := v_names || v_name;
+        v_norm := v_norm || pg_catalog.jsonb_build_object(
+            'name', v_name,
+            'kind', v_elem ->> 'kind',
+            'params', coalesce(nullif(v_elem -> 'params', 'null'::jsonb), '{}'::jsonb),
+            'depends_on', pg_catalog.to_jsonb(v_deps),
+            'max_attempts', ops_private.int_field(v_elem, 'max_attempts', v_path || '.max_attempts', 3, 1, 100),
+            'timeout_seconds', ops_private.int_field(v_elem, 'timeout_seconds', v_path || '.timeout_seconds', 3600, 1, 604800),
+            'retry_backoff_seconds', v_base,
+            'retry_backoff_max_seconds', v_cap);
+    end loop;
+
+    -- 2. names are unique, and every dependency names a phase of this run
+    select t.name, min(t.i) - 1 as first, max(t.i) - 1 as again into v_bad
+    from pg_catalog.unnest(v_names) with ordinality t(name, i)
+    group by t.name having count(*) > 1
+    order by 3 limit 1;
+    if v_bad.name is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('phases[%s].name %s is used by phases[%s] too; phase names must be unique',
+                              v_bad.again, v_bad.name, v_bad.first),
+            pg_catalog.jsonb_build_object('argument', pg_catalog.format('phases[%s].name', v_bad.again)));
+    end if;
+    select pg_catalog.jsonb_object_agg(t.name, t.i) into v_index
+    from pg_catalog.unnest(v_names) with ordinality t(name, i);
+    select t.i - 1 as i, t.e ->> 'name' as name, d.dep into v_bad
+    from pg_catalog.unnest(v_norm) with ordinality t(e, i),
+         pg_catalog.jsonb_array_elements_text(t.e -> 'depends_on') d(dep)
+    where not v_index ? d.dep
+    order by t.i limit 1;
+    if v_bad.name is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('phases[%s] (%s) depends on unknown phase %s', v_bad.i, v_bad.name, v_bad.dep),
+            pg_catalog.jsonb_build_object('argument', pg_catalog.format('phases[%s].depends_on', v_bad.i)));
+    end if;
+
+    -- 3. Kahn's algorithm with in-degree counts: O(phases + dependencies)
+    select pg_catalog.array_agg(pg_catalog.jsonb_array_length(t.e -> 'depends_on') order by t.i)
+    into v_indeg
+    from pg_catalog.unnest(v_norm) with ordinality t(e, i);
+    select coalesce(pg_catalog.jsonb_object_agg(x.dep, x.dependents), '{}'::jsonb) into v_next
+    from (select d.dep, pg_catalog.jsonb_agg(t.i order by t.i) as dependents
+          from pg_catalog.unnest(v_norm) with ordinality t(e, i),
+               pg_catalog.jsonb_array_elements_text(t.e -> 'depends_on') d(dep)
+          group by d.dep) x;
+    for v_i in 1 .. v_n loop
+        if v_indeg[v_i] = 0 then
+            v_queue := v_queue || v_i;
+        end if;
+    end loop;
+    while v_head <= pg_catalog.cardinality(v_queue) loop
+        v_i := v_queue[v_head];
+        v_head := v_head + 1;
+        v_order := v_order || (v_norm[v_i] || pg_catalog.jsonb_build_object('ordinal', v_head - 1));
+        for v_j in select pg_catalog.jsonb_array_elements_text(coalesce(v_next -> v_names[v_i], '[]'::jsonb))::integer loop
+            v_indeg[v_j] := v_indeg[v_j] - 1;
+            if v_indeg[v_j] = 0 then
+                v_queue := v_queue || v_j;
+            end if;
+        end loop;
+    end loop;
+    if pg_catalog.cardinality(v_queue) < v_n then
+        -- name the cycle itself: from a phase left over, follow left-over dependencies until one
+        -- repeats (phases that merely depend on the cycle are not in it)
+        select min(t.i) into v_i from pg_catalog.unnest(v_indeg) with ordinality t(d, i) where t.d > 0;
+        v_seen := array_fill(0, array[v_n]);
+        v_path_ix := '{}';
+        while v_seen[v_i] = 0 loop
+            v_seen[v_i] := pg_catalog.cardinality(v_path_ix) + 1;
+            v_path_ix := v_path_ix || v_i;
+            select (v_index ->> d.dep)::integer into v_i
+            from pg_catalog.jsonb_array_elements_text(v_norm[v_i] -> 'depends_on') with ordinality d(dep, o)
+            where v_indeg[(v_index ->> d.dep)::integer] > 0
+            order by d.o limit 1;
+        end loop;
+        perform ops_private.fail(400, 'invalid_argument',
+            'phases depend on each other in a cycle: ' || (
+                select pg_catalog.string_agg(v_names[x.ix], ' -> ' order by x.o)
+                from pg_catalog.unnest(v_path_ix[v_seen[v_i]:] || v_i) with ordinality x(ix, o)),
+            pg_catalog.jsonb_build_object('argument', 'phases'));
+    end if;
+    return v_order;
+end
+$_$;
+
+--
+-- Name: notify_queued(uuid, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.notify_queued(p_workspace uuid, p_kind text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform pg_catalog.pg_notify('ops_phase_queued', p_workspace::text || ' ' || p_kind);
+end
+$$;
+
+--
+-- Name: now(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.now() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    AS $$
+    select coalesce(nullif(pg_catalog.current_setting('control_room.now', true), '')::timestamptz,
+                    pg_catalog.now())
+$$;
+
+--
+-- Name: num_field(jsonb, text, text, numeric, numeric, numeric); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.num_field(p_obj jsonb, p_key text, p_path text, p_default numeric, p_min numeric, p_max numeric) RETURNS numeric
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+    v jsonb := p_obj -> p_key;
+begin
+    if v is null or v = 'null'::jsonb then
+        return p_default;
+    end if;
+    if pg_catalog.jsonb_typeof(v) <> 'number' or (v #>> '{}')::numeric not between p_min and p_max then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('%s must be a number between %s and %s, got %s', p_path, p_min, p_max, v::text),
+            pg_catalog.jsonb_build_object('argument', p_path));
+    end if;
+    return (v #>> '{}')::numeric;
+end
+$$;
+
+--
+-- Name: phases_json(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.phases_json(p_run uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return (
+    select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+        'id', p.id, 'name', p.name, 'ordinal', p.ordinal, 'kind', p.kind, 'params', p.params,
+        'depends_on', pg_catalog.to_jsonb(p.depends_on), 'state', p.state, 'priority', p.priority,
+        'attempt', p.attempt, 'max_attempts', p.max_attempts, 'timeout_seconds', p.timeout_seconds,
+        'retry_backoff_seconds', p.retry_backoff_seconds,
+        'retry_backoff_max_seconds', p.retry_backoff_max_seconds,
+        'queued_at', p.queued_at, 'not_before', p.not_before, 'lease_seconds', p.lease_seconds,
+        'lease_expires_at', p.lease_expires_at, 'claimed_by', p.claimed_by,
+        'started_at', p.started_at, 'finished_at', p.finished_at, 'progress', p.progress,
+        'output_manifest', p.output_manifest, 'error', p.error,
+        'reused_from_phase_id', p.reused_from_phase_id) order by p.ordinal), '[]'::jsonb)
+    from ops.phases p
+    where p.run_id = p_run);
+end
+$$;
+
+--
+-- Name: principal(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.principal() RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_uid uuid := ops_private.uid();
+begin
+    if v_uid is not null
+       and exists (select 1 from ops.principals p where p.id = v_uid and p.revoked_at is not null) then
+        perform ops_private.fail(401, 'unauthorized', 'principal ' || v_uid::text || ' has been revoked');
+    end if;
+    return v_uid;
+end
+$$;
+
+--
+-- Name: require_role(uuid, text[], boolean, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.require_role(p_workspace uuid, p_roles text[], p_hide boolean DEFAULT false, p_what text DEFAULT 'workspace'::text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_uid  uuid;
+    v_role text;
+begin
+    if ops_private.is_privileged() then
+        return 'service_role';
+    end if;
+    v_uid := ops_private.principal();
+    if v_uid is null then
+        perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+    end if;
+    select m.role into v_role
+    from ops.workspace_members m
+    where m.workspace_id = p_workspace and m.principal_id = v_uid;
+    if v_role is null then
+        if p_hide then
+            perform ops_private.fail(404, 'not_found', p_what || ' not found');
+        end if;
+        perform ops_private.fail(403, 'forbidden', 'caller is not a member of workspace ' || p_workspace::text);
+    end if;
+    if not (v_role = any (p_roles)) then
+        perform ops_private.fail(403, 'forbidden',
+            pg_catalog.format('role %s may not do this; it needs one of: %s', v_role,
+                              pg_catalog.array_to_string(p_roles, ', ')));
+    end if;
+    return v_role;
+end
+$$;
+
+--
+-- Name: run_json(uuid, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean DEFAULT true) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return (
+    select pg_catalog.to_jsonb(r) - 'request_digest'
+           || case when p_with_phases then pg_catalog.jsonb_build_object('phases', ops_private.phases_json(r.id))
+                   else pg_catalog.jsonb_build_object('phase_counts', (
+                        select coalesce(pg_catalog.jsonb_object_agg(c.state, c.n), '{}'::jsonb)
+                        from (select p.state, count(*) as n from ops.phases p
+                              where p.run_id = r.id group by p.state) c))
+              end
+    from ops.runs r
+    where r.id = p_run);
+end
+$$;
+
+--
+-- Name: settle_run(ops.runs, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.settle_run(p_run ops.runs, p_now timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_state text := case p_run.state when 'failed' then 'skipped' else 'cancelled' end;
+    v_type  text := case p_run.state when 'failed' then 'PHASE_SKIPPED' else 'PHASE_CANCELLED' end;
+    v_p     record;
+    v_n     integer := 0;
+begin
+    if p_run.state not in ('failed', 'cancelled') then
+        return 0;
+    end if;
+    for v_p in
+        select q.id, q.name, q.attempt from ops.phases q
+        where q.run_id = p_run.id and q.state in ('waiting', 'queued')
+        order by q.id
+        for update skip locked
+    loop
+        perform ops_private.move_phase(v_p.id, v_state, p_now);
+        perform ops_private.emit(p_run.id, p_run.workspace_id, v_p.name, v_p.attempt, v_type, 'info',
+            case p_run.state when 'failed' then 'skipped: the run failed' else 'cancelled with the run' end,
+            '{}'::jsonb, p_now);
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end
+$$;
+
+--
+-- Name: uid(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.uid() RETURNS uuid
+    LANGUAGE sql STABLE
+    AS $$
+    select coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid
+$$;
+
+--
+-- Name: uuid_arg(text, text, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.uuid_arg(p_name text, p_value text, p_required boolean DEFAULT false) RETURNS uuid
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+begin
+    if p_value is null then
+        if p_required then
+            perform ops_private.fail(400, 'invalid_argument', p_name || ' is required');
+        end if;
+        return null;
+    end if;
+    if p_value !~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('%s is not a valid UUID: %s', p_name, pg_catalog.left(p_value, 64)),
+            pg_catalog.jsonb_build_object('argument', p_name));
+    end if;
+    return p_value::uuid;
+end
+$_$;
+
+--
+-- Name: artifacts; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.artifacts (
+    workspace_id uuid NOT NULL,
+    digest text NOT NULL,
+    size_bytes bigint NOT NULL,
+    media_type text NOT NULL,
+    kind text NOT NULL,
+    uri text NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    first_run_id uuid,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT artifacts_digest_check CHECK ((digest ~ '^blake3:[0-9a-f]{64}$'::text)),
+    CONSTRAINT artifacts_size_bytes_check CHECK ((size_bytes >= 0))
+);
+
+--
+-- Name: audit_log; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.audit_log (
+    id bigint NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    principal_id uuid,
+    db_role text NOT NULL,
+    function_name text NOT NULL,
+    workspace_id uuid,
+    target_type text,
+    target_id text,
+    details jsonb DEFAULT '{}'::jsonb NOT NULL
+);
+
+--
+-- Name: audit_log_id_seq; Type: SEQUENCE; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.audit_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME ops.audit_log_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: dataset_versions; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.dataset_versions (
+    dataset_id uuid NOT NULL,
+    version integer NOT NULL,
+    workspace_id uuid NOT NULL,
+    change text NOT NULL,
+    applied boolean NOT NULL,
+    schema jsonb,
+    changes jsonb DEFAULT '[]'::jsonb NOT NULL,
+    run_id uuid,
+    phase_id uuid,
+    phase text,
+    table_version bigint,
+    digest text,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    recorded_by uuid,
+    CONSTRAINT dataset_versions_change_check CHECK ((change = ANY (ARRAY['INITIAL'::text, 'NON_BREAKING'::text, 'BREAKING'::text]))),
+    CONSTRAINT dataset_versions_version_check CHECK ((version >= 1))
+);
+
+--
+-- Name: principals; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.principals (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    kind text NOT NULL,
+    name text NOT NULL,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone,
+    revoked_by uuid,
+    CONSTRAINT principals_kind_check CHECK ((kind = ANY (ARRAY['user'::text, 'executor'::text]))),
+    CONSTRAINT principals_name_check CHECK (((length(name) >= 1) AND (length(name) <= 200)))
+);
+
+--
+-- Name: run_artifacts; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.run_artifacts (
+    id bigint NOT NULL,
+    run_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    phase_id uuid,
+    phase text,
+    digest text NOT NULL,
+    role text NOT NULL,
+    name text NOT NULL,
+    attempt integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT run_artifacts_role_check CHECK ((role = ANY (ARRAY['output'::text, 'input'::text, 'log'::text, 'report'::text])))
+);
+
+--
+-- Name: run_artifacts_id_seq; Type: SEQUENCE; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.run_artifacts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME ops.run_artifacts_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: run_events; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.run_events (
+    run_id uuid NOT NULL,
+    seq bigint NOT NULL,
+    event_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    phase text,
+    attempt integer,
+    ts timestamp with time zone NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    level text NOT NULL,
+    type text NOT NULL,
+    message text DEFAULT ''::text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    principal_id uuid,
+    CONSTRAINT run_events_level_check CHECK ((level = ANY (ARRAY['debug'::text, 'info'::text, 'warning'::text, 'error'::text])))
+);
+
+--
+-- Name: workspace_members; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.workspace_members (
+    workspace_id uuid NOT NULL,
+    principal_id uuid NOT NULL,
+    role text NOT NULL,
+    name text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT workspace_members_name_check CHECK ((length(name) <= 200)),
+    CONSTRAINT workspace_members_role_check CHECK ((role = ANY (ARRAY['viewer'::text, 'developer'::text, 'admin'::text, 'executor'::text])))
+);
+
+--
+-- Name: workspaces; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.workspaces (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    slug text NOT NULL,
+    name text NOT NULL,
+    env text NOT NULL,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT workspaces_env_check CHECK ((env = ANY (ARRAY['dev'::text, 'stage'::text, 'prod'::text]))),
+    CONSTRAINT workspaces_name_check CHECK (((length(name) >= 1) AND (length(name) <= 200))),
+    CONSTRAINT workspaces_slug_check CHECK ((slug ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text))
+);
+
+--
+-- Name: reserved_event_types; Type: TABLE; Schema: ops_private; Owner: -
+--
+
+CREATE TABLE ops_private.reserved_event_types (
+    type text NOT NULL,
+    CONSTRAINT reserved_event_types_type_check CHECK ((type ~ '^[A-Z][A-Z0-9_]{0,63}$'::text))
+);
+
+--
+-- Name: TABLE reserved_event_types; Type: COMMENT; Schema: ops_private; Owner: -
+--
+
+COMMENT ON TABLE ops_private.reserved_event_types IS 'Event types append_events refuses: only the control plane writes them.';
+
+--
+-- Name: artifacts artifacts_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.artifacts
+    ADD CONSTRAINT artifacts_pkey PRIMARY KEY (workspace_id, digest);
+
+--
+-- Name: audit_log audit_log_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.audit_log
+    ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id);
+
+--
+-- Name: dataset_versions dataset_versions_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.dataset_versions
+    ADD CONSTRAINT dataset_versions_pkey PRIMARY KEY (dataset_id, version);
+
+--
+-- Name: datasets datasets_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.datasets
+    ADD CONSTRAINT datasets_pkey PRIMARY KEY (id);
+
+--
+-- Name: datasets datasets_workspace_id_name_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.datasets
+    ADD CONSTRAINT datasets_workspace_id_name_key UNIQUE (workspace_id, name);
+
+--
+-- Name: phases phases_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.phases
+    ADD CONSTRAINT phases_pkey PRIMARY KEY (id);
+
+--
+-- Name: phases phases_run_id_name_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.phases
+    ADD CONSTRAINT phases_run_id_name_key UNIQUE (run_id, name);
+
+--
+-- Name: principals principals_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.principals
+    ADD CONSTRAINT principals_pkey PRIMARY KEY (id);
+
+--
+-- Name: run_artifacts run_artifacts_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.run_artifacts
+    ADD CONSTRAINT run_artifacts_pkey PRIMARY KEY (id);
+
+--
+-- Name: run_artifacts run_artifacts_run_id_phase_digest_role_name_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.run_artifacts
+    ADD CONSTRAINT run_artifacts_run_id_phase_digest_role_name_key UNIQUE NULLS NOT DISTINCT (run_id, phase, digest, role, name);
+
+--
+-- Name: run_events run_events_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.run_events
+    ADD CONSTRAINT run_events_pkey PRIMARY KEY (run_id, seq);
+
+--
+-- Name: run_events run_events_run_id_event_id_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.run_events
+    ADD CONSTRAINT run_events_run_id_event_id_key UNIQUE (run_id, event_id);
+
+--
+-- Name: runs runs_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.runs
+    ADD CONSTRAINT runs_pkey PRIMARY KEY (id);
+
+--
+-- Name: runs runs_workspace_id_idempotency_key_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.runs
+    ADD CONSTRAINT runs_workspace_id_idempotency_key_key UNIQUE (workspace_id, idempotency_key);
+
+--
+-- Name: workspace_members workspace_members_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.workspace_members
+    ADD CONSTRAINT workspace_members_pkey PRIMARY KEY (workspace_id, principal_id);
+
+--
+-- Name: workspaces workspaces_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.workspaces
+    ADD CONSTRAINT workspaces_pkey PRIMARY KEY (id);
+
+--
+-- Name: workspaces workspaces_slug_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.workspaces
+    ADD CONSTRAINT workspaces_slug_key UNIQUE (slug);
+
+--
+-- Name: reserved_event_types reserved_event_types_pkey; Type: CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.reserved_event_types
+    ADD CONSTRAINT reserved_event_types_pkey PRIMARY KEY (type);
+
+--
+-- Name: audit_log_workspace_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX audit_log_workspace_idx ON ops.audit_log USING btree (workspace_id, at DESC);
+
+--
+-- Name: datasets_not_active_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX datasets_not_active_idx ON ops.datasets USING btree (workspace_id, schema_state) WHERE (schema_state <> 'active'::text);
+
+--
+-- Name: phases_claim_id_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE UNIQUE INDEX phases_claim_id_idx ON ops.phases USING btree (claim_id) WHERE (state = 'running'::text);
+
+--
+-- Name: phases_claimable_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX phases_claimable_idx ON ops.phases USING btree (priority DESC, queued_at, ordinal, id) WHERE (state = 'queued'::text);
+
+--
+-- Name: phases_lease_expiry_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX phases_lease_expiry_idx ON ops.phases USING btree (lease_expires_at) WHERE (state = 'running'::text);
+
+--
+-- Name: phases_lease_token_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE UNIQUE INDEX phases_lease_token_idx ON ops.phases USING btree (lease_token) WHERE (lease_token IS NOT NULL);
+
+--
+-- Name: phases_run_claimable_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX phases_run_claimable_idx ON ops.phases USING btree (run_id, priority DESC, queued_at, ordinal, id) WHERE (state = 'queued'::text);
+
+--
+-- Name: principals_revoked_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX principals_revoked_idx ON ops.principals USING btree (id) WHERE (revoked_at IS NOT NULL);
+
+--
+-- Name: run_artifacts_digest_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX run_artifacts_digest_idx ON ops.run_artifacts USING btree (workspace_id, digest);
+
+--
+-- Name: run_events_lease_expired_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX run_events_lease_expired_idx ON ops.run_events USING btree (recorded_at) WHERE (type = 'LEASE_EXPIRED'::text);
+
+--
+-- Name: run_events_type_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX run_events_type_idx ON ops.run_events USING btree (workspace_id, type);
+
+--
+-- Name: runs_created_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX runs_created_idx ON ops.runs USING btree (created_at DESC, id DESC);
+
+--
+-- Name: runs_parent_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX runs_parent_idx ON ops.runs USING btree (parent_run_id) WHERE (parent_run_id IS NOT NULL);
+
+--
+-- Name: runs_workspace_created_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX runs_workspace_created_idx ON ops.runs USING btree (workspace_id, created_at DESC, id DESC);
+
+--
+-- Name: workspace_members_principal_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX workspace_members_principal_idx ON ops.workspace_members USING btree (principal_id, workspace_id);
+
+--
+-- Name: phases phases_initial_state; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER phases_initial_state BEFORE INSERT ON ops.phases FOR EACH ROW WHEN ((new.state <> ALL (ARRAY['waiting'::text, 'queued'::text, 'succeeded'::text]))) EXECUTE FUNCTION ops_private.check_phase_transition();
+
+--
+-- Name: phases phases_transition; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER phases_transition BEFORE UPDATE OF state ON ops.phases FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION ops_private.check_phase_transition();
+
+--
+-- Name: runs runs_initial_state; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_initial_state BEFORE INSERT ON ops.runs FOR EACH ROW WHEN ((new.state <> 'queued'::text)) EXECUTE FUNCTION ops_private.check_run_transition();
+
+--
+-- Name: runs runs_transition; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_transition BEFORE UPDATE OF state ON ops.runs FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION ops_private.check_run_transition();
+
+--
+-- Name: artifacts artifacts_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.artifacts
+    ADD CONSTRAINT artifacts_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: dataset_versions dataset_versions_dataset_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.dataset_versions
+    ADD CONSTRAINT dataset_versions_dataset_id_fkey FOREIGN KEY (dataset_id) REFERENCES ops.datasets(id) ON DELETE CASCADE;
+
+--
+-- Name: datasets datasets_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.datasets
+    ADD CONSTRAINT datasets_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: phases phases_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.phases
+    ADD CONSTRAINT phases_run_id_fkey FOREIGN KEY (run_id) REFERENCES ops.runs(id) ON DELETE CASCADE;
+
+--
+-- Name: phases phases_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.phases
+    ADD CONSTRAINT phases_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: run_artifacts run_artifacts_phase_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.run_artifacts
+    ADD CONSTRAINT run_artifacts_phase_id_fkey FOREIGN KEY (phase_id) REFERENCES ops.phases(id) ON DELETE CASCADE;
+
+--
+-- Name: run_artifacts run_artifacts_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.run_artifacts
+    ADD CONSTRAINT run_artifacts_run_id_fkey FOREIGN KEY (run_id) REFERENCES ops.runs(id) ON DELETE CASCADE;
+
+--
+-- Name: run_artifacts run_artifacts_workspace_id_digest_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.run_artifacts
+    ADD CONSTRAINT run_artifacts_workspace_id_digest_fkey FOREIGN KEY (workspace_id, digest) REFERENCES ops.artifacts(workspace_id, digest);
+
+--
+-- Name: run_events run_events_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.run_events
+    ADD CONSTRAINT run_events_run_id_fkey FOREIGN KEY (run_id) REFERENCES ops.runs(id) ON DELETE CASCADE;
+
+--
+-- Name: runs runs_parent_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.runs
+    ADD CONSTRAINT runs_parent_run_id_fkey FOREIGN KEY (parent_run_id) REFERENCES ops.runs(id);
+
+--
+-- Name: runs runs_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.runs
+    ADD CONSTRAINT runs_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: workspace_members workspace_members_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.workspace_members
+    ADD CONSTRAINT workspace_members_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id) ON DELETE CASCADE;
+
+--
+-- Name: artifacts; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.artifacts ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: artifacts artifacts_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY artifacts_read ON ops.artifacts FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: audit_log; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.audit_log ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: audit_log audit_log_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY audit_log_read ON ops.audit_log FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.admin_workspaces() AS admin_workspaces)));
+
+--
+-- Name: dataset_versions; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.dataset_versions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: dataset_versions dataset_versions_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY dataset_versions_read ON ops.dataset_versions FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: datasets; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.datasets ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: datasets datasets_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY datasets_read ON ops.datasets FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: phases; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.phases ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: phases phases_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY phases_read ON ops.phases FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: principals; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.principals ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: principals principals_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY principals_read ON ops.principals FOR SELECT TO authenticated USING ((id IN ( SELECT m.principal_id
+   FROM ops.workspace_members m
+  WHERE (m.workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)))));
+
+--
+-- Name: run_artifacts; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.run_artifacts ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: run_artifacts run_artifacts_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY run_artifacts_read ON ops.run_artifacts FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: run_events; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.run_events ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: run_events run_events_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY run_events_read ON ops.run_events FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: runs; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.runs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: runs runs_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY runs_read ON ops.runs FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: workspace_members; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.workspace_members ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: workspace_members workspace_members_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY workspace_members_read ON ops.workspace_members FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: workspaces; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.workspaces ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: workspaces workspaces_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY workspaces_read ON ops.workspaces FOR SELECT TO authenticated USING ((id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: SCHEMA ops; Type: ACL; Schema: -; Owner: -
+--
+
+GRANT USAGE ON SCHEMA ops TO authenticated;
+GRANT USAGE ON SCHEMA ops TO service_role;
+
+--
+-- Name: SCHEMA ops_private; Type: ACL; Schema: -; Owner: -
+--
+
+GRANT USAGE ON SCHEMA ops_private TO authenticated;
+GRANT USAGE ON SCHEMA ops_private TO service_role;
+
+--
+-- Name: FUNCTION add_member(workspace_id text, principal_id text, role text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.add_member(workspace_id text, principal_id text, role text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.add_member(workspace_id text, principal_id text, role text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.add_member(workspace_id text, principal_id text, role text, name text) TO service_role;
+
+--
+-- Name: FUNCTION append_events(run_id text, events jsonb, lease_token text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.append_events(run_id text, events jsonb, lease_token text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.append_events(run_id text, events jsonb, lease_token text) TO authenticated;
+GRANT ALL ON FUNCTION ops.append_events(run_id text, events jsonb, lease_token text) TO service_role;
+
+--
+-- Name: FUNCTION cancel_run(run_id text, reason text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.cancel_run(run_id text, reason text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.cancel_run(run_id text, reason text) TO authenticated;
+GRANT ALL ON FUNCTION ops.cancel_run(run_id text, reason text) TO service_role;
+
+--
+-- Name: FUNCTION claim_phase(kinds text[], lease_seconds integer, claim_id text, run_id text, workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.claim_phase(kinds text[], lease_seconds integer, claim_id text, run_id text, workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.claim_phase(kinds text[], lease_seconds integer, claim_id text, run_id text, workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.claim_phase(kinds text[], lease_seconds integer, claim_id text, run_id text, workspace_id text) TO service_role;
+
+--
+-- Name: FUNCTION complete_phase(lease_token text, outcome text, output_manifest jsonb, error jsonb, retryable boolean); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.complete_phase(lease_token text, outcome text, output_manifest jsonb, error jsonb, retryable boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.complete_phase(lease_token text, outcome text, output_manifest jsonb, error jsonb, retryable boolean) TO authenticated;
+GRANT ALL ON FUNCTION ops.complete_phase(lease_token text, outcome text, output_manifest jsonb, error jsonb, retryable boolean) TO service_role;
+
+--
+-- Name: FUNCTION complete_run(run_id text, output_manifest jsonb); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.complete_run(run_id text, output_manifest jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.complete_run(run_id text, output_manifest jsonb) TO authenticated;
+GRANT ALL ON FUNCTION ops.complete_run(run_id text, output_manifest jsonb) TO service_role;
+
+--
+-- Name: FUNCTION create_principal(name text, kind text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_principal(name text, kind text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_principal(name text, kind text) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_principal(name text, kind text) TO service_role;
+
+--
+-- Name: FUNCTION create_run(workspace_id text, spec_slug text, git_sha text, phases jsonb, input_manifest jsonb, idempotency_key text, labels jsonb, priority integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_run(workspace_id text, spec_slug text, git_sha text, phases jsonb, input_manifest jsonb, idempotency_key text, labels jsonb, priority integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_run(workspace_id text, spec_slug text, git_sha text, phases jsonb, input_manifest jsonb, idempotency_key text, labels jsonb, priority integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_run(workspace_id text, spec_slug text, git_sha text, phases jsonb, input_manifest jsonb, idempotency_key text, labels jsonb, priority integer) TO service_role;
+
+--
+-- Name: FUNCTION create_workspace(slug text, name text, env text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_workspace(slug text, name text, env text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_workspace(slug text, name text, env text) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_workspace(slug text, name text, env text) TO service_role;
+
+--
+-- Name: FUNCTION get_dataset(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) TO service_role;
+
+--
+-- Name: FUNCTION get_run(run_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_run(run_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_run(run_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_run(run_id text) TO service_role;
+
+--
+-- Name: FUNCTION heartbeat(lease_token text, progress jsonb, lease_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.heartbeat(lease_token text, progress jsonb, lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.heartbeat(lease_token text, progress jsonb, lease_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.heartbeat(lease_token text, progress jsonb, lease_seconds integer) TO service_role;
+
+--
+-- Name: FUNCTION list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint) TO service_role;
+
+--
+-- Name: FUNCTION list_datasets(workspace_id text, layer text, schema_state text, name text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_datasets(workspace_id text, layer text, schema_state text, name text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_datasets(workspace_id text, layer text, schema_state text, name text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_datasets(workspace_id text, layer text, schema_state text, name text, "limit" integer) TO service_role;
+
+--
+-- Name: FUNCTION list_events(run_id text, after bigint, "limit" integer, phase text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text) TO service_role;
+
+--
+-- Name: FUNCTION list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text) TO service_role;
+
+--
+-- Name: FUNCTION list_workspaces(); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_workspaces() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_workspaces() TO authenticated;
+GRANT ALL ON FUNCTION ops.list_workspaces() TO service_role;
+
+--
+-- Name: FUNCTION record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO authenticated;
+GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO service_role;
+
+--
+-- Name: FUNCTION register_artifact(lease_token text, digest text, uri text, size_bytes bigint, media_type text, kind text, name text, role text, metadata jsonb); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.register_artifact(lease_token text, digest text, uri text, size_bytes bigint, media_type text, kind text, name text, role text, metadata jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.register_artifact(lease_token text, digest text, uri text, size_bytes bigint, media_type text, kind text, name text, role text, metadata jsonb) TO authenticated;
+GRANT ALL ON FUNCTION ops.register_artifact(lease_token text, digest text, uri text, size_bytes bigint, media_type text, kind text, name text, role text, metadata jsonb) TO service_role;
+
+--
+-- Name: FUNCTION remove_member(workspace_id text, principal_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.remove_member(workspace_id text, principal_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.remove_member(workspace_id text, principal_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.remove_member(workspace_id text, principal_id text) TO service_role;
+
+--
+-- Name: FUNCTION retry_run(run_id text, idempotency_key text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.retry_run(run_id text, idempotency_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.retry_run(run_id text, idempotency_key text) TO authenticated;
+GRANT ALL ON FUNCTION ops.retry_run(run_id text, idempotency_key text) TO service_role;
+
+--
+-- Name: FUNCTION revoke_principal(principal_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.revoke_principal(principal_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.revoke_principal(principal_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.revoke_principal(principal_id text) TO service_role;
+
+--
+-- Name: FUNCTION unblock_dataset(workspace_id text, name text, resolution text, note text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.unblock_dataset(workspace_id text, name text, resolution text, note text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.unblock_dataset(workspace_id text, name text, resolution text, note text) TO authenticated;
+GRANT ALL ON FUNCTION ops.unblock_dataset(workspace_id text, name text, resolution text, note text) TO service_role;
+
+--
+-- Name: FUNCTION admin_workspaces(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.admin_workspaces() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.admin_workspaces() TO authenticated;
+GRANT ALL ON FUNCTION ops_private.admin_workspaces() TO service_role;
+
+--
+-- Name: FUNCTION audit(p_function text, p_workspace uuid, p_target_type text, p_target_id text, p_details jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.audit(p_function text, p_workspace uuid, p_target_type text, p_target_id text, p_details jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION check_object(p_name text, p_value jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_object(p_name text, p_value jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.check_object(p_name text, p_value jsonb) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.check_object(p_name text, p_value jsonb) TO service_role;
+
+--
+-- Name: FUNCTION check_phase_transition(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_phase_transition() FROM PUBLIC;
+
+--
+-- Name: FUNCTION check_run_transition(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_run_transition() FROM PUBLIC;
+
+--
+-- Name: FUNCTION check_size(p_name text, p_value jsonb, p_max_bytes integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_size(p_name text, p_value jsonb, p_max_bytes integer) FROM PUBLIC;
+
+--
+-- Name: COLUMN phases.id; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(id) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(id) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.run_id; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(run_id) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(run_id) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.workspace_id; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(workspace_id) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(workspace_id) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.name; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(name) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(name) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.ordinal; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(ordinal) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(ordinal) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.kind; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(kind) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(kind) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.params; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(params) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(params) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.depends_on; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(depends_on) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(depends_on) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.state; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(state) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(state) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.priority; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(priority) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(priority) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.attempt; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(attempt) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(attempt) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.max_attempts; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(max_attempts) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(max_attempts) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.timeout_seconds; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(timeout_seconds) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(timeout_seconds) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.retry_backoff_seconds; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(retry_backoff_seconds) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(retry_backoff_seconds) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.retry_backoff_max_seconds; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(retry_backoff_max_seconds) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(retry_backoff_max_seconds) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.queued_at; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(queued_at) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(queued_at) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.not_before; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(not_before) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(not_before) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.lease_seconds; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(lease_seconds) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(lease_seconds) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.lease_expires_at; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(lease_expires_at) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(lease_expires_at) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.claimed_by; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(claimed_by) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(claimed_by) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.started_at; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(started_at) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(started_at) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.finished_at; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(finished_at) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(finished_at) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.progress; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(progress) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(progress) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.output_manifest; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(output_manifest) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(output_manifest) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.error; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(error) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(error) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.reused_from_phase_id; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(reused_from_phase_id) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(reused_from_phase_id) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: COLUMN phases.updated_at; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(updated_at) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(updated_at) ON TABLE ops.phases TO service_role;
+
+--
+-- Name: TABLE runs; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.runs TO authenticated;
+GRANT SELECT ON TABLE ops.runs TO service_role;
+
+--
+-- Name: FUNCTION claim_json(p ops.phases, r ops.runs); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.claim_json(p ops.phases, r ops.runs) FROM PUBLIC;
+
+--
+-- Name: TABLE datasets; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.datasets TO authenticated;
+GRANT SELECT ON TABLE ops.datasets TO service_role;
+
+--
+-- Name: FUNCTION dataset_record_json(p_d ops.datasets, p_recorded boolean, p_version integer, p_change text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.dataset_record_json(p_d ops.datasets, p_recorded boolean, p_version integer, p_change text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION emit(p_run uuid, p_workspace uuid, p_phase text, p_attempt integer, p_type text, p_level text, p_message text, p_payload jsonb, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.emit(p_run uuid, p_workspace uuid, p_phase text, p_attempt integer, p_type text, p_level text, p_message text, p_payload jsonb, p_now timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION fail(p_status integer, p_code text, p_message text, p_details jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.fail(p_status integer, p_code text, p_message text, p_details jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.fail(p_status integer, p_code text, p_message text, p_details jsonb) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.fail(p_status integer, p_code text, p_message text, p_details jsonb) TO service_role;
+
+--
+-- Name: FUNCTION fail_phase_final(p_phase uuid, p_run ops.runs, p_error jsonb, p_retryable boolean, p_now timestamp with time zone, p_lease text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.fail_phase_final(p_phase uuid, p_run ops.runs, p_error jsonb, p_retryable boolean, p_now timestamp with time zone, p_lease text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION insert_run(p_workspace uuid, p_spec_slug text, p_git_sha text, p_phases jsonb, p_input_manifest jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer, p_parent uuid, p_reuse jsonb, p_digest text, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.insert_run(p_workspace uuid, p_spec_slug text, p_git_sha text, p_phases jsonb, p_input_manifest jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer, p_parent uuid, p_reuse jsonb, p_digest text, p_now timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION int_field(p_obj jsonb, p_key text, p_path text, p_default integer, p_min integer, p_max integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.int_field(p_obj jsonb, p_key text, p_path text, p_default integer, p_min integer, p_max integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION is_privileged(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.is_privileged() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.is_privileged() TO authenticated;
+GRANT ALL ON FUNCTION ops_private.is_privileged() TO service_role;
+
+--
+-- Name: FUNCTION is_timestamptz(p_value text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.is_timestamptz(p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION member_workspaces(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.member_workspaces() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.member_workspaces() TO authenticated;
+GRANT ALL ON FUNCTION ops_private.member_workspaces() TO service_role;
+
+--
+-- Name: FUNCTION move_phase(p_phase uuid, p_to text, p_now timestamp with time zone, p_lease text, p_error jsonb, p_output_manifest jsonb, p_not_before timestamp with time zone, p_lease_seconds integer, p_claim_id uuid, p_claimed_by uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.move_phase(p_phase uuid, p_to text, p_now timestamp with time zone, p_lease text, p_error jsonb, p_output_manifest jsonb, p_not_before timestamp with time zone, p_lease_seconds integer, p_claim_id uuid, p_claimed_by uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION normalize_phases(p_phases jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.normalize_phases(p_phases jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION notify_queued(p_workspace uuid, p_kind text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.notify_queued(p_workspace uuid, p_kind text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION now(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.now() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.now() TO authenticated;
+GRANT ALL ON FUNCTION ops_private.now() TO service_role;
+
+--
+-- Name: FUNCTION num_field(p_obj jsonb, p_key text, p_path text, p_default numeric, p_min numeric, p_max numeric); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.num_field(p_obj jsonb, p_key text, p_path text, p_default numeric, p_min numeric, p_max numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION phases_json(p_run uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.phases_json(p_run uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.phases_json(p_run uuid) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.phases_json(p_run uuid) TO service_role;
+
+--
+-- Name: FUNCTION principal(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.principal() FROM PUBLIC;
+
+--
+-- Name: FUNCTION require_role(p_workspace uuid, p_roles text[], p_hide boolean, p_what text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.require_role(p_workspace uuid, p_roles text[], p_hide boolean, p_what text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION run_json(p_run uuid, p_with_phases boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean) TO service_role;
+
+--
+-- Name: FUNCTION settle_run(p_run ops.runs, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.settle_run(p_run ops.runs, p_now timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION uid(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.uid() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.uid() TO authenticated;
+GRANT ALL ON FUNCTION ops_private.uid() TO service_role;
+
+--
+-- Name: FUNCTION uuid_arg(p_name text, p_value text, p_required boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.uuid_arg(p_name text, p_value text, p_required boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.uuid_arg(p_name text, p_value text, p_required boolean) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.uuid_arg(p_name text, p_value text, p_required boolean) TO service_role;
+
+--
+-- Name: TABLE artifacts; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.artifacts TO authenticated;
+GRANT SELECT ON TABLE ops.artifacts TO service_role;
+
+--
+-- Name: TABLE audit_log; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.audit_log TO authenticated;
+GRANT SELECT ON TABLE ops.audit_log TO service_role;
+
+--
+-- Name: TABLE dataset_versions; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.dataset_versions TO authenticated;
+GRANT SELECT ON TABLE ops.dataset_versions TO service_role;
+
+--
+-- Name: TABLE principals; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.principals TO authenticated;
+GRANT SELECT ON TABLE ops.principals TO service_role;
+
+--
+-- Name: TABLE run_artifacts; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.run_artifacts TO authenticated;
+GRANT SELECT ON TABLE ops.run_artifacts TO service_role;
+
+--
+-- Name: TABLE run_events; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.run_events TO authenticated;
+GRANT SELECT ON TABLE ops.run_events TO service_role;
+
+--
+-- Name: TABLE workspace_members; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.workspace_members TO authenticated;
+GRANT SELECT ON TABLE ops.workspace_members TO service_role;
+
+--
+-- Name: TABLE workspaces; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.workspaces TO authenticated;
+GRANT SELECT ON TABLE ops.workspaces TO service_role;
+
+--
+-- PostgreSQL database dump complete
+--
+
+-- reference rows
+
+--
+-- PostgreSQL database dump
+--
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Data for Name: reserved_event_types; Type: TABLE DATA; Schema: ops_private; Owner: -
+--
+
+INSERT INTO ops_private.reserved_event_types VALUES ('RUN_CREATED');
+INSERT INTO ops_private.reserved_event_types VALUES ('RUN_SUCCEEDED');
+INSERT INTO ops_private.reserved_event_types VALUES ('RUN_FAILED');
+INSERT INTO ops_private.reserved_event_types VALUES ('RUN_CANCELLED');
+INSERT INTO ops_private.reserved_event_types VALUES ('RUN_FINALIZED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_QUEUED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_CLAIMED');
+INSERT INTO ops_private.reserved_event_types VALUES ('LEASE_EXPIRED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_SUCCEEDED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_FAILED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_RETRY_SCHEDULED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_SKIPPED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_CANCELLED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_REUSED');
+INSERT INTO ops_private.reserved_event_types VALUES ('PHASE_STOPPED');
+INSERT INTO ops_private.reserved_event_types VALUES ('ARTIFACT_REGISTERED');
+INSERT INTO ops_private.reserved_event_types VALUES ('DATASET_SCHEMA_CHANGED');
+INSERT INTO ops_private.reserved_event_types VALUES ('DATASET_BLOCKED');
+
+--
+-- PostgreSQL database dump complete
+--
