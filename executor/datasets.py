@@ -36,11 +36,10 @@ from typing import Any
 import pyarrow as pa
 
 from executor.digests import TableDigest, arrow_table_digest, table_digest
-from executor.kinds.base import DatasetBlocked, SchemaBlocked, TerminalPhaseError
+from executor.kinds.base import DatasetBlocked, SchemaBlocked, TerminalPhaseError, WriteMode
 from executor.tables import (
     ChangeKind,
     SchemaBreakingChange,
-    WriteMode,
     WriteResult,
     schema_json,
     write_table,

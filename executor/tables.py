@@ -91,12 +91,14 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
+from executor.kinds.base import WriteMode
+
 KEY_METADATA = "controlroom.key"
 SCHEMA_CHANGE_METADATA = "controlroom.schema_change"
 WRITE_ID_METADATA = "controlroom.write_id"
 _HISTORY_SCAN = 100
 
-WriteMode = Literal["append", "overwrite", "merge"]
+
 ChangeKind = Literal["INITIAL", "UNCHANGED", "NON_BREAKING", "BREAKING"]
 
 _INT_RANK = {"int8": 1, "int16": 2, "int32": 3, "int64": 4}

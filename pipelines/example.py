@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:       # pipelines receive their context; they import no control-room code
-    from executor.kinds.python import PythonContext
+    from executor.sdk import PythonContext
 
 CUSTOMERS = ("ada", "bob", "cyd")
 STATUSES = ("paid", "paid", "refunded", "paid")

@@ -10,7 +10,7 @@ phase 'silverr' (phases: extract, silver, gold)`):
 2. the JSON Schema `specs/spec.schema.json` (Draft 2020-12): shapes, names and types;
 3. what a schema cannot say: phase names unique, dependencies known and acyclic, every
    `${params.X}` declared, every phase's connections declared, kinds registered
-   (`executor.kinds.KINDS`), durations and limits, secret references well formed.
+   (`executor.kinds.registry.KINDS`), durations and limits, secret references well formed.
 
 Templates are checked here but stored unrendered: the worker renders them with the run's
 params just before a phase runs (`executor.render`), so that a run's phases say what they
@@ -42,7 +42,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from executor.kinds import KINDS
+from executor.kinds.registry import KINDS  # names only: no kind is imported
 from executor.render import TemplateError, references
 
 __all__ = [

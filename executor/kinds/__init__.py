@@ -1,20 +1,19 @@
-"""Executor kinds: one small protocol (`executor.kinds.base`) and a registry of the kinds.
+"""Executor kinds: the protocol every kind implements (`base`) and the lazy registry of them
+(`registry`); each kind is a subpackage (`python/`, `sql/`), imported only when it is used.
 
-Importing this package registers the built-in kinds (`python`).
+Importing this package imports no kind and no data library (docs/kinds.md).
 """
 
 from __future__ import annotations
 
-from executor.kinds import python as _python  # noqa: F401  (registers the python kind)
-from executor.kinds import sql as _sql  # noqa: F401  (registers the sql kind)
 from executor.kinds.base import (
-    KINDS,
     ArtifactRole,
     Connection,
     DatasetBlocked,
     Emit,
     EventLevel,
     Kind,
+    KindOptions,
     OutputFile,
     PhaseCancelled,
     PhaseContext,
@@ -23,11 +22,20 @@ from executor.kinds.base import (
     PhaseTimeout,
     Progress,
     SchemaBlocked,
+    Startable,
     TerminalPhaseError,
     TransientPhaseError,
-    UnknownKindError,
+    WriteMode,
     as_phase_error,
+    collect_outputs,
+)
+from executor.kinds.registry import (
+    KINDS,
+    KindRegistry,
+    UnknownKindError,
     kind_for,
+    kind_names,
+    load_kind,
     register_kind,
 )
 
@@ -39,6 +47,8 @@ __all__ = [
     "Emit",
     "EventLevel",
     "Kind",
+    "KindOptions",
+    "KindRegistry",
     "OutputFile",
     "PhaseCancelled",
     "PhaseContext",
@@ -47,10 +57,15 @@ __all__ = [
     "PhaseTimeout",
     "Progress",
     "SchemaBlocked",
+    "Startable",
     "TerminalPhaseError",
     "TransientPhaseError",
     "UnknownKindError",
+    "WriteMode",
     "as_phase_error",
+    "collect_outputs",
     "kind_for",
+    "kind_names",
+    "load_kind",
     "register_kind",
 ]

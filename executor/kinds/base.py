@@ -33,20 +33,21 @@ Kinds are stateless: `kind_for(name)` builds a fresh instance per phase.
 
 from __future__ import annotations
 
+import mimetypes
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 __all__ = [
-    "KINDS",
     "ArtifactRole",
     "Connection",
     "DatasetBlocked",
     "Emit",
     "EventLevel",
     "Kind",
+    "KindOptions",
     "OutputFile",
     "PhaseCancelled",
     "PhaseContext",
@@ -55,15 +56,18 @@ __all__ = [
     "PhaseTimeout",
     "Progress",
     "SchemaBlocked",
+    "Startable",
     "TerminalPhaseError",
     "TransientPhaseError",
-    "UnknownKindError",
+    "WriteMode",
     "as_phase_error",
-    "kind_for",
-    "register_kind",
+    "collect_outputs",
 ]
 
 EventLevel = Literal["debug", "info", "warning", "error"]
+WriteMode = Literal["append", "overwrite", "merge"]
+"""How a table write treats the rows already there (executor/tables.py)."""
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
 ArtifactRole = Literal["output", "input", "log", "report"]
 EVENT_LEVELS: frozenset[str] = frozenset({"debug", "info", "warning", "error"})
 
@@ -252,36 +256,33 @@ class Kind(Protocol):
     def run(self, ctx: PhaseContext) -> PhaseResult: ...
 
 
-class UnknownKindError(LookupError):
-    """No kind registered under this name."""
+@dataclass(frozen=True)
+class KindOptions:
+    """What a worker tells the kinds it starts (from its settings, executor/settings.py)."""
+
+    python_spares: int = 2
+    """Phase processes the python kind keeps started ahead of need (0: none)."""
 
 
-KINDS: dict[str, type[Kind]] = {}
-"""The registered kinds by `NAME`."""
+@runtime_checkable
+class Startable(Protocol):
+    """A kind that holds resources for as long as a worker runs it (the python kind's spare
+    processes). The worker calls `start` once before its first phase and `close` once when it
+    stops; a kind that is never started still runs, without them."""
 
-K = TypeVar("K", bound=type[Kind])
+    def start(self, options: KindOptions) -> None: ...
 
-
-def register_kind(cls: K) -> K:
-    """Register a kind class under its `NAME` (usable as a class decorator). Registering a
-    second class under a taken name is an error; registering the same class again is not."""
-    name = getattr(cls, "NAME", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__qualname__} has no NAME")
-    if not isinstance(getattr(cls, "CONNECTION_TYPES", None), frozenset):
-        raise TypeError(f"{cls.__qualname__}.CONNECTION_TYPES must be a frozenset")
-    existing = KINDS.get(name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"kind {name!r} is already registered by {existing.__qualname__}")
-    KINDS[name] = cls
-    return cls
+    def close(self) -> None: ...
 
 
-def kind_for(name: str) -> Kind:
-    """A fresh instance of the kind registered under `name`."""
-    try:
-        cls = KINDS[name]
-    except KeyError:
-        known = ", ".join(sorted(KINDS)) or "none"
-        raise UnknownKindError(f"unknown phase kind {name!r} (registered: {known})") from None
-    return cls()
+def collect_outputs(output_dir: Path) -> list[OutputFile]:
+    """Every regular file under `output_dir` (recursively, symlinks skipped) as an output,
+    named by its path relative to `output_dir`, its media type guessed from the name."""
+    outputs: list[OutputFile] = []
+    for path in sorted(output_dir.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        name = path.relative_to(output_dir).as_posix()
+        media_type = mimetypes.guess_type(name)[0] or DEFAULT_MEDIA_TYPE
+        outputs.append(OutputFile(path=path, name=name, media_type=media_type))
+    return outputs

@@ -11,7 +11,7 @@ What one phase does, all of it read from one REPEATABLE READ snapshot of the sou
 
 1. Describes the source table (columns, Postgres types, primary key) and derives the bronze
    schema from it. Schema evolution is decided *before any row is read*: the proposed schema
-   is classified against the bronze table's (`executor.tables.classify`). A new column is
+   is classified against the bronze table's (`executor.sdk.classify`). A new column is
    NON_BREAKING and flows through with the write; a removed, narrowed or retyped column
    raises `SchemaBlocked` (terminal, naming the table, the column and the change): the
    worker records it in the catalog, which blocks the dataset until an admin resolves it. A
@@ -45,7 +45,7 @@ primary key, e.g. `sale_order_line_invoice_rel`): read whole each run and compar
 pairs live in bronze; new pairs are appended as upserts, vanished ones as tombstones. The
 comparison is against bronze itself, so a re-run appends nothing twice.
 
-Bronze rows are the source's columns as read (types from `executor.connections.arrow_type`:
+Bronze rows are the source's columns as read (types from `executor.sdk.arrow_type`:
 unconstrained numeric as float64, which is what Odoo's ORM computes with, numeric(p, s) as
 decimal, jsonb as its text) plus ingestion metadata: `_op` (upsert | delete),
 `_source_write_date` (the row's write_date, else create_date; a tombstone carries the last
@@ -67,10 +67,18 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 from psycopg import sql
 
-from executor import datasets as catalog
-from executor.connections import arrow_type, postgres_connect
-from executor.kinds.base import DatasetBlocked, SchemaBlocked, TerminalPhaseError
-from executor.tables import classify, read_schema, schema_json, with_keys
+from executor.sdk import (
+    UNBLOCK_HINT,
+    DatasetBlocked,
+    SchemaBlocked,
+    TerminalPhaseError,
+    arrow_type,
+    classify,
+    postgres_connect,
+    read_schema,
+    schema_json,
+    with_keys,
+)
 from pipelines.odoo.lake import (
     Context,
     append_state,
@@ -343,7 +351,7 @@ def _check_schema(ctx: Context, source: SourceTable, name: str, uri: str) -> str
     if state == "blocked":
         raise DatasetBlocked(
             f"dataset {name} is blocked by a breaking schema change awaiting review; nothing "
-            f"was extracted from {source.name}: {catalog.UNBLOCK_HINT}", table=name, uri=uri)
+            f"was extracted from {source.name}: {UNBLOCK_HINT}", table=name, uri=uri)
     proposed = source.bronze_schema()
     change = classify(read_schema(uri), proposed, source.bronze_keys)
     if change.kind == "BREAKING" and state != "accepted":
@@ -351,7 +359,7 @@ def _check_schema(ctx: Context, source: SourceTable, name: str, uri: str) -> str
         raise SchemaBlocked(
             f"{name}: source table {source.name} changed incompatibly: {described} "
             f"(BREAKING). Nothing was extracted; the dataset is now blocked: "
-            f"{catalog.UNBLOCK_HINT}",
+            f"{UNBLOCK_HINT}",
             table=name, uri=uri, changes=[c.to_json() for c in change.breaking],
             schema=schema_json(proposed), layer="bronze")
     if change.kind == "NON_BREAKING":

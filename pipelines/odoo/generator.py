@@ -46,7 +46,7 @@ from psycopg.rows import dict_row
 from psycopg.types.numeric import FloatLoader
 from psycopg.types.string import TextLoader
 
-from control_room.db.queries import parse_queries
+from pipelines.odoo.sqlfile import parse_queries
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 QUERIES_PATH = Path(__file__).with_name("generator.sql")

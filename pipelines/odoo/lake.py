@@ -30,9 +30,8 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from control_room.db.queries import parse_queries
-from executor.kinds.base import Connection, EventLevel, TerminalPhaseError
-from executor.tables import WriteMode, scan_dataset
+from executor.sdk import Connection, EventLevel, TerminalPhaseError, WriteMode, scan_dataset
+from pipelines.odoo.sqlfile import parse_queries
 
 __all__ = [
     "Context",
@@ -54,7 +53,7 @@ SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 
 class Context(Protocol):
-    """What the pipeline's entrypoints read from `executor.kinds.python.PythonContext`
+    """What the pipeline's entrypoints read from `executor.sdk.PythonContext`
     (a structural type, so that tests can hand them the real context built in-process)."""
 
     @property

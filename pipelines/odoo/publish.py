@@ -40,8 +40,7 @@ import pyarrow.csv as pcsv
 from deltalake import DeltaTable
 from psycopg import sql
 
-from executor.connections import postgres_connect
-from executor.kinds.base import TerminalPhaseError
+from executor.sdk import TerminalPhaseError, postgres_connect
 from pipelines.odoo.lake import (
     Context,
     append_state,

@@ -42,7 +42,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from executor.kinds.base import TerminalPhaseError
+from executor.sdk import TerminalPhaseError
 from pipelines.odoo.lake import (
     Context,
     append_state,

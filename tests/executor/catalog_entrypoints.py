@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from executor.kinds.python import PythonContext
+from executor.sdk import PythonContext
 
 ITEMS: list[dict[str, Any]] = [
     {"id": 1, "sku": "a-1"},

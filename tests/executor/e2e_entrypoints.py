@@ -8,8 +8,7 @@ import time
 from typing import Any
 
 from executor.digests import table_digest
-from executor.kinds.python import PythonContext
-from executor.tables import write_table
+from executor.sdk import PythonContext, write_table
 
 ORDERS: list[dict[str, Any]] = [
     {"order_id": 1, "customer": "ada", "amount": 120, "status": "paid"},

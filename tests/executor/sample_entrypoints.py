@@ -8,8 +8,7 @@ import threading
 import time
 from typing import Any
 
-from executor.kinds.base import TerminalPhaseError
-from executor.kinds.python import PythonContext
+from executor.sdk import PythonContext, TerminalPhaseError
 
 NOT_CALLABLE = {"a": 1}
 

@@ -24,6 +24,7 @@ from executor.kinds import (
     Connection,
     DatasetBlocked,
     EventLevel,
+    KindOptions,
     OutputFile,
     PhaseCancelled,
     PhaseContext,
@@ -39,6 +40,7 @@ from executor.kinds import (
     register_kind,
 )
 from executor.kinds.python import MAX_OUTPUT_LINES, PythonKind, parse_entrypoint
+from executor.kinds.python.spares import SparePool
 
 SAMPLES = "tests.executor.sample_entrypoints"
 
@@ -472,13 +474,11 @@ def test_output_is_capped_then_announced_once(tmp_path: Path) -> None:
 def test_phases_run_in_spare_processes_started_ahead(tmp_path: Path) -> None:
     """A phase takes a process started (and warmed with pyarrow, deltalake...) before it was
     needed; a replacement is started in the background; closing the pool ends the spares."""
-    from executor.kinds import python as python_kind
-
-    spares = python_kind._Spares(1)
+    spares = SparePool(1)
     try:
         first = spares.take()                      # none waiting: started now
         assert wait_for_spare(spares)
-        [waiting] = spares._waiting
+        [waiting] = spares.waiting()
         spare_pid = waiting.process.pid
         assert wait_until(lambda: os.getpgid(spare_pid) == spare_pid)   # leads its group
         assert spares.take() is waiting            # the next phase gets it
@@ -486,19 +486,36 @@ def test_phases_run_in_spare_processes_started_ahead(tmp_path: Path) -> None:
         waiting.spec_writer.close()
         assert wait_gone(first.process.pid) and wait_gone(spare_pid)
         assert wait_for_spare(spares)              # replaced again
-        [replacement] = spares._waiting
+        [replacement] = spares.waiting()
     finally:
         spares.close()
     replacement.process.join(10)
-    assert replacement.process.exitcode == 0 and spares._waiting == []
+    assert replacement.process.exitcode == 0 and spares.waiting() == []
 
-    # through the kind: the phase's process is the spare that waited
-    python_kind.SPARES.take().spec_writer.close()  # make sure one is being started
-    assert wait_for_spare(python_kind.SPARES)
-    waiting_pid = python_kind.SPARES._waiting[0].process.pid
-    recorder = Recorder()
-    result = PythonKind().run(make_ctx(tmp_path, recorder, f"{SAMPLES}:succeed"))
-    assert result.output_manifest["pid"] == waiting_pid
+    # through a started kind: the phase's process is the spare that waited
+    kind = PythonKind()
+    kind.start(KindOptions(python_spares=1))
+    try:
+        kind.spares.take().spec_writer.close()     # make sure one is being started
+        assert wait_for_spare(kind.spares)
+        waiting_pid = kind.spares.waiting()[0].process.pid
+        recorder = Recorder()
+        result = kind.run(make_ctx(tmp_path, recorder, f"{SAMPLES}:succeed"))
+        assert result.output_manifest["pid"] == waiting_pid
+        assert wait_for_spare(kind.spares)         # and it was replaced
+        replaced = kind.spares.waiting()[0].process
+    finally:
+        kind.close()
+    replaced.join(10)
+    assert replaced.exitcode == 0 and kind.spares.waiting() == []
+
+
+def test_a_kind_that_is_not_started_keeps_no_spares(tmp_path: Path) -> None:
+    """Without `start`, a phase starts its own process and nothing waits afterwards."""
+    kind = PythonKind()
+    result = kind.run(make_ctx(tmp_path, Recorder(), f"{SAMPLES}:succeed"))
+    assert result.output_manifest["pid"] > 0
+    assert kind.spares.size == 0 and kind.spares.waiting() == []
 
 
 def wait_until(check: Any, within: float = 30.0) -> bool:
@@ -510,5 +527,5 @@ def wait_until(check: Any, within: float = 30.0) -> bool:
     return False
 
 
-def wait_for_spare(spares: Any, within: float = 30.0) -> bool:
-    return wait_until(lambda: bool(spares._waiting), within)
+def wait_for_spare(spares: SparePool, within: float = 30.0) -> bool:
+    return wait_until(lambda: bool(spares.waiting()), within)

@@ -120,7 +120,8 @@ def test_a_terminal_error_fails_at_once(env: Env) -> None:
 
 
 def test_a_timeout_fails_the_phase_as_timeout(env: Env) -> None:
-    run_id = env.new_run(python("s", f"{EP}:sleep_long", timeout_seconds=2, max_attempts=3))
+    # the timeout counts the phase process's start: a worker's first one starts cold
+    run_id = env.new_run(python("s", f"{EP}:sleep_long", timeout_seconds=4, max_attempts=3))
     started = time.monotonic()
     Running(env.worker(), max_phases=1).join()
     assert time.monotonic() - started < 20

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from executor.kinds.python import PythonContext
+from executor.sdk import PythonContext
 
 
 def produce(ctx: PythonContext) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def sleep_long(ctx: PythonContext) -> dict[str, Any]:
 
 def report_then_fail(ctx: PythonContext) -> dict[str, Any]:
     """Leaves the rows it found wrong in its output directory, then fails for good."""
-    from executor.kinds import TerminalPhaseError
+    from executor.sdk import TerminalPhaseError
 
     (ctx.output_dir / "failed_rows").mkdir()
     (ctx.output_dir / "failed_rows" / "negative_qty.csv").write_text("id,qty\n7,-2\n")

@@ -97,7 +97,8 @@ def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None
                                  connections=connections, inputs=inputs, datasets=datasets,
                                  events=events, run_id=run.run_id)
             result = getattr(importlib.import_module(module), attr)(ctx) or {}
-            run.manifests[name] = {**result, "tables": result.get("tables", []) + ctx._tables}
+            tables = result.get("tables", []) + ctx.tables_written
+            run.manifests[name] = {**result, "tables": tables}
         else:
             assert phase.kind == "sql", phase.kind
             sql_ctx = PhaseContext(

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from executor.kinds.base import DatasetBlocked, SchemaBlocked
+from executor.sdk import DatasetBlocked, SchemaBlocked
 from pipelines.odoo import extract, generator
 from pipelines.odoo.lake import bronze_uri
 from tests.odoo.runner import REPO, postgres, python_context, run_spec
@@ -35,7 +35,7 @@ def run_extract(dsn: str, lake: Path, table: str, tmp: Path, *,
                          tmp / "out" / table, connections={"odoo": postgres("odoo", dsn)},
                          events=events, **options)
     manifest = extract.extract_table(ctx)
-    return {**manifest, "tables": ctx._tables, "events": events}
+    return {**manifest, "tables": ctx.tables_written, "events": events}
 
 
 def bronze(lake: Path, table: str) -> pa.Table:

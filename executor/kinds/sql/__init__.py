@@ -83,7 +83,7 @@ import pyarrow.dataset as pds
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from executor import connections as pg_inputs  # a module: connections imports the kinds
+from executor import connections as pg_inputs
 from executor import datasets
 from executor.digests import blob_digest
 from executor.kinds.base import (
@@ -94,11 +94,10 @@ from executor.kinds.base import (
     PhaseTimeout,
     TerminalPhaseError,
     TransientPhaseError,
-    register_kind,
+    WriteMode,
 )
 from executor.tables import (
     SchemaBreakingChange,
-    WriteMode,
     WriteResult,
     scan_dataset,
     write_table,
@@ -523,7 +522,6 @@ def _write_output(ctx: PhaseContext, out: OutputSpec, result: Any, query_digest:
     return written, {"digest": digest.digest, "rows": digest.rows}
 
 
-@register_kind
 class SqlKind:
     """DuckDB over Delta / Parquet inputs, written as a Delta table (module docstring)."""
 
