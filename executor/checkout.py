@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from executor.kinds.base import TerminalPhaseError
+from executor.errors import TerminalPhaseError
 
 __all__ = ["Checkouts", "CodeDir", "GitError", "own_code"]
 

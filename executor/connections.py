@@ -33,12 +33,8 @@ import pyarrow as pa
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
-from executor.kinds.base import (
-    Connection,
-    PhaseCancelled,
-    PhaseTimeout,
-    TerminalPhaseError,
-)
+from executor.errors import PhaseCancelled, PhaseTimeout, TerminalPhaseError
+from executor.kinds.base import Connection
 from executor.render import render
 
 __all__ = [

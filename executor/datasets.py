@@ -36,7 +36,8 @@ from typing import Any
 import pyarrow as pa
 
 from executor.digests import TableDigest, arrow_table_digest, table_digest
-from executor.kinds.base import DatasetBlocked, SchemaBlocked, TerminalPhaseError, WriteMode
+from executor.errors import DatasetBlocked, SchemaBlocked, TerminalPhaseError
+from executor.kinds.base import WriteMode
 from executor.tables import (
     ChangeKind,
     SchemaBreakingChange,

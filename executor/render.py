@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from executor.kinds.base import TerminalPhaseError
+from executor.errors import TerminalPhaseError
 
 __all__ = ["RUN_FIELDS", "Reference", "TemplateError", "references", "render"]
 

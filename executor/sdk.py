@@ -12,20 +12,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from executor.kinds.base import (
-    Connection,
+from executor.errors import (
     DatasetBlocked,
-    Emit,
-    EventLevel,
     PhaseCancelled,
     PhaseError,
     PhaseTimeout,
-    Progress,
     SchemaBlocked,
     TerminalPhaseError,
     TransientPhaseError,
-    WriteMode,
 )
+from executor.kinds.base import Connection, Emit, EventLevel, Progress, WriteMode
 from executor.kinds.python.context import PythonContext
 
 if TYPE_CHECKING:

@@ -1,34 +1,6 @@
-"""The one protocol every executor kind implements, the phase context and result, the errors.
-
-A kind is a class with two class constants and one method:
-
-    @register_kind
-    class SqlKind:
-        NAME: ClassVar[str] = "sql"
-        CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset({"postgres", "trino"})
-
-        def run(self, ctx: PhaseContext) -> PhaseResult: ...
-
-`NAME` is the phase kind of the spec; `CONNECTION_TYPES` the connection types the kind can
-use (empty: it needs none, or takes any). The worker owns everything around `run`: claiming,
-leases and heartbeats, events, artifact registration and completion. A kind never talks to
-the control plane: it reads its `PhaseContext`, reports through `ctx.emit` / `ctx.progress`
-(the worker turns them into batched events and heartbeats), writes files under
-`ctx.output_dir`, and returns a `PhaseResult` or raises.
-
-Errors (the worker decides retries, never the kind):
-
-- `TerminalPhaseError`: the phase fails now (`retryable = False`): bad params, a bad
-  entrypoint, a schema change that breaks the contract, anything a retry cannot fix.
-- `TransientPhaseError`: retried with backoff (`retryable = True`).
-- `PhaseTimeout`: terminal, with the failure reason `"timeout"`.
-- `PhaseCancelled`: the cancellation flag was set; the work stopped (not a failure).
-- `SchemaBlocked` / `DatasetBlocked` (terminal): a table write refused by the data
-  catalog's schema rules (docs/catalog.md); the worker records the first in the catalog.
-- Any other exception is treated as transient (`as_phase_error`): the phase's attempt cap
-  (enforced in SQL) keeps it from being retried forever.
-
-Kinds are stateless: `kind_for(name)` builds a fresh instance per phase.
+"""The one protocol every executor kind implements (`Kind`, and `Startable` for a kind that
+holds resources), the phase context and result a kind reads and returns, and the phase errors
+(defined in `executor.errors`, re-exported). How to write a kind: docs/kinds.md.
 """
 
 from __future__ import annotations
@@ -39,6 +11,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from executor.errors import (
+    DatasetBlocked,
+    PhaseCancelled,
+    PhaseError,
+    PhaseTimeout,
+    SchemaBlocked,
+    TerminalPhaseError,
+    TransientPhaseError,
+    as_phase_error,
+)
 
 __all__ = [
     "ArtifactRole",
@@ -157,94 +140,6 @@ class PhaseResult:
     output_manifest: dict[str, Any] = field(default_factory=dict)
     """A JSON object: what downstream phases receive as this phase's entry in `inputs`."""
     outputs: list[OutputFile] = field(default_factory=list)
-
-
-class PhaseError(Exception):
-    """Base of the errors a kind raises on purpose. `retryable` tells the worker whether to
-    give the attempt back for a retry with backoff; `reason` is the failure's reason."""
-
-    retryable: ClassVar[bool] = True
-    reason: ClassVar[str] = "error"
-
-    def __init__(
-        self, message: str, *, error_type: str | None = None, detail: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.error_type = error_type
-        """The type of the exception behind this one (e.g. `ValueError`), when wrapped."""
-        self.detail = detail
-        """Longer text, e.g. a traceback from the phase's subprocess."""
-
-
-class TerminalPhaseError(PhaseError):
-    """The phase fails now: a retry cannot help."""
-
-    retryable = False
-
-
-class TransientPhaseError(PhaseError):
-    """The attempt failed, a retry may succeed: retried with backoff up to the attempt cap."""
-
-    retryable = True
-
-
-class PhaseTimeout(TerminalPhaseError):
-    """The phase ran past its timeout; its work was killed."""
-
-    reason = "timeout"
-
-
-class SchemaBlocked(TerminalPhaseError):
-    """A table write was refused: its schema change is BREAKING and the catalog has not
-    accepted it; nothing was written. The worker records the change in the catalog (which
-    blocks the dataset until an admin resolves it) and fails the phase without a retry.
-
-    `table` is the dataset's name, `uri` its location, `changes` the breaking column changes
-    (`{column, change, old_type, new_type}`), `schema` the schema the write proposed
-    (`[{name, type, nullable, key?}]`), `layer` the layer the write named (None: the
-    catalog's default)."""
-
-    reason = "schema_blocked"
-
-    def __init__(self, message: str, *, table: str, uri: str,
-                 changes: list[dict[str, Any]], schema: list[dict[str, Any]] | None,
-                 layer: str | None = None, error_type: str | None = None,
-                 detail: str | None = None) -> None:
-        super().__init__(message, error_type=error_type or "SchemaBlocked", detail=detail)
-        self.table = table
-        self.uri = uri
-        self.changes = changes
-        self.schema = schema
-        self.layer = layer
-
-
-class DatasetBlocked(TerminalPhaseError):
-    """A write to a dataset the catalog holds blocked (a breaking change awaits an admin's
-    `unblock_dataset`) was refused before the table was touched."""
-
-    reason = "dataset_blocked"
-
-    def __init__(self, message: str, *, table: str, uri: str,
-                 error_type: str | None = None, detail: str | None = None) -> None:
-        super().__init__(message, error_type=error_type or "DatasetBlocked", detail=detail)
-        self.table = table
-        self.uri = uri
-
-
-class PhaseCancelled(PhaseError):
-    """The phase was cancelled while it ran; its work was stopped."""
-
-    retryable = False
-    reason = "cancelled"
-
-
-def as_phase_error(exc: BaseException) -> PhaseError:
-    """The `PhaseError` the worker acts on: `exc` itself when it is one, else a
-    `TransientPhaseError` wrapping it (unknown errors are transient; attempts are capped)."""
-    if isinstance(exc, PhaseError):
-        return exc
-    return TransientPhaseError(f"{type(exc).__name__}: {exc}", error_type=type(exc).__qualname__)
 
 
 class Kind(Protocol):

@@ -1,64 +1,6 @@
-"""The `sql` kind: a DuckDB query over Delta tables and Parquet files, written as a Delta table.
-
-Params:
-
-    {
-      "query": "select ...",                        # or "query_file"
-      "query_file": "models/silver_orders.sql",      # relative to code_dir: the param, else
-      "code_dir": "/checkouts/<git_sha>",            # ctx.code_dir (the run's checkout)
-      "connections": ["odoo"],                       # the phase's connections (resolved)
-      "inputs": {
-        "orders": {"delta": "<uri>", "version": null},   # version: time travel (int) or latest
-        "items": {"parquet": "<path or glob>"},
-        "raw": {"upstream": "<phase>"},                  # an upstream phase's output table,
-                                                         # at the version it wrote
-        "partners": {"postgres": {"connection": "odoo",  # a Postgres query or table, read
-                                  "table": "public.res_partner"}}   # into Arrow (or "query")
-      },
-      "output": {"delta": "<uri>", "mode": "overwrite" | "append" | "merge",
-                 "keys": ["id"], "name": "silver.orders",   # the catalog's dataset name
-                 "layer": "silver"},                         # optional: else from the name
-      "preview_rows": 50
-    }
-
-How it runs. An in-memory DuckDB connection with external access disabled (the query reads
-only its declared inputs: no files, no extensions, nothing a fingerprint would miss), each
-input registered as a view over an Arrow dataset: Delta through deltalake's
-`to_pyarrow_dataset` (at `version` when given), Parquet through `pyarrow.dataset` (a glob is
-expanded and sorted first; no match is an error), Postgres read whole into an Arrow table by
-`executor.connections.read_postgres` over one of the phase's connections (types mapped from
-the columns': numeric(p, s) as decimal, unconstrained numeric as float64, jsonb as text...).
-The query runs in a thread; the calling thread watches `ctx.cancel` and the timeout and
-calls `conn.interrupt()` (`PhaseCancelled`, `PhaseTimeout`). A named output (`output.name`,
-a catalog name such as `silver.orders`) is a dataset of the data catalog: written with
-`executor.datasets.write_dataset` under its rules (a dataset the catalog holds blocked is
-not written, `DatasetBlocked`; a BREAKING schema change is `SchemaBlocked`, both terminal;
-an accepted one is applied) and listed in the output manifest's `tables`, which the worker
-records. An unnamed output is written with `executor.tables.write_table` alone (a BREAKING
-change is a plain terminal error) and is not catalogued. Either way the table is hashed
-at the version written (`datasets.written_digest`: in memory when the version holds exactly
-the rows written; all-column canonical order, no primary key).
-
-Outputs, written into `ctx.output_dir`:
-
-- `query.sql` (application/sql): the query text, as run;
-- `result_manifest.json`: the query's row count and schema, the written table's digest, row
-  count and schema, the query digest, the output's name, mode and keys. Only content, never
-  the location: the table's URI and version live in the output manifest, so the same query
-  over the same inputs gives byte-identical files (and artifact digests) wherever it writes;
-- `preview.json`: the first `preview_rows` rows of the query's result in a deterministic
-  order (DuckDB's `ORDER BY ALL`), as `{"columns": [...], "rows": [[...], ...]}`, values as
-  JSON (dates and times ISO 8601, decimals as strings, bytes as base64, non-finite floats as
-  strings).
-
-Output manifest: `{"table": {"uri", "version", "digest", "rows", "name"}, "tables": [the
-catalog entry of a named output, see executor/datasets.py; empty for an unnamed one],
-"query_digest", "result_rows"}`.
-
-Errors. Bad params, a missing input table / version / file, a SQL error (DuckDB's parser,
-binder, catalog, conversion, constraint and permission errors, with DuckDB's message), a
-BREAKING schema change or a bad merge batch (null or duplicated keys): terminal. DuckDB IO
-and out-of-memory errors, commit conflicts and anything unknown: transient.
+"""The `sql` kind: a DuckDB query over Delta tables, Parquet files and Postgres inputs,
+written as a Delta table. Params, outputs, the output manifest and which errors are terminal:
+docs/kinds.md ("sql").
 """
 
 from __future__ import annotations
