@@ -294,7 +294,7 @@ def run_pipeline(source: Source, tmp: Path, workers: int, concurrency: int) -> P
                 cpu_before = sum(cpu_seconds(pid) for pid in workers_pids)
                 with TreeSampler(os.getpid(), include_root=False) as sampler:
                     began = time.perf_counter()
-                    run_id = str(client.call("create_run", args)["id"])
+                    run_id = client.create_run(**args).id
                     run = client.get_run(run_id)
                     while run.state not in FINAL:
                         if time.perf_counter() - began > BOUND_S:

@@ -67,10 +67,9 @@ class Env:
         return LocalArtifactStore(self.tmp / "blobs")
 
     def new_run(self, *phases: dict[str, Any]) -> str:
-        run = self.client(self.world.dev1).call("create_run", {
-            "workspace_id": self.world.w1, "spec_slug": "demo", "git_sha": GIT_SHA,
-            "phases": list(phases), "idempotency_key": str(uuid.uuid4())})
-        return str(run["id"])
+        run = self.client(self.world.dev1).create_run(
+            self.world.w1, "demo", GIT_SHA, list(phases), idempotency_key=str(uuid.uuid4()))
+        return run.id
 
     def get_run(self, run_id: str) -> Run:
         return self.client(self.world.viewer1).get_run(run_id)
@@ -79,9 +78,9 @@ class Env:
         return list(self.client(self.world.viewer1).iter_events(run_id))
 
     def artifacts(self, run_id: str) -> list[dict[str, Any]]:
-        page = self.client(self.world.viewer1).call("list_artifacts", {"run_id": run_id})
-        rows: list[dict[str, Any]] = page["artifacts"]
-        return rows
+        """The run's artifact links as JSON objects (`list_artifacts`, every page)."""
+        viewer = self.client(self.world.viewer1)
+        return [link.model_dump(mode="json") for link in viewer.iter_artifacts(run_id)]
 
     def worker(self, **options: Any) -> Worker:
         """A `Worker` of executor exec1, quick to notice work and to flush events."""

@@ -106,10 +106,9 @@ class Env:
 
     def new_run(self, *phases: dict[str, Any]) -> str:
         dev = self.client(self.world.dev1)
-        run = dev.call("create_run", {
-            "workspace_id": self.world.w1, "spec_slug": "demo", "git_sha": "0123abc",
-            "phases": list(phases) or [phase("a")], "idempotency_key": str(uuid.uuid4())})
-        return str(run["id"])
+        run = dev.create_run(self.world.w1, "demo", "0123abc", list(phases) or [phase("a")],
+                             idempotency_key=str(uuid.uuid4()))
+        return run.id
 
     def event_types(self, run_id: str) -> list[str]:
         return [e.type for e in self.client(self.world.viewer1).iter_events(run_id)]
@@ -309,6 +308,23 @@ def test_unavailable_is_retried_and_other_failures_are_not(env: Env) -> None:
     with pytest.raises(TransportFailure) as lost:
         ex.call("create_workspace", {"slug": "once", "name": "Once"})
     assert lost.value.sent and len(env.faults.calls("create_workspace")) == 1
+    env.faults.lose["create_workspace"] = 1                    # the typed method alike
+    with pytest.raises(TransportFailure):
+        ex.create_workspace("twice", "Twice")
+    assert len(env.faults.calls("create_workspace")) == 2
+
+
+def test_create_run_is_retried_only_with_an_idempotency_key(env: Env) -> None:
+    dev = env.client(env.world.dev1, faulty=True)
+    env.faults.lose["create_run"] = 1
+    with pytest.raises(TransportFailure):                      # without a key: sent once
+        dev.create_run(env.world.w1, "demo", "0123abc", [phase("a")])
+    assert len(env.faults.calls("create_run")) == 1
+
+    env.faults.lose["create_run"] = 1
+    run = dev.create_run(env.world.w1, "demo", "0123abc", [phase("a")], idempotency_key="k1")
+    assert len(env.faults.calls("create_run")) == 3            # lost, then sent again
+    assert run.created is False and run.id == env.faults.lost[-1]["id"]
 
 
 def test_no_connection_is_retried_then_raised(env: Env) -> None:
