@@ -1782,7 +1782,7 @@ begin
             pg_catalog.jsonb_build_object('run_id', new.id, 'to', new.state));
     end if;
     if not (case old.state
-                when 'queued' then new.state in ('running', 'failed', 'cancelled')
+                when 'queued' then new.state in ('running', 'cancelled')
                 when 'running' then new.state in ('succeeded', 'failed', 'cancelled')
                 else false   -- succeeded, failed and cancelled are final
             end) then
