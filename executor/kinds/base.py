@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
+from control_room.contract.vocabulary import ArtifactRole, EventLevel
 from executor.errors import (
     DatasetBlocked,
     PhaseCancelled,
@@ -47,12 +48,9 @@ __all__ = [
     "collect_outputs",
 ]
 
-EventLevel = Literal["debug", "info", "warning", "error"]
 WriteMode = Literal["append", "overwrite", "merge"]
 """How a table write treats the rows already there (executor/tables.py)."""
 DEFAULT_MEDIA_TYPE = "application/octet-stream"
-ArtifactRole = Literal["output", "input", "log", "report"]
-EVENT_LEVELS: frozenset[str] = frozenset({"debug", "info", "warning", "error"})
 
 
 class Emit(Protocol):

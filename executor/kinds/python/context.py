@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from executor.kinds.base import EVENT_LEVELS, Connection, EventLevel, TerminalPhaseError, WriteMode
+from control_room.contract.vocabulary import EVENT_LEVELS
+from executor.errors import TerminalPhaseError
+from executor.kinds.base import Connection, EventLevel, WriteMode
 
 __all__ = ["MAX_LINE_CHARS", "MAX_OUTPUT_LINES", "ChildSpec", "PythonContext",
            "parse_entrypoint"]
