@@ -1,24 +1,5 @@
-"""Content-addressed artifact stores: a local directory (the default) or any S3-compatible store.
-
-A blob is named by its digest (`blake3:<hex>`, see `executor.digests`) and lives once, at
-`blobs/blake3/<hex[0:2]>/<hex[2:4]>/<hex>` under the store's root or prefix. Writes are atomic
-(locally a temp file renamed into place; on S3 one complete object, a single PUT or a
-completed multipart upload) and idempotent: a blob that exists is never rewritten, so the
-same bytes stored by many runs cost one copy. Stored blobs are immutable (local files are
-made read-only).
-
-    store = artifact_store_from_url("file:///var/lib/control-room/artifacts")
-    store = artifact_store_from_url("s3://lake/artifacts", endpoint_url="http://minio:9000",
-                                    addressing_style="path")
-    blob = store.put_bytes(b"...", "application/json")
-    with store.open(blob.digest) as f: ...
-
-S3 notes: credentials not given fall back to boto3's chain (environment, profile, instance
-role). Request checksums are sent only when an operation requires them
-(`request_checksum_calculation="when_required"`): several S3-compatible stores reject the
-newer default ones, and every blob carries its own blake3 digest anyway. New objects are
-written with `If-None-Match: *` when the store honours it (AWS, MinIO, moto); a store that
-answers 501 to it gets plain PUTs of the same bytes.
+"""Content-addressed artifact stores: a local directory (the default) or any S3-compatible
+store. How blobs are written and what S3 needs: docs/artifacts.md.
 """
 
 from __future__ import annotations

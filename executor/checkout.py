@@ -1,26 +1,5 @@
-"""The code a phase runs: the run's git sha, checked out once per commit.
-
-A run is created at a git sha (the spec was read at it), and its phases should run the code
-of that commit, not whatever the worker happens to have: a rebuild or a verify months later
-runs the same entrypoints and SQL files. A worker configured with a repository (`control-room
-worker --repo PATH_OR_URL`) materializes each commit once under `<work_dir>/checkouts/<sha>`
-and hands it to the kinds as `ctx.code_dir` (the python kind puts it first on the child's
-`sys.path`; the sql kind reads `query_file` under it).
-
-    checkouts = Checkouts("/srv/pipelines", Path("/var/lib/cr/work/checkouts"))
-    code = checkouts.code_for("3f2a9c1")     # a full or abbreviated commit
-    code.path                                # .../checkouts/3f2a9c1e...(40 hex), or None
-
-- **A local directory** is used in place (`git archive` from it). **A URL** (`https://...`,
-  `file:///...`, `git@host:path`) is cloned once as a mirror under the checkouts directory,
-  and fetched again when a sha is not in it.
-- **Atomic, race-free.** A commit is extracted (`git archive | tar`, without `.git`) into a
-  private temporary directory, then renamed into place: a checkout that exists is complete.
-  Threads of one worker wait for one extraction; two processes sharing a work dir may both
-  extract, and the loser of the rename discards its copy.
-- **Not a commit.** A sha that is not hexadecimal (`<sha>-dirty`, `local`: the run was made
-  from a working tree) runs the worker's own code (`path` None, with a note saying why); a
-  hexadecimal sha that is not a commit of the repository is a terminal phase error naming it.
+"""The code a phase runs: the run's git sha, checked out once per commit (docs/kinds.md, "The
+run's code").
 """
 
 from __future__ import annotations

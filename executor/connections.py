@@ -1,21 +1,6 @@
-"""Named connections: resolved from the run's input manifest, secrets from their references.
-
-A spec declares its connections once (`connections: {odoo: {type: postgres, dsn: ..., password:
-"secret:env:ODOO_PASSWORD"}}`), the run's input manifest keeps them with their secrets as
-*references*, and a phase names the ones it uses (`params.connections: [odoo]`). The worker
-resolves only those, just before the phase runs, so a secret is read where the work happens
-and never travels through the control plane:
-
-- fields are rendered as templates first (`dsn: "${params.odoo_dsn}"`, executor/render.py);
-- `secret:env:NAME` is the worker's environment variable NAME; `secret:file:/path` the file's
-  contents without its trailing newline (the shape of Docker and Kubernetes secrets);
-- an unknown connection, a malformed reference, an unset variable or an unreadable file is a
-  terminal phase error naming the connection and the *reference*, never a value.
-
-`postgres_connect` opens a `type: postgres` connection (`{"dsn", "password"}`: the password is
-given to libpq apart from the DSN, so it never appears in one); `read_postgres` reads a query
-or a table into an Arrow table with types mapped from the Postgres column types (the `sql`
-kind's Postgres inputs and python entrypoints use it).
+"""Named connections resolved from the run's input manifest, secrets from their references
+(`secret:env:NAME`, `secret:file:/path`); `postgres_connect` and `read_postgres` for Postgres.
+The rules and the type mapping: docs/kinds.md ("Connections").
 """
 
 from __future__ import annotations

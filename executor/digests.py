@@ -1,51 +1,5 @@
-"""Content digests: blobs, Delta table versions and phase fingerprints.
-
-Every digest is `blake3:` followed by 64 lowercase hex digits.
-
-- `blob_digest`: blake3 of the bytes, streamed in chunks for files and streams, hashed with
-  all cores for large inputs.
-- `table_digest`: a canonical content hash of one Delta table version, independent of file
-  layout, partitioning, row order, column order and writer, different when any value, column
-  name or column type differs. The recipe (format `cr-table-v1`):
-
-  1. Read the version's rows (deletion vectors and column mapping applied by delta-rs). The
-     transaction log (`_delta_log`) is never hashed: it holds timestamps, random ids and file
-     names that differ between identical writes.
-  2. Columns sorted by name (struct fields too, at every level).
-  3. Types normalised so that a writer's choice of physical type does not count:
-     string / large_string / string_view -> large_string; binary / large_binary /
-     binary_view / fixed_size_binary -> large_binary; dictionary and run-end encoded -> the
-     value type; timestamps -> microseconds, time zone kept (Delta's own unit; a nanosecond
-     value that is not a whole microsecond raises); date64 -> date32; decimal32/64 ->
-     decimal128 (same precision and scale); list / large_list / list_view / fixed_size_list
-     -> large_list with the child named `item`; map children named `key` / `value`; every
-     field nullable and no metadata (nullability is a constraint, not content: Delta and
-     writers disagree on it; the catalog's schema versions track it). Integer widths, float
-     widths, decimal precision and scale, time zones and everything else are kept: a changed
-     type gives a different digest.
-  4. Values canonicalised: in float32 / float64 values (top level and nested), -0.0 becomes
-     0.0 and every NaN becomes the one canonical quiet NaN (so -0.0 and 0.0 hash equal, and
-     all NaNs hash equal; NaN, null and 0.0 stay three different values). A null struct's
-     children are null too; bytes under nulls are zeroed (the row permutation below rebuilds
-     every buffer), so the bits a writer left under a null never count.
-  5. Rows sorted, nulls last, NaN after numbers: by the scalar columns in name order, then
-     by the nested ones (struct, list, map) in name order; or, when a primary key is given,
-     by the key columns in the given order, falling back to the key then the other columns
-     (as above) when the key has duplicates. Nested columns sort by a canonical text of
-     each value (JSON of its Python value, temporal leaves as integers): a deterministic
-     order, not a meaningful one, built row by row in Python (about 3 s per million nested
-     values), and only when the scalar columns leave ties (a table with a unique scalar
-     column never pays it). Map entries keep their stored order: two maps with the same
-     entries in a different order are different values.
-  6. Hashed: a header (`cr-table-v1`, the ordering) then the table as an uncompressed Arrow
-     IPC stream (metadata V5) in fixed batches of 65,536 rows.
-
-  The sort order is part of the digest: with a primary key, the digest differs from the one
-  without (the header names the key). The whole version is held in memory. The bytes depend
-  on Arrow's IPC encoding, which is stable across versions; a test pins a golden digest so
-  that an upgrade that changes the bytes is noticed, not shipped.
-- `fingerprint`: blake3 over canonical JSON (sorted keys, no whitespace) of a phase's kind,
-  params, git_sha and input digests.
+"""Content digests: blobs, Delta table versions and phase fingerprints. The recipes:
+docs/artifacts.md ("Digests in detail").
 """
 
 from __future__ import annotations

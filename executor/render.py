@@ -1,21 +1,6 @@
-"""Templates in phase params and connection fields, rendered by the worker just before a phase.
-
-Specs store their templates unrendered (the run's phases keep `${params.lake}`, not a path),
-so a run's phases say what they mean and a verify or retry can point them elsewhere by
-changing only the run's params. The worker renders them with the run's `input_manifest`
-params right before the kind runs (docs/kinds.md, "Templates"):
-
-- `${params.NAME}`: the run's param NAME; `${run.id}`, `${run.git_sha}`, `${run.spec_slug}`;
-- a string that is exactly one `${...}` takes the value itself, with its JSON type (a number
-  stays a number); elsewhere the value is interpolated as text (a string as is, anything else
-  as JSON: `true`, `3`, `null`);
-- `$${` is a literal `${` (`"$${params.x}"` renders to `"${params.x}"`);
-- only string values are rendered, in objects and arrays at any depth; keys never are.
-
-An unknown name, or a malformed `${...}`, is a `TemplateError`: a terminal phase error (a
-retry cannot fix it) naming the reference and where it is, as a JSON path (`args.lake`,
-`inputs.orders.delta`, `output.keys[0]`). The spec loader calls `references` to check a spec
-statically, before any run exists.
+"""Templates in phase params and connection fields (`${params.NAME}`, `${run.id}`...), rendered
+by the worker just before a phase; the spec loader checks them with `references`. The rules:
+docs/kinds.md ("Templates").
 """
 
 from __future__ import annotations
