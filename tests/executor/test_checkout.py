@@ -187,11 +187,11 @@ def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[
 
 
 def run_at(env: Env, git_sha: str) -> str:
-    run = env.client(env.world.dev1).call("create_run", {
-        "workspace_id": env.world.w1, "spec_slug": "demo", "git_sha": git_sha,
-        "phases": [phase("value", params={"entrypoint": ENTRYPOINT}, max_attempts=3)],
-        "idempotency_key": str(uuid.uuid4())})
-    return str(run["id"])
+    run = env.client(env.world.dev1).create_run(
+        env.world.w1, "demo", git_sha,
+        [phase("value", params={"entrypoint": ENTRYPOINT}, max_attempts=3)],
+        idempotency_key=str(uuid.uuid4()))
+    return run.id
 
 
 def test_a_worker_with_a_repo_runs_each_run_s_commit(env: Env, repo: Repo) -> None:

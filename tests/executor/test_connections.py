@@ -207,12 +207,11 @@ def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[
 
 def new_run(env: Env, *phases: dict[str, Any], connections: dict[str, Any],
             params: dict[str, Any]) -> str:
-    run = env.client(env.world.dev1).call("create_run", {
-        "workspace_id": env.world.w1, "spec_slug": "demo", "git_sha": "0123abc",
-        "phases": list(phases),
-        "input_manifest": {"params": params, "connections": connections},
-        "idempotency_key": str(uuid.uuid4())})
-    return str(run["id"])
+    run = env.client(env.world.dev1).create_run(
+        env.world.w1, "demo", "0123abc", list(phases),
+        input_manifest={"params": params, "connections": connections},
+        idempotency_key=str(uuid.uuid4()))
+    return run.id
 
 
 def test_a_worker_resolves_connections_for_python_and_sql_phases(

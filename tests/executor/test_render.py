@@ -128,11 +128,10 @@ def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[
 
 
 def new_run(env: Env, phases: list[dict[str, Any]], params: dict[str, Any]) -> str:
-    run = env.client(env.world.dev1).call("create_run", {
-        "workspace_id": env.world.w1, "spec_slug": "demo", "git_sha": "0123abc",
-        "phases": phases, "input_manifest": {"params": params},
-        "idempotency_key": str(uuid.uuid4())})
-    return str(run["id"])
+    run = env.client(env.world.dev1).create_run(
+        env.world.w1, "demo", "0123abc", phases, input_manifest={"params": params},
+        idempotency_key=str(uuid.uuid4()))
+    return run.id
 
 
 def test_the_kind_sees_rendered_params_and_the_run_keeps_the_templates(env: Env) -> None:

@@ -50,11 +50,10 @@ def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[
 
 
 def create(env: Env, phases: list[dict[str, Any]], params: dict[str, Any]) -> str:
-    run = env.client(env.world.dev1).call("create_run", {
-        "workspace_id": env.world.w1, "spec_slug": "demo", "git_sha": "0123abc",
-        "phases": phases, "input_manifest": {"params": params},
-        "idempotency_key": str(uuid.uuid4())})
-    return str(run["id"])
+    run = env.client(env.world.dev1).create_run(
+        env.world.w1, "demo", "0123abc", phases, input_manifest={"params": params},
+        idempotency_key=str(uuid.uuid4()))
+    return run.id
 
 
 def run_all(env: Env, phases: int) -> None:
@@ -74,11 +73,10 @@ def verify(env: Env, *args: str) -> Result:
 
 def rebuild_of(env: Env, run_id: str) -> str:
     """The verify run made for `run_id`."""
-    page = env.client(env.world.viewer1).call("list_runs", {
-        "workspace_id": env.world.w1, "labels": {"verify_of": run_id}})
-    rows = page["runs"] if isinstance(page, dict) else page
-    assert len(rows) == 1, rows
-    return str(rows[0]["id"])
+    page = env.client(env.world.viewer1).list_runs(env.world.w1,
+                                                   labels={"verify_of": run_id})
+    assert len(page.runs) == 1, page.runs
+    return page.runs[0].id
 
 
 def test_a_reproducible_run_verifies(env: Env) -> None:

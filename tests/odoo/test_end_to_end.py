@@ -43,7 +43,7 @@ def test_the_odoo_spec_runs_through_the_gateway_and_workers(
 
     def create_run() -> str:
         args = loaded.create_run_args(env.world.w1, params, idempotency_key=str(uuid.uuid4()))
-        return str(env.client(env.world.dev1).call("create_run", args)["id"])
+        return env.client(env.world.dev1).create_run(**args).id
 
     run_id = create_run()
     phases = len(loaded.spec.phases)
