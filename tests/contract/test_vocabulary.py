@@ -109,6 +109,12 @@ def test_the_lifecycle_event_types_are_the_documented_ones() -> None:
     assert not vocabulary.LIFECYCLE_EVENT_TYPES & vocabulary.EXECUTOR_EVENT_TYPES
 
 
+def test_the_reserved_event_types_of_the_database_are_the_lifecycle_types(
+        conn: psycopg.Connection[Any]) -> None:
+    rows = conn.execute("select type from ops_private.reserved_event_types").fetchall()
+    assert {row[0] for row in rows} == vocabulary.LIFECYCLE_EVENT_TYPES
+
+
 def test_append_events_refuses_exactly_the_lifecycle_types(sql_contract: Contract) -> None:
     world = make_world(sql_contract)
     run = new_run(sql_contract, world.w1, [phase("a")], as_=world.dev1)
