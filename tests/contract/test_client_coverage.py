@@ -10,11 +10,14 @@ whose answer is checked.
 
 from __future__ import annotations
 
+import ast
 import inspect
+import sys
 import types
 import typing
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +25,7 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 
+import control_room.contract
 from control_room.contract import (
     ArtifactLink,
     Conflict,
@@ -52,6 +56,23 @@ from tests.openapi_doc import (
 from .conftest import ANON, SERVICE, HttpContract, Principal, World, make_world, phase, user
 
 OPERATIONS = sorted(rpc_operations(load_openapi()))
+
+
+def test_the_package_imports_only_httpx_pydantic_tenacity_and_the_standard_library() -> None:
+    package = Path(control_room.contract.__file__).parent
+    allowed = {"httpx", "pydantic", "tenacity", "__future__"} | set(sys.stdlib_module_names)
+    for source in sorted(package.glob("*.py")):
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed or name.startswith(
+                    "control_room.contract"), f"{source.name} imports {name}"
 
 
 def test_the_document_has_the_operations_the_client_knows() -> None:
