@@ -80,9 +80,8 @@ def test_a_dag_of_three_python_phases_succeeds_with_two_slots(env: Env) -> None:
         assert registered.payload["digest"] == digest
         assert registered.payload["name"] == f"{name}.txt"
         assert registered.payload["size_bytes"] == len(content)
-    artifacts = env.client(env.world.viewer1).call("list_artifacts", {"run_id": run_id})
-    rows = artifacts["artifacts"] if isinstance(artifacts, dict) else artifacts
-    assert sorted((r["name"], r["media_type"], r["role"]) for r in rows) == [
+    rows = env.client(env.world.viewer1).list_artifacts(run_id).artifacts
+    assert sorted((r.name, r.media_type, r.role) for r in rows) == [
         (f"{n}.txt", "text/plain", "output") for n in "abc"]
     # b and c ran after a; the scratch space was cleaned up
     assert not any((env.tmp / "work").rglob("*.txt"))
@@ -139,7 +138,7 @@ def test_a_cancel_learned_from_a_heartbeat_kills_the_phase(env: Env) -> None:
     running = Running(env.worker(lease_seconds=3), max_phases=1)
     ready = wait_for("READY", lambda: [e for e in env.events(run_id) if e.type == "READY"])
     pid = ready[0].payload["pid"]
-    env.client(env.world.dev1).call("cancel_run", {"run_id": run_id, "reason": "enough"})
+    env.client(env.world.dev1).cancel_run(run_id, reason="enough")
     stats = running.join()
     assert (stats.claimed, stats.failed, stats.abandoned) == (1, 1, 0)
     assert not _alive(pid)
