@@ -1,4 +1,6 @@
-"""The one settings object, built at the entry points and passed down.
+"""The control room's settings: every `CONTROL_ROOM_*` variable is a field of a class here or
+of `executor.settings.WorkerSettings` (the table: docs/settings.md, printed by
+`python -m control_room.cli.settings_doc`).
 
 Values come from keyword overrides, then `CONTROL_ROOM_*` environment variables, then
 defaults. Nothing here writes into `os.environ`.
@@ -10,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, AliasPath, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CONTROL_ROOM_"
@@ -29,9 +31,14 @@ def default_contract_file() -> Path:
     return Path(str(resources.files("control_room.contract").joinpath("openapi.yaml")))
 
 
-def env_var(field: str) -> str:
-    """The environment variable that sets a settings field, e.g. `CONTROL_ROOM_DATABASE_URL`."""
-    return f"{ENV_PREFIX}{field.upper()}"
+def env_var(field: str, cls: type[BaseSettings] | None = None) -> str:
+    """The environment variable that sets a field of `cls` (default `Settings`), e.g.
+    `CONTROL_ROOM_DATABASE_URL`: its alias when it has one, else the prefix and its name."""
+    info = (cls or Settings).model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices | AliasPath):
+        raise TypeError(f"{field}: give a settings field one plain alias")
+    return alias.upper() if alias else f"{ENV_PREFIX}{field.upper()}"
 
 
 class Settings(BaseSettings):
@@ -56,7 +63,9 @@ class Settings(BaseSettings):
         default_factory=default_migrations_dir,
         description="The Supabase CLI migrations directory (supabase/migrations).",
     )
-    statement_timeout_ms: int = Field(default=30_000, ge=0)
+    statement_timeout_ms: int = Field(
+        default=30_000, ge=0, description="Statement timeout of every database session."
+    )
     contract_file: Path = Field(
         default_factory=default_contract_file,
         description="The contract (OpenAPI): the gateway serves exactly its operations.",
@@ -72,22 +81,87 @@ class Settings(BaseSettings):
             " production). None: a secret generated once and kept in the state directory."
         ),
     )
-    pool_min_size: int = Field(default=2, ge=1)
-    pool_max_size: int = Field(default=20, ge=1)
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    claim_wait_max_seconds: float = Field(default=30.0, ge=0, le=300)
+    pool_min_size: int = Field(
+        default=2, ge=1, description="The gateway's database pool: connections kept open."
+    )
+    pool_max_size: int = Field(
+        default=20, ge=1, description="The gateway's database pool: most connections."
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024,
+        description="Largest request body the gateway reads (413 above).",
+    )
+    claim_wait_max_seconds: float = Field(
+        default=30.0, ge=0, le=300,
+        description="Longest a claim may wait for work (`Prefer: wait=N`).",
+    )
     claim_poll_seconds: float = Field(
         default=1.0, gt=0, description="Polling fallback while a claim waits for work."
     )
-    test_clock: bool = Field(
+
+    # control-room migrate
+    migrate_check: bool = Field(
         default=False,
-        description="Honour the X-Control-Room-Now header (tests only; never in production).",
+        description="`migrate` applies nothing; lists pending, drifted and unknown migrations "
+                    "and exits 1 if there are any.",
     )
 
     @field_validator("state_dir", "migrations_dir", "contract_file")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+
+class ClientSettings(BaseSettings):
+    """How a command reaches the contract over HTTP (`runs`, `datasets`, `verify`): without
+    them, the local stack's (`<state_dir>/stack.json`, written by `control-room up`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_ignore_empty=True
+    )
+
+    gateway_url: str | None = Field(
+        default=None,
+        description="The contract's REST root: the gateway's or Supabase's /rest/v1. None: the "
+                    "local stack's (`control-room up`).",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="A developer's (or service) token (`control-room token create`). None: "
+                    "the local stack's.",
+    )
+    workspace: str | None = Field(
+        default=None,
+        description="The workspace's slug or id. None: the local stack's, or the only "
+                    "workspace the token sees.",
+    )
+
+
+class StackSettings(BaseSettings):
+    """The local stack of `control-room up` and the demo built on it (the gateway's port of
+    `up` is `Settings.port`, each worker's slots `WorkerSettings.concurrency`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_ignore_empty=True
+    )
+
+    up_workers: int = Field(
+        default=2, ge=0, le=64, description="Worker processes `up` and `demo` start."
+    )
+    demo_scale: float = Field(
+        default=0.05, ge=0.001, le=100.0,
+        description="Size of the demo's Odoo data: about 100,000 x scale sale order lines.",
+    )
+    demo_days: int = Field(
+        default=30, ge=1, le=3650, description="Days of Odoo activity the demo simulates."
+    )
+    demo_seed: int = Field(default=42, description="The demo generator's seed.")
+    demo_port: int = Field(
+        default=0, ge=0, le=65535, description="The demo gateway's port; 0: any free port."
+    )
+    demo_keep_up: bool = Field(
+        default=False, description="Keep the demo's stack running after the run, until Ctrl-C."
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -98,3 +172,4 @@ def load_settings(**overrides: Any) -> Settings:
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     return Settings(**given)
+

@@ -131,8 +131,9 @@ def running_gateway(db_url: str, **settings: Any) -> Iterator[str]:
     from control_room.gateway.app import create_app, serving
     from control_room.settings import load_settings
 
-    options: dict[str, Any] = {"test_clock": True, "pool_min_size": 1, "pool_max_size": 4}
+    options: dict[str, Any] = {"pool_min_size": 1, "pool_max_size": 4}
     options.update(settings)
-    app = create_app(load_settings(**options), database_url=db_url, jwt_secret=TEST_JWT_SECRET)
+    app = create_app(load_settings(**options), database_url=db_url, jwt_secret=TEST_JWT_SECRET,
+                     test_clock=True)
     with serving(app) as url:
         yield url

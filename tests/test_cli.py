@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from control_room.cli import app
@@ -88,3 +91,43 @@ def test_every_option_names_its_environment_variable() -> None:
         envvars = re.findall(r"env var: (CONTROL_ROOM_[A-Z_]+)", result.stdout)
         # --json is a choice per invocation, not a setting
         assert len(set(envvars)) == len(set(options) - {"--help", "--json"}), result.stdout
+
+
+def _paragraphs(doc: str) -> list[str]:
+    """A docstring's paragraphs, each joined into one line as markdown renders it."""
+    return [" ".join(p.replace("`", "").split()) for p in inspect.cleandoc(doc).split("\n\n")]
+
+
+def test_demo_help_shows_its_docstring_as_paragraphs() -> None:
+    result = runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert ("Generates an Odoo database, runs specs/odoo_medallion.yaml through the gateway and "
+            "real workers with live progress, then prints the gold KPIs, the artifact digests "
+            "and where to look. Always uses the embedded PostgreSQL under the state "
+            "directory.") in lines, result.stdout
+
+
+def test_every_help_text_renders_its_paragraphs_unbroken() -> None:
+    root: Any = typer.main.get_command(app)
+    checked = 0
+    for path, command in _commands(root):
+        doc = command.callback.__doc__ if command.callback is not None else None
+        if not doc:
+            continue
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, (path, result.output)
+        lines = {line.strip() for line in result.stdout.splitlines()}
+        for paragraph in _paragraphs(doc):
+            if len(paragraph) < 240:
+                assert paragraph in lines, (path, paragraph, result.stdout)
+                checked += 1
+    assert checked > 20
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[list[str], Any]]:
+    found: list[tuple[list[str], Any]] = []
+    for name, command in getattr(group, "commands", {}).items():
+        found.append(([*path, name], command))
+        found += _commands(command, (*path, name))
+    return found

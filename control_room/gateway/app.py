@@ -133,8 +133,9 @@ class Notifier:
 
 class Gateway:
     def __init__(self, settings: Settings, *, database_url: str, jwt_secret: str,
-                 contract_file: Path) -> None:
+                 contract_file: Path, test_clock: bool = False) -> None:
         self.settings = settings
+        self.test_clock = test_clock
         self.database_url = database_url
         self.secret = jwt_secret
         self.contract_file = contract_file
@@ -239,7 +240,7 @@ class Gateway:
 
     def _clock(self, request: Request) -> datetime | None:
         value = request.headers.get("x-control-room-now")
-        if value is None or not self.settings.test_clock:
+        if value is None or not self.test_clock:
             return None
         try:
             return datetime.fromisoformat(value)
@@ -344,10 +345,14 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
-               contract_file: Path | None = None) -> Starlette:
-    """The ASGI app serving the contract over `database_url`."""
+               contract_file: Path | None = None, test_clock: bool = False) -> Starlette:
+    """The ASGI app serving the contract over `database_url`.
+
+    `test_clock` (tests only, never a setting): honour the `X-Control-Room-Now` header.
+    """
     gateway = Gateway(settings, database_url=database_url, jwt_secret=jwt_secret,
-                      contract_file=contract_file or settings.contract_file)
+                      contract_file=contract_file or settings.contract_file,
+                      test_clock=test_clock)
     app = Starlette(
         routes=[
             Route("/rest/v1/rpc/{function}", gateway.rpc, methods=["POST"]),

@@ -1,4 +1,4 @@
-"""`control-room up`: the whole local stack in one process tree (and `demo`, built on it)."""
+"""`control-room up`: the whole local stack in one process tree, and `demo`, built on it."""
 
 from __future__ import annotations
 
@@ -9,33 +9,36 @@ from typing import Annotated, Any
 
 import typer
 
-from control_room.cli import (
+from control_room.cli.common import (
     EXIT_FAILED,
-    BadInput,
     DatabaseUrl,
     StateDir,
-    _fail,
-    _guard,
-    app,
+    defaults,
     err,
+    fail,
+    guard,
+    new_app,
+    option_for,
     out,
+    require_migrations,
 )
-from control_room.localstack import LocalStack, LocalStackError
-from control_room.settings import env_var, load_settings
+from control_room.settings import Settings, StackSettings, load_settings
+from executor.settings import WorkerSettings
 
-Port = Annotated[int | None, typer.Option(
-    "--port", envvar=env_var("port"), show_envvar=True,
-    help="The gateway's port. Default: 8787")]
-Workers = Annotated[int, typer.Option(
-    "--workers", envvar="CONTROL_ROOM_UP_WORKERS", show_envvar=True, min=0, max=64,
-    help="Worker processes to start.")]
-Concurrency = Annotated[int, typer.Option(
-    "--concurrency", envvar="CONTROL_ROOM_WORKER_CONCURRENCY", show_envvar=True, min=1,
-    max=256, help="Phases each worker runs at once.")]
-Repo = Annotated[Path | None, typer.Option(
-    "--repo", envvar="CONTROL_ROOM_WORKER_REPO", show_envvar=True,
+app = new_app("The local stack.")
+
+S = StackSettings
+SETTINGS, STACK, WORKER = defaults(Settings), defaults(S), defaults(WorkerSettings)
+Port = Annotated[int, option_for(Settings, "port", "--port", help="The gateway's port.")]
+Workers = Annotated[int, option_for(S, "up_workers", "--workers")]
+Concurrency = Annotated[int, option_for(WorkerSettings, "concurrency", "--concurrency")]
+Repo = Annotated[Path | None, option_for(
+    WorkerSettings, "repo", "--repo",
     help="Git repository the workers check a run's git_sha out of. Default: none (the "
          "workers' own code).")]
+
+DEMO_SOURCE_DB = "odoo_demo"
+DEMO_WAREHOUSE_DB = "odoo_warehouse"
 
 
 def _say(line: str) -> None:
@@ -44,22 +47,23 @@ def _say(line: str) -> None:
 
 @app.command("up")
 def up_command(
-    port: Port = None,
-    workers: Workers = 2,
-    concurrency: Concurrency = 2,
+    port: Port = SETTINGS.port,
+    workers: Workers = STACK.up_workers,
+    concurrency: Concurrency = WORKER.concurrency,
     repo: Repo = None,
     database_url: DatabaseUrl = None,
     state_dir: StateDir = None,
 ) -> None:
     """Start the database, migrations, the gateway and local workers; Ctrl-C stops them all.
 
-    Writes <state-dir>/stack.json so that `control-room runs ...` finds the stack without
+    Writes `<state-dir>/stack.json` so that `control-room runs ...` finds the stack without
     options. A second `up` reuses the state directory (database, lake, artifacts).
     """
-    with _guard():
+    from control_room.localstack import LocalStack, LocalStackError
+
+    with guard():
         settings = load_settings(port=port, database_url=database_url, state_dir=state_dir)
-        if not settings.migrations_dir.is_dir():
-            raise BadInput(f"migrations directory not found: {settings.migrations_dir}")
+        require_migrations(settings)
         stop = threading.Event()
 
         def _stop(signum: int, frame: Any) -> None:
@@ -77,37 +81,22 @@ def up_command(
                           "Ctrl-C stops everything.", markup=False)
                 stack.wait(stop)
         except LocalStackError as exc:
-            _fail(str(exc), EXIT_FAILED)
+            fail(str(exc), EXIT_FAILED)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         err.print("Stopped.", markup=False)
 
 
-# --------------------------------------------------------------------------------- demo
-
-DEMO_SOURCE_DB = "odoo_demo"
-DEMO_WAREHOUSE_DB = "odoo_warehouse"
-
-
 @app.command("demo")
 def demo_command(
-    scale: Annotated[float, typer.Option(
-        "--scale", envvar="CONTROL_ROOM_DEMO_SCALE", show_envvar=True, min=0.001, max=100.0,
-        help="Size of the Odoo data: about 100,000 x scale sale order lines.")] = 0.05,
-    days: Annotated[int, typer.Option(
-        "--days", envvar="CONTROL_ROOM_DEMO_DAYS", show_envvar=True, min=1, max=3650,
-        help="Days of Odoo activity to simulate.")] = 30,
-    seed: Annotated[int, typer.Option(
-        "--seed", envvar="CONTROL_ROOM_DEMO_SEED", show_envvar=True,
-        help="The generator's seed.")] = 42,
-    workers: Workers = 2,
-    port: Annotated[int, typer.Option(
-        "--port", envvar="CONTROL_ROOM_DEMO_PORT", show_envvar=True,
-        help="The gateway's port. Default: any free port.")] = 0,
-    keep_up: Annotated[bool, typer.Option(
-        "--keep-up", envvar="CONTROL_ROOM_DEMO_KEEP_UP", show_envvar=True,
-        help="Keep the stack running after the run, until Ctrl-C.")] = False,
+    scale: Annotated[float, option_for(S, "demo_scale", "--scale")] = STACK.demo_scale,
+    days: Annotated[int, option_for(S, "demo_days", "--days")] = STACK.demo_days,
+    seed: Annotated[int, option_for(S, "demo_seed", "--seed")] = STACK.demo_seed,
+    workers: Workers = STACK.up_workers,
+    concurrency: Concurrency = WORKER.concurrency,
+    port: Annotated[int, option_for(S, "demo_port", "--port")] = STACK.demo_port,
+    keep_up: Annotated[bool, option_for(S, "demo_keep_up", "--keep-up")] = STACK.demo_keep_up,
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
@@ -120,19 +109,20 @@ def demo_command(
     import shutil
     from datetime import timedelta
 
-    from control_room.cli_runs import _watch
+    from control_room.cli.display import watch
     from control_room.contract.client import ContractClient
+    from control_room.localstack import LocalStack, LocalStackError
     from control_room.specs import example_spec, load_spec
     from pipelines.odoo.generator import ensure_database, generate
 
-    with _guard():
+    with guard():
         settings = load_settings(state_dir=state_dir, port=port)
         settings = settings.model_copy(update={"database_url": None})
         spec = load_spec(example_spec("odoo_medallion"))
         secrets = {"ODOO_PASSWORD": "", "WAREHOUSE_PASSWORD": ""}
         try:
-            with LocalStack(settings, workers=workers, concurrency=2, worker_env=secrets,
-                            log=_say) as stack:
+            with LocalStack(settings, workers=workers, concurrency=concurrency,
+                            worker_env=secrets, log=_say) as stack:
                 assert stack.info is not None
                 admin = stack.database_url
                 with err.status(f"Generating the Odoo database (scale {scale}, {days} days, "
@@ -140,9 +130,9 @@ def demo_command(
                     source = ensure_database(admin, DEMO_SOURCE_DB)
                     report = generate(source, scale=scale, seed=seed, days=days)
                 _say(f"odoo: {report.rows.get('sale_order', 0):,} orders, "
-                    f"{report.rows.get('sale_order_line', 0):,} order lines, "
-                    f"{report.rows.get('account_move', 0):,} invoices in {report.seconds:.1f} s "
-                    f"({report.first_day} .. {report.last_day})")
+                     f"{report.rows.get('sale_order_line', 0):,} order lines, "
+                     f"{report.rows.get('account_move', 0):,} invoices in "
+                     f"{report.seconds:.1f} s ({report.first_day} .. {report.last_day})")
                 warehouse = ensure_database(admin, DEMO_WAREHOUSE_DB)
                 lake = settings.state_dir / "demo" / "lake"
                 shutil.rmtree(lake, ignore_errors=True)     # each demo rebuilds from scratch
@@ -152,19 +142,18 @@ def demo_command(
                     "warehouse_dsn": warehouse}, labels={"demo": "true"})
                 with ContractClient(stack.info.gateway_url,
                                     stack.info.token.get_secret_value()) as client:
-                    created = client.call("create_run", args)
-                    run_id = str(created["id"])
-                    _say(f"run {run_id}: {len(args['phases'])} phases")
-                    _, run = _watch(client, run_id, interval=0.5, quiet=as_json)
+                    created = client.create_run(**args)
+                    run_id = created.id
+                    _say(f"run {run_id}: {len(created.phases)} phases")
+                    run = watch(client, run_id, interval=0.5, quiet=as_json)
                     stack.check_workers()
-                    artifacts = _all_artifacts(client, run_id)
-                kpis = _gold_kpis(warehouse) if run.state == "succeeded" else {}
+                    artifacts = [{"phase": a.phase, "name": a.name, "digest": a.digest}
+                                 for a in client.iter_artifacts(run_id)]
+                kpis = gold_kpis(warehouse) if run.state == "succeeded" else {}
                 summary = {
                     "run_id": run_id, "state": run.state, "source": report.to_json(),
                     "lake": str(lake), "warehouse": warehouse, "gold_schema": "gold",
-                    "ui_url": stack.info.ui_url, "kpis": kpis,
-                    "artifacts": [{"phase": a.get("phase"), "name": a["name"],
-                                   "digest": a["digest"]} for a in artifacts],
+                    "ui_url": stack.info.ui_url, "kpis": kpis, "artifacts": artifacts,
                 }
                 if as_json:
                     out.print_json(data=summary)
@@ -177,58 +166,25 @@ def demo_command(
                     signal.signal(signal.SIGINT, lambda *_: stop.set())
                     stack.wait(stop)
         except LocalStackError as exc:
-            _fail(str(exc), EXIT_FAILED)
+            fail(str(exc), EXIT_FAILED)
         if run.state != "succeeded":
-            _fail(f"the demo run {run_id} ended {run.state}: `control-room runs show "
-                  f"{run_id}` after `control-room up` shows why", EXIT_FAILED)
+            fail(f"the demo run {run_id} ended {run.state}: `control-room runs show "
+                 f"{run_id}` after `control-room up` shows why", EXIT_FAILED)
 
 
-def _all_artifacts(client: Any, run_id: str) -> list[dict[str, Any]]:
-    """Every artifact of the run, page by page."""
-    found: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = client.call("list_artifacts", {"run_id": run_id, "after": after, "limit": 500})
-        found += page["artifacts"]
-        if not page["artifacts"]:
-            return found
-        after = int(page["next_after"])
-
-
-KPI_QUERIES = {
-    "revenue_by_month": (
-        "select to_char(month, 'YYYY-MM') as month, currency, round(sum(revenue), 2) as revenue,"
-        " sum(invoices) as invoices from gold.revenue group by 1, 2 order by 1, 2"),
-    "top_customers": (
-        "select customer, currency, round(sum(revenue), 2) as revenue from gold.revenue"
-        " group by 1, 2 order by 3 desc, 1 limit 5"),
-    "receivables_ageing": (
-        "select bucket, currency, sum(invoices) as invoices,"
-        " round(sum(amount_residual), 2) as open_amount from gold.receivables_ageing"
-        " group by bucket, bucket_order, currency order by bucket_order, currency"),
-    "order_to_invoice_lag": (
-        "select count(*) as confirmed_orders, count(first_invoice_date) as invoiced,"
-        " percentile_disc(0.5) within group (order by lag_days) as median_lag_days,"
-        " percentile_disc(0.9) within group (order by lag_days) as p90_lag_days"
-        " from gold.order_invoice_lag"),
-    "freshness": (
-        "select newest_source_write_date, gold_available_at,"
-        " round(freshness_seconds::numeric, 1) as freshness_seconds from gold.freshness"
-        " order by gold_available_at desc limit 1"),
-}
-
-
-def _gold_kpis(warehouse: str) -> dict[str, Any]:
-    """The headline numbers, read back from the warehouse's `gold` schema: what Superset or
-    Metabase sees, not what the pipeline thinks it wrote."""
+def gold_kpis(warehouse: str) -> dict[str, Any]:
+    """The headline numbers (`pipelines/odoo/kpis.sql`), read back from the warehouse's `gold`
+    schema: what Superset or Metabase sees, not what the pipeline thinks it wrote."""
     import psycopg
     from psycopg.rows import dict_row
 
+    from pipelines.odoo.kpis import kpi_queries
+
     kpis: dict[str, Any] = {}
     with psycopg.connect(warehouse, row_factory=dict_row) as conn:
-        for name, query in KPI_QUERIES.items():
+        for name, sql in kpi_queries().items():
             kpis[name] = [{k: _jsonable(v) for k, v in row.items()}
-                          for row in conn.execute(query)]
+                          for row in conn.execute(sql)]
         kpis["tables"] = {str(r["table_name"]): None for r in conn.execute(
             "select table_name from information_schema.tables where table_schema = 'gold'"
             " order by table_name")}

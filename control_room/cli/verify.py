@@ -27,42 +27,45 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from control_room.cli import (
+from control_room.cli.common import (
     EXIT_FAILED,
-    BadInput,
-    JsonOut,
-    StateDir,
-    _guard,
-    app,
-    err,
-    out,
-)
-from control_room.cli_runs import (
     FINAL_STATES,
+    BadInput,
     Gateway,
+    GatewayTarget,
+    JsonOut,
     RunId,
+    StateDir,
     Token,
     Workspace,
-    _gateway,
-    _pairs,
-    _run_id,
+    defaults,
+    err,
+    gateway,
+    guard,
+    new_app,
+    option_for,
+    out,
+    pairs,
+    parse_run_id,
 )
-from control_room.contract.client import ContractClient, NotFound, Run
 from control_room.settings import load_settings
-from control_room.stack import Stack
-from executor.artifacts import ArtifactStore, artifact_store_from_url
-from executor.checkout import Checkouts
-from executor.kinds import KINDS
-from executor.render import TemplateError, references
-from executor.worker import Worker
+from executor.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from control_room.contract.client import ContractClient, Run
+    from control_room.stack import Stack
+    from executor.artifacts import ArtifactStore
 
 __all__ = ["Comparison", "compare_runs", "verify_command"]
+
+app = new_app("Reproducibility checks.")
+WORKER = defaults(WorkerSettings)
 
 LAKE_PARAM = "lake"
 POLL_SECONDS = 0.5
@@ -197,6 +200,8 @@ def _params(run: Run, overrides: Mapping[str, str], scratch: Path) -> tuple[dict
 
 def _check_redirected(run: Run, moved: set[str]) -> None:
     """Refuse a rebuild whose phases would write where the original did."""
+    from executor.render import TemplateError, references
+
     used: set[str] = set()
     for phase in run.phases:
         try:
@@ -241,10 +246,12 @@ def _scratch_dir(scratch: Path | None, run_id: str, state_dir: Path | None) -> P
 # ----------------------------------------------------------------------------- rebuilding
 
 @contextlib.contextmanager
-def _worker_client(target: Any, token: str | None) -> Iterator[ContractClient]:
+def _worker_client(target: GatewayTarget, token: str | None) -> Iterator[ContractClient]:
     """The client the rebuild claims with: the local stack's executor token when the command
     talks to the stack with the stack's (operator) token, since only executors claim; else
     the command's own client (`--token` must then be able to create runs and claim)."""
+    from control_room.contract.client import ContractClient
+
     stack = target.stack()
     if (token is None and stack is not None and stack.executor_token is not None
             and stack.gateway_url.rstrip("/") == target.url):
@@ -258,6 +265,8 @@ def _rebuild(client: ContractClient, run_id: str, *, workspace_id: str, kinds: l
              store: ArtifactStore, work_dir: Path, repo: str | None,
              concurrency: int) -> Run:
     """Run `run_id` with an in-process worker (claiming only its phases) until it ends."""
+    from executor.worker import Worker
+
     worker = Worker(client, kinds=kinds, concurrency=concurrency, store=store,
                     work_dir=work_dir, workspace_id=workspace_id, run_id=run_id, repo=repo,
                     claim_wait=1.0, idle_max=1.0, grace_seconds=5.0)
@@ -334,32 +343,37 @@ def verify_command(
     run_id: RunId,
     scratch: Annotated[Path | None, typer.Option(
         "--scratch", file_okay=False, help="An empty directory for the rebuild (its lake, "
-        "work dir and checkouts). Default: verify/<run>-<time> under the state directory.")
+        "work dir and checkouts). Default: `verify/<run>-<time>` under the state directory.")
     ] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", help="NAME=VALUE: override a param of the run (repeatable), e.g. a path "
-                        "its phases write under; `lake` is pointed at <scratch>/lake anyway.")
+                        "its phases write under; `lake` is pointed at `<scratch>/lake` anyway.")
     ] = None,
-    artifacts: Annotated[str | None, typer.Option(
-        "--artifacts", envvar="CONTROL_ROOM_ARTIFACTS_URL", show_envvar=True,
+    artifacts: Annotated[str | None, option_for(
+        WorkerSettings, "artifacts_url", "--artifacts",
         help="Artifact store for the rebuild's outputs. Default: the local stack's.")] = None,
-    repo: Annotated[str | None, typer.Option(
-        "--repo", envvar="CONTROL_ROOM_WORKER_REPO", show_envvar=True,
+    repo: Annotated[str | None, option_for(
+        WorkerSettings, "repo", "--repo",
         help="Git repository of the pipelines' code: the run's git sha is checked out and "
              "run. Default: this installation's code.")] = None,
-    concurrency: Annotated[int, typer.Option(
-        "--concurrency", min=1, max=64, help="Phases rebuilt at once.")] = 2,
-    gateway: Gateway = None,
+    concurrency: Annotated[int, option_for(
+        WorkerSettings, "concurrency", "--concurrency", help="Phases rebuilt at once.")
+    ] = WORKER.concurrency,
+    gateway_url: Gateway = None,
     token: Token = None,
     workspace: Workspace = None,
     state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Re-run a succeeded run into a scratch location and report any digest that differs."""
-    with _guard():
-        wanted = _run_id(run_id)
-        overrides = _pairs("--param", param)
-        with _gateway(gateway, token, workspace, state_dir) as target:
+    from control_room.contract.client import NotFound
+    from executor.checkout import Checkouts
+    from executor.kinds.registry import KINDS
+
+    with guard():
+        wanted = parse_run_id(run_id)
+        overrides = pairs("--param", param)
+        with gateway(gateway_url, token, workspace, state_dir) as target:
             try:
                 original = target.client.get_run(wanted)
             except NotFound:
@@ -384,12 +398,12 @@ def verify_command(
                 except ValueError as exc:
                     raise BadInput(f"--repo: {exc}") from None
             folder.mkdir(parents=True, exist_ok=True)
-            created = target.client.call("create_run", _create_args(original, params))
+            created = target.client.create_run(**_create_args(original, params))
             if not as_json:
-                err.print(f"verify {wanted}: rebuilding as run {created['id']} in {folder}",
+                err.print(f"verify {wanted}: rebuilding as run {created.id} in {folder}",
                           markup=False)
             with _worker_client(target, token) as claimer:
-                rebuilt = _rebuild(claimer, str(created["id"]),
+                rebuilt = _rebuild(claimer, created.id,
                                    workspace_id=original.workspace_id, kinds=kinds,
                                    store=store, work_dir=folder / "work", repo=repo,
                                    concurrency=concurrency)
@@ -405,6 +419,8 @@ def verify_command(
 def _store(artifacts: str | None, stack: Stack | None, state_dir: Path | None
            ) -> ArtifactStore:
     """`--artifacts`, else the local stack's store, else artifacts under the state dir."""
+    from executor.artifacts import artifact_store_from_url
+
     location = artifacts or (str(stack.artifacts) if stack is not None else None)
     location = location or str(load_settings(state_dir=state_dir).state_dir / "artifacts")
     try:

@@ -1,0 +1,240 @@
+"""`control-room runs`: create runs from specs, list, show, watch, cancel and retry them
+(docs/cli.md).
+
+Every command talks to the contract over HTTP with the typed client, like any other client;
+`--json` prints only the contract's answer on stdout, for scripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import typer
+from rich.table import Table
+
+from control_room.cli.common import (
+    EXIT_BAD_INPUT,
+    BadInput,
+    Gateway,
+    JsonOut,
+    RunId,
+    StateDir,
+    Token,
+    Workspace,
+    err,
+    gateway,
+    guard,
+    new_app,
+    out,
+    pairs,
+    parse_run_id,
+    state_text,
+    when,
+)
+from control_room.cli.display import counts, dump, duration, show, watch_and_exit
+
+app = new_app("Runs: create them from specs, list, show, watch, cancel, retry.")
+
+RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+Wait = Annotated[bool, typer.Option(
+    "--wait", help="Watch the run until it ends; exit 0 when it succeeded, 1 otherwise.")]
+Interval = Annotated[float, typer.Option(
+    "--interval", min=0.05, help="Seconds between polls while watching.")]
+
+
+@contextlib.contextmanager
+def spec_errors() -> Iterator[None]:
+    """A spec's problems, one line each on stderr, exit 2."""
+    from control_room.specs import SpecError
+
+    try:
+        yield
+    except SpecError as exc:
+        for issue in exc.issues:
+            err.print(f"error: {issue}", markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@app.command("create")
+def create_command(
+    spec: Annotated[Path, typer.Option(
+        "--spec", help="The spec file (`specs/<slug>.yaml`; docs/specs.md).", dir_okay=False,
+        show_default=False)],
+    git_sha: Annotated[str | None, typer.Option(
+        "--git-sha", help="Read the spec at this commit (`git show SHA:FILE`). Default: HEAD "
+                          "when the file is clean in git, else the working file "
+                          "(HEAD's sha, labelled git_dirty=true).")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="NAME=VALUE: a param of the spec (repeatable); coerced to its type.")
+    ] = None,
+    workspace: Workspace = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        "--idempotency-key", help="Create the run once: a repeat with the same key and "
+                                  "arguments answers the same run.")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="KEY=VALUE: a label of the run (repeatable).")] = None,
+    wait: Wait = False,
+    interval: Interval = 1.0,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Create a run of a spec: its phases, params and connections, at a git sha."""
+    from control_room.specs import load_spec
+
+    with guard(), spec_errors():
+        loaded = load_spec(spec, git_sha=git_sha)
+        params = pairs("--param", param)
+        labels = pairs("--label", label)
+        loaded.resolve_params(params)       # a bad param is reported before connecting
+        with gateway(gateway_url, token, workspace, state_dir) as target:
+            args = loaded.create_run_args(target.workspace_id(), params,
+                                          idempotency_key=idempotency_key, labels=labels)
+            if loaded.dirty and not as_json:
+                mark = ", ".join(f"{k}={v}" for k, v in args["labels"].items()
+                                 if k in ("git_dirty", "code_version"))
+                err.print(f"note: {loaded.file} differs from git (or is outside git): the run "
+                          f"records {loaded.git_sha[:12]} with the label {mark}; commit the "
+                          "spec for a reproducible run", markup=False)
+            created = target.client.create_run(**args)
+            if not wait:
+                if as_json:
+                    out.print_json(data=dump(created))
+                else:
+                    _print_created(created.id, created.created, created.spec_slug,
+                                   created.git_sha, len(created.phases), created.state)
+                return
+            if not as_json:
+                _print_created(created.id, created.created, created.spec_slug,
+                               created.git_sha, len(created.phases), created.state)
+            watch_and_exit(target, created.id, interval=interval, as_json=as_json)
+
+
+def _print_created(run_id: str, created: bool, spec_slug: str, git_sha: str, phases: int,
+                   state: str) -> None:
+    verb = "created" if created else "exists (same idempotency key):"
+    out.print(f"run {verb} {run_id}  {spec_slug} @ {git_sha}, {phases} phase(s), {state}",
+              markup=False)
+
+
+@app.command("list")
+def list_command(
+    state: Annotated[str | None, typer.Option(
+        "--state", help="Only runs in this state: " + ", ".join(RUN_STATES) + ".")] = None,
+    spec: Annotated[str | None, typer.Option("--spec", help="Only runs of this spec slug.")
+                    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="At most this many.")
+                     ] = 20,
+    workspace: Workspace = None,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """The newest runs (of every workspace the token sees, unless --workspace)."""
+    with guard():
+        if state is not None and state not in RUN_STATES:
+            raise BadInput(f"--state must be one of {', '.join(RUN_STATES)}, not {state!r}")
+        with gateway(gateway_url, token, workspace, state_dir) as target:
+            workspace_id = target.workspace_id() if workspace is not None else None
+            page = target.client.list_runs(workspace_id, state=cast(Any, state),
+                                           spec_slug=spec, limit=limit)
+        if as_json:
+            out.print_json(data=dump(page.runs))
+            return
+        if not page.runs:
+            out.print("No runs.")
+            return
+        table = Table("run", "spec", "git sha", "state", "phases", "created", "duration")
+        for run in page.runs:
+            table.add_row(run.id, run.spec_slug, run.git_sha[:12], state_text(run.state),
+                          counts(run.phase_counts), when(run.created_at),
+                          duration(run.started_at, run.finished_at))
+        out.print(table)
+
+
+@app.command("show")
+def show_command(
+    run_id: RunId,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """A run, its phases (state, attempt, duration, progress) and its error."""
+    with guard():
+        wanted = parse_run_id(run_id)
+        with gateway(gateway_url, token, None, state_dir, run_id=wanted) as target:
+            run = target.client.get_run(wanted)
+        if as_json:
+            out.print_json(data=dump(run))
+        else:
+            out.print(show(run))
+
+
+@app.command("watch")
+def watch_command(
+    run_id: RunId,
+    interval: Interval = 1.0,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Follow a run live until it ends: exit 0 when it succeeded, 1 otherwise."""
+    with guard():
+        wanted = parse_run_id(run_id)
+        with gateway(gateway_url, token, None, state_dir, run_id=wanted) as target:
+            watch_and_exit(target, wanted, interval=interval, as_json=as_json)
+
+
+@app.command("cancel")
+def cancel_command(
+    run_id: RunId,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why, for the record.")
+                      ] = None,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Cancel a queued or running run (running phases stop at their next heartbeat)."""
+    with guard():
+        wanted = parse_run_id(run_id)
+        with gateway(gateway_url, token, None, state_dir, run_id=wanted) as target:
+            run = target.client.cancel_run(wanted, reason=reason)
+        if as_json:
+            out.print_json(data=dump(run))
+        else:
+            out.print(f"run {run.id} {run.state}", markup=False)
+
+
+@app.command("retry")
+def retry_command(
+    run_id: RunId,
+    wait: Wait = False,
+    interval: Interval = 1.0,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """A new run of a failed or cancelled one that keeps its succeeded phases."""
+    with guard():
+        wanted = parse_run_id(run_id)
+        with gateway(gateway_url, token, None, state_dir, run_id=wanted) as target:
+            child = target.client.retry_run(wanted)
+            reused = sum(1 for p in child.phases if p.reused_from_phase_id)
+            if as_json and not wait:
+                out.print_json(data=dump(child))
+                return
+            if not as_json:
+                verb = "created" if child.created else "exists:"
+                out.print(f"retry {verb} {child.id} of {wanted} ({reused} phase(s) kept)",
+                          markup=False)
+            if wait:
+                watch_and_exit(target, child.id, interval=interval, as_json=as_json)
