@@ -12,7 +12,8 @@
   running phases their grace period), then the gateway and the database stop.
 - One workspace (`local`) and two principals are created once and reused: `local-operator`
   (admin; its token is the CLI's, in stack.json) and `local-executor` (the workers'). Their ids
-  are kept in `<state_dir>/local-principals.json`.
+  are kept in `<state_dir>/local-principals.json`. They are made through the gateway, with the
+  typed contract client and a short-lived service_role token, once it listens.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ import httpx
 import psycopg
 from pydantic import SecretStr
 
+from control_room.contract import ContractClient, MemberRole, PrincipalKind
 from control_room.db.migrate import migrate
 from control_room.db.queries import query
-from control_room.db.store import call, connect
+from control_room.db.store import connect
 from control_room.local import EmbeddedPostgres
 from control_room.settings import Settings
 from control_room.stack import Stack, remove_stack, write_stack
@@ -103,8 +105,6 @@ class LocalStack:
                 self._exit.callback(self.server.stop)
         report = migrate(self.database_url, self.settings.migrations_dir)
         self._say(f"database: migrated ({len(report.applied)} applied now)")
-        workspace_id = self._workspace()
-        operator, executor = self._principals(workspace_id)
         from control_room.gateway.app import create_app, serving
         from control_room.gateway.auth import mint_token, signing_secret
 
@@ -120,6 +120,11 @@ class LocalStack:
                                   "`control-room up` running? pass --port)") from None
         gateway_url = f"{base}/rest/v1"
         self._say(f"gateway: {gateway_url} (health {base}/health)")
+        service = mint_token(secret, role="service_role", ttl_seconds=300,
+                             name="local-stack-setup")
+        with ContractClient(gateway_url, service) as setup:
+            workspace_id = self._workspace(setup)
+            operator, executor = self._principals(setup, workspace_id)
         operator_token = mint_token(secret, role="authenticated", sub=operator,
                                     ttl_seconds=TOKEN_TTL_SECONDS, name="local-operator")
         executor_token = mint_token(secret, role="authenticated", sub=executor,
@@ -138,16 +143,13 @@ class LocalStack:
         self._exit.callback(remove_stack, state)
         self._say(f"workers: {self.workers} x {self.concurrency} slot(s), kinds {self.kinds}")
 
-    def _workspace(self) -> str:
-        with connect(self.database_url) as conn, conn.transaction():
-            for ws in call(conn, "list_workspaces", {}):
-                if ws["slug"] == WORKSPACE_SLUG:
-                    return str(ws["id"])
-            ws = call(conn, "create_workspace",
-                      {"slug": WORKSPACE_SLUG, "name": "Local", "env": "dev"})
-            return str(ws["id"])
+    def _workspace(self, setup: ContractClient) -> str:
+        for ws in setup.list_workspaces():
+            if ws.slug == WORKSPACE_SLUG:
+                return ws.id
+        return setup.create_workspace(WORKSPACE_SLUG, "Local", env="dev").id
 
-    def _principals(self, workspace_id: str) -> tuple[str, str]:
+    def _principals(self, setup: ContractClient, workspace_id: str) -> tuple[str, str]:
         """(operator, executor) principal ids: reused from the state dir when still members."""
         path = self.settings.state_dir / PRINCIPALS_FILE
         try:
@@ -156,18 +158,16 @@ class LocalStack:
             known = {}
         ids: dict[str, str] = {}
         with connect(self.database_url) as conn:
-            for name, role, kind in (("local-operator", "admin", "user"),
-                                     ("local-executor", "executor", "executor")):
+            roles: tuple[tuple[str, MemberRole, PrincipalKind], ...] = (
+                ("local-operator", "admin", "user"), ("local-executor", "executor", "executor"))
+            for name, role, kind in roles:
                 pid = known.get(name) if known.get("workspace_id") == workspace_id else None
                 if pid is not None and _is_member(conn, workspace_id, str(pid)):
                     ids[name] = str(pid)
                     continue
-                with conn.transaction():
-                    principal = call(conn, "create_principal", {"name": name, "kind": kind})
-                    call(conn, "add_member", {"workspace_id": workspace_id,
-                                              "principal_id": principal["id"], "role": role,
-                                              "name": name})
-                ids[name] = str(principal["id"])
+                principal = setup.create_principal(name, kind=kind)
+                setup.add_member(workspace_id, principal.id, role, name=name)
+                ids[name] = principal.id
         path.write_text(json.dumps({"workspace_id": workspace_id, **ids}, indent=2) + "\n")
         return ids["local-operator"], ids["local-executor"]
 
