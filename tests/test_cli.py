@@ -131,3 +131,11 @@ def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[list[str], A
         found.append(([*path, name], command))
         found += _commands(command, (*path, name))
     return found
+
+
+def test_the_cli_calls_the_contract_only_through_typed_methods() -> None:
+    package = Path(__file__).resolve().parents[1] / "control_room" / "cli"
+    untyped = [f"{path.name}:{n}" for path in package.glob("*.py")
+               for n, line in enumerate(path.read_text().splitlines(), 1) if '.call("' in line]
+    assert len(list(package.glob("*.py"))) >= 10
+    assert not untyped, untyped

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,21 @@ def test_executor_settings_import_only_pydantic_and_the_standard_library() -> No
                           timeout=60, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['executor', 'executor.settings']"
+
+
+def test_the_test_clock_header_counts_only_when_the_app_factory_is_told() -> None:
+    from starlette.requests import Request
+
+    from control_room.gateway.app import Gateway
+
+    settings = Settings()
+    request = Request({"type": "http", "headers": [
+        (b"x-control-room-now", b"2030-01-01T00:00:00+00:00")]})
+    seen: dict[bool, datetime | None] = {}
+    for test_clock in (False, True):
+        gateway = Gateway(settings, database_url="postgresql://127.0.0.1:1/none",
+                          jwt_secret="s" * 40, contract_file=settings.contract_file,
+                          test_clock=test_clock)
+        seen[test_clock] = gateway._clock(request)
+    assert seen[False] is None
+    assert seen[True] == datetime(2030, 1, 1, tzinfo=UTC)
