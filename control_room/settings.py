@@ -53,7 +53,7 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(
         default=None,
-        description="PostgreSQL conninfo URL; None means the embedded server under state_dir.",
+        description="PostgreSQL conninfo URL. Unset: the embedded server under the state dir.",
     )
     state_dir: Path = Field(
         default=Path(".control-room"),
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "HS256 secret that signs API tokens (the Supabase project's JWT secret in"
-            " production). None: a secret generated once and kept in the state directory."
+            " production). Unset: a secret generated once and kept in the state directory."
         ),
     )
     pool_min_size: int = Field(
@@ -122,17 +122,17 @@ class ClientSettings(BaseSettings):
 
     gateway_url: str | None = Field(
         default=None,
-        description="The contract's REST root: the gateway's or Supabase's /rest/v1. None: the "
+        description="The contract's REST root: the gateway's or Supabase's /rest/v1. Unset: the "
                     "local stack's (`control-room up`).",
     )
     token: SecretStr | None = Field(
         default=None,
-        description="A developer's (or service) token (`control-room token create`). None: "
+        description="A developer's (or service) token (`control-room token create`). Unset: "
                     "the local stack's.",
     )
     workspace: str | None = Field(
         default=None,
-        description="The workspace's slug or id. None: the local stack's, or the only "
+        description="The workspace's slug or id. Unset: the local stack's, or the only "
                     "workspace the token sees.",
     )
 

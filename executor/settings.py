@@ -31,17 +31,17 @@ class WorkerSettings(BaseSettings):
     gateway_url: str | None = Field(
         default=None,
         description="The contract's REST root: the gateway's or Supabase's /rest/v1. "
-                    "None: the local stack's (`control-room up`).",
+                    "Unset: the local stack's (`control-room up`).",
     )
     token: SecretStr | None = Field(
         default=None,
         description="The executor principal's token (`control-room token create`). "
-                    "None: the local stack's executor token.",
+                    "Unset: the local stack's executor token.",
     )
     kinds: str | None = Field(
         default=None,
         validation_alias="CONTROL_ROOM_WORKER_KINDS",
-        description="Comma-separated phase kinds to run, e.g. python,sql. None: every kind "
+        description="Comma-separated phase kinds to run, e.g. python,sql. Unset: every kind "
                     "this worker has.",
     )
     concurrency: int = Field(
@@ -61,17 +61,17 @@ class WorkerSettings(BaseSettings):
     )
     artifacts_url: str | None = Field(
         default=None,
-        description="Artifact store: a directory, file:///dir or s3://bucket/prefix. None: "
+        description="Artifact store: a directory, file:///dir or s3://bucket/prefix. Unset: "
                     "artifacts under the state directory (where `up` keeps them).",
     )
     work_dir: Path | None = Field(
         default=None,
         validation_alias="CONTROL_ROOM_WORKER_DIR",
-        description="Scratch space for phase outputs. None: work under the state directory.",
+        description="Scratch space for phase outputs. Unset: work under the state directory.",
     )
     workspace_id: str | None = Field(
         default=None,
-        description="Claim only in this workspace (id). None: every workspace of the token.",
+        description="Claim only in this workspace (id). Unset: every workspace of the token.",
     )
     grace_seconds: float = Field(
         default=30.0,
@@ -84,7 +84,7 @@ class WorkerSettings(BaseSettings):
         default=None,
         validation_alias="CONTROL_ROOM_WORKER_REPO",
         description="Git repository (a directory or URL) of the pipelines' code: each run's "
-                    "git sha is checked out under the work dir and its code runs. None: this "
+                    "git sha is checked out under the work dir and its code runs. Unset: this "
                     "installation's own code.",
     )
     python_spares: int = Field(

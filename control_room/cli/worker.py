@@ -65,7 +65,7 @@ def worker_command(
     """Run phases: claim, heartbeat, run the kind, register artifacts, complete.
 
     SIGTERM or Ctrl-C stops gracefully: no more claims, running phases get --grace-seconds
-    to finish, the rest are given back to the queue. Without --gateway and --token, the local
+    to finish, the rest are given back to the queue. Without `--gateway` and `--token`, the local
     stack's gateway and executor token (`control-room up`).
     """
     import logging
