@@ -51,7 +51,7 @@ def dataset(env: Env, name: str = NAME) -> DatasetDetail:
 
 
 def schema_of(ds: DatasetDetail, version: int) -> Any:
-    return next(v for v in ds.versions if v.version == version).schema
+    return next(v for v in ds.versions if v.version == version).schema_
 
 
 def test_a_dataset_s_schema_evolves_blocks_and_is_accepted(env: Env) -> None:

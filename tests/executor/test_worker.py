@@ -8,6 +8,7 @@ timing beyond "eventually, well within the bound".
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -50,6 +51,9 @@ def test_a_dag_of_three_python_phases_succeeds_with_two_slots(env: Env) -> None:
                          python("c", f"{EP}:produce", "a"))
     stats = Running(env.worker(concurrency=2), max_phases=3).join()
     assert (stats.claimed, stats.succeeded, stats.failed, stats.abandoned) == (3, 3, 0, 0)
+    # the python kind's spare processes lived as long as the worker's run, no longer
+    assert wait_for("the spares to end", lambda: not [
+        p for p in multiprocessing.active_children() if p.name == "python-phase"])
 
     run = env.get_run(run_id)
     assert run.state == "succeeded"
@@ -119,11 +123,11 @@ def test_a_terminal_error_fails_at_once(env: Env) -> None:
 
 
 def test_a_timeout_fails_the_phase_as_timeout(env: Env) -> None:
-    # the timeout counts the phase process's start: a worker's first one starts cold (and
-    # slowly on a busy machine), so the bound leaves it room
+    # the timeout counts the phase process's start: a worker's first one starts cold (slowly
+    # on a busy machine: no spares are started beside it, and the bound leaves it room)
     run_id = env.new_run(python("s", f"{EP}:sleep_long", timeout_seconds=8, max_attempts=3))
     started = time.monotonic()
-    Running(env.worker(), max_phases=1).join()
+    Running(env.worker(python_spares=0), max_phases=1).join()
     assert time.monotonic() - started < 30
     run = env.get_run(run_id)
     assert (run.state, run.phase("s").state, run.phase("s").attempt) == ("failed", "failed", 1)
