@@ -145,3 +145,25 @@ def test_up_and_a_run_of_the_shipped_example_from_the_wheel(
     run = json.loads(created.stdout)
     assert run["state"] == "succeeded", run
     assert (lake / "gold").is_dir()
+
+
+@pytest.mark.timeout(420)
+def test_the_demo_from_the_wheel(venv: Path, tmp_path: Path) -> None:
+    """`control-room demo` as someone who pip-installed the wheel runs it: the embedded
+    PostgreSQL, the Odoo generator, the medallion spec shipped in the package."""
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "control-room"), "demo", "--state-dir", str(tmp_path / "state"),
+         "--scale", "0.01", "--days", "5", "--json"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=360)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        raise AssertionError(f"the demo did not finish:\n{err[-3000:]}") from None
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["state"] == "succeeded", summary
+    assert Path(summary["lake"], "gold", "revenue", "_delta_log").is_dir()
+    assert Path(summary["lake"]).is_relative_to(tmp_path)
