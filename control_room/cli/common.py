@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from control_room.contract.client import ContractClient, RetryPolicy
 
 
-
 def _console(*, stderr: bool = False) -> Console:
     """A console whose width follows `COLUMNS` and the terminal when it prints, not when this
     module was imported (rich reads `COLUMNS` once, at construction)."""
