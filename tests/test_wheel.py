@@ -58,7 +58,8 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "install", "--quiet", "--no-deps", str(wheel)],
                    check=True, capture_output=True, text=True, timeout=300)
     fresh_site = subprocess.run(
-        [str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        [str(root / "bin" / "python"), "-c",
+         "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True).stdout.strip()
     Path(fresh_site, "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return root
@@ -130,10 +131,11 @@ def test_migrate_and_status_from_the_wheel(venv: Path, empty_db_url: str,
 
 def test_up_and_a_run_of_the_shipped_example_from_the_wheel(
         venv: Path, stack: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
-    state, env = stack
+    _, env = stack
     python = str(venv / "bin" / "python")
     spec = subprocess.run(
-        [python, "-c", "from control_room.specs import example_spec; print(example_spec('example'))"],
+        [python, "-c",
+         "from control_room.specs import example_spec; print(example_spec('example'))"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(spec).is_relative_to(venv), spec
     lake = tmp_path / "lake"
