@@ -46,3 +46,41 @@ def test_the_demo_refuses_a_bad_scale_with_exit_2(tmp_path: Path) -> None:
     result = demo(tmp_path, "--scale", "0")
     assert result.returncode == 2
     assert "--scale" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_the_demo_stops_when_its_workers_die(tmp_path: Path) -> None:
+    """A run nobody can execute is not watched forever: the demo notices its dead workers
+    and exits 1 naming them."""
+    import signal
+    import time
+
+    from tests.executor.harness import wait_for
+    from tests.test_cli_up import alive_children
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_ROOM_")}
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "control_room", "demo", "--state-dir", str(state),
+         "--scale", "0.01", "--days", "3", "--json"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        wait_for("the stack", (state / "stack.json").exists, bound=180)
+        workers = [line for line in alive_children(proc.pid) if " worker" in line]
+        assert workers, alive_children(proc.pid)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and os.getsid(int(entry.name)) == proc.pid:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if " worker" in cmdline:
+                    os.kill(int(entry.name), signal.SIGKILL)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "worker" in stderr and "exited" in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert time.monotonic() - started < 120

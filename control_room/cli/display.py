@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -191,16 +191,22 @@ class Watch:
                                                    latest=self.latest))
 
 
-def watch(client: ContractClient, run_id: str, *, interval: float, quiet: bool) -> Run:
+def watch(client: ContractClient, run_id: str, *, interval: float, quiet: bool,
+          alive: Callable[[], None] | None = None) -> Run:
     """Poll the run until it is final: a live table of its phases and their latest events
-    on a terminal, the final table elsewhere (a CI log), nothing when `quiet`."""
+    on a terminal, the final table elsewhere (a CI log), nothing when `quiet`.
+
+    `alive` is called before every poll and may raise to stop watching (the local stack's
+    check that its workers still run: a run nobody can execute would be watched forever)."""
     from rich.live import Live
 
+    check = alive or (lambda: None)
     seen = Watch(run_id)
     if quiet or not out.is_terminal:
         run = client.get_run(run_id)
         while run.state not in FINAL_STATES:
             time.sleep(interval)
+            check()
             run = client.get_run(run_id)
         if not quiet:           # a log, not a screen: the last frame only
             seen.read(client)
@@ -209,6 +215,7 @@ def watch(client: ContractClient, run_id: str, *, interval: float, quiet: bool) 
         return run
     with Live(console=out, auto_refresh=False) as live:
         while True:
+            check()
             run = client.get_run(run_id)
             seen.read(client)
             live.update(seen.render(run), refresh=True)

@@ -145,8 +145,8 @@ def demo_command(
                     created = client.create_run(**args)
                     run_id = created.id
                     _say(f"run {run_id}: {len(created.phases)} phases")
-                    run = watch(client, run_id, interval=0.5, quiet=as_json)
-                    stack.check_workers()
+                    run = watch(client, run_id, interval=0.5, quiet=as_json,
+                                alive=stack.check_workers)
                     artifacts = [{"phase": a.phase, "name": a.name, "digest": a.digest}
                                  for a in client.iter_artifacts(run_id)]
                 kpis = gold_kpis(warehouse) if run.state == "succeeded" else {}
