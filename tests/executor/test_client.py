@@ -376,8 +376,9 @@ def test_poll_for_work_waits_on_the_server_where_it_can(env: Env) -> None:
     thread.join()
     assert claim is not None and claim.run_id == made["run_id"]
     assert ex.wait_supported is True
-    # one wait ran out empty, the next was woken by the run: no sleeping polls in between
-    assert len(env.faults.calls("claim_phase")) == 2 and pauses == []
+    # waits ran out empty until one was woken by the run: no sleeping polls in between (on a
+    # loaded machine the run may come after the second wait has ended: a third wait, no sleep)
+    assert len(env.faults.calls("claim_phase")) >= 2 and pauses == []
 
 
 CLAIM = {

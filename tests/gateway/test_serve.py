@@ -69,7 +69,13 @@ def test_serve_a_configured_database(db_url: str, serve: list[subprocess.Popen[b
                     environment(CONTROL_ROOM_JWT_SECRET=TEST_JWT_SECRET))
     url = f"http://127.0.0.1:{port}"
     health = wait_healthy(url, process).json()
-    assert health["migrations"] == "current" and health["listener"] == "connected"
+    assert health["migrations"] == "current"
+    # the change-feed listener connects in the background: "polling" until it has
+    deadline = time.monotonic() + 30
+    while health["listener"] != "connected" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        health = httpx.get(f"{url}/health", timeout=2).json()
+    assert health["listener"] == "connected", health
     token = mint_token(TEST_JWT_SECRET, role="service_role", ttl_seconds=60)
     response = httpx.post(f"{url}/rest/v1/rpc/create_workspace",
                           json={"slug": "served", "name": "Served"},
