@@ -24,7 +24,7 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-# unit and contract tests, no end-to-end: the loop while working
+# unit and contract tests (over SQL and HTTP), no end-to-end: the loop while working
 test-fast: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -m "not slow and not e2e"

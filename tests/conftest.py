@@ -8,6 +8,7 @@ directory for the session.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +22,30 @@ from tests.helpers import (
     template_database,
     temporary_database,
 )
+
+# End to end through real processes (the CLI, gateway and worker processes, the demo, the wheel):
+# marked `e2e`, left out of `make test-fast`, always run by `make test` (CI).
+E2E_MODULES = frozenset({
+    "tests/test_demo.py",
+    "tests/test_wheel.py",
+    "tests/test_cli_up.py",
+    "tests/test_local.py",
+    "tests/executor/test_end_to_end.py",
+    "tests/executor/test_verify.py",
+    "tests/executor/test_worker.py",
+    "tests/executor/test_catalog_worker.py",
+    "tests/odoo/test_end_to_end.py",
+    "tests/odoo/test_pipeline.py",
+    "tests/gateway/test_serve.py",
+    "tests/gateway/test_gateway_concurrency.py",
+})
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(ROOT).as_posix() in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

@@ -82,3 +82,10 @@ def test_help_loads_no_data_plane_module() -> None:
     assert len(results) > 10, results  # the root, the groups and their commands
     loaded = {command: mods for command, mods in results.items() if mods}
     assert not loaded, f"--help loaded data-plane modules: {loaded}"
+
+
+def test_the_e2e_modules_named_in_conftest_exist() -> None:
+    from tests.conftest import E2E_MODULES
+
+    missing = [name for name in E2E_MODULES if not (REPO / name).is_file()]
+    assert not missing, missing
