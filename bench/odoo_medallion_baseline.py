@@ -138,7 +138,7 @@ def read_source(odoo_dsn: str, tables: list[str]) -> dict[str, pa.Table]:
 # ------------------------------------------------------------------------------- transforms
 
 def connect() -> duckdb.DuckDBPyConnection:
-    """DuckDB as the sql kind opens it (executor/kinds/sql.py `_connect`)."""
+    """DuckDB as the sql kind opens it (executor/kinds/sql/ `_connect`)."""
     return duckdb.connect(":memory:", config={"enable_external_access": False,
                                               "autoinstall_known_extensions": False,
                                               "autoload_known_extensions": False})
