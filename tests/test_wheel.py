@@ -169,3 +169,19 @@ def test_the_demo_from_the_wheel(venv: Path, tmp_path: Path) -> None:
     assert summary["state"] == "succeeded", summary
     assert Path(summary["lake"], "gold", "revenue", "_delta_log").is_dir()
     assert Path(summary["lake"]).is_relative_to(tmp_path)
+
+
+def test_the_sdist_carries_the_sources_the_wheel_is_built_from(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    import tarfile
+
+    out = tmp_path_factory.mktemp("sdist")
+    subprocess.run([sys.executable, "-m", "hatchling", "build", "-t", "sdist", "-d", str(out)],
+                   cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
+    (built,) = out.glob("lakehouse_control_room-*.tar.gz")
+    with tarfile.open(built) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    missing = [name for name in (*PACKAGE_DATA, "pipelines/example.py", "pipelines/odoo/kpis.sql",
+                                 "supabase/config.toml", "pyproject.toml", "README.md")
+               if name not in names]
+    assert not missing, missing
