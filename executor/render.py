@@ -16,7 +16,7 @@ from executor.errors import TerminalPhaseError
 
 __all__ = ["RUN_FIELDS", "Reference", "TemplateError", "references", "render"]
 
-RUN_FIELDS: tuple[str, ...] = ("id", "git_sha", "spec_slug")
+RUN_FIELDS: tuple[str, ...] = ("id", "git_sha", "spec_slug", "lake")
 """The `${run.X}` names a template may use."""
 
 _REFERENCE = re.compile(r"^(?:params\.([A-Za-z_][A-Za-z0-9_-]*)|run\.([a-z_]+))$")

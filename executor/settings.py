@@ -87,9 +87,28 @@ class WorkerSettings(BaseSettings):
                     "git sha is checked out under the work dir and its code runs. Unset: this "
                     "installation's own code.",
     )
+    secret_allow: str | None = Field(
+        default=None,
+        description="Which secret references of a workspace connection this worker resolves: "
+                    "comma-separated `env:PREFIX` (environment variables whose name starts "
+                    "with PREFIX) and `file:/dir` (files under that directory, symlinks "
+                    "resolved). Unset: none. `CONTROL_ROOM_*` variables never resolve.",
+    )
+    lake_root: Path | None = Field(
+        default=None,
+        description="Where the workspaces' lakes live: a workspace's Delta tables and Parquet "
+                    "files are confined to `<lake_root>/<workspace id>`. Unset: `lake` under "
+                    "the work dir.",
+    )
     python_spares: int = Field(
         default=2,
         ge=0,
         description="Spawned processes the python kind keeps waiting, already importing the "
                     "phase runtime; 0: none.",
     )
+
+
+def workspace_lake(lake_root: Path, workspace_id: str) -> Path:
+    """The directory a workspace's tables are confined to: `<lake_root>/<workspace id>`
+    (`${run.lake}` in a spec's templates)."""
+    return Path(lake_root) / workspace_id

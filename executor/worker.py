@@ -42,6 +42,7 @@ from executor.kinds.base import (
 from executor.kinds.registry import KINDS, load_kind
 from executor.outputs import Outputs, phase_error_json, table_entries
 from executor.render import render
+from executor.settings import workspace_lake
 
 __all__ = ["Outcome", "Worker", "WorkerStats", "WorkerStopped", "phase_error_json",
            "table_entries"]
@@ -92,7 +93,8 @@ class Worker:
                  event_batch: int = 100, event_flush_seconds: float = 0.5,
                  claim_wait: float = 5.0, idle_max: float = 5.0,
                  timeout_grace: float = 5.0, repo: str | Path | None = None,
-                 run_id: str | None = None, python_spares: int = 2) -> None:
+                 run_id: str | None = None, python_spares: int = 2,
+                 lake_root: Path | None = None, secret_allow: str | None = None) -> None:
         if not kinds:
             raise ValueError("a worker needs at least one kind")
         unknown = sorted(set(kinds) - set(KINDS))
@@ -127,6 +129,11 @@ class Worker:
         takes to be noticed while idle."""
         self.idle_max = idle_max
         self.timeout_grace = timeout_grace
+        self.lake_root = Path(lake_root) if lake_root is not None else self.work_dir / "lake"
+        """Workspaces' lakes live under it (`workspace_lake`): the sql kind is confined to the
+        run's workspace lake."""
+        self.secret_allow = secret_allow or ""
+        """Which secret references this worker resolves (`CONTROL_ROOM_SECRET_ALLOW`)."""
         self.kind_options = KindOptions(python_spares=python_spares)
         """What the worker's kinds are started with (`Startable.start`)."""
         self.outputs = Outputs(client, store)
@@ -299,7 +306,8 @@ class Worker:
             input_manifest=claim.run.input_manifest, output_dir=output_dir,
             emit=phase.emit, progress=phase.progress, cancel=phase.cancel,
             timeout_s=float(claim.timeout_seconds) if claim.timeout_seconds else None,
-            connections=connections, code_dir=code_dir, datasets=datasets)
+            connections=connections, code_dir=code_dir, datasets=datasets,
+            lake_root=workspace_lake(self.lake_root, claim.workspace_id))
         kind = self._kinds.get(claim.kind)
         if kind is None:
             return None, TerminalPhaseError(
@@ -319,7 +327,8 @@ class Worker:
         if not isinstance(run_params, Mapping):
             raise TerminalPhaseError("the run's input_manifest.params must be an object")
         run = {"id": claim.run_id, "git_sha": claim.run.git_sha,
-               "spec_slug": claim.run.spec_slug}
+               "spec_slug": claim.run.spec_slug,
+               "lake": str(workspace_lake(self.lake_root, claim.workspace_id))}
         params = render(claim.params, params=run_params, run=run, path="params")
         connections = resolve_connections(params.get("connections"),
                                           manifest.get("connections"), params=run_params,

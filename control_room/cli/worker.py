@@ -113,7 +113,9 @@ def worker_command(
                                 work_dir=work_dir or settings.state_dir / "work",
                                 workspace_id=workspace,
                                 grace_seconds=worker_settings.grace_seconds, repo=repo,
-                                python_spares=worker_settings.python_spares)
+                                python_spares=worker_settings.python_spares,
+                                lake_root=worker_settings.lake_root,
+                                secret_allow=worker_settings.secret_allow)
             except ValueError as exc:
                 raise BadInput(f"--repo: {exc}") from None
             err.print(f"Worker {worker.name}: kinds {','.join(names)}, {concurrency} slot(s), "

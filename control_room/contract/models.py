@@ -45,6 +45,7 @@ __all__ = [
     "ArtifactPage",
     "CancelRunArgs",
     "Claim",
+    "ClaimConnection",
     "ClaimPhaseArgs",
     "ClaimRun",
     "CompletePhaseArgs",
@@ -163,6 +164,17 @@ class ClaimRun(_Result):
     parent_run_id: str | None
 
 
+class ClaimConnection(_Result):
+    """A workspace connection a claimed phase names (`params.connections`), as registered in
+    ops: non-secret `config` and the `secrets` references (`env:NAME`, `file:/path`), never
+    a secret value. The worker resolves the references under its own policy."""
+
+    type: str
+    config: dict[str, Any]
+    secrets: dict[str, str]
+    version: int
+
+
 class Claim(_Result):
     """A claimed phase. `lease_token` is a capability: never log it (it is kept out of repr)."""
 
@@ -182,6 +194,9 @@ class Claim(_Result):
     claim_id: str | None
     inputs: dict[str, dict[str, Any]]
     run: ClaimRun
+    connections: dict[str, ClaimConnection] = Field(default_factory=dict)
+    """The workspace connections the phase names, by name (a name the workspace no longer
+    has is absent: the worker fails the phase naming it)."""
 
 
 class HeartbeatResult(_Result):

@@ -119,6 +119,10 @@ class PhaseContext:
     """The checkout of the run's git sha (executor/checkout.py): where entrypoints and query
     files come from. None: the worker's own code (no repository configured, or the run was
     made from a working tree)."""
+    lake_root: Path | None = None
+    """The run's workspace lake (`<lake_root>/<workspace id>`, `${run.lake}` in templates):
+    the sql kind reads and writes tables only under it. None: not confined (a kind used
+    outside a worker, in tests)."""
 
 
 @dataclass(frozen=True)
