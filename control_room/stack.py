@@ -1,16 +1,18 @@
 """The local stack file: what `control-room up` tells the other commands.
 
-`up` writes `<state_dir>/stack.json` (mode 0600, it holds a service token) once its gateway
-answers; `runs`, `verify` and `demo` read it when no `--gateway/--token/--workspace` is given.
+`up` writes `<state_dir>/stack.json` (mode 0600, it holds the operator's and the workers'
+tokens) once its gateway answers; `runs`, `verify` and `demo` read it when no
+`--gateway/--token/--workspace` is given. A stack file others may read is refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from control_room.secretfile import read_secret_file, write_secret_file
 
 STACK_FILE = "stack.json"
 
@@ -44,7 +46,7 @@ def load_stack(state_dir: Path) -> Stack | None:
     """The stack described under `state_dir`, or None when `up` never wrote one."""
     path = stack_path(state_dir)
     try:
-        text = path.read_text()
+        text = read_secret_file(path)
     except FileNotFoundError:
         return None
     try:
@@ -55,19 +57,14 @@ def load_stack(state_dir: Path) -> Stack | None:
 
 
 def write_stack(state_dir: Path, stack: Stack) -> Path:
-    """Write the stack file atomically, readable by its owner only."""
+    """Write the stack file atomically, readable by its owner only (created 0600 with O_EXCL
+    in the 0700 state directory, never through a symlink: control_room/secretfile.py)."""
     path = stack_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = stack.model_dump(mode="json")
     document["token"] = stack.token.get_secret_value()
     if stack.executor_token is not None:
         document["executor_token"] = stack.executor_token.get_secret_value()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(document, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_secret_file(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
     return path
 
 

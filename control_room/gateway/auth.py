@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import jwt
 
 from control_room.gateway.errors import GatewayError
+from control_room.secretfile import ensure_private_dir, read_secret_file, write_secret_file
 from control_room.settings import Settings
 
 API_ROLES = frozenset({"anon", "authenticated", "service_role"})
@@ -103,10 +105,13 @@ class TokenCache:
 
 
 def mint_token(secret: str, *, role: str, sub: str | None = None, ttl_seconds: int | None = None,
-               name: str | None = None, extra: dict[str, Any] | None = None) -> str:
+               name: str | None = None, extra: dict[str, Any] | None = None,
+               workspaces: Sequence[str] | None = None) -> str:
     """An HS256 token as Supabase issues them.
 
-    `role` picks the database role, `sub` the principal (auth.uid()).
+    `role` picks the database role, `sub` the principal (auth.uid()). `workspaces` pins the
+    token (claim `workspaces`, a list of workspace ids): `claim_phase` claims only inside them,
+    and refuses an executor whose token carries no pins.
     """
     if role not in API_ROLES:
         raise ValueError(f"role must be one of {', '.join(sorted(API_ROLES))}")
@@ -118,6 +123,13 @@ def mint_token(secret: str, *, role: str, sub: str | None = None, ttl_seconds: i
         claims["sub"] = sub
     if name:
         claims["name"] = name
+    if workspaces is not None:
+        if isinstance(workspaces, str):
+            raise ValueError("workspaces must be a list of workspace ids, not one string")
+        try:
+            claims["workspaces"] = sorted({str(uuid.UUID(str(ws))) for ws in workspaces})
+        except ValueError as exc:
+            raise ValueError(f"workspaces must be workspace ids (UUIDs): {exc}") from None
     if ttl_seconds is not None:
         claims["exp"] = now + ttl_seconds
     claims.update(extra or {})
@@ -132,15 +144,29 @@ def signing_secret(settings: Settings) -> str:
     return local_secret(settings.state_dir)
 
 
+LOCAL_SECRET_FILE = "jwt_secret"
+
+
 def local_secret(state_dir: Path) -> str:
-    """The secret kept in the state directory, generated (mode 0600) on first use."""
-    path = state_dir / "jwt_secret"
-    if path.exists():
-        return path.read_text("utf-8").strip()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(value + "\n", "utf-8")
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    return value
+    """The secret kept in `<state_dir>/jwt_secret`, generated on first use: created 0600
+    with O_EXCL in the 0700 state directory (control_room/secretfile.py). An existing one
+    that is a symlink, another user's, or readable by others is refused (`PermissionError`,
+    naming the fix), never used nor silently repaired."""
+    ensure_private_dir(state_dir)
+    path = state_dir / LOCAL_SECRET_FILE
+    for _ in range(2):
+        try:
+            value = read_secret_file(path).strip()
+        except FileNotFoundError:
+            value = ""
+        if value:
+            return value
+        value = secrets.token_urlsafe(48)
+        try:
+            # an empty file (a crash while writing) is replaced; a missing one is created
+            # exclusively, so that two processes starting at once agree on the secret
+            write_secret_file(path, value + "\n", replace=path.exists())
+        except FileExistsError:
+            continue
+        return value
+    raise PermissionError(f"{path} could not be created")
