@@ -177,8 +177,11 @@ class LocalStack:
     def _worker(self, n: int, gateway_url: str, token: str, workspace_id: str,
                 artifacts: Path) -> subprocess.Popen[bytes]:
         state = self.settings.state_dir
+        assert self.info is not None
         env = {**os.environ, **self.worker_env,
-               "CONTROL_ROOM_TOKEN": token, "CONTROL_ROOM_STATE_DIR": str(state)}
+               "CONTROL_ROOM_TOKEN": token, "CONTROL_ROOM_STATE_DIR": str(state),
+               # one lake for every worker of the stack (each has its own work dir)
+               "CONTROL_ROOM_LAKE_ROOT": str(self.info.lake)}
         cmd = [sys.executable, "-m", "control_room", "worker", "--gateway", gateway_url,
                "--kinds", self.kinds, "--concurrency", str(self.concurrency),
                "--artifacts", str(artifacts), "--work-dir", str(state / "work" / f"w{n}"),

@@ -25,6 +25,11 @@ from tests.helpers import temporary_database
 
 FUNCTIONS = """
 create schema ops;
+-- the pre-request hook every request runs (the migrations' refuses revoked principals)
+create schema ops_private;
+create function ops_private.pre_request() returns void language sql as $$ select $$;
+grant usage on schema ops_private to anon, authenticated, service_role;
+grant execute on function ops_private.pre_request() to anon, authenticated, service_role;
 create table ops.calls (fn text not null, at timestamptz not null default now());
 grant usage on schema ops to anon, authenticated, service_role;
 grant insert on ops.calls to anon, authenticated, service_role;
@@ -99,7 +104,7 @@ def test_call_with_named_arguments(ops_conn: psycopg.Connection[Any]) -> None:
     with acting_as(ops_conn, role="service_role"):
         result = call(ops_conn, "echo", {"p_payload": {"a": [1, 2]}, "p_tags": ["x", "y"]})
         assert result == {"payload": {"a": [1, 2]}, "tags": ["x", "y"], "n": 1}
-        assert call(ops_conn, "echo", {"p_payload": "s", "p_tags": [], "p_n": "3"})["n"] == 3
+        assert call(ops_conn, "echo", {"p_payload": "s", "p_tags": [], "p_n": 3})["n"] == 3
         assert call(ops_conn, "echo", {"p_payload": None}) == {
             "payload": None, "tags": [], "n": 1,
         }
@@ -294,10 +299,12 @@ def test_call_as_is_one_request_in_one_transaction(ops_db_url: str) -> None:
             call_as(conn, "secret", role="anon")
         assert (caught.value.status, caught.value.code) == (401, "unauthorized")
         assert calls_made(conn) == before
+        # a number is not text (strict JSON types): refused before anything is sent
+        with pytest.raises(ContractError) as caught:
+            call_as(conn, "take_text", {"p_text": -35184372088833}, role="service_role")
+        assert (caught.value.status, caught.value.code) == (400, "invalid_argument")
         # values are bound client-side: a negative number must stay one value before its cast
-        # (`-35184372088833::text` parses as minus applied to text, an undefined operator: 404)
-        assert call_as(conn, "take_text", {"p_text": -35184372088833},
-                       role="service_role") == "-35184372088833"
+        # (`-5::integer` would parse as minus applied to the cast)
         assert call_as(conn, "take_int", {"p_n": -5}, role="service_role") == -10
     with psycopg.connect(ops_db_url) as conn, pytest.raises(RuntimeError, match="autocommit"):
         call_as(conn, "noop", role="service_role")

@@ -30,8 +30,10 @@ _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 @app.command("create")
 def token_create(
-    workspace: Annotated[str | None, typer.Option(
-        "--workspace", help="Slug or id of the workspace the principal joins.")] = None,
+    workspace: Annotated[list[str] | None, typer.Option(
+        "--workspace", help="Slug or id of the workspace the principal joins (and, for an "
+        "executor, the token is pinned to). Repeat it for an executor serving several; the "
+        "first owns the principal.")] = None,
     role: Annotated[str, typer.Option(
         "--role", help="executor, viewer, developer or admin.")] = "executor",
     name: Annotated[str | None, typer.Option("--name", help="Who holds it.")] = None,
@@ -60,26 +62,38 @@ def token_create(
         else:
             if role not in ("executor", "viewer", "developer", "admin"):
                 raise BadInput(f"--role must be executor, viewer, developer or admin, not {role!r}")
-            if workspace is None:
+            refs = list(dict.fromkeys(workspace or ()))
+            if not refs:
                 raise BadInput("--workspace is required (or --service for a service token)")
+            if len(refs) > 1 and role != "executor":
+                raise BadInput("only an executor token serves several workspaces: give one "
+                               "--workspace for a viewer, developer or admin")
             with database(settings) as url:
-                ws_id = workspace_by_ref(url, settings, workspace)
-                label = name or f"{role}@{workspace}"
+                ws_ids = [workspace_by_ref(url, settings, ref) for ref in refs]
+                label = name or f"{role}@{refs[0]}"
+                # the principal is owned by (the first) workspace: its admins may revoke it
                 principal = admin_call(url, settings, "create_principal", {
-                    "name": label, "kind": "executor" if role == "executor" else "user"})
-                admin_call(url, settings, "add_member", {
-                    "workspace_id": ws_id, "principal_id": principal["id"], "role": role,
-                    "name": label})
+                    "name": label, "kind": "executor" if role == "executor" else "user",
+                    "workspace_id": ws_ids[0]})
+                for ws_id in ws_ids:
+                    admin_call(url, settings, "add_member", {
+                        "workspace_id": ws_id, "principal_id": principal["id"], "role": role,
+                        "name": label})
+            # an executor's token is pinned to its workspaces: it claims nowhere else, ever
             token = mint_token(secret, role="authenticated", sub=principal["id"],
-                               ttl_seconds=seconds, name=label)
-            result = {"token": token, "principal_id": principal["id"], "workspace_id": ws_id,
-                      "role": role, "name": label}
+                               ttl_seconds=seconds, name=label,
+                               workspaces=ws_ids if role == "executor" else None)
+            result = {"token": token, "principal_id": principal["id"],
+                      "workspace_id": ws_ids[0], "role": role, "name": label}
+            if role == "executor":
+                result["workspaces"] = ws_ids
         if as_json:
             out.print_json(data=result)
         else:
             if "principal_id" in result:
-                err.print(f"principal {result['principal_id']} is {role} in {workspace}; "
-                          f"token valid {ttl}", markup=False)
+                pinned = " (pinned)" if role == "executor" else ""
+                err.print(f"principal {result['principal_id']} is {role} in "
+                          f"{', '.join(refs)}{pinned}; token valid {ttl}", markup=False)
             out.print(token, markup=False, soft_wrap=True)
 
 

@@ -80,6 +80,9 @@ from control_room.contract.models import (
     Claim,
     ClaimRun,
     CompleteResult,
+    Connection,
+    ConnectionDeleted,
+    ConnectionTest,
     Dataset,
     DatasetDetail,
     DatasetRecord,
@@ -87,6 +90,8 @@ from control_room.contract.models import (
     Event,
     EventPage,
     HeartbeatResult,
+    Invitation,
+    InvitationRevoked,
     Member,
     MemberRemoved,
     NewEvent,
@@ -125,6 +130,9 @@ __all__ = [
     "ClaimRun",
     "CompleteResult",
     "Conflict",
+    "Connection",
+    "ConnectionDeleted",
+    "ConnectionTest",
     "ContractClient",
     "ContractError",
     "Dataset",
@@ -138,6 +146,8 @@ __all__ = [
     "HeartbeatResult",
     "InvalidArgument",
     "InvalidResponse",
+    "Invitation",
+    "InvitationRevoked",
     "LeaseLost",
     "Member",
     "MemberRemoved",
@@ -172,7 +182,9 @@ TRANSPORT_OPTIONS = frozenset({"wait"})
 """Method arguments that are not request properties (`wait`: `Prefer: wait=<s>`)."""
 
 # functions a repeat would do twice (docs/contract.md, Idempotency)
-_NOT_IDEMPOTENT = frozenset({"create_workspace", "remove_member", "create_principal"})
+_NOT_IDEMPOTENT = frozenset({"create_workspace", "remove_member", "create_principal",
+                             "create_connection", "delete_connection",
+                             "accept_invitation", "revoke_invitation"})
 _RETRIED_STATUSES = frozenset({502, 503, 504})
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -368,10 +380,38 @@ class ContractClient:
         args = {"workspace_id": workspace_id, "principal_id": principal_id}
         return _parse(MemberRemoved, self._rpc("remove_member", args), "remove_member")
 
-    def create_principal(self, name: str, kind: PrincipalKind | None = None) -> Principal:
-        """A new principal (service_role only; `kind` default executor). Not idempotent."""
-        args = {"name": name, "kind": kind}
+    def create_principal(self, name: str, kind: PrincipalKind | None = None,
+                         workspace_id: str | None = None) -> Principal:
+        """A new principal (`kind` default executor) owned by `workspace_id` (its admin may
+        create one; without a workspace, service_role only). Not idempotent."""
+        args = {"name": name, "kind": kind, "workspace_id": workspace_id}
         return _parse(Principal, self._rpc("create_principal", args), "create_principal")
+
+    def invite_member(self, workspace_id: str, principal_id: str, role: MemberRole,
+                      name: str | None = None,
+                      expires_in_seconds: int | None = None) -> Invitation:
+        """Invite a principal the workspace does not own (admin); it joins when it accepts.
+        Inviting again renews the invitation."""
+        args = {"workspace_id": workspace_id, "principal_id": principal_id, "role": role,
+                "name": name, "expires_in_seconds": expires_in_seconds}
+        return _parse(Invitation, self._rpc("invite_member", args), "invite_member")
+
+    def accept_invitation(self, workspace_id: str) -> Member:
+        """Accept the caller's own pending invitation (never an executor). Not idempotent."""
+        return _parse(Member, self._rpc("accept_invitation", {"workspace_id": workspace_id}),
+                      "accept_invitation")
+
+    def revoke_invitation(self, workspace_id: str, principal_id: str) -> InvitationRevoked:
+        """Withdraw a pending invitation (admin). Not idempotent: a repeat is NotFound."""
+        args = {"workspace_id": workspace_id, "principal_id": principal_id}
+        return _parse(InvitationRevoked, self._rpc("revoke_invitation", args),
+                      "revoke_invitation")
+
+    def list_invitations(self, workspace_id: str) -> list[Invitation]:
+        """The workspace's invitations, newest first (admin)."""
+        return _parse_list(Invitation,
+                           self._rpc("list_invitations", {"workspace_id": workspace_id}),
+                           "list_invitations")
 
     def revoke_principal(self, principal_id: str) -> Principal:
         """Revoke a principal: its tokens and leases stop working (idempotent)."""
@@ -593,6 +633,57 @@ class ContractClient:
         args = {"workspace_id": workspace_id, "name": name, "resolution": resolution,
                 "note": note}
         return _parse(Dataset, self._rpc("unblock_dataset", args), "unblock_dataset")
+
+    # -- connections ----------------------------------------------------------------------
+
+    def create_connection(self, workspace_id: str, name: str, type: str, *,
+                          config: Mapping[str, Any] | None = None,
+                          secrets: Mapping[str, str] | None = None,
+                          description: str | None = None) -> Connection:
+        """Register a connection of the workspace (admin): `type` (postgres, s3, trino, spark,
+        http, dbt-profile), non-secret `config`, and `secrets` as field -> reference
+        (`env:NAME`, `file:/absolute/path`), never values. Not idempotent: a repeat is
+        Conflict (the name is taken)."""
+        args = {"workspace_id": workspace_id, "name": name, "type": type,
+                "config": _dict(config), "secrets": _dict(secrets), "description": description}
+        return _parse(Connection, self._rpc("create_connection", args), "create_connection")
+
+    def update_connection(self, workspace_id: str, name: str, *,
+                          config: Mapping[str, Any] | None = None,
+                          secrets: Mapping[str, str] | None = None,
+                          description: str | None = None) -> Connection:
+        """Change a connection (admin): a given `config` or `secrets` replaces the whole of
+        it (that is how a secret is rotated), `description` "" clears it; None keeps. A
+        change is a new `version`; the same values again are not. Idempotent."""
+        args = {"workspace_id": workspace_id, "name": name, "config": _dict(config),
+                "secrets": _dict(secrets), "description": description}
+        return _parse(Connection, self._rpc("update_connection", args), "update_connection")
+
+    def delete_connection(self, workspace_id: str, name: str) -> ConnectionDeleted:
+        """Delete a connection and its secret references (admin). Not idempotent: a repeat
+        is NotFound."""
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(ConnectionDeleted, self._rpc("delete_connection", args),
+                      "delete_connection")
+
+    def list_connections(self, workspace_id: str) -> list[Connection]:
+        """The workspace's connections, by name (any member)."""
+        return _parse_list(Connection,
+                           self._rpc("list_connections", {"workspace_id": workspace_id}),
+                           "list_connections")
+
+    def get_connection(self, workspace_id: str, name: str) -> Connection:
+        """One connection (any member); `NotFound` when there is none."""
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(Connection, self._rpc("get_connection", args), "get_connection")
+
+    def record_connection_test(self, workspace_id: str, name: str, ok: bool,
+                               message: str) -> Connection:
+        """Record the result of testing a connection (developer or admin): `message` is
+        capped at 500 characters, passwords in URLs and DSNs redacted. Idempotent."""
+        args = {"workspace_id": workspace_id, "name": name, "ok": ok, "message": message}
+        return _parse(Connection, self._rpc("record_connection_test", args),
+                      "record_connection_test")
 
     # -- waiting for work ---------------------------------------------------------------------
 

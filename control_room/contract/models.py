@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +37,7 @@ from control_room.contract.vocabulary import (
 __all__ = [
     "REQUESTS",
     "RESULTS",
+    "AcceptInvitationArgs",
     "AddMemberArgs",
     "AppendEventsArgs",
     "AppendResult",
@@ -51,6 +52,10 @@ __all__ = [
     "CompletePhaseArgs",
     "CompleteResult",
     "CompleteRunArgs",
+    "Connection",
+    "ConnectionDeleted",
+    "ConnectionTest",
+    "CreateConnectionArgs",
     "CreatePrincipalArgs",
     "CreateRunArgs",
     "CreateWorkspaceArgs",
@@ -58,15 +63,22 @@ __all__ = [
     "DatasetDetail",
     "DatasetRecord",
     "DatasetVersion",
+    "DeleteConnectionArgs",
     "Event",
     "EventPage",
+    "GetConnectionArgs",
     "GetDatasetArgs",
     "GetRunArgs",
     "HeartbeatArgs",
     "HeartbeatResult",
+    "Invitation",
+    "InvitationRevoked",
+    "InviteMemberArgs",
     "ListArtifactsArgs",
+    "ListConnectionsArgs",
     "ListDatasetsArgs",
     "ListEventsArgs",
+    "ListInvitationsArgs",
     "ListRunsArgs",
     "ListWorkspacesArgs",
     "Member",
@@ -75,20 +87,25 @@ __all__ = [
     "Phase",
     "PhaseSpec",
     "Principal",
+    "RecordConnectionTestArgs",
     "RecordDatasetArgs",
     "RegisterArtifactArgs",
     "RemoveMemberArgs",
     "RetryRunArgs",
+    "RevokeInvitationArgs",
     "RevokePrincipalArgs",
     "Run",
     "RunCreated",
     "RunPage",
     "RunSummary",
     "UnblockDatasetArgs",
+    "UpdateConnectionArgs",
     "Workspace",
     "WorkspaceListItem",
 ]
 
+
+InvitationState = Literal["pending", "accepted", "expired"]
 
 # --------------------------------------------------------------------------------- results
 
@@ -150,6 +167,30 @@ class Principal(_Result):
     created_at: datetime
     revoked_at: datetime | None
     revoked_by: str | None
+    owner_workspace_id: str | None
+    """The workspace that owns it (its admins may enrol and revoke it); None: the installation's."""
+
+
+class Invitation(_Result):
+    """`invite_member`'s answer and the items of `list_invitations`."""
+
+    workspace_id: str
+    principal_id: str
+    role: MemberRole
+    name: str | None
+    invited_by: str | None
+    created_at: datetime
+    expires_at: datetime
+    accepted_at: datetime | None
+    state: InvitationState
+
+
+class InvitationRevoked(_Result):
+    """`revoke_invitation`'s answer."""
+
+    workspace_id: str
+    principal_id: str
+    revoked: bool
 
 
 class ClaimRun(_Result):
@@ -305,7 +346,9 @@ class Phase(_Result):
     reused_from_phase_id: str | None
 
 
-class _RunFields(_Result):
+class _RunCore(_Result):
+    """What every run result has (`created_by` is None for callers who are not admins)."""
+
     id: str
     workspace_id: str
     env: Env
@@ -314,8 +357,6 @@ class _RunFields(_Result):
     state: RunState
     priority: int
     labels: dict[str, str]
-    input_manifest: dict[str, Any]
-    output_manifest: dict[str, Any] | None
     idempotency_key: str | None
     parent_run_id: str | None
     error: dict[str, Any] | None
@@ -327,6 +368,11 @@ class _RunFields(_Result):
     finalized_at: datetime | None
     updated_at: datetime
     last_event_seq: int
+
+
+class _RunFields(_RunCore):
+    input_manifest: dict[str, Any]
+    output_manifest: dict[str, Any] | None
 
 
 class Run(_RunFields):
@@ -348,8 +394,10 @@ class RunCreated(Run):
     created: bool
 
 
-class RunSummary(_RunFields):
-    """A run of `list_runs`: without its phases, with the number of phases in each state."""
+class RunSummary(_RunCore):
+    """A run of `list_runs`: without its phases and manifests (`get_run` has them), its
+    `error` reduced to `{phase, message}` (500 characters at most), with the number of
+    phases in each state."""
 
     phase_counts: dict[PhaseState, int]
 
@@ -447,6 +495,42 @@ class DatasetDetail(Dataset):
     versions: tuple[DatasetVersion, ...] = ()
 
 
+class ConnectionTest(_Result):
+    """The last `record_connection_test` of a connection (`message` capped, passwords
+    redacted)."""
+
+    at: datetime
+    ok: bool
+    message: str | None
+
+
+class Connection(_Result):
+    """A workspace connection (`create_connection`, `get_connection`, ...): `type`, the
+    non-secret `config` and the `secrets` as references (`env:NAME`, `file:/path`), never
+    values. `version` counts its changes (1 when created)."""
+
+    id: str
+    workspace_id: str
+    name: str
+    type: str
+    config: dict[str, Any]
+    secrets: dict[str, str]
+    description: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    last_test: ConnectionTest | None
+
+
+class ConnectionDeleted(_Result):
+    """`delete_connection`'s answer."""
+
+    id: str
+    workspace_id: str
+    name: str
+    deleted: bool
+
+
 # ---------------------------------------------------------------------------------- inputs
 
 
@@ -530,6 +614,28 @@ class RemoveMemberArgs(_Args):
 class CreatePrincipalArgs(_Args):
     name: str
     kind: PrincipalKind | None = None
+    workspace_id: str | None = None
+
+
+class InviteMemberArgs(_Args):
+    workspace_id: str
+    principal_id: str
+    role: MemberRole
+    name: str | None = None
+    expires_in_seconds: int | None = None
+
+
+class AcceptInvitationArgs(_Args):
+    workspace_id: str
+
+
+class RevokeInvitationArgs(_Args):
+    workspace_id: str
+    principal_id: str
+
+
+class ListInvitationsArgs(_Args):
+    workspace_id: str
 
 
 class RevokePrincipalArgs(_Args):
@@ -673,12 +779,54 @@ class GetDatasetArgs(_Args):
     name: str
 
 
+class CreateConnectionArgs(_Args):
+    workspace_id: str
+    name: str
+    type: str
+    config: dict[str, Any] | None = None
+    secrets: dict[str, Any] | None = None
+    description: str | None = None
+
+
+class UpdateConnectionArgs(_Args):
+    workspace_id: str
+    name: str
+    config: dict[str, Any] | None = None
+    secrets: dict[str, Any] | None = None
+    description: str | None = None
+
+
+class DeleteConnectionArgs(_Args):
+    workspace_id: str
+    name: str
+
+
+class ListConnectionsArgs(_Args):
+    workspace_id: str
+
+
+class GetConnectionArgs(_Args):
+    workspace_id: str
+    name: str
+
+
+class RecordConnectionTestArgs(_Args):
+    workspace_id: str
+    name: str
+    ok: bool
+    message: str
+
+
 REQUESTS: dict[str, type[_Args]] = {
     "create_workspace": CreateWorkspaceArgs,
     "add_member": AddMemberArgs,
     "remove_member": RemoveMemberArgs,
     "create_principal": CreatePrincipalArgs,
     "revoke_principal": RevokePrincipalArgs,
+    "invite_member": InviteMemberArgs,
+    "accept_invitation": AcceptInvitationArgs,
+    "revoke_invitation": RevokeInvitationArgs,
+    "list_invitations": ListInvitationsArgs,
     "create_run": CreateRunArgs,
     "claim_phase": ClaimPhaseArgs,
     "heartbeat": HeartbeatArgs,
@@ -697,6 +845,12 @@ REQUESTS: dict[str, type[_Args]] = {
     "unblock_dataset": UnblockDatasetArgs,
     "list_datasets": ListDatasetsArgs,
     "get_dataset": GetDatasetArgs,
+    "create_connection": CreateConnectionArgs,
+    "update_connection": UpdateConnectionArgs,
+    "delete_connection": DeleteConnectionArgs,
+    "list_connections": ListConnectionsArgs,
+    "get_connection": GetConnectionArgs,
+    "record_connection_test": RecordConnectionTestArgs,
 }
 """The request model of each operation (its body's properties, by the same names)."""
 
@@ -706,6 +860,10 @@ RESULTS: dict[str, type[_Result]] = {
     "remove_member": MemberRemoved,
     "create_principal": Principal,
     "revoke_principal": Principal,
+    "invite_member": Invitation,
+    "accept_invitation": Member,
+    "revoke_invitation": InvitationRevoked,
+    "list_invitations": Invitation,
     "create_run": RunCreated,
     "claim_phase": Claim,
     "heartbeat": HeartbeatResult,
@@ -724,5 +882,11 @@ RESULTS: dict[str, type[_Result]] = {
     "unblock_dataset": Dataset,
     "list_datasets": Dataset,
     "get_dataset": DatasetDetail,
+    "create_connection": Connection,
+    "update_connection": Connection,
+    "delete_connection": ConnectionDeleted,
+    "list_connections": Connection,
+    "get_connection": Connection,
+    "record_connection_test": Connection,
 }
-"""The result model of each operation (of one item, for the two that answer a list)."""
+"""The result model of each operation (of one item, for those that answer a list)."""

@@ -70,20 +70,25 @@ order by p.oid;
 select pg_catalog.set_config('statement_timeout', %(ms)s, false);
 
 -- name: set_request_context
--- What PostgREST runs at the start of each request's transaction (PreQuery.hs txVarQuery).
+-- What PostgREST runs at the start of each request's transaction (PreQuery.hs txVarQuery),
+-- then its pre-request hook (db-pre-request = ops_private.pre_request: a revoked principal is
+-- refused with 401 before any call). The select list is evaluated in order: the hook sees the
+-- settings before it.
 select
     pg_catalog.set_config('search_path', 'ops, public, extensions', true),
     pg_catalog.set_config('role', %(role)s, true),
-    pg_catalog.set_config('request.jwt.claims', %(claims)s, true);
+    pg_catalog.set_config('request.jwt.claims', %(claims)s, true),
+    ops_private.pre_request();
 
 -- name: set_request_context_positional
--- The same, plus the test clock ('' = the real time), sent in one message with the call
--- (store.call_as).
+-- The same (the pre-request hook included), plus the test clock ('' = the real time), sent in
+-- one message with the call (store.call_as).
 select
     pg_catalog.set_config('search_path', 'ops, public, extensions', true),
     pg_catalog.set_config('role', %s, true),
     pg_catalog.set_config('request.jwt.claims', %s, true),
-    pg_catalog.set_config('control_room.now', %s, true)
+    pg_catalog.set_config('control_room.now', %s, true),
+    ops_private.pre_request()
 
 -- name: set_clock
 -- Test-only clock override read by the ops functions.

@@ -43,6 +43,52 @@ CREATE SCHEMA ops_private;
 COMMENT ON SCHEMA ops_private IS 'Helpers of the ops functions. Never exposed.';
 
 --
+-- Name: accept_invitation(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.accept_invitation(workspace_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', accept_invitation.workspace_id, true);
+    v_uid uuid := ops_private.principal();
+    v_now timestamptz := ops_private.now();
+    v_inv ops.invitations;
+    v_row ops.workspace_members;
+begin
+    if v_uid is null then
+        perform ops_private.fail(401, 'unauthorized',
+            'this call needs an authenticated principal (a JWT with sub): the invitee accepts itself');
+    end if;
+    if exists (select 1 from ops.principals p where p.id = v_uid and p.kind = 'executor')
+       or ops_private.token_pins() is not null then
+        perform ops_private.fail(403, 'forbidden', 'an executor cannot accept an invitation',
+                                 jsonb_build_object('reason', 'executor'));
+    end if;
+    select * into v_inv from ops.invitations i
+    where i.workspace_id = v_ws and i.principal_id = v_uid and i.accepted_at is null and i.expires_at > v_now
+    for update;
+    if v_inv.workspace_id is null then
+        perform ops_private.fail(404, 'not_found', 'no pending invitation to this workspace');
+    end if;
+    insert into ops.workspace_members as m (workspace_id, principal_id, role, name, created_at)
+    values (v_ws, v_uid, v_inv.role, v_inv.name, v_now)
+    on conflict (workspace_id, principal_id) do nothing
+    returning * into v_row;
+    if v_row.workspace_id is null then
+        select * into v_row from ops.workspace_members m where m.workspace_id = v_ws and m.principal_id = v_uid;
+    end if;
+    update ops.invitations i set accepted_at = v_now
+    where i.workspace_id = v_ws and i.principal_id = v_uid;
+    perform ops_private.audit('accept_invitation', v_ws, 'principal', v_uid::text,
+                              jsonb_build_object('role', v_row.role, 'invited_by', v_inv.invited_by));
+    return to_jsonb(v_row);
+end
+$$;
+
+--
 -- Name: add_member(text, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -62,10 +108,22 @@ begin
     perform ops_private.require_role(v_ws, array['admin'], true);
     if add_member.role is null or add_member.role not in ('viewer', 'developer', 'admin', 'executor') then
         perform ops_private.fail(400, 'invalid_argument',
-            'role must be one of viewer, developer, admin, executor, got ' || coalesce(add_member.role, 'nothing'));
+            'role must be one of viewer, developer, admin, executor, got '
+            || coalesce(pg_catalog.left(add_member.role, 64), 'nothing'));
     end if;
     if add_member.name is not null and length(add_member.name) > 200 then
         perform ops_private.fail(400, 'invalid_argument', 'name must be at most 200 characters');
+    end if;
+    -- an admin enrols only principals its workspace owns; members already here may change role.
+    -- Anyone else joins by accepting an invitation (invite_member), or service_role adds it.
+    if not ops_private.is_privileged()
+       and not exists (select 1 from ops.workspace_members m where m.workspace_id = v_ws and m.principal_id = v_pr)
+       and not exists (select 1 from ops.principals p
+                       where p.id = v_pr and p.owner_workspace_id = v_ws and p.revoked_at is null) then
+        perform ops_private.fail(403, 'forbidden',
+            'this principal is not owned by the workspace: invite it (invite_member) and let it accept, '
+            || 'or ask an operator (service_role) to add it',
+            jsonb_build_object('argument', 'principal_id', 'reason', 'not_owned'));
     end if;
     -- lock the workspace's admins so concurrent changes cannot leave it without one
     perform 1 from ops.workspace_members m where m.workspace_id = v_ws and m.role = 'admin' for update;
@@ -317,6 +375,7 @@ declare
     v_wsid     uuid := ops_private.uuid_arg('workspace_id', claim_phase.workspace_id);
     v_kinds    text[] := claim_phase.kinds;
     v_ws       uuid[];          -- workspaces the caller may claim in; null means any
+    v_pins     uuid[];          -- the workspaces the caller's token is pinned to
     v_p        ops.phases;
     v_r        ops.runs;
     v_expired  boolean;
@@ -348,8 +407,22 @@ begin
         if v_uid is null then
             perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
         end if;
+        -- an executor token is pinned to its workspaces when minted: claims never leave them,
+        -- whatever memberships appear later
+        v_pins := ops_private.token_pins();
+        if v_pins is null then
+            perform ops_private.fail(403, 'forbidden',
+                'this token is not pinned to workspaces (JWT claim workspaces): mint an executor token with '
+                || 'control-room token create --role executor --workspace <slug>',
+                jsonb_build_object('reason', 'token_not_pinned'));
+        end if;
+        if v_wsid is not null and not (v_wsid = any (v_pins)) then
+            perform ops_private.fail(403, 'forbidden',
+                'workspace ' || v_wsid::text || ' is not one this token is pinned to',
+                jsonb_build_object('argument', 'workspace_id', 'reason', 'workspace_not_pinned'));
+        end if;
         v_ws := array(select m.workspace_id from ops.workspace_members m
-                      where m.principal_id = v_uid and m.role = 'executor');
+                      where m.principal_id = v_uid and m.role = 'executor' and m.workspace_id = any (v_pins));
         if v_wsid is not null then
             if not (v_wsid = any (v_ws)) then
                 perform ops_private.fail(403, 'forbidden', 'caller is not an executor in workspace ' || v_wsid::text);
@@ -357,7 +430,8 @@ begin
             v_ws := array[v_wsid];
         end if;
         if cardinality(v_ws) = 0 then
-            perform ops_private.fail(403, 'forbidden', 'caller is not an executor in any workspace');
+            perform ops_private.fail(403, 'forbidden',
+                'caller is not an executor in any workspace its token is pinned to');
         end if;
     end if;
     if v_run is not null and not exists (select 1 from ops.runs r where r.id = v_run
@@ -460,7 +534,8 @@ begin
             perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'LEASE_EXPIRED', 'warning',
                 'lease expired: attempt ' || v_p.attempt || ' counted as failed',
                 jsonb_build_object('attempt', v_p.attempt, 'max_attempts', v_p.max_attempts,
-                                   'lease_expires_at', v_p.lease_expires_at, 'claimed_by', v_p.claimed_by),
+                                   'lease_expires_at', v_p.lease_expires_at,
+                                   'claimed_by', ops_private.principal_name(v_p.workspace_id, v_p.claimed_by)),
                 v_now);
             if v_p.attempt >= v_p.max_attempts then
                 perform ops_private.fail_phase_final(v_p.id, v_r,
@@ -479,7 +554,8 @@ begin
         end if;
         perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CLAIMED', 'info',
             'claimed, attempt ' || v_p.attempt || ' of ' || v_p.max_attempts,
-            jsonb_build_object('attempt', v_p.attempt, 'claimed_by', v_uid,
+            jsonb_build_object('attempt', v_p.attempt,
+                               'claimed_by', ops_private.principal_name(v_p.workspace_id, v_uid),
                                'lease_expires_at', v_p.lease_expires_at, 'kind', v_p.kind), v_now);
         perform ops_private.audit('claim_phase', v_p.workspace_id, 'phase', v_p.id::text,
                                   jsonb_build_object('run_id', v_p.run_id, 'phase', v_p.name, 'attempt', v_p.attempt));
@@ -681,19 +757,84 @@ end
 $$;
 
 --
--- Name: create_principal(text, text); Type: FUNCTION; Schema: ops; Owner: -
+-- Name: create_connection(text, text, text, jsonb, jsonb, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
-CREATE FUNCTION ops.create_principal(name text, kind text DEFAULT 'executor'::text) RETURNS jsonb
+CREATE FUNCTION ops.create_connection(workspace_id text, name text, type text, config jsonb DEFAULT '{}'::jsonb, secrets jsonb DEFAULT '{}'::jsonb, description text DEFAULT NULL::text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 #variable_conflict use_column
 declare
+    v_now     timestamptz := ops_private.now();
+    v_ws      uuid := ops_private.uuid_arg('workspace_id', create_connection.workspace_id, true);
+    v_config  jsonb := coalesce(create_connection.config, '{}'::jsonb);
+    v_secrets jsonb := coalesce(create_connection.secrets, '{}'::jsonb);
+    v_row     ops.connections;
+begin
+    perform ops_private.connection_workspace(v_ws, array['admin']);
+    perform ops_private.check_connection_name(create_connection.name);
+    if create_connection.type is null
+       or create_connection.type not in ('postgres', 's3', 'trino', 'spark', 'http', 'dbt-profile') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'type must be one of postgres, s3, trino, spark, http, dbt-profile, got '
+            || coalesce(pg_catalog.quote_literal(left(create_connection.type, 64)), 'nothing'),
+            jsonb_build_object('argument', 'type'));
+    end if;
+    if create_connection.description is not null and length(create_connection.description) > 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'description must be at most 1000 characters',
+                                 jsonb_build_object('argument', 'description'));
+    end if;
+    perform ops_private.check_connection(v_config, v_secrets);
+    insert into ops.connections (workspace_id, name, type, config, description, version,
+                                 created_by, created_at, updated_by, updated_at)
+    values (v_ws, create_connection.name, create_connection.type, v_config,
+            nullif(create_connection.description, ''), 1, ops_private.uid(), v_now, ops_private.uid(), v_now)
+    on conflict (workspace_id, name) do nothing
+    returning * into v_row;
+    if v_row.id is null then
+        perform ops_private.fail(409, 'conflict',
+            'a connection named ' || create_connection.name
+            || ' exists in this workspace; change it with update_connection',
+            jsonb_build_object('argument', 'name'));
+    end if;
+    insert into ops.secrets_refs (connection_id, workspace_id, field, reference, created_at)
+    select v_row.id, v_ws, s.key, s.value #>> '{}', v_now from jsonb_each(v_secrets) s;
+    perform ops_private.audit('create_connection', v_ws, 'connection', v_row.name,
+        jsonb_build_object('id', v_row.id, 'type', v_row.type, 'version', v_row.version,
+                           'config_keys', (select coalesce(jsonb_agg(k order by k), '[]'::jsonb)
+                                           from jsonb_object_keys(v_config) k),
+                           'secret_fields', (select coalesce(jsonb_agg(k order by k), '[]'::jsonb)
+                                             from jsonb_object_keys(v_secrets) k)));
+    return ops_private.connection_json(v_row);
+end
+$$;
+
+--
+-- Name: create_principal(text, text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_principal(name text, kind text DEFAULT 'executor'::text, workspace_id text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', create_principal.workspace_id);
     v_row ops.principals;
 begin
     if not ops_private.is_privileged() then
-        perform ops_private.fail(403, 'forbidden', 'only service_role may create principals');
+        if v_ws is null then
+            perform ops_private.fail(403, 'forbidden',
+                'only service_role may create a principal without a workspace; an admin passes workspace_id',
+                jsonb_build_object('argument', 'workspace_id', 'reason', 'workspace_required'));
+        end if;
+        if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+            perform ops_private.fail(404, 'not_found', 'workspace not found');
+        end if;
+        perform ops_private.require_role(v_ws, array['admin'], true);
+    elsif v_ws is not null and not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
     end if;
     if create_principal.name is null or length(create_principal.name) not between 1 and 200 then
         perform ops_private.fail(400, 'invalid_argument', 'name must be 1-200 characters',
@@ -701,13 +842,13 @@ begin
     end if;
     if create_principal.kind is null or create_principal.kind not in ('user', 'executor') then
         perform ops_private.fail(400, 'invalid_argument',
-            'kind must be user or executor, got ' || coalesce(create_principal.kind, 'nothing'),
+            'kind must be user or executor, got ' || coalesce(pg_catalog.left(create_principal.kind, 64), 'nothing'),
             jsonb_build_object('argument', 'kind'));
     end if;
-    insert into ops.principals (kind, name, created_by, created_at)
-    values (create_principal.kind, create_principal.name, ops_private.uid(), ops_private.now())
+    insert into ops.principals (kind, name, created_by, created_at, owner_workspace_id)
+    values (create_principal.kind, create_principal.name, ops_private.uid(), ops_private.now(), v_ws)
     returning * into v_row;
-    perform ops_private.audit('create_principal', null, 'principal', v_row.id::text,
+    perform ops_private.audit('create_principal', v_ws, 'principal', v_row.id::text,
                               jsonb_build_object('name', v_row.name, 'kind', v_row.kind));
     return to_jsonb(v_row);
 end
@@ -842,6 +983,45 @@ end
 $_$;
 
 --
+-- Name: delete_connection(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.delete_connection(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', delete_connection.workspace_id, true);
+    v_row ops.connections;
+begin
+    perform ops_private.connection_workspace(v_ws, array['admin']);
+    v_row := ops_private.find_connection(v_ws, delete_connection.name, true);
+    delete from ops.connections c where c.id = v_row.id;   -- its secrets_refs go with it
+    perform ops_private.audit('delete_connection', v_ws, 'connection', v_row.name,
+        jsonb_build_object('id', v_row.id, 'type', v_row.type, 'version', v_row.version));
+    return jsonb_build_object('id', v_row.id, 'workspace_id', v_ws, 'name', v_row.name, 'deleted', true);
+end
+$$;
+
+--
+-- Name: get_connection(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_connection(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', get_connection.workspace_id, true);
+begin
+    perform ops_private.connection_workspace(v_ws, array['viewer', 'developer', 'admin', 'executor']);
+    return ops_private.connection_json(ops_private.find_connection(v_ws, get_connection.name, false));
+end
+$$;
+
+--
 -- Name: get_dataset(text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -936,6 +1116,61 @@ end
 $$;
 
 --
+-- Name: invite_member(text, text, text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.invite_member(workspace_id text, principal_id text, role text, name text DEFAULT NULL::text, expires_in_seconds integer DEFAULT 604800) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', invite_member.workspace_id, true);
+    v_pr  uuid := ops_private.uuid_arg('principal_id', invite_member.principal_id, true);
+    v_now timestamptz := ops_private.now();
+    v_row ops.invitations;
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['admin'], true);
+    if invite_member.role is null or invite_member.role not in ('viewer', 'developer', 'admin') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'role must be one of viewer, developer, admin (executors are enrolled by their owner), got '
+            || coalesce(pg_catalog.left(invite_member.role, 64), 'nothing'),
+            jsonb_build_object('argument', 'role'));
+    end if;
+    if invite_member.name is not null and length(invite_member.name) > 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'name must be at most 200 characters',
+                                 jsonb_build_object('argument', 'name'));
+    end if;
+    if invite_member.expires_in_seconds is null or invite_member.expires_in_seconds not between 60 and 2592000 then
+        perform ops_private.fail(400, 'invalid_argument', 'expires_in_seconds must be between 60 and 2592000 (30 days)',
+                                 jsonb_build_object('argument', 'expires_in_seconds'));
+    end if;
+    if exists (select 1 from ops.principals p where p.id = v_pr and p.kind = 'executor') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'an executor cannot accept an invitation: its owner workspace''s admin or service_role enrols it',
+            jsonb_build_object('argument', 'principal_id', 'reason', 'executor'));
+    end if;
+    if exists (select 1 from ops.workspace_members m where m.workspace_id = v_ws and m.principal_id = v_pr) then
+        perform ops_private.fail(409, 'conflict', 'the principal is already a member: change its role with add_member',
+                                 jsonb_build_object('argument', 'principal_id'));
+    end if;
+    insert into ops.invitations as i (workspace_id, principal_id, role, name, invited_by, created_at, expires_at)
+    values (v_ws, v_pr, invite_member.role, invite_member.name, ops_private.uid(), v_now,
+            v_now + pg_catalog.make_interval(secs => invite_member.expires_in_seconds))
+    on conflict (workspace_id, principal_id) do update
+        set role = excluded.role, name = excluded.name, invited_by = excluded.invited_by,
+            created_at = excluded.created_at, expires_at = excluded.expires_at, accepted_at = null
+    returning * into v_row;
+    perform ops_private.audit('invite_member', v_ws, 'principal', v_pr::text,
+                              jsonb_build_object('role', v_row.role, 'expires_at', v_row.expires_at));
+    return ops_private.invitation_json(v_row, v_now);
+end
+$$;
+
+--
 -- Name: list_artifacts(text, text, text, integer, bigint); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -981,6 +1216,24 @@ end
 $_$;
 
 --
+-- Name: list_connections(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_connections(workspace_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', list_connections.workspace_id, true);
+begin
+    perform ops_private.connection_workspace(v_ws, array['viewer', 'developer', 'admin', 'executor']);
+    return (select coalesce(jsonb_agg(ops_private.connection_json(c) order by c.name), '[]'::jsonb)
+            from ops.connections c where c.workspace_id = v_ws);
+end
+$$;
+
+--
 -- Name: list_datasets(text, text, text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1024,10 +1277,12 @@ $$;
 CREATE FUNCTION ops.list_events(run_id text, after bigint DEFAULT 0, "limit" integer DEFAULT 100, phase text DEFAULT NULL::text) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
-    AS $$
+    AS $_$
 #variable_conflict use_column
 declare
     v_run    uuid := ops_private.uuid_arg('run_id', list_events.run_id, true);
+    v_ws     uuid;
+    v_sees   boolean;
     v_events jsonb;
 begin
     if list_events."limit" is null or list_events."limit" not between 1 and 1000 then
@@ -1036,13 +1291,20 @@ begin
     if list_events.after is null or list_events.after < 0 then
         perform ops_private.fail(400, 'invalid_argument', 'after must be a sequence number >= 0');
     end if;
-    if not exists (select 1 from ops.runs r where r.id = v_run) then
+    select r.workspace_id into v_ws from ops.runs r where r.id = v_run;
+    if v_ws is null then
         perform ops_private.fail(404, 'not_found', 'run not found');
     end if;
+    v_sees := ops_private.sees_principals(v_ws);
     select coalesce(jsonb_agg(jsonb_build_object(
                'seq', e.seq, 'event_id', e.event_id, 'run_id', e.run_id, 'phase', e.phase, 'attempt', e.attempt,
                'ts', e.ts, 'recorded_at', e.recorded_at, 'level', e.level, 'type', e.type,
-               'message', e.message, 'payload', e.payload, 'principal_id', e.principal_id) order by e.seq),
+               'message', e.message,
+               -- events written before names replaced ids in claimed_by keep an id: hidden too
+               'payload', case when not v_sees and e.type in ('PHASE_CLAIMED', 'LEASE_EXPIRED')
+                                    and e.payload ->> 'claimed_by' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                               then e.payload || '{"claimed_by": null}'::jsonb else e.payload end,
+               'principal_id', case when v_sees then e.principal_id end) order by e.seq),
            '[]'::jsonb)
     into v_events
     from (select * from ops.run_events e
@@ -1052,6 +1314,28 @@ begin
           limit list_events."limit") e;
     return jsonb_build_object('events', v_events,
         'next_after', coalesce((v_events -> -1 ->> 'seq')::bigint, list_events.after));
+end
+$_$;
+
+--
+-- Name: list_invitations(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_invitations(workspace_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', list_invitations.workspace_id, true);
+    v_now timestamptz := ops_private.now();
+begin
+    if not (ops_private.is_privileged() or v_ws in (select ops_private.admin_workspaces())) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    return (select coalesce(pg_catalog.jsonb_agg(ops_private.invitation_json(i, v_now)
+                                                 order by i.created_at desc, i.principal_id), '[]'::jsonb)
+            from ops.invitations i where i.workspace_id = v_ws);
 end
 $$;
 
@@ -1069,8 +1353,14 @@ declare
     v_parent uuid := ops_private.uuid_arg('parent_run_id', list_runs.parent_run_id);
     v_at     timestamptz;
     v_id     uuid;
-    v_rows   jsonb;
-    v_n      integer;
+    v_rows   jsonb[] := '{}';
+    v_item   jsonb;
+    v_bytes  bigint := 0;
+    v_more   boolean := false;
+    v_last   record;
+    v_x      record;
+    v_admin  uuid[] := case when ops_private.is_privileged() then null
+                            else array(select ops_private.admin_workspaces()) end;
 begin
     if list_runs."limit" is null or list_runs."limit" not between 1 and 500 then
         perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500');
@@ -1087,22 +1377,31 @@ begin
         v_at := to_timestamp(split_part(list_runs.cursor, ':', 1)::numeric / 1000000);
         v_id := split_part(list_runs.cursor, ':', 2)::uuid;
     end if;
-    select coalesce(jsonb_agg(ops_private.run_json(x.id, false) order by x.created_at desc, x.id desc), '[]'::jsonb),
-           count(*)
-    into v_rows, v_n
-    from (select r.id, r.created_at from ops.runs r
-          where (v_ws is null or r.workspace_id = v_ws)
-            and (list_runs.state is null or r.state = list_runs.state)
-            and (list_runs.spec_slug is null or r.spec_slug = list_runs.spec_slug)
-            and (list_runs.labels is null or r.labels @> list_runs.labels)
-            and (v_parent is null or r.parent_run_id = v_parent)
-            and (v_at is null or (r.created_at, r.id) < (v_at, v_id))
-          order by r.created_at desc, r.id desc
-          limit list_runs."limit") x;
-    return jsonb_build_object('runs', v_rows,
-        'next_cursor', case when v_n = list_runs."limit" then
-            (extract(epoch from (v_rows -> (v_n - 1) ->> 'created_at')::timestamptz) * 1000000)::bigint::text
-            || ':' || (v_rows -> (v_n - 1) ->> 'id') end);
+    -- a page holds at most `limit` runs and about 1 MiB: the run that passes the byte budget
+    -- ends the page (it comes first on the next one)
+    for v_x in
+        select r.id, r.created_at, r.workspace_id from ops.runs r
+        where (v_ws is null or r.workspace_id = v_ws)
+          and (list_runs.state is null or r.state = list_runs.state)
+          and (list_runs.spec_slug is null or r.spec_slug = list_runs.spec_slug)
+          and (list_runs.labels is null or r.labels @> list_runs.labels)
+          and (v_parent is null or r.parent_run_id = v_parent)
+          and (v_at is null or (r.created_at, r.id) < (v_at, v_id))
+        order by r.created_at desc, r.id desc
+        limit list_runs."limit"
+    loop
+        v_item := ops_private.run_summary_json(v_x.id, v_admin is null or v_x.workspace_id = any (v_admin));
+        v_bytes := v_bytes + pg_catalog.octet_length(v_item::text);
+        if v_bytes > 1048576 and cardinality(v_rows) > 0 then
+            v_more := true;
+            exit;
+        end if;
+        v_rows := v_rows || v_item;
+        v_last := v_x;
+    end loop;
+    return jsonb_build_object('runs', pg_catalog.to_jsonb(v_rows),
+        'next_cursor', case when v_more or cardinality(v_rows) = list_runs."limit" then
+            (extract(epoch from v_last.created_at) * 1000000)::bigint::text || ':' || v_last.id::text end);
 end
 $_$;
 
@@ -1120,6 +1419,39 @@ CREATE FUNCTION ops.list_workspaces() RETURNS jsonb
                         where m.workspace_id = w.id and m.principal_id = ops_private.uid()))
                order by w.slug), '[]'::jsonb)
     from ops.workspaces w
+$$;
+
+--
+-- Name: record_connection_test(text, text, boolean, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.record_connection_test(workspace_id text, name text, ok boolean, message text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := ops_private.now();
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', record_connection_test.workspace_id, true);
+    v_row ops.connections;
+    v_msg text;
+begin
+    perform ops_private.connection_workspace(v_ws, array['developer', 'admin']);
+    v_row := ops_private.find_connection(v_ws, record_connection_test.name, true);
+    if record_connection_test.ok is null then
+        perform ops_private.fail(400, 'invalid_argument', 'ok is required (true or false)',
+                                 jsonb_build_object('argument', 'ok'));
+    end if;
+    -- a driver's error may quote a DSN: passwords in it are redacted, the text capped
+    v_msg := left(ops_private.redact_passwords(left(record_connection_test.message, 4000)), 500);
+    update ops.connections c
+    set last_test_at = v_now, last_test_ok = record_connection_test.ok, last_test_message = v_msg
+    where c.id = v_row.id
+    returning * into v_row;
+    perform ops_private.audit('record_connection_test', v_ws, 'connection', v_row.name,
+        jsonb_build_object('id', v_row.id, 'version', v_row.version, 'ok', record_connection_test.ok));
+    return ops_private.connection_json(v_row);
+end
 $$;
 
 --
@@ -1572,6 +1904,36 @@ end
 $$;
 
 --
+-- Name: revoke_invitation(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.revoke_invitation(workspace_id text, principal_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', revoke_invitation.workspace_id, true);
+    v_pr  uuid := ops_private.uuid_arg('principal_id', revoke_invitation.principal_id, true);
+    v_row ops.invitations;
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['admin'], true);
+    delete from ops.invitations i
+    where i.workspace_id = v_ws and i.principal_id = v_pr and i.accepted_at is null
+    returning * into v_row;
+    if v_row.workspace_id is null then
+        perform ops_private.fail(404, 'not_found', 'no pending invitation for this principal');
+    end if;
+    perform ops_private.audit('revoke_invitation', v_ws, 'principal', v_pr::text,
+                              jsonb_build_object('role', v_row.role));
+    return jsonb_build_object('workspace_id', v_ws, 'principal_id', v_pr, 'revoked', true);
+end
+$$;
+
+--
 -- Name: revoke_principal(text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1584,18 +1946,21 @@ declare
     v_id  uuid := ops_private.uuid_arg('principal_id', revoke_principal.principal_id, true);
     v_row ops.principals;
 begin
+    if not ops_private.is_privileged() then
+        perform ops_private.principal();
+        if ops_private.uid() is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+    end if;
     select * into v_row from ops.principals p where p.id = v_id for update;
     if v_row.id is null then
         perform ops_private.fail(404, 'not_found', 'principal not found');
     end if;
-    if not ops_private.is_privileged() then
-        -- an admin may revoke the principals of its workspaces
-        perform ops_private.principal();
-        if not exists (select 1 from ops.workspace_members m
-                       where m.principal_id = v_id
-                         and m.workspace_id in (select ops_private.admin_workspaces())) then
-            perform ops_private.fail(404, 'not_found', 'principal not found');
-        end if;
+    -- an admin revokes only the principals one of its workspaces owns (others: not found)
+    if not ops_private.is_privileged()
+       and (v_row.owner_workspace_id is null
+            or v_row.owner_workspace_id not in (select ops_private.admin_workspaces())) then
+        perform ops_private.fail(404, 'not_found', 'principal not found');
     end if;
     if v_row.revoked_at is null then
         update ops.principals p set revoked_at = ops_private.now(), revoked_by = ops_private.uid()
@@ -1604,8 +1969,11 @@ begin
         perform ops_private.audit('revoke_principal', m.workspace_id, 'principal', v_id::text, '{}'::jsonb)
         from ops.workspace_members m where m.principal_id = v_id;
         if not found then
-            perform ops_private.audit('revoke_principal', null, 'principal', v_id::text, '{}'::jsonb);
+            perform ops_private.audit('revoke_principal', v_row.owner_workspace_id, 'principal', v_id::text,
+                                      '{}'::jsonb);
         end if;
+        -- its pending invitations go with it
+        delete from ops.invitations i where i.principal_id = v_id and i.accepted_at is null;
     end if;
     return to_jsonb(v_row);
 end
@@ -1681,6 +2049,74 @@ end
 $$;
 
 --
+-- Name: update_connection(text, text, jsonb, jsonb, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.update_connection(workspace_id text, name text, config jsonb DEFAULT NULL::jsonb, secrets jsonb DEFAULT NULL::jsonb, description text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now     timestamptz := ops_private.now();
+    v_ws      uuid := ops_private.uuid_arg('workspace_id', update_connection.workspace_id, true);
+    v_row     ops.connections;
+    v_old     jsonb;
+    v_config  jsonb;
+    v_secrets jsonb;
+    v_desc    text;
+    v_changed text[] := '{}';
+    v_rotated jsonb;
+begin
+    perform ops_private.connection_workspace(v_ws, array['admin']);
+    v_row := ops_private.find_connection(v_ws, update_connection.name, true);
+    if update_connection.description is not null and length(update_connection.description) > 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'description must be at most 1000 characters',
+                                 jsonb_build_object('argument', 'description'));
+    end if;
+    v_old := ops_private.connection_secrets(v_row.id);
+    v_config := coalesce(update_connection.config, v_row.config);
+    v_secrets := coalesce(update_connection.secrets, v_old);
+    v_desc := case when update_connection.description is null then v_row.description
+                   else nullif(update_connection.description, '') end;
+    perform ops_private.check_connection(v_config, v_secrets);
+    if v_config <> v_row.config then
+        v_changed := v_changed || 'config'::text;
+    end if;
+    if v_secrets <> v_old then
+        v_changed := v_changed || 'secrets'::text;
+    end if;
+    if v_desc is distinct from v_row.description then
+        v_changed := v_changed || 'description'::text;
+    end if;
+    if cardinality(v_changed) = 0 then
+        return ops_private.connection_json(v_row);   -- nothing changed: no new version
+    end if;
+    update ops.connections c
+    set config = v_config, description = v_desc, version = c.version + 1,
+        updated_by = ops_private.uid(), updated_at = v_now
+    where c.id = v_row.id
+    returning * into v_row;
+    if 'secrets' = any (v_changed) then
+        select coalesce(jsonb_agg(f order by f), '[]'::jsonb) into v_rotated
+        from (select s.key as f from jsonb_each(v_secrets) s where v_old -> s.key is distinct from s.value
+              union
+              select o.key from jsonb_each(v_old) o where not v_secrets ? o.key) x;
+        delete from ops.secrets_refs s where s.connection_id = v_row.id and not v_secrets ? s.field;
+        insert into ops.secrets_refs as s (connection_id, workspace_id, field, reference, created_at)
+        select v_row.id, v_ws, n.key, n.value #>> '{}', v_now from jsonb_each(v_secrets) n
+        on conflict (connection_id, field) do update
+            set reference = excluded.reference, created_at = excluded.created_at
+            where s.reference is distinct from excluded.reference;
+    end if;
+    perform ops_private.audit('update_connection', v_ws, 'connection', v_row.name,
+        jsonb_build_object('id', v_row.id, 'version', v_row.version, 'changed', to_jsonb(v_changed),
+                           'secret_fields_changed', coalesce(v_rotated, '[]'::jsonb)));
+    return ops_private.connection_json(v_row);
+end
+$$;
+
+--
 -- Name: admin_workspaces(); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -1725,6 +2161,134 @@ end
 $$;
 
 --
+-- Name: check_connection(jsonb, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_connection(p_config jsonb, p_secrets jsonb) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+    v_bad  record;
+    v_ref  text;
+    v_path text;
+begin
+    perform ops_private.check_object('config', p_config);
+    perform ops_private.check_size('config', p_config, 16384);
+    perform ops_private.check_object('secrets', p_secrets);
+    perform ops_private.check_size('secrets', p_secrets, 16384);
+
+    -- every key and value of config, at any depth, with its path
+    for v_bad in
+        with recursive node(path, parent, key, value, depth) as (
+            select 'config'::text, null::text, null::text, p_config, 0
+          union all
+            select case when c.key is not null then n.path || '.' || c.key
+                        else n.path || '[' || (c.idx - 1)::text || ']' end,
+                   n.path, c.key, c.value, n.depth + 1
+            from node n
+            cross join lateral (
+                select o.key, o.value, null::bigint as idx
+                from pg_catalog.jsonb_each(case when pg_catalog.jsonb_typeof(n.value) = 'object'
+                                                then n.value end) o
+                union all
+                select null::text, a.value, a.idx
+                from pg_catalog.jsonb_array_elements(case when pg_catalog.jsonb_typeof(n.value) = 'array'
+                                                          then n.value end) with ordinality a(value, idx)
+            ) c
+        )
+        select n.path, n.parent, n.key,
+               case when pg_catalog.jsonb_typeof(n.value) = 'string' then n.value #>> '{}' end as text_value
+        from node n
+        where n.depth > 0
+        order by n.depth, n.path
+    loop
+        if v_bad.key is not null
+           and pg_catalog.replace(pg_catalog.lower(v_bad.key), '-', '_') ~ ops_private.secret_key_pattern() then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('%s looks like a secret: config holds no secret values; put it in secrets'
+                                  ' as a reference (for example {"secrets": {"password": "env:NAME"}} or'
+                                  ' "file:/path"), and the worker resolves it', pg_catalog.left(v_bad.path, 200)),
+                pg_catalog.jsonb_build_object('argument', pg_catalog.left(v_bad.path, 200)));
+        end if;
+        if v_bad.key is not null and ops_private.has_password(v_bad.key) then
+            -- the key is not echoed: it holds the password
+            perform ops_private.fail(400, 'invalid_argument',
+                'a key of ' || pg_catalog.left(v_bad.parent, 200) || ' holds a password: config holds no secret'
+                || ' values; put it in secrets as a reference',
+                pg_catalog.jsonb_build_object('argument', pg_catalog.left(v_bad.parent, 200)));
+        end if;
+        if v_bad.text_value is not null and pg_catalog.lower(pg_catalog.left(v_bad.text_value, 7)) = 'secret:' then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('%s is a secret reference (secret:...) in config: name the secret in secrets'
+                                  ' instead, as env:NAME or file:/path (for example {"secrets": {"password":'
+                                  ' "env:NAME"}})', pg_catalog.left(v_bad.path, 200)),
+                pg_catalog.jsonb_build_object('argument', pg_catalog.left(v_bad.path, 200)));
+        end if;
+        if v_bad.text_value is not null and ops_private.has_password(v_bad.text_value) then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('%s holds a password (scheme://user:password@host or password=): leave it out'
+                                  ' of the URL or DSN and put it in secrets as a reference (for example'
+                                  ' {"secrets": {"password": "env:PGPASSWORD"}})', pg_catalog.left(v_bad.path, 200)),
+                pg_catalog.jsonb_build_object('argument', pg_catalog.left(v_bad.path, 200)));
+        end if;
+    end loop;
+
+    -- secrets: field -> reference
+    if (select count(*) from pg_catalog.jsonb_object_keys(p_secrets)) > 64 then
+        perform ops_private.fail(400, 'invalid_argument', 'secrets may name at most 64 fields',
+                                 pg_catalog.jsonb_build_object('argument', 'secrets'));
+    end if;
+    for v_bad in select s.key, s.value from pg_catalog.jsonb_each(p_secrets) s order by s.key loop
+        v_path := 'secrets.' || pg_catalog.left(v_bad.key, 64);
+        if v_bad.key !~ '^[a-z][a-z0-9_]{0,62}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || ': a secrets field must be 1-63 lower-case letters, digits or _, starting with a letter',
+                pg_catalog.jsonb_build_object('argument', v_path));
+        end if;
+        if p_config ? v_bad.key then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('%s is in config and in secrets: a field is one or the other', v_bad.key),
+                pg_catalog.jsonb_build_object('argument', 'config.' || v_bad.key));
+        end if;
+        v_ref := case when pg_catalog.jsonb_typeof(v_bad.value) = 'string' then v_bad.value #>> '{}' end;
+        if v_ref is not null and v_ref ~* '^secret:' then
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || ' must be a reference without the secret: prefix (env:NAME or file:/absolute/path)',
+                pg_catalog.jsonb_build_object('argument', v_path));
+        end if;
+        if v_ref is null
+           or not (v_ref ~ '^env:[A-Za-z_][A-Za-z0-9_]{0,127}$'
+                   or (v_ref ~ '^file:/' and pg_catalog.length(v_ref) <= 1029
+                       and pg_catalog.substr(v_ref, 6) !~ '(^|/)\.\.(/|$)' and v_ref !~ '[[:cntrl:]]')) then
+            -- the value is not echoed: it may be a secret pasted by mistake
+            perform ops_private.fail(400, 'invalid_argument',
+                v_path || ' must be a secret reference, env:NAME (letters, digits, _; at most 128) or'
+                || ' file:/absolute/path (at most 1024 characters, no .. segments); the value itself is'
+                || ' never stored',
+                pg_catalog.jsonb_build_object('argument', v_path));
+        end if;
+    end loop;
+end
+$_$;
+
+--
+-- Name: check_connection_name(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_connection_name(p_name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+begin
+    if p_name is null or p_name !~ '^[a-z][a-z0-9_]{0,62}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'name must be 1-63 lower-case letters, digits or _, starting with a letter, got '
+            || coalesce(pg_catalog.quote_literal(pg_catalog.left(p_name, 64)), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'name'));
+    end if;
+end
+$_$;
+
+--
 -- Name: check_object(text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -1739,6 +2303,50 @@ begin
     end if;
 end
 $$;
+
+--
+-- Name: check_phase_connections(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_phase_connections() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_names jsonb := new.params -> 'connections';
+    v_elem  jsonb;
+    v_name  text;
+    v_slug  text;
+begin
+    if v_names = 'null'::jsonb then
+        return new;
+    end if;
+    if pg_catalog.jsonb_typeof(v_names) <> 'array' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'phase ' || new.name || ': params.connections must be an array of connection names, got '
+            || pg_catalog.jsonb_typeof(v_names),
+            pg_catalog.jsonb_build_object('argument', 'phases', 'phase', new.name));
+    end if;
+    for v_elem in select pg_catalog.jsonb_array_elements(v_names) loop
+        v_name := case when pg_catalog.jsonb_typeof(v_elem) = 'string' then v_elem #>> '{}' end;
+        if v_name is null or v_name !~ '^[a-z][a-z0-9_]{0,62}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                'phase ' || new.name || ': params.connections must hold connection names (1-63 lower-case'
+                || ' letters, digits or _), got ' || pg_catalog.left(v_elem::text, 64),
+                pg_catalog.jsonb_build_object('argument', 'phases', 'phase', new.name));
+        end if;
+        if not exists (select 1 from ops.connections c
+                       where c.workspace_id = new.workspace_id and c.name = v_name) then
+            select w.slug into v_slug from ops.workspaces w where w.id = new.workspace_id;
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('phase %s names connection %s, which workspace %s does not have: register'
+                                  ' it with `control-room connections create` (a spec only names connections;'
+                                  ' the workspace holds them)', new.name, v_name, v_slug),
+                pg_catalog.jsonb_build_object('argument', 'phases', 'phase', new.name, 'connection', v_name));
+        end if;
+    end loop;
+    return new;
+end
+$_$;
 
 --
 -- Name: check_phase_transition(); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -1905,7 +2513,94 @@ begin
                    from ops.phases d where d.run_id = p.run_id and d.name = any (p.depends_on)),
         'run', jsonb_build_object('spec_slug', r.spec_slug, 'git_sha', r.git_sha, 'env', r.env,
                                   'input_manifest', r.input_manifest, 'labels', r.labels,
-                                  'priority', r.priority, 'parent_run_id', r.parent_run_id));
+                                  'priority', r.priority, 'parent_run_id', r.parent_run_id),
+        'connections', case
+            when p.params ? 'connections' and jsonb_typeof(p.params -> 'connections') = 'array' then (
+                select coalesce(jsonb_object_agg(c.name, jsonb_build_object(
+                           'type', c.type, 'config', c.config,
+                           'secrets', (select coalesce(jsonb_object_agg(s.field, s.reference), '{}'::jsonb)
+                                       from ops.secrets_refs s where s.connection_id = c.id),
+                           'version', c.version)), '{}'::jsonb)
+                from ops.connections c
+                where c.workspace_id = p.workspace_id
+                  and c.name in (select jsonb_array_elements_text(p.params -> 'connections')))
+            else '{}'::jsonb end);
+end
+$$;
+
+--
+-- Name: connections; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.connections (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    name text NOT NULL,
+    type text NOT NULL,
+    config jsonb DEFAULT '{}'::jsonb NOT NULL,
+    description text,
+    version integer DEFAULT 1 NOT NULL,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_by uuid,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_test_at timestamp with time zone,
+    last_test_ok boolean,
+    last_test_message text,
+    CONSTRAINT connections_config_check CHECK ((jsonb_typeof(config) = 'object'::text)),
+    CONSTRAINT connections_description_check CHECK ((length(description) <= 1000)),
+    CONSTRAINT connections_last_test_message_check CHECK ((length(last_test_message) <= 500)),
+    CONSTRAINT connections_name_check CHECK ((name ~ '^[a-z][a-z0-9_]{0,62}$'::text)),
+    CONSTRAINT connections_type_check CHECK ((type = ANY (ARRAY['postgres'::text, 's3'::text, 'trino'::text, 'spark'::text, 'http'::text, 'dbt-profile'::text]))),
+    CONSTRAINT connections_version_check CHECK ((version >= 1))
+);
+
+--
+-- Name: TABLE connections; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON TABLE ops.connections IS 'Named connections of a workspace: type and non-secret config. Secrets are in ops.secrets_refs, by reference only.';
+
+--
+-- Name: connection_json(ops.connections); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.connection_json(c ops.connections) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', c.id, 'workspace_id', c.workspace_id, 'name', c.name, 'type', c.type,
+        'config', c.config, 'secrets', ops_private.connection_secrets(c.id),
+        'description', c.description, 'version', c.version,
+        'created_at', c.created_at, 'updated_at', c.updated_at,
+        'last_test', case when c.last_test_at is null then null
+                          else pg_catalog.jsonb_build_object('at', c.last_test_at, 'ok', c.last_test_ok,
+                                                             'message', c.last_test_message) end)
+$$;
+
+--
+-- Name: connection_secrets(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.connection_secrets(p_connection uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select coalesce(pg_catalog.jsonb_object_agg(s.field, s.reference), '{}'::jsonb)
+    from ops.secrets_refs s where s.connection_id = p_connection
+$$;
+
+--
+-- Name: connection_workspace(uuid, text[]); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.connection_workspace(p_workspace uuid, p_roles text[]) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = p_workspace) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    return ops_private.require_role(p_workspace, p_roles, true);
 end
 $$;
 
@@ -1984,12 +2679,26 @@ $$;
 CREATE FUNCTION ops_private.fail(p_status integer, p_code text, p_message text, p_details jsonb DEFAULT NULL::jsonb) RETURNS void
     LANGUAGE plpgsql
     AS $$
+declare
+    v_message text := coalesce(p_message, '');
+    v_details jsonb := p_details;
 begin
-    if p_details is null then
-        raise exception using errcode = 'PT' || p_status::text, message = p_message, hint = p_code;
+    if pg_catalog.length(v_message) > 1000 then
+        v_message := pg_catalog.left(v_message, 1000) || ' ... (truncated)';
     end if;
-    raise exception using errcode = 'PT' || p_status::text, message = p_message, hint = p_code,
-                          detail = p_details::text;
+    if v_details is not null and pg_catalog.octet_length(v_details::text) > 2048 then
+        -- keep the short members that say which argument and why; drop the rest
+        v_details := coalesce((select pg_catalog.jsonb_object_agg(d.key, d.value)
+                               from pg_catalog.jsonb_each(case when pg_catalog.jsonb_typeof(v_details) = 'object'
+                                                               then v_details else '{}'::jsonb end) d
+                               where pg_catalog.octet_length(d.value::text) <= 200), '{}'::jsonb)
+                     || pg_catalog.jsonb_build_object('truncated', true);
+    end if;
+    if v_details is null then
+        raise exception using errcode = 'PT' || p_status::text, message = v_message, hint = p_code;
+    end if;
+    raise exception using errcode = 'PT' || p_status::text, message = v_message, hint = p_code,
+                          detail = v_details::text;
 end
 $$;
 
@@ -2023,6 +2732,47 @@ begin
     perform ops_private.settle_run(v_r, p_now);
     return v_r;
 end
+$$;
+
+--
+-- Name: find_connection(uuid, text, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.find_connection(p_workspace uuid, p_name text, p_lock boolean) RETURNS ops.connections
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_row ops.connections;
+begin
+    if p_name is null then
+        perform ops_private.fail(400, 'invalid_argument', 'name is required',
+                                 pg_catalog.jsonb_build_object('argument', 'name'));
+    end if;
+    if p_lock then
+        select * into v_row from ops.connections c
+        where c.workspace_id = p_workspace and c.name = p_name for update;
+    else
+        select * into v_row from ops.connections c
+        where c.workspace_id = p_workspace and c.name = p_name;
+    end if;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found',
+            'connection ' || pg_catalog.left(p_name, 64) || ' not found in this workspace',
+            pg_catalog.jsonb_build_object('argument', 'name'));
+    end if;
+    return v_row;
+end
+$$;
+
+--
+-- Name: has_password(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.has_password(p_text text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select p_text ~* '[a-z][a-z0-9+.-]*://[^/?#@[:space:]]*:[^/?#@[:space:]]*@'
+        or p_text ~* '(^|[[:space:]?&;])(password|passwd|pwd)[[:space:]]*='
 $$;
 
 --
@@ -2111,6 +2861,38 @@ begin
     end if;
     return (v #>> '{}')::numeric::integer;
 end
+$$;
+
+--
+-- Name: invitations; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.invitations (
+    workspace_id uuid NOT NULL,
+    principal_id uuid NOT NULL,
+    role text NOT NULL,
+    name text,
+    invited_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    accepted_at timestamp with time zone,
+    CONSTRAINT invitations_name_check CHECK ((length(name) <= 200)),
+    CONSTRAINT invitations_role_check CHECK ((role = ANY (ARRAY['viewer'::text, 'developer'::text, 'admin'::text])))
+);
+
+--
+-- Name: invitation_json(ops.invitations, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.invitation_json(i ops.invitations, p_now timestamp with time zone) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'workspace_id', i.workspace_id, 'principal_id', i.principal_id, 'role', i.role, 'name', i.name,
+        'invited_by', i.invited_by, 'created_at', i.created_at, 'expires_at', i.expires_at,
+        'accepted_at', i.accepted_at,
+        'state', case when i.accepted_at is not null then 'accepted'
+                      when i.expires_at <= p_now then 'expired' else 'pending' end)
 $$;
 
 --
@@ -2476,6 +3258,8 @@ $$;
 CREATE FUNCTION ops_private.phases_json(p_run uuid) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     AS $$
+declare
+    v_sees boolean := ops_private.sees_principals((select r.workspace_id from ops.runs r where r.id = p_run));
 begin
     return (
     select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
@@ -2485,7 +3269,8 @@ begin
         'retry_backoff_seconds', p.retry_backoff_seconds,
         'retry_backoff_max_seconds', p.retry_backoff_max_seconds,
         'queued_at', p.queued_at, 'not_before', p.not_before, 'lease_seconds', p.lease_seconds,
-        'lease_expires_at', p.lease_expires_at, 'claimed_by', p.claimed_by,
+        'lease_expires_at', p.lease_expires_at,
+        'claimed_by', case when v_sees then p.claimed_by end,
         'started_at', p.started_at, 'finished_at', p.finished_at, 'progress', p.progress,
         'output_manifest', p.output_manifest, 'error', p.error,
         'reused_from_phase_id', p.reused_from_phase_id) order by p.ordinal), '[]'::jsonb)
@@ -2493,6 +3278,26 @@ begin
     where p.run_id = p_run);
 end
 $$;
+
+--
+-- Name: pre_request(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.pre_request() RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+declare
+    v_sub text := coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                           nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub');
+begin
+    if v_sub is not null
+       and v_sub ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+       and exists (select 1 from ops.principals p where p.id = v_sub::uuid and p.revoked_at is not null) then
+        perform ops_private.fail(401, 'unauthorized', 'principal ' || v_sub || ' has been revoked');
+    end if;
+end
+$_$;
 
 --
 -- Name: principal(); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -2509,6 +3314,57 @@ begin
         perform ops_private.fail(401, 'unauthorized', 'principal ' || v_uid::text || ' has been revoked');
     end if;
     return v_uid;
+end
+$$;
+
+--
+-- Name: principal_name(uuid, uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.principal_name(p_workspace uuid, p_principal uuid) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if p_principal is null then
+        return null;
+    end if;
+    return coalesce(
+        (select m.name from ops.workspace_members m
+         where m.workspace_id = p_workspace and m.principal_id = p_principal),
+        (select p.name from ops.principals p where p.id = p_principal),
+        case when p_principal = ops_private.uid()
+             then nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'name' end,
+        'unnamed');
+end
+$$;
+
+--
+-- Name: redact_passwords(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.redact_passwords(p_text text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select pg_catalog.regexp_replace(
+               pg_catalog.regexp_replace(p_text,
+                   '([a-z][a-z0-9+.-]*://[^/?#@[:space:]]*:)[^/?#@[:space:]]*@', '\1***@', 'gi'),
+               '((^|[[:space:]?&;])(password|passwd|pwd)[[:space:]]*=)[[:space:]]*[^[:space:]&;]*', '\1***', 'gi')
+$$;
+
+--
+-- Name: refuse_manifest_connections(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.refuse_manifest_connections() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform ops_private.fail(400, 'invalid_argument',
+        'input_manifest carries connections: connections are registered in the workspace'
+        || ' (`control-room connections create`) and a phase names them in params.connections;'
+        || ' leave connections out of input_manifest',
+        pg_catalog.jsonb_build_object('argument', 'input_manifest.connections'));
+    return new;
 end
 $$;
 
@@ -2558,6 +3414,8 @@ CREATE FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean DEFAULT t
 begin
     return (
     select pg_catalog.to_jsonb(r) - 'request_digest'
+           || pg_catalog.jsonb_build_object('created_by',
+                  case when ops_private.sees_principals(r.workspace_id) then r.created_by end)
            || case when p_with_phases then pg_catalog.jsonb_build_object('phases', ops_private.phases_json(r.id))
                    else pg_catalog.jsonb_build_object('phase_counts', (
                         select coalesce(pg_catalog.jsonb_object_agg(c.state, c.n), '{}'::jsonb)
@@ -2566,6 +3424,54 @@ begin
               end
     from ops.runs r
     where r.id = p_run);
+end
+$$;
+
+--
+-- Name: run_summary_json(uuid, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.run_summary_json(p_run uuid, p_sees boolean) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return (
+    select pg_catalog.to_jsonb(r) - 'request_digest' - 'input_manifest' - 'output_manifest' - 'error'
+           || pg_catalog.jsonb_build_object(
+                  'created_by', case when p_sees then r.created_by end,
+                  'error', case when r.error is not null then pg_catalog.jsonb_build_object(
+                      'phase', r.error ->> 'phase',
+                      'message', pg_catalog.left(coalesce(r.error -> 'error' ->> 'message',
+                                                          r.error ->> 'message', ''), 500)) end,
+                  'phase_counts', (
+                      select coalesce(pg_catalog.jsonb_object_agg(c.state, c.n), '{}'::jsonb)
+                      from (select p.state, count(*) as n from ops.phases p
+                            where p.run_id = r.id group by p.state) c))
+    from ops.runs r
+    where r.id = p_run);
+end
+$$;
+
+--
+-- Name: secret_key_pattern(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.secret_key_pattern() RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select '(password|passwd|passphrase|pwd|secret|token|api_?key|private_?key|credential|access_?key|authorization|cookie)'::text
+$$;
+
+--
+-- Name: sees_principals(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.sees_principals(p_workspace uuid) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return ops_private.is_privileged()
+        or p_workspace in (select ops_private.admin_workspaces());
 end
 $$;
 
@@ -2600,6 +3506,24 @@ begin
     return v_n;
 end
 $$;
+
+--
+-- Name: token_pins(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.token_pins() RETURNS uuid[]
+    LANGUAGE plpgsql STABLE
+    AS $_$
+declare
+    v_pins jsonb := nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb -> 'workspaces';
+begin
+    if v_pins is null or pg_catalog.jsonb_typeof(v_pins) <> 'array' then
+        return null;
+    end if;
+    return array(select x::uuid from pg_catalog.jsonb_array_elements_text(v_pins) x
+                 where x ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$');
+end
+$_$;
 
 --
 -- Name: uid(); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -2718,9 +3642,16 @@ CREATE TABLE ops.principals (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     revoked_at timestamp with time zone,
     revoked_by uuid,
+    owner_workspace_id uuid,
     CONSTRAINT principals_kind_check CHECK ((kind = ANY (ARRAY['user'::text, 'executor'::text]))),
     CONSTRAINT principals_name_check CHECK (((length(name) >= 1) AND (length(name) <= 200)))
 );
+
+--
+-- Name: COLUMN principals.owner_workspace_id; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON COLUMN ops.principals.owner_workspace_id IS 'The workspace that owns this principal (its admins may enrol and revoke it); null: a user of the installation.';
 
 --
 -- Name: run_artifacts; Type: TABLE; Schema: ops; Owner: -
@@ -2773,6 +3704,26 @@ CREATE TABLE ops.run_events (
     principal_id uuid,
     CONSTRAINT run_events_level_check CHECK ((level = ANY (ARRAY['debug'::text, 'info'::text, 'warning'::text, 'error'::text])))
 );
+
+--
+-- Name: secrets_refs; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.secrets_refs (
+    connection_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    field text NOT NULL,
+    reference text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT secrets_refs_field_check CHECK ((field ~ '^[a-z][a-z0-9_]{0,62}$'::text)),
+    CONSTRAINT secrets_refs_reference_check CHECK (((reference ~ '^env:[A-Za-z_][A-Za-z0-9_]{0,127}$'::text) OR ((reference ~ '^file:/'::text) AND (length(reference) <= 1029) AND (substr(reference, 6) !~ '(^|/)\.\.(/|$)'::text) AND (reference !~ '[[:cntrl:]]'::text))))
+);
+
+--
+-- Name: TABLE secrets_refs; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON TABLE ops.secrets_refs IS 'Where the worker finds each secret of a connection (env:NAME or file:/path). Never a secret value.';
 
 --
 -- Name: workspace_members; Type: TABLE; Schema: ops; Owner: -
@@ -2834,6 +3785,27 @@ ALTER TABLE ONLY ops.audit_log
     ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id);
 
 --
+-- Name: connections connections_id_workspace_id_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.connections
+    ADD CONSTRAINT connections_id_workspace_id_key UNIQUE (id, workspace_id);
+
+--
+-- Name: connections connections_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.connections
+    ADD CONSTRAINT connections_pkey PRIMARY KEY (id);
+
+--
+-- Name: connections connections_workspace_id_name_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.connections
+    ADD CONSTRAINT connections_workspace_id_name_key UNIQUE (workspace_id, name);
+
+--
 -- Name: dataset_versions dataset_versions_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -2853,6 +3825,13 @@ ALTER TABLE ONLY ops.datasets
 
 ALTER TABLE ONLY ops.datasets
     ADD CONSTRAINT datasets_workspace_id_name_key UNIQUE (workspace_id, name);
+
+--
+-- Name: invitations invitations_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.invitations
+    ADD CONSTRAINT invitations_pkey PRIMARY KEY (workspace_id, principal_id);
 
 --
 -- Name: phases phases_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
@@ -2918,6 +3897,13 @@ ALTER TABLE ONLY ops.runs
     ADD CONSTRAINT runs_workspace_id_idempotency_key_key UNIQUE (workspace_id, idempotency_key);
 
 --
+-- Name: secrets_refs secrets_refs_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.secrets_refs
+    ADD CONSTRAINT secrets_refs_pkey PRIMARY KEY (connection_id, field);
+
+--
 -- Name: workspace_members workspace_members_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -2958,6 +3944,12 @@ CREATE INDEX audit_log_workspace_idx ON ops.audit_log USING btree (workspace_id,
 CREATE INDEX datasets_not_active_idx ON ops.datasets USING btree (workspace_id, schema_state) WHERE (schema_state <> 'active'::text);
 
 --
+-- Name: invitations_principal_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX invitations_principal_idx ON ops.invitations USING btree (principal_id);
+
+--
 -- Name: phases_claim_id_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
@@ -2986,6 +3978,12 @@ CREATE UNIQUE INDEX phases_lease_token_idx ON ops.phases USING btree (lease_toke
 --
 
 CREATE INDEX phases_run_claimable_idx ON ops.phases USING btree (run_id, priority DESC, queued_at, ordinal, id) WHERE (state = 'queued'::text);
+
+--
+-- Name: principals_owner_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX principals_owner_idx ON ops.principals USING btree (owner_workspace_id) WHERE (owner_workspace_id IS NOT NULL);
 
 --
 -- Name: principals_revoked_idx; Type: INDEX; Schema: ops; Owner: -
@@ -3030,10 +4028,22 @@ CREATE INDEX runs_parent_idx ON ops.runs USING btree (parent_run_id) WHERE (pare
 CREATE INDEX runs_workspace_created_idx ON ops.runs USING btree (workspace_id, created_at DESC, id DESC);
 
 --
+-- Name: secrets_refs_workspace_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX secrets_refs_workspace_idx ON ops.secrets_refs USING btree (workspace_id);
+
+--
 -- Name: workspace_members_principal_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
 CREATE INDEX workspace_members_principal_idx ON ops.workspace_members USING btree (principal_id, workspace_id);
+
+--
+-- Name: phases phases_connections; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER phases_connections BEFORE INSERT ON ops.phases FOR EACH ROW WHEN (((new.params ? 'connections'::text) AND (new.state <> 'succeeded'::text))) EXECUTE FUNCTION ops_private.check_phase_connections();
 
 --
 -- Name: phases phases_initial_state; Type: TRIGGER; Schema: ops; Owner: -
@@ -3054,6 +4064,12 @@ CREATE TRIGGER phases_transition BEFORE UPDATE OF state ON ops.phases FOR EACH R
 CREATE TRIGGER runs_initial_state BEFORE INSERT ON ops.runs FOR EACH ROW WHEN ((new.state <> 'queued'::text)) EXECUTE FUNCTION ops_private.check_run_transition();
 
 --
+-- Name: runs runs_no_manifest_connections; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_no_manifest_connections BEFORE INSERT ON ops.runs FOR EACH ROW WHEN ((new.input_manifest ? 'connections'::text)) EXECUTE FUNCTION ops_private.refuse_manifest_connections();
+
+--
 -- Name: runs runs_transition; Type: TRIGGER; Schema: ops; Owner: -
 --
 
@@ -3065,6 +4081,13 @@ CREATE TRIGGER runs_transition BEFORE UPDATE OF state ON ops.runs FOR EACH ROW W
 
 ALTER TABLE ONLY ops.artifacts
     ADD CONSTRAINT artifacts_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: connections connections_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.connections
+    ADD CONSTRAINT connections_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
 
 --
 -- Name: dataset_versions dataset_versions_dataset_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
@@ -3081,6 +4104,13 @@ ALTER TABLE ONLY ops.datasets
     ADD CONSTRAINT datasets_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
 
 --
+-- Name: invitations invitations_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.invitations
+    ADD CONSTRAINT invitations_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id) ON DELETE CASCADE;
+
+--
 -- Name: phases phases_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -3093,6 +4123,13 @@ ALTER TABLE ONLY ops.phases
 
 ALTER TABLE ONLY ops.phases
     ADD CONSTRAINT phases_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: principals principals_owner_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.principals
+    ADD CONSTRAINT principals_owner_workspace_id_fkey FOREIGN KEY (owner_workspace_id) REFERENCES ops.workspaces(id);
 
 --
 -- Name: run_artifacts run_artifacts_phase_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
@@ -3137,6 +4174,13 @@ ALTER TABLE ONLY ops.runs
     ADD CONSTRAINT runs_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
 
 --
+-- Name: secrets_refs secrets_refs_connection_id_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.secrets_refs
+    ADD CONSTRAINT secrets_refs_connection_id_workspace_id_fkey FOREIGN KEY (connection_id, workspace_id) REFERENCES ops.connections(id, workspace_id) ON DELETE CASCADE;
+
+--
 -- Name: workspace_members workspace_members_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -3168,6 +4212,18 @@ ALTER TABLE ops.audit_log ENABLE ROW LEVEL SECURITY;
 CREATE POLICY audit_log_read ON ops.audit_log FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.admin_workspaces() AS admin_workspaces)));
 
 --
+-- Name: connections; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.connections ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: connections connections_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY connections_read ON ops.connections FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
 -- Name: dataset_versions; Type: ROW SECURITY; Schema: ops; Owner: -
 --
 
@@ -3190,6 +4246,18 @@ ALTER TABLE ops.datasets ENABLE ROW LEVEL SECURITY;
 --
 
 CREATE POLICY datasets_read ON ops.datasets FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: invitations; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.invitations ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: invitations invitations_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY invitations_read ON ops.invitations FOR SELECT TO authenticated USING (((workspace_id IN ( SELECT ops_private.admin_workspaces() AS admin_workspaces)) OR (principal_id = ( SELECT auth.uid() AS uid))));
 
 --
 -- Name: phases; Type: ROW SECURITY; Schema: ops; Owner: -
@@ -3254,6 +4322,18 @@ ALTER TABLE ops.runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY runs_read ON ops.runs FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
 
 --
+-- Name: secrets_refs; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.secrets_refs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: secrets_refs secrets_refs_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY secrets_refs_read ON ops.secrets_refs FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
 -- Name: workspace_members; Type: ROW SECURITY; Schema: ops; Owner: -
 --
 
@@ -3290,6 +4370,15 @@ GRANT USAGE ON SCHEMA ops TO service_role;
 
 GRANT USAGE ON SCHEMA ops_private TO authenticated;
 GRANT USAGE ON SCHEMA ops_private TO service_role;
+GRANT USAGE ON SCHEMA ops_private TO anon;
+
+--
+-- Name: FUNCTION accept_invitation(workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.accept_invitation(workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.accept_invitation(workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.accept_invitation(workspace_id text) TO service_role;
 
 --
 -- Name: FUNCTION add_member(workspace_id text, principal_id text, role text, name text); Type: ACL; Schema: ops; Owner: -
@@ -3340,12 +4429,20 @@ GRANT ALL ON FUNCTION ops.complete_run(run_id text, output_manifest jsonb) TO au
 GRANT ALL ON FUNCTION ops.complete_run(run_id text, output_manifest jsonb) TO service_role;
 
 --
--- Name: FUNCTION create_principal(name text, kind text); Type: ACL; Schema: ops; Owner: -
+-- Name: FUNCTION create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text); Type: ACL; Schema: ops; Owner: -
 --
 
-REVOKE ALL ON FUNCTION ops.create_principal(name text, kind text) FROM PUBLIC;
-GRANT ALL ON FUNCTION ops.create_principal(name text, kind text) TO authenticated;
-GRANT ALL ON FUNCTION ops.create_principal(name text, kind text) TO service_role;
+REVOKE ALL ON FUNCTION ops.create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text) TO service_role;
+
+--
+-- Name: FUNCTION create_principal(name text, kind text, workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_principal(name text, kind text, workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_principal(name text, kind text, workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_principal(name text, kind text, workspace_id text) TO service_role;
 
 --
 -- Name: FUNCTION create_run(workspace_id text, spec_slug text, git_sha text, phases jsonb, input_manifest jsonb, idempotency_key text, labels jsonb, priority integer); Type: ACL; Schema: ops; Owner: -
@@ -3362,6 +4459,22 @@ GRANT ALL ON FUNCTION ops.create_run(workspace_id text, spec_slug text, git_sha 
 REVOKE ALL ON FUNCTION ops.create_workspace(slug text, name text, env text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.create_workspace(slug text, name text, env text) TO authenticated;
 GRANT ALL ON FUNCTION ops.create_workspace(slug text, name text, env text) TO service_role;
+
+--
+-- Name: FUNCTION delete_connection(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.delete_connection(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.delete_connection(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.delete_connection(workspace_id text, name text) TO service_role;
+
+--
+-- Name: FUNCTION get_connection(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_connection(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_connection(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_connection(workspace_id text, name text) TO service_role;
 
 --
 -- Name: FUNCTION get_dataset(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
@@ -3388,12 +4501,28 @@ GRANT ALL ON FUNCTION ops.heartbeat(lease_token text, progress jsonb, lease_seco
 GRANT ALL ON FUNCTION ops.heartbeat(lease_token text, progress jsonb, lease_seconds integer) TO service_role;
 
 --
+-- Name: FUNCTION invite_member(workspace_id text, principal_id text, role text, name text, expires_in_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.invite_member(workspace_id text, principal_id text, role text, name text, expires_in_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.invite_member(workspace_id text, principal_id text, role text, name text, expires_in_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.invite_member(workspace_id text, principal_id text, role text, name text, expires_in_seconds integer) TO service_role;
+
+--
 -- Name: FUNCTION list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint); Type: ACL; Schema: ops; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops.list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint) TO authenticated;
 GRANT ALL ON FUNCTION ops.list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint) TO service_role;
+
+--
+-- Name: FUNCTION list_connections(workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_connections(workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_connections(workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_connections(workspace_id text) TO service_role;
 
 --
 -- Name: FUNCTION list_datasets(workspace_id text, layer text, schema_state text, name text, "limit" integer); Type: ACL; Schema: ops; Owner: -
@@ -3412,6 +4541,14 @@ GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer
 GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text) TO service_role;
 
 --
+-- Name: FUNCTION list_invitations(workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_invitations(workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_invitations(workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_invitations(workspace_id text) TO service_role;
+
+--
 -- Name: FUNCTION list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -3426,6 +4563,14 @@ GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug tex
 REVOKE ALL ON FUNCTION ops.list_workspaces() FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.list_workspaces() TO authenticated;
 GRANT ALL ON FUNCTION ops.list_workspaces() TO service_role;
+
+--
+-- Name: FUNCTION record_connection_test(workspace_id text, name text, ok boolean, message text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.record_connection_test(workspace_id text, name text, ok boolean, message text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.record_connection_test(workspace_id text, name text, ok boolean, message text) TO authenticated;
+GRANT ALL ON FUNCTION ops.record_connection_test(workspace_id text, name text, ok boolean, message text) TO service_role;
 
 --
 -- Name: FUNCTION record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]); Type: ACL; Schema: ops; Owner: -
@@ -3460,6 +4605,14 @@ GRANT ALL ON FUNCTION ops.retry_run(run_id text, idempotency_key text) TO authen
 GRANT ALL ON FUNCTION ops.retry_run(run_id text, idempotency_key text) TO service_role;
 
 --
+-- Name: FUNCTION revoke_invitation(workspace_id text, principal_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.revoke_invitation(workspace_id text, principal_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.revoke_invitation(workspace_id text, principal_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.revoke_invitation(workspace_id text, principal_id text) TO service_role;
+
+--
 -- Name: FUNCTION revoke_principal(principal_id text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -3474,6 +4627,14 @@ GRANT ALL ON FUNCTION ops.revoke_principal(principal_id text) TO service_role;
 REVOKE ALL ON FUNCTION ops.unblock_dataset(workspace_id text, name text, resolution text, note text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.unblock_dataset(workspace_id text, name text, resolution text, note text) TO authenticated;
 GRANT ALL ON FUNCTION ops.unblock_dataset(workspace_id text, name text, resolution text, note text) TO service_role;
+
+--
+-- Name: FUNCTION update_connection(workspace_id text, name text, config jsonb, secrets jsonb, description text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.update_connection(workspace_id text, name text, config jsonb, secrets jsonb, description text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.update_connection(workspace_id text, name text, config jsonb, secrets jsonb, description text) TO authenticated;
+GRANT ALL ON FUNCTION ops.update_connection(workspace_id text, name text, config jsonb, secrets jsonb, description text) TO service_role;
 
 --
 -- Name: FUNCTION admin_workspaces(); Type: ACL; Schema: ops_private; Owner: -
@@ -3496,12 +4657,30 @@ REVOKE ALL ON FUNCTION ops_private.audit(p_function text, p_workspace uuid, p_ta
 REVOKE ALL ON FUNCTION ops_private.backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric) FROM PUBLIC;
 
 --
+-- Name: FUNCTION check_connection(p_config jsonb, p_secrets jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_connection(p_config jsonb, p_secrets jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION check_connection_name(p_name text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_connection_name(p_name text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION check_object(p_name text, p_value jsonb); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.check_object(p_name text, p_value jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops_private.check_object(p_name text, p_value jsonb) TO authenticated;
 GRANT ALL ON FUNCTION ops_private.check_object(p_name text, p_value jsonb) TO service_role;
+
+--
+-- Name: FUNCTION check_phase_connections(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_phase_connections() FROM PUBLIC;
 
 --
 -- Name: FUNCTION check_phase_transition(); Type: ACL; Schema: ops_private; Owner: -
@@ -3724,6 +4903,31 @@ GRANT SELECT ON TABLE ops.runs TO service_role;
 REVOKE ALL ON FUNCTION ops_private.claim_json(p ops.phases, r ops.runs) FROM PUBLIC;
 
 --
+-- Name: TABLE connections; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.connections TO authenticated;
+GRANT SELECT ON TABLE ops.connections TO service_role;
+
+--
+-- Name: FUNCTION connection_json(c ops.connections); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.connection_json(c ops.connections) FROM PUBLIC;
+
+--
+-- Name: FUNCTION connection_secrets(p_connection uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.connection_secrets(p_connection uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION connection_workspace(p_workspace uuid, p_roles text[]); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.connection_workspace(p_workspace uuid, p_roles text[]) FROM PUBLIC;
+
+--
 -- Name: TABLE datasets; Type: ACL; Schema: ops; Owner: -
 --
 
@@ -3757,6 +4961,18 @@ GRANT ALL ON FUNCTION ops_private.fail(p_status integer, p_code text, p_message 
 REVOKE ALL ON FUNCTION ops_private.fail_phase_final(p_phase uuid, p_run ops.runs, p_error jsonb, p_retryable boolean, p_now timestamp with time zone, p_lease text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION find_connection(p_workspace uuid, p_name text, p_lock boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.find_connection(p_workspace uuid, p_name text, p_lock boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION has_password(p_text text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.has_password(p_text text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION insert_run(p_workspace uuid, p_spec_slug text, p_git_sha text, p_phases jsonb, p_input_manifest jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer, p_parent uuid, p_reuse jsonb, p_digest text, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -3767,6 +4983,21 @@ REVOKE ALL ON FUNCTION ops_private.insert_run(p_workspace uuid, p_spec_slug text
 --
 
 REVOKE ALL ON FUNCTION ops_private.int_field(p_obj jsonb, p_key text, p_path text, p_default integer, p_min integer, p_max integer) FROM PUBLIC;
+
+--
+-- Name: TABLE invitations; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.invitations TO authenticated;
+GRANT SELECT ON TABLE ops.invitations TO service_role;
+
+--
+-- Name: FUNCTION invitation_json(i ops.invitations, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.invitation_json(i ops.invitations, p_now timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.invitation_json(i ops.invitations, p_now timestamp with time zone) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.invitation_json(i ops.invitations, p_now timestamp with time zone) TO service_role;
 
 --
 -- Name: FUNCTION is_privileged(); Type: ACL; Schema: ops_private; Owner: -
@@ -3831,10 +5062,37 @@ GRANT ALL ON FUNCTION ops_private.phases_json(p_run uuid) TO authenticated;
 GRANT ALL ON FUNCTION ops_private.phases_json(p_run uuid) TO service_role;
 
 --
+-- Name: FUNCTION pre_request(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.pre_request() FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.pre_request() TO anon;
+GRANT ALL ON FUNCTION ops_private.pre_request() TO authenticated;
+GRANT ALL ON FUNCTION ops_private.pre_request() TO service_role;
+
+--
 -- Name: FUNCTION principal(); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.principal() FROM PUBLIC;
+
+--
+-- Name: FUNCTION principal_name(p_workspace uuid, p_principal uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.principal_name(p_workspace uuid, p_principal uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION redact_passwords(p_text text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.redact_passwords(p_text text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION refuse_manifest_connections(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.refuse_manifest_connections() FROM PUBLIC;
 
 --
 -- Name: FUNCTION require_role(p_workspace uuid, p_roles text[], p_hide boolean, p_what text); Type: ACL; Schema: ops_private; Owner: -
@@ -3851,10 +5109,38 @@ GRANT ALL ON FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean) TO
 GRANT ALL ON FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean) TO service_role;
 
 --
+-- Name: FUNCTION run_summary_json(p_run uuid, p_sees boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.run_summary_json(p_run uuid, p_sees boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.run_summary_json(p_run uuid, p_sees boolean) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.run_summary_json(p_run uuid, p_sees boolean) TO service_role;
+
+--
+-- Name: FUNCTION secret_key_pattern(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.secret_key_pattern() FROM PUBLIC;
+
+--
+-- Name: FUNCTION sees_principals(p_workspace uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.sees_principals(p_workspace uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.sees_principals(p_workspace uuid) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.sees_principals(p_workspace uuid) TO service_role;
+
+--
 -- Name: FUNCTION settle_run(p_run ops.runs, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.settle_run(p_run ops.runs, p_now timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION token_pins(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.token_pins() FROM PUBLIC;
 
 --
 -- Name: FUNCTION uid(); Type: ACL; Schema: ops_private; Owner: -
@@ -3913,6 +5199,13 @@ GRANT SELECT ON TABLE ops.run_artifacts TO service_role;
 
 GRANT SELECT ON TABLE ops.run_events TO authenticated;
 GRANT SELECT ON TABLE ops.run_events TO service_role;
+
+--
+-- Name: TABLE secrets_refs; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.secrets_refs TO authenticated;
+GRANT SELECT ON TABLE ops.secrets_refs TO service_role;
 
 --
 -- Name: TABLE workspace_members; Type: ACL; Schema: ops; Owner: -

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,9 +29,20 @@ class Principal:
     role: str
     sub: uuid.UUID | None = None
     label: str = ""
+    pins: tuple[str, ...] | None = None
+    """The workspaces its token is pinned to (JWT claim `workspaces`): executors have them."""
 
     def __str__(self) -> str:
         return self.label or self.role
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        """Claims of its token beyond role and sub."""
+        return {} if self.pins is None else {"workspaces": list(self.pins)}
+
+    def pinned(self, *workspaces: str) -> Principal:
+        """The same principal with a token pinned to these workspaces."""
+        return replace(self, pins=tuple(workspaces))
 
 
 SERVICE = Principal("service_role", label="service_role")
@@ -65,6 +76,7 @@ class Contract:
             self.conn,
             role=as_.role,
             sub=str(as_.sub) if as_.sub else None,
+            claims=as_.claims,
             now=now,
         ):
             return call(self.conn, fn, args or {})
@@ -97,7 +109,8 @@ class HttpContract(Contract):
         if principal not in self._tokens:
             self._tokens[principal] = mint_token(
                 TEST_JWT_SECRET, role=principal.role,
-                sub=str(principal.sub) if principal.sub else None, ttl_seconds=3600)
+                sub=str(principal.sub) if principal.sub else None, ttl_seconds=3600,
+                workspaces=principal.pins)
         return self._tokens[principal]
 
     def call(
@@ -168,7 +181,10 @@ def world(contract: Contract) -> World:
 
 
 def make_world(contract: Contract) -> World:
-    """Workspaces w1 (dev) and w2 (prod), each with an admin, developer, viewer and executor."""
+    """Workspaces w1 (dev) and w2 (prod), each with an admin, developer, viewer and executor.
+
+    Members are added by service_role (the principals are users of the installation, owned by
+    no workspace); each executor's token is pinned to its workspace."""
     ps = {
         name: user(name)
         for name in ("admin1", "dev1", "viewer1", "exec1", "admin2", "dev2", "viewer2", "exec2")
@@ -185,8 +201,10 @@ def make_world(contract: Contract) -> World:
             contract.call(
                 "add_member",
                 {"workspace_id": ws, "principal_id": str(ps[short + suffix].sub), "role": role},
-                as_=ps["admin" + suffix],
+                as_=SERVICE,
             )
+    ps["exec1"] = ps["exec1"].pinned(w1)
+    ps["exec2"] = ps["exec2"].pinned(w2)
     return World(w1=w1, w2=w2, members=ps, **ps)
 
 

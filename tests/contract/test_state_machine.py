@@ -186,10 +186,11 @@ def test_claim_retried_with_the_same_claim_id_returns_the_same_lease(
     thief = cr.contract.call(
         "add_member",
         {"workspace_id": world.w1, "principal_id": str(world.exec2.sub), "role": "executor"},
-        as_=world.admin1,
+        as_=SERVICE,
     )
     assert thief["role"] == "executor"
-    err = cr.error("claim_phase", {"claim_id": claim_id}, as_=world.exec2)
+    err = cr.error("claim_phase", {"claim_id": claim_id},
+                   as_=world.exec2.pinned(world.w1, world.w2))
     assert (err.status, err.code) == (409, "conflict")
 
 
