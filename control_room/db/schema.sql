@@ -1443,7 +1443,7 @@ begin
                                  jsonb_build_object('argument', 'ok'));
     end if;
     -- a driver's error may quote a DSN: passwords in it are redacted, the text capped
-    v_msg := left(ops_private.redact_passwords(left(record_connection_test.message, 4000)), 500);
+    v_msg := nullif(left(ops_private.redact_passwords(left(record_connection_test.message, 4000)), 500), '');
     update ops.connections c
     set last_test_at = v_now, last_test_ok = record_connection_test.ok, last_test_message = v_msg
     where c.id = v_row.id

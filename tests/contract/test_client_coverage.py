@@ -97,6 +97,8 @@ def object_schema(doc: dict[str, Any], node: Any) -> tuple[dict[str, Any], set[s
         required |= needed
     if node.get("type") == "array" and "items" in node:
         return object_schema(doc, node["items"])
+    if not node.get("properties") and isinstance(node.get("additionalProperties"), dict):
+        return object_schema(doc, node["additionalProperties"])   # a map of objects by name
     properties.update(node.get("properties", {}))
     return properties, required
 
