@@ -146,9 +146,10 @@ _KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 def redact(conninfo: str) -> str:
     """`conninfo` (a URL or key=value string) with its password replaced by `***`: what may
     be printed or logged."""
-    masked = _URL_PASSWORD.sub(r"\1***@", conninfo)
-    masked = re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
-    return _KV_PASSWORD.sub(r"\1***", masked)
+    if re.match(r"\s*postgres(ql)?://", conninfo):
+        masked = _URL_PASSWORD.sub(r"\1***@", conninfo)
+        return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked)
+    return _KV_PASSWORD.sub(r"\1***", conninfo)
 
 
 def without_password(conninfo: str) -> str:

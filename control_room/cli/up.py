@@ -23,7 +23,7 @@ from control_room.cli.common import (
     require_migrations,
 )
 from control_room.settings import Settings, StackSettings, load_settings
-from executor.settings import WorkerSettings
+from executor.settings import WorkerSettings, workspace_lake
 
 app = new_app("The local stack.")
 
@@ -111,6 +111,7 @@ def demo_command(
 
     from control_room.cli.display import watch
     from control_room.contract.client import ContractClient
+    from control_room.local import EmbeddedPostgres, without_password
     from control_room.localstack import LocalStack, LocalStackError
     from control_room.specs import example_spec, load_spec
     from pipelines.odoo.generator import ensure_database, generate
@@ -119,7 +120,10 @@ def demo_command(
         settings = load_settings(state_dir=state_dir, port=port)
         settings = settings.model_copy(update={"database_url": None})
         spec = load_spec(example_spec("odoo_medallion"))
-        secrets = {"ODOO_PASSWORD": "", "WAREHOUSE_PASSWORD": ""}
+        # the embedded server's password reaches the workers through their environment, and
+        # never a run's params, the database or the output (the DSNs shown carry none)
+        password = EmbeddedPostgres(settings.state_dir).ensure_password()
+        secrets = {"ODOO_PASSWORD": password, "WAREHOUSE_PASSWORD": password}
         try:
             with LocalStack(settings, workers=workers, concurrency=concurrency,
                             worker_env=secrets, log=_say) as stack:
@@ -134,12 +138,13 @@ def demo_command(
                      f"{report.rows.get('account_move', 0):,} invoices in "
                      f"{report.seconds:.1f} s ({report.first_day} .. {report.last_day})")
                 warehouse = ensure_database(admin, DEMO_WAREHOUSE_DB)
-                lake = settings.state_dir / "demo" / "lake"
-                shutil.rmtree(lake, ignore_errors=True)     # each demo rebuilds from scratch
+                # the workers' ${run.lake}: the local workspace's lake, rebuilt from scratch
+                lake = workspace_lake(stack.info.lake, stack.info.workspace_id)
+                shutil.rmtree(lake, ignore_errors=True)
                 as_of = (report.last_day + timedelta(days=1)).isoformat()
                 args = spec.create_run_args(stack.info.workspace_id, {
-                    "lake": str(lake), "as_of": as_of, "odoo_dsn": source,
-                    "warehouse_dsn": warehouse}, labels={"demo": "true"})
+                    "as_of": as_of, "odoo_dsn": without_password(source),
+                    "warehouse_dsn": without_password(warehouse)}, labels={"demo": "true"})
                 with ContractClient(stack.info.gateway_url,
                                     stack.info.token.get_secret_value()) as client:
                     created = client.create_run(**args)
@@ -152,7 +157,8 @@ def demo_command(
                 kpis = gold_kpis(warehouse) if run.state == "succeeded" else {}
                 summary = {
                     "run_id": run_id, "state": run.state, "source": report.to_json(),
-                    "lake": str(lake), "warehouse": warehouse, "gold_schema": "gold",
+                    "lake": str(lake), "warehouse": without_password(warehouse),
+                    "gold_schema": "gold",
                     "ui_url": stack.info.ui_url, "kpis": kpis, "artifacts": artifacts,
                 }
                 if as_json:
