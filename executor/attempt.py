@@ -24,6 +24,7 @@ from control_room.contract.client import (
     TransientError,
 )
 from executor.kinds.base import EventLevel
+from executor.secrets import Masker
 
 __all__ = ["Attempt", "AttemptLost", "Outcome"]
 
@@ -73,13 +74,17 @@ class Attempt:
         self._progress: dict[str, Any] | None = None
         self._progress_sent: dict[str, Any] | None = None
         self._keeper: threading.Thread | None = None
+        self.masker = Masker()
+        """The secret values the attempt's connections resolved: replaced by `***` in every
+        event, progress, error and manifest the attempt sends (executor/secrets.py)."""
 
     # -- what the kind calls (any thread) ---------------------------------------------------
 
     def emit(self, type: str, message: str, level: EventLevel = "info",
              payload: Mapping[str, Any] | None = None) -> None:
-        event = NewEvent(type=str(type), message=str(message),
-                         payload=dict(payload) if payload is not None else None,
+        mask = self.masker
+        event = NewEvent(type=str(type), message=mask.text(str(message)),
+                         payload=mask.json(dict(payload)) if payload is not None else None,
                          phase=self.claim.name, level=level, ts=datetime.now(UTC))
         with self._lock:
             self._events.append(event)
@@ -89,6 +94,7 @@ class Attempt:
 
     def progress(self, value: float | Mapping[str, Any]) -> None:
         progress = dict(value) if isinstance(value, Mapping) else {"fraction": float(value)}
+        progress = self.masker.json(progress)
         with self._lock:
             self._progress = progress
         self.emit("PHASE_PROGRESS", "", level="debug", payload=progress)

@@ -1,16 +1,15 @@
-"""Named connections resolved from the run's input manifest, secrets from their references
-(`secret:env:NAME`, `secret:file:/path`); `postgres_connect` and `read_postgres` for Postgres.
+"""The workspace connections a claimed phase names, their secret references resolved under
+the worker's policy (`executor.secrets`); `postgres_connect` and `read_postgres` for Postgres.
 The rules and the type mapping: docs/kinds.md ("Connections").
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,88 +19,92 @@ from psycopg.types.string import TextLoader
 
 from executor.errors import PhaseCancelled, PhaseTimeout, TerminalPhaseError
 from executor.kinds.base import Connection
-from executor.render import render
+from executor.secrets import Masker, SecretError, SecretPolicy
 
 __all__ = [
-    "SECRET_PREFIX",
     "arrow_type",
+    "connection_names",
     "postgres_connect",
     "read_postgres",
+    "resolve_connection",
     "resolve_connections",
-    "resolve_secret",
 ]
 
-SECRET_PREFIX = "secret:"
 BATCH_ROWS = 10_000
 """Rows fetched per round trip (a server-side cursor) and per Arrow record batch."""
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+REGISTER_HINT = "register it with `control-room connections create`"
 
 
 def _connection_error(name: str, message: str) -> TerminalPhaseError:
     return TerminalPhaseError(f"connection {name!r}: {message}", error_type="ConnectionError")
 
 
-def resolve_secret(name: str, reference: str, environ: Mapping[str, str]) -> str:
-    """The secret `reference` (`secret:env:NAME` or `secret:file:/path`) points at."""
-    scheme, _, target = reference[len(SECRET_PREFIX):].partition(":")
-    if scheme == "env" and target:
-        value = environ.get(target)
-        if value is None:
-            raise _connection_error(
-                name, f"secret {reference}: the worker has no environment variable {target}")
-        return value
-    if scheme == "file" and os.path.isabs(target):
+def connection_names(names: Any) -> list[str]:
+    """A phase's `params.connections` as a list of names (each once): literal connection
+    names, never templates (a run cannot redirect a phase to another connection)."""
+    if names is None:
+        return []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TerminalPhaseError("params.connections must be a list of connection names",
+                                 error_type="ValueError")
+    for name in names:
+        if not _NAME.match(name):
+            raise TerminalPhaseError(f"params.connections: {name[:80]!r} is not a connection "
+                                     "name", error_type="ValueError")
+    return list(dict.fromkeys(names))
+
+
+def _field(registered: Any, key: str) -> Any:
+    return registered.get(key) if isinstance(registered, Mapping) else getattr(
+        registered, key, None)
+
+
+def resolve_connection(name: str, registered: Any, policy: SecretPolicy, *,
+                       environ: Mapping[str, str] | None = None,
+                       masker: Masker | None = None) -> Connection:
+    """One registered connection (`type`, non-secret `config`, `secrets` {field:
+    reference}: a claim's `ClaimConnection` or its JSON) as a `Connection` whose `config`
+    holds the config and the resolved secrets. Every resolved value is added to `masker`
+    first, so that nothing sent afterwards can carry it."""
+    kind, config, secrets = (_field(registered, k) for k in ("type", "config", "secrets"))
+    if not isinstance(kind, str) or not kind:
+        raise _connection_error(name, "its registration has no type")
+    if not isinstance(config or {}, Mapping) or not isinstance(secrets or {}, Mapping):
+        raise _connection_error(name, "its registration's config and secrets must be objects")
+    resolved: dict[str, Any] = dict(config or {})
+    for field_name, reference in dict(secrets or {}).items():
         try:
-            text = Path(target).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "unreadable"
-            raise _connection_error(name, f"secret {reference}: {reason}") from None
-        return text.removesuffix("\n").removesuffix("\r")
-    raise _connection_error(
-        name, f"malformed secret reference {reference!r}: use secret:env:NAME or "
-              "secret:file:/absolute/path")
-
-
-def _resolve_value(name: str, value: Any, environ: Mapping[str, str]) -> Any:
-    if isinstance(value, str) and value.startswith(SECRET_PREFIX):
-        return resolve_secret(name, value, environ)
-    if isinstance(value, Mapping):
-        return {k: _resolve_value(name, v, environ) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve_value(name, v, environ) for v in value]
-    return value
+            value = policy.resolve(reference, environ)
+        except SecretError as exc:
+            raise _connection_error(name, f"secret {field_name}: {exc.message}") from None
+        if masker is not None:
+            masker.add([value])
+        resolved[str(field_name)] = value
+    return Connection(name=name, type=kind, config=resolved)
 
 
 def resolve_connections(
     names: Any,
-    declared: Any,
+    registered: Mapping[str, Any],
     *,
-    params: Mapping[str, Any],
-    run: Mapping[str, Any],
+    policy: SecretPolicy,
     environ: Mapping[str, str] | None = None,
+    masker: Masker | None = None,
+    workspace: str | None = None,
 ) -> dict[str, Connection]:
-    """The connections `names` (a phase's `params.connections`) as declared in the run's
-    input manifest (`declared`: `{name: {type, ...fields}}`), rendered and with their secrets
-    resolved from `environ` (default: the worker's environment)."""
-    if names is None:
-        return {}
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise TerminalPhaseError("params.connections must be a list of connection names",
-                                 error_type="ValueError")
-    environ = os.environ if environ is None else environ
-    declared = declared if isinstance(declared, Mapping) else {}
+    """The connections `names` (a phase's `params.connections`) as registered in the run's
+    workspace (`registered`: the claim's `connections`), their secrets resolved under
+    `policy` from `environ` (default: this process's environment) and files. A name the
+    workspace does not have is a terminal error naming it."""
     resolved: dict[str, Connection] = {}
-    for name in dict.fromkeys(names):
-        spec = declared.get(name)
-        if spec is None:
-            known = ", ".join(sorted(str(k) for k in declared)) or "none"
-            raise _connection_error(
-                name, f"not declared in the run's input manifest (its connections: {known})")
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("type"), str):
-            raise _connection_error(name, "its declaration must be an object with a 'type'")
-        fields = render({k: v for k, v in spec.items() if k != "type"}, params=params,
-                        run=run, path=f"connections.{name}")
-        config = _resolve_value(name, fields, environ)
-        resolved[name] = Connection(name=name, type=str(spec["type"]), config=config)
+    for name in connection_names(names):
+        found = registered.get(name)
+        if found is None:
+            where = f"workspace {workspace}" if workspace else "the run's workspace"
+            raise _connection_error(name, f"not registered in {where} ({REGISTER_HINT})")
+        resolved[name] = resolve_connection(name, found, policy, environ=environ,
+                                            masker=masker)
     return resolved
 
 

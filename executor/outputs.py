@@ -90,6 +90,40 @@ def table_entries(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return list(tables)
 
 
+TEXT_MEDIA_TYPES = frozenset({"application/json", "application/x-ndjson", "application/xml",
+                              "application/sql", "application/yaml", "application/x-yaml",
+                              "application/javascript", "application/x-sh"})
+MAX_MASKED_BYTES = 64 * 1024 * 1024
+
+
+def is_text_output(output: OutputFile) -> bool:
+    """A log, a report or a text file: what `mask_file` rewrites (binary data is left as
+    the phase wrote it)."""
+    return (output.role in ("log", "report") or output.media_type.startswith("text/")
+            or output.media_type in TEXT_MEDIA_TYPES)
+
+
+def mask_file(attempt: Attempt, output: OutputFile) -> None:
+    """Replace every secret value the attempt resolved by `***` in a text output before it
+    is stored (the output directory is the attempt's own). A file too large to read is
+    registered as it is, with a warning."""
+    if not attempt.masker or not is_text_output(output):
+        return
+    try:
+        size = output.path.stat().st_size
+        if size > MAX_MASKED_BYTES:
+            log.warning("phase %s: output %s (%d bytes) too large to mask", attempt.claim.name,
+                        output.name, size)
+            return
+        data = output.path.read_bytes()
+        masked = attempt.masker.data(data)
+        if masked != data:
+            output.path.write_bytes(masked)
+    except OSError as exc:
+        log.warning("phase %s: output %s could not be masked: %s", attempt.claim.name,
+                    output.name, exc)
+
+
 class Outputs:
     """The artifact store and the catalog as one attempt's outputs reach them, under the
     attempt's lease. A call that finds the lease lost raises `AttemptLost`."""
@@ -129,12 +163,13 @@ class Outputs:
         for output in result.outputs:
             if attempt.lease_lost.is_set():
                 raise AttemptLost
+            mask_file(attempt, output)
             blob = self.store.put_file(output.path, output.media_type)
             try:
                 self.client.register_artifact(
                     attempt.claim.lease_token, blob.digest, blob.uri, blob.size_bytes,
-                    media_type=output.media_type, kind=output.kind, name=output.name,
-                    role=output.role)
+                    media_type=output.media_type, kind=output.kind,
+                    name=attempt.masker.text(output.name), role=output.role)
             except LeaseLost:
                 attempt.lease_refused()     # AttemptLost, unless the phase was cancelled
                 return manifest

@@ -23,7 +23,7 @@ from control_room.contract.client import ContractClient, ContractError, LeaseLos
 from executor.artifacts import ArtifactStore
 from executor.attempt import Attempt, AttemptLost, Outcome
 from executor.checkout import Checkouts, own_code
-from executor.connections import resolve_connections
+from executor.connections import connection_names, resolve_connections
 from executor.kinds.base import (
     Connection,
     Kind,
@@ -42,6 +42,7 @@ from executor.kinds.base import (
 from executor.kinds.registry import KINDS, load_kind
 from executor.outputs import Outputs, phase_error_json, table_entries
 from executor.render import render
+from executor.secrets import SecretPolicy, mask_logs
 from executor.settings import workspace_lake
 
 __all__ = ["Outcome", "Worker", "WorkerStats", "WorkerStopped", "phase_error_json",
@@ -134,7 +135,11 @@ class Worker:
         run's workspace lake."""
         self.secret_allow = secret_allow or ""
         """Which secret references this worker resolves (`CONTROL_ROOM_SECRET_ALLOW`)."""
-        self.kind_options = KindOptions(python_spares=python_spares)
+        self.secret_policy = SecretPolicy.parse(self.secret_allow)     # ValueError: bad entry
+        """`secret_allow` parsed (executor/secrets.py)."""
+        self._secret_log = mask_logs()
+        self.kind_options = KindOptions(python_spares=python_spares,
+                                        secret_allow=self.secret_allow)
         """What the worker's kinds are started with (`Startable.start`)."""
         self.outputs = Outputs(client, store)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -233,6 +238,7 @@ class Worker:
                           phase.claim.run_id)
             outcome = Outcome.ABANDONED
         finally:
+            self._secret_log.unregister(phase.masker)
             with self._stats_lock:
                 self._active.pop(phase.claim.phase_id, None)
             slots.release()
@@ -329,10 +335,11 @@ class Worker:
         run = {"id": claim.run_id, "git_sha": claim.run.git_sha,
                "spec_slug": claim.run.spec_slug,
                "lake": str(workspace_lake(self.lake_root, claim.workspace_id))}
+        names = connection_names(claim.params.get("connections"))   # literal, never rendered
+        self._secret_log.register(phase.masker)
+        connections = resolve_connections(names, claim.connections, policy=self.secret_policy,
+                                          masker=phase.masker, workspace=claim.workspace_id)
         params = render(claim.params, params=run_params, run=run, path="params")
-        connections = resolve_connections(params.get("connections"),
-                                          manifest.get("connections"), params=run_params,
-                                          run=run)
         kind = self._kinds.get(claim.kind)
         allowed = kind.CONNECTION_TYPES if kind is not None else frozenset()
         for connection in connections.values():
@@ -358,10 +365,11 @@ class Worker:
         try:
             if final is None:
                 done = self.client.complete_phase(claim.lease_token, "succeeded",
-                                                  output_manifest=manifest)
+                                                  output_manifest=phase.masker.json(manifest))
             else:
                 done = self.client.complete_phase(claim.lease_token, "failed",
-                                                  error=phase_error_json(final),
+                                                  error=phase.masker.json(
+                                                      phase_error_json(final)),
                                                   retryable=final.retryable)
         except LeaseLost:
             log.warning("phase %s of run %s: lease lost before completion", claim.name,

@@ -31,9 +31,6 @@ params:
   limit:  {type: integer, default: 100}
   ratio:  {type: number, default: 0.5}
   full:   {type: boolean, default: false}
-  odoo_dsn: {type: string, default: "postgresql://127.0.0.1:5432/odoo_demo"}
-connections:
-  odoo: {type: postgres, dsn: "${params.odoo_dsn}", password: "secret:env:ODOO_PASSWORD"}
 defaults: {retries: 2, timeout: 600, retry_backoff: 5}
 phases:
   - name: extract
@@ -126,10 +123,7 @@ def test_a_valid_spec_gives_exact_create_run_arguments(tmp_path: Path) -> None:
             "spec": {"slug": "odoo_medallion", "version": 1, "path": str(path.resolve()),
                      "digest": digest, "dirty": True},
             "params": {"lake": str(work / "lake"), "as_of": "2026-01-31", "limit": 7,
-                       "ratio": 0.5, "full": True,
-                       "odoo_dsn": "postgresql://127.0.0.1:5432/odoo_demo"},
-            "connections": {"odoo": {"type": "postgres", "dsn": "${params.odoo_dsn}",
-                                     "password": "secret:env:ODOO_PASSWORD"}},
+                       "ratio": 0.5, "full": True},
         },
     }
     json.dumps(args)                            # all of it is JSON
@@ -153,8 +147,76 @@ def test_the_example_spec_loads(tmp_path: Path) -> None:
     loaded = load_spec(EXAMPLE)
     assert loaded.spec.slug == "example"
     assert [p.name for p in loaded.spec.phases] == ["extract", "silver", "gold"]
-    params = loaded.resolve_params({"lake": "lake"}, cwd=tmp_path)
-    assert params == {"lake": str(tmp_path / "lake"), "orders": 12}
+    params = loaded.resolve_params({}, cwd=tmp_path)
+    assert params == {"orders": 12}
+
+
+def test_the_odoo_spec_names_its_connections_and_declares_none(tmp_path: Path) -> None:
+    loaded = load_spec(REPO / "specs" / "odoo_medallion.yaml")
+    assert loaded.spec.connections == ["odoo", "warehouse"]
+    manifest = loaded.input_manifest(loaded.resolve_params({}, cwd=tmp_path))
+    assert set(manifest) == {"spec", "params"}
+    assert not any("dsn" in name for name in manifest["params"])
+
+
+# ------------------------------------------------------------------------------ connections
+
+def test_an_inline_connections_block_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        version: 1
+        slug: old
+        params: {dsn: {type: string, default: x}}
+        connections:
+          odoo: {type: postgres, dsn: "${params.dsn}", password: "secret:env:ODOO_PASSWORD"}
+        phases:
+          - {name: extract, kind: python, connections: [odoo]}
+        """)
+    [error] = errors_of(path)
+    assert error.startswith(f"{path}:4: connections: connections are no longer declared in a "
+                            "spec: register each in the workspace with `control-room "
+                            "connections create NAME")
+    assert "remove this block" in error and "connections: [NAME]" in error
+
+
+def test_phases_name_connections_literally(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        version: 1
+        slug: names
+        params: {which: {type: string, default: odoo}}
+        phases:
+          - {name: a, kind: python, connections: ["${params.which}"]}
+        """)
+    [error] = errors_of(path)
+    assert error == (f"{path}:5: phases[0].connections[0]: '${{params.which}}' is not a "
+                     "connection name: 1-63 lower-case letters, digits or '_', starting with a "
+                     "letter (no templates)")
+    path = write(tmp_path, """\
+        version: 1
+        slug: names
+        params: {which: {type: string, default: odoo}}
+        phases:
+          - {name: b, kind: python, params: {connections: ["${params.which}", 3]}}
+          - {name: c, kind: python, params: {connections: odoo}}
+        """)
+    f = str(path)
+    assert errors_of(path) == [
+        f"{f}:5: phases[0].params.connections[0]: '${{params.which}}' is not a connection "
+        "name (1-63 lower-case letters, digits or '_', starting with a letter; no templates)",
+        f"{f}:5: phases[0].params.connections[1]: 3 is not a connection name (1-63 "
+        "lower-case letters, digits or '_', starting with a letter; no templates)",
+        f"{f}:6: phases[1].params.connections: must be a list of connection names, not string",
+    ]
+    good = write(tmp_path, """\
+        version: 1
+        slug: names
+        phases:
+          - {name: a, kind: python, connections: [odoo, warehouse, odoo]}
+          - {name: b, kind: python, params: {connections: [s3_lake]}}
+        """, name="good.yaml")
+    loaded = load_spec(good)
+    assert [p.params["connections"] for p in loaded.spec.phases] == [
+        ["odoo", "warehouse"], ["s3_lake"]]
+    assert loaded.spec.connections == ["odoo", "warehouse", "s3_lake"]
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -266,8 +328,8 @@ def test_semantic_errors_are_all_reported(tmp_path: Path) -> None:
         params:
           lake: {type: path, default: lake}
           n: {type: integer, default: "5"}
-        connections:
-          odoo: {type: postgres, dsn: "${params.dsn}", password: "secret:vault:X"}
+        # a phase names workspace connections; whether the workspace has them is the
+        # worker's to find out (they are registered in ops, not in the spec)
         phases:
           - name: extract
             kind: python
@@ -291,15 +353,10 @@ def test_semantic_errors_are_all_reported(tmp_path: Path) -> None:
     f = str(path)
     assert errors_of(path) == [
         f"{f}:5: params.n.default: '5' is not an integer",
-        f"{f}:7: connections.odoo.dsn: unknown param 'dsn' in '${{params.dsn}}' "
-        "(params: lake, n)",
-        f"{f}:7: connections.odoo.password: 'secret:vault:X' is not a secret reference: write "
-        "secret:env:NAME or secret:file:/absolute/path",
-        f"{f}:11: phases[0].connections[0]: unknown connection 'odo' (connections: odoo)",
         f"{f}:12: phases[0].params.args.lake: unknown param 'lakee' in '${{params.lakee}}' "
         "(params: lake, n)",
         f"{f}:12: phases[0].params.args.run: unknown template name 'run.idd': the run's "
-        "fields are run.id, run.git_sha, run.spec_slug",
+        "fields are run.id, run.git_sha, run.spec_slug, run.lake",
         f"{f}:12: phases[0].params.args.open: template '${{params.lake' has no closing '}}' "
         "(write $${ for a literal ${)",
         f"{f}:14: phases[1].kind: unknown kind 'sqll' (kinds: {KNOWN_KINDS})",

@@ -1,5 +1,6 @@
-"""Run specs: a YAML file naming a pipeline's params, connections and DAG of phases, turned
-into the arguments of `create_run` (docs/specs.md).
+"""Run specs: a YAML file naming a pipeline's params and DAG of phases (and, by name, the
+workspace connections each phase uses), turned into the arguments of `create_run`
+(docs/specs.md).
 
 Loading a spec is three steps, and every problem found is reported, not just the first, each
 naming the file, the line and the field (`specs/x.yaml:12: phases[2].depends_on[0]: unknown
@@ -9,8 +10,9 @@ phase 'silverr' (phases: extract, silver, gold)`):
    dates left as strings and duplicate keys refused);
 2. the JSON Schema `specs/spec.schema.json` (Draft 2020-12): shapes, names and types;
 3. what a schema cannot say: phase names unique, dependencies known and acyclic, every
-   `${params.X}` declared, every phase's connections declared, kinds registered
-   (`executor.kinds.registry.KINDS`), durations and limits, secret references well formed.
+   `${params.X}` declared, kinds registered (`executor.kinds.registry.KINDS`), durations and
+   limits, no inline `connections:` block (connections are registered in the workspace with
+   `control-room connections create`; a phase names them, the worker resolves them).
 
 Templates are checked here but stored unrendered: the worker renders them with the run's
 params just before a phase runs (`executor.render`), so that a run's phases say what they
@@ -74,7 +76,9 @@ MAX_RETRY_BACKOFF = 86_400
 
 _DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SECRET = re.compile(r"^secret:(?:env:[A-Za-z_][A-Za-z0-9_]*|file:/.+)$")
+_CONNECTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+CONNECTION_NAME_HINT = ("1-63 lower-case letters, digits or '_', starting with a letter; no "
+                        "templates")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 _PATTERN_HINTS = {
@@ -82,6 +86,8 @@ _PATTERN_HINTS = {
                                   "starting with a letter or digit",
     "^[a-z][a-z0-9_]{0,63}$": "an identifier: 1-64 lower-case letters, digits or '_', "
                               "starting with a letter",
+    "^[a-z][a-z0-9_]{0,62}$": "a connection name: 1-63 lower-case letters, digits or '_', "
+                              "starting with a letter (no templates)",
     "^[A-Za-z_][A-Za-z0-9_]{0,63}$": "an identifier: 1-64 letters, digits or '_', not "
                                      "starting with a digit",
 }
@@ -334,8 +340,13 @@ class Spec:
     slug: str
     description: str | None
     params: dict[str, Param]
-    connections: dict[str, dict[str, Any]]
     phases: tuple[PhaseDef, ...]
+
+    @property
+    def connections(self) -> list[str]:
+        """The workspace connections the phases name, in order of first use."""
+        return list(dict.fromkeys(name for phase in self.phases
+                                  for name in phase.params.get("connections", [])))
 
 
 def parse_duration(value: int | str) -> int | None:
@@ -357,19 +368,15 @@ def _check(document: dict[str, Any], issues: _Issues) -> Spec:
     """What the schema cannot check; builds the spec (its parts are valid only when no issue
     was added)."""
     params = _check_params(document.get("params") or {}, issues)
-    connections: dict[str, dict[str, Any]] = document.get("connections") or {}
-    for name, fields in connections.items():
-        _check_connection(name, fields, params, issues)
     defaults = document.get("defaults") or {}
     raw_phases: list[dict[str, Any]] = document["phases"]
     names = _check_names(raw_phases, issues)
     phases = tuple(
-        _check_phase(index, raw, defaults, names, params, connections, issues)
+        _check_phase(index, raw, defaults, names, params, issues)
         for index, raw in enumerate(raw_phases))
     _check_cycles(phases, issues)
     return Spec(version=document["version"], slug=document["slug"],
-                description=document.get("description"), params=params,
-                connections=connections, phases=phases)
+                description=document.get("description"), params=params, phases=phases)
 
 
 def _check_params(raw: dict[str, dict[str, Any]], issues: _Issues) -> dict[str, Param]:
@@ -400,14 +407,31 @@ def _type_problem(kind: ParamType, value: Any) -> str | None:
     return f"{_short(value)} is not a{'n' if kind == 'integer' else ''} {kind}"
 
 
-def _check_connection(name: str, fields: dict[str, Any], params: dict[str, Param],
-                      issues: _Issues) -> None:
-    for key, value in fields.items():
-        path: FieldPath = ("connections", name, key)
-        if isinstance(value, str) and value.startswith("secret:") and not _SECRET.match(value):
-            issues.add(path, f"{value!r} is not a secret reference: write secret:env:NAME "
-                             "or secret:file:/absolute/path")
-        _check_templates(value, path, params, issues)
+INLINE_CONNECTIONS = (
+    "connections are no longer declared in a spec: register each in the workspace with "
+    "`control-room connections create NAME --workspace W --type TYPE --config KEY=VALUE "
+    "--secret FIELD=env:NAME` (docs/cli.md), remove this block, and name them in the phases "
+    "that use them (`connections: [NAME]`)")
+
+
+def _inline_connections(document: dict[str, Any], issues: _Issues) -> None:
+    """The old top-level `connections:` block is an error naming its line (and is left out
+    of the schema check, which would only call it an unknown field)."""
+    if "connections" in document:
+        document.pop("connections")
+        issues.add(("connections",), INLINE_CONNECTIONS)
+
+
+def _check_connection_names(names: Any, path: FieldPath, issues: _Issues) -> None:
+    """A phase's `params.connections`: literal connection names (a run cannot redirect a
+    phase to another connection)."""
+    if not isinstance(names, list):
+        issues.add(path, f"must be a list of connection names, not {_json_type(names)}")
+        return
+    for position, name in enumerate(names):
+        if not isinstance(name, str) or not _CONNECTION_NAME.match(name):
+            issues.add((*path, position), f"{_short(name)} is not a connection name "
+                                          f"({CONNECTION_NAME_HINT})")
 
 
 def _check_templates(value: Any, path: FieldPath, params: Mapping[str, Param],
@@ -465,8 +489,7 @@ def _seconds(value: int | str, path: FieldPath, low: int, high: int,
 
 
 def _check_phase(index: int, raw: dict[str, Any], defaults: dict[str, Any], names: list[str],
-                 params: dict[str, Param], connections: dict[str, dict[str, Any]],
-                 issues: _Issues) -> PhaseDef:
+                 params: dict[str, Param], issues: _Issues) -> PhaseDef:
     at: FieldPath = ("phases", index)
     name: str = raw["name"]
 
@@ -489,11 +512,6 @@ def _check_phase(index: int, raw: dict[str, Any], defaults: dict[str, Any], name
             issues.add(where, f"unknown phase {upstream!r} (phases: {', '.join(names)})")
         elif upstream not in depends_on:
             depends_on.append(upstream)
-    for position, connection in enumerate(raw.get("connections") or []):
-        if connection not in connections:
-            known = ", ".join(connections) or "none declared"
-            issues.add((*at, "connections", position),
-                       f"unknown connection {connection!r} (connections: {known})")
     inputs: dict[str, Any] = raw.get("inputs") or {}
     for input_name, source in inputs.items():
         upstream = source.get("upstream")
@@ -510,6 +528,9 @@ def _check_phase(index: int, raw: dict[str, Any], defaults: dict[str, Any], name
         kind_params["inputs"] = inputs
     if "connections" in raw:
         kind_params["connections"] = list(dict.fromkeys(raw["connections"]))
+    elif "connections" in kind_params:
+        _check_connection_names(kind_params["connections"], (*at, "params", "connections"),
+                                issues)
     _check_templates(raw.get("params") or {}, (*at, "params"), params, issues)
     _check_templates(inputs, (*at, "inputs"), params, issues)
 
@@ -693,8 +714,6 @@ class LoadedSpec:
             "spec": {"slug": self.spec.slug, "version": self.spec.version, "path": self.path,
                      "digest": self.digest, "dirty": self.dirty},
             "params": dict(params),
-            "connections": {name: dict(fields) for name, fields in
-                            self.spec.connections.items()},
         }
 
     def create_run_args(self, workspace_id: str, params_overrides: Mapping[str, Scalar], *,
@@ -769,6 +788,7 @@ def load_spec(path: str | os.PathLike[str], *, git_sha: str | None = None,
     if not isinstance(document, dict):
         issues.add((), f"the spec must be a mapping, not {_json_type(document)}")
         issues.raise_any()
+    _inline_connections(document, issues)
     _schema_issues(document, issues)
     issues.raise_any()
     spec = _check(document, issues)

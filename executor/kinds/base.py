@@ -159,6 +159,9 @@ class KindOptions:
 
     python_spares: int = 2
     """Phase processes the python kind keeps started ahead of need (0: none)."""
+    secret_allow: str = ""
+    """The worker's secret policy (`CONTROL_ROOM_SECRET_ALLOW`): the python kind's processes
+    start without the variables it allows, nor any `CONTROL_ROOM_*` (executor/secrets.py)."""
 
 
 @runtime_checkable

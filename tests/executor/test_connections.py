@@ -1,11 +1,13 @@
-"""Connections: secret references resolved by the worker, Postgres read into Arrow (a real
-database), the sql kind's Postgres inputs, and all of it through a real worker."""
+"""Connections: a claim's registered connections resolved under the worker's secret policy,
+Postgres read into Arrow (a real database), the sql kind's Postgres inputs, and all of it
+through a real worker. The attacks on the policy: tests/security/test_secrets.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,68 +23,166 @@ from executor.connections import postgres_connect, read_postgres, resolve_connec
 from executor.kinds import Connection, PhaseCancelled, PhaseContext, TerminalPhaseError
 from executor.kinds.python import PythonContext
 from executor.kinds.sql import SqlKind
+from executor.secrets import MASK, Masker, SecretError, SecretPolicy, child_environment
 from tests.contract.conftest import phase
 from tests.executor.harness import Env, Running, gateway_env
 
 SECRET = "s3cret-Value-that-must-not-leak"
-RUN = {"id": "run-1", "git_sha": "0123abc", "spec_slug": "demo"}
-DECLARED = {
-    "odoo": {"type": "postgres", "dsn": "${params.odoo_dsn}", "password": "secret:env:PG_PW"},
-    "files": {"type": "s3", "key": "secret:file:/nonexistent/cr-test/key",
-              "bucket": "b-${run.spec_slug}"},
-    "odd": {"type": "postgres", "dsn": "x", "password": "secret:vault:kv/pg"},
-}
 
 
-def resolve(names: Any, environ: dict[str, str], declared: Any = None) -> dict[str, Connection]:
-    return resolve_connections(names, DECLARED if declared is None else declared,
-                               params={"odoo_dsn": "postgresql://h/odoo"}, run=RUN,
-                               environ=environ)
+def registered(secrets: dict[str, str], **config: Any) -> dict[str, Any]:
+    return {"type": "postgres", "config": config, "secrets": secrets, "version": 1}
+
+
+# ----------------------------------------------------------------------------- the policy
+
+def test_the_policy_is_parsed_from_its_entries() -> None:
+    policy = SecretPolicy.parse(" env:ODOO_, file:/run/secrets/ ,,env:PG_PW,env:ODOO_")
+    assert policy.env_prefixes == ("ODOO_", "PG_PW")
+    assert policy.file_dirs == ("/run/secrets",)
+    assert policy.describe() == "env:ODOO_,env:PG_PW,file:/run/secrets"
+    assert SecretPolicy.parse(None) == SecretPolicy.parse("") == SecretPolicy()
+    assert SecretPolicy().describe() == "unset"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("env:", "is not env:PREFIX"),
+    ("env:A-B", "is not env:PREFIX"),
+    ("env:CONTROL_ROOM_", "would allow CONTROL_ROOM_* variables"),
+    ("env:CONTROL_ROOM_TOKEN", "would allow CONTROL_ROOM_* variables"),
+    ("file:relative/dir", "is not file:/absolute/dir"),
+    ("vault:kv/x", "is not env:PREFIX or file:/dir"),
+])
+def test_a_bad_policy_entry_is_refused_naming_it(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match="CONTROL_ROOM_SECRET_ALLOW") as info:
+        SecretPolicy.parse(text)
+    assert problem in str(info.value)
+
+
+def test_env_references_resolve_only_under_an_allowed_prefix() -> None:
+    policy = SecretPolicy.parse("env:PG_")
+    environ = {"PG_PW": SECRET, "OTHER_PW": "other", "CONTROL_ROOM_TOKEN": "tok"}
+    assert policy.resolve("env:PG_PW", environ) == SECRET
+    with pytest.raises(SecretError) as info:
+        policy.resolve("env:OTHER_PW", environ)
+    assert info.value.message == (
+        "env:OTHER_PW is refused by this process's CONTROL_ROOM_SECRET_ALLOW (env:PG_): no "
+        "env: entry is a prefix of OTHER_PW (add env:OTHER_PW or a prefix of it)")
+    with pytest.raises(SecretError, match="CONTROL_ROOM_\\* variables are the process's own"):
+        SecretPolicy.parse("env:C,env:PG_").resolve("env:CONTROL_ROOM_TOKEN", environ)
+    with pytest.raises(SecretError, match="the environment has no variable PG_MISSING"):
+        policy.resolve("env:PG_MISSING", environ)
+    with pytest.raises(SecretError, match="malformed secret reference 'secret:env:PG_PW'"):
+        policy.resolve("secret:env:PG_PW", environ)
+
+
+def test_file_references_resolve_only_inside_an_allowed_directory(tmp_path: Path) -> None:
+    allowed = tmp_path / "secrets"
+    (allowed / "sub").mkdir(parents=True)
+    (allowed / "pw").write_text(SECRET + "\n")
+    (allowed / "sub" / "key").write_text("k3y-value")
+    (tmp_path / "outside").write_text("outside-value")
+    (allowed / "link").symlink_to(tmp_path / "outside")
+    policy = SecretPolicy.parse(f"file:{allowed}")
+    assert policy.resolve(f"file:{allowed}/pw") == SECRET            # one newline dropped
+    assert policy.resolve(f"file:{allowed}/sub/key") == "k3y-value"
+    for reference in (f"file:{tmp_path}/outside", f"file:{allowed}/link",
+                      f"file:{allowed}/../outside", f"file:{allowed}"):
+        with pytest.raises(SecretError, match="is in no allowed directory") as info:
+            policy.resolve(reference)
+        assert "outside-value" not in info.value.message
+    with pytest.raises(SecretError, match="no file: entry allows any file"):
+        SecretPolicy().resolve(f"file:{allowed}/pw")
+    with pytest.raises(SecretError, match="No such file or directory"):
+        policy.resolve(f"file:{allowed}/missing")
+    with pytest.raises(SecretError, match="is not a regular file"):
+        policy.resolve(f"file:{allowed}/sub")
+    (allowed / "big").write_bytes(b"x" * (64 * 1024 + 1))
+    with pytest.raises(SecretError, match="larger than 65536 bytes"):
+        policy.resolve(f"file:{allowed}/big")
+
+
+def test_proc_is_never_reached_through_a_wider_directory(tmp_path: Path) -> None:
+    wide = SecretPolicy.parse("file:/")
+    (tmp_path / "x").write_text("x-value")
+    assert wide.resolve(f"file:{tmp_path}/x") == "x-value"
+    with pytest.raises(SecretError, match="/proc is never allowed by a directory outside it"):
+        wide.resolve("file:/proc/self/environ")
+    with pytest.raises(SecretError, match="is in no allowed directory"):
+        wide.resolve("file:/dev/zero")
+    # /proc/self/cwd is the worker's working directory: its real path decides
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        narrow = SecretPolicy.parse(f"file:{tmp_path / 'secrets'}")
+        with pytest.raises(SecretError, match=f"really {tmp_path}/x"):
+            narrow.resolve("file:/proc/self/cwd/x")
+        assert wide.resolve("file:/proc/self/cwd/x") == "x-value"   # it is tmp_path/x
+    finally:
+        os.chdir(cwd)
+
+
+def test_the_child_environment_has_no_token_nor_allowed_variables() -> None:
+    environ = {"CONTROL_ROOM_TOKEN": "t", "CONTROL_ROOM_GATEWAY_URL": "u", "ODOO_PASSWORD": "p",
+               "ODOO_HOST": "h", "PATH": "/bin", "HOME": "/root"}
+    assert child_environment(environ, SecretPolicy.parse("env:ODOO_")) == {
+        "PATH": "/bin", "HOME": "/root"}
+    assert child_environment(environ, SecretPolicy()) == {
+        "ODOO_PASSWORD": "p", "ODOO_HOST": "h", "PATH": "/bin", "HOME": "/root"}
+
+
+def test_the_masker_replaces_every_resolved_value() -> None:
+    masker = Masker(["abc", SECRET, "pw-1234"])      # "abc" is too short to mask
+    assert masker.values == (SECRET, "pw-1234")
+    assert masker.text(f"x {SECRET} y pw-1234 abc") == f"x {MASK} y {MASK} abc"
+    assert masker.json({"a": [f"<{SECRET}>", 3, None], SECRET: True}) == {
+        "a": [f"<{MASK}>", 3, None], MASK: True}
+    assert masker.data(b"pw-1234\n") == b"***\n"
+    assert not Masker() and Masker().json({"x": 1}) == {"x": 1}
 
 
 # ----------------------------------------------------------------------------- resolving
 
-def test_an_env_secret_and_templated_fields_are_resolved() -> None:
-    conns = resolve(["odoo"], {"PG_PW": SECRET})
-    odoo = conns["odoo"]
+def test_a_registered_connection_is_its_config_and_its_resolved_secrets(
+        tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("k3y-value\n")
+    policy = SecretPolicy.parse(f"env:PG_,file:{tmp_path}")
+    masker = Masker()
+    conns = resolve_connections(
+        ["odoo", "files", "odoo"],
+        {"odoo": registered({"password": "env:PG_PW"}, dsn="postgresql://h/odoo"),
+         "files": {"type": "s3", "config": {"bucket": "b", "nested": {"n": 1}},
+                   "secrets": {"secret_key": f"file:{tmp_path}/key"}, "version": 3},
+         "unused": registered({"password": "env:NOT_ALLOWED"})},
+        policy=policy, environ={"PG_PW": SECRET}, masker=masker)
+    assert list(conns) == ["odoo", "files"]
+    odoo, files = conns["odoo"], conns["files"]
     assert (odoo.name, odoo.type) == ("odoo", "postgres")
     assert dict(odoo.config) == {"dsn": "postgresql://h/odoo", "password": SECRET}
+    assert dict(files.config) == {"bucket": "b", "nested": {"n": 1}, "secret_key": "k3y-value"}
     assert SECRET not in repr(odoo) and SECRET not in repr(conns)
+    assert set(masker.values) == {SECRET, "k3y-value"}
+    assert resolve_connections(None, {}, policy=policy) == {}
+    assert resolve_connections([], {}, policy=policy) == {}
 
 
-def test_a_file_secret_loses_its_trailing_newline(tmp_path: Path) -> None:
-    key = tmp_path / "key"
-    key.write_text(SECRET + "\n")
-    declared = {"files": {"type": "s3", "key": f"secret:file:{key}", "bucket": "b-${run.id}",
-                          "nested": {"token": f"secret:file:{key}"}}}
-    files = resolve(["files"], {}, declared)["files"]
-    assert dict(files.config) == {"key": SECRET, "bucket": "b-run-1",
-                                  "nested": {"token": SECRET}}
-
-
-def test_only_the_named_connections_are_resolved() -> None:
-    # "odd" has a malformed reference and "files" a missing file: neither is touched
-    assert list(resolve(["odoo", "odoo"], {"PG_PW": "x"})) == ["odoo"]
-    assert resolve(None, {}) == {}
-    assert resolve([], {}) == {}
-
-
-@pytest.mark.parametrize(("names", "environ", "expected"), [
-    (["odoo"], {}, "connection 'odoo': secret secret:env:PG_PW: the worker has no "
-                   "environment variable PG_PW"),
-    (["files"], {}, "connection 'files': secret secret:file:/nonexistent/cr-test/key: "
-                    "No such file or directory"),
-    (["odd"], {}, "connection 'odd': malformed secret reference 'secret:vault:kv/pg'"),
-    (["warehouse"], {}, "connection 'warehouse': not declared in the run's input manifest "
-                        "(its connections: files, odd, odoo)"),
-    ("odoo", {}, "params.connections must be a list of connection names"),
+@pytest.mark.parametrize(("names", "expected"), [
+    (["odoo"], "connection 'odoo': secret password: env:PG_PW is refused by this process's "
+               "CONTROL_ROOM_SECRET_ALLOW (unset): no env: entry is a prefix of PG_PW"),
+    (["warehouse"], "connection 'warehouse': not registered in workspace ws-1 (register it "
+                    "with `control-room connections create`)"),
+    ("odoo", "params.connections must be a list of connection names"),
+    (["${params.conn}"], "params.connections: '${params.conn}' is not a connection name"),
 ])
 def test_a_connection_that_cannot_be_resolved_is_a_terminal_error(
-        names: Any, environ: dict[str, str], expected: str) -> None:
+        names: Any, expected: str) -> None:
     with pytest.raises(TerminalPhaseError) as info:
-        resolve(names, environ)
+        resolve_connections(names, {"odoo": registered({"password": "env:PG_PW"}, dsn="x")},
+                            policy=SecretPolicy(), environ={"PG_PW": SECRET},
+                            workspace="ws-1")
     assert not info.value.retryable
-    assert expected in info.value.message
+    assert info.value.message.startswith(expected)
+    assert SECRET not in info.value.message
 
 
 # ------------------------------------------------------------------ Postgres into Arrow
@@ -205,11 +305,9 @@ def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[
         yield environment
 
 
-def new_run(env: Env, *phases: dict[str, Any], connections: dict[str, Any],
-            params: dict[str, Any]) -> str:
+def new_run(env: Env, *phases: dict[str, Any], params: dict[str, Any]) -> str:
     run = env.client(env.world.dev1).create_run(
-        env.world.w1, "demo", "0123abc", list(phases),
-        input_manifest={"params": params, "connections": connections},
+        env.world.w1, "demo", "0123abc", list(phases), input_manifest={"params": params},
         idempotency_key=str(uuid.uuid4()))
     return run.id
 
@@ -217,12 +315,15 @@ def new_run(env: Env, *phases: dict[str, Any], connections: dict[str, Any],
 def test_a_worker_resolves_connections_for_python_and_sql_phases(
         env: Env, pg: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CR_TEST_ERP_PASSWORD", SECRET)
-    connections = {"erp": {"type": "postgres", "dsn": "${params.erp_dsn}",
-                           "password": "secret:env:CR_TEST_ERP_PASSWORD"},
-                   "nopw": {"type": "postgres", "dsn": "${params.erp_dsn}",
-                            "password": "secret:env:CR_TEST_UNSET_PASSWORD"},
-                   "lake": {"type": "s3", "bucket": "b"}}
-    params = {"erp_dsn": pg.config["dsn"], "lake": str(env.tmp / "lake")}
+    admin = env.client(env.world.admin1)
+    dsn = pg.config["dsn"]
+    admin.create_connection(env.world.w1, "erp", "postgres", config={"dsn": dsn},
+                            secrets={"password": "env:CR_TEST_ERP_PASSWORD"})
+    admin.create_connection(env.world.w1, "nopw", "postgres", config={"dsn": dsn},
+                            secrets={"password": "env:CR_TEST_UNSET_PASSWORD"})
+    admin.create_connection(env.world.w1, "lake", "s3", config={"bucket": "b"})
+    admin.create_connection(env.world.w1, "scratch", "s3", config={"bucket": "s"})
+    params = {"lake": str(env.tmp / "lake")}
     good = new_run(
         env,
         phase("who", params={"entrypoint": f"{__name__}:describe", "connections": ["erp"]}),
@@ -230,39 +331,50 @@ def test_a_worker_resolves_connections_for_python_and_sql_phases(
             "query": "select name from partners", "connections": ["erp"],
             "inputs": {"partners": {"postgres": {"connection": "erp",
                                                  "table": "public.partners"}}},
-            "output": {"delta": "${params.lake}/bronze/partners", "mode": "overwrite",
+            "output": {"delta": "${run.lake}/bronze/partners", "mode": "overwrite",
                        "name": "bronze.partners"}}),
-        connections=connections, params=params)
+        params=params)
     missing = new_run(env, phase("who", params={"entrypoint": f"{__name__}:describe",
                                                 "connections": ["nopw"]}, max_attempts=3),
-                      connections=connections, params=params)
+                      params=params)
     wrong = new_run(env, phase("read", "sql", max_attempts=3, params={
         "query": "select 1", "connections": ["lake"],
-        "output": {"delta": "${params.lake}/x", "name": "x"}}),
-        connections=connections, params=params)
-    stats = Running(env.worker(kinds=["python", "sql"]), max_phases=4).join()
-    assert (stats.succeeded, stats.failed) == (2, 2)
+        "output": {"delta": "${run.lake}/x", "name": "x"}}), params=params)
+    gone = new_run(env, phase("who", params={"entrypoint": f"{__name__}:describe",
+                                             "connections": ["erp", "scratch"]}, max_attempts=3),
+                   params=params)
+    admin.delete_connection(env.world.w1, "scratch")    # after the run was made
+    worker = env.worker(kinds=["python", "sql"], lake_root=env.tmp / "lakes",
+                        secret_allow="env:CR_TEST_")
+    stats = Running(worker, max_phases=5).join()
+    assert (stats.succeeded, stats.failed) == (2, 3)
 
     run = env.get_run(good)
-    assert run.state == "succeeded"
+    assert run.state == "succeeded", [p.error for p in run.phases]
     assert run.phase("who").output_manifest == {
-        "type": "postgres", "dsn": pg.config["dsn"], "password_length": len(SECRET)}
-    assert sorted(DeltaTable(str(env.tmp / "lake" / "bronze" / "partners"))
+        "type": "postgres", "dsn": dsn, "password_length": len(SECRET)}
+    lake = env.tmp / "lakes" / env.world.w1
+    assert sorted(DeltaTable(str(lake / "bronze" / "partners"))
                   .to_pyarrow_table().column("name").to_pylist()) == ["ada", "bob"]
 
     failed = env.get_run(missing).phase("who")
     assert (failed.state, failed.attempt) == ("failed", 1)
     assert failed.error is not None and failed.error["message"] == (
-        "connection 'nopw': secret secret:env:CR_TEST_UNSET_PASSWORD: the worker has no "
-        "environment variable CR_TEST_UNSET_PASSWORD")
+        "connection 'nopw': secret password: env:CR_TEST_UNSET_PASSWORD: the environment has "
+        "no variable CR_TEST_UNSET_PASSWORD")
     refused = env.get_run(wrong).phase("read")
     assert (refused.state, refused.attempt) == ("failed", 1)
     assert refused.error is not None
     assert "connection 'lake' is of type 's3'; the sql kind takes postgres" in \
         refused.error["message"]
+    deleted = env.get_run(gone).phase("who")
+    assert (deleted.state, deleted.attempt) == ("failed", 1)
+    assert deleted.error is not None and deleted.error["message"] == (
+        f"connection 'scratch': not registered in workspace {env.world.w1} (register it with "
+        "`control-room connections create`)")
 
     # the secret appears nowhere the control plane keeps
-    for run_id in (good, missing, wrong):
+    for run_id in (good, missing, wrong, gone):
         trail = json.dumps([e.model_dump(mode="json") for e in env.events(run_id)])
         stored = env.get_run(run_id).model_dump_json()
         assert SECRET not in trail and SECRET not in stored

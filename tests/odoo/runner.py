@@ -1,7 +1,8 @@
 """The Odoo spec run in-process, phase after phase, for the fine-grained pipeline tests.
 
 Exactly what a worker would run (the spec's phases as `control_room.specs` loads them, their
-templates rendered by `executor.render`, connections resolved by `executor.connections`),
+templates rendered by `executor.render`, the workspace connections `odoo` and `warehouse`
+resolved by `executor.connections` as a worker resolves a claim's),
 without the gateway: python phases call their entrypoint with a real `PythonContext` in this
 process, sql phases run the real `SqlKind`. The end-to-end test runs the same spec through
 the gateway and real workers.
@@ -23,10 +24,13 @@ from executor.kinds.base import Connection, PhaseContext
 from executor.kinds.python import PythonContext, parse_entrypoint
 from executor.kinds.sql import SqlKind
 from executor.render import render
+from executor.secrets import SecretPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = example_spec("odoo_medallion")
-ENVIRON = {"ODOO_PASSWORD": "", "WAREHOUSE_PASSWORD": ""}
+CONNECTION_PARAMS = {"odoo_dsn": "odoo", "warehouse_dsn": "warehouse"}
+"""Keys of `run_spec`'s params that stand for the dsn of a registered workspace connection
+(no secret: the test server trusts)."""
 
 
 @dataclass
@@ -51,7 +55,8 @@ def python_context(phase: str, args: Mapping[str, Any], output_dir: Path, *,
                    inputs: Mapping[str, Any] | None = None,
                    datasets: Mapping[str, str] | None = None,
                    events: list[tuple[Any, ...]] | None = None,
-                   run_id: str | None = None) -> PythonContext:
+                   run_id: str | None = None,
+                   lake_root: Path | None = None) -> PythonContext:
     """The context a python phase's entrypoint gets, made in this process: what it emits is
     appended to `events`."""
     sink: list[tuple[Any, ...]] = events if events is not None else []
@@ -60,7 +65,7 @@ def python_context(phase: str, args: Mapping[str, Any], output_dir: Path, *,
         run_id=run_id or str(uuid.uuid4()), phase=phase, attempt=1, params={"args": args},
         args=dict(args), inputs=dict(inputs or {}), input_manifest={}, git_sha=None,
         output_dir=output_dir, timeout_s=None, connections=dict(connections or {}),
-        _send=sink.append, datasets=dict(datasets or {}))
+        _send=sink.append, datasets=dict(datasets or {}), lake_root=lake_root)
 
 
 def postgres(name: str, dsn: str) -> Connection:
@@ -71,12 +76,21 @@ def postgres(name: str, dsn: str) -> Connection:
 def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None = None,
              datasets: Mapping[str, str] | None = None) -> LocalRun:
     """Run the spec's phases in dependency order (those in `only` and what they need, when
-    given); the first phase that raises stops the run (its exception propagates)."""
+    given); the first phase that raises stops the run (its exception propagates). `params`
+    may carry `odoo_dsn` and `warehouse_dsn` (CONNECTION_PARAMS): the workspace's
+    connections, as a claim carries them."""
     loaded = spec()
-    values = loaded.resolve_params(dict(params))
+    registered = {CONNECTION_PARAMS[key]: {"type": "postgres", "config": {"dsn": dsn},
+                                           "secrets": {}, "version": 1}
+                  for key, dsn in params.items() if key in CONNECTION_PARAMS}
+    # `lake` stands for the worker's workspace lake (`${run.lake}`); default: under work_dir
+    lake = Path(params.get("lake", work_dir / "lake")).absolute()
+    values = loaded.resolve_params({k: v for k, v in params.items()
+                                    if k not in CONNECTION_PARAMS and k != "lake"})
     manifest = loaded.input_manifest(values)
     run = LocalRun(str(uuid.uuid4()), work_dir)
-    fields = {"id": run.run_id, "git_sha": loaded.git_sha, "spec_slug": loaded.spec.slug}
+    fields = {"id": run.run_id, "git_sha": loaded.git_sha, "spec_slug": loaded.spec.slug,
+              "lake": str(lake)}
     phases = {p.name: p for p in loaded.spec.phases}
     order = graphlib.TopologicalSorter({p.name: p.depends_on for p in phases.values()})
     wanted = _closure(phases, only) if only is not None else set(phases)
@@ -85,8 +99,8 @@ def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None
             continue
         phase = phases[name]
         params_ = render(phase.params, params=values, run=fields)
-        connections = resolve_connections(params_.get("connections"), manifest["connections"],
-                                          params=values, run=fields, environ=ENVIRON)
+        connections = resolve_connections(phase.params.get("connections"), registered,
+                                          policy=SecretPolicy())
         inputs = {dep: run.manifests[dep] for dep in phase.depends_on}
         events: list[tuple[Any, ...]] = run.events.setdefault(name, [])
         output_dir = run.output_dir(name)
@@ -95,7 +109,7 @@ def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None
             module, attr = parse_entrypoint(params_["entrypoint"])
             ctx = python_context(name, params_.get("args", {}), output_dir,
                                  connections=connections, inputs=inputs, datasets=datasets,
-                                 events=events, run_id=run.run_id)
+                                 events=events, run_id=run.run_id, lake_root=lake)
             result = getattr(importlib.import_module(module), attr)(ctx) or {}
             tables = result.get("tables", []) + ctx.tables_written
             run.manifests[name] = {**result, "tables": tables}
@@ -107,7 +121,7 @@ def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None
                 output_dir=output_dir,
                 emit=lambda *a, events=events, **k: events.append((*a, k)),
                 progress=lambda value: None, connections=connections,
-                datasets=dict(datasets or {}))
+                datasets=dict(datasets or {}), lake_root=lake)
             run.manifests[name] = SqlKind().run(sql_ctx).output_manifest
     return run
 

@@ -40,6 +40,7 @@ from executor.kinds.python.context import (
     parse_entrypoint,
 )
 from executor.kinds.python.spares import SparePool
+from executor.secrets import SecretPolicy
 
 __all__ = ["PythonKind", "kill_group"]
 
@@ -63,7 +64,10 @@ class PythonKind:
         """How often the cancellation flag and the timeout are checked (seconds)."""
         self.exit_grace = exit_grace
         """How long the child may take to exit after sending its result before it is killed."""
-        self._spares = SparePool(0)
+        self._policy = SecretPolicy()
+        """The worker's secret policy (`KindOptions.secret_allow`): what a phase process's
+        environment leaves out, besides `CONTROL_ROOM_*`."""
+        self._spares = SparePool(0, self._policy)
 
     @property
     def spares(self) -> SparePool:
@@ -73,17 +77,19 @@ class PythonKind:
     def start(self, options: KindOptions | None = None) -> None:
         """Keep `options.python_spares` (default 2) phase processes started ahead of need,
         until `close` (or the interpreter's exit)."""
-        size = (options or KindOptions()).python_spares
+        options = options or KindOptions()
+        size = options.python_spares
         if size < 0:
             raise ValueError(f"python_spares must be at least 0, not {size}")
         self.close()
-        self._spares = SparePool(size)
+        self._policy = SecretPolicy.parse(options.secret_allow)
+        self._spares = SparePool(size, self._policy)
         # registered after multiprocessing's own exit handler, so it runs first
         atexit.register(self._spares.close)
 
     def close(self) -> None:
         """End the waiting spare processes; later phases start their own."""
-        spares, self._spares = self._spares, SparePool(0)
+        spares, self._spares = self._spares, SparePool(0, self._policy)
         atexit.unregister(spares.close)
         spares.close()
 
