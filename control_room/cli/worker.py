@@ -72,6 +72,7 @@ def worker_command(
     import threading
 
     from control_room.contract.client import ContractClient
+    from control_room.secretfile import ensure_private_dir
     from executor.artifacts import artifact_store_from_url
     from executor.worker import Worker
 
@@ -94,6 +95,9 @@ def worker_command(
             lease_seconds=lease_seconds, artifacts_url=artifacts, work_dir=work_dir,
             workspace_id=workspace, grace_seconds=grace_seconds, repo=repo)
         names = check_kinds(kinds)
+        if not (artifacts and work_dir):
+            # a default under the state directory: it is private (0700) like everywhere else
+            ensure_private_dir(settings.state_dir)
         try:
             store = artifact_store_from_url(artifacts or str(settings.state_dir / "artifacts"))
         except ValueError as exc:
