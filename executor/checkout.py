@@ -16,7 +16,7 @@ from pathlib import Path
 
 from executor.errors import TerminalPhaseError
 
-__all__ = ["Checkouts", "CodeDir", "GitError", "own_code"]
+__all__ = ["OWN_CODE_BASE", "OWN_CODE_ROOT", "Checkouts", "CodeDir", "GitError", "own_code"]
 
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*://|[^/:]+@[^/:]+:)", re.IGNORECASE)
@@ -38,6 +38,16 @@ class CodeDir:
 
 def own_code(note: str) -> CodeDir:
     return CodeDir(path=None, commit=None, note=f"{note}: the worker's own code")
+
+
+OWN_CODE_BASE = Path(__file__).resolve().parent.parent
+"""Where the worker's own code is installed (the directory holding `executor` and
+`pipelines`: a source tree or site-packages). Without a checkout, the sql kind names a
+`query_file` relative to it, as it would in a checkout of this repository."""
+OWN_CODE_ROOT = OWN_CODE_BASE / "pipelines"
+"""The part of the worker's own code a sql phase may read a `query_file` from: its phase
+code package, never the rest of the directory (a source tree also holds `.control-room/`,
+the local state with its secrets)."""
 
 
 def _git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,8 @@ class PhaseError(Exception):
     reason: ClassVar[str] = "error"
 
     def __init__(
-        self, message: str, *, error_type: str | None = None, detail: str | None = None
+        self, message: str, *, error_type: str | None = None, detail: str | None = None,
+        user_data: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -35,6 +36,10 @@ class PhaseError(Exception):
         """The type of the exception behind this one (e.g. `ValueError`), when wrapped."""
         self.detail = detail
         """Longer text, e.g. a traceback from the phase's subprocess."""
+        self.user_data = user_data
+        """The message carries text the phase's own query made (a SQL engine's error, which
+        may quote the data: `error('...')`): capped by the kind, reported with
+        `user_data: true`."""
 
 
 class TerminalPhaseError(PhaseError):

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as pds
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
+from executor.errors import TerminalPhaseError
 from executor.kinds.base import WriteMode
 
 KEY_METADATA = "controlroom.key"
@@ -117,6 +121,82 @@ class SchemaBreakingChange(Exception):
 
 class SchemaDriftError(ValueError):
     """The table's schema is not the `expected` one given to the write."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace lake
+
+
+_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+MAX_LOCATION_CHARS = 300
+"""How much of a refused location an error repeats."""
+
+
+class OutsideLake(TerminalPhaseError):
+    """A table or file location is not under the run's workspace lake: nothing was read or
+    written (docs/tables.md, "The workspace lake")."""
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _real(path: str) -> str:
+    """`path` (absolute, normalised) with its deepest existing ancestor's symbolic links
+    resolved; the components below that ancestor kept as written (they do not exist yet)."""
+    head, tail = path, ""
+    while not os.path.lexists(head):
+        parent, name = os.path.split(head)
+        if parent == head:
+            break
+        head, tail = parent, os.path.join(name, tail) if tail else name
+    real = os.path.realpath(head)
+    return os.path.join(real, tail) if tail else real
+
+
+def confine(location: str | os.PathLike[str], lake_root: Path | None, *,
+            what: str = "table") -> str:
+    """Where `location` (a table URI or a file path, globs allowed) is, confined to
+    `lake_root`: a relative path is under the lake; an absolute path (or a `file://` URI)
+    must be inside it once normalised (`..` collapsed) and its deepest existing ancestor's
+    symbolic links resolved; any other URI (`s3://`...) is refused. Answers the absolute,
+    resolved path to use; `OutsideLake` when it leaves the lake. `lake_root` None: not
+    confined, `location` as given."""
+    text = os.fspath(location)
+    if lake_root is None:
+        return text
+    shown = text if len(text) <= MAX_LOCATION_CHARS else text[:MAX_LOCATION_CHARS] + "..."
+
+    def refuse(why: str) -> OutsideLake:
+        return OutsideLake(f"{what} {shown!r} {why} (the workspace lake is {lake_root})",
+                           error_type="OutsideLake")
+
+    if not text or "\x00" in text:
+        raise refuse("is not a path")
+    scheme = _URI_SCHEME.match(text)
+    if scheme is not None and len(scheme.group(1)) > 1:     # not a drive letter
+        if scheme.group(1).lower() != "file":
+            raise refuse("is not a local path: a worker's lake is a local directory, "
+                         "object-store URIs are refused")
+        parsed = urllib.parse.urlsplit(text)
+        if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
+            raise refuse("is not a local file URI")
+        text = urllib.parse.unquote(parsed.path)
+    written = os.path.normpath(os.path.abspath(lake_root))
+    root = os.path.realpath(written)
+    path = os.path.normpath(os.path.join(written, text))   # an absolute `text` replaces it
+    if not (_inside(path, written) or _inside(path, root)):
+        raise refuse("is outside the workspace lake")
+    real = _real(path)
+    if not _inside(real, root):
+        raise refuse("leaves the workspace lake through a symbolic link")
+    return real
+
+
+def confine_files(files: Iterable[str], lake_root: Path | None, *, what: str) -> list[str]:
+    """`files` (e.g. a glob's matches) each checked with `confine`: a match that is a
+    symbolic link out of the lake is refused."""
+    return [confine(f, lake_root, what=what) for f in files]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,8 +174,8 @@ def test_the_sql_kind_reads_query_file_under_the_checkout(repo: Repo, tmp_path: 
     params = {"query_file": "models/q.sql", "output": {"delta": out, "name": "gold.v"}}
     SqlKind().run(ctx_for("sql", params, tmp_path / "out", code.path))
     assert DeltaTable(out).to_pyarrow_table().to_pylist() == [{"v": 1}]
-    with pytest.raises(TerminalPhaseError, match="needs 'code_dir' or a checkout"):
-        SqlKind().run(ctx_for("sql", params, tmp_path / "out2", None))
+    with pytest.raises(TerminalPhaseError, match="not inside the worker's own code"):
+        SqlKind().run(ctx_for("sql", params, tmp_path / "out2", None))   # no checkout
 
 
 # ---------------------------------------------------------------------- through a worker

@@ -61,6 +61,8 @@ def make_ctx(
     inputs: Mapping[str, Any] | None = None,
     cancel: threading.Event | None = None,
     timeout_s: float | None = 60.0,
+    code_dir: Path | None = None,
+    lake_root: Path | None = None,
 ) -> PhaseContext:
     recorder = Recorder()
     return PhaseContext(
@@ -77,6 +79,8 @@ def make_ctx(
         progress=recorder.progress,
         cancel=cancel or threading.Event(),
         timeout_s=timeout_s,
+        code_dir=code_dir,
+        lake_root=lake_root,
     )
 
 
@@ -243,20 +247,69 @@ def test_parquet_input_file_and_glob(tmp_path: Path) -> None:
     assert rows_of(out_one) == [{"k": 2, "v": "B"}]
 
 
-def test_query_file_from_code_dir(lake: Path, tmp_path: Path) -> None:
+def test_query_file_from_the_checkout(lake: Path, tmp_path: Path) -> None:
     code = tmp_path / "checkout"
     (code / "models").mkdir(parents=True)
     (code / "models" / "join.sql").write_text(JOIN)
+    (tmp_path / "outside.sql").write_text("select 'outside' as secret")
     params = join_params(lake, str(tmp_path / "t"))
     del params["query"]
-    params.update(query_file="models/join.sql", code_dir=str(code))
-    result = SqlKind().run(make_ctx(tmp_path / "o", params))
+    params.update(query_file="models/join.sql")
+    result = SqlKind().run(make_ctx(tmp_path / "o", params, code_dir=code))
     assert result.output_manifest["query_digest"] == blob_digest(JOIN.encode())
     assert (tmp_path / "o" / "query.sql").read_text() == JOIN
 
-    params["query_file"] = "../outside.sql"
+    # the code_dir param: a directory inside the checkout, the file relative to it
+    params.update(query_file="join.sql", code_dir="models")
+    SqlKind().run(make_ctx(tmp_path / "o1", params, code_dir=code))
+    assert (tmp_path / "o1" / "query.sql").read_text() == JOIN
+    params.update(code_dir=str(code / "models"))              # absolute, inside: the same
+    SqlKind().run(make_ctx(tmp_path / "o1b", params, code_dir=code))
+
+    params.update(query_file="../outside.sql", code_dir=None)
+    del params["code_dir"]
     with pytest.raises(TerminalPhaseError, match="leaves code_dir"):
-        SqlKind().run(make_ctx(tmp_path / "o2", params))
+        SqlKind().run(make_ctx(tmp_path / "o2", params, code_dir=code))
+    params.update(query_file="outside.sql", code_dir=str(tmp_path))
+    with pytest.raises(TerminalPhaseError, match=r"'code_dir' .* is not inside the run's "
+                                                 r"checkout"):
+        SqlKind().run(make_ctx(tmp_path / "o3", params, code_dir=code))
+    assert not (tmp_path / "o2" / "query.sql").exists()
+    assert not (tmp_path / "o3").exists()
+
+
+def test_query_file_limits(tmp_path: Path) -> None:
+    code = tmp_path / "checkout"
+    code.mkdir()
+    (code / "big.sql").write_text("select 1 as x -- " + "x" * (1024 * 1024))
+    (code / "binary.sql").write_bytes(b"select \xff\xfe")
+    (code / "blank.sql").write_text("  \n")
+    (code / "dir.sql").mkdir()
+    out = {"delta": str(tmp_path / "t")}
+    for name, why in (("big.sql", "larger than 1048576 bytes"), ("binary.sql", "not UTF-8"),
+                      ("blank.sql", "is empty"), ("dir.sql", "not a regular file|cannot be "
+                                                             "opened"),
+                      ("nope.sql", "query file not found: 'nope.sql'")):
+        with pytest.raises(TerminalPhaseError, match=why) as info:
+            SqlKind().run(make_ctx(tmp_path / "o", {"query_file": name, "output": out},
+                                   code_dir=code))
+        assert "xxxx" not in info.value.message and "\\xff" not in info.value.message
+    assert not (tmp_path / "o").exists()
+
+
+def test_query_file_without_a_checkout_is_read_from_the_worker_s_pipelines(
+        tmp_path: Path) -> None:
+    from executor.checkout import OWN_CODE_BASE, OWN_CODE_ROOT
+
+    assert OWN_CODE_ROOT == OWN_CODE_BASE / "pipelines" and OWN_CODE_ROOT.is_dir()
+    existing = next(OWN_CODE_ROOT.rglob("*.py")).relative_to(OWN_CODE_BASE).as_posix()
+    params = {"query_file": existing, "output": {"delta": str(tmp_path / "t")}}
+    with pytest.raises(TerminalPhaseError, match="Parser Error"):   # read: python, not SQL
+        SqlKind().run(make_ctx(tmp_path / "o", params))
+    for outside in ("pyproject.toml", "executor/kinds/sql/__init__.py"):  # beside pipelines/
+        params["query_file"] = outside
+        with pytest.raises(TerminalPhaseError, match="not inside the worker's own code"):
+            SqlKind().run(make_ctx(tmp_path / "o2", params))
 
 
 def test_merge_output_idempotent(lake: Path, tmp_path: Path) -> None:
@@ -409,7 +462,7 @@ def test_duckdb_error_classes() -> None:
                   duckdb.CatalogException("c"), duckdb.ConversionException("v")):
         mapped = _duckdb_error(error)
         assert isinstance(mapped, TerminalPhaseError)
-        assert mapped.message == str(error)
+        assert mapped.message == f"sql query failed: {error}" and mapped.user_data
 
 
 def test_conversion_error_in_data_is_terminal(tmp_path: Path) -> None:

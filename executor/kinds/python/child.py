@@ -158,6 +158,7 @@ def _run_entrypoint(spec: ChildSpec, send: Callable[[tuple[Any, ...]], None]) ->
         output_dir=spec.output_dir,
         timeout_s=spec.timeout_s,
         code_dir=spec.code_dir,
+        lake_root=spec.lake_root,
         connections=spec.connections,
         _send=send,
         datasets=spec.datasets,

@@ -71,6 +71,7 @@ class ChildSpec:
     connections: Mapping[str, Connection] = field(repr=False)
     datasets: Mapping[str, str] = field(default_factory=dict)
     code_dir: Path | None = None
+    lake_root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class PythonContext:
     code_dir: Path | None = None
     """The checkout of the run's git sha the entrypoint was imported from (None: the
     worker's own code); e.g. for files that live beside the code."""
+    lake_root: Path | None = None
+    """The run's workspace lake (`${run.lake}`): `write_table` writes only under it (None:
+    anywhere). A guard against a wrong path, not a security boundary: the entrypoint is
+    arbitrary code running as the worker's OS user."""
 
     def write_table(
         self,
@@ -112,11 +117,15 @@ class PythonContext:
         """Write `data` (a pyarrow Table, a RecordBatchReader or a list of dicts) to the
         Delta table `name` (its catalog name, e.g. `bronze.sale_order`) at `uri`, under the
         catalog's rules; answers the table's manifest entry, also added to the phase's
-        `tables` (docs/kinds.md, "python"). Raises `DatasetBlocked` / `SchemaBlocked`."""
+        `tables` (docs/kinds.md, "python"). Raises `DatasetBlocked` / `SchemaBlocked`, and
+        `OutsideLake` when `uri` is not under the workspace lake (a relative `uri` is under
+        it; docs/tables.md, "The workspace lake")."""
         from executor import datasets as catalog  # pyarrow and deltalake: on first use
+        from executor.tables import confine
 
+        location = confine(uri, self.lake_root, what=f"table {name}")
         written = catalog.write_dataset(
-            self.datasets, name, uri, data, mode=mode, keys=keys, layer=layer,
+            self.datasets, name, location, data, mode=mode, keys=keys, layer=layer,
             partition_by=partition_by,
             commit_metadata={"controlroom.run_id": self.run_id,
                              "controlroom.phase": self.phase,

@@ -13,6 +13,9 @@ import json
 import math
 import os
 import re
+import shutil
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -27,6 +30,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from executor import connections as pg_inputs
 from executor import datasets
+from executor.checkout import OWN_CODE_BASE, OWN_CODE_ROOT
 from executor.digests import blob_digest
 from executor.kinds.base import (
     OutputFile,
@@ -41,6 +45,8 @@ from executor.kinds.base import (
 from executor.tables import (
     SchemaBreakingChange,
     WriteResult,
+    confine,
+    confine_files,
     scan_dataset,
     write_table,
 )
@@ -54,6 +60,12 @@ POLL_S = 0.05
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODES = ("overwrite", "append", "merge")
 _GLOB_CHARS = frozenset("*?[")
+MAX_QUERY_FILE_BYTES = 1024 * 1024
+"""A `query_file` larger than this is refused (unread)."""
+MAX_USER_ERROR_BYTES = 2048
+"""DuckDB's error text (which may quote the data, e.g. `error('...')`) is cut to this
+many bytes of UTF-8 in the phase's error."""
+MAX_SHOWN_CHARS = 200
 
 # DuckDB errors a retry cannot fix: the SQL or the data is wrong.
 _TERMINAL_DUCKDB: tuple[type[BaseException], ...] = (
@@ -105,7 +117,21 @@ def _bad(message: str) -> TerminalPhaseError:
     return TerminalPhaseError(f"sql params: {message}", error_type="ValueError")
 
 
+def _shown(text: str) -> str:
+    """A path as the spec wrote it, for an error: at most MAX_SHOWN_CHARS of it."""
+    return repr(text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "...")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def _read_query(params: Mapping[str, Any], checkout: Path | None = None) -> str:
+    """The query: `query` as written, or the text of `query_file` read from the run's code
+    (`checkout`, else the worker's own `pipelines` package, see executor/checkout.py). The
+    file must resolve (symbolic links followed) inside that code, be a regular UTF-8 file of
+    at most MAX_QUERY_FILE_BYTES; every refusal names the path as written, never a byte of
+    what the path points at."""
     query = params.get("query")
     query_file = params.get("query_file")
     if (query is None) == (query_file is None):
@@ -114,32 +140,74 @@ def _read_query(params: Mapping[str, Any], checkout: Path | None = None) -> str:
         if not isinstance(query, str) or not query.strip():
             raise _bad("'query' must be a non-empty string")
         return query
-    code_dir = params.get("code_dir", str(checkout) if checkout is not None else None)
-    if not isinstance(query_file, str) or not query_file:
-        raise _bad("'query_file' must be a non-empty string")
-    if not isinstance(code_dir, str) or not code_dir:
-        raise _bad("'query_file' needs 'code_dir' or a checkout of the run's git_sha "
-                   "(a worker with a repository)")
+    if not isinstance(query_file, str) or not query_file or "\x00" in query_file:
+        raise _bad("'query_file' must be a non-empty path")
     if os.path.isabs(query_file):
-        raise _bad(f"'query_file' must be relative to code_dir: {query_file!r}")
-    root = Path(code_dir).resolve()
-    path = (root / query_file).resolve()
-    if not path.is_relative_to(root):
-        raise _bad(f"'query_file' leaves code_dir: {query_file!r}")
+        raise _bad(f"'query_file' must be relative to the run's code: {_shown(query_file)}")
+    base, root = (checkout, checkout) if checkout is not None else (OWN_CODE_BASE,
+                                                                     OWN_CODE_ROOT)
+    where = "the run's checkout" if checkout is not None else (
+        "the worker's own code (its pipelines package; the run has no checkout)")
+    real_root = os.path.realpath(root)
+    directory = os.path.realpath(base)
+    code_dir = params.get("code_dir")
+    if code_dir is not None:
+        if not isinstance(code_dir, str) or not code_dir or "\x00" in code_dir:
+            raise _bad("'code_dir' must be a non-empty path")
+        directory = os.path.realpath(os.path.join(base, code_dir))
+        if not _inside(directory, real_root):
+            raise _bad(f"'code_dir' {_shown(code_dir)} is not inside {where}")
+    path = os.path.realpath(os.path.join(directory, query_file))
+    if not _inside(path, real_root):
+        raise _bad(f"'query_file' {_shown(query_file)} leaves code_dir: it is not inside "
+                   f"{where}")
+    return _read_query_file(path, query_file)
+
+
+def _read_query_file(path: str, query_file: str) -> str:
+    """The text of the (confined) file at `path`, opened without following a link and
+    without blocking; `query_file` as written names it in errors."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise TerminalPhaseError(
-            f"query file not found: {query_file} (in {code_dir})", error_type="FileNotFoundError"
-        ) from None
+        raise TerminalPhaseError(f"query file not found: {_shown(query_file)}",
+                                 error_type="FileNotFoundError") from None
+    except OSError as exc:
+        raise _bad(f"query file {_shown(query_file)} cannot be opened "
+                   f"({type(exc).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _bad(f"query file {_shown(query_file)} is not a regular file")
+        if info.st_size > MAX_QUERY_FILE_BYTES:
+            raise _bad(f"query file {_shown(query_file)} is larger than "
+                       f"{MAX_QUERY_FILE_BYTES} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_QUERY_FILE_BYTES:
+            chunk = os.read(fd, MAX_QUERY_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_QUERY_FILE_BYTES:
+        raise _bad(f"query file {_shown(query_file)} is larger than "
+                   f"{MAX_QUERY_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _bad(f"query file {query_file} is not UTF-8: {exc}") from None
+        raise _bad(f"query file {_shown(query_file)} is not UTF-8 text (at byte "
+                   f"{exc.start})") from None
     if not text.strip():
-        raise _bad(f"query file {query_file} is empty")
+        raise _bad(f"query file {_shown(query_file)} is empty")
     return text
 
 
-def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any]) -> InputSpec:
+def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any],
+                 lake_root: Path | None = None) -> InputSpec:
     if not isinstance(name, str) or not _NAME.match(name):
         raise _bad(f"input name {name!r} is not an identifier")
     if not isinstance(spec, Mapping):
@@ -167,12 +235,13 @@ def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any]) -> InputSpec
         path = spec["parquet"]
         if not isinstance(path, str) or not path:
             raise _bad(f"input {name!r}: 'parquet' must be a path or glob")
-        return InputSpec(name, parquet=path)
+        return InputSpec(name, parquet=confine(path, lake_root, what=f"input {name!r}"))
     if source == "delta":
         uri = spec["delta"]
         if not isinstance(uri, str) or not uri:
             raise _bad(f"input {name!r}: 'delta' must be a table URI")
-        return InputSpec(name, delta=uri, version=version)
+        return InputSpec(name, delta=confine(uri, lake_root, what=f"input {name!r}"),
+                         version=version)
     phase = spec["upstream"]
     manifest = upstream.get(phase) if isinstance(phase, str) else None
     table = manifest.get("table") if isinstance(manifest, Mapping) else None
@@ -183,7 +252,8 @@ def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any]) -> InputSpec
     written = table.get("version")
     if version is None and isinstance(written, int) and not isinstance(written, bool):
         version = written
-    return InputSpec(name, delta=str(table["uri"]), version=version)
+    uri = confine(str(table["uri"]), lake_root, what=f"input {name!r} (upstream {phase!r})")
+    return InputSpec(name, delta=uri, version=version)
 
 
 def _parse_postgres(name: str, spec: Any) -> PostgresSource:
@@ -206,7 +276,7 @@ def _parse_postgres(name: str, spec: Any) -> PostgresSource:
     return PostgresSource(connection, table=text)
 
 
-def _parse_output(spec: Any) -> OutputSpec:
+def _parse_output(spec: Any, lake_root: Path | None = None) -> OutputSpec:
     if not isinstance(spec, Mapping):
         raise _bad("'output' must be an object")
     unknown = set(spec) - {"delta", "mode", "keys", "name", "layer"}
@@ -239,14 +309,16 @@ def _parse_output(spec: Any) -> OutputSpec:
             raise _bad(f"'output.name': {exc}") from None
     elif layer is not None:
         raise _bad("'output.layer' needs 'output.name' (the catalog's dataset name)")
-    return OutputSpec(uri=uri, mode=mode, keys=keys, name=name, layer=layer,
-                      dataset="name" in spec)
+    return OutputSpec(uri=confine(uri, lake_root, what="output"), mode=mode, keys=keys,
+                      name=name, layer=layer, dataset="name" in spec)
 
 
 def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None = None,
-                 code_dir: Path | None = None) -> SqlParams:
-    """Validate the phase's params (TerminalPhaseError when they are wrong); a `query_file`
-    is read under the `code_dir` param, else under `code_dir` (the run's checkout)."""
+                 code_dir: Path | None = None, lake_root: Path | None = None) -> SqlParams:
+    """Validate the phase's params (TerminalPhaseError when they are wrong). A `query_file`
+    is read from `code_dir` (the run's checkout; None: the worker's own code), under the
+    `code_dir` param when given (a directory inside it). Every Delta / Parquet location is
+    confined to `lake_root` (`tables.confine`; None: not confined)."""
     unknown = set(params) - {"query", "query_file", "code_dir", "inputs", "output",
                              "preview_rows", "connections"}
     if unknown:
@@ -256,11 +328,12 @@ def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None =
     if not isinstance(raw_inputs, Mapping):
         raise _bad("'inputs' must be an object")
     inputs = tuple(
-        _parse_input(name, spec, upstream or {}) for name, spec in raw_inputs.items()
+        _parse_input(name, spec, upstream or {}, lake_root)
+        for name, spec in raw_inputs.items()
     )
     if "output" not in params:
         raise _bad("'output' is required")
-    output = _parse_output(params["output"])
+    output = _parse_output(params["output"], lake_root)
     preview = params.get("preview_rows", DEFAULT_PREVIEW_ROWS)
     if (
         not isinstance(preview, int)
@@ -278,7 +351,7 @@ def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None =
 def _source(spec: InputSpec, ctx: PhaseContext) -> Any:
     """What DuckDB reads as the input: a Postgres read (an Arrow table), else a dataset."""
     if spec.postgres is None:
-        return _dataset(spec)
+        return _dataset(spec, ctx.lake_root)
     source = spec.postgres
     connection = ctx.connections.get(source.connection)
     if connection is None:
@@ -294,7 +367,7 @@ def _source(spec: InputSpec, ctx: PhaseContext) -> Any:
     return table
 
 
-def _dataset(spec: InputSpec) -> Any:
+def _dataset(spec: InputSpec, lake_root: Path | None = None) -> Any:
     if spec.delta is not None:
         try:
             table = DeltaTable(spec.delta, version=spec.version)
@@ -317,6 +390,7 @@ def _dataset(spec: InputSpec) -> Any:
         files = sorted(glob.glob(path, recursive=True))
         if not files:
             raise TerminalPhaseError(f"input {spec.name!r}: no Parquet file matches {path}")
+        files = confine_files(files, lake_root, what=f"input {spec.name!r}: a match")
         return pds.dataset(files, format="parquet")
     if not os.path.exists(path):
         raise TerminalPhaseError(f"input {spec.name!r}: no Parquet file or directory {path}")
@@ -327,22 +401,39 @@ def _dataset(spec: InputSpec) -> Any:
 # Running the query
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
+def _connect(temp_dir: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that reads no file, loads no extension and spills only to
+    `temp_dir` (the attempt's own); its configuration locked, so the query cannot change
+    any of it."""
     return duckdb.connect(
         ":memory:",
         config={
             "enable_external_access": False,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
+            "temp_directory": str(temp_dir),
+            "lock_configuration": True,
         },
     )
 
 
+def cap_user_text(text: str, limit: int = MAX_USER_ERROR_BYTES) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (on a character boundary), saying how
+    long it was when cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    kept = data[:limit].decode("utf-8", "ignore")
+    return f"{kept}... (cut: {len(data)} bytes)"
+
+
 def _duckdb_error(exc: BaseException) -> Exception:
-    message = str(exc)
+    """The phase error for DuckDB's `exc`: its text is the query's (it may quote the data,
+    `error('...')`), so it is capped and marked as user data."""
+    message = "sql query failed: " + cap_user_text(str(exc))
     if isinstance(exc, _TERMINAL_DUCKDB):
-        return TerminalPhaseError(message, error_type=type(exc).__name__)
-    return TransientPhaseError(message, error_type=type(exc).__name__)
+        return TerminalPhaseError(message, error_type=type(exc).__name__, user_data=True)
+    return TransientPhaseError(message, error_type=type(exc).__name__, user_data=True)
 
 
 def _run_interruptible(conn: duckdb.DuckDBPyConnection, query: str, ctx: PhaseContext) -> Any:
@@ -418,12 +509,12 @@ def _dump(path: Path, document: Any) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
-def _preview(result: Any, rows: int) -> dict[str, Any]:
+def _preview(result: Any, rows: int, temp_dir: Path) -> dict[str, Any]:
     """The first `rows` rows of `result` ordered by all its columns."""
     columns = list(result.column_names)
     if rows == 0 or result.num_rows == 0 or not columns:
         return {"columns": columns, "rows": []}
-    conn = _connect()
+    conn = _connect(temp_dir)
     try:
         conn.register("__result", result)
         sample = conn.sql(
@@ -471,16 +562,25 @@ class SqlKind:
     CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset({"postgres"})
 
     def run(self, ctx: PhaseContext) -> PhaseResult:
-        params = parse_params(ctx.params, ctx.inputs, ctx.code_dir)
+        # everything validated and confined first: a refused phase leaves no query.sql
+        params = parse_params(ctx.params, ctx.inputs, ctx.code_dir, ctx.lake_root)
         if ctx.cancel.is_set():
             raise PhaseCancelled("sql phase cancelled before it started")
         output_dir = Path(ctx.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        temp_dir = Path(tempfile.mkdtemp(prefix="cr-sql-"))  # 0700, the attempt's own
+        try:
+            return self._run(ctx, params, output_dir, temp_dir)
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    def _run(self, ctx: PhaseContext, params: SqlParams, output_dir: Path, temp_dir: Path
+             ) -> PhaseResult:
         query_path = output_dir / "query.sql"
         query_path.write_text(params.query, encoding="utf-8")
         query_digest = blob_digest(query_path)
 
-        conn = _connect()
+        conn = _connect(temp_dir)
         try:
             for spec in params.inputs:
                 conn.register(spec.name, _source(spec, ctx))
@@ -514,7 +614,7 @@ class SqlKind:
         manifest_path = output_dir / "result_manifest.json"
         _dump(manifest_path, manifest)
         preview_path = output_dir / "preview.json"
-        _dump(preview_path, _preview(result, params.preview_rows))
+        _dump(preview_path, _preview(result, params.preview_rows, temp_dir))
         ctx.progress(1.0)
         ctx.emit("LOG", f"wrote {result.num_rows} row(s) to {out.name} "
                  f"(version {written.version})", "info",
