@@ -67,8 +67,7 @@ def ok_json(env: Env, *args: str, **extra: str | None) -> Any:
 
 def test_create_list_show_cancel_retry(env: Env, spec_repo: tuple[Path, str]) -> None:
     spec, sha = spec_repo
-    lake = env.tmp / "lake"
-    run = ok_json(env, "runs", "create", "--spec", str(spec), "--param", f"lake={lake}",
+    run = ok_json(env, "runs", "create", "--spec", str(spec),
                   "--param", "orders=5", "--label", "team=data")
     assert run["created"] is True and run["state"] == "queued"
     assert (run["spec_slug"], run["git_sha"], run["workspace_id"]) == ("example", sha,
@@ -77,9 +76,9 @@ def test_create_list_show_cancel_retry(env: Env, spec_repo: tuple[Path, str]) ->
     assert [(p["name"], p["state"]) for p in run["phases"]] == [
         ("extract", "queued"), ("silver", "waiting"), ("gold", "waiting")]
     manifest = run["input_manifest"]
-    assert manifest["params"] == {"lake": str(lake), "orders": 5}
+    assert manifest["params"] == {"orders": 5}
     assert manifest["spec"]["path"] == "specs/example.yaml"
-    assert run["phases"][0]["params"]["args"] == {"lake": "${params.lake}",
+    assert run["phases"][0]["params"]["args"] == {"lake": "${run.lake}",
                                                   "orders": "${params.orders}"}
 
     # the same idempotency key answers the same run; the workspace may be named by slug
@@ -122,11 +121,11 @@ def test_create_list_show_cancel_retry(env: Env, spec_repo: tuple[Path, str]) ->
 
 def test_create_wait_runs_the_example_to_success(env: Env, spec_repo: tuple[Path, str]) -> None:
     spec, _ = spec_repo
-    lake = env.tmp / "lake"
+    lake = env.tmp / "work" / "lake" / env.world.w1     # the worker's workspace lake
     running = Running(env.worker(kinds=["python", "sql"]), max_phases=3)
     # as on a terminal: a live table, redrawn
-    code, out, err = cli(env, "runs", "create", "--spec", str(spec), "--param",
-                         f"lake={lake}", "--wait", "--interval", "0.2", TTY_COMPATIBLE="1")
+    code, out, err = cli(env, "runs", "create", "--spec", str(spec),
+                         "--wait", "--interval", "0.2", TTY_COMPATIBLE="1")
     assert code == 0, err
     stats = running.join(BOUND * 2)
     assert (stats.succeeded, stats.failed) == (3, 0)
@@ -188,7 +187,7 @@ def test_bad_input_exits_2_with_a_message(env: Env, spec_repo: tuple[Path, str],
     lines = bad(env, "runs", "create", "--spec", str(invalid)).splitlines()
     assert lines == [f"error: {invalid}:5: phases[1]: missing required field 'name'"]
 
-    assert "--param lakes: unknown param 'lakes' (params: lake, orders)" in bad(
+    assert "--param lakes: unknown param 'lakes' (params: orders)" in bad(
         env, "runs", "create", "--spec", str(spec), "--param", "lakes=/x")
     assert "--param orders: 'many' is not an integer" in bad(
         env, "runs", "create", "--spec", str(spec), "--param", "orders=many")

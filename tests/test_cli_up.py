@@ -82,8 +82,8 @@ def test_up_runs_phases_and_stops_cleanly_and_a_second_up_reuses_state(tmp_path:
         cli = [sys.executable, "-m", "control_room"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_ROOM_")}
         created = subprocess.run(
-            [*cli, "runs", "create", "--spec", "specs/example.yaml", "--param",
-             f"lake={tmp_path / 'lake'}", "--wait", "--json", "--state-dir", str(state)],
+            [*cli, "runs", "create", "--spec", "specs/example.yaml",
+             "--wait", "--json", "--state-dir", str(state)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert created.returncode == 0, created.stderr
         example = json.loads(created.stdout)

@@ -131,22 +131,21 @@ def test_migrate_and_status_from_the_wheel(venv: Path, empty_db_url: str,
 
 def test_up_and_a_run_of_the_shipped_example_from_the_wheel(
         venv: Path, stack: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
-    _, env = stack
+    state, env = stack
     python = str(venv / "bin" / "python")
     spec = subprocess.run(
         [python, "-c",
          "from control_room.specs import example_spec; print(example_spec('example'))"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(spec).is_relative_to(venv), spec
-    lake = tmp_path / "lake"
     created = subprocess.run(
         [str(venv / "bin" / "control-room"), "runs", "create", "--spec", spec,
-         "--param", f"lake={lake}", "--wait", "--json"],
+         "--wait", "--json"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert created.returncode == 0, created.stdout + created.stderr
     run = json.loads(created.stdout)
     assert run["state"] == "succeeded", run
-    assert (lake / "gold").is_dir()
+    assert (state / "lake" / run["workspace_id"] / "gold").is_dir()   # the workspace lake
 
 
 @pytest.mark.timeout(420)

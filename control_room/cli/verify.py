@@ -55,7 +55,7 @@ from control_room.cli.common import (
     parse_run_id,
 )
 from control_room.settings import load_settings
-from executor.settings import WorkerSettings
+from executor.settings import WorkerSettings, workspace_lake
 
 if TYPE_CHECKING:
     from control_room.contract.client import ContractClient, Run
@@ -189,13 +189,27 @@ def _params(run: Run, overrides: Mapping[str, str], scratch: Path) -> tuple[dict
     for name, text in overrides.items():
         params[name] = _coerce(name, text, params[name])
     if LAKE_PARAM in params and LAKE_PARAM not in overrides:
-        params[LAKE_PARAM] = str(scratch / "lake")
+        # where the rebuild's worker confines its tables: its workspace lake
+        params[LAKE_PARAM] = str(workspace_lake(scratch / "lake", run.workspace_id))
         moved.add(LAKE_PARAM)
-    if not moved:
+    if not moved and not _uses_run_lake(run):
         raise BadInput(f"run {run.id} has no '{LAKE_PARAM}' param to point at the scratch "
                        f"directory: give --param NAME=DIR for the param its phases write "
                        f"under (its params: {known})")
     return params, moved
+
+
+def _uses_run_lake(run: Run) -> bool:
+    """Whether a phase writes under `${run.lake}`: the rebuild's worker has its own lake
+    (`<scratch>/lake`), so such a phase is redirected by construction."""
+    from executor.render import TemplateError, references
+
+    try:
+        return any(ref.scope == "run" and ref.name == "lake"
+                   for phase in run.phases
+                   for ref in references(phase.params, path=phase.name))
+    except TemplateError:
+        return False        # _check_redirected names the bad template
 
 
 def _check_redirected(run: Run, moved: set[str]) -> None:
@@ -209,7 +223,7 @@ def _check_redirected(run: Run, moved: set[str]) -> None:
                      if ref.scope == "params"}
         except TemplateError as exc:
             raise BadInput(f"run {run.id}: {exc.message}") from None
-    if not used & moved:
+    if not used & moved and not _uses_run_lake(run):
         names = ", ".join("${params." + name + "}" for name in sorted(moved))
         raise BadInput(f"no phase of run {run.id} uses {names}: a rebuild would write where "
                        "the original did; give --param NAME=DIR for the param its phases "
@@ -269,7 +283,8 @@ def _rebuild(client: ContractClient, run_id: str, *, workspace_id: str, kinds: l
 
     worker = Worker(client, kinds=kinds, concurrency=concurrency, store=store,
                     work_dir=work_dir, workspace_id=workspace_id, run_id=run_id, repo=repo,
-                    claim_wait=1.0, idle_max=1.0, grace_seconds=5.0)
+                    claim_wait=1.0, idle_max=1.0, grace_seconds=5.0,
+                    lake_root=work_dir.parent / "lake")   # `${run.lake}`: <scratch>/lake/<ws>
     stop = threading.Event()
     failure: list[BaseException] = []
 

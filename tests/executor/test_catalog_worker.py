@@ -55,7 +55,7 @@ def schema_of(ds: DatasetDetail, version: int) -> Any:
 
 
 def test_a_dataset_s_schema_evolves_blocks_and_is_accepted(env: Env) -> None:
-    uri = env.tmp / "lake" / "silver" / "items"
+    uri = env.tmp / "work" / "lake" / env.world.w1 / "silver" / "items"
 
     # 1. the first write: INITIAL, version 1 with its schema
     run, events = run_phase(env, sql_items(uri, "id::bigint as id, sku"))
@@ -130,7 +130,7 @@ def test_a_dataset_s_schema_evolves_blocks_and_is_accepted(env: Env) -> None:
 
 
 def test_a_python_phase_s_tables_are_recorded_and_its_output_logged(env: Env) -> None:
-    uri = env.tmp / "lake" / "bronze" / "items"
+    uri = env.tmp / "work" / "lake" / env.world.w1 / "bronze" / "items"
     run, events = run_phase(env, phase("load", "python", params={
         "entrypoint": f"{EP}:write_items", "args": {"name": "bronze.items", "table": str(uri)}}))
     load = run.phase("load")
@@ -166,7 +166,7 @@ def test_a_python_phase_s_tables_are_recorded_and_its_output_logged(env: Env) ->
 
 def test_a_dataset_blocked_while_the_phase_ran_fails_it(env: Env,
                                                         conn: psycopg.Connection[Any]) -> None:
-    uri = env.tmp / "lake" / "silver" / "race"
+    uri = env.tmp / "work" / "lake" / env.world.w1 / "silver" / "race"
     flag = env.tmp / "go"
     run_id = env.new_run(phase("race", "python", params={
         "entrypoint": f"{EP}:write_then_wait",
@@ -191,7 +191,7 @@ def test_a_dataset_blocked_while_the_phase_ran_fails_it(env: Env,
 
 
 def test_a_legacy_table_entry_with_a_catalog_name_is_recorded(env: Env) -> None:
-    lake = env.tmp / "lake"
+    lake = env.tmp / "work" / "lake" / env.world.w1
     run, _ = run_phase(env, phase("extract", "python", params={
         "entrypoint": "tests.executor.e2e_entrypoints:extract_orders",
         "args": {"lake": str(lake)}}))

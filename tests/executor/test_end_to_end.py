@@ -91,7 +91,7 @@ def run_artifacts(env: Env, run_id: str) -> dict[tuple[str, str], str]:
 # ------------------------------------------------------------------------------------ tests
 
 def test_a_python_sql_sql_dag_builds_bronze_silver_and_gold(env: Env) -> None:
-    lake = env.tmp / "lake"
+    lake = env.tmp / "work" / "lake" / env.world.w1     # the worker's workspace lake
     run_id = env.new_run(*medallion(lake))
     stats = run_worker(env, max_phases=3)
     assert (stats.claimed, stats.succeeded, stats.failed, stats.abandoned) == (3, 3, 0, 0)
@@ -166,7 +166,8 @@ def test_a_python_sql_sql_dag_builds_bronze_silver_and_gold(env: Env) -> None:
 
 
 def test_the_same_spec_run_twice_gives_the_same_digests(env: Env) -> None:
-    lakes = (env.tmp / "lake-1", env.tmp / "lake-2")
+    workspace_lake = env.tmp / "work" / "lake" / env.world.w1   # where sql phases write
+    lakes = (workspace_lake / "lake-1", workspace_lake / "lake-2")
     run_ids = [env.new_run(*medallion(lake)) for lake in lakes]
     stats = run_worker(env, max_phases=6)
     assert (stats.claimed, stats.succeeded) == (6, 6)

@@ -80,7 +80,8 @@ def rebuild_of(env: Env, run_id: str) -> str:
 
 
 def test_a_reproducible_run_verifies(env: Env) -> None:
-    lake, scratch = env.tmp / "lake", env.tmp / "scratch"
+    # the harness worker's workspace lake: a sql phase writes nowhere else
+    lake, scratch = env.tmp / "work" / "lake" / env.world.w1, env.tmp / "scratch"
     run_id = create(env, medallion(LAKE), {"lake": str(lake)})
     run_all(env, 3)
     assert env.get_run(run_id).state == "succeeded"
@@ -96,12 +97,13 @@ def test_a_reproducible_run_verifies(env: Env) -> None:
     # the rebuild is a new run of the same phases, written under the scratch directory
     rebuilt = env.get_run(rebuild_of(env, run_id))
     assert rebuilt.state == "succeeded" and rebuilt.labels == {"verify_of": run_id}
-    assert rebuilt.input_manifest["params"] == {"lake": str(scratch / "lake")}
+    rebuilt_lake = scratch / "lake" / env.world.w1        # the rebuild's workspace lake
+    assert rebuilt.input_manifest["params"] == {"lake": str(rebuilt_lake)}
     assert [(p.name, p.params) for p in rebuilt.phases] == [
         (p.name, p.params) for p in env.get_run(run_id).phases]
     gold = rebuilt.phase("gold").output_manifest
-    assert gold is not None and gold["table"]["uri"] == str(scratch / "lake/gold/customers")
-    assert DeltaTable(str(scratch / "lake" / "gold" / "customers")).version() == 0
+    assert gold is not None and gold["table"]["uri"] == str(rebuilt_lake / "gold/customers")
+    assert DeltaTable(str(rebuilt_lake / "gold" / "customers")).version() == 0
     for table in ("bronze/orders", "silver/orders", "gold/customers"):   # untouched
         assert DeltaTable(str(lake / table)).version() == 0
 
@@ -113,7 +115,8 @@ def test_a_planted_difference_and_a_failed_rebuild_are_reported(env: Env) -> Non
     phases[0] = phase("extract", "python", max_attempts=1, params={
         "entrypoint": f"{__name__}:extract_from_file",
         "args": {"lake": "${params.lake}", "source": "${params.source}"}})
-    run_id = create(env, phases, {"lake": str(env.tmp / "lake"), "source": str(source)})
+    run_id = create(env, phases, {"lake": str(env.tmp / "work" / "lake" / env.world.w1),
+                                  "source": str(source)})
     run_all(env, 3)
 
     changed = [dict(order) for order in e2e_entrypoints.ORDERS]

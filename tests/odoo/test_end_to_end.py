@@ -36,9 +36,9 @@ def test_the_odoo_spec_runs_through_the_gateway_and_workers(
     monkeypatch.setenv("ODOO_PASSWORD", "")
     monkeypatch.setenv("WAREHOUSE_PASSWORD", "")
     generator.generate(source_dsn, scale=0.02, seed=11, days=3, start=dt.date(2026, 1, 1))
-    lake = env.tmp / "lake"
+    lake = env.tmp / "work" / "lake" / env.world.w1     # the worker's workspace lake
     loaded = load_spec(SPEC)
-    params = {"lake": str(lake), "as_of": "2026-01-03", "odoo_dsn": source_dsn,
+    params = {"as_of": "2026-01-03", "odoo_dsn": source_dsn,
               "warehouse_dsn": warehouse_dsn}
 
     def create_run() -> str:
