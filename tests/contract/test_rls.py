@@ -151,6 +151,11 @@ def _fill(contract: Contract, data: Populated, key: str, dev: Principal, executo
     data.runs[key] = runs
     data.tokens[key] = tokens
     data.claim_ids[key] = claim_ids
+    # connections, each with a secret reference (W2 has more)
+    for i in range(1 + extra_runs):
+        contract.call("create_connection", {
+            "workspace_id": ws, "name": f"{key}_conn_{i}", "type": "postgres",
+            "config": {"host": "db"}, "secrets": {"password": f"env:{key.upper()}_PW_{i}"}})
 
 
 @pytest.fixture
@@ -168,10 +173,15 @@ def populated(direct: Contract, world: World) -> Populated:
                                      "role": role})
     # minted principals (ops.principals): one in W1, two in W2, one in no workspace
     for home in (world.w1, world.w2, world.w2, None):
-        minted = contract.call("create_principal", {"name": "runner", "kind": "executor"})
+        minted = contract.call("create_principal", {"name": "runner", "kind": "executor",
+                                                    "workspace_id": home})
         if home is not None:
             contract.call("add_member", {"workspace_id": home, "principal_id": minted["id"],
                                          "role": "executor"})
+    # pending invitations: one to W1, two to W2 (admins read them)
+    for ws in (world.w1, world.w2, world.w2):
+        contract.call("invite_member", {"workspace_id": ws, "principal_id": str(uuid.uuid4()),
+                                        "role": "viewer"})
     _fill(contract, data, "w1", world.dev1, world.exec1, extra_runs=0)
     _fill(contract, data, "w2", world.dev2, world.exec2, extra_runs=2)  # W2 holds more rows
     return data
@@ -276,7 +286,12 @@ def everything_readable(conn: psycopg.Connection[Any], contract: Contract,
 PRIVATE_HELPERS_FOR_API_ROLES = frozenset({
     "admin_workspaces", "member_workspaces", "check_object", "fail", "is_privileged", "now",
     "phases_json", "run_json", "uid", "uuid_arg",
+    # the pre-request hook (it reads only whether the caller itself is revoked), and helpers
+    # of the reads: whether the caller administers a workspace, a run's summary, an invitation
+    "pre_request", "sees_principals", "run_summary_json", "invitation_json",
 })
+# PostgREST runs its pre-request hook as the request's role, anon included
+PRIVATE_HELPERS_FOR_ANON = frozenset({"pre_request"})
 
 
 class TestDatabase:
@@ -319,7 +334,8 @@ class TestDatabase:
             assert n1 != n2 or table == "workspaces", (table, n1, n2)
             assert set(by_ws) <= {ids["w1"], ids["w2"], ""}, table
             for reader in readers(populated):
-                visible = reader.admin_of if table == "audit_log" else reader.member_of
+                admins_only = table in ("audit_log", "invitations")
+                visible = reader.admin_of if admins_only else reader.member_of
                 expected = visible_count(by_ws, {ids[k] for k in visible})
                 assert count_as(conn, reader.principal, table) == expected, (
                     f"{reader.principal} reading ops.{table}")
@@ -461,7 +477,7 @@ class TestDatabase:
                         (role, oid)).fetchone()
                     if row is not None and row[0]:
                         names.add(name)
-        assert granted["anon"] == set()
+        assert granted["anon"] == PRIVATE_HELPERS_FOR_ANON
         assert granted["authenticated"] == PRIVATE_HELPERS_FOR_API_ROLES
         assert granted["service_role"] == PRIVATE_HELPERS_FOR_API_ROLES
 
@@ -551,18 +567,51 @@ class Targets:
         self.contract.call("cancel_run", {"run_id": run_id})
         return run_id
 
-    def minted_member(self) -> str:
-        """A principal of ops.principals, executor of W1."""
-        minted = self.contract.call("create_principal", {"name": "runner"})
+    def minted_member(self, owned: bool = True) -> str:
+        """A principal of ops.principals, executor of W1 (and owned by W1 when `owned`)."""
+        minted = self.owned_principal() if owned else self.contract.call(
+            "create_principal", {"name": "runner"})
         self.contract.call("add_member", {"workspace_id": self.world.w1,
-                                          "principal_id": minted["id"], "role": "executor"})
-        return str(minted["id"])
+                                          "principal_id": minted, "role": "executor"}
+                           ) if owned else self.contract.call(
+            "add_member", {"workspace_id": self.world.w1, "principal_id": minted["id"],
+                           "role": "executor"})
+        return minted if owned else str(minted["id"])
+
+    def owned_principal(self) -> str:
+        """A principal owned by W1, member of nothing."""
+        return str(self.contract.call("create_principal", {
+            "name": "runner", "workspace_id": self.world.w1})["id"])
+
+    def invited(self) -> str:
+        """A principal with a pending invitation to W1."""
+        sub = str(uuid.uuid4())
+        self.contract.call("invite_member", {"workspace_id": self.world.w1, "principal_id": sub,
+                                             "role": "viewer"})
+        return sub
+
+    def inviting_everyone(self) -> str:
+        """A new workspace that invited every principal of the world."""
+        ws = self.contract.call("create_workspace", {
+            "slug": "inv-" + uuid.uuid4().hex[:12], "name": "Inviting"})["id"]
+        for who in self.world.members.values():
+            self.contract.call("invite_member", {"workspace_id": ws, "principal_id": str(who.sub),
+                                                 "role": "viewer"})
+        return str(ws)
 
     def dataset(self, change: str = "INITIAL") -> str:
         """The name of a new dataset of W1 (blocked when `change` is BREAKING)."""
         name = f"bronze.t_{uuid.uuid4().hex[:12]}"
         self.contract.call("record_dataset", dataset_args(self.claimed()["lease_token"], name,
                                                           change), as_=self.world.exec1)
+        return name
+
+    def connection(self) -> str:
+        """The name of a new connection of W1, with a secret reference."""
+        name = f"c_{uuid.uuid4().hex[:12]}"
+        self.contract.call("create_connection", {
+            "workspace_id": self.world.w1, "name": name, "type": "postgres",
+            "config": {"host": "db"}, "secrets": {"password": "env:PGPASSWORD"}})
         return name
 
     def new_member(self) -> str:
@@ -646,19 +695,40 @@ CASES = [
     Case("create_workspace", "create_workspace",
          lambda t: {"slug": "ws-" + uuid.uuid4().hex[:12], "name": "New"},
          AUTHENTICATED | SVC, frozenset()),
+    # an admin enrols a principal its workspace owns; anyone else only service_role
     Case("add_member", "add_member",
-         lambda t: {"workspace_id": t.w1, "principal_id": str(uuid.uuid4()), "role": "viewer"},
+         lambda t: {"workspace_id": t.w1, "principal_id": t.owned_principal(), "role": "viewer"},
          frozenset({"admin1"}) | SVC),
+    Case("add_member[not owned]", "add_member",
+         lambda t: {"workspace_id": t.w1, "principal_id": str(uuid.uuid4()), "role": "viewer"},
+         SVC),
     Case("remove_member", "remove_member",
          lambda t: {"workspace_id": t.w1, "principal_id": t.new_member()},
          frozenset({"admin1"}) | SVC),
-    # only service_role mints principals
+    # only service_role makes principals owned by nobody; an admin makes its workspace's
     Case("create_principal", "create_principal", lambda t: {"name": "runner"}, SVC, frozenset()),
-    # an admin of a workspace the principal belongs to may revoke it; to anyone else the
-    # principal does not exist
+    Case("create_principal[owned]", "create_principal",
+         lambda t: {"name": "runner", "workspace_id": t.w1}, frozenset({"admin1"}) | SVC),
+    # an admin of the workspace that owns the principal may revoke it; to anyone else the
+    # principal does not exist (a member of W1 owned by nobody: service_role only)
     Case("revoke_principal", "revoke_principal",
          lambda t: {"principal_id": t.minted_member()}, frozenset({"admin1"}) | SVC,
          AUTHENTICATED - {"admin1"}),
+    Case("revoke_principal[not owned]", "revoke_principal",
+         lambda t: {"principal_id": t.minted_member(owned=False)}, SVC, AUTHENTICATED),
+    Case("invite_member", "invite_member",
+         lambda t: {"workspace_id": t.w1, "principal_id": str(uuid.uuid4()), "role": "viewer"},
+         frozenset({"admin1"}) | SVC),
+    Case("revoke_invitation", "revoke_invitation",
+         lambda t: {"workspace_id": t.w1, "principal_id": t.invited()},
+         frozenset({"admin1"}) | SVC),
+    Case("list_invitations", "list_invitations", lambda t: {"workspace_id": t.w1},
+         frozenset({"admin1"}) | SVC, AUTHENTICATED - {"admin1"}),
+    # the invitee itself accepts; executors (pinned tokens) and service_role have nothing to
+    # accept
+    Case("accept_invitation", "accept_invitation",
+         lambda t: {"workspace_id": t.inviting_everyone()},
+         frozenset({"viewer1", "dev1", "admin1", "admin2"}), frozenset()),
     Case("create_run", "create_run",
          lambda t: {"workspace_id": t.w1, "spec_slug": "demo", "git_sha": "0123abc",
                     "phases": [phase("a")]}, DEVELOPERS),
@@ -692,6 +762,23 @@ CASES = [
     Case("unblock_dataset", "unblock_dataset",
          lambda t: {"workspace_id": t.w1, "name": t.dataset("BREAKING"), "resolution": "accept"},
          frozenset({"admin1"}) | SVC),
+    # connections: admins write, developers record tests, members read; outside W1 the
+    # workspace does not exist (tests/security/test_connections_rls.py has the details)
+    Case("create_connection", "create_connection",
+         lambda t: {"workspace_id": t.w1, "name": f"c_{uuid.uuid4().hex[:12]}", "type": "http",
+                    "config": {"url": "https://x.example"}}, frozenset({"admin1"}) | SVC),
+    Case("update_connection", "update_connection",
+         lambda t: {"workspace_id": t.w1, "name": t.connection(), "config": {"host": "db2"}},
+         frozenset({"admin1"}) | SVC),
+    Case("delete_connection", "delete_connection",
+         lambda t: {"workspace_id": t.w1, "name": t.connection()}, frozenset({"admin1"}) | SVC),
+    Case("list_connections", "list_connections",
+         lambda t: {"workspace_id": t.w1} if t.connection() else {}, READERS_OF_W1),
+    Case("get_connection", "get_connection",
+         lambda t: {"workspace_id": t.w1, "name": t.connection()}, READERS_OF_W1),
+    Case("record_connection_test", "record_connection_test",
+         lambda t: {"workspace_id": t.w1, "name": t.connection(), "ok": True, "message": "ok"},
+         DEVELOPERS),
 ]
 
 
@@ -927,16 +1014,19 @@ def test_a_revoked_principal_reads_nothing_and_calls_nothing(
 ) -> None:
     """A minted executor revoked by its workspace's admin while it holds a lease: from then on
     it reads no row and every call it makes is refused with 401, its live lease included."""
-    minted = direct.call("create_principal", {"name": "runner"})
+    minted = direct.call("create_principal", {"name": "runner", "workspace_id": world.w1})
     direct.call("add_member", {"workspace_id": world.w1, "principal_id": minted["id"],
                               "role": "executor"})
-    runner = Principal("authenticated", uuid.UUID(minted["id"]), "runner")
+    runner = Principal("authenticated", uuid.UUID(minted["id"]), "runner", pins=(world.w1,))
     run = new_run(direct, world.w1, [phase("a"), phase("b")])
     claim = direct.call("claim_phase", {"run_id": run["id"]}, as_=runner)
     assert claim is not None
     contract.call("revoke_principal", {"principal_id": minted["id"]}, as_=world.admin1)
+    # the pre-request hook refuses it before anything runs, a table read included
     for table in ops_tables(conn):
-        assert count_as(conn, runner, table) == 0, table
+        with pytest.raises(ContractError) as info:
+            count_as(conn, runner, table)
+        assert (info.value.status, info.value.code) == (401, "unauthorized"), table
     before = snapshot(conn)
     token = claim["lease_token"]
     for fn, args in (
@@ -954,6 +1044,7 @@ def test_a_revoked_principal_reads_nothing_and_calls_nothing(
         err = contract.error(fn, args, as_=runner)
         assert (err.status, err.code) == (401, "unauthorized"), f"{fn}: {err!r}"
     assert snapshot(conn) == before
-    assert contract.call("list_runs", {}, as_=runner)["runs"] == []
-    err = contract.error("get_run", {"run_id": run["id"]}, as_=runner)
-    assert (err.status, err.code) == (404, "not_found")
+    for fn, args in (("list_runs", {}), ("get_run", {"run_id": run["id"]}),
+                     ("list_events", {"run_id": run["id"]}), ("list_workspaces", {})):
+        err = contract.error(fn, args, as_=runner)
+        assert (err.status, err.code) == (401, "unauthorized"), f"{fn}: {err!r}"

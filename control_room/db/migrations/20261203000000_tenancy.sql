@@ -243,7 +243,8 @@ declare
     v_item   jsonb;
     v_bytes  bigint := 0;
     v_more   boolean := false;
-    v_last   record;
+    v_last_at timestamptz;
+    v_last_id uuid;
     v_x      record;
     v_admin  uuid[] := case when ops_private.is_privileged() then null
                             else array(select ops_private.admin_workspaces()) end;
@@ -283,11 +284,12 @@ begin
             exit;
         end if;
         v_rows := v_rows || v_item;
-        v_last := v_x;
+        v_last_at := v_x.created_at;
+        v_last_id := v_x.id;
     end loop;
     return jsonb_build_object('runs', pg_catalog.to_jsonb(v_rows),
         'next_cursor', case when v_more or cardinality(v_rows) = list_runs."limit" then
-            (extract(epoch from v_last.created_at) * 1000000)::bigint::text || ':' || v_last.id::text end);
+            (extract(epoch from v_last_at) * 1000000)::bigint::text || ':' || v_last_id::text end);
 end
 $$;
 
@@ -563,6 +565,10 @@ declare
     v_inv ops.invitations;
     v_row ops.workspace_members;
 begin
+    if ops_private.is_privileged() then
+        perform ops_private.fail(403, 'forbidden', 'the invitee accepts its invitation itself, with its own token',
+                                 jsonb_build_object('reason', 'invitee_only'));
+    end if;
     if v_uid is null then
         perform ops_private.fail(401, 'unauthorized',
             'this call needs an authenticated principal (a JWT with sub): the invitee accepts itself');
