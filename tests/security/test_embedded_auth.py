@@ -165,6 +165,30 @@ def test_the_cli_works_through_the_password_and_never_prints_it(server: Embedded
     assert server.status().running            # left running: this command did not start it
 
 
+def test_the_local_stack_uses_the_password_and_never_shows_it(
+        server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up`'s LocalStack on the embedded server (found running): it connects with the
+    password, and neither its progress lines nor the files it writes hold it."""
+    from control_room.localstack import PRINCIPALS_FILE, LocalStack
+    from control_room.settings import load_settings
+
+    for name in ("CONTROL_ROOM_DATABASE_URL", "CONTROL_ROOM_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    password = server.password
+    assert password
+    said: list[str] = []
+    settings = load_settings(state_dir=server.state_dir, port=0)
+    with LocalStack(settings, workers=0, log=said.append) as stack:
+        assert password in stack.database_url
+        assert stack.info is not None
+        files = [server.state_dir / name for name in ("stack.json", PRINCIPALS_FILE)]
+        for path in files:
+            assert mode(path) == 0o600
+            assert password not in path.read_text(), path
+    assert said and not [line for line in said if password in line]
+    assert server.status().running                # not started here: left running
+
+
 def test_the_verifier_logs_in(url: str, server: EmbeddedPostgres) -> None:
     """scram_verifier() is what PostgreSQL itself computes: a role given it logs in with the
     password (and a wrong salt or password does not)."""
