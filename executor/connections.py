@@ -19,7 +19,7 @@ from psycopg.types.string import TextLoader
 
 from executor.errors import PhaseCancelled, PhaseTimeout, TerminalPhaseError
 from executor.kinds.base import Connection
-from executor.secrets import Masker, SecretError, SecretPolicy
+from executor.secrets import Masker, SecretError, SecretPolicy, resolve_secrets
 
 __all__ = [
     "arrow_type",
@@ -72,16 +72,11 @@ def resolve_connection(name: str, registered: Any, policy: SecretPolicy, *,
         raise _connection_error(name, "its registration has no type")
     if not isinstance(config or {}, Mapping) or not isinstance(secrets or {}, Mapping):
         raise _connection_error(name, "its registration's config and secrets must be objects")
-    resolved: dict[str, Any] = dict(config or {})
-    for field_name, reference in dict(secrets or {}).items():
-        try:
-            value = policy.resolve(reference, environ)
-        except SecretError as exc:
-            raise _connection_error(name, f"secret {field_name}: {exc.message}") from None
-        if masker is not None:
-            masker.add([value])
-        resolved[str(field_name)] = value
-    return Connection(name=name, type=kind, config=resolved)
+    try:
+        values = resolve_secrets(dict(secrets or {}), policy, environ=environ, masker=masker)
+    except SecretError as exc:
+        raise _connection_error(name, exc.message) from None
+    return Connection(name=name, type=kind, config={**dict(config or {}), **values})
 
 
 def resolve_connections(

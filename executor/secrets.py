@@ -35,6 +35,7 @@ __all__ = [
     "child_environment",
     "mask_logs",
     "parse_reference",
+    "resolve_secrets",
 ]
 
 POLICY_VARIABLE = "CONTROL_ROOM_SECRET_ALLOW"
@@ -214,6 +215,24 @@ def _opened_path(fd: int) -> str | None:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
+
+
+def resolve_secrets(secrets: Mapping[str, str], policy: SecretPolicy, *,
+                    environ: Mapping[str, str] | None = None,
+                    masker: Masker | None = None) -> dict[str, str]:
+    """Every field's value of a connection's `secrets` ({field: reference}), resolved under
+    `policy`; each value is added to `masker` as soon as it is read. SecretError naming the
+    field and the reference."""
+    values: dict[str, str] = {}
+    for field_name, reference in secrets.items():
+        try:
+            value = policy.resolve(reference, environ)
+        except SecretError as exc:
+            raise SecretError(f"secret {field_name}: {exc.message}") from None
+        if masker is not None:
+            masker.add([value])
+        values[str(field_name)] = value
+    return values
 
 
 def child_environment(environ: Mapping[str, str], policy: SecretPolicy) -> dict[str, str]:

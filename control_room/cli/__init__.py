@@ -12,7 +12,18 @@ from __future__ import annotations
 
 import typer
 
-from control_room.cli import datasets, db, runs, serve, token, up, verify, worker, workspace
+from control_room.cli import (
+    connections,
+    datasets,
+    db,
+    runs,
+    serve,
+    token,
+    up,
+    verify,
+    worker,
+    workspace,
+)
 from control_room.cli.common import HELP_MODE
 
 app = typer.Typer(
@@ -32,6 +43,7 @@ app.add_typer(workspace.app, name="workspace")
 app.add_typer(token.app, name="token")
 app.add_typer(runs.app, name="runs")
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(connections.app, name="connections")
 
 
 def main() -> None:
