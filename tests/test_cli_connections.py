@@ -203,6 +203,8 @@ class FakeTrino(http.server.BaseHTTPRequestHandler):
     seen: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
     fail_query: ClassVar[bool] = False
 
+    server: http.server.HTTPServer
+
     def log_message(self, *args: Any) -> None:
         pass
 
@@ -221,14 +223,14 @@ class FakeTrino(http.server.BaseHTTPRequestHandler):
         if self.path != "/v1/statement":
             self._answer(404, {})
             return
-        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        base = f"http://127.0.0.1:{self.server.server_port}"
         self._answer(200, {"id": "q1", "infoUri": f"{base}/ui/q1",
                            "nextUri": f"{base}/v1/statement/queued/q1/1",
                            "stats": {"state": "QUEUED"}})
 
     def do_GET(self) -> None:
         FakeTrino.seen.append(("GET", self.path, dict(self.headers)))
-        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        base = f"http://127.0.0.1:{self.server.server_port}"
         if self.path == "/health":
             self._answer(200, {"ok": True})
         elif self.path == "/v1/statement/queued/q1/1":
