@@ -54,6 +54,7 @@ def big(module_db_url: str) -> Big:
         for who, role in ((executor, "executor"), (dev, "developer")):
             contract.call("add_member", {"workspace_id": ws, "principal_id": str(who.sub),
                                          "role": role}, as_=SERVICE)
+        executor = executor.pinned(ws)
         old = NOW - timedelta(days=400)
         history_runs = []
         for k in range(5):

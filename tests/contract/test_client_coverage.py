@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import sys
 import types
 import typing
@@ -222,10 +223,32 @@ def test_workspaces_members_and_principals(live: tuple[Clients, World]) -> None:
     assert [(w.id, w.role) for w in listed] == [(created.id, "admin")]
 
     service = clients(SERVICE)
-    robot = service.create_principal("robot", kind="executor")
-    assert (robot.name, robot.kind, robot.revoked_at) == ("robot", "executor", None)
+    # an admin makes principals its workspace owns; service_role makes the installation's
+    robot = mine.create_principal("robot", kind="executor", workspace_id=created.id)
+    assert (robot.name, robot.kind, robot.revoked_at, robot.owner_workspace_id) == (
+        "robot", "executor", None, created.id)
     person = service.create_principal("person", kind="user")
-    assert person.kind == "user"
+    assert (person.kind, person.owner_workspace_id) == ("user", None)
+    # a principal the workspace does not own is invited, and joins when it accepts
+    with pytest.raises(Forbidden) as refused:
+        mine.add_member(created.id, person.id, "viewer")
+    assert json.loads(str(refused.value.details)) == {"argument": "principal_id",
+                                                      "reason": "not_owned"}
+    invitation = mine.invite_member(created.id, person.id, "developer", name="a person",
+                                    expires_in_seconds=3600)
+    assert (invitation.principal_id, invitation.role, invitation.state) == (
+        person.id, "developer", "pending")
+    assert [i.principal_id for i in mine.list_invitations(created.id)] == [person.id]
+    joined = clients(Principal("authenticated", uuid.UUID(person.id), "person")
+                     ).accept_invitation(created.id)
+    assert (joined.principal_id, joined.role, joined.name) == (person.id, "developer", "a person")
+    assert [i.state for i in mine.list_invitations(created.id)] == ["accepted"]
+    other = str(uuid.uuid4())
+    mine.invite_member(created.id, other, "viewer")
+    withdrawn = mine.revoke_invitation(created.id, other)
+    assert (withdrawn.principal_id, withdrawn.revoked) == (other, True)
+    with pytest.raises(NotFound):                     # nothing pending any more
+        mine.revoke_invitation(created.id, other)
 
     member = mine.add_member(created.id, robot.id, "executor", name="the robot")
     assert (member.workspace_id, member.principal_id, member.role, member.name) == (
@@ -238,10 +261,12 @@ def test_workspaces_members_and_principals(live: tuple[Clients, World]) -> None:
     with pytest.raises(NotFound):                     # not a member any more
         mine.remove_member(created.id, robot.id)
 
-    revoked = service.revoke_principal(robot.id)
+    revoked = mine.revoke_principal(robot.id)         # its owner workspace's admin
     assert revoked.id == robot.id and revoked.revoked_at is not None
     assert service.revoke_principal(robot.id).revoked_at == revoked.revoked_at   # unchanged
-    with pytest.raises(Forbidden):                    # only service_role mints principals
+    with pytest.raises(NotFound):                     # not owned by the caller's workspaces
+        clients(world.admin1).revoke_principal(person.id)
+    with pytest.raises(Forbidden):                    # without a workspace: service_role only
         clients(world.admin1).create_principal("nope")
     with pytest.raises(Unauthorized):                 # anon may call nothing
         clients(ANON).create_principal("nope")

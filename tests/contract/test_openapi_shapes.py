@@ -64,6 +64,7 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
 
     # workspaces and members
     ws = r.call("create_workspace", {"slug": "shapes", "name": "Shapes", "env": "stage"})
+    executor = executor.pinned(ws["id"])
     own = r.call("create_workspace", {"slug": "owned", "name": "Owned"}, as_=admin,
                  label="by a user")
     assert own["created_by"] == str(admin.sub)
@@ -71,11 +72,27 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
         r.call("add_member", {"workspace_id": ws["id"], "principal_id": str(who.sub),
                               "role": role, "name": role})
     gone = r.call("add_member", {"workspace_id": own["id"], "principal_id": str(viewer.sub),
-                                 "role": "viewer"}, as_=admin)
+                                 "role": "viewer"})
     assert gone["name"] is None
     r.call("remove_member", {"workspace_id": own["id"], "principal_id": str(viewer.sub)},
            as_=admin)
-    bot = r.call("create_principal", {"name": "ci-bot"})
+    bot = r.call("create_principal", {"name": "ci-bot", "workspace_id": ws["id"]}, as_=admin)
+    assert bot["owner_workspace_id"] == ws["id"]
+    # invitations: a principal the workspace does not own joins by accepting one
+    guest = user("guest")
+    invited = r.call("invite_member", {"workspace_id": own["id"], "principal_id": str(guest.sub),
+                                       "role": "viewer", "name": "guest"}, as_=admin)
+    assert invited["state"] == "pending"
+    r.call("list_invitations", {"workspace_id": own["id"]}, as_=admin)
+    r.call("accept_invitation", {"workspace_id": own["id"]}, as_=guest)
+    r.call("invite_member", {"workspace_id": own["id"], "principal_id": str(uuid.uuid4()),
+                             "role": "developer"}, as_=admin, label="second")
+    r.refused("add_member", {"workspace_id": own["id"], "principal_id": str(uuid.uuid4()),
+                             "role": "viewer"}, status=403, code="forbidden", as_=admin)
+    pending = r.call("list_invitations", {"workspace_id": own["id"]}, label="service_role")
+    [second] = [i for i in pending if i["state"] == "pending"]
+    r.call("revoke_invitation", {"workspace_id": own["id"],
+                                 "principal_id": second["principal_id"]}, as_=admin)
     r.call("add_member", {"workspace_id": ws["id"], "principal_id": bot["id"],
                           "role": "executor"}, label="principal")
     revoked = r.call("revoke_principal", {"principal_id": bot["id"]}, as_=admin)
@@ -212,6 +229,32 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
               as_=viewer)
     r.call("complete_phase", {"lease_token": lease["lease_token"], "outcome": "succeeded"},
            as_=executor, label="catalog")
+
+    # connections: registered, named by a phase, carried by its claim, rotated, tested, deleted
+    place = {"workspace_id": ws["id"], "name": "warehouse"}
+    r.call("create_connection", {**place, "type": "postgres",
+                                 "config": {"host": "dw", "port": 5432},
+                                 "secrets": {"password": "env:DW_PASSWORD"},
+                                 "description": "the warehouse"}, as_=admin)
+    r.call("update_connection", {**place, "secrets": {"password": "file:/run/secrets/dw"}},
+           as_=admin)
+    r.call("record_connection_test", {**place, "ok": True, "message": "select 1"}, as_=admin)
+    assert r.call("list_connections", {"workspace_id": ws["id"]}, as_=viewer)[0]["version"] == 2
+    r.call("get_connection", place, as_=executor)
+    uses = r.call("create_run", {"workspace_id": ws["id"], "spec_slug": "uses", "git_sha": "abcdef0",
+                                 "phases": [phase("load", params={"connections": ["warehouse"]})]},
+                  label="connections")
+    named = r.call("claim_phase", {"run_id": uses["id"]}, as_=executor, label="connections")
+    assert named["connections"]["warehouse"]["secrets"] == {"password": "file:/run/secrets/dw"}
+    r.call("complete_phase", {"lease_token": named["lease_token"], "outcome": "succeeded"},
+           as_=executor, label="connections")
+    r.refused("create_connection", {**place, "type": "http"}, status=409, code="conflict",
+              as_=admin)
+    r.refused("create_connection", {**place, "type": "http", "config": {"token": "x"}},
+              status=400, code="invalid_argument", as_=admin)
+    r.refused("get_connection", {**place, "name": "nothing"}, status=404, code="not_found",
+              as_=viewer)
+    r.call("delete_connection", place, as_=admin)
 
     # refusals carry PostgREST's error body with a documented status and machine code
     r.refused("get_run", {"run_id": "not-a-uuid"}, status=400, code="invalid_argument")
