@@ -91,6 +91,17 @@ class Settings(BaseSettings):
         default=8 * 1024 * 1024, ge=1024,
         description="Largest request body the gateway reads (413 above).",
     )
+    max_json_depth: int = Field(
+        default=64, ge=2, le=512,
+        description="Deepest nesting of arrays and objects in an argument (400 deeper).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "A bearer token that reads every series of /metrics (as a service_role JWT does)."
+            " Set: /metrics always needs a token. Unset: open on loopback only."
+        ),
+    )
     claim_wait_max_seconds: float = Field(
         default=30.0, ge=0, le=300,
         description="Longest a claim may wait for work (`Prefer: wait=N`).",

@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import threading
+import uuid
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,11 +43,114 @@ _CODE_BY_STATUS = {
 }
 
 
+# ----------------------------------------------------------------------- input limits
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects an argument may have (the gateway passes its setting
+`max_json_depth`): deeper JSON is refused before any work, as the parsers on the way (Python's,
+PostgreSQL's) recurse."""
+
+ECHO_CHARS = 100
+"""The most characters of a caller's value that an error message or detail repeats."""
+
+MESSAGE_CHARS = 1000
+"""The longest error message or details text answered (longer ones are cut)."""
+
+_INTEGER_BITS = {"smallint": 16, "integer": 32, "bigint": 64}
+_NUMBER_TYPES = frozenset({"numeric", "real", "double precision"})
+_TEXT_TYPES = frozenset({"text", "character varying", "character", "citext", "name"})
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONG = ECHO_CHARS + 1
+_QUOTED = re.compile(f'"([^"]{{{_LONG},}})"|\'([^\']{{{_LONG},}})\'|(\\S{{{_LONG},}})')
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates written as escapes (`\\ud800`), so UTF-8 can carry it."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """A caller's value as an error may echo it: at most `limit` characters, then
+    `…(N bytes)` saying how long it was; lone surrogates escaped."""
+    if len(text) <= limit:
+        return printable(text)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return f"{printable(text[:limit])}…({size} bytes)"
+
+
+def cap_text(text: str | None, limit: int = MESSAGE_CHARS) -> str | None:
+    """An error text as answered: each quoted value (PostgreSQL's messages quote the value
+    they refused) and each word in it clipped to ECHO_CHARS, the whole to `limit`
+    characters."""
+    if text is None:
+        return None
+    if len(text) > ECHO_CHARS:
+        text = _QUOTED.sub(_clip_quoted, text)
+    return clip(text, limit)
+
+
+def _clip_quoted(match: re.Match[str]) -> str:
+    if match.group(1) is not None:
+        return f'"{clip(match.group(1))}"'
+    if match.group(2) is not None:
+        return f"'{clip(match.group(2))}'"
+    return clip(match.group(3))
+
+
+def cap_details(details: str | None, limit: int = MESSAGE_CHARS) -> str | None:
+    """`cap_text` for a details text, keeping a JSON object JSON (its long values clipped)."""
+    if details is None or (len(details) <= ECHO_CHARS and _SURROGATE.search(details) is None):
+        return details
+    if details.startswith("{"):
+        try:
+            parsed = json.loads(details)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            capped = {clip(str(k)): _clip_json(v) for k, v in parsed.items()}
+            out = details if capped == parsed else json.dumps(capped, ensure_ascii=False)
+            if len(out) <= limit:
+                return out
+    return cap_text(details, limit)
+
+
+def _clip_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return clip(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return clip(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def json_depth(text: str | bytes | bytearray, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep arrays and objects nest in a JSON text, found without recursing (so any depth
+    is measured); 0 when it cannot exceed `limit` (no more brackets than that in all)."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return 0
+    if b'"' in data:
+        data = _JSON_STRING.sub(b"", data)
+    depth = deepest = 0
+    for byte in data.translate(None, _NOT_BRACKETS):
+        if byte in (0x5B, 0x7B):   # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def _error(message: str, *, status: int, code: str, sqlstate: str | None = None,
            details: str | None = None, hint: str | None = None) -> ContractError:
-    """The contract's error of machine code `code` (its subclass: LeaseLost, NotFound...)."""
-    return error_for(code, message, status=status, sqlstate=sqlstate, details=details,
-                     hint=hint)
+    """The contract's error of machine code `code` (its subclass: LeaseLost, NotFound...),
+    its texts capped (`cap_text`: a caller's value is echoed at most ECHO_CHARS long)."""
+    return error_for(code, cap_text(message) or "", status=status, sqlstate=sqlstate,
+                     details=cap_details(details), hint=cap_text(hint, 200))
 
 
 def http_status(sqlstate: str | None, *, authenticated: bool = True) -> int:
@@ -357,7 +461,7 @@ def _choose(overloads: tuple[Signature, ...], given: frozenset[str], fn: str,
     unknown = sorted(given - best.names)
     if unknown:
         raise _error(
-            f"{schema}.{fn} has no argument named {unknown[0]!r}",
+            f"{schema}.{fn} has no argument named {clip(unknown[0])!r}",
             status=400, code="invalid_argument", sqlstate="PT400",
             details=f"arguments of {_describe(best)}",
             hint="invalid_argument",
@@ -379,42 +483,162 @@ def _describe(sig: Signature) -> str:
 # ------------------------------------------------------------------------------------ call
 
 
-def _adapt(param: Param, value: Any) -> Any:
-    """A Python value as the parameter for `%s::<type>` (like PostgREST's json_to_record)."""
+def _json_type(value: Any) -> str:
+    """What JSON calls a value (for messages): null, boolean, number, string, array, object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
+
+
+def _bad(label: str, message: str, *, sqlstate: str = "PT400", argument: str | None = None,
+         **details: Any) -> ContractError:
+    """400 invalid_argument naming the argument (details: {"argument": ..., ...})."""
+    return _error(
+        f"argument {label!r} {message}", status=400, code="invalid_argument",
+        sqlstate=sqlstate, details=json.dumps({"argument": argument or label, **details}),
+        hint="invalid_argument",
+    )
+
+
+def _bad_text_at(value: Any) -> str | None:
+    """The path (`.a[2]`) of the first string or key holding a NUL or a lone surrogate."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if _BAD_TEXT.search(item):
+                return path
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                if isinstance(key, str) and _BAD_TEXT.search(key):
+                    return f"{path}.{clip(printable(key), 40)}"
+                stack.append((f"{path}.{clip(printable(str(key)), 40)}", child))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+    return None
+
+
+def _json_argument(param: Param, value: Any, max_depth: int) -> Any:
+    """A json/jsonb argument: any JSON, nested at most `max_depth` levels, without NUL
+    characters or lone surrogates (PostgreSQL's jsonb cannot hold them), serialized once."""
+    name = param.name or "body"
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise _bad(name, f"is nested deeper than {max_depth} levels", limit=max_depth) from None
+    except (ValueError, TypeError) as exc:
+        raise _bad(name, f"is not JSON: {clip(str(exc))}", sqlstate="22P02") from None
+    depth = json_depth(text, max_depth)
+    if depth > max_depth:
+        raise _bad(name, f"is nested deeper than {max_depth} levels", limit=max_depth,
+                   depth=depth)
+    if "\\u0000" in text or _SURROGATE.search(text):
+        where = _bad_text_at(value)
+        if where is not None:
+            raise _bad(name, f"holds a NUL character or a lone surrogate at {name}{where}",
+                       sqlstate="22021", path=f"{name}{where}")
+    dumped = text
+    if param.type == "json":
+        return Json(value, dumps=lambda _: dumped)
+    return Jsonb(value, dumps=lambda _: dumped)
+
+
+def _scalar(label: str, type_name: str, value: Any, argument: str) -> Any:
+    """A non-JSON argument as strictly as PostgREST types them: a string for text (and for
+    every type PostgreSQL parses from text: uuid, timestamptz...), a JSON integer within
+    range for smallint/integer/bigint, true or false for boolean."""
+    if isinstance(value, Mapping):
+        raise _bad(label, f"must be a {type_name}, not an object", argument=argument,
+                   expected=type_name)
+    if isinstance(value, list | tuple):
+        raise _bad(label, f"must be a {type_name}, not an array", argument=argument,
+                   expected=type_name)
+    bits = _INTEGER_BITS.get(type_name)
+    if bits is not None:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)          # JSON has one number type: 3.0 is 3
+        if isinstance(value, bool) or not isinstance(value, int):
+            got = "a fractional number" if isinstance(value, float) else (
+                f"a {_json_type(value)}")
+            raise _bad(label, f"must be an integer ({type_name}), not {got}",
+                       sqlstate="22P02", argument=argument, expected=type_name)
+        if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            raise _bad(label, f"is out of range for type {type_name}", sqlstate="22003",
+                       argument=argument, expected=type_name)
+        return value
+    if type_name == "boolean":
+        if not isinstance(value, bool):
+            raise _bad(label, f"must be true or false (boolean), not a {_json_type(value)}",
+                       sqlstate="22P02", argument=argument, expected=type_name)
+        return value
+    if type_name in _NUMBER_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad(label, f"must be a number ({type_name}), not a {_json_type(value)}",
+                       sqlstate="22P02", argument=argument, expected=type_name)
+        return value
+    if isinstance(value, str):
+        if _BAD_TEXT.search(value):
+            raise _bad(label, "holds a NUL character or a lone surrogate, which text "
+                       "cannot hold", sqlstate="22021", argument=argument,
+                       expected=type_name)
+        return value
+    if isinstance(value, bool | int | float):
+        raise _bad(label, f"must be a string ({type_name}), not a {_json_type(value)}",
+                   sqlstate="22P02", argument=argument, expected=type_name)
+    if isinstance(value, uuid.UUID) and type_name in _TEXT_TYPES:
+        return str(value)
+    return value    # a Python value psycopg adapts itself (direct calls: datetime, UUID...)
+
+
+def _adapt(param: Param, value: Any, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A value as the parameter for `%s::<type>`, checked against the type first."""
     if value is None:
         return None
-    if param.type == "jsonb":
-        return Jsonb(value)
-    if param.type == "json":
-        return Json(value)
+    if param.type in _JSON_TYPES:
+        return _json_argument(param, value, max_depth)
+    if not param.type.endswith("[]"):
+        return _scalar(param.name, param.type, value, param.name)
     if isinstance(value, Mapping):
-        raise _error(
-            f"argument {param.name!r} must be a {param.type}, not an object",
-            status=400, code="invalid_argument", sqlstate="PT400", hint="invalid_argument",
-        )
-    if isinstance(value, bool) and param.type != "boolean":
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        if not param.type.endswith("[]"):
-            raise _error(
-                f"argument {param.name!r} must be a {param.type}, not an array",
-                status=400, code="invalid_argument", sqlstate="PT400", hint="invalid_argument",
-            )
-        for item in value:
-            if item is not None and not isinstance(item, str | int | float):
-                raise _error(
-                    f"argument {param.name!r} must be an array of {param.type[:-2]} values",
-                    status=400, code="invalid_argument", sqlstate="PT400",
-                    hint="invalid_argument",
-                )
-        return list(value)
-    return value
+        raise _bad(param.name, f"must be a {param.type}, not an object", expected=param.type)
+    if not isinstance(value, list | tuple):
+        raise _bad(param.name, f"must be a {param.type} (a JSON array), not a "
+                   f"{_json_type(value)}", sqlstate="22P02", expected=param.type)
+    element = param.type[:-2]
+    items = []
+    for index, item in enumerate(value):
+        if item is not None and isinstance(item, Mapping | list | tuple):
+            raise _bad(param.name, f"must be an array of {element} values",
+                       expected=param.type)
+        items.append(None if item is None else
+                     _scalar(f"{param.name}[{index}]", element, item, param.name))
+    return items
 
 
 def _prepare(
-    conn: psycopg.Connection[Any], fn: str, given: dict[str, Any], schema: str
+    conn: psycopg.Connection[Any], fn: str, given: dict[str, Any], schema: str,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> tuple[Signature, sql.Composed, list[Any]]:
-    """The overload that fits the given argument names, and the statement calling it."""
+    """The overload that fits the given argument names, and the statement calling it.
+
+    Every value is checked against its parameter's type before anything runs (`_adapt`):
+    a refused one is a 400 `invalid_argument` naming the argument, never a driver error.
+    """
+    for name in given:
+        if not isinstance(name, str) or _BAD_TEXT.search(name):
+            raise _error(
+                f"{schema}.{fn} has no argument named {clip(printable(str(name)))!r}",
+                status=400, code="invalid_argument", sqlstate="PT400", hint="invalid_argument",
+            )
     with wrap_errors(role=acting_role(conn)):
         overloads = signatures(conn, fn, schema=schema)
     if not overloads:
@@ -428,7 +652,7 @@ def _prepare(
     values: list[Any] = []
     if sig.single_unnamed_json:
         arguments = sql.SQL("({})::{}").format(sql.Placeholder(), sql.SQL(sig.params[0].type))
-        values.append(_adapt(sig.params[0], given))
+        values.append(_adapt(sig.params[0], given, max_depth))
     else:
         parts = []
         by_name = {p.name: p for p in sig.params}
@@ -440,7 +664,7 @@ def _prepare(
             if param.variadic:
                 cast = sql.SQL("variadic ") + cast
             parts.append(cast)
-            values.append(_adapt(param, value))
+            values.append(_adapt(param, value, max_depth))
         arguments = sql.SQL(", ").join(parts)
     invocation = sql.SQL("{}({})").format(target, arguments)
     if sig.returns_composite:
@@ -469,14 +693,17 @@ def call(
     args: Mapping[str, Any] | None = None,
     *,
     schema: str = "ops",
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> Any:
     """Call `schema.fn(name => value, ...)` as PostgREST's `POST /rpc/fn` does; return its result.
 
     Arguments are matched by name against the catalog (an unknown name fails with 400
-    before anything runs) and cast to their declared types. A scalar result comes back as
-    a Python value (jsonb decoded), a composite one as a dict, a set as a list.
+    before anything runs), checked strictly against their declared types (a JSON boolean is
+    not text, 2.5 not an integer; json arguments nested at most `max_depth` levels; no NUL
+    or lone surrogate in any string) and cast to them. A scalar result comes back as a
+    Python value (jsonb decoded), a composite one as a dict, a set as a list.
     """
-    sig, statement, values = _prepare(conn, fn, dict(args or {}), schema)
+    sig, statement, values = _prepare(conn, fn, dict(args or {}), schema, max_depth)
     with wrap_errors(role=acting_role(conn)), conn.cursor() as cur:
         cur.execute(statement, values)
         return _result(sig, cur)
@@ -492,6 +719,7 @@ def call_as(
     claims: Mapping[str, Any] | None = None,
     now: datetime | None = None,
     schema: str = "ops",
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> Any:
     """One whole request in one round trip: `acting_as()` + `call()` on an autocommit connection.
 
@@ -504,7 +732,7 @@ def call_as(
         raise ValueError(f"role must be one of {', '.join(API_ROLES)}, not {role!r}")
     if not conn.autocommit:
         raise RuntimeError("call_as() needs a connection in autocommit mode")
-    sig, statement, values = _prepare(conn, fn, dict(args or {}), schema)
+    sig, statement, values = _prepare(conn, fn, dict(args or {}), schema, max_depth)
     all_claims: dict[str, Any] = dict(claims or {})
     all_claims["role"] = role
     if sub is not None:

@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 import anyio
 import psycopg
 import yaml
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,10 +42,10 @@ from starlette.routing import Route
 from control_room.contract.errors import ContractError
 from control_room.db.migrate import migrate
 from control_room.db.queries import query
-from control_room.db.store import call_as
+from control_room.db.store import call_as, clip, json_depth
 from control_room.gateway.auth import Caller, TokenCache
 from control_room.gateway.errors import GatewayError, contract_response
-from control_room.gateway.metrics import Metrics
+from control_room.gateway.metrics import Metrics, MetricsScope, is_loopback
 from control_room.settings import Settings
 
 log = logging.getLogger("control_room.gateway")
@@ -191,8 +192,8 @@ class Gateway:
     async def _rpc(self, request: Request, fn: str) -> Response:
         if fn not in self.functions:
             raise GatewayError(404, "PGRST202",
-                               f"Could not find the function {SCHEMA}.{fn} in the schema cache",
-                               hint="not_found")
+                               f"Could not find the function {SCHEMA}.{clip(fn)} in the schema "
+                               "cache", hint="not_found")
         profile = request.headers.get("content-profile") or request.headers.get("accept-profile")
         if profile is not None and profile.strip() != SCHEMA:
             raise GatewayError(406, "PGRST106",
@@ -225,12 +226,20 @@ class Gateway:
             return {}
         if content_type not in ("application/json", ""):
             raise GatewayError(415, "PGRST107",
-                               f"Content-Type {content_type} is not acceptable: send JSON",
+                               f"Content-Type {clip(content_type)} is not acceptable: send JSON",
                                hint="invalid_argument")
+        # before parsing: Python's parser (and PostgreSQL's) recurse; the object of named
+        # arguments is one level more than its arguments
+        limit = self.settings.max_json_depth
+        depth = json_depth(body, limit + 1)
+        if depth > limit + 1:
+            raise _too_deep(limit, depth - 1)
         try:
-            args = json.loads(body)
+            args = json.loads(body, parse_constant=_no_constant)
+        except RecursionError:
+            raise _too_deep(limit, None) from None
         except ValueError as exc:
-            raise GatewayError(400, "PGRST102", "Empty or invalid json", details=str(exc),
+            raise GatewayError(400, "PGRST102", "Empty or invalid json", details=clip(str(exc)),
                                hint="invalid_argument") from exc
         if not isinstance(args, dict):
             raise GatewayError(400, "PGRST102",
@@ -257,7 +266,8 @@ class Gateway:
     def _call(self, fn: str, args: dict[str, Any], caller: Caller, now: datetime | None) -> Any:
         with self.pool.connection() as conn:
             return call_as(conn, fn, args, role=caller.role, sub=caller.sub,
-                           claims=caller.claims, now=now, schema=SCHEMA)
+                           claims=caller.claims, now=now, schema=SCHEMA,
+                           max_depth=self.settings.max_json_depth)
 
     async def _claim_waiting(self, request: Request, args: dict[str, Any], caller: Caller,
                              now: datetime | None, wait: float) -> Any:
@@ -325,8 +335,69 @@ class Gateway:
         return report
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        body = await anyio.to_thread.run_sync(generate_latest, self.metrics.registry)
+        """Prometheus text, scoped to the caller (docs/gateway.md, "Metrics")."""
+        try:
+            scope = await anyio.to_thread.run_sync(self._metrics_scope, request)
+            body = await anyio.to_thread.run_sync(self.metrics.render, scope)
+        except GatewayError as exc:
+            return exc.response()
+        except ContractError as exc:
+            return contract_response(exc)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            log.warning("database unavailable serving /metrics: %s", exc)
+            return GatewayError(503, "PGRST000", "the database is unavailable",
+                                hint="unavailable").response()
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    def public(self, request: Request) -> bool:
+        """Whether the gateway listens beyond loopback: its configured host (`--host`,
+        CONTROL_ROOM_HOST) or the address this request came in on is not a loopback one."""
+        server = request.scope.get("server")
+        here = server[0] if isinstance(server, tuple | list) and server else None
+        return not is_loopback(self.settings.host) or (here is not None
+                                                       and not is_loopback(str(here)))
+
+    def _metrics_scope(self, request: Request) -> MetricsScope:
+        """What the caller of /metrics may see.
+
+        The metrics token or a service_role JWT: everything. A member's JWT: its workspaces'
+        series (the workspaces `list_workspaces` shows it), and on loopback the aggregates.
+        No token: the aggregates, on loopback and without a metrics token configured only.
+        """
+        authorization = request.headers.get("authorization")
+        token = self.settings.metrics_token
+        if token is not None and authorization is not None:
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() == "bearer" and secrets.compare_digest(
+                    value.strip().encode(), token.get_secret_value().encode()):
+                return MetricsScope(aggregates=True, workspaces=None)
+        caller = self.tokens.authenticate(authorization, request.headers.get("apikey"))
+        if caller.role == "service_role":
+            return MetricsScope(aggregates=True, workspaces=None)
+        open_here = token is None and not self.public(request)
+        if caller.role == "anon":
+            if not open_here:
+                raise GatewayError(
+                    401, "PGRST302", "/metrics needs a token here: the metrics token or a JWT",
+                    hint="unauthorized", bearer_error="invalid_request")
+            return MetricsScope(aggregates=True, workspaces=frozenset())
+        workspaces: frozenset[str] = frozenset()
+        if caller.sub is not None:
+            listed = self._call("list_workspaces", {}, caller, None)
+            workspaces = frozenset(str(w["id"]) for w in listed or () if isinstance(w, dict))
+        return MetricsScope(aggregates=open_here, workspaces=workspaces)
+
+
+def _too_deep(limit: int, depth: int | None) -> GatewayError:
+    deeper = f" ({depth})" if depth is not None else ""
+    return GatewayError(400, "PGRST102",
+                        f"The body nests arrays and objects deeper than {limit} levels{deeper}"
+                        " inside an argument", details=json.dumps({"limit": limit, "depth": depth}),
+                        hint="invalid_argument")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -335,7 +406,7 @@ def _too_large(limit: int) -> GatewayError:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    message = f"Invalid path specified in request URL: {request.url.path}"
+    message = f"Invalid path specified in request URL: {clip(request.url.path)}"
     return GatewayError(404, "PGRST125", message, hint="not_found").response()
 
 

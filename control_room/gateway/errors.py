@@ -1,7 +1,9 @@
 """Errors in PostgREST's shape: `{code, message, details, hint}` with PostgREST's statuses.
 
 `code` is the SQLSTATE (`PT409`) or PostgREST's own code (`PGRST102`); `hint` carries the
-stable machine code (`lease_lost`, `invalid_argument`, ...) that clients branch on.
+stable machine code (`lease_lost`, `invalid_argument`, ...) that clients branch on. Every text
+is capped (`control_room.db.store.cap_text`): a caller's value comes back at most 100
+characters long, a message or details at most 2000, whatever produced them.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 
 from control_room.contract.errors import ContractError
+from control_room.db.store import cap_details, cap_text
 
 
 class GatewayError(Exception):
@@ -16,18 +19,21 @@ class GatewayError(Exception):
 
     def __init__(self, status: int, code: str, message: str, *, details: str | None = None,
                  hint: str | None = None, bearer_error: str | None = None) -> None:
+        message = cap_text(message) or ""
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.details = details
-        self.hint = hint
+        self.details = cap_details(details)
+        self.hint = cap_text(hint, 200)
         self.bearer_error = bearer_error
 
     def response(self) -> JSONResponse:
         headers = {}
         if self.bearer_error:
-            escaped = self.message.replace('"', "'")
+            # a header is ASCII on one line: anything else in the message is escaped
+            escaped = " ".join(self.message.replace('"', "'").split()).encode(
+                "ascii", "backslashreplace").decode("ascii")
             headers["WWW-Authenticate"] = (
                 f'Bearer error="{self.bearer_error}", error_description="{escaped}"'
             )
@@ -43,6 +49,9 @@ def contract_response(error: ContractError) -> JSONResponse:
     it, with the machine code always in `hint` (PostgreSQL's own prose hint, if any, moves
     into `details`)."""
     body = error.body()
+    body["message"] = cap_text(body.get("message")) or ""
+    body["details"] = cap_details(body.get("details"))
+    body["hint"] = cap_text(body.get("hint"), 200)
     if body.get("hint") != error.code:
         prose = body.get("hint")
         if prose:

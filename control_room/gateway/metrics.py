@@ -1,12 +1,19 @@
-"""Prometheus metrics: requests by function and status, and the queue read from the database."""
+"""Prometheus metrics: requests by function and status, and the queue read from the database.
+
+Two kinds of series: the aggregates (requests, the whole queue) and per-workspace series
+(`workspace` label). Who sees which is the gateway's `MetricsScope` (docs/gateway.md,
+"Metrics"): per-workspace series only of the workspaces the caller may see.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -56,6 +63,69 @@ class QueueCollector(Collector):
         yield from (phases, depth, stale, expiries, outcomes, ratio)
 
 
+# Per workspace (slug) and state: phases, and those queued and due. Read with the gateway's own
+# login, like the aggregates; the rows are filtered to the caller's workspaces in Python.
+_PHASES_BY_WORKSPACE = """
+select w.id::text, w.slug, p.state, pg_catalog.count(*)::bigint,
+       (pg_catalog.count(*) filter (where p.state = 'queued'
+                                    and p.not_before <= pg_catalog.now()))::bigint
+from ops.phases as p
+join ops.workspaces as w on w.id = p.workspace_id
+group by w.id, w.slug, p.state
+order by w.slug, p.state
+"""
+
+
+@dataclass(frozen=True)
+class MetricsScope:
+    """What one /metrics answer holds: the aggregates (no workspace label) or not, and the
+    per-workspace series of which workspaces (ids; None: all of them)."""
+
+    aggregates: bool
+    workspaces: frozenset[str] | None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address (or a request's local address) is a loopback one."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False   # another name: it may resolve to anything
+
+
+class WorkspaceCollector(Collector):
+    """Phases by workspace and state, and each workspace's queue depth, for some workspaces."""
+
+    def __init__(self, connection: Callable[[], Any], workspaces: frozenset[str] | None) -> None:
+        self._connection = connection
+        self._workspaces = workspaces
+
+    def collect(self) -> Iterator[Metric]:
+        phases = GaugeMetricFamily("control_room_workspace_phases",
+                                   "Phases by workspace (slug) and state.",
+                                   labels=["workspace", "state"])
+        depth = GaugeMetricFamily("control_room_workspace_queue_depth",
+                                  "Queued phases whose not_before has passed, by workspace.",
+                                  labels=["workspace"])
+        due: dict[str, int] = {}
+        try:
+            with self._connection() as conn, conn.cursor() as cur:
+                rows = cur.execute(_PHASES_BY_WORKSPACE).fetchall()
+        except psycopg.Error:
+            return
+        for workspace_id, slug, state, n, queued_due in rows:
+            if self._workspaces is not None and workspace_id not in self._workspaces:
+                continue
+            phases.add_metric([slug, state], n)
+            due[slug] = due.get(slug, 0) + queued_due
+        for slug, n in due.items():
+            depth.add_metric([slug], n)
+        yield from (phases, depth)
+
+
 class Metrics:
     """One registry per gateway app (tests run several apps in one process)."""
 
@@ -69,6 +139,16 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry)
         self.registry.register(QueueCollector(connection))
+        self._connection = connection
+
+    def render(self, scope: MetricsScope) -> bytes:
+        """The Prometheus text of what `scope` may see."""
+        body = generate_latest(self.registry) if scope.aggregates else b""
+        if scope.workspaces is None or scope.workspaces:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(WorkspaceCollector(self._connection, scope.workspaces))
+            body += generate_latest(registry)
+        return body
 
     def observe(self, function: str, status: int, seconds: float) -> None:
         self.requests.labels(function, str(status)).inc()
