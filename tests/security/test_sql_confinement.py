@@ -246,7 +246,7 @@ def test_duckdb_spills_to_a_private_directory_removed_after_the_attempt(
     real_mkdtemp = tempfile.mkdtemp
 
     def recording(*args: Any, **kwargs: Any) -> str:
-        path = real_mkdtemp(*args, **kwargs)
+        path = str(real_mkdtemp(*args, **kwargs))
         made.append(Path(path))
         return path
 
