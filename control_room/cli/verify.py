@@ -3,16 +3,17 @@
 A run is reproducible when the same code (its git sha), params and inputs give the same
 outputs. Verify checks it: it reads the run (its phases with their params as stored, i.e.
 with their templates, its input manifest and git sha), creates a NEW run of the same phases
-whose `lake` param (and any `--param` override) points into a scratch directory, runs it with
-an in-process worker that claims only that run, and compares, phase by phase, every artifact
-digest (by artifact name) and every table digest of the output manifests (`table.digest` and
-`tables[].digest`, by table name). Table digests do not depend on where a table lives or on
-row order (executor/digests.py), and the sql kind's artifacts hold no location, so a
-reproducible run matches everywhere.
+whose `${run.lake}` (its worker's lake), `lake` param and any `--param` override point into a
+scratch directory, runs it with an in-process worker that claims only that run, and
+compares, phase by phase, every artifact digest (by artifact name) and every table digest
+of the output manifests (`table.digest` and `tables[].digest`, by table name). Table digests
+do not depend on where a table lives or on row order (executor/digests.py), and the sql
+kind's artifacts hold no location, so a reproducible run matches everywhere.
 
 Exit codes: 0 every output matches; 1 an output differs, or the rebuild failed (the failed
 phase is named); 2 bad input: an unknown run, a run that has not succeeded, a run whose
-phases cannot be pointed elsewhere (no `lake` param and no `--param` override), a bad option.
+phases cannot be pointed elsewhere (no `${run.lake}`, no `lake` param, no `--param`
+override), a bad option.
 Without `--gateway/--token` the local stack's are used (`control-room up`), and its
 artifact store. docs/verify.md.
 """
@@ -362,7 +363,8 @@ def verify_command(
     ] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", help="NAME=VALUE: override a param of the run (repeatable), e.g. a path "
-                        "its phases write under; `lake` is pointed at `<scratch>/lake` anyway.")
+                        "its phases write under; a `lake` param is pointed at the rebuild's "
+                        "workspace lake (`<scratch>/lake/<workspace id>`) anyway.")
     ] = None,
     artifacts: Annotated[str | None, option_for(
         WorkerSettings, "artifacts_url", "--artifacts",
