@@ -178,8 +178,14 @@ class LocalStack:
                 artifacts: Path) -> subprocess.Popen[bytes]:
         state = self.settings.state_dir
         assert self.info is not None
+        # the secrets the workers may resolve: the local connections' files (`demo` writes
+        # them: control_room/cli/up.py), then whatever this environment allows
+        allow = ",".join(part for part in (
+            f"file:{(state / 'connection-secrets').absolute()}",
+            os.environ.get("CONTROL_ROOM_SECRET_ALLOW", "").strip()) if part)
         env = {**os.environ, **self.worker_env,
                "CONTROL_ROOM_TOKEN": token, "CONTROL_ROOM_STATE_DIR": str(state),
+               "CONTROL_ROOM_SECRET_ALLOW": allow,
                # one lake for every worker of the stack (each has its own work dir)
                "CONTROL_ROOM_LAKE_ROOT": str(self.info.lake)}
         cmd = [sys.executable, "-m", "control_room", "worker", "--gateway", gateway_url,

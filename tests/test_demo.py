@@ -40,6 +40,11 @@ def test_the_demo_runs_the_odoo_pipeline_end_to_end(tmp_path: Path) -> None:
     assert all(a["digest"].startswith("blake3:") for a in summary["artifacts"])
     assert Path(summary["lake"], "gold", "revenue", "_delta_log").is_dir()
     assert not (tmp_path / "state" / "stack.json").exists()     # the stack stopped
+    # the phases reached the databases through the workspace's registered connections, their
+    # password a file: reference the local workers' policy allows (a 0600 file)
+    for name in ("odoo", "warehouse"):
+        secret = tmp_path / "state" / "connection-secrets" / name
+        assert secret.stat().st_mode & 0o777 == 0o600
 
 
 def test_the_demo_refuses_a_bad_scale_with_exit_2(tmp_path: Path) -> None:

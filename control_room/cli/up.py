@@ -39,6 +39,9 @@ Repo = Annotated[Path | None, option_for(
 
 DEMO_SOURCE_DB = "odoo_demo"
 DEMO_WAREHOUSE_DB = "odoo_warehouse"
+CONNECTION_SECRETS = "connection-secrets"
+"""Under the state dir: the local connections' secret files, the only references the local
+stack's workers resolve (their CONTROL_ROOM_SECRET_ALLOW, control_room/localstack.py)."""
 
 
 def _say(line: str) -> None:
@@ -111,7 +114,7 @@ def demo_command(
 
     from control_room.cli.display import watch
     from control_room.contract.client import ContractClient
-    from control_room.local import EmbeddedPostgres, without_password
+    from control_room.local import without_password
     from control_room.localstack import LocalStack, LocalStackError
     from control_room.specs import example_spec, load_spec
     from pipelines.odoo.generator import ensure_database, generate
@@ -120,13 +123,9 @@ def demo_command(
         settings = load_settings(state_dir=state_dir, port=port)
         settings = settings.model_copy(update={"database_url": None})
         spec = load_spec(example_spec("odoo_medallion"))
-        # the embedded server's password reaches the workers through their environment, and
-        # never a run's params, the database or the output (the DSNs shown carry none)
-        password = EmbeddedPostgres(settings.state_dir).ensure_password()
-        secrets = {"ODOO_PASSWORD": password, "WAREHOUSE_PASSWORD": password}
         try:
             with LocalStack(settings, workers=workers, concurrency=concurrency,
-                            worker_env=secrets, log=_say) as stack:
+                            log=_say) as stack:
                 assert stack.info is not None
                 admin = stack.database_url
                 with err.status(f"Generating the Odoo database (scale {scale}, {days} days, "
@@ -142,11 +141,13 @@ def demo_command(
                 lake = workspace_lake(stack.info.lake, stack.info.workspace_id)
                 shutil.rmtree(lake, ignore_errors=True)
                 as_of = (report.last_day + timedelta(days=1)).isoformat()
-                args = spec.create_run_args(stack.info.workspace_id, {
-                    "as_of": as_of, "odoo_dsn": without_password(source),
-                    "warehouse_dsn": without_password(warehouse)}, labels={"demo": "true"})
+                args = spec.create_run_args(stack.info.workspace_id, {"as_of": as_of},
+                                            labels={"demo": "true"})
                 with ContractClient(stack.info.gateway_url,
                                     stack.info.token.get_secret_value()) as client:
+                    register_connections(
+                        client, stack.info.workspace_id, settings.state_dir / CONNECTION_SECRETS,
+                        {"odoo": source, "warehouse": warehouse}, stack.database_url)
                     created = client.create_run(**args)
                     run_id = created.id
                     _say(f"run {run_id}: {len(created.phases)} phases")
@@ -176,6 +177,33 @@ def demo_command(
         if run.state != "succeeded":
             fail(f"the demo run {run_id} ended {run.state}: `control-room runs show "
                  f"{run_id}` after `control-room up` shows why", EXIT_FAILED)
+
+
+def register_connections(client: Any, workspace_id: str, secrets_dir: Path,
+                         databases: dict[str, str], database_url: str) -> None:
+    """The demo's connections (`odoo`, `warehouse`) registered in the local workspace, or
+    updated: each database's DSN without a password, the password (the embedded server's,
+    from `database_url`) as a `file:` reference to a 0600 file under `secrets_dir`, which is
+    what the local stack's workers may resolve (docs/security.md)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from control_room.contract.client import Conflict
+    from control_room.local import without_password
+    from control_room.secretfile import write_secret_file
+
+    password = str(conninfo_to_dict(database_url).get("password") or "")
+    for name, dsn in databases.items():
+        path = secrets_dir / name
+        write_secret_file(path, password)
+        config = {"dsn": without_password(dsn)}
+        secrets = {"password": f"file:{path.absolute()}"}
+        description = f"the demo's {name} database (control-room demo)"
+        try:
+            client.create_connection(workspace_id, name, "postgres", config=config,
+                                     secrets=secrets, description=description)
+        except Conflict:
+            client.update_connection(workspace_id, name, config=config, secrets=secrets,
+                                     description=description)
 
 
 def gold_kpis(warehouse: str) -> dict[str, Any]:
