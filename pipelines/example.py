@@ -1,9 +1,10 @@
 """The example spec's entrypoint (specs/example.yaml): a tiny, deterministic orders table.
 
 `extract_orders` writes `bronze.orders` under the run's lake (`args.lake`, from
-`${params.lake}`) through `ctx.write_table`, so the data catalog records it. The spec's sql
-phases read it as their upstream input: the output manifest's `table` names it at the
-version written, the shape the sql kind reads an upstream table from.
+`${run.lake}`: the workspace's lake on the worker) through `ctx.write_table`, so the data
+catalog records it. The spec's sql phases read it as their upstream input: the output
+manifest's `table` names it at the version written, the shape the sql kind reads an upstream
+table from.
 """
 
 from __future__ import annotations
