@@ -225,7 +225,8 @@ def make_trust_cluster(state: Path) -> EmbeddedPostgres:
     with old._locked():
         old._prepare()
         old._run(["initdb", "-D", str(old.pgdata), "-U", "postgres", "--auth=trust",
-                  "--encoding=UTF8", "--no-locale", "--no-instructions"])
+                  "--encoding=UTF8", "--no-locale", "--no-instructions"],
+                 log=old.log_dir / "initdb.log")
     assert not old.password_file.exists() and old._hba_trusts()
     return old
 
