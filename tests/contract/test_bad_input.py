@@ -83,7 +83,8 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
                     as_=admin)["id"]
     for who, role in ((dev, "developer"), (executor, "executor")):
         setup.call("add_member", {"workspace_id": w1, "principal_id": str(who.sub),
-                                  "role": role}, as_=admin)
+                                  "role": role}, as_=SERVICE)
+    executor = executor.pinned(w1)
     run = new_run(setup, w1, [phase("a"), phase("b", "python", "a")], as_=dev)
     claim = setup.call("claim_phase", {"run_id": run["id"], "lease_seconds": 3600},
                        as_=executor)
@@ -95,7 +96,13 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
     as_ = {fn: executor for fn in ("claim_phase", "heartbeat", "append_events",
                                    "register_artifact", "complete_phase", "record_dataset")}
     as_.update({"add_member": admin, "remove_member": admin, "revoke_principal": admin,
-                "create_principal": SERVICE, "unblock_dataset": admin})
+                "create_principal": SERVICE, "unblock_dataset": admin, "invite_member": admin,
+                "revoke_invitation": admin, "list_invitations": admin})
+    as_.update({fn: admin for fn in ("create_connection", "update_connection",
+                                     "delete_connection")})
+    setup.call("create_connection", {"workspace_id": w1, "name": "warehouse", "type": "postgres",
+                                     "config": {"host": "dw"},
+                                     "secrets": {"password": "env:DW_PASSWORD"}}, as_=admin)
     return Ctx(w1=w1, admin=admin, dev=dev, executor=executor, run_id=run["id"],
                token=claim["lease_token"], succeeded_run=done["id"], as_=as_)
 
@@ -114,8 +121,13 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
     """Valid arguments of each function (the cases below spoil one of them)."""
     table: dict[str, Callable[[], dict[str, Any]]] = {
         "create_workspace": lambda: {"slug": "another", "name": "Another"},
-        "add_member": lambda: {"workspace_id": ctx.w1, "principal_id": str(uuid.uuid4()),
-                               "role": "viewer"},
+        "add_member": lambda: {"workspace_id": ctx.w1, "principal_id": str(ctx.dev.sub),
+                               "role": "developer"},
+        "invite_member": lambda: {"workspace_id": ctx.w1, "principal_id": str(uuid.uuid4()),
+                                  "role": "viewer"},
+        "accept_invitation": lambda: {"workspace_id": ctx.w1},
+        "revoke_invitation": lambda: {"workspace_id": ctx.w1, "principal_id": str(uuid.uuid4())},
+        "list_invitations": lambda: {"workspace_id": ctx.w1},
         "remove_member": lambda: {"workspace_id": ctx.w1, "principal_id": str(ctx.dev.sub)},
         "create_principal": lambda: {"name": "runner"},
         "revoke_principal": lambda: {"principal_id": str(ctx.executor.sub)},
@@ -144,6 +156,15 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
                                     "resolution": "reject"},
         "list_datasets": lambda: {"workspace_id": ctx.w1},
         "get_dataset": lambda: {"workspace_id": ctx.w1, "name": "bronze.orders"},
+        "create_connection": lambda: {"workspace_id": ctx.w1, "name": "fresh", "type": "postgres",
+                                      "config": {"host": "db"}},
+        "update_connection": lambda: {"workspace_id": ctx.w1, "name": "warehouse",
+                                      "config": {"host": "dw2"}},
+        "delete_connection": lambda: {"workspace_id": ctx.w1, "name": "warehouse"},
+        "list_connections": lambda: {"workspace_id": ctx.w1},
+        "get_connection": lambda: {"workspace_id": ctx.w1, "name": "warehouse"},
+        "record_connection_test": lambda: {"workspace_id": ctx.w1, "name": "warehouse",
+                                           "ok": True, "message": "select 1"},
     }
     return table[fn]()
 
@@ -451,6 +472,10 @@ COMPLETE_AND_RUNS = [
     bad("workspace-name-empty", "create_workspace", {"name": ""}, "name"),
     bad("principal-name-empty", "create_principal", {"name": ""}, "name", argument="name"),
     bad("principal-kind-robot", "create_principal", {"kind": "robot"}, "kind", argument="kind"),
+    bad("invite-role-executor", "invite_member", {"role": "executor"}, "role", argument="role"),
+    bad("invite-name-too-long", "invite_member", {"name": "n" * 201}, "name", argument="name"),
+    bad("invite-expiry-too-short", "invite_member", {"expires_in_seconds": 10},
+        "expires_in_seconds", argument="expires_in_seconds"),
 ]
 
 CATALOG = [
@@ -510,8 +535,37 @@ CATALOG = [
         status=404),
 ]
 
+# connections (each rule of what could carry a secret is tests/contract/test_connections.py)
+CONNECTIONS = [
+    bad("connection-name-with-a-dash", "create_connection", {"name": "dw-1"}, "name",
+        argument="name"),
+    bad("connection-type-mysql", "create_connection", {"type": "mysql"}, "type", "mysql",
+        argument="type"),
+    bad("connection-config-a-list", "create_connection", {"config": ["x"]}, "config",
+        argument="config"),
+    bad("connection-password-in-config", "create_connection", {"config": {"password": "x"}},
+        "config.password", argument="config.password"),
+    bad("connection-dsn-with-a-password", "update_connection",
+        {"config": {"dsn": "postgresql://u:pw@h/d"}}, "config.dsn", argument="config.dsn"),
+    bad("connection-secret-not-a-reference", "update_connection",
+        {"secrets": {"password": "pw"}}, "secrets.password", argument="secrets.password"),
+    bad("connection-config-over-16-kib", "create_connection", {"config": {"x": "y" * 16384}},
+        "config", status=413, argument="config"),
+    bad("connection-description-too-long", "update_connection", {"description": "d" * 1001},
+        "description", argument="description"),
+    bad("connection-unknown", "update_connection", {"name": "nothing"}, "nothing", status=404),
+    bad("connection-unknown-workspace", "list_connections", {"workspace_id": str(uuid.uuid4())},
+        "workspace", status=404),
+    bad("connection-name-null", "get_connection", {"name": None}, "name", argument="name"),
+    bad("delete-unknown-connection", "delete_connection", {"name": "nothing"}, "nothing",
+        status=404),
+    bad("test-ok-null", "record_connection_test", {"ok": None}, "ok", argument="ok"),
+    bad("test-unknown-connection", "record_connection_test", {"name": "nothing"}, "nothing",
+        status=404),
+]
+
 CASES = (CREATE_RUN + CLAIM_AND_LEASE + APPEND_EVENTS + REGISTER_ARTIFACT + COMPLETE_AND_RUNS
-         + CATALOG)
+         + CATALOG + CONNECTIONS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.fn}:{c.id}" for c in CASES])
@@ -539,7 +593,9 @@ def test_every_function_has_bad_input_cases(mconn: psycopg.Connection[Any]) -> N
             " join pg_catalog.pg_namespace n on n.oid = p.pronamespace"
             " where n.nspname = 'ops' and p.pronargs > 0 order by 1").fetchall()
     with_args = {str(r[0]) for r in rows}
-    covered = {c.fn for c in CASES} | {"get_run", "remove_member", "revoke_principal"}  # ids only
+    covered = {c.fn for c in CASES} | {"get_run", "remove_member", "revoke_principal",  # ids only
+                                       "accept_invitation", "revoke_invitation",
+                                       "list_invitations"}
     assert with_args - covered == set()
 
 
