@@ -32,14 +32,18 @@ def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[
 def test_the_odoo_spec_runs_through_the_gateway_and_workers(
         env: Env, source_dsn: str, warehouse_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # an empty secret is allowed: libpq then uses PGPASSWORD / ~/.pgpass or trust auth
+    # the workspace's connections, their passwords by reference (empty here: the test server
+    # trusts); the worker resolves them under its policy
     monkeypatch.setenv("ODOO_PASSWORD", "")
     monkeypatch.setenv("WAREHOUSE_PASSWORD", "")
+    admin = env.client(env.world.admin1)
+    for name, dsn in (("odoo", source_dsn), ("warehouse", warehouse_dsn)):
+        admin.create_connection(env.world.w1, name, "postgres", config={"dsn": dsn},
+                                secrets={"password": f"env:{name.upper()}_PASSWORD"})
     generator.generate(source_dsn, scale=0.02, seed=11, days=3, start=dt.date(2026, 1, 1))
     lake = env.tmp / "work" / "lake" / env.world.w1     # the worker's workspace lake
     loaded = load_spec(SPEC)
-    params = {"as_of": "2026-01-03", "odoo_dsn": source_dsn,
-              "warehouse_dsn": warehouse_dsn}
+    params = {"as_of": "2026-01-03"}
 
     def create_run() -> str:
         args = loaded.create_run_args(env.world.w1, params, idempotency_key=str(uuid.uuid4()))
@@ -48,7 +52,8 @@ def test_the_odoo_spec_runs_through_the_gateway_and_workers(
     run_id = create_run()
     phases = len(loaded.spec.phases)
 
-    stats = Running(env.worker(kinds=["python", "sql"], concurrency=2),
+    stats = Running(env.worker(kinds=["python", "sql"], concurrency=2,
+                               secret_allow="env:ODOO_,env:WAREHOUSE_"),
                     max_phases=phases).join(BOUND * 8)
     run = env.get_run(run_id)
     failed = {p.name: p.error for p in run.phases if p.state != "succeeded"}
@@ -84,7 +89,8 @@ def test_the_odoo_spec_runs_through_the_gateway_and_workers(
     with psycopg.connect(source_dsn, autocommit=True) as pg:
         pg.execute("alter table sale_order drop column note")
     second = create_run()
-    worker = Running(env.worker(kinds=["python", "sql"], concurrency=2))
+    worker = Running(env.worker(kinds=["python", "sql"], concurrency=2,
+                                secret_allow="env:ODOO_,env:WAREHOUSE_"))
     try:
         wait_for("the second run to fail",
                  lambda: env.get_run(second).state == "failed", BOUND * 4)
