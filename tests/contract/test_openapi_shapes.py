@@ -241,9 +241,9 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     r.call("record_connection_test", {**place, "ok": True, "message": "select 1"}, as_=admin)
     assert r.call("list_connections", {"workspace_id": ws["id"]}, as_=viewer)[0]["version"] == 2
     r.call("get_connection", place, as_=executor)
-    uses = r.call("create_run", {"workspace_id": ws["id"], "spec_slug": "uses", "git_sha": "abcdef0",
-                                 "phases": [phase("load", params={"connections": ["warehouse"]})]},
-                  label="connections")
+    uses = r.call("create_run", {
+        "workspace_id": ws["id"], "spec_slug": "uses", "git_sha": "abcdef0",
+        "phases": [phase("load", params={"connections": ["warehouse"]})]}, label="connections")
     named = r.call("claim_phase", {"run_id": uses["id"]}, as_=executor, label="connections")
     assert named["connections"]["warehouse"]["secrets"] == {"password": "file:/run/secrets/dw"}
     r.call("complete_phase", {"lease_token": named["lease_token"], "outcome": "succeeded"},
