@@ -293,6 +293,24 @@ def test_a_huge_error_text_is_capped_and_marked_as_user_data(world: dict[str, Pa
     assert (out / "query.sql").read_text() == query
 
 
+def test_a_postgres_input_s_error_text_is_capped_too(world: dict[str, Path],
+                                                     db_url: str) -> None:
+    from dataclasses import replace
+
+    from executor.kinds.base import Connection
+
+    query = f"select repeat('{MARKER}', 100000)::integer as n"
+    params = sql(query="select * from src", connections=["pg"],
+                 inputs={"src": {"postgres": {"connection": "pg", "query": query}}})
+    ctx = replace(ctx_for(world, params, world["tmp"] / "o"),
+                  connections={"pg": Connection("pg", "postgres", {"dsn": db_url})})
+    with pytest.raises(TerminalPhaseError, match="input 'src': connection 'pg': invalid input "
+                                                 "syntax for type integer") as info:
+        SqlKind().run(ctx)
+    assert info.value.user_data and len(info.value.message.encode()) <= 2200
+    assert phase_error_json(info.value)["user_data"] is True
+
+
 # ------------------------------------------------------------------- the chain, end to end
 
 @pytest.fixture

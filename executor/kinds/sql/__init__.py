@@ -359,8 +359,15 @@ def _source(spec: InputSpec, ctx: PhaseContext) -> Any:
             f"input {spec.name!r}: connection {source.connection!r} is not one of the "
             f"phase's connections (params.connections: {sorted(ctx.connections)})")
     deadline = None if ctx.timeout_s is None else time.monotonic() + ctx.timeout_s
-    table = pg_inputs.read_postgres(connection, query=source.query, table=source.table,
-                                    cancel=ctx.cancel, deadline=deadline)
+    try:
+        table = pg_inputs.read_postgres(connection, query=source.query, table=source.table,
+                                        cancel=ctx.cancel, deadline=deadline)
+    except (PhaseTimeout, PhaseCancelled):
+        raise
+    except TerminalPhaseError as exc:   # Postgres's error: the query's text (may quote data)
+        raise TerminalPhaseError(
+            f"input {spec.name!r}: " + cap_user_text(exc.message),
+            error_type=exc.error_type, user_data=True) from None
     ctx.emit("LOG", f"read {table.num_rows} row(s) from Postgres for input {spec.name!r}",
              "info", {"input": spec.name, "connection": source.connection,
                       "rows": table.num_rows})
