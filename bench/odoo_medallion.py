@@ -14,9 +14,11 @@ Per size (sale order lines; `--quick`: 10k only):
 - Pipeline: a `control_room.localstack.LocalStack` (control plane: a third scratch
   database, migrated by the stack; the gateway on a free port, a thread of this process;
   `--workers` worker processes of `--concurrency` slots, default 1 x 2: two phases at once
-  on the two cores; ODOO_PASSWORD / WAREHOUSE_PASSWORD empty) runs the spec with params
-  lake (a fresh temp directory: a first, full load), as_of (the day after the last
-  simulated day), odoo_dsn and warehouse_dsn. The stack is up and its workers are waiting
+  on the two cores) runs the spec with param as_of (the day after the last simulated
+  day) into the stack's workspace lake (a fresh temp directory: a first, full load), its
+  connections `odoo` and `warehouse` registered in the stack's workspace as `control-room
+  demo` registers them (the password a file: reference the stack's workers may resolve,
+  empty here). The stack is up and its workers are waiting
   for work before the run is created. Wall time: the run's `created_at` -> `finished_at`
   (the database's clock; the run finishes when its last phase completes), so the polling
   (every 0.5 s) adds nothing to it.
@@ -73,6 +75,7 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
+from control_room.cli.up import CONNECTION_SECRETS, register_connections
 from control_room.contract.client import ContractClient, Event, Phase, Run
 from control_room.localstack import LocalStack
 from control_room.settings import load_settings
@@ -86,7 +89,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SPEC = REPO / "specs" / "odoo_medallion.yaml"
 BASELINE = BENCH_DIR / "odoo_medallion_baseline.py"
-SECRETS = {"ODOO_PASSWORD": "", "WAREHOUSE_PASSWORD": ""}
 MARTS = ("revenue", "receivables_ageing", "order_invoice_lag")
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 POLL_S = 0.5
@@ -277,18 +279,20 @@ def _wait_for_workers(state_dir: Path, workers: int) -> None:
 
 def run_pipeline(source: Source, tmp: Path, workers: int, concurrency: int) -> PipelineResult:
     loaded = load_spec(SPEC)
-    params = {"lake": str(tmp / "lake"), "as_of": source.as_of, "odoo_dsn": source.dsn,
-              "warehouse_dsn": source.warehouse}
+    params = {"as_of": source.as_of}
     with own_database(ADMIN_URL, "bench_odoo_cp") as control_plane:
         settings = load_settings(database_url=control_plane, state_dir=tmp / "state", port=0)
-        with LocalStack(settings, workers=workers, concurrency=concurrency,
-                        worker_env=SECRETS) as stack:
+        with LocalStack(settings, workers=workers, concurrency=concurrency) as stack:
             assert stack.info is not None
             _wait_for_workers(settings.state_dir, workers)
             args = loaded.create_run_args(stack.info.workspace_id, params,
                                           labels={"bench": "odoo_medallion"})
             with ContractClient(stack.info.gateway_url,
                                 stack.info.token.get_secret_value()) as client:
+                register_connections(client, stack.info.workspace_id,
+                                     settings.state_dir / CONNECTION_SECRETS,
+                                     {"odoo": source.dsn, "warehouse": source.warehouse},
+                                     stack.database_url)
                 workers_pids = [pid for pid, depth in _tree(os.getpid()) if depth == 1]
                 load_before = load_average()
                 cpu_before = sum(cpu_seconds(pid) for pid in workers_pids)
