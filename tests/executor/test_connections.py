@@ -97,6 +97,9 @@ def test_file_references_resolve_only_inside_an_allowed_directory(tmp_path: Path
         policy.resolve(f"file:{allowed}/missing")
     with pytest.raises(SecretError, match="is not a regular file"):
         policy.resolve(f"file:{allowed}/sub")
+    os.mkfifo(allowed / "fifo")                 # opening it must not block the worker
+    with pytest.raises(SecretError, match="is not a regular file"):
+        policy.resolve(f"file:{allowed}/fifo")
     (allowed / "big").write_bytes(b"x" * (64 * 1024 + 1))
     with pytest.raises(SecretError, match="larger than 65536 bytes"):
         policy.resolve(f"file:{allowed}/big")
