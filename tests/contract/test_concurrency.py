@@ -303,6 +303,7 @@ def test_sixteen_executors_drain_two_thousand_phases(
     dev = user("dev")
     members = {"developer:dev": dev} | {f"executor:{k}": e for k, e in enumerate(executors)}
     ws = make_workspace(contract, "concurrency", members)
+    executors = [e.pinned(ws) for e in executors]   # their tokens are pinned to it
     run_ids: list[str] = []
     for i in range(RUNS):
         run = contract.call("create_run", {"workspace_id": ws, "spec_slug": f"shape-{i % 5}",
@@ -521,6 +522,8 @@ def test_killed_executors_phases_are_reclaimed_after_their_leases_expire(
     ws = make_workspace(contract, "kills", {"developer:dev": dev}
                         | {f"executor:k{k}": e for k, e in enumerate(killers)}
                         | {f"executor:r{k}": e for k, e in enumerate(rescuers)})
+    killers = [e.pinned(ws) for e in killers]       # their tokens are pinned to it
+    rescuers = [e.pinned(ws) for e in rescuers]
     run_ids = [
         contract.call("create_run", {
             "workspace_id": ws, "spec_slug": "kill", "git_sha": "0123abc",

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHECKED: dict[tuple[str, str], frozenset[str]] = {
     ("ops.workspaces", "env"): vocabulary.ENVS,
     ("ops.workspace_members", "role"): vocabulary.MEMBER_ROLES,
+    ("ops.invitations", "role"): vocabulary.MEMBER_ROLES - {"executor"},  # executors: no invites
     ("ops.principals", "kind"): vocabulary.PRINCIPAL_KINDS,
     ("ops.runs", "state"): vocabulary.RUN_STATES,
     ("ops.phases", "state"): vocabulary.PHASE_STATES,
