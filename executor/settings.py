@@ -6,6 +6,7 @@ Imports only pydantic, pydantic-settings and the standard library, so anything m
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -112,3 +113,20 @@ def workspace_lake(lake_root: Path, workspace_id: str) -> Path:
     """The directory a workspace's tables are confined to: `<lake_root>/<workspace id>`
     (`${run.lake}` in a spec's templates)."""
     return Path(lake_root) / workspace_id
+
+
+_LAKE_DIR = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"
+                       r"(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}){0,7}$")
+
+
+def run_lake(workspace: Path, lake_dir: object = None) -> Path:
+    """A run's `${run.lake}`: its workspace lake, or a directory inside it when the run's
+    `input_manifest.lake_dir` names one (a relative path of plain names: `verify` rebuilds
+    into `_verify/<run id>/...` so as not to write over the original). ValueError when
+    `lake_dir` is not such a path. Either way a phase stays confined to the workspace lake."""
+    if lake_dir is None:
+        return workspace
+    if not isinstance(lake_dir, str) or not _LAKE_DIR.match(lake_dir):   # no '.', no '..'
+        raise ValueError("input_manifest.lake_dir must be a relative path of plain names "
+                         "inside the workspace lake (no '..')")
+    return workspace / lake_dir

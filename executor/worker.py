@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_room.contract.client import ContractClient, ContractError, LeaseLost
+from control_room.contract.client import Claim, ContractClient, ContractError, LeaseLost
 from executor.artifacts import ArtifactStore
 from executor.attempt import Attempt, AttemptLost, Outcome
 from executor.checkout import Checkouts, own_code
@@ -43,7 +43,7 @@ from executor.kinds.registry import KINDS, load_kind
 from executor.outputs import Outputs, phase_error_json, table_entries
 from executor.render import render
 from executor.secrets import SecretPolicy, mask_logs
-from executor.settings import workspace_lake
+from executor.settings import run_lake, workspace_lake
 
 __all__ = ["Outcome", "Worker", "WorkerStats", "WorkerStopped", "phase_error_json",
            "table_entries"]
@@ -334,7 +334,7 @@ class Worker:
             raise TerminalPhaseError("the run's input_manifest.params must be an object")
         run = {"id": claim.run_id, "git_sha": claim.run.git_sha,
                "spec_slug": claim.run.spec_slug,
-               "lake": str(workspace_lake(self.lake_root, claim.workspace_id))}
+               "lake": str(self._run_lake(claim))}
         names = connection_names(claim.params.get("connections"))   # literal, never rendered
         self._secret_log.register(phase.masker)
         connections = resolve_connections(names, claim.connections, policy=self.secret_policy,
@@ -353,6 +353,15 @@ class Worker:
             "git_sha": claim.run.git_sha, "commit": code.commit,
             "code_dir": str(code.path) if code.path is not None else None})
         return params, connections, code.path
+
+    def _run_lake(self, claim: Claim) -> Path:
+        """The run's `${run.lake}`: its workspace lake, or the directory inside it that
+        `input_manifest.lake_dir` names (a verify's rebuild)."""
+        try:
+            return run_lake(workspace_lake(self.lake_root, claim.workspace_id),
+                            claim.run.input_manifest.get("lake_dir"))
+        except ValueError as exc:
+            raise TerminalPhaseError(str(exc), error_type="ValueError") from None
 
     def _complete(self, phase: Attempt, manifest: dict[str, Any] | None,
                   error: PhaseError | None) -> Outcome:

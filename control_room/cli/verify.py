@@ -3,12 +3,13 @@
 A run is reproducible when the same code (its git sha), params and inputs give the same
 outputs. Verify checks it: it reads the run (its phases with their params as stored, i.e.
 with their templates, its input manifest and git sha), creates a NEW run of the same phases
-whose `${run.lake}` (its worker's lake), `lake` param and any `--param` override point into a
-scratch directory, runs it with an in-process worker that claims only that run, and
-compares, phase by phase, every artifact digest (by artifact name) and every table digest
-of the output manifests (`table.digest` and `tables[].digest`, by table name). Table digests
-do not depend on where a table lives or on row order (executor/digests.py), and the sql
-kind's artifacts hold no location, so a reproducible run matches everywhere.
+whose `${run.lake}` (`input_manifest.lake_dir`), `lake` param and any `--param` override
+point elsewhere (`<workspace lake>/_verify/<run>/<time>`), runs it with an in-process worker
+that claims only that run, and compares, phase by phase, every artifact digest (by artifact
+name) and every table digest of the output manifests (`table.digest` and `tables[].digest`,
+by table name). Table digests do not depend on where a table lives or on row order
+(executor/digests.py), and the sql kind's artifacts hold no location, so a reproducible run
+matches everywhere.
 
 Exit codes: 0 every output matches; 1 an output differs, or the rebuild failed (the failed
 phase is named); 2 bad input: an unknown run, a run that has not succeeded, a run whose
@@ -56,7 +57,7 @@ from control_room.cli.common import (
     parse_run_id,
 )
 from control_room.settings import load_settings
-from executor.settings import WorkerSettings, workspace_lake
+from executor.settings import WorkerSettings, run_lake, workspace_lake
 
 if TYPE_CHECKING:
     from control_room.contract.client import ContractClient, Run
@@ -177,9 +178,10 @@ def _coerce(name: str, text: str, current: Any) -> Any:
     return text
 
 
-def _params(run: Run, overrides: Mapping[str, str], scratch: Path) -> tuple[dict[str, Any],
-                                                                             set[str]]:
-    """The rebuild's params and the names pointed elsewhere."""
+def _params(run: Run, overrides: Mapping[str, str], rebuild_lake: Path
+            ) -> tuple[dict[str, Any], set[str]]:
+    """The rebuild's params and the names pointed elsewhere (a `lake` param: at
+    `rebuild_lake`, the rebuild's `${run.lake}`)."""
     params = dict(run.input_manifest.get("params") or {})
     known = ", ".join(sorted(params)) or "none"
     unknown = sorted(set(overrides) - set(params))
@@ -190,8 +192,7 @@ def _params(run: Run, overrides: Mapping[str, str], scratch: Path) -> tuple[dict
     for name, text in overrides.items():
         params[name] = _coerce(name, text, params[name])
     if LAKE_PARAM in params and LAKE_PARAM not in overrides:
-        # where the rebuild's worker confines its tables: its workspace lake
-        params[LAKE_PARAM] = str(workspace_lake(scratch / "lake", run.workspace_id))
+        params[LAKE_PARAM] = str(rebuild_lake)
         moved.add(LAKE_PARAM)
     if not moved and not _uses_run_lake(run):
         raise BadInput(f"run {run.id} has no '{LAKE_PARAM}' param to point at the scratch "
@@ -201,8 +202,8 @@ def _params(run: Run, overrides: Mapping[str, str], scratch: Path) -> tuple[dict
 
 
 def _uses_run_lake(run: Run) -> bool:
-    """Whether a phase writes under `${run.lake}`: the rebuild's worker has its own lake
-    (`<scratch>/lake`), so such a phase is redirected by construction."""
+    """Whether a phase writes under `${run.lake}`: the rebuild's `${run.lake}` is a directory
+    of its own (`input_manifest.lake_dir`), so such a phase is redirected by construction."""
     from executor.render import TemplateError, references
 
     try:
@@ -231,7 +232,7 @@ def _check_redirected(run: Run, moved: set[str]) -> None:
                        "write under")
 
 
-def _create_args(run: Run, params: Mapping[str, Any]) -> dict[str, Any]:
+def _create_args(run: Run, params: Mapping[str, Any], lake_dir: str) -> dict[str, Any]:
     phases = [{"name": p.name, "kind": p.kind, "params": p.params,
                "depends_on": list(p.depends_on), "max_attempts": p.max_attempts,
                "timeout_seconds": p.timeout_seconds,
@@ -240,9 +241,21 @@ def _create_args(run: Run, params: Mapping[str, Any]) -> dict[str, Any]:
               for p in run.phases]
     return {"workspace_id": run.workspace_id, "spec_slug": run.spec_slug,
             "git_sha": run.git_sha, "phases": phases,
-            "input_manifest": {**run.input_manifest, "params": dict(params)},
+            "input_manifest": {**run.input_manifest, "params": dict(params),
+                               "lake_dir": lake_dir},
             "labels": {"verify_of": run.id}, "priority": run.priority,
             "idempotency_key": f"verify-{run.id}-{uuid.uuid4()}"}
+
+
+def _lake_root(target: GatewayTarget, folder: Path) -> Path:
+    """The lake root the rebuild's worker shares with the workspace's other workers (any of
+    them may claim a phase of the rebuild): the local stack's lake when verifying against the
+    stack, else CONTROL_ROOM_LAKE_ROOT, else `<scratch>/lake`."""
+    stack = target.stack()
+    if stack is not None and stack.gateway_url.rstrip("/") == target.url:
+        return stack.lake
+    configured = WorkerSettings().lake_root
+    return configured if configured is not None else folder / "lake"
 
 
 def _scratch_dir(scratch: Path | None, run_id: str, state_dir: Path | None) -> Path:
@@ -278,14 +291,13 @@ def _worker_client(target: GatewayTarget, token: str | None) -> Iterator[Contrac
 
 def _rebuild(client: ContractClient, run_id: str, *, workspace_id: str, kinds: list[str],
              store: ArtifactStore, work_dir: Path, repo: str | None,
-             concurrency: int) -> Run:
+             concurrency: int, lake_root: Path) -> Run:
     """Run `run_id` with an in-process worker (claiming only its phases) until it ends."""
     from executor.worker import Worker
 
     worker = Worker(client, kinds=kinds, concurrency=concurrency, store=store,
                     work_dir=work_dir, workspace_id=workspace_id, run_id=run_id, repo=repo,
-                    claim_wait=1.0, idle_max=1.0, grace_seconds=5.0,
-                    lake_root=work_dir.parent / "lake")   # `${run.lake}`: <scratch>/lake/<ws>
+                    claim_wait=1.0, idle_max=1.0, grace_seconds=5.0, lake_root=lake_root)
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -358,13 +370,14 @@ def _report(original: Run, rebuilt: Run, comparison: Comparison,
 def verify_command(
     run_id: RunId,
     scratch: Annotated[Path | None, typer.Option(
-        "--scratch", file_okay=False, help="An empty directory for the rebuild (its lake, "
-        "work dir and checkouts). Default: `verify/<run>-<time>` under the state directory.")
+        "--scratch", file_okay=False, help="An empty directory for the rebuild (its work "
+        "dir and checkouts; its lake root when neither the stack nor CONTROL_ROOM_LAKE_ROOT "
+        "gives one). Default: `verify/<run>-<time>` under the state directory.")
     ] = None,
     param: Annotated[list[str] | None, typer.Option(
         "--param", help="NAME=VALUE: override a param of the run (repeatable), e.g. a path "
                         "its phases write under; a `lake` param is pointed at the rebuild's "
-                        "workspace lake (`<scratch>/lake/<workspace id>`) anyway.")
+                        "`${run.lake}` (`<workspace lake>/_verify/...`) anyway.")
     ] = None,
     artifacts: Annotated[str | None, option_for(
         WorkerSettings, "artifacts_url", "--artifacts",
@@ -406,7 +419,10 @@ def verify_command(
                 raise BadInput(f"run {wanted} has phases of kind(s) {', '.join(missing)} "
                                f"that this installation cannot run")
             folder = _scratch_dir(scratch, wanted, state_dir)
-            params, moved = _params(original, overrides, folder)
+            lake_root = _lake_root(target, folder)
+            lake_dir = f"_verify/{wanted}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+            rebuild_lake = run_lake(workspace_lake(lake_root, original.workspace_id), lake_dir)
+            params, moved = _params(original, overrides, rebuild_lake)
             _check_redirected(original, moved)
             store = _store(artifacts, target.stack(), state_dir)
             if repo is not None:
@@ -415,7 +431,7 @@ def verify_command(
                 except ValueError as exc:
                     raise BadInput(f"--repo: {exc}") from None
             folder.mkdir(parents=True, exist_ok=True)
-            created = target.client.create_run(**_create_args(original, params))
+            created = target.client.create_run(**_create_args(original, params, lake_dir))
             if not as_json:
                 err.print(f"verify {wanted}: rebuilding as run {created.id} in {folder}",
                           markup=False)
@@ -423,7 +439,7 @@ def verify_command(
                 rebuilt = _rebuild(claimer, created.id,
                                    workspace_id=original.workspace_id, kinds=kinds,
                                    store=store, work_dir=folder / "work", repo=repo,
-                                   concurrency=concurrency)
+                                   concurrency=concurrency, lake_root=lake_root)
         comparison = compare_runs(original, rebuilt)
         if as_json:
             out.print_json(data=_report(original, rebuilt, comparison, folder))

@@ -97,7 +97,10 @@ def test_a_reproducible_run_verifies(env: Env) -> None:
     # the rebuild is a new run of the same phases, written under the scratch directory
     rebuilt = env.get_run(rebuild_of(env, run_id))
     assert rebuilt.state == "succeeded" and rebuilt.labels == {"verify_of": run_id}
-    rebuilt_lake = scratch / "lake" / env.world.w1        # the rebuild's workspace lake
+    # the rebuild's ${run.lake}: a directory of its own in its worker's workspace lake
+    lake_dir = rebuilt.input_manifest["lake_dir"]
+    assert lake_dir.startswith(f"_verify/{run_id}/")
+    rebuilt_lake = scratch / "lake" / env.world.w1 / lake_dir
     assert rebuilt.input_manifest["params"] == {"lake": str(rebuilt_lake)}
     assert [(p.name, p.params) for p in rebuilt.phases] == [
         (p.name, p.params) for p in env.get_run(run_id).phases]

@@ -231,6 +231,18 @@ def test_the_python_kind_s_write_table_applies_the_same_rule(world: dict[str, Pa
     assert entry["uri"] == str(world["ws1"] / "bronze" / "good")
 
 
+def test_a_run_s_lake_dir_stays_inside_its_workspace_lake(tmp_path: Path) -> None:
+    """`input_manifest.lake_dir` (a verify's rebuild) moves `${run.lake}` inside the
+    workspace lake only; the confinement root stays the workspace lake."""
+    from executor.settings import run_lake
+
+    assert run_lake(tmp_path) == tmp_path
+    assert run_lake(tmp_path, "_verify/r-1/20261203T1") == tmp_path / "_verify/r-1/20261203T1"
+    for bad in ("../ws2", "/etc", "a/../../b", "..", ".", "a//b", "a/", "", 7, "a\x00b"):
+        with pytest.raises(ValueError, match="lake_dir must be a relative path"):
+            run_lake(tmp_path, bad)
+
+
 def test_confine_without_a_lake_is_not_confined(tmp_path: Path) -> None:
     assert confine("../anywhere", None) == "../anywhere"
     assert confine("s3://bucket/x", None) == "s3://bucket/x"
