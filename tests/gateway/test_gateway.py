@@ -245,10 +245,12 @@ def test_roles_and_tenants_are_enforced_over_http(gw: Gateway, world: World) -> 
 def test_a_revoked_principal_is_refused_despite_a_valid_signature(
         gw: Gateway, world: World) -> None:
     run = new_run(gw.contract, world.w1, [phase("a")], as_=world.dev1)
-    robot = gw.contract.call("create_principal", {"name": "robot-1"})
+    robot = gw.contract.call("create_principal", {"name": "robot-1", "workspace_id": world.w1},
+                             as_=world.admin1)
     gw.contract.call("add_member", {"workspace_id": world.w1, "principal_id": robot["id"],
                                     "role": "executor"}, as_=world.admin1)
-    token = mint_token(TEST_JWT_SECRET, role="authenticated", sub=robot["id"], ttl_seconds=600)
+    token = mint_token(TEST_JWT_SECRET, role="authenticated", sub=robot["id"], ttl_seconds=600,
+                       workspaces=[world.w1])
     headers = {"Authorization": f"Bearer {token}", "Content-Profile": "ops"}
     claim = gw.client.post("/rest/v1/rpc/claim_phase", json={}, headers=headers)
     assert claim.status_code == 200 and claim.json()["run_id"] == run["id"]
@@ -262,8 +264,11 @@ def test_a_revoked_principal_is_refused_despite_a_valid_signature(
                                          "outcome": "succeeded"})):
         response = gw.client.post(f"/rest/v1/rpc/{fn}", json=args, headers=headers)
         refused(response, 401, "unauthorized")
-    listed = gw.client.post("/rest/v1/rpc/list_runs", json={}, headers=headers)
-    assert listed.status_code == 200 and listed.json()["runs"] == []
+    # reads too: the pre-request hook refuses it before any call runs
+    for fn, args in (("list_runs", {}), ("get_run", {"run_id": run["id"]}),
+                     ("list_events", {"run_id": run["id"]}), ("list_workspaces", {})):
+        response = gw.client.post(f"/rest/v1/rpc/{fn}", json=args, headers=headers)
+        refused(response, 401, "unauthorized")
     assert snapshot(gw.conn) == before
 
 

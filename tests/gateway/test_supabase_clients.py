@@ -34,8 +34,9 @@ def rpc(client: Any, fn: str, args: dict[str, Any]) -> Any:
     return client.rpc(fn, args).execute().data
 
 
-def token(role: str, sub: str | None = None) -> str:
-    return mint_token(TEST_JWT_SECRET, role=role, sub=sub, ttl_seconds=600)
+def token(role: str, sub: str | None = None, workspaces: list[str] | None = None) -> str:
+    return mint_token(TEST_JWT_SECRET, role=role, sub=sub, ttl_seconds=600,
+                      workspaces=workspaces)
 
 
 def setup_workspace(url: str) -> dict[str, Any]:
@@ -55,11 +56,14 @@ def test_supabase_py_runs_the_executor_protocol(gateway_url: str) -> None:
     ids = setup_workspace(gateway_url)
     anon_key = token("anon")
 
-    def as_(principal: str) -> Any:
+    def as_(principal: str, workspaces: list[str] | None = None) -> Any:
+        bearer = token("authenticated", principal, workspaces)
         return create_client(gateway_url, anon_key, options=ClientOptions(
-            schema="ops", headers={"Authorization": f"Bearer {token('authenticated', principal)}"}))
+            schema="ops", headers={"Authorization": f"Bearer {bearer}"}))
 
-    developer, executor = as_(ids["developer"]), as_(ids["executor"])
+    # the executor's token is pinned to its workspace, as `control-room token create` mints it
+    developer = as_(ids["developer"])
+    executor = as_(ids["executor"], [ids["workspace_id"]])
     run = rpc(developer, "create_run", {
         "workspace_id": ids["workspace_id"], "spec_slug": "odoo-medallion", "git_sha": "abcdef1",
         "phases": [{"name": "bronze", "kind": "python"}]})
