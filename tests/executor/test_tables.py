@@ -656,3 +656,29 @@ def test_incoming_types_mapped_to_delta_types(tmp_path: Path) -> None:
         write_table(uri, data.set_column(2, "ts", pa.array([1_001], pa.timestamp("ns", "UTC"))),
                     mode="append")
     assert DeltaTable(str(uri)).version() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace lake (docs/tables.md)
+
+
+def test_confine_resolves_locations_under_the_lake(tmp_path: Path) -> None:
+    from executor.tables import OutsideLake, confine
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    assert confine("silver/orders", lake) == str(lake / "silver" / "orders")
+    assert confine(str(lake / "a" / ".." / "b"), lake) == str(lake / "b")
+    assert confine(f"file://{lake}/t", lake) == str(lake / "t")
+    assert confine(f"file://localhost{lake}/t%20x", lake) == str(lake / "t x")
+    assert confine(lake, lake) == str(lake)
+    # a lake root reached through a link: its own path and its real path are both inside
+    link = tmp_path / "lake-link"
+    link.symlink_to(lake)
+    assert confine(str(link / "t"), link) == str(lake / "t")
+    assert confine(str(lake / "t"), link) == str(lake / "t")
+    for bad in (f"file://host{lake}/t", f"file://{lake}/t?x=1", str(tmp_path / "lake2" / "t"),
+                "..", "../lake2", "gs://b/t", "abfss://c@a.dfs.core.windows.net/t"):
+        with pytest.raises(OutsideLake):
+            confine(bad, lake)
+    assert not (tmp_path / "lake2").exists()
