@@ -289,6 +289,22 @@ def test_duckdb_spills_to_a_private_directory_removed_after_the_attempt(
     assert not any(p.exists() for p in made)
 
 
+@pytest.mark.parametrize("statement", [
+    "copy (select 1 as x) to '{outside}/copied.csv'",
+    "attach '{outside}/copied.db' as other",
+    "select * from read_text('{secret}')",
+    "select * from glob('{outside}/*')",
+    "install httpfs",
+    "select getenv('HOME')",
+])
+def test_the_query_itself_reaches_no_file(world: dict[str, Path], statement: str) -> None:
+    query = statement.format(outside=world["outside"], secret=world["secret"])
+    with pytest.raises(TerminalPhaseError) as info:
+        SqlKind().run(ctx_for(world, sql(query=query), world["tmp"] / "o"))
+    assert MARKER not in info.value.message
+    assert sorted(p.name for p in world["outside"].iterdir()) == ["p.parquet"]
+
+
 def test_a_huge_error_text_is_capped_and_marked_as_user_data(world: dict[str, Path]) -> None:
     query = f"select error(repeat('{MARKER}', 100000))"
     out = world["tmp"] / "o"
