@@ -166,8 +166,10 @@ def rpc(client: httpx.Client, ledger: Ledger, fn: str, args: dict[str, Any],
     return response.json()
 
 
-def client_for(url: str, role: str, sub: str | None = None) -> httpx.Client:
-    token = mint_token(TEST_JWT_SECRET, role=role, sub=sub, ttl_seconds=3600)
+def client_for(url: str, role: str, sub: str | None = None,
+               workspaces: list[str] | None = None) -> httpx.Client:
+    token = mint_token(TEST_JWT_SECRET, role=role, sub=sub, ttl_seconds=3600,
+                       workspaces=workspaces)
     return httpx.Client(base_url=url, timeout=60, headers={
         "Authorization": f"Bearer {token}", "Content-Profile": "ops"})
 
@@ -241,7 +243,7 @@ def test_thirty_two_http_clients_drain_two_thousand_phases(
     def drain(k: int) -> None:
         waits, beats = k % 4 == 0, k % 3 == 0
         claim_headers = {"Prefer": f"wait={WAIT_SECONDS}"} if waits else None
-        with client_for(gateway_url, "authenticated", executors[k]) as client:
+        with client_for(gateway_url, "authenticated", executors[k], [ws]) as client:
             start.wait(60)
             while not (ledger.finished.is_set() or ledger.failed.is_set()):
                 if time.monotonic() > deadline:
