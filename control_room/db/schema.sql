@@ -2430,6 +2430,26 @@ begin
 end
 $$;
 
+--
+-- Name: claim_connections(uuid, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.claim_connections(p_workspace uuid, p_names jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return (
+        select coalesce(pg_catalog.jsonb_object_agg(c.name, pg_catalog.jsonb_build_object(
+                   'type', c.type, 'config', c.config,
+                   'secrets', (select coalesce(pg_catalog.jsonb_object_agg(s.field, s.reference), '{}'::jsonb)
+                               from ops.secrets_refs s where s.connection_id = c.id),
+                   'version', c.version)), '{}'::jsonb)
+        from ops.connections c
+        where c.workspace_id = p_workspace
+          and c.name in (select pg_catalog.jsonb_array_elements_text(p_names)));
+end
+$$;
+
 SET default_table_access_method = heap;
 
 --
@@ -2520,17 +2540,9 @@ begin
         'run', jsonb_build_object('spec_slug', r.spec_slug, 'git_sha', r.git_sha, 'env', r.env,
                                   'input_manifest', r.input_manifest, 'labels', r.labels,
                                   'priority', r.priority, 'parent_run_id', r.parent_run_id),
-        'connections', case
-            when p.params ? 'connections' and jsonb_typeof(p.params -> 'connections') = 'array' then (
-                select coalesce(jsonb_object_agg(c.name, jsonb_build_object(
-                           'type', c.type, 'config', c.config,
-                           'secrets', (select coalesce(jsonb_object_agg(s.field, s.reference), '{}'::jsonb)
-                                       from ops.secrets_refs s where s.connection_id = c.id),
-                           'version', c.version)), '{}'::jsonb)
-                from ops.connections c
-                where c.workspace_id = p.workspace_id
-                  and c.name in (select jsonb_array_elements_text(p.params -> 'connections')))
-            else '{}'::jsonb end);
+        'connections', case when jsonb_typeof(p.params -> 'connections') = 'array'
+                            then ops_private.claim_connections(p.workspace_id, p.params -> 'connections')
+                            else '{}'::jsonb end);
 end
 $$;
 
@@ -4705,6 +4717,12 @@ REVOKE ALL ON FUNCTION ops_private.check_run_transition() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION ops_private.check_size(p_name text, p_value jsonb, p_max_bytes integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION claim_connections(p_workspace uuid, p_names jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.claim_connections(p_workspace uuid, p_names jsonb) FROM PUBLIC;
 
 --
 -- Name: COLUMN phases.id; Type: ACL; Schema: ops; Owner: -

@@ -554,6 +554,27 @@ create trigger runs_no_manifest_connections before insert on ops.runs
     for each row when (new.input_manifest ? 'connections')
     execute function ops_private.refuse_manifest_connections();
 
+-- The connections a claimed phase names (`p_names`, its params.connections), as the claim
+-- carries them: by name, {type, config, secrets: {field: reference}, version}. A name the
+-- workspace does not have is absent. Its own function, so that claim_json's plan stays as
+-- small as the baseline's for the phases that name none.
+create function ops_private.claim_connections(p_workspace uuid, p_names jsonb)
+returns jsonb
+language plpgsql stable
+as $$
+begin
+    return (
+        select coalesce(pg_catalog.jsonb_object_agg(c.name, pg_catalog.jsonb_build_object(
+                   'type', c.type, 'config', c.config,
+                   'secrets', (select coalesce(pg_catalog.jsonb_object_agg(s.field, s.reference), '{}'::jsonb)
+                               from ops.secrets_refs s where s.connection_id = c.id),
+                   'version', c.version)), '{}'::jsonb)
+        from ops.connections c
+        where c.workspace_id = p_workspace
+          and c.name in (select pg_catalog.jsonb_array_elements_text(p_names)));
+end
+$$;
+
 -- The claim (baseline) plus `connections`: the registered connections the phase names, by name
 -- (references, never values; a name the workspace no longer has is absent). Phases that name
 -- none pay one `?` test.
@@ -573,17 +594,9 @@ begin
         'run', jsonb_build_object('spec_slug', r.spec_slug, 'git_sha', r.git_sha, 'env', r.env,
                                   'input_manifest', r.input_manifest, 'labels', r.labels,
                                   'priority', r.priority, 'parent_run_id', r.parent_run_id),
-        'connections', case
-            when p.params ? 'connections' and jsonb_typeof(p.params -> 'connections') = 'array' then (
-                select coalesce(jsonb_object_agg(c.name, jsonb_build_object(
-                           'type', c.type, 'config', c.config,
-                           'secrets', (select coalesce(jsonb_object_agg(s.field, s.reference), '{}'::jsonb)
-                                       from ops.secrets_refs s where s.connection_id = c.id),
-                           'version', c.version)), '{}'::jsonb)
-                from ops.connections c
-                where c.workspace_id = p.workspace_id
-                  and c.name in (select jsonb_array_elements_text(p.params -> 'connections')))
-            else '{}'::jsonb end);
+        'connections', case when jsonb_typeof(p.params -> 'connections') = 'array'
+                            then ops_private.claim_connections(p.workspace_id, p.params -> 'connections')
+                            else '{}'::jsonb end);
 end
 $$;
 
@@ -605,6 +618,7 @@ revoke execute on function ops.create_connection(text, text, text, jsonb, jsonb,
                            ops_private.connection_json(ops.connections),
                            ops_private.connection_workspace(uuid, text[]),
                            ops_private.find_connection(uuid, text, boolean),
+                           ops_private.claim_connections(uuid, jsonb),
                            ops_private.check_phase_connections(),
                            ops_private.refuse_manifest_connections()
     from public, anon, authenticated, service_role;
