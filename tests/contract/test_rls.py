@@ -569,14 +569,11 @@ class Targets:
 
     def minted_member(self, owned: bool = True) -> str:
         """A principal of ops.principals, executor of W1 (and owned by W1 when `owned`)."""
-        minted = self.owned_principal() if owned else self.contract.call(
-            "create_principal", {"name": "runner"})
+        minted = self.owned_principal() if owned else str(
+            self.contract.call("create_principal", {"name": "runner"})["id"])
         self.contract.call("add_member", {"workspace_id": self.world.w1,
-                                          "principal_id": minted, "role": "executor"}
-                           ) if owned else self.contract.call(
-            "add_member", {"workspace_id": self.world.w1, "principal_id": minted["id"],
-                           "role": "executor"})
-        return minted if owned else str(minted["id"])
+                                          "principal_id": minted, "role": "executor"})
+        return minted
 
     def owned_principal(self) -> str:
         """A principal owned by W1, member of nothing."""

@@ -22,7 +22,7 @@ import pytest
 from control_room.db.queries import query
 from control_room.db.store import ContractError
 from control_room.gateway.auth import mint_token
-from tests.contract.conftest import HttpContract, Principal, new_run, phase
+from tests.contract.conftest import SERVICE, HttpContract, Principal, new_run, phase
 from tests.contract.snapshot import snapshot
 from tests.helpers import TEST_JWT_SECRET, running_gateway
 
@@ -42,7 +42,7 @@ def api(conn: psycopg.Connection[Any], gateway: str) -> Iterator[HttpContract]:
 def principal(api: HttpContract, name: str, kind: str = "user",
               workspace_id: str | None = None, as_: Principal | None = None) -> Principal:
     args: dict[str, Any] = {"name": name, "kind": kind, "workspace_id": workspace_id}
-    made = api.call("create_principal", args, **({"as_": as_} if as_ else {}))
+    made = api.call("create_principal", args, as_=as_ or SERVICE)
     pins = (workspace_id,) if kind == "executor" and workspace_id else None
     return Principal("authenticated", uuid.UUID(made["id"]), name, pins=pins)
 

@@ -80,7 +80,7 @@ def test_cli_executor_tokens_are_pinned_and_owned(db_url: str) -> None:
     assert code == 2 and "only an executor token serves several workspaces" in err
 
     with psycopg.connect(db_url) as conn:
-        owners = dict(conn.execute(
+        owners: dict[str, str] = dict(conn.execute(
             "select id::text, owner_workspace_id::text from ops.principals").fetchall())
         memberships = sorted(str(r[0]) for r in conn.execute(
             "select workspace_id from ops.workspace_members where principal_id = %s",
@@ -121,6 +121,7 @@ def test_the_local_stacks_executor_is_pinned_to_the_local_workspace(
                              jwt_secret=TEST_JWT_SECRET)
     with LocalStack(settings, workers=0) as stack:
         assert stack.info is not None
+        assert stack.info.executor_token is not None
         pins = claims_of(stack.info.executor_token.get_secret_value())["workspaces"]
         assert pins == [stack.info.workspace_id]
         assert "workspaces" not in claims_of(stack.info.token.get_secret_value())
