@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from control_room.contract.vocabulary import (
     ArtifactRole,
     ChangeKind,
+    ConnectionType,
     DatasetLayer,
     Env,
     EventLevel,
@@ -512,7 +513,7 @@ class Connection(_Result):
     id: str
     workspace_id: str
     name: str
-    type: str
+    type: ConnectionType
     config: dict[str, Any]
     secrets: dict[str, str]
     description: str | None

@@ -13,6 +13,7 @@ from typing import Literal, get_args
 __all__ = [
     "ARTIFACT_ROLES",
     "CHANGE_KINDS",
+    "CONNECTION_TYPES",
     "DATASET_LAYERS",
     "ENVS",
     "EVENT_LEVELS",
@@ -31,6 +32,7 @@ __all__ = [
     "SCHEMA_STATES",
     "ArtifactRole",
     "ChangeKind",
+    "ConnectionType",
     "DatasetLayer",
     "Env",
     "EventLevel",
@@ -56,6 +58,8 @@ EventLevel = Literal["debug", "info", "warning", "error"]
 ArtifactRole = Literal["output", "input", "log", "report"]
 DatasetLayer = Literal["raw", "bronze", "silver", "gold", "other"]
 SchemaState = Literal["active", "blocked", "accepted"]
+ConnectionType = Literal["postgres", "s3", "trino", "spark", "http", "dbt-profile"]
+"""The types of a workspace connection (`ops.connections.type`)."""
 ChangeKind = Literal["INITIAL", "NON_BREAKING", "NONE", "BREAKING"]
 """How a write changed a dataset's schema (`record_dataset.change`); a recorded version is
 never NONE."""
@@ -93,6 +97,7 @@ ARTIFACT_ROLES: frozenset[str] = frozenset(get_args(ArtifactRole))
 DATASET_LAYERS: frozenset[str] = frozenset(get_args(DatasetLayer))
 SCHEMA_STATES: frozenset[str] = frozenset(get_args(SchemaState))
 CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
+CONNECTION_TYPES: frozenset[str] = frozenset(get_args(ConnectionType))
 OUTCOMES: frozenset[str] = frozenset(get_args(Outcome))
 RESOLUTIONS: frozenset[str] = frozenset(get_args(Resolution))
 LIFECYCLE_EVENT_TYPES: frozenset[str] = frozenset(get_args(LifecycleEventType))

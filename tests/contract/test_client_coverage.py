@@ -43,7 +43,7 @@ from control_room.contract import (
     vocabulary,
 )
 from control_room.contract.client import TRANSPORT_OPTIONS
-from control_room.contract.models import REQUESTS, RESULTS, Phase, Run
+from control_room.contract.models import REQUESTS, RESULTS, Connection, Phase, Run
 from tests.helpers import running_gateway
 from tests.openapi_doc import (
     deref,
@@ -368,5 +368,6 @@ def test_the_union_types_of_the_results_are_the_vocabulary() -> None:
         return {value for a in literals for value in typing.get_args(a)}
 
     assert values(Run, "state") == vocabulary.RUN_STATES
+    assert values(Connection, "type") == vocabulary.CONNECTION_TYPES
     assert values(Phase, "state") == vocabulary.PHASE_STATES
     assert values(WorkspaceListItem, "role") == vocabulary.MEMBER_ROLES

@@ -37,6 +37,7 @@ CHECKED: dict[tuple[str, str], frozenset[str]] = {
     ("ops.datasets", "layer"): vocabulary.DATASET_LAYERS,
     ("ops.datasets", "schema_state"): vocabulary.SCHEMA_STATES,
     ("ops.dataset_versions", "change"): vocabulary.CHANGE_KINDS - {"NONE"},
+    ("ops.connections", "type"): vocabulary.CONNECTION_TYPES,
 }
 
 # components/schemas enum -> the vocabulary set it must equal
@@ -49,6 +50,7 @@ SCHEMAS: dict[str, frozenset[str]] = {
     "ArtifactRole": vocabulary.ARTIFACT_ROLES,
     "DatasetLayer": vocabulary.DATASET_LAYERS,
     "SchemaState": vocabulary.SCHEMA_STATES,
+    "ConnectionType": vocabulary.CONNECTION_TYPES,
 }
 
 
