@@ -4299,9 +4299,9 @@ ALTER TABLE ops.principals ENABLE ROW LEVEL SECURITY;
 -- Name: principals principals_read; Type: POLICY; Schema: ops; Owner: -
 --
 
-CREATE POLICY principals_read ON ops.principals FOR SELECT TO authenticated USING ((id IN ( SELECT m.principal_id
+CREATE POLICY principals_read ON ops.principals FOR SELECT TO authenticated USING ((((id = ( SELECT auth.uid() AS uid)) AND (revoked_at IS NULL)) OR (owner_workspace_id IN ( SELECT ops_private.admin_workspaces() AS admin_workspaces)) OR (id IN ( SELECT m.principal_id
    FROM ops.workspace_members m
-  WHERE (m.workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)))));
+  WHERE (m.workspace_id IN ( SELECT ops_private.admin_workspaces() AS admin_workspaces))))));
 
 --
 -- Name: run_artifacts; Type: ROW SECURITY; Schema: ops; Owner: -
@@ -4361,7 +4361,7 @@ ALTER TABLE ops.workspace_members ENABLE ROW LEVEL SECURITY;
 -- Name: workspace_members workspace_members_read; Type: POLICY; Schema: ops; Owner: -
 --
 
-CREATE POLICY workspace_members_read ON ops.workspace_members FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+CREATE POLICY workspace_members_read ON ops.workspace_members FOR SELECT TO authenticated USING (((workspace_id IN ( SELECT ops_private.admin_workspaces() AS admin_workspaces)) OR ((principal_id = ( SELECT auth.uid() AS uid)) AND (workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)))));
 
 --
 -- Name: workspaces; Type: ROW SECURITY; Schema: ops; Owner: -

@@ -44,6 +44,22 @@ create policy invitations_read on ops.invitations for select to authenticated
 revoke all on ops.invitations from public, anon, authenticated, service_role;
 grant select on ops.invitations to authenticated, service_role;
 
+-- Who else is a member, and which principals exist, is for admins: a member reads its own
+-- membership and principal row; an admin reads its workspaces' memberships, their principals
+-- and the principals its workspaces own. (Tables in an exposed schema are readable through
+-- PostgREST on Supabase; the ids there are no capability any more, but a name is enough.)
+drop policy workspace_members_read on ops.workspace_members;
+create policy workspace_members_read on ops.workspace_members for select to authenticated
+    using (workspace_id in (select ops_private.admin_workspaces())
+           or (principal_id = (select auth.uid())
+               and workspace_id in (select ops_private.member_workspaces())));
+drop policy principals_read on ops.principals;
+create policy principals_read on ops.principals for select to authenticated
+    using ((id = (select auth.uid()) and revoked_at is null)
+           or owner_workspace_id in (select ops_private.admin_workspaces())
+           or id in (select m.principal_id from ops.workspace_members m
+                     where m.workspace_id in (select ops_private.admin_workspaces())));
+
 -- ---------------------------------------------------------------------------------------------
 -- ops_private.fail: messages and details are capped, so that no function echoes a huge value
 -- ---------------------------------------------------------------------------------------------
