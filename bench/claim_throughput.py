@@ -174,7 +174,7 @@ def measure_functions(url: str, jobs: int, connections: int, *, profile: bool) -
                 t0 = time.perf_counter()
                 claim = call_as(conn, "claim_phase", {"kinds": ["noop"], "lease_seconds": 60,
                                                       "workspace_id": ws},
-                                role="authenticated", sub=sub)
+                                role="authenticated", sub=sub, claims={"workspaces": [ws]})
                 t1 = time.perf_counter()
                 if claim is None:
                     break

@@ -107,23 +107,25 @@ class GatewayProcess:
     pid: int
     secret: str
 
-    def token(self, role: str, sub: str | None = None) -> str:
+    def token(self, role: str, sub: str | None = None, workspace: str | None = None) -> str:
         claims: dict[str, Any] = {"role": role, "iat": int(time.time()),
                                   "exp": int(time.time()) + 3600}
         if sub is not None:
             claims.update(sub=sub, aud="authenticated")
+        if workspace is not None:
+            claims["workspaces"] = [workspace]   # an executor's token is pinned
         return jwt.encode(claims, self.secret, algorithm="HS256")
 
-    def light_client(self, sub: str) -> KeepAliveClient:
+    def light_client(self, sub: str, workspace: str) -> KeepAliveClient:
         """A bare keep-alive client acting as the executor `sub` (for the throughput rounds)."""
         return KeepAliveClient(self.base_url, {
-            "Authorization": f"Bearer {self.token('authenticated', sub)}",
+            "Authorization": f"Bearer {self.token('authenticated', sub, workspace)}",
             "Content-Profile": "ops"})
 
-    def client(self, sub: str) -> httpx.Client:
-        """A keep-alive client acting as the executor `sub`."""
+    def client(self, sub: str, workspace: str) -> httpx.Client:
+        """A keep-alive client acting as the executor `sub`, pinned to `workspace`."""
         return httpx.Client(base_url=self.base_url, timeout=60, headers={
-            "Authorization": f"Bearer {self.token('authenticated', sub)}",
+            "Authorization": f"Bearer {self.token('authenticated', sub, workspace)}",
             "Content-Profile": "ops"})
 
 
@@ -359,7 +361,7 @@ def measure_sql(url: str, jobs: int, workers: int) -> Measurement:
             while True:
                 t0 = time.perf_counter()
                 claim = call_as(conn, "claim_phase", {**CLAIM, "workspace_id": ws},
-                                role="authenticated", sub=sub)
+                                role="authenticated", sub=sub, claims={"workspaces": [ws]})
                 t1 = time.perf_counter()
                 if claim is None:
                     return claims, completes
@@ -381,7 +383,7 @@ def measure_sql(url: str, jobs: int, workers: int) -> Measurement:
 def measure_http(gw: GatewayProcess, url: str, jobs: int, workers: int) -> Measurement:
     executors = [str(uuid.uuid4()) for _ in range(workers)]
     ws = make_workspace(url, executors, jobs, "http")
-    clients = [gw.light_client(sub) for sub in executors]
+    clients = [gw.light_client(sub, ws) for sub in executors]
     try:
         for client in clients:   # open the keep-alive connections before the clock starts
             for _ in range(3):
@@ -441,7 +443,7 @@ def measure_latency(gw: GatewayProcess, url: str, *, waiting: bool, pairs: int,
 
         def worker() -> None:
             nonlocal empty
-            with gw.client(executor) as client:
+            with gw.client(executor, ws) as client:
                 while True:
                     got = rpc(client, "claim_phase", {**CLAIM, "workspace_id": ws},
                               WAIT_HEADER if waiting else None)
@@ -502,7 +504,7 @@ def idle_claims(gw: GatewayProcess, url: str, *, waiting: bool, seconds: float,
     ws = make_workspace(url, [executor], 0, "idle")
 
     def worker() -> None:
-        with gw.client(executor) as client:
+        with gw.client(executor, ws) as client:
             while True:
                 got = rpc(client, "claim_phase", {**CLAIM, "workspace_id": ws},
                           WAIT_HEADER if waiting else None)
