@@ -21,6 +21,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
 from control_room.cli import app
+from control_room.cli.connections import PROBES
+from control_room.contract.vocabulary import CONNECTION_TYPES
 from tests.executor.harness import Env, gateway_env
 from tests.executor.test_artifacts import running_moto_server
 
@@ -124,6 +126,10 @@ def test_bad_input_exits_2_naming_the_problem(env: Env) -> None:
 
 
 # ------------------------------------------------------------------------------------ test
+
+def test_every_connection_type_has_a_test() -> None:
+    assert set(PROBES) == CONNECTION_TYPES
+
 
 def without_password(url: str, **changes: str) -> str:
     params = {k: v for k, v in conninfo_to_dict(url).items() if k != "password" and v}

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.table import Table
@@ -38,10 +38,12 @@ from control_room.cli.common import (
     when,
 )
 from control_room.cli.display import dump
+from control_room.contract.vocabulary import ConnectionType
 
 app = new_app("Connections of a workspace: create, update (rotate), list, show, delete, test.")
 
-TYPES = ("postgres", "s3", "trino", "spark", "http", "dbt-profile")
+TYPES: tuple[str, ...] = get_args(ConnectionType)
+"""The contract's connection types, in its order."""
 DEFAULT_TIMEOUT = 10.0
 
 Name = Annotated[str, typer.Argument(help="The connection's name (1-63 lower-case letters, "
