@@ -336,17 +336,18 @@ class Worker:
                "spec_slug": claim.run.spec_slug,
                "lake": str(self._run_lake(claim))}
         names = connection_names(claim.params.get("connections"))   # literal, never rendered
+        kind = self._kinds.get(claim.kind)
+        allowed = kind.CONNECTION_TYPES if kind is not None else frozenset()
+        for name in names:          # before any secret is resolved
+            registered = claim.connections.get(name)
+            if allowed and registered is not None and registered.type not in allowed:
+                raise TerminalPhaseError(
+                    f"connection {name!r} is of type {registered.type!r}; the "
+                    f"{claim.kind} kind takes {', '.join(sorted(allowed))}")
         self._secret_log.register(phase.masker)
         connections = resolve_connections(names, claim.connections, policy=self.secret_policy,
                                           masker=phase.masker, workspace=claim.workspace_id)
         params = render(claim.params, params=run_params, run=run, path="params")
-        kind = self._kinds.get(claim.kind)
-        allowed = kind.CONNECTION_TYPES if kind is not None else frozenset()
-        for connection in connections.values():
-            if allowed and connection.type not in allowed:
-                raise TerminalPhaseError(
-                    f"connection {connection.name!r} is of type {connection.type!r}; the "
-                    f"{claim.kind} kind takes {', '.join(sorted(allowed))}")
         code = (self.checkouts.code_for(claim.run.git_sha) if self.checkouts is not None
                 else own_code("no repository configured"))
         phase.emit("CODE_CHECKOUT", code.note, payload={
