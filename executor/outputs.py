@@ -44,7 +44,8 @@ MAX_NON_ACTIVE_DATASETS = 1000
 
 
 def phase_error_json(error: PhaseError) -> dict[str, Any]:
-    """The `error` object `complete_phase` receives: `{message, type, reason, detail}`."""
+    """The `error` object `complete_phase` receives: `{message, type, reason, detail}`, and
+    `user_data: true` when the message quotes the phase's own query's output."""
     detail = error.detail or ""
     if len(detail) > MAX_DETAIL_CHARS:
         detail = "...\n" + detail[-MAX_DETAIL_CHARS:]
@@ -57,6 +58,8 @@ def phase_error_json(error: PhaseError) -> dict[str, Any]:
         "reason": error.reason,
         "detail": detail,
     }
+    if error.user_data:
+        result["user_data"] = True
     if isinstance(error, SchemaBlocked | DatasetBlocked):
         result["dataset"] = {"name": error.table, "uri": error.uri}
         if isinstance(error, SchemaBlocked):

@@ -117,6 +117,7 @@ class PythonKind:
             connections=dict(ctx.connections),
             datasets=dict(ctx.datasets),
             code_dir=ctx.code_dir,
+            lake_root=ctx.lake_root,
         )
         if ctx.cancel.is_set():
             raise PhaseCancelled(f"phase {ctx.phase!r} was cancelled before it started")
