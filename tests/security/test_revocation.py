@@ -234,3 +234,22 @@ def test_an_error_never_echoes_a_huge_value(api: HttpContract) -> None:
         assert (err.status, err.code) == (400, "invalid_argument"), err
         assert len(err.message) <= 1100, (fn, len(err.message))
         assert len(str(err.details or "")) <= 2100
+
+
+def test_fail_caps_the_message_and_the_details(conn: psycopg.Connection[Any]) -> None:
+    """ops_private.fail, the one way the functions raise: 1000 characters of message (marked),
+    details of at most 2 KiB (long members dropped, short ones such as `argument` kept)."""
+    with pytest.raises(psycopg.Error) as info, conn.transaction():
+        conn.execute("select ops_private.fail(400, 'invalid_argument', repeat('m', 5000000),"
+                     " jsonb_build_object('argument', 'slug', 'value', repeat('v', 5000000)))")
+    diag = info.value.diag
+    assert diag.sqlstate == "PT400" and diag.message_hint == "invalid_argument"
+    assert diag.message_primary is not None and diag.message_detail is not None
+    assert len(diag.message_primary) < 1100
+    assert diag.message_primary.endswith("(truncated)")
+    assert json.loads(diag.message_detail) == {"argument": "slug", "truncated": True}
+    with pytest.raises(psycopg.Error) as info, conn.transaction():
+        conn.execute("select ops_private.fail(404, 'not_found', 'run not found',"
+                     " '{\"argument\": \"run_id\"}'::jsonb)")
+    assert info.value.diag.message_primary == "run not found"            # short: untouched
+    assert json.loads(str(info.value.diag.message_detail)) == {"argument": "run_id"}
