@@ -178,11 +178,7 @@ class LocalStack:
                 artifacts: Path) -> subprocess.Popen[bytes]:
         state = self.settings.state_dir
         assert self.info is not None
-        # the secrets the workers may resolve: the local connections' files (`demo` writes
-        # them: control_room/cli/up.py), then whatever this environment allows
-        allow = ",".join(part for part in (
-            f"file:{(state / 'connection-secrets').absolute()}",
-            os.environ.get("CONTROL_ROOM_SECRET_ALLOW", "").strip()) if part)
+        allow = local_secret_allow(state)
         env = {**os.environ, **self.worker_env,
                "CONTROL_ROOM_TOKEN": token, "CONTROL_ROOM_STATE_DIR": str(state),
                "CONTROL_ROOM_SECRET_ALLOW": allow,
@@ -237,6 +233,15 @@ class LocalStack:
         base = self.info.ui_url.rstrip("/")
         answer: dict[str, Any] = httpx.get(f"{base}/health", timeout=5).json()
         return answer
+
+
+def local_secret_allow(state_dir: Path) -> str:
+    """The secret policy of the stack's workers (and of `verify`'s against the stack): the
+    local connections' files (`demo` writes them: control_room/cli/up.py), then whatever this
+    environment's CONTROL_ROOM_SECRET_ALLOW allows."""
+    return ",".join(part for part in (
+        f"file:{(state_dir / 'connection-secrets').absolute()}",
+        os.environ.get("CONTROL_ROOM_SECRET_ALLOW", "").strip()) if part)
 
 
 def _is_member(conn: psycopg.Connection[Any], workspace_id: str, principal_id: str) -> bool:

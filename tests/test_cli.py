@@ -139,3 +139,15 @@ def test_the_cli_calls_the_contract_only_through_typed_methods() -> None:
                for n, line in enumerate(path.read_text().splitlines(), 1) if '.call("' in line]
     assert len(list(package.glob("*.py"))) >= 10
     assert not untyped, untyped
+
+
+@pytest.mark.parametrize("policy", ["env:CONTROL_ROOM_", "bogus:/x", "file:relative/dir"])
+def test_worker_refuses_a_bad_secret_policy_naming_the_setting(policy: str,
+                                                              tmp_path: Path) -> None:
+    result = runner.invoke(app, [
+        "worker", "--gateway", "http://127.0.0.1:1/rest/v1", "--token", "t",
+        "--artifacts", str(tmp_path / "a"), "--work-dir", str(tmp_path / "w")],
+        env={"CONTROL_ROOM_SECRET_ALLOW": policy})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: CONTROL_ROOM_SECRET_ALLOW: "), result.stderr
+    assert "--repo" not in result.stderr

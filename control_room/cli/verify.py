@@ -289,15 +289,27 @@ def _worker_client(target: GatewayTarget, token: str | None) -> Iterator[Contrac
         yield target.client
 
 
+def _secret_allow(target: GatewayTarget) -> str | None:
+    """The secret policy of the rebuild's worker: the local stack's workers' when verifying
+    against the stack, else CONTROL_ROOM_SECRET_ALLOW."""
+    stack = target.stack()
+    if stack is not None and stack.gateway_url.rstrip("/") == target.url:
+        from control_room.localstack import local_secret_allow
+
+        return local_secret_allow(load_settings(state_dir=target.state_dir).state_dir)
+    return WorkerSettings().secret_allow
+
+
 def _rebuild(client: ContractClient, run_id: str, *, workspace_id: str, kinds: list[str],
              store: ArtifactStore, work_dir: Path, repo: str | None,
-             concurrency: int, lake_root: Path) -> Run:
+             concurrency: int, lake_root: Path, secret_allow: str | None) -> Run:
     """Run `run_id` with an in-process worker (claiming only its phases) until it ends."""
     from executor.worker import Worker
 
     worker = Worker(client, kinds=kinds, concurrency=concurrency, store=store,
                     work_dir=work_dir, workspace_id=workspace_id, run_id=run_id, repo=repo,
-                    claim_wait=1.0, idle_max=1.0, grace_seconds=5.0, lake_root=lake_root)
+                    claim_wait=1.0, idle_max=1.0, grace_seconds=5.0, lake_root=lake_root,
+                    secret_allow=secret_allow)
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -439,7 +451,8 @@ def verify_command(
                 rebuilt = _rebuild(claimer, created.id,
                                    workspace_id=original.workspace_id, kinds=kinds,
                                    store=store, work_dir=folder / "work", repo=repo,
-                                   concurrency=concurrency, lake_root=lake_root)
+                                   concurrency=concurrency, lake_root=lake_root,
+                                   secret_allow=_secret_allow(target))
         comparison = compare_runs(original, rebuilt)
         if as_json:
             out.print_json(data=_report(original, rebuilt, comparison, folder))

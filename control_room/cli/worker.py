@@ -20,6 +20,7 @@ from control_room.cli.common import (
     option_for,
 )
 from control_room.settings import load_settings
+from executor.secrets import SecretPolicy
 from executor.settings import WorkerSettings
 
 app = new_app("The worker.")
@@ -95,6 +96,10 @@ def worker_command(
             lease_seconds=lease_seconds, artifacts_url=artifacts, work_dir=work_dir,
             workspace_id=workspace, grace_seconds=grace_seconds, repo=repo)
         names = check_kinds(kinds)
+        try:
+            SecretPolicy.parse(worker_settings.secret_allow)
+        except ValueError as exc:
+            raise BadInput(f"CONTROL_ROOM_SECRET_ALLOW: {exc}") from None
         if not (artifacts and work_dir):
             # a default under the state directory: it is private (0700) like everywhere else
             ensure_private_dir(settings.state_dir)
