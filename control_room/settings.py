@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     )
     state_dir: Path = Field(
         default=Path(".control-room"),
-        description="Where local state lives: the embedded server's data, logs and port.",
+        description="Where local state lives (0700): the embedded server's data, logs, port "
+                    "and password, the JWT secret, the stack file.",
     )
     migrations_dir: Path = Field(
         default_factory=default_migrations_dir,

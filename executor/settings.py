@@ -72,7 +72,8 @@ class WorkerSettings(BaseSettings):
     )
     workspace_id: str | None = Field(
         default=None,
-        description="Claim only in this workspace (id). Unset: every workspace of the token.",
+        description="Claim only in this workspace (id). Unset: every workspace the token is "
+                    "pinned to where its principal is an executor.",
     )
     grace_seconds: float = Field(
         default=30.0,

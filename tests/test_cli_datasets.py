@@ -24,8 +24,8 @@ def env(conn: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> Iterator[
 def test_list_show_and_unblock(env: Env, spec_repo: tuple[Path, str]) -> None:  # noqa: F811
     spec, _ = spec_repo
     running = Running(env.worker(kinds=["python", "sql"]), max_phases=3)
-    code, _, err = cli(env, "runs", "create", "--spec", str(spec), "--param",
-                       f"lake={env.tmp / 'lake'}", "--wait", "--workspace", env.world.w1)
+    code, _, err = cli(env, "runs", "create", "--spec", str(spec), "--wait", "--workspace",
+                       env.world.w1)              # its tables go to the workspace's lake
     assert code == 0, err
     running.join(BOUND * 2)
 
