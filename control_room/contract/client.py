@@ -73,6 +73,11 @@ from control_room.contract.errors import (
 )
 from control_room.contract.models import (
     REQUESTS,
+    Alert,
+    AlertDestination,
+    AlertObjectDeleted,
+    AlertRule,
+    ClaimedAlert,
     AppendResult,
     Artifact,
     ArtifactLink,
@@ -87,21 +92,35 @@ from control_room.contract.models import (
     DatasetDetail,
     DatasetRecord,
     DatasetVersion,
+    DeadLetter,
+    DeadLetterPage,
+    DueResult,
     Event,
     EventPage,
     HeartbeatResult,
     Invitation,
     InvitationRevoked,
+    JobDetail,
+    JobListed,
+    JobRegistered,
     Member,
     MemberRemoved,
     NewEvent,
     Phase,
     PhaseSpec,
     Principal,
+    RepairCreated,
+    RequeueResult,
     Run,
     RunCreated,
+    RunDetail,
     RunPage,
     RunSummary,
+    Schedule,
+    ScheduleDeleted,
+    ScheduleDetail,
+    Tick,
+    TickPage,
     Workspace,
     WorkspaceListItem,
 )
@@ -116,7 +135,10 @@ from control_room.contract.vocabulary import (
     PrincipalKind,
     Resolution,
     RunState,
+    ScheduleCatchup,
+    ScheduleOverlap,
     SchemaState,
+    TickState,
 )
 
 __all__ = [
@@ -139,6 +161,7 @@ __all__ = [
     "DatasetDetail",
     "DatasetRecord",
     "DatasetVersion",
+    "DueResult",
     "Event",
     "EventLevel",
     "EventPage",
@@ -163,8 +186,13 @@ __all__ = [
     "RunCreated",
     "RunPage",
     "RunSummary",
+    "Schedule",
+    "ScheduleDeleted",
+    "ScheduleDetail",
     "ServerError",
     "ServiceUnavailable",
+    "Tick",
+    "TickPage",
     "TransientError",
     "TransportFailure",
     "Unauthorized",
@@ -184,7 +212,11 @@ TRANSPORT_OPTIONS = frozenset({"wait"})
 # functions a repeat would do twice (docs/contract.md, Idempotency)
 _NOT_IDEMPOTENT = frozenset({"create_workspace", "remove_member", "create_principal",
                              "create_connection", "delete_connection",
-                             "accept_invitation", "revoke_invitation"})
+                             "create_schedule", "delete_schedule",
+                             "accept_invitation", "revoke_invitation",
+                             "create_alert_destination", "delete_alert_destination",
+                             "create_alert_rule", "delete_alert_rule", "claim_alerts",
+                             "record_alert_delivery"})
 _RETRIED_STATUSES = frozenset({502, 503, 504})
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -315,7 +347,7 @@ class ContractClient:
         body = dict(args or {})
         if idempotent is None:
             idempotent = fn not in _NOT_IDEMPOTENT and not (
-                fn == "create_run" and body.get("idempotency_key") is None)
+                fn in ("create_run", "create_job_run") and body.get("idempotency_key") is None)
         headers: dict[str, str] = {}
         timeout = self.timeout
         if wait is not None and wait > 0:
@@ -452,9 +484,44 @@ class ContractClient:
         args = {"run_id": run_id, "idempotency_key": idempotency_key}
         return _parse(RunCreated, self._rpc("retry_run", args), "retry_run")
 
-    def get_run(self, run_id: str) -> Run:
-        """A run with its phases; NotFound when there is none visible."""
-        return _parse(Run, self._rpc("get_run", {"run_id": run_id}), "get_run")
+    def repair_run(self, run_id: str, phases: Sequence[str] | None = None,
+                   idempotency_key: str | None = None) -> RepairCreated:
+        """A child of a finished run that reruns `phases`, what did not succeed and everything
+        downstream, reusing the rest (docs/repair.md); Conflict while another is active."""
+        args = {"run_id": run_id, "phases": None if phases is None else list(phases),
+                "idempotency_key": idempotency_key}
+        return _parse(RepairCreated, self._rpc("repair_run", args), "repair_run")
+
+    def list_dead_letters(self, workspace_id: str, *, spec_slug: str | None = None,
+                          since: datetime | str | None = None, limit: int | None = None,
+                          cursor: str | None = None) -> DeadLetterPage:
+        """Failed phases no repair has rerun to an end, newest first; follow `next_cursor`."""
+        args = {"workspace_id": workspace_id, "spec_slug": spec_slug,
+                "since": since.isoformat() if isinstance(since, datetime) else since,
+                "limit": limit, "cursor": cursor}
+        return _parse(DeadLetterPage, self._rpc("list_dead_letters", args), "list_dead_letters")
+
+    def iter_dead_letters(self, workspace_id: str, *, spec_slug: str | None = None,
+                          page_size: int = 100) -> Iterator[DeadLetter]:
+        """Every dead letter of the workspace, following the cursor."""
+        cursor: str | None = None
+        while True:
+            page = self.list_dead_letters(workspace_id, spec_slug=spec_slug, limit=page_size,
+                                          cursor=cursor)
+            yield from page.dead_letters
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def requeue_dead_letters(self, workspace_id: str, phase_ids: Sequence[str]) -> RequeueResult:
+        """One repair per run of these dead letters (an active one is returned, not doubled)."""
+        args = {"workspace_id": workspace_id, "phase_ids": list(phase_ids)}
+        return _parse(RequeueResult, self._rpc("requeue_dead_letters", args),
+                      "requeue_dead_letters")
+
+    def get_run(self, run_id: str) -> RunDetail:
+        """A run with its phases and lineage; NotFound when there is none visible."""
+        return _parse(RunDetail, self._rpc("get_run", {"run_id": run_id}), "get_run")
 
     def list_runs(self, workspace_id: str | None = None, *, state: RunState | None = None,
                   spec_slug: str | None = None, labels: Mapping[str, str] | None = None,
@@ -684,6 +751,184 @@ class ContractClient:
         args = {"workspace_id": workspace_id, "name": name, "ok": ok, "message": message}
         return _parse(Connection, self._rpc("record_connection_test", args),
                       "record_connection_test")
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def register_job(self, workspace_id: str, slug: str, spec: Mapping[str, Any], digest: str,
+                     git_sha: str, *, description: str | None = None,
+                     owner: str | None = None,
+                     tags: Mapping[str, str] | None = None) -> JobRegistered:
+        """Register a job's spec (developer or admin): a new version only when `(digest,
+        git_sha)` differs from the latest version's (`created` False otherwise). Idempotent."""
+        args = {"workspace_id": workspace_id, "slug": slug, "spec": dict(spec), "digest": digest,
+                "git_sha": git_sha, "description": description, "owner": owner,
+                "tags": dict(tags or {})}
+        return _parse(JobRegistered, self._rpc("register_job", args), "register_job")
+
+    def list_jobs(self, workspace_id: str) -> list[JobListed]:
+        """The workspace's jobs, by slug, with their last and next runs (any member)."""
+        return _parse_list(JobListed, self._rpc("list_jobs", {"workspace_id": workspace_id}),
+                           "list_jobs")
+
+    def get_job(self, workspace_id: str, slug: str) -> JobDetail:
+        """A job, its versions and its recent runs (any member); `NotFound` when there is
+        none."""
+        args = {"workspace_id": workspace_id, "slug": slug}
+        return _parse(JobDetail, self._rpc("get_job", args), "get_job")
+
+    def create_job_run(self, workspace_id: str, job: str, *, version: int | None = None,
+                       params: Mapping[str, Any] | None = None,
+                       idempotency_key: str | None = None,
+                       labels: Mapping[str, str] | None = None,
+                       priority: int | None = None) -> RunCreated:
+        """A run of a job's version (the latest when `version` is None), its `params` checked
+        against the version's declared types (developer or admin). Without a key every call
+        creates a run, so it is re-sent only when surely unsent."""
+        args = {"workspace_id": workspace_id, "job": job, "version": version,
+                "params": dict(params or {}), "idempotency_key": idempotency_key,
+                "labels": _dict(labels), "priority": priority}
+        return _parse(RunCreated, self._rpc("create_job_run", args), "create_job_run")
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    def create_alert_destination(self, workspace_id: str, name: str, type: str, url: str, *,
+                                 headers: Mapping[str, str] | None = None,
+                                 description: str | None = None) -> AlertDestination:
+        """Register where alerts go (admin): `type` webhook or slack; `url` a secret
+        reference (`env:NAME`, `file:/path`) or, for a webhook, a literal http(s) URL without
+        credentials; `headers` name -> reference. Not idempotent (a repeat is Conflict)."""
+        args = {"workspace_id": workspace_id, "name": name, "type": type, "url": url,
+                "headers": _dict(headers), "description": description}
+        return _parse(AlertDestination, self._rpc("create_alert_destination", args),
+                      "create_alert_destination")
+
+    def list_alert_destinations(self, workspace_id: str) -> list[AlertDestination]:
+        """The workspace's alert destinations, by name (developer or admin)."""
+        return _parse_list(AlertDestination,
+                           self._rpc("list_alert_destinations", {"workspace_id": workspace_id}),
+                           "list_alert_destinations")
+
+    def delete_alert_destination(self, workspace_id: str, name: str) -> AlertObjectDeleted:
+        """Delete a destination no rule uses, and its alerts (admin). Not idempotent."""
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(AlertObjectDeleted, self._rpc("delete_alert_destination", args),
+                      "delete_alert_destination")
+
+    def create_alert_rule(self, workspace_id: str, name: str, event: str, destination: str, *,
+                          threshold: int | None = None,
+                          filters: Mapping[str, Any] | None = None,
+                          enabled: bool | None = None,
+                          description: str | None = None) -> AlertRule:
+        """Add an alert rule (admin): `event` (run_failed, phase_dead_lettered,
+        schedule_tick_failed, lease_expiries with `threshold` per hour, slo_breached), the
+        `destination`'s name, `filters` (spec_slug, job, labels). Not idempotent."""
+        args = {"workspace_id": workspace_id, "name": name, "event": event,
+                "destination": destination, "threshold": threshold, "filters": _dict(filters),
+                "enabled": enabled, "description": description}
+        return _parse(AlertRule, self._rpc("create_alert_rule", args), "create_alert_rule")
+
+    def list_alert_rules(self, workspace_id: str) -> list[AlertRule]:
+        """The workspace's alert rules, by name (developer or admin)."""
+        return _parse_list(AlertRule,
+                           self._rpc("list_alert_rules", {"workspace_id": workspace_id}),
+                           "list_alert_rules")
+
+    def delete_alert_rule(self, workspace_id: str, name: str) -> AlertObjectDeleted:
+        """Delete an alert rule (admin); its alerts stay. Not idempotent."""
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(AlertObjectDeleted, self._rpc("delete_alert_rule", args),
+                      "delete_alert_rule")
+
+    def list_alerts(self, workspace_id: str, *, state: str | None = None,
+                    limit: int | None = None) -> list[Alert]:
+        """Recent alerts of the workspace, newest first, with their delivery attempts (any
+        member but executors); `limit` 1-500 (default 50)."""
+        args = {"workspace_id": workspace_id, "state": state, "limit": limit}
+        return _parse_list(Alert, self._rpc("list_alerts", args), "list_alerts")
+
+    def claim_alerts(self, limit: int | None = None,
+                     lease_seconds: int | None = None) -> list[ClaimedAlert]:
+        """Lease pending alerts that are due (service_role: the deliverer). Not retried: a
+        lost answer leaves its alerts leased until the lease expires."""
+        args = {"limit": limit, "lease_seconds": lease_seconds}
+        return _parse_list(ClaimedAlert, self._rpc("claim_alerts", args), "claim_alerts")
+
+    def record_alert_delivery(self, alert_id: str, ok: bool, *, http_status: int | None = None,
+                              error: str | None = None,
+                              duration_ms: int | None = None) -> Alert:
+        """Record one delivery attempt of a leased alert (service_role): delivered when `ok`,
+        else pending after a backoff, failed after its last attempt. A repeat is Conflict."""
+        args = {"alert_id": alert_id, "ok": ok, "http_status": http_status, "error": error,
+                "duration_ms": duration_ms}
+        return _parse(Alert, self._rpc("record_alert_delivery", args), "record_alert_delivery")
+
+    # -- schedules ------------------------------------------------------------------------
+
+    def create_schedule(self, workspace_id: str, name: str, job: str, *,
+                        cron: str | None = None, timezone: str | None = None,
+                        interval_seconds: int | None = None,
+                        params: Mapping[str, Any] | None = None, enabled: bool | None = None,
+                        catchup: ScheduleCatchup | None = None, catchup_max: int | None = None,
+                        max_concurrent: int | None = None,
+                        overlap: ScheduleOverlap | None = None, priority: int | None = None,
+                        description: str | None = None) -> Schedule:
+        """Schedule a job (developer or admin): `cron` (5 fields, in `timezone`, default UTC)
+        or `interval_seconds`; the catch-up and overlap policies (docs/schedules.md). Not
+        idempotent: a repeat is Conflict (name taken)."""
+        args = {"workspace_id": workspace_id, "name": name, "job": job, "cron": cron,
+                "timezone": timezone, "interval_seconds": interval_seconds,
+                "params": _dict(params), "enabled": enabled, "catchup": catchup,
+                "catchup_max": catchup_max, "max_concurrent": max_concurrent,
+                "overlap": overlap, "priority": priority, "description": description}
+        return _parse(Schedule, self._rpc("create_schedule", args), "create_schedule")
+
+    def update_schedule(self, workspace_id: str, name: str, *, cron: str | None = None,
+                        timezone: str | None = None, interval_seconds: int | None = None,
+                        params: Mapping[str, Any] | None = None, enabled: bool | None = None,
+                        catchup: ScheduleCatchup | None = None, catchup_max: int | None = None,
+                        max_concurrent: int | None = None,
+                        overlap: ScheduleOverlap | None = None, priority: int | None = None,
+                        description: str | None = None) -> Schedule:
+        """Change a schedule (developer or admin): only what is not None changes; `enabled`
+        False disables it, True enables it from now (the ticks it missed are not caught up)."""
+        args = {"workspace_id": workspace_id, "name": name, "cron": cron, "timezone": timezone,
+                "interval_seconds": interval_seconds, "params": _dict(params),
+                "enabled": enabled, "catchup": catchup, "catchup_max": catchup_max,
+                "max_concurrent": max_concurrent, "overlap": overlap, "priority": priority,
+                "description": description}
+        return _parse(Schedule, self._rpc("update_schedule", args), "update_schedule")
+
+    def delete_schedule(self, workspace_id: str, name: str) -> ScheduleDeleted:
+        """Delete a schedule and its ticks (developer or admin); its runs stay. Not
+        idempotent: a repeat is NotFound."""
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(ScheduleDeleted, self._rpc("delete_schedule", args), "delete_schedule")
+
+    def list_schedules(self, workspace_id: str, job: str | None = None) -> list[Schedule]:
+        """The workspace's schedules (of one job), by name (any member)."""
+        args = {"workspace_id": workspace_id, "job": job}
+        return _parse_list(Schedule, self._rpc("list_schedules", args), "list_schedules")
+
+    def get_schedule(self, workspace_id: str, name: str) -> ScheduleDetail:
+        """One schedule and its next fire times (any member); `NotFound` when there is none."""
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(ScheduleDetail, self._rpc("get_schedule", args), "get_schedule")
+
+    def list_schedule_ticks(self, workspace_id: str, name: str, *,
+                            state: TickState | None = None, before: datetime | None = None,
+                            limit: int | None = None) -> TickPage:
+        """A page of a schedule's ticks, newest first (any member): pass `next_before` as
+        `before` for the next one."""
+        args = {"workspace_id": workspace_id, "name": name, "state": state, "before": before,
+                "limit": limit}
+        return _parse(TickPage, self._rpc("list_schedule_ticks", args), "list_schedule_ticks")
+
+    def run_due_schedules(self, workspace_id: str | None = None,
+                          limit: int | None = None) -> DueResult:
+        """Fire the due ticks (service_role: every workspace; a developer or admin: its own).
+        Safe to repeat and to call from several schedulers at once: a tick fires once."""
+        args = {"workspace_id": workspace_id, "limit": limit}
+        return _parse(DueResult, self._rpc("run_due_schedules", args), "run_due_schedules")
 
     # -- waiting for work ---------------------------------------------------------------------
 

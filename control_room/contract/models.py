@@ -20,6 +20,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from control_room.contract.vocabulary import (
+    AlertDestinationType,
+    AlertEvent,
+    AlertState,
     ArtifactRole,
     ChangeKind,
     ConnectionType,
@@ -32,7 +35,10 @@ from control_room.contract.vocabulary import (
     PrincipalKind,
     Resolution,
     RunState,
+    ScheduleCatchup,
+    ScheduleOverlap,
     SchemaState,
+    TickState,
 )
 
 __all__ = [
@@ -40,6 +46,11 @@ __all__ = [
     "RESULTS",
     "AcceptInvitationArgs",
     "AddMemberArgs",
+    "Alert",
+    "AlertDelivery",
+    "AlertDestination",
+    "AlertObjectDeleted",
+    "AlertRule",
     "AppendEventsArgs",
     "AppendResult",
     "Artifact",
@@ -47,40 +58,72 @@ __all__ = [
     "ArtifactPage",
     "CancelRunArgs",
     "Claim",
+    "ClaimAlertsArgs",
     "ClaimConnection",
     "ClaimPhaseArgs",
     "ClaimRun",
+    "ClaimedAlert",
+    "ClaimedAlertDestination",
     "CompletePhaseArgs",
     "CompleteResult",
     "CompleteRunArgs",
     "Connection",
     "ConnectionDeleted",
     "ConnectionTest",
+    "CreateAlertDestinationArgs",
+    "CreateAlertRuleArgs",
     "CreateConnectionArgs",
+    "CreateJobRunArgs",
     "CreatePrincipalArgs",
     "CreateRunArgs",
+    "CreateScheduleArgs",
     "CreateWorkspaceArgs",
     "Dataset",
     "DatasetDetail",
     "DatasetRecord",
     "DatasetVersion",
+    "DeadLetter",
+    "DeadLetterError",
+    "DeadLetterPage",
+    "DeleteAlertDestinationArgs",
+    "DeleteAlertRuleArgs",
     "DeleteConnectionArgs",
+    "DeleteScheduleArgs",
+    "DueResult",
     "Event",
     "EventPage",
     "GetConnectionArgs",
     "GetDatasetArgs",
+    "GetJobArgs",
     "GetRunArgs",
+    "GetScheduleArgs",
     "HeartbeatArgs",
     "HeartbeatResult",
     "Invitation",
     "InvitationRevoked",
     "InviteMemberArgs",
+    "Job",
+    "JobDetail",
+    "JobLastRun",
+    "JobListed",
+    "JobParam",
+    "JobParamType",
+    "JobRegistered",
+    "JobSource",
+    "JobVersion",
+    "ListAlertDestinationsArgs",
+    "ListAlertRulesArgs",
+    "ListAlertsArgs",
     "ListArtifactsArgs",
     "ListConnectionsArgs",
     "ListDatasetsArgs",
+    "ListDeadLettersArgs",
     "ListEventsArgs",
     "ListInvitationsArgs",
+    "ListJobsArgs",
     "ListRunsArgs",
+    "ListScheduleTicksArgs",
+    "ListSchedulesArgs",
     "ListWorkspacesArgs",
     "Member",
     "MemberRemoved",
@@ -88,19 +131,36 @@ __all__ = [
     "Phase",
     "PhaseSpec",
     "Principal",
+    "RecordAlertDeliveryArgs",
     "RecordConnectionTestArgs",
     "RecordDatasetArgs",
     "RegisterArtifactArgs",
+    "RegisterJobArgs",
     "RemoveMemberArgs",
+    "RepairCreated",
+    "RepairRunArgs",
+    "RequeueDeadLettersArgs",
+    "RequeueResult",
+    "RequeuedRun",
     "RetryRunArgs",
     "RevokeInvitationArgs",
     "RevokePrincipalArgs",
     "Run",
     "RunCreated",
+    "RunDetail",
+    "RunDueSchedulesArgs",
+    "RunJob",
     "RunPage",
+    "RunRepair",
     "RunSummary",
+    "Schedule",
+    "ScheduleDeleted",
+    "ScheduleDetail",
+    "Tick",
+    "TickPage",
     "UnblockDatasetArgs",
     "UpdateConnectionArgs",
+    "UpdateScheduleArgs",
     "Workspace",
     "WorkspaceListItem",
 ]
@@ -347,8 +407,18 @@ class Phase(_Result):
     reused_from_phase_id: str | None
 
 
+class RunJob(_Result):
+    """The job of a run and the version it was made from (`create_job_run`, schedules)."""
+
+    id: str
+    slug: str
+    version: int
+    version_id: str
+
+
 class _RunCore(_Result):
-    """What every run result has (`created_by` is None for callers who are not admins)."""
+    """What every run result has (`created_by` is None for callers who are not admins;
+    `job` is None for a run of a spec file)."""
 
     id: str
     workspace_id: str
@@ -369,6 +439,7 @@ class _RunCore(_Result):
     finalized_at: datetime | None
     updated_at: datetime
     last_event_seq: int
+    job: RunJob | None = None
 
 
 class _RunFields(_RunCore):
@@ -393,6 +464,76 @@ class RunCreated(Run):
     (False: an earlier call with the same idempotency key did)."""
 
     created: bool
+
+
+class RunRepair(_Result):
+    """A child of a run (a repair or a retry) as get_run lists it."""
+
+    id: str
+    state: RunState
+    created_at: datetime
+
+
+class RunDetail(Run):
+    """`get_run`'s answer: the run with its phases and its lineage (`repairs`: its children,
+    oldest first; `root_run_id`: the first run of the lineage, its own id without a parent)."""
+
+    repairs: tuple[RunRepair, ...]
+    root_run_id: str
+
+
+class RepairCreated(RunCreated):
+    """`repair_run`'s answer: the child run, whether this call created it and the phases it
+    reruns (in ordinal order)."""
+
+    rerun_phases: tuple[str, ...]
+
+
+class DeadLetterError(_Result):
+    """A dead letter's last error: its message (500 characters at most), type and reason."""
+
+    message: str
+    type: str | None
+    reason: str | None
+
+
+class DeadLetter(_Result):
+    """A phase that failed for good and that no repair has rerun to an end."""
+
+    phase_id: str
+    run_id: str
+    workspace_id: str
+    spec_slug: str
+    phase: str
+    kind: str
+    attempts: int
+    max_attempts: int
+    run_state: RunState
+    failed_at: datetime | None
+    error: DeadLetterError
+    active_repair_id: str | None
+
+
+class DeadLetterPage(_Result):
+    """`list_dead_letters`' answer: pass `next_cursor` as `cursor` (None: the end)."""
+
+    dead_letters: tuple[DeadLetter, ...]
+    next_cursor: str | None
+
+
+class RequeuedRun(_Result):
+    """One run of `requeue_dead_letters`: the repair that covers its dead letters."""
+
+    run_id: str
+    repair_run_id: str
+    created: bool
+    state: RunState
+    phases: tuple[str, ...]
+    rerun_phases: tuple[str, ...]
+
+
+class RequeueResult(_Result):
+    requeued: tuple[RequeuedRun, ...]
 
 
 class RunSummary(_RunCore):
@@ -530,6 +671,264 @@ class ConnectionDeleted(_Result):
     workspace_id: str
     name: str
     deleted: bool
+
+
+JobParamType = Literal["string", "path", "integer", "number", "boolean"]
+
+
+class JobParam(_Result):
+    """A param a job version declares: `required` exactly when `default` is None."""
+
+    type: JobParamType
+    default: str | int | float | bool | None
+    required: bool
+    description: str | None
+
+
+class JobSource(_Result):
+    """The spec file a version was registered from, and the blake3 of its bytes."""
+
+    path: str
+    digest: str
+    dirty: bool = False
+
+
+class Job(_Result):
+    """A job of a workspace (`created_by` is None for callers who are not admins)."""
+
+    id: str
+    workspace_id: str
+    slug: str
+    description: str | None
+    owner: str | None
+    tags: dict[str, str]
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    latest_version: int
+
+
+class JobVersion(_Result):
+    """A version of a job: immutable; `spec` only where asked (register_job, get_job's
+    `latest`), `created_by_name` in get_job's versions."""
+
+    id: str
+    job_id: str
+    version: int
+    digest: str
+    git_sha: str
+    params: dict[str, JobParam]
+    source: JobSource | None
+    created_by: str | None
+    created_at: datetime
+    created_by_name: str | None = None
+    spec: dict[str, Any] | None = None
+
+
+class JobRegistered(_Result):
+    """`register_job`'s answer: `created` is False when the latest version already had this
+    digest and git sha."""
+
+    job: Job
+    version: JobVersion
+    created: bool
+
+
+class JobLastRun(_Result):
+    id: str
+    state: RunState
+    created_at: datetime
+
+
+class JobListed(Job):
+    """A job of `list_jobs`: with its last run and its next scheduled run."""
+
+    last_run: JobLastRun | None
+    next_run_at: datetime | None
+
+
+class JobDetail(JobListed):
+    """`get_job`'s answer: the job, its versions (newest first), the latest with its spec, and
+    its recent runs."""
+
+    versions: tuple[JobVersion, ...]
+    latest: JobVersion | None
+    recent_runs: tuple[RunSummary, ...]
+
+
+class AlertDestination(_Result):
+    """Where a workspace's alerts go (`create_alert_destination`, ...): `url` is a secret
+    reference (`env:NAME`, `file:/path`) or, for a webhook, a literal URL without credentials;
+    `headers` maps header names to references."""
+
+    id: str
+    workspace_id: str
+    name: str
+    type: AlertDestinationType
+    url: str
+    headers: dict[str, str]
+    description: str | None
+    created_at: datetime
+
+
+class AlertRule(_Result):
+    """Which events of a workspace raise an alert, sent to the named `destination`."""
+
+    id: str
+    workspace_id: str
+    name: str
+    event: AlertEvent
+    threshold: int | None
+    filters: dict[str, Any]
+    destination: str
+    enabled: bool
+    description: str | None
+    created_at: datetime
+
+
+class AlertObjectDeleted(_Result):
+    """`delete_alert_rule`'s and `delete_alert_destination`'s answer."""
+
+    id: str
+    workspace_id: str
+    name: str
+    deleted: bool
+
+
+class AlertDelivery(_Result):
+    """One delivery attempt of an alert."""
+
+    attempt: int
+    at: datetime
+    ok: bool
+    http_status: int | None
+    error: str | None
+    duration_ms: int | None
+
+
+class Alert(_Result):
+    """An alert of the outbox (`list_alerts`, `record_alert_delivery`): `id` is the dedupe
+    id receivers see; `deliveries` its attempts."""
+
+    id: str
+    workspace_id: str
+    rule: str
+    destination: str
+    event: AlertEvent
+    subject: dict[str, Any]
+    payload: dict[str, Any]
+    created_at: datetime
+    state: AlertState
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    delivered_at: datetime | None
+    deliveries: list[AlertDelivery] = Field(default_factory=list)
+
+
+class ClaimedAlertDestination(_Result):
+    """The destination of a claimed alert: references the deliverer resolves itself."""
+
+    name: str
+    type: AlertDestinationType
+    url: str
+    headers: dict[str, str]
+
+
+class ClaimedAlert(_Result):
+    """An alert leased by `claim_alerts`, with its destination; `attempt` is the number of the
+    attempt this claim makes."""
+
+    id: str
+    workspace_id: str
+    workspace: str
+    rule: str
+    event: AlertEvent
+    subject: dict[str, Any]
+    payload: dict[str, Any]
+    created_at: datetime
+    attempt: int
+    max_attempts: int
+    lease_expires_at: datetime
+    destination: ClaimedAlertDestination
+
+
+class Schedule(_Result):
+    """A schedule of a job (`create_schedule`, `update_schedule`, `list_schedules`): `cron`
+    (in `timezone`) or `interval_seconds`, the catch-up and overlap policies, `next_tick_at`
+    (None while disabled)."""
+
+    id: str
+    workspace_id: str
+    name: str
+    description: str | None
+    job_id: str
+    job: str
+    cron: str | None
+    timezone: str
+    interval_seconds: int | None
+    params: dict[str, Any]
+    enabled: bool
+    catchup: ScheduleCatchup
+    catchup_max: int
+    max_concurrent: int
+    overlap: ScheduleOverlap
+    priority: int
+    next_tick_at: datetime | None
+    last_tick_at: datetime | None
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScheduleDetail(Schedule):
+    """`get_schedule`'s answer: the schedule and its next fire times."""
+
+    upcoming: tuple[datetime, ...]
+
+
+class ScheduleDeleted(_Result):
+    """`delete_schedule`'s answer."""
+
+    id: str
+    workspace_id: str
+    name: str
+    deleted: bool
+
+
+class Tick(_Result):
+    """One tick of a schedule: created (its `run_id`), skipped (`reason`) or failed (the
+    error in `reason`). `schedule` (its name) is set in `run_due_schedules`' answer."""
+
+    id: str
+    schedule_id: str
+    workspace_id: str
+    scheduled_for: datetime
+    state: TickState
+    reason: str | None
+    run_id: str | None
+    created_at: datetime
+    schedule: str | None = None
+
+
+class TickPage(_Result):
+    """`list_schedule_ticks`' answer, newest first: pass `next_before` as `before` for the
+    next page (None: the end)."""
+
+    ticks: tuple[Tick, ...]
+    next_before: datetime | None
+
+
+class DueResult(_Result):
+    """`run_due_schedules`' answer: how many schedules were claimed and ticks recorded."""
+
+    schedules: int
+    created: int
+    skipped: int
+    failed: int
+    ticks: tuple[Tick, ...]
+    at: datetime
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -709,6 +1108,25 @@ class RetryRunArgs(_Args):
     idempotency_key: str | None = None
 
 
+class RepairRunArgs(_Args):
+    run_id: str
+    phases: list[str] | None = None
+    idempotency_key: str | None = None
+
+
+class ListDeadLettersArgs(_Args):
+    workspace_id: str
+    spec_slug: str | None = None
+    since: str | None = None
+    limit: int | None = None
+    cursor: str | None = None
+
+
+class RequeueDeadLettersArgs(_Args):
+    workspace_id: str
+    phase_ids: list[str]
+
+
 class GetRunArgs(_Args):
     run_id: str
 
@@ -818,7 +1236,162 @@ class RecordConnectionTestArgs(_Args):
     message: str
 
 
+class RegisterJobArgs(_Args):
+    workspace_id: str
+    slug: str
+    spec: dict[str, Any]
+    digest: str
+    git_sha: str
+    description: str | None = None
+    owner: str | None = None
+    tags: dict[str, str] | None = None
+
+
+class ListJobsArgs(_Args):
+    workspace_id: str
+
+
+class GetJobArgs(_Args):
+    workspace_id: str
+    slug: str
+
+
+class CreateJobRunArgs(_Args):
+    workspace_id: str
+    job: str
+    version: int | None = None
+    params: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    labels: dict[str, str] | None = None
+    priority: int | None = None
+
+
+class CreateAlertDestinationArgs(_Args):
+    workspace_id: str
+    name: str
+    type: str
+    url: str
+    headers: dict[str, Any] | None = None
+    description: str | None = None
+
+
+class ListAlertDestinationsArgs(_Args):
+    workspace_id: str
+
+
+class DeleteAlertDestinationArgs(_Args):
+    workspace_id: str
+    name: str
+
+
+class CreateAlertRuleArgs(_Args):
+    workspace_id: str
+    name: str
+    event: str
+    destination: str
+    threshold: int | None = None
+    filters: dict[str, Any] | None = None
+    enabled: bool | None = None
+    description: str | None = None
+
+
+class ListAlertRulesArgs(_Args):
+    workspace_id: str
+
+
+class DeleteAlertRuleArgs(_Args):
+    workspace_id: str
+    name: str
+
+
+class ListAlertsArgs(_Args):
+    workspace_id: str
+    state: str | None = None
+    limit: int | None = None
+
+
+class ClaimAlertsArgs(_Args):
+    limit: int | None = None
+    lease_seconds: int | None = None
+
+
+class RecordAlertDeliveryArgs(_Args):
+    alert_id: str
+    ok: bool
+    http_status: int | None = None
+    error: str | None = None
+    duration_ms: int | None = None
+
+
+class CreateScheduleArgs(_Args):
+    workspace_id: str
+    name: str
+    job: str
+    cron: str | None = None
+    timezone: str | None = None
+    interval_seconds: int | None = None
+    params: dict[str, Any] | None = None
+    enabled: bool | None = None
+    catchup: ScheduleCatchup | None = None
+    catchup_max: int | None = None
+    max_concurrent: int | None = None
+    overlap: ScheduleOverlap | None = None
+    priority: int | None = None
+    description: str | None = None
+
+
+class UpdateScheduleArgs(_Args):
+    workspace_id: str
+    name: str
+    cron: str | None = None
+    timezone: str | None = None
+    interval_seconds: int | None = None
+    params: dict[str, Any] | None = None
+    enabled: bool | None = None
+    catchup: ScheduleCatchup | None = None
+    catchup_max: int | None = None
+    max_concurrent: int | None = None
+    overlap: ScheduleOverlap | None = None
+    priority: int | None = None
+    description: str | None = None
+
+
+class DeleteScheduleArgs(_Args):
+    workspace_id: str
+    name: str
+
+
+class ListSchedulesArgs(_Args):
+    workspace_id: str
+    job: str | None = None
+
+
+class GetScheduleArgs(_Args):
+    workspace_id: str
+    name: str
+
+
+class ListScheduleTicksArgs(_Args):
+    workspace_id: str
+    name: str
+    state: TickState | None = None
+    before: datetime | None = None
+    limit: int | None = None
+
+
+class RunDueSchedulesArgs(_Args):
+    workspace_id: str | None = None
+    limit: int | None = None
+
+
 REQUESTS: dict[str, type[_Args]] = {
+    "create_schedule": CreateScheduleArgs,
+    "update_schedule": UpdateScheduleArgs,
+    "delete_schedule": DeleteScheduleArgs,
+    "list_schedules": ListSchedulesArgs,
+    "get_schedule": GetScheduleArgs,
+    "list_schedule_ticks": ListScheduleTicksArgs,
+    "run_due_schedules": RunDueSchedulesArgs,
     "create_workspace": CreateWorkspaceArgs,
     "add_member": AddMemberArgs,
     "remove_member": RemoveMemberArgs,
@@ -837,6 +1410,9 @@ REQUESTS: dict[str, type[_Args]] = {
     "complete_run": CompleteRunArgs,
     "cancel_run": CancelRunArgs,
     "retry_run": RetryRunArgs,
+    "repair_run": RepairRunArgs,
+    "list_dead_letters": ListDeadLettersArgs,
+    "requeue_dead_letters": RequeueDeadLettersArgs,
     "get_run": GetRunArgs,
     "list_runs": ListRunsArgs,
     "list_events": ListEventsArgs,
@@ -852,10 +1428,30 @@ REQUESTS: dict[str, type[_Args]] = {
     "list_connections": ListConnectionsArgs,
     "get_connection": GetConnectionArgs,
     "record_connection_test": RecordConnectionTestArgs,
+    "register_job": RegisterJobArgs,
+    "list_jobs": ListJobsArgs,
+    "get_job": GetJobArgs,
+    "create_job_run": CreateJobRunArgs,
+    "create_alert_destination": CreateAlertDestinationArgs,
+    "list_alert_destinations": ListAlertDestinationsArgs,
+    "delete_alert_destination": DeleteAlertDestinationArgs,
+    "create_alert_rule": CreateAlertRuleArgs,
+    "list_alert_rules": ListAlertRulesArgs,
+    "delete_alert_rule": DeleteAlertRuleArgs,
+    "list_alerts": ListAlertsArgs,
+    "claim_alerts": ClaimAlertsArgs,
+    "record_alert_delivery": RecordAlertDeliveryArgs,
 }
 """The request model of each operation (its body's properties, by the same names)."""
 
 RESULTS: dict[str, type[_Result]] = {
+    "create_schedule": Schedule,
+    "update_schedule": Schedule,
+    "delete_schedule": ScheduleDeleted,
+    "list_schedules": Schedule,
+    "get_schedule": ScheduleDetail,
+    "list_schedule_ticks": TickPage,
+    "run_due_schedules": DueResult,
     "create_workspace": Workspace,
     "add_member": Member,
     "remove_member": MemberRemoved,
@@ -874,7 +1470,10 @@ RESULTS: dict[str, type[_Result]] = {
     "complete_run": Run,
     "cancel_run": Run,
     "retry_run": RunCreated,
-    "get_run": Run,
+    "repair_run": RepairCreated,
+    "list_dead_letters": DeadLetterPage,
+    "requeue_dead_letters": RequeueResult,
+    "get_run": RunDetail,
     "list_runs": RunPage,
     "list_events": EventPage,
     "list_artifacts": ArtifactPage,
@@ -889,5 +1488,18 @@ RESULTS: dict[str, type[_Result]] = {
     "list_connections": Connection,
     "get_connection": Connection,
     "record_connection_test": Connection,
+    "register_job": JobRegistered,
+    "list_jobs": JobListed,
+    "get_job": JobDetail,
+    "create_job_run": RunCreated,
+    "create_alert_destination": AlertDestination,
+    "list_alert_destinations": AlertDestination,
+    "delete_alert_destination": AlertObjectDeleted,
+    "create_alert_rule": AlertRule,
+    "list_alert_rules": AlertRule,
+    "delete_alert_rule": AlertObjectDeleted,
+    "list_alerts": Alert,
+    "claim_alerts": ClaimedAlert,
+    "record_alert_delivery": Alert,
 }
 """The result model of each operation (of one item, for those that answer a list)."""

@@ -362,6 +362,56 @@ end
 $$;
 
 --
+-- Name: claim_alerts(integer, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.claim_alerts("limit" integer DEFAULT 20, lease_seconds integer DEFAULT 60) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now    timestamptz := ops_private.now();
+    v_result jsonb;
+begin
+    perform ops_private.require_service_role('claim_alerts');
+    if claim_alerts."limit" is null or claim_alerts."limit" not between 1 and 500 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if claim_alerts.lease_seconds is null or claim_alerts.lease_seconds not between 5 and 3600 then
+        perform ops_private.fail(400, 'invalid_argument', 'lease_seconds must be between 5 and 3600',
+                                 jsonb_build_object('argument', 'lease_seconds'));
+    end if;
+    with due as (
+        select a.id from ops.alerts a
+        where (a.state = 'pending' and a.next_attempt_at <= v_now)
+           or (a.state = 'delivering' and a.lease_expires_at <= v_now)
+        order by a.next_attempt_at, a.id
+        limit claim_alerts."limit"
+        for update skip locked
+    ), leased as (
+        update ops.alerts a
+        set state = 'delivering', lease_expires_at = v_now + make_interval(secs => claim_alerts.lease_seconds)
+        from due where a.id = due.id
+        returning a.*
+    )
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'id', l.id, 'workspace_id', l.workspace_id,
+               'workspace', ops_private.workspace_slug(l.workspace_id),
+               'rule', l.rule_name, 'event', l.event, 'subject', l.subject, 'payload', l.payload,
+               'created_at', l.created_at, 'attempt', l.attempts + 1, 'max_attempts', l.max_attempts,
+               'lease_expires_at', l.lease_expires_at,
+               'destination', jsonb_build_object('name', d.name, 'type', d.type, 'url', d.url,
+                                                 'headers', d.headers))
+             order by l.next_attempt_at, l.id), '[]'::jsonb)
+    into v_result
+    from leased l join ops.alert_destinations d on d.id = l.destination_id;
+    return v_result;
+end
+$$;
+
+--
 -- Name: claim_phase(text[], integer, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -761,6 +811,142 @@ end
 $$;
 
 --
+-- Name: create_alert_destination(text, text, text, text, jsonb, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_alert_destination(workspace_id text, name text, type text, url text, headers jsonb DEFAULT '{}'::jsonb, description text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', create_alert_destination.workspace_id, true);
+    v_row ops.alert_destinations;
+begin
+    perform ops_private.alert_workspace(v_ws, array['admin']);
+    perform ops_private.check_alert_name('name', create_alert_destination.name);
+    perform ops_private.check_alert_destination(create_alert_destination.type, create_alert_destination.url,
+                                                coalesce(create_alert_destination.headers, '{}'::jsonb));
+    if create_alert_destination.description is not null and length(create_alert_destination.description) > 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'description must be at most 1000 characters',
+                                 jsonb_build_object('argument', 'description'));
+    end if;
+    insert into ops.alert_destinations (workspace_id, name, type, url, headers, description, created_by, created_at)
+    values (v_ws, create_alert_destination.name, create_alert_destination.type, create_alert_destination.url,
+            coalesce(create_alert_destination.headers, '{}'::jsonb),
+            nullif(create_alert_destination.description, ''), ops_private.uid(), ops_private.now())
+    on conflict (workspace_id, name) do nothing
+    returning * into v_row;
+    if v_row.id is null then
+        perform ops_private.fail(409, 'conflict',
+            'an alert destination named ' || create_alert_destination.name || ' exists in this workspace',
+            jsonb_build_object('argument', 'name'));
+    end if;
+    perform ops_private.audit('create_alert_destination', v_ws, 'alert_destination', v_row.name,
+        jsonb_build_object('id', v_row.id, 'type', v_row.type,
+                           'url_is_reference', ops_private.is_secret_reference(v_row.url),
+                           'headers', (select coalesce(jsonb_agg(k order by k), '[]'::jsonb)
+                                       from jsonb_object_keys(v_row.headers) k)));
+    return ops_private.alert_destination_json(v_row);
+end
+$$;
+
+--
+-- Name: create_alert_rule(text, text, text, text, integer, jsonb, boolean, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_alert_rule(workspace_id text, name text, event text, destination text, threshold integer DEFAULT NULL::integer, filters jsonb DEFAULT '{}'::jsonb, enabled boolean DEFAULT true, description text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws      uuid := ops_private.uuid_arg('workspace_id', create_alert_rule.workspace_id, true);
+    v_filters jsonb := coalesce(create_alert_rule.filters, '{}'::jsonb);
+    v_dest    uuid;
+    v_key     text;
+    v_row     ops.alert_rules;
+begin
+    perform ops_private.alert_workspace(v_ws, array['admin']);
+    perform ops_private.check_alert_name('name', create_alert_rule.name);
+    if create_alert_rule.event is null or create_alert_rule.event not in
+       ('run_failed', 'phase_dead_lettered', 'schedule_tick_failed', 'lease_expiries', 'slo_breached') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'event must be one of run_failed, phase_dead_lettered, schedule_tick_failed, lease_expiries,'
+            || ' slo_breached, got ' || coalesce(quote_literal(left(create_alert_rule.event, 64)), 'nothing'),
+            jsonb_build_object('argument', 'event'));
+    end if;
+    if create_alert_rule.event = 'lease_expiries' then
+        if create_alert_rule.threshold is null or create_alert_rule.threshold not between 1 and 1000000 then
+            perform ops_private.fail(400, 'invalid_argument',
+                'threshold is required for lease_expiries: the number of lease expiries in an hour (1-1000000)'
+                || ' that raises the alert',
+                jsonb_build_object('argument', 'threshold'));
+        end if;
+    elsif create_alert_rule.threshold is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'threshold is only for lease_expiries rules (the expiries per hour that raise the alert)',
+            jsonb_build_object('argument', 'threshold'));
+    end if;
+    perform ops_private.check_object('filters', v_filters);
+    perform ops_private.check_size('filters', v_filters, 4096);
+    for v_key in select jsonb_object_keys(v_filters) loop
+        if v_key not in ('spec_slug', 'job', 'labels') then
+            perform ops_private.fail(400, 'invalid_argument',
+                'filters.' || left(v_key, 64) || ' is not a filter: use spec_slug, job or labels',
+                jsonb_build_object('argument', 'filters.' || left(v_key, 64)));
+        end if;
+    end loop;
+    if (v_filters ? 'spec_slug' and jsonb_typeof(v_filters -> 'spec_slug') <> 'string')
+       or (v_filters ? 'job' and jsonb_typeof(v_filters -> 'job') <> 'string') then
+        perform ops_private.fail(400, 'invalid_argument', 'filters.spec_slug and filters.job are strings',
+                                 jsonb_build_object('argument', 'filters'));
+    end if;
+    if v_filters ? 'labels' and jsonb_typeof(v_filters -> 'labels') <> 'object' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'filters.labels must be an object of labels a run must carry', jsonb_build_object('argument', 'filters.labels'));
+    end if;
+    if v_filters <> '{}'::jsonb and create_alert_rule.event not in ('run_failed', 'phase_dead_lettered') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'filters apply to run_failed and phase_dead_lettered rules only',
+            jsonb_build_object('argument', 'filters'));
+    end if;
+    if create_alert_rule.description is not null and length(create_alert_rule.description) > 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'description must be at most 1000 characters',
+                                 jsonb_build_object('argument', 'description'));
+    end if;
+    if create_alert_rule.destination is null then
+        perform ops_private.fail(400, 'invalid_argument', 'destination is required (an alert destination''s name)',
+                                 jsonb_build_object('argument', 'destination'));
+    end if;
+    select d.id into v_dest from ops.alert_destinations d
+    where d.workspace_id = v_ws and d.name = create_alert_rule.destination;
+    if v_dest is null then
+        perform ops_private.fail(404, 'not_found',
+            'alert destination ' || left(create_alert_rule.destination, 64) || ' not found in this workspace:'
+            || ' create it with `control-room alerts destinations create`',
+            jsonb_build_object('argument', 'destination'));
+    end if;
+    insert into ops.alert_rules (workspace_id, name, event, threshold, filters, destination_id, enabled,
+                                 description, created_by, created_at)
+    values (v_ws, create_alert_rule.name, create_alert_rule.event, create_alert_rule.threshold, v_filters,
+            v_dest, coalesce(create_alert_rule.enabled, true), nullif(create_alert_rule.description, ''),
+            ops_private.uid(), ops_private.now())
+    on conflict (workspace_id, name) do nothing
+    returning * into v_row;
+    if v_row.id is null then
+        perform ops_private.fail(409, 'conflict',
+            'an alert rule named ' || create_alert_rule.name || ' exists in this workspace',
+            jsonb_build_object('argument', 'name'));
+    end if;
+    perform ops_private.audit('create_alert_rule', v_ws, 'alert_rule', v_row.name,
+        jsonb_build_object('id', v_row.id, 'event', v_row.event, 'destination', create_alert_rule.destination,
+                           'enabled', v_row.enabled));
+    return ops_private.alert_rule_json(v_row);
+end
+$$;
+
+--
 -- Name: create_connection(text, text, text, jsonb, jsonb, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -811,6 +997,43 @@ begin
                            'secret_fields', (select coalesce(jsonb_agg(k order by k), '[]'::jsonb)
                                              from jsonb_object_keys(v_secrets) k)));
     return ops_private.connection_json(v_row);
+end
+$$;
+
+--
+-- Name: create_job_run(text, text, integer, jsonb, text, jsonb, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_job_run(workspace_id text, job text, version integer DEFAULT NULL::integer, params jsonb DEFAULT '{}'::jsonb, idempotency_key text DEFAULT NULL::text, labels jsonb DEFAULT '{}'::jsonb, priority integer DEFAULT 0) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_job ops.jobs := ops_private.find_job(create_job_run.workspace_id, create_job_run.job,
+                                           array['developer', 'admin'], false);
+    v_ver uuid;
+    v_out jsonb;
+begin
+    if v_job.latest_version = 0 then
+        perform ops_private.fail(404, 'not_found', 'job ' || v_job.slug || ' has no version');
+    end if;
+    if create_job_run.version is not null and create_job_run.version not between 1 and v_job.latest_version then
+        perform ops_private.fail(404, 'not_found',
+            pg_catalog.format('job %s has no version %s (versions 1..%s)', v_job.slug, create_job_run.version,
+                              v_job.latest_version),
+            jsonb_build_object('argument', 'version'));
+    end if;
+    select v.id into v_ver from ops.job_versions v
+    where v.job_id = v_job.id and v.version = coalesce(create_job_run.version, v_job.latest_version);
+    v_out := ops_private.start_job_run(v_ver, create_job_run.params, create_job_run.idempotency_key,
+                                       create_job_run.labels, create_job_run.priority);
+    if (v_out ->> 'created')::boolean then
+        perform ops_private.audit('create_job_run', v_job.workspace_id, 'run', v_out ->> 'id',
+            jsonb_build_object('job', v_job.slug, 'version', v_out -> 'job' -> 'version',
+                               'idempotency_key', create_job_run.idempotency_key));
+    end if;
+    return v_out;
 end
 $$;
 
@@ -943,6 +1166,73 @@ end
 $_$;
 
 --
+-- Name: create_schedule(text, text, text, text, text, integer, jsonb, boolean, text, integer, integer, text, integer, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_schedule(workspace_id text, name text, job text, cron text DEFAULT NULL::text, timezone text DEFAULT 'UTC'::text, interval_seconds integer DEFAULT NULL::integer, params jsonb DEFAULT '{}'::jsonb, enabled boolean DEFAULT true, catchup text DEFAULT 'latest'::text, catchup_max integer DEFAULT 10, max_concurrent integer DEFAULT 1, overlap text DEFAULT 'skip'::text, priority integer DEFAULT 0, description text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now timestamptz := ops_private.now();
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', create_schedule.workspace_id, true);
+    v_job uuid;
+    v_row ops.schedules;
+begin
+    perform ops_private.schedule_workspace(v_ws, array['developer', 'admin']);
+    if create_schedule.name is null or create_schedule.name !~ '^[a-z][a-z0-9_-]{0,62}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'name must be 1-63 lower-case letters, digits, _ or -, starting with a letter, got '
+            || coalesce(quote_literal(left(create_schedule.name, 64)), 'nothing'),
+            jsonb_build_object('argument', 'name'));
+    end if;
+    if create_schedule.job is null then
+        perform ops_private.fail(400, 'invalid_argument', 'job (the slug of a registered job) is required',
+                                 jsonb_build_object('argument', 'job'));
+    end if;
+    select j.id into v_job from ops.jobs j where j.workspace_id = v_ws and j.slug = create_schedule.job;
+    if v_job is null then
+        perform ops_private.fail(404, 'not_found',
+            'job ' || left(create_schedule.job, 128) || ' not found in this workspace: register it with'
+            || ' `control-room jobs register`', jsonb_build_object('argument', 'job'));
+    end if;
+    v_row.id := gen_random_uuid();
+    v_row.workspace_id := v_ws;
+    v_row.job_id := v_job;
+    v_row.name := create_schedule.name;
+    v_row.description := nullif(create_schedule.description, '');
+    v_row.cron := create_schedule.cron;
+    v_row.timezone := coalesce(create_schedule.timezone, 'UTC');
+    v_row.interval_seconds := create_schedule.interval_seconds;
+    v_row.params := coalesce(create_schedule.params, '{}'::jsonb);
+    v_row.enabled := coalesce(create_schedule.enabled, true);
+    v_row.catchup := create_schedule.catchup;
+    v_row.catchup_max := create_schedule.catchup_max;
+    v_row.max_concurrent := create_schedule.max_concurrent;
+    v_row.overlap := create_schedule.overlap;
+    v_row.priority := create_schedule.priority;
+    v_row.anchor_at := v_now;
+    v_row := ops_private.check_schedule(v_row, v_now);
+    v_row.created_by := ops_private.uid();
+    v_row.created_at := v_now;
+    v_row.updated_at := v_now;
+    insert into ops.schedules select v_row.*
+    on conflict (workspace_id, name) do nothing
+    returning * into v_row;
+    if v_row.id is null then
+        perform ops_private.fail(409, 'conflict',
+            'a schedule named ' || create_schedule.name || ' exists in this workspace; change it with update_schedule',
+            jsonb_build_object('argument', 'name'));
+    end if;
+    perform ops_private.audit('create_schedule', v_ws, 'schedule', v_row.name,
+        jsonb_build_object('id', v_row.id, 'job', create_schedule.job, 'cron', v_row.cron,
+                           'timezone', v_row.timezone, 'interval_seconds', v_row.interval_seconds));
+    return ops_private.schedule_json(v_row);
+end
+$_$;
+
+--
 -- Name: create_workspace(text, text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -987,6 +1277,76 @@ end
 $_$;
 
 --
+-- Name: delete_alert_destination(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.delete_alert_destination(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws    uuid := ops_private.uuid_arg('workspace_id', delete_alert_destination.workspace_id, true);
+    v_row   ops.alert_destinations;
+    v_rules text;
+begin
+    perform ops_private.alert_workspace(v_ws, array['admin']);
+    if delete_alert_destination.name is null then
+        perform ops_private.fail(400, 'invalid_argument', 'name is required', jsonb_build_object('argument', 'name'));
+    end if;
+    select * into v_row from ops.alert_destinations d
+    where d.workspace_id = v_ws and d.name = delete_alert_destination.name for update;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found',
+            'alert destination ' || left(delete_alert_destination.name, 64) || ' not found in this workspace',
+            jsonb_build_object('argument', 'name'));
+    end if;
+    select string_agg(r.name, ', ' order by r.name) into v_rules
+    from ops.alert_rules r where r.destination_id = v_row.id;
+    if v_rules is not null then
+        perform ops_private.fail(409, 'conflict',
+            'alert destination ' || v_row.name || ' is used by rules ' || left(v_rules, 300)
+            || ': delete them first (control-room alerts rules delete)',
+            jsonb_build_object('argument', 'name'));
+    end if;
+    delete from ops.alert_destinations d where d.id = v_row.id;   -- its alerts go with it
+    perform ops_private.audit('delete_alert_destination', v_ws, 'alert_destination', v_row.name,
+        jsonb_build_object('id', v_row.id, 'type', v_row.type));
+    return jsonb_build_object('id', v_row.id, 'workspace_id', v_ws, 'name', v_row.name, 'deleted', true);
+end
+$$;
+
+--
+-- Name: delete_alert_rule(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.delete_alert_rule(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', delete_alert_rule.workspace_id, true);
+    v_row ops.alert_rules;
+begin
+    perform ops_private.alert_workspace(v_ws, array['admin']);
+    if delete_alert_rule.name is null then
+        perform ops_private.fail(400, 'invalid_argument', 'name is required', jsonb_build_object('argument', 'name'));
+    end if;
+    delete from ops.alert_rules r where r.workspace_id = v_ws and r.name = delete_alert_rule.name
+    returning * into v_row;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found',
+            'alert rule ' || left(delete_alert_rule.name, 64) || ' not found in this workspace',
+            jsonb_build_object('argument', 'name'));
+    end if;
+    perform ops_private.audit('delete_alert_rule', v_ws, 'alert_rule', v_row.name,
+        jsonb_build_object('id', v_row.id, 'event', v_row.event));
+    return jsonb_build_object('id', v_row.id, 'workspace_id', v_ws, 'name', v_row.name, 'deleted', true);
+end
+$$;
+
+--
 -- Name: delete_connection(text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1004,6 +1364,27 @@ begin
     delete from ops.connections c where c.id = v_row.id;   -- its secrets_refs go with it
     perform ops_private.audit('delete_connection', v_ws, 'connection', v_row.name,
         jsonb_build_object('id', v_row.id, 'type', v_row.type, 'version', v_row.version));
+    return jsonb_build_object('id', v_row.id, 'workspace_id', v_ws, 'name', v_row.name, 'deleted', true);
+end
+$$;
+
+--
+-- Name: delete_schedule(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.delete_schedule(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', delete_schedule.workspace_id, true);
+    v_row ops.schedules;
+begin
+    perform ops_private.schedule_workspace(v_ws, array['developer', 'admin']);
+    v_row := ops_private.find_schedule(v_ws, delete_schedule.name, true);
+    delete from ops.schedules s where s.id = v_row.id;    -- its ticks go with it; runs stay
+    perform ops_private.audit('delete_schedule', v_ws, 'schedule', v_row.name, jsonb_build_object('id', v_row.id));
     return jsonb_build_object('id', v_row.id, 'workspace_id', v_ws, 'name', v_row.name, 'deleted', true);
 end
 $$;
@@ -1056,6 +1437,39 @@ end
 $$;
 
 --
+-- Name: get_job(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_job(workspace_id text, slug text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_job  ops.jobs := ops_private.find_job(get_job.workspace_id, get_job.slug,
+                                            array['viewer', 'developer', 'admin', 'executor'], false);
+    v_sees boolean := ops_private.sees_principals(v_job.workspace_id);
+begin
+    return ops_private.job_json(v_job) || jsonb_build_object(
+        'versions', (select coalesce(jsonb_agg(ops_private.job_version_json(v, false)
+                                               || jsonb_build_object('created_by_name',
+                                                      ops_private.principal_name(v.workspace_id, v.created_by))
+                                               order by v.version desc), '[]'::jsonb)
+                     from (select * from ops.job_versions v where v.job_id = v_job.id
+                           order by v.version desc limit 100) v),
+        'latest', (select ops_private.job_version_json(v, true) from ops.job_versions v
+                   where v.job_id = v_job.id and v.version = v_job.latest_version),
+        'recent_runs', (select coalesce(jsonb_agg(ops_private.run_summary_json(x.id, v_sees)
+                                                  order by x.created_at desc, x.id desc), '[]'::jsonb)
+                        from (select r.id, r.created_at from ops.runs r
+                              where r.job_version_id in (select v.id from ops.job_versions v where v.job_id = v_job.id)
+                              order by r.created_at desc, r.id desc limit 20) x),
+        'last_run', ops_private.job_last_run(v_job.id),
+        'next_run_at', null);
+end
+$$;
+
+--
 -- Name: get_run(text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1072,7 +1486,30 @@ begin
     if v_out is null then
         perform ops_private.fail(404, 'not_found', 'run not found');
     end if;
-    return v_out;
+    return v_out || ops_private.lineage_json(v_run);
+end
+$$;
+
+--
+-- Name: get_schedule(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_schedule(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', get_schedule.workspace_id, true);
+    v_row ops.schedules;
+begin
+    perform ops_private.schedule_workspace(v_ws, array['viewer', 'developer', 'admin', 'executor']);
+    v_row := ops_private.find_schedule(v_ws, get_schedule.name, false);
+    return ops_private.schedule_json(v_row) || jsonb_build_object(
+        'upcoming', (select coalesce(jsonb_agg(t order by t), '[]'::jsonb)
+                     from ops_private.schedule_times(v_row, coalesce(v_row.next_tick_at, ops_private.now())
+                                                            - interval '1 microsecond', null, 5) t
+                     where v_row.enabled));
 end
 $$;
 
@@ -1171,6 +1608,72 @@ begin
     perform ops_private.audit('invite_member', v_ws, 'principal', v_pr::text,
                               jsonb_build_object('role', v_row.role, 'expires_at', v_row.expires_at));
     return ops_private.invitation_json(v_row, v_now);
+end
+$$;
+
+--
+-- Name: list_alert_destinations(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_alert_destinations(workspace_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', list_alert_destinations.workspace_id, true);
+begin
+    perform ops_private.alert_workspace(v_ws, array['developer', 'admin']);
+    return (select coalesce(jsonb_agg(ops_private.alert_destination_json(d) order by d.name), '[]'::jsonb)
+            from ops.alert_destinations d where d.workspace_id = v_ws);
+end
+$$;
+
+--
+-- Name: list_alert_rules(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_alert_rules(workspace_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', list_alert_rules.workspace_id, true);
+begin
+    perform ops_private.alert_workspace(v_ws, array['developer', 'admin']);
+    return (select coalesce(jsonb_agg(ops_private.alert_rule_json(r) order by r.name), '[]'::jsonb)
+            from ops.alert_rules r where r.workspace_id = v_ws);
+end
+$$;
+
+--
+-- Name: list_alerts(text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_alerts(workspace_id text, state text DEFAULT NULL::text, "limit" integer DEFAULT 50) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', list_alerts.workspace_id, true);
+begin
+    perform ops_private.alert_workspace(v_ws, array['viewer', 'developer', 'admin']);
+    if list_alerts.state is not null and list_alerts.state not in ('pending', 'delivering', 'delivered', 'failed') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'state must be one of pending, delivering, delivered, failed, got ' || quote_literal(left(list_alerts.state, 64)),
+            jsonb_build_object('argument', 'state'));
+    end if;
+    if list_alerts."limit" is null or list_alerts."limit" not between 1 and 500 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    return (select coalesce(jsonb_agg(ops_private.alert_json(a) order by a.created_at desc, a.id desc), '[]'::jsonb)
+            from (select * from ops.alerts a
+                  where a.workspace_id = v_ws and (list_alerts.state is null or a.state = list_alerts.state)
+                  order by a.created_at desc, a.id desc
+                  limit list_alerts."limit") a);
 end
 $$;
 
@@ -1275,6 +1778,71 @@ end
 $$;
 
 --
+-- Name: list_dead_letters(text, text, text, integer, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_dead_letters(workspace_id text, spec_slug text DEFAULT NULL::text, since text DEFAULT NULL::text, "limit" integer DEFAULT 100, cursor text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_ws    uuid := ops_private.uuid_arg('workspace_id', list_dead_letters.workspace_id, true);
+    v_since timestamptz;
+    v_at    timestamptz;
+    v_id    uuid;
+    v_rows  jsonb := '[]';
+    v_n     integer := 0;
+    v_last_at timestamptz;
+    v_last_id uuid;
+    v_x     record;
+begin
+    if list_dead_letters."limit" is null or list_dead_letters."limit" not between 1 and 500 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if list_dead_letters.spec_slug is not null and length(list_dead_letters.spec_slug) > 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'spec_slug must be at most 200 characters',
+                                 jsonb_build_object('argument', 'spec_slug'));
+    end if;
+    if list_dead_letters.since is not null then
+        if list_dead_letters.since !~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$' then
+            perform ops_private.fail(400, 'invalid_argument', 'since must be an ISO 8601 time',
+                                     jsonb_build_object('argument', 'since'));
+        end if;
+        begin
+            v_since := list_dead_letters.since::timestamptz;
+        exception when others then
+            perform ops_private.fail(400, 'invalid_argument', 'since must be an ISO 8601 time',
+                                     jsonb_build_object('argument', 'since'));
+        end;
+    end if;
+    if list_dead_letters.cursor is not null then
+        if list_dead_letters.cursor !~ '^\d{1,16}:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+            perform ops_private.fail(400, 'invalid_argument', 'cursor is not one this function returned',
+                                     jsonb_build_object('argument', 'cursor'));
+        end if;
+        v_at := to_timestamp(split_part(list_dead_letters.cursor, ':', 1)::numeric / 1000000);
+        v_id := split_part(list_dead_letters.cursor, ':', 2)::uuid;
+    end if;
+    -- a workspace the caller is no member of reads as no dead letters (row level security)
+    for v_x in
+        select d.phase_id, d.failed_at, d.item
+        from ops_private.dead_letters(v_ws, list_dead_letters.spec_slug, v_since, v_at, v_id,
+                                      list_dead_letters."limit") d
+    loop
+        v_rows := v_rows || jsonb_build_array(v_x.item);
+        v_n := v_n + 1;
+        v_last_at := v_x.failed_at;
+        v_last_id := v_x.phase_id;
+    end loop;
+    return jsonb_build_object('dead_letters', v_rows,
+        'next_cursor', case when v_n = list_dead_letters."limit" then
+            (extract(epoch from v_last_at) * 1000000)::bigint::text || ':' || v_last_id::text end);
+end
+$_$;
+
+--
 -- Name: list_events(text, bigint, integer, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1340,6 +1908,27 @@ begin
     return (select coalesce(pg_catalog.jsonb_agg(ops_private.invitation_json(i, v_now)
                                                  order by i.created_at desc, i.principal_id), '[]'::jsonb)
             from ops.invitations i where i.workspace_id = v_ws);
+end
+$$;
+
+--
+-- Name: list_jobs(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_jobs(workspace_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', list_jobs.workspace_id, true);
+begin
+    perform ops_private.connection_workspace(v_ws, array['viewer', 'developer', 'admin', 'executor']);
+    return (select coalesce(jsonb_agg(ops_private.job_json(j)
+                                      || jsonb_build_object('last_run', ops_private.job_last_run(j.id),
+                                                            'next_run_at', ops_private.job_next_run_at(j.id))
+                                      order by j.slug), '[]'::jsonb)
+            from ops.jobs j where j.workspace_id = v_ws);
 end
 $$;
 
@@ -1412,6 +2001,79 @@ end
 $_$;
 
 --
+-- Name: list_schedule_ticks(text, text, text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_schedule_ticks(workspace_id text, name text, state text DEFAULT NULL::text, before text DEFAULT NULL::text, "limit" integer DEFAULT 100) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws    uuid := ops_private.uuid_arg('workspace_id', list_schedule_ticks.workspace_id, true);
+    v_row   ops.schedules;
+    v_limit integer := list_schedule_ticks."limit";
+    v_ticks jsonb;
+    v_count integer;
+    v_before timestamptz;
+begin
+    perform ops_private.schedule_workspace(v_ws, array['viewer', 'developer', 'admin', 'executor']);
+    v_row := ops_private.find_schedule(v_ws, list_schedule_ticks.name, false);
+    if list_schedule_ticks.before is not null then
+        if not ops_private.is_timestamptz(list_schedule_ticks.before) then
+            perform ops_private.fail(400, 'invalid_argument',
+                'before must be an ISO 8601 time with a zone (a scheduled_for of the previous page), got '
+                || quote_literal(left(list_schedule_ticks.before, 64)),
+                jsonb_build_object('argument', 'before'));
+        end if;
+        v_before := list_schedule_ticks.before::timestamptz;
+    end if;
+    if v_limit is null or v_limit not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 1000',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if list_schedule_ticks.state is not null and list_schedule_ticks.state not in ('created', 'skipped', 'failed') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'state must be one of created, skipped, failed, got ' || quote_literal(left(list_schedule_ticks.state, 64)),
+            jsonb_build_object('argument', 'state'));
+    end if;
+    select coalesce(jsonb_agg(ops_private.tick_json(x) order by x.scheduled_for desc), '[]'::jsonb), count(*)
+    into v_ticks, v_count
+    from (select * from ops.schedule_ticks t
+          where t.schedule_id = v_row.id
+            and (list_schedule_ticks.state is null or t.state = list_schedule_ticks.state)
+            and (v_before is null or t.scheduled_for < v_before)
+          order by t.scheduled_for desc
+          limit v_limit) x;
+    return jsonb_build_object(
+        'ticks', v_ticks,
+        'next_before', case when v_count = v_limit then v_ticks -> (v_count - 1) -> 'scheduled_for' end);
+end
+$$;
+
+--
+-- Name: list_schedules(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_schedules(workspace_id text, job text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', list_schedules.workspace_id, true);
+begin
+    perform ops_private.schedule_workspace(v_ws, array['viewer', 'developer', 'admin', 'executor']);
+    return (select coalesce(jsonb_agg(ops_private.schedule_json(s) order by s.name), '[]'::jsonb)
+            from ops.schedules s
+            where s.workspace_id = v_ws
+              and (list_schedules.job is null
+                   or s.job_id in (select j.id from ops.jobs j
+                                   where j.workspace_id = v_ws and j.slug = list_schedules.job)));
+end
+$$;
+
+--
 -- Name: list_workspaces(); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1425,6 +2087,66 @@ CREATE FUNCTION ops.list_workspaces() RETURNS jsonb
                         where m.workspace_id = w.id and m.principal_id = ops_private.uid()))
                order by w.slug), '[]'::jsonb)
     from ops.workspaces w
+$$;
+
+--
+-- Name: record_alert_delivery(text, boolean, integer, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.record_alert_delivery(alert_id text, ok boolean, http_status integer DEFAULT NULL::integer, error text DEFAULT NULL::text, duration_ms integer DEFAULT NULL::integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := ops_private.now();
+    v_id  uuid;
+    v_row ops.alerts;
+    v_err text;
+begin
+    perform ops_private.require_service_role('record_alert_delivery');
+    v_id := ops_private.uuid_arg('alert_id', record_alert_delivery.alert_id, true);
+    if record_alert_delivery.ok is null then
+        perform ops_private.fail(400, 'invalid_argument', 'ok is required (true or false)',
+                                 jsonb_build_object('argument', 'ok'));
+    end if;
+    if record_alert_delivery.http_status is not null and record_alert_delivery.http_status not between 100 and 599 then
+        perform ops_private.fail(400, 'invalid_argument', 'http_status must be between 100 and 599',
+                                 jsonb_build_object('argument', 'http_status'));
+    end if;
+    if record_alert_delivery.duration_ms is not null and record_alert_delivery.duration_ms < 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'duration_ms must be at least 0',
+                                 jsonb_build_object('argument', 'duration_ms'));
+    end if;
+    select * into v_row from ops.alerts a where a.id = v_id for update;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found', 'alert ' || v_id::text || ' not found',
+                                 jsonb_build_object('argument', 'alert_id'));
+    end if;
+    if v_row.state <> 'delivering' then
+        perform ops_private.fail(409, 'conflict',
+            'alert ' || v_id::text || ' is ' || v_row.state || ', not delivering: claim it with claim_alerts first',
+            jsonb_build_object('argument', 'alert_id', 'state', v_row.state));
+    end if;
+    v_err := nullif(ops_private.alert_message(record_alert_delivery.error), '');
+    insert into ops.alert_deliveries (alert_id, attempt, workspace_id, at, ok, http_status, error, duration_ms)
+    values (v_row.id, v_row.attempts + 1, v_row.workspace_id, v_now, record_alert_delivery.ok,
+            record_alert_delivery.http_status, v_err, record_alert_delivery.duration_ms);
+    update ops.alerts a
+    set attempts = a.attempts + 1,
+        lease_expires_at = null,
+        state = case when record_alert_delivery.ok then 'delivered'
+                     when a.attempts + 1 >= a.max_attempts then 'failed'
+                     else 'pending' end,
+        delivered_at = case when record_alert_delivery.ok then v_now end,
+        next_attempt_at = case when record_alert_delivery.ok or a.attempts + 1 >= a.max_attempts then a.next_attempt_at
+                               else v_now + make_interval(secs => ops_private.alert_backoff_seconds(a.attempts + 1)) end,
+        last_error = case when record_alert_delivery.ok then a.last_error
+                          else coalesce(v_err, 'HTTP ' || record_alert_delivery.http_status::text, 'failed') end
+    where a.id = v_row.id
+    returning * into v_row;
+    return ops_private.alert_json(v_row);
+end
 $$;
 
 --
@@ -1800,6 +2522,105 @@ end
 $_$;
 
 --
+-- Name: register_job(text, text, jsonb, text, text, text, text, jsonb); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.register_job(workspace_id text, slug text, spec jsonb, digest text, git_sha text, description text DEFAULT NULL::text, owner text DEFAULT NULL::text, tags jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now     timestamptz := ops_private.now();
+    v_ws      uuid := ops_private.uuid_arg('workspace_id', register_job.workspace_id, true);
+    v_tags    jsonb := coalesce(register_job.tags, '{}'::jsonb);
+    v_spec    jsonb;
+    v_job     ops.jobs;
+    v_latest  ops.job_versions;
+    v_ver     ops.job_versions;
+    v_created boolean := false;
+    v_bad     text;
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    perform ops_private.require_role(v_ws, array['developer', 'admin'], true, 'workspace');
+    if register_job.slug is null or register_job.slug !~ '^[a-z0-9][a-z0-9_-]{0,62}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'slug must be 1-63 lower-case letters, digits, _ or -, got ' || coalesce(left(register_job.slug, 80), 'nothing'),
+            jsonb_build_object('argument', 'slug'));
+    end if;
+    if register_job.digest is null or register_job.digest !~ '^blake3:[0-9a-f]{64}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'digest must be blake3: followed by 64 lower-case hex digits, got ' || coalesce(left(register_job.digest, 80), 'nothing'),
+            jsonb_build_object('argument', 'digest'));
+    end if;
+    if register_job.git_sha is null or register_job.git_sha !~ '^[0-9a-f]{7,64}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'git_sha must be 7-64 lower-case hex digits, got ' || coalesce(left(register_job.git_sha, 80), 'nothing'),
+            jsonb_build_object('argument', 'git_sha'));
+    end if;
+    if register_job.description is not null and length(register_job.description) > 2000 then
+        perform ops_private.fail(400, 'invalid_argument', 'description must be at most 2000 characters',
+                                 jsonb_build_object('argument', 'description'));
+    end if;
+    if register_job.owner is not null and length(register_job.owner) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'owner must be 1-200 characters (a name or an email)',
+                                 jsonb_build_object('argument', 'owner'));
+    end if;
+    perform ops_private.check_object('tags', v_tags);
+    perform ops_private.check_size('tags', v_tags, 16384);
+    if (select count(*) from jsonb_object_keys(v_tags)) > 50 then
+        perform ops_private.fail(400, 'invalid_argument', 'tags: at most 50 tags',
+                                 jsonb_build_object('argument', 'tags'));
+    end if;
+    select t.key into v_bad from jsonb_each(v_tags) t
+    where jsonb_typeof(t.value) <> 'string' or length(t.key) not between 1 and 64 or length(t.value #>> '{}') > 256 limit 1;
+    if v_bad is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'tags must map keys of 1-64 characters to strings of at most 256; tag ' || left(v_bad, 64) || ' does not',
+            jsonb_build_object('argument', 'tags.' || left(v_bad, 64)));
+    end if;
+    v_spec := ops_private.check_job_spec(register_job.slug, register_job.spec);
+
+    insert into ops.jobs (workspace_id, slug, description, owner, tags, created_by, created_at, updated_at)
+    values (v_ws, register_job.slug, coalesce(register_job.description, v_spec ->> 'description'),
+            register_job.owner, v_tags, ops_private.uid(), v_now, v_now)
+    on conflict (workspace_id, slug) do nothing;
+    select * into v_job from ops.jobs j where j.workspace_id = v_ws and j.slug = register_job.slug for update;
+    if (register_job.description is not null and register_job.description is distinct from v_job.description)
+       or (register_job.owner is not null and register_job.owner is distinct from v_job.owner)
+       or (v_tags <> '{}'::jsonb and v_tags <> v_job.tags) then
+        update ops.jobs j set description = coalesce(register_job.description, j.description),
+                              owner = coalesce(register_job.owner, j.owner),
+                              tags = case when v_tags <> '{}'::jsonb then v_tags else j.tags end,
+                              updated_at = v_now
+        where j.id = v_job.id
+        returning * into v_job;
+    end if;
+    select * into v_latest from ops.job_versions v where v.job_id = v_job.id and v.version = v_job.latest_version;
+    if v_latest.id is null or v_latest.digest <> register_job.digest or v_latest.git_sha <> register_job.git_sha then
+        insert into ops.job_versions (job_id, workspace_id, version, spec, digest, git_sha, created_by, created_at)
+        values (v_job.id, v_ws, v_job.latest_version + 1, v_spec, register_job.digest, register_job.git_sha,
+                ops_private.uid(), v_now)
+        returning * into v_ver;
+        update ops.jobs j set latest_version = v_ver.version, updated_at = v_now
+        where j.id = v_job.id
+        returning * into v_job;
+        v_created := true;
+        perform ops_private.audit('register_job', v_ws, 'job_version', v_ver.id::text,
+            jsonb_build_object('job', v_job.slug, 'version', v_ver.version, 'digest', v_ver.digest,
+                               'git_sha', v_ver.git_sha));
+    else
+        v_ver := v_latest;
+    end if;
+    return jsonb_build_object('job', ops_private.job_json(v_job),
+                              'version', ops_private.job_version_json(v_ver, true),
+                              'created', v_created);
+end
+$_$;
+
+--
 -- Name: remove_member(text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1836,6 +2657,153 @@ end
 $$;
 
 --
+-- Name: repair_run(text, text[], text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.repair_run(run_id text, phases text[] DEFAULT NULL::text[], idempotency_key text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now    timestamptz := ops_private.now();
+    v_parent uuid := ops_private.uuid_arg('run_id', repair_run.run_id, true);
+    v_r      ops.runs;
+    v_named  text[];
+    v_bad    text;
+    v_rerun  text[];
+    v_out    jsonb;
+begin
+    if repair_run.idempotency_key is not null and length(repair_run.idempotency_key) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'idempotency_key must be 1-200 characters',
+                                 jsonb_build_object('argument', 'idempotency_key'));
+    end if;
+    if repair_run.phases is not null then
+        if cardinality(repair_run.phases) = 0 then
+            perform ops_private.fail(400, 'invalid_argument',
+                'phases must name at least one phase (or be null: every phase that did not succeed)',
+                jsonb_build_object('argument', 'phases'));
+        end if;
+        if cardinality(repair_run.phases) > 1000 or array_ndims(repair_run.phases) <> 1 then
+            perform ops_private.fail(400, 'invalid_argument', 'phases must be a list of at most 1000 names',
+                                     jsonb_build_object('argument', 'phases'));
+        end if;
+        if array_position(repair_run.phases, null) is not null then
+            perform ops_private.fail(400, 'invalid_argument', 'phases must not contain null',
+                                     jsonb_build_object('argument', 'phases'));
+        end if;
+        select array_agg(distinct n order by n) into v_named from unnest(repair_run.phases) n;
+    end if;
+    select * into v_r from ops.runs r where r.id = v_parent;
+    if v_r.id is null then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    perform ops_private.require_role(v_r.workspace_id, array['developer', 'admin'], true, 'run');
+    select n into v_bad from unnest(v_named) n
+    where not exists (select 1 from ops.phases p where p.run_id = v_parent and p.name = n)
+    order by n limit 1;
+    if v_bad is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'phase ' || left(v_bad, 200) || ' is not a phase of this run',
+            jsonb_build_object('argument', 'phases', 'phase', left(v_bad, 200)));
+    end if;
+    -- the lock that makes "at most one active repair per run" race-safe
+    select * into v_r from ops.runs r where r.id = v_parent for update;
+    if v_r.state not in ('succeeded', 'failed', 'cancelled') then
+        perform ops_private.fail(409, 'conflict',
+            'only a finished run can be repaired; this one is ' || v_r.state);
+    end if;
+    v_rerun := ops_private.repair_set(v_parent, v_named);
+    if cardinality(v_rerun) = 0 then
+        perform ops_private.fail(409, 'conflict',
+            'every phase of this run succeeded: name the phases to rerun');
+    end if;
+    v_out := ops_private.make_repair(v_r, v_rerun, repair_run.idempotency_key,
+        md5(jsonb_build_array('repair', v_parent, v_rerun)::text), 'fail', v_now);
+    if (v_out ->> 'created')::boolean then
+        perform ops_private.audit('repair_run', v_r.workspace_id, 'run', v_out ->> 'id',
+                                  jsonb_build_object('parent_run_id', v_parent, 'rerun_phases', to_jsonb(v_rerun)));
+    end if;
+    return v_out;
+end
+$$;
+
+--
+-- Name: requeue_dead_letters(text, text[]); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.requeue_dead_letters(workspace_id text, phase_ids text[]) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now   timestamptz := ops_private.now();
+    v_ws    uuid := ops_private.uuid_arg('workspace_id', requeue_dead_letters.workspace_id, true);
+    v_ids   uuid[] := '{}';
+    v_i     integer;
+    v_p     ops.phases;
+    v_r     ops.runs;
+    v_run   uuid;
+    v_named text[];
+    v_out   jsonb := '[]';
+    v_child jsonb;
+begin
+    if requeue_dead_letters.phase_ids is null or cardinality(requeue_dead_letters.phase_ids) = 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'phase_ids must name at least one phase',
+                                 jsonb_build_object('argument', 'phase_ids'));
+    end if;
+    if cardinality(requeue_dead_letters.phase_ids) > 1000 or array_ndims(requeue_dead_letters.phase_ids) <> 1 then
+        perform ops_private.fail(400, 'invalid_argument', 'phase_ids must be a list of at most 1000 ids',
+                                 jsonb_build_object('argument', 'phase_ids'));
+    end if;
+    for v_i in 1 .. cardinality(requeue_dead_letters.phase_ids) loop
+        v_ids := v_ids || ops_private.uuid_arg(format('phase_ids[%s]', v_i - 1),
+                                                requeue_dead_letters.phase_ids[v_i], true);
+    end loop;
+    perform ops_private.require_role(v_ws, array['developer', 'admin'], true);
+    -- every id must be a dead letter of this workspace
+    for v_i in 1 .. cardinality(v_ids) loop
+        select * into v_p from ops.phases p where p.id = v_ids[v_i] and p.workspace_id = v_ws;
+        if v_p.id is null then
+            perform ops_private.fail(404, 'not_found',
+                format('phase_ids[%s] (%s) is not a phase of this workspace', v_i - 1, v_ids[v_i]),
+                jsonb_build_object('argument', format('phase_ids[%s]', v_i - 1)));
+        end if;
+        if v_p.state <> 'failed' or ops_private.rerun_to_an_end(v_p.run_id, v_p.name) then
+            perform ops_private.fail(409, 'conflict',
+                format('phase_ids[%s] (%s, phase %s) is not a dead letter: it is %s', v_i - 1, v_ids[v_i],
+                       v_p.name, case when v_p.state = 'failed' then 'failed and already repaired' else v_p.state end),
+                jsonb_build_object('argument', format('phase_ids[%s]', v_i - 1)));
+        end if;
+    end loop;
+    -- one repair per run, the runs locked in id order (two bulk requeues never deadlock)
+    for v_run in select distinct p.run_id from ops.phases p where p.id = any (v_ids) order by p.run_id loop
+        select * into v_r from ops.runs r where r.id = v_run for update;
+        if v_r.state not in ('succeeded', 'failed', 'cancelled') then
+            perform ops_private.fail(409, 'conflict',
+                'run ' || v_run::text || ' is still ' || v_r.state || '; its dead letters can be requeued once it ends',
+                jsonb_build_object('run_id', v_run));
+        end if;
+        select array_agg(p.name order by p.ordinal) into v_named
+        from ops.phases p where p.run_id = v_run and p.id = any (v_ids);
+        v_child := ops_private.make_repair(v_r, ops_private.repair_set(v_run, v_named), null,
+            md5(jsonb_build_array('repair', v_run, ops_private.repair_set(v_run, v_named))::text),
+            'return', v_now);
+        if (v_child ->> 'created')::boolean then
+            perform ops_private.audit('requeue_dead_letters', v_ws, 'run', v_child ->> 'id',
+                jsonb_build_object('parent_run_id', v_run, 'phases', to_jsonb(v_named),
+                                   'rerun_phases', v_child -> 'rerun_phases'));
+        end if;
+        v_out := v_out || jsonb_build_array(jsonb_build_object(
+            'run_id', v_run, 'repair_run_id', v_child ->> 'id', 'created', v_child -> 'created',
+            'state', v_child ->> 'state', 'phases', to_jsonb(v_named), 'rerun_phases', v_child -> 'rerun_phases'));
+    end loop;
+    return jsonb_build_object('requeued', v_out);
+end
+$$;
+
+--
 -- Name: retry_run(text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1848,11 +2816,7 @@ declare
     v_now    timestamptz := ops_private.now();
     v_parent uuid := ops_private.uuid_arg('run_id', retry_run.run_id, true);
     v_r      ops.runs;
-    v_key    text;
-    v_phases jsonb;
-    v_reuse  jsonb;
-    v_child  uuid;
-    v_digest text;
+    v_out    jsonb;
 begin
     if retry_run.idempotency_key is not null and length(retry_run.idempotency_key) not between 1 and 200 then
         perform ops_private.fail(400, 'invalid_argument', 'idempotency_key must be 1-200 characters');
@@ -1862,50 +2826,19 @@ begin
         perform ops_private.fail(404, 'not_found', 'run not found');
     end if;
     perform ops_private.require_role(v_r.workspace_id, array['developer', 'admin'], true, 'run');
+    select * into v_r from ops.runs r where r.id = v_parent for update;
     if v_r.state not in ('failed', 'cancelled') then
         perform ops_private.fail(409, 'conflict',
             'only a failed or cancelled run can be retried; this one is ' || v_r.state);
     end if;
-    v_key := coalesce(retry_run.idempotency_key, 'retry-of:' || v_parent::text);
-    v_digest := md5(jsonb_build_array('retry', v_parent)::text);
-    select r.id into v_child from ops.runs r
-    where r.workspace_id = v_r.workspace_id and r.idempotency_key = v_key;
-    if v_child is not null and not exists (select 1 from ops.runs r
-                                           where r.id = v_child and r.request_digest = v_digest) then
-        perform ops_private.fail(409, 'conflict',
-            'idempotency_key ' || v_key || ' belongs to a run that is not a retry of this one',
-            jsonb_build_object('run_id', v_child));
-    end if;
-    if v_child is null then
-        select jsonb_agg(jsonb_build_object(
-                   'name', p.name, 'kind', p.kind, 'params', p.params, 'depends_on', to_jsonb(p.depends_on),
-                   'max_attempts', p.max_attempts, 'timeout_seconds', p.timeout_seconds,
-                   'retry_backoff_seconds', p.retry_backoff_seconds,
-                   'retry_backoff_max_seconds', p.retry_backoff_max_seconds, 'ordinal', p.ordinal)
-                   order by p.ordinal),
-               coalesce(jsonb_object_agg(p.name, jsonb_build_object(
-                   'output_manifest', p.output_manifest,
-                   'phase_id', coalesce(p.reused_from_phase_id, p.id))) filter (where p.state = 'succeeded'),
-                   '{}'::jsonb)
-        into v_phases, v_reuse
-        from ops.phases p where p.run_id = v_parent;
-        v_child := ops_private.insert_run(v_r.workspace_id, v_r.spec_slug, v_r.git_sha, v_phases, v_r.input_manifest,
-                                          v_key, v_r.labels, v_r.priority, v_parent, v_reuse,
-                                          v_digest, v_now);
-        if v_child is null then   -- a concurrent call with the same key won
-            select r.id into v_child from ops.runs r
-            where r.workspace_id = v_r.workspace_id and r.idempotency_key = v_key and r.request_digest = v_digest;
-            if v_child is null then
-                perform ops_private.fail(409, 'conflict',
-                    'idempotency_key ' || v_key || ' belongs to a run that is not a retry of this one');
-            end if;
-            return ops_private.run_json(v_child) || jsonb_build_object('created', false);
-        end if;
-        perform ops_private.audit('retry_run', v_r.workspace_id, 'run', v_child::text,
+    v_out := ops_private.make_repair(v_r, ops_private.repair_set(v_parent, null),
+        coalesce(retry_run.idempotency_key, 'retry-of:' || v_parent::text),
+        md5(jsonb_build_array('retry', v_parent)::text), 'fail', v_now);
+    if (v_out ->> 'created')::boolean then
+        perform ops_private.audit('retry_run', v_r.workspace_id, 'run', v_out ->> 'id',
                                   jsonb_build_object('parent_run_id', v_parent));
-        return ops_private.run_json(v_child) || jsonb_build_object('created', true);
     end if;
-    return ops_private.run_json(v_child) || jsonb_build_object('created', false);
+    return v_out - 'rerun_phases';
 end
 $$;
 
@@ -1982,6 +2915,112 @@ begin
         delete from ops.invitations i where i.principal_id = v_id and i.accepted_at is null;
     end if;
     return to_jsonb(v_row);
+end
+$$;
+
+--
+-- Name: run_due_schedules(text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.run_due_schedules(workspace_id text DEFAULT NULL::text, "limit" integer DEFAULT 100) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now     timestamptz := ops_private.now();
+    v_ws      uuid := ops_private.uuid_arg('workspace_id', run_due_schedules.workspace_id, false);
+    v_limit   integer := run_due_schedules."limit";
+    v_all     boolean := ops_private.is_privileged();
+    v_wss     uuid[];
+    v_s       ops.schedules;
+    v_times   timestamptz[];
+    v_n       integer;
+    v_fire    integer;
+    v_i       integer;
+    v_state   text;
+    v_reason  text;
+    v_tick    ops.schedule_ticks;
+    v_ticks   jsonb := '[]'::jsonb;
+    v_created integer := 0;
+    v_skipped integer := 0;
+    v_failed  integer := 0;
+    v_done    integer := 0;
+    v_more    boolean;
+begin
+    if v_limit is null or v_limit not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 1000',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if v_ws is not null then
+        perform ops_private.schedule_workspace(v_ws, array['developer', 'admin']);
+        v_wss := array[v_ws];
+    elsif not v_all then
+        if ops_private.principal() is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+        v_wss := array(select m.workspace_id from ops.workspace_members m
+                       where m.principal_id = ops_private.uid() and m.role in ('developer', 'admin'));
+        if cardinality(v_wss) = 0 then
+            perform ops_private.fail(403, 'forbidden',
+                'run_due_schedules needs a developer or admin of a workspace, or service_role');
+        end if;
+    end if;
+    for v_s in
+        select * from ops.schedules s
+        where s.enabled and s.next_tick_at <= v_now
+          and (v_wss is null or s.workspace_id = any (v_wss))
+        order by s.next_tick_at, s.id
+        limit v_limit
+        for update skip locked
+    loop
+        v_done := v_done + 1;
+        v_times := array(select t from ops_private.schedule_times(v_s, v_s.next_tick_at - interval '1 microsecond',
+                                                                  v_now, 1001) t);
+        v_more := cardinality(v_times) > 1000;
+        if v_more then
+            v_times := v_times[1:1000];
+        end if;
+        v_n := coalesce(cardinality(v_times), 0);
+        -- how many of the newest fire: none when more are due than looked at
+        v_fire := case when v_more then 0
+                       when v_s.catchup = 'all' then least(v_n, v_s.catchup_max)
+                       when v_s.catchup = 'latest' then least(v_n, 1)
+                       when v_n > 0 and v_times[v_n] >= v_now - interval '2 minutes' then 1
+                       else 0 end;
+        for v_i in 1 .. v_n loop
+            if v_i > v_n - v_fire then
+                v_state := 'created';
+                v_reason := null;
+            else
+                v_state := 'skipped';
+                v_reason := case when v_more then 'catchup: more than 1000 ticks were due; older ticks are skipped'
+                                 when v_s.catchup = 'all' then pg_catalog.format(
+                                     'catchup all: only the newest %s missed ticks (catchup_max) run', v_s.catchup_max)
+                                 when v_s.catchup = 'latest' then 'catchup latest: a newer tick was due'
+                                 else 'catchup skip: missed (more than 2 minutes late)' end;
+            end if;
+            v_tick := ops_private.fire_tick(v_s, v_times[v_i], v_state, v_reason, v_now);
+            continue when v_tick.id is null;        -- recorded already (by another scheduler)
+            if v_tick.state = 'created' then
+                v_created := v_created + 1;
+            elsif v_tick.state = 'failed' then
+                v_failed := v_failed + 1;
+            else
+                v_skipped := v_skipped + 1;
+            end if;
+            if jsonb_array_length(v_ticks) < 500 and (v_tick.state <> 'skipped' or v_i > v_n - 50) then
+                v_ticks := v_ticks || (ops_private.tick_json(v_tick) || jsonb_build_object('schedule', v_s.name));
+            end if;
+        end loop;
+        update ops.schedules s
+        set next_tick_at = case when v_more then ops_private.schedule_next(v_s, v_times[v_n])
+                                else ops_private.schedule_next(v_s, greatest(v_now, coalesce(v_times[v_n], v_now))) end,
+            last_tick_at = coalesce(v_times[v_n], s.last_tick_at)
+        where s.id = v_s.id;
+    end loop;
+    return jsonb_build_object('schedules', v_done, 'created', v_created, 'skipped', v_skipped,
+                              'failed', v_failed, 'ticks', v_ticks, 'at', v_now);
 end
 $$;
 
@@ -2123,6 +3162,85 @@ end
 $$;
 
 --
+-- Name: update_schedule(text, text, text, text, integer, jsonb, boolean, text, integer, integer, text, integer, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.update_schedule(workspace_id text, name text, cron text DEFAULT NULL::text, timezone text DEFAULT NULL::text, interval_seconds integer DEFAULT NULL::integer, params jsonb DEFAULT NULL::jsonb, enabled boolean DEFAULT NULL::boolean, catchup text DEFAULT NULL::text, catchup_max integer DEFAULT NULL::integer, max_concurrent integer DEFAULT NULL::integer, overlap text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, description text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now  timestamptz := ops_private.now();
+    v_ws   uuid := ops_private.uuid_arg('workspace_id', update_schedule.workspace_id, true);
+    v_old  ops.schedules;
+    v_row  ops.schedules;
+begin
+    perform ops_private.schedule_workspace(v_ws, array['developer', 'admin']);
+    v_old := ops_private.find_schedule(v_ws, update_schedule.name, true);
+    v_row := v_old;
+    if update_schedule.cron is not null then
+        v_row.cron := update_schedule.cron;
+        v_row.interval_seconds := null;
+    elsif update_schedule.interval_seconds is not null then
+        v_row.interval_seconds := update_schedule.interval_seconds;
+        v_row.cron := null;
+    end if;
+    v_row.timezone := coalesce(update_schedule.timezone, v_row.timezone);
+    v_row.params := coalesce(update_schedule.params, v_row.params);
+    v_row.enabled := coalesce(update_schedule.enabled, v_row.enabled);
+    v_row.catchup := coalesce(update_schedule.catchup, v_row.catchup);
+    v_row.catchup_max := coalesce(update_schedule.catchup_max, v_row.catchup_max);
+    v_row.max_concurrent := coalesce(update_schedule.max_concurrent, v_row.max_concurrent);
+    v_row.overlap := coalesce(update_schedule.overlap, v_row.overlap);
+    v_row.priority := coalesce(update_schedule.priority, v_row.priority);
+    v_row.description := case when update_schedule.description is null then v_row.description
+                              else nullif(update_schedule.description, '') end;
+    if update_schedule.cron is not null and update_schedule.interval_seconds is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'a schedule has either cron (with timezone) or interval_seconds, not both',
+            jsonb_build_object('argument', 'interval_seconds'));
+    end if;
+    v_row := ops_private.check_schedule(v_row, v_now);
+    if v_row.cron is not distinct from v_old.cron and v_row.timezone is not distinct from v_old.timezone
+       and v_row.interval_seconds is not distinct from v_old.interval_seconds
+       and v_row.enabled and v_old.enabled then
+        -- the policies or params only: the ticks stay where they were (missed ones are still caught up)
+        v_row.anchor_at := v_old.anchor_at;
+        v_row.next_tick_at := v_old.next_tick_at;
+    end if;
+    update ops.schedules s
+    set cron = v_row.cron, timezone = v_row.timezone, cron_minutes = v_row.cron_minutes,
+        cron_hours = v_row.cron_hours, cron_days = v_row.cron_days, cron_months = v_row.cron_months,
+        cron_weekdays = v_row.cron_weekdays, cron_days_star = v_row.cron_days_star,
+        cron_weekdays_star = v_row.cron_weekdays_star, interval_seconds = v_row.interval_seconds,
+        params = v_row.params, enabled = v_row.enabled, catchup = v_row.catchup,
+        catchup_max = v_row.catchup_max, max_concurrent = v_row.max_concurrent, overlap = v_row.overlap,
+        priority = v_row.priority, description = v_row.description, anchor_at = v_row.anchor_at,
+        next_tick_at = v_row.next_tick_at, updated_at = v_now
+    where s.id = v_old.id
+    returning * into v_row;
+    perform ops_private.audit('update_schedule', v_ws, 'schedule', v_row.name,
+        jsonb_build_object('id', v_row.id, 'enabled', v_row.enabled, 'cron', v_row.cron,
+                           'timezone', v_row.timezone, 'interval_seconds', v_row.interval_seconds,
+                           'catchup', v_row.catchup, 'overlap', v_row.overlap));
+    return ops_private.schedule_json(v_row);
+end
+$$;
+
+--
+-- Name: active_child(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.active_child(p_parent uuid) RETURNS uuid
+    LANGUAGE sql STABLE
+    AS $$
+    select r.id from ops.runs r
+    where r.parent_run_id = p_parent and r.state in ('queued', 'running')
+    order by r.created_at, r.id limit 1
+$$;
+
+--
 -- Name: admin_workspaces(); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -2134,6 +3252,349 @@ CREATE FUNCTION ops_private.admin_workspaces() RETURNS SETOF uuid
     where m.principal_id = (select auth.uid()) and m.role = 'admin'
       and not exists (select 1 from ops.principals p
                       where p.id = (select auth.uid()) and p.revoked_at is not null)
+$$;
+
+--
+-- Name: alert_backoff_seconds(integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_backoff_seconds(p_attempt integer) RETURNS integer
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select (array[5, 30, 120, 600, 1800, 3600])[least(greatest(p_attempt, 1), 6)]
+$$;
+
+SET default_table_access_method = heap;
+
+--
+-- Name: alert_destinations; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.alert_destinations (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    name text NOT NULL,
+    type text NOT NULL,
+    url text NOT NULL,
+    headers jsonb DEFAULT '{}'::jsonb NOT NULL,
+    description text,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT alert_destinations_description_check CHECK ((length(description) <= 1000)),
+    CONSTRAINT alert_destinations_headers_check CHECK ((jsonb_typeof(headers) = 'object'::text)),
+    CONSTRAINT alert_destinations_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT alert_destinations_type_check CHECK ((type = ANY (ARRAY['webhook'::text, 'slack'::text]))),
+    CONSTRAINT alert_destinations_url_check CHECK ((length(url) <= 2048))
+);
+
+--
+-- Name: TABLE alert_destinations; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON TABLE ops.alert_destinations IS 'Where alerts of a workspace go. url is a secret reference (env:NAME, file:/path) or, for a webhook, a literal URL without credentials; headers are references. Never a secret value.';
+
+--
+-- Name: alert_destination_json(ops.alert_destinations); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_destination_json(d ops.alert_destinations) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', d.id, 'workspace_id', d.workspace_id, 'name', d.name, 'type', d.type,
+        'url', d.url, 'headers', d.headers, 'description', d.description, 'created_at', d.created_at)
+$$;
+
+--
+-- Name: runs; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.runs (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    env text NOT NULL,
+    spec_slug text NOT NULL,
+    git_sha text NOT NULL,
+    state text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    labels jsonb DEFAULT '{}'::jsonb NOT NULL,
+    input_manifest jsonb DEFAULT '{}'::jsonb NOT NULL,
+    output_manifest jsonb,
+    idempotency_key text,
+    request_digest text NOT NULL,
+    parent_run_id uuid,
+    error jsonb,
+    cancel_reason text,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    finalized_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_event_seq bigint DEFAULT 0 NOT NULL,
+    job_version_id uuid,
+    CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='500');
+
+--
+-- Name: COLUMN runs.job_version_id; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON COLUMN ops.runs.job_version_id IS 'The job version this run was made from (null: a run of a spec file).';
+
+--
+-- Name: alert_filters_match(jsonb, ops.runs); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_filters_match(p_filters jsonb, p_run ops.runs) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    AS $_$
+declare
+    v_job_id text;
+    v_slug   text;
+begin
+    if p_filters = '{}'::jsonb then
+        return true;
+    end if;
+    if p_filters ? 'spec_slug' and p_run.spec_slug is distinct from p_filters ->> 'spec_slug' then
+        return false;
+    end if;
+    if p_filters ? 'labels' and not (p_run.labels @> (p_filters -> 'labels')) then
+        return false;
+    end if;
+    if p_filters ? 'job' then
+        v_job_id := pg_catalog.to_jsonb(p_run) ->> 'job_id';
+        if v_job_id is null or pg_catalog.to_regclass('ops.jobs') is null then
+            return false;
+        end if;
+        execute 'select j.slug from ops.jobs j where j.id = $1::uuid' into v_slug using v_job_id;
+        if v_slug is distinct from p_filters ->> 'job' then
+            return false;
+        end if;
+    end if;
+    return true;
+end
+$_$;
+
+--
+-- Name: alerts; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.alerts (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    rule_id uuid,
+    rule_name text NOT NULL,
+    destination_id uuid NOT NULL,
+    event text NOT NULL,
+    subject jsonb DEFAULT '{}'::jsonb NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    dedupe_key text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    state text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 8 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    lease_expires_at timestamp with time zone,
+    last_error text,
+    delivered_at timestamp with time zone,
+    CONSTRAINT alerts_last_error_check CHECK ((length(last_error) <= 500)),
+    CONSTRAINT alerts_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'delivering'::text, 'delivered'::text, 'failed'::text])))
+);
+
+--
+-- Name: alert_json(ops.alerts); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_json(a ops.alerts) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', a.id, 'workspace_id', a.workspace_id, 'rule', a.rule_name,
+        'destination', (select d.name from ops.alert_destinations d where d.id = a.destination_id),
+        'event', a.event, 'subject', a.subject, 'payload', a.payload, 'created_at', a.created_at,
+        'state', a.state, 'attempts', a.attempts, 'max_attempts', a.max_attempts,
+        'next_attempt_at', case when a.state in ('pending', 'delivering') then a.next_attempt_at end,
+        'last_error', a.last_error, 'delivered_at', a.delivered_at,
+        'deliveries', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                           'attempt', x.attempt, 'at', x.at, 'ok', x.ok, 'http_status', x.http_status,
+                           'error', x.error, 'duration_ms', x.duration_ms) order by x.attempt), '[]'::jsonb)
+                       from ops.alert_deliveries x where x.alert_id = a.id))
+$$;
+
+--
+-- Name: alert_lease_expiries(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_lease_expiries() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_now   timestamptz := ops_private.now();
+    v_count bigint;
+begin
+    if not exists (select 1 from ops.alert_rules r
+                   where r.workspace_id = new.workspace_id and r.event = 'lease_expiries' and r.enabled) then
+        return null;
+    end if;
+    select count(*) into v_count from ops.run_events e
+    where e.type = 'LEASE_EXPIRED' and e.recorded_at > v_now - interval '1 hour'
+      and e.workspace_id = new.workspace_id;
+    perform ops_private.raise_alerts(new.workspace_id, 'lease_expiries',
+        pg_catalog.jsonb_build_object('window', pg_catalog.date_trunc('hour', v_now at time zone 'UTC')),
+        pg_catalog.jsonb_build_object(
+            'workspace', ops_private.workspace_slug(new.workspace_id), 'count', v_count,
+            'window_minutes', 60, 'last_run_id', new.run_id, 'last_phase', new.phase,
+            'links', pg_catalog.jsonb_build_object('cli', 'control-room runs show ' || new.run_id::text)),
+        null, 'lease_expiries:' || pg_catalog.to_char(v_now at time zone 'UTC', 'YYYY-MM-DD"T"HH24'),
+        v_count);
+    return null;
+end
+$$;
+
+--
+-- Name: alert_message(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_message(p_text text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select pg_catalog.left(ops_private.redact_passwords(pg_catalog.left(p_text, 4000)), 500)
+$$;
+
+--
+-- Name: alert_phase_dead_lettered(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_phase_dead_lettered() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_run ops.runs;
+begin
+    if not exists (select 1 from ops.alert_rules r
+                   where r.workspace_id = new.workspace_id and r.event = 'phase_dead_lettered' and r.enabled) then
+        return null;
+    end if;
+    select * into v_run from ops.runs r where r.id = new.run_id;
+    perform ops_private.raise_alerts(new.workspace_id, 'phase_dead_lettered',
+        pg_catalog.jsonb_build_object('run_id', new.run_id, 'phase', new.name, 'attempt', new.attempt),
+        pg_catalog.jsonb_build_object(
+            'run_id', new.run_id, 'workspace', ops_private.workspace_slug(new.workspace_id),
+            'spec_slug', v_run.spec_slug, 'phase', new.name, 'kind', new.kind, 'state', new.state,
+            'attempt', new.attempt, 'max_attempts', new.max_attempts,
+            'error', ops_private.alert_message(new.error ->> 'message'),
+            'links', pg_catalog.jsonb_build_object('cli', 'control-room runs show ' || new.run_id::text)),
+        v_run);
+    return null;
+end
+$$;
+
+--
+-- Name: alert_rules; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.alert_rules (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    name text NOT NULL,
+    event text NOT NULL,
+    threshold integer,
+    filters jsonb DEFAULT '{}'::jsonb NOT NULL,
+    destination_id uuid NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    description text,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT alert_rules_description_check CHECK ((length(description) <= 1000)),
+    CONSTRAINT alert_rules_event_check CHECK ((event = ANY (ARRAY['run_failed'::text, 'phase_dead_lettered'::text, 'schedule_tick_failed'::text, 'lease_expiries'::text, 'slo_breached'::text]))),
+    CONSTRAINT alert_rules_filters_check CHECK ((jsonb_typeof(filters) = 'object'::text)),
+    CONSTRAINT alert_rules_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT alert_rules_threshold_check CHECK (((threshold >= 1) AND (threshold <= 1000000)))
+);
+
+--
+-- Name: alert_rule_json(ops.alert_rules); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_rule_json(r ops.alert_rules) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', r.id, 'workspace_id', r.workspace_id, 'name', r.name, 'event', r.event,
+        'threshold', r.threshold, 'filters', r.filters,
+        'destination', (select d.name from ops.alert_destinations d where d.id = r.destination_id),
+        'enabled', r.enabled, 'description', r.description, 'created_at', r.created_at)
+$$;
+
+--
+-- Name: alert_run_failed(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_run_failed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if not exists (select 1 from ops.alert_rules r
+                   where r.workspace_id = new.workspace_id and r.event = 'run_failed' and r.enabled) then
+        return null;
+    end if;
+    perform ops_private.raise_alerts(new.workspace_id, 'run_failed',
+        pg_catalog.jsonb_build_object('run_id', new.id),
+        pg_catalog.jsonb_build_object(
+            'run_id', new.id, 'workspace', ops_private.workspace_slug(new.workspace_id),
+            'spec_slug', new.spec_slug, 'state', new.state, 'labels', new.labels,
+            'phase', new.error ->> 'phase',
+            'error', ops_private.alert_message(coalesce(new.error #>> '{error,message}', new.error ->> 'message')),
+            'links', pg_catalog.jsonb_build_object('cli', 'control-room runs show ' || new.id::text)),
+        new);
+    return null;
+end
+$$;
+
+--
+-- Name: alert_schedule_tick_failed(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_schedule_tick_failed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_tick jsonb := pg_catalog.to_jsonb(new);
+    v_ws   uuid := (v_tick ->> 'workspace_id')::uuid;
+    v_err  text;
+begin
+    if v_ws is null or not exists (select 1 from ops.alert_rules r
+                   where r.workspace_id = v_ws and r.event = 'schedule_tick_failed' and r.enabled) then
+        return null;
+    end if;
+    v_err := coalesce(v_tick #>> '{error,message}', v_tick ->> 'error', v_tick ->> 'reason', v_tick ->> 'message');
+    perform ops_private.raise_alerts(v_ws, 'schedule_tick_failed',
+        pg_catalog.jsonb_build_object('tick_id', v_tick -> 'id', 'schedule_id', v_tick -> 'schedule_id',
+                                      'scheduled_for', v_tick -> 'scheduled_for'),
+        pg_catalog.jsonb_build_object(
+            'workspace', ops_private.workspace_slug(v_ws), 'tick_id', v_tick -> 'id',
+            'schedule_id', v_tick -> 'schedule_id', 'scheduled_for', v_tick -> 'scheduled_for',
+            'state', v_tick ->> 'state', 'error', ops_private.alert_message(v_err)),
+        null, 'tick:' || coalesce(v_tick ->> 'id', gen_random_uuid()::text));
+    return null;
+end
+$$;
+
+--
+-- Name: alert_workspace(uuid, text[]); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.alert_workspace(p_workspace uuid, p_roles text[]) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = p_workspace) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    return ops_private.require_role(p_workspace, p_roles, true);
+end
 $$;
 
 --
@@ -2165,6 +3626,86 @@ begin
     return d / 2 + pg_catalog.random()::numeric * d / 2;
 end
 $$;
+
+--
+-- Name: check_alert_destination(text, text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_alert_destination(p_type text, p_url text, p_headers jsonb) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+    v_h record;
+begin
+    if p_type is null or p_type not in ('webhook', 'slack') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'type must be webhook or slack, got '
+            || coalesce(pg_catalog.quote_literal(pg_catalog.left(p_type, 64)), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'type'));
+    end if;
+    if p_url is null or p_url = '' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'url is required: a secret reference (env:NAME or file:/absolute/path)',
+            pg_catalog.jsonb_build_object('argument', 'url'));
+    end if;
+    if not ops_private.is_secret_reference(p_url) then
+        if p_type = 'slack' then
+            perform ops_private.fail(400, 'invalid_argument',
+                'url of a slack destination must be a secret reference (env:NAME or file:/absolute/path): a'
+                || ' Slack incoming-webhook URL is a credential and is never stored; put it in an environment'
+                || ' variable or a file the deliverer may read (its CONTROL_ROOM_SECRET_ALLOW) and name that',
+                pg_catalog.jsonb_build_object('argument', 'url'));
+        end if;
+        if p_url !~* '^https?://' then
+            perform ops_private.fail(400, 'invalid_argument',
+                'url must be a secret reference (env:NAME or file:/absolute/path) or a literal http(s):// URL'
+                || ' without credentials',
+                pg_catalog.jsonb_build_object('argument', 'url'));
+        end if;
+        if pg_catalog.length(p_url) > 2048 or p_url ~ '[[:space:][:cntrl:]]'
+           or p_url !~* '^https?://[^/?#@[:space:]]+(/[^?#[:space:]]*)?$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                'url: a literal webhook URL is http(s)://host[:port][/path], at most 2048 characters, with no'
+                || ' user:password@, query string or fragment; a URL carrying a credential goes in a secret'
+                || ' reference (env:NAME or file:/absolute/path)',
+                pg_catalog.jsonb_build_object('argument', 'url'));
+        end if;
+    end if;
+    perform ops_private.check_object('headers', p_headers);
+    perform ops_private.check_size('headers', p_headers, 8192);
+    for v_h in select h.key, h.value from pg_catalog.jsonb_each(coalesce(p_headers, '{}'::jsonb)) h order by h.key loop
+        if v_h.key !~ '^[A-Za-z0-9-]{1,64}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                'headers: a header name is 1-64 letters, digits or -, got '
+                || pg_catalog.quote_literal(pg_catalog.left(v_h.key, 64)),
+                pg_catalog.jsonb_build_object('argument', 'headers'));
+        end if;
+        if pg_catalog.jsonb_typeof(v_h.value) <> 'string' or not ops_private.is_secret_reference(v_h.value #>> '{}') then
+            perform ops_private.fail(400, 'invalid_argument',
+                'headers.' || v_h.key || ' must be a secret reference (env:NAME or file:/absolute/path): header'
+                || ' values (tokens) are never stored',
+                pg_catalog.jsonb_build_object('argument', 'headers.' || v_h.key));
+        end if;
+    end loop;
+end
+$_$;
+
+--
+-- Name: check_alert_name(text, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_alert_name(p_what text, p_name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+begin
+    if p_name is null or p_name !~ '^[a-z][a-z0-9_-]{0,62}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'name must be 1-63 lower-case letters, digits, _ or -, starting with a letter, got '
+            || coalesce(pg_catalog.quote_literal(pg_catalog.left(p_name, 64)), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', p_what));
+    end if;
+end
+$_$;
 
 --
 -- Name: check_connection(jsonb, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -2295,6 +3836,168 @@ end
 $_$;
 
 --
+-- Name: check_job_spec(text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_job_spec(p_slug text, p_spec jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+    v_allowed constant text[] := array['slug', 'version', 'description', 'params', 'phases', 'source'];
+    v_key     text;
+    v_param   record;
+    v_pkey    text;
+    v_type    text;
+    v_default jsonb;
+    v_req     jsonb;
+    v_desc    jsonb;
+    v_source  jsonb;
+    v_names   text[];
+    v_ref     text;
+begin
+    if p_spec is null or pg_catalog.jsonb_typeof(p_spec) <> 'object' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'spec must be a JSON object, got ' || coalesce(pg_catalog.jsonb_typeof(p_spec), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'spec'));
+    end if;
+    perform ops_private.check_size('spec', p_spec, 1048576);
+    for v_key in select k from pg_catalog.jsonb_object_keys(p_spec) k loop
+        if not (v_key = any (v_allowed)) then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('spec: unknown field %s (allowed: %s)', pg_catalog.left(v_key, 64),
+                                  pg_catalog.array_to_string(v_allowed, ', ')),
+                pg_catalog.jsonb_build_object('argument', 'spec'));
+        end if;
+    end loop;
+    if pg_catalog.jsonb_typeof(p_spec -> 'slug') is distinct from 'string' or p_spec ->> 'slug' <> p_slug then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('spec.slug must be the job''s slug %s, got %s', p_slug,
+                              coalesce(pg_catalog.left((p_spec -> 'slug')::text, 64), 'nothing')),
+            pg_catalog.jsonb_build_object('argument', 'spec.slug'));
+    end if;
+    if (case when pg_catalog.jsonb_typeof(p_spec -> 'version') = 'number'
+             then (p_spec ->> 'version')::numeric <> pg_catalog.trunc((p_spec ->> 'version')::numeric)
+                  or (p_spec ->> 'version')::numeric not between 1 and 1000
+             else true end) then
+        perform ops_private.fail(400, 'invalid_argument',
+            'spec.version (the spec format version) must be an integer from 1, got '
+            || coalesce(pg_catalog.left((p_spec -> 'version')::text, 64), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'spec.version'));
+    end if;
+    if coalesce(pg_catalog.jsonb_typeof(p_spec -> 'description'), 'null') not in ('null', 'string')
+       or pg_catalog.length(p_spec ->> 'description') > 2000 then
+        perform ops_private.fail(400, 'invalid_argument',
+            'spec.description must be a string of at most 2000 characters, or null',
+            pg_catalog.jsonb_build_object('argument', 'spec.description'));
+    end if;
+
+    -- params: {name: {type, default, required, description}}
+    if coalesce(pg_catalog.jsonb_typeof(p_spec -> 'params'), 'object') <> 'object' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'spec.params must be an object of declared params, got ' || pg_catalog.jsonb_typeof(p_spec -> 'params'),
+            pg_catalog.jsonb_build_object('argument', 'spec.params'));
+    end if;
+    if (select count(*) from pg_catalog.jsonb_object_keys(coalesce(p_spec -> 'params', '{}'::jsonb))) > 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'spec.params declares more than 200 params',
+            pg_catalog.jsonb_build_object('argument', 'spec.params'));
+    end if;
+    for v_param in select e.key, e.value from pg_catalog.jsonb_each(coalesce(p_spec -> 'params', '{}'::jsonb)) e loop
+        if v_param.key !~ '^[A-Za-z_][A-Za-z0-9_]{0,63}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('spec.params: invalid param name %s (1-64 letters, digits or _, not starting with a digit)',
+                                  pg_catalog.left(v_param.key, 64)),
+                pg_catalog.jsonb_build_object('argument', 'spec.params'));
+        end if;
+        if pg_catalog.jsonb_typeof(v_param.value) <> 'object' then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('spec.params.%s must be an object {type, default, required, description}', v_param.key),
+                pg_catalog.jsonb_build_object('argument', 'spec.params.' || v_param.key));
+        end if;
+        for v_pkey in select k from pg_catalog.jsonb_object_keys(v_param.value) k loop
+            if v_pkey not in ('type', 'default', 'required', 'description') then
+                perform ops_private.fail(400, 'invalid_argument',
+                    pg_catalog.format('spec.params.%s: unknown field %s (allowed: type, default, required, description)',
+                                      v_param.key, pg_catalog.left(v_pkey, 64)),
+                    pg_catalog.jsonb_build_object('argument', 'spec.params.' || v_param.key));
+            end if;
+        end loop;
+        v_type := v_param.value ->> 'type';
+        if pg_catalog.jsonb_typeof(v_param.value -> 'type') is distinct from 'string'
+           or v_type not in ('string', 'path', 'integer', 'number', 'boolean') then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('spec.params.%s.type must be one of string, path, integer, number, boolean, got %s',
+                                  v_param.key, coalesce(pg_catalog.left((v_param.value -> 'type')::text, 64), 'nothing')),
+                pg_catalog.jsonb_build_object('argument', 'spec.params.' || v_param.key || '.type'));
+        end if;
+        v_req := v_param.value -> 'required';
+        v_default := coalesce(v_param.value -> 'default', 'null'::jsonb);
+        if v_req is null or pg_catalog.jsonb_typeof(v_req) <> 'boolean' then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('spec.params.%s.required must be true or false', v_param.key),
+                pg_catalog.jsonb_build_object('argument', 'spec.params.' || v_param.key || '.required'));
+        end if;
+        if (v_req = 'true'::jsonb) <> (v_default = 'null'::jsonb) then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('spec.params.%s: a param is required exactly when it has no default', v_param.key),
+                pg_catalog.jsonb_build_object('argument', 'spec.params.' || v_param.key));
+        end if;
+        if v_default <> 'null'::jsonb and ops_private.param_problem(v_type, v_default) is not null then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('spec.params.%s.default %s', v_param.key,
+                                  ops_private.param_problem(v_type, v_default)),
+                pg_catalog.jsonb_build_object('argument', 'spec.params.' || v_param.key || '.default'));
+        end if;
+        v_desc := v_param.value -> 'description';
+        if coalesce(pg_catalog.jsonb_typeof(v_desc), 'null') not in ('null', 'string')
+           or pg_catalog.length(v_desc #>> '{}') > 2000 then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('spec.params.%s.description must be a string of at most 2000 characters, or null',
+                                  v_param.key),
+                pg_catalog.jsonb_build_object('argument', 'spec.params.' || v_param.key || '.description'));
+        end if;
+    end loop;
+
+    -- phases: as create_run takes them, and every ${params.X} they use is declared
+    if pg_catalog.jsonb_typeof(p_spec -> 'phases') is distinct from 'array'
+       or pg_catalog.jsonb_array_length(p_spec -> 'phases') = 0 then
+        perform ops_private.fail(400, 'invalid_argument', 'spec.phases must be a non-empty array of phases',
+            pg_catalog.jsonb_build_object('argument', 'spec.phases'));
+    end if;
+    perform ops_private.normalize_phases(p_spec -> 'phases');
+    select pg_catalog.array_agg(k) into v_names
+    from pg_catalog.jsonb_object_keys(coalesce(p_spec -> 'params', '{}'::jsonb)) k;
+    select m[1] into v_ref
+    from pg_catalog.regexp_matches((p_spec -> 'phases')::text, '\$\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)', 'g') m
+    where not (m[1] = any (coalesce(v_names, '{}'))) limit 1;
+    if v_ref is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('spec.phases use ${params.%s}, which spec.params does not declare', v_ref),
+            pg_catalog.jsonb_build_object('argument', 'spec.phases', 'param', v_ref));
+    end if;
+
+    -- source: {path, digest[, dirty]}
+    v_source := p_spec -> 'source';
+    if v_source is null or pg_catalog.jsonb_typeof(v_source) <> 'object'
+       or pg_catalog.jsonb_typeof(v_source -> 'path') is distinct from 'string'
+       or pg_catalog.length(v_source ->> 'path') not between 1 and 1000
+       or pg_catalog.jsonb_typeof(v_source -> 'digest') is distinct from 'string'
+       or v_source ->> 'digest' !~ '^blake3:[0-9a-f]{64}$'
+       or coalesce(pg_catalog.jsonb_typeof(v_source -> 'dirty'), 'boolean') <> 'boolean'
+       or exists (select 1 from pg_catalog.jsonb_object_keys(v_source) k where k not in ('path', 'digest', 'dirty')) then
+        perform ops_private.fail(400, 'invalid_argument',
+            'spec.source must be {"path": the spec file (1-1000 characters), "digest": "blake3:<64 hex>"'
+            || ' of its bytes, "dirty": optional boolean}',
+            pg_catalog.jsonb_build_object('argument', 'spec.source'));
+    end if;
+    return pg_catalog.jsonb_build_object(
+        'slug', p_spec -> 'slug', 'version', p_spec -> 'version',
+        'description', coalesce(p_spec -> 'description', 'null'::jsonb),
+        'params', coalesce(p_spec -> 'params', '{}'::jsonb),
+        'phases', p_spec -> 'phases', 'source', v_source);
+end
+$_$;
+
+--
 -- Name: check_object(text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -2409,6 +4112,145 @@ end
 $$;
 
 --
+-- Name: schedules; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.schedules (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    job_id uuid NOT NULL,
+    name text NOT NULL,
+    description text,
+    cron text,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    cron_minutes integer[],
+    cron_hours integer[],
+    cron_days integer[],
+    cron_months integer[],
+    cron_weekdays integer[],
+    cron_days_star boolean,
+    cron_weekdays_star boolean,
+    interval_seconds integer,
+    params jsonb DEFAULT '{}'::jsonb NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    catchup text DEFAULT 'latest'::text NOT NULL,
+    catchup_max integer DEFAULT 10 NOT NULL,
+    max_concurrent integer DEFAULT 1 NOT NULL,
+    overlap text DEFAULT 'skip'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    anchor_at timestamp with time zone DEFAULT now() NOT NULL,
+    next_tick_at timestamp with time zone,
+    last_tick_at timestamp with time zone,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT schedules_catchup_check CHECK ((catchup = ANY (ARRAY['skip'::text, 'latest'::text, 'all'::text]))),
+    CONSTRAINT schedules_catchup_max_check CHECK (((catchup_max >= 1) AND (catchup_max <= 1000))),
+    CONSTRAINT schedules_check CHECK (((cron IS NULL) <> (interval_seconds IS NULL))),
+    CONSTRAINT schedules_cron_check CHECK ((length(cron) <= 200)),
+    CONSTRAINT schedules_description_check CHECK ((length(description) <= 1000)),
+    CONSTRAINT schedules_interval_seconds_check CHECK (((interval_seconds >= 1) AND (interval_seconds <= 31622400))),
+    CONSTRAINT schedules_max_concurrent_check CHECK (((max_concurrent >= 1) AND (max_concurrent <= 100))),
+    CONSTRAINT schedules_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT schedules_overlap_check CHECK ((overlap = ANY (ARRAY['skip'::text, 'queue'::text, 'cancel_previous'::text]))),
+    CONSTRAINT schedules_params_check CHECK ((jsonb_typeof(params) = 'object'::text)),
+    CONSTRAINT schedules_priority_check CHECK (((priority >= '-1000'::integer) AND (priority <= 1000))),
+    CONSTRAINT schedules_timezone_check CHECK ((length(timezone) <= 64))
+);
+
+--
+-- Name: TABLE schedules; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON TABLE ops.schedules IS 'Cron or interval schedules of a job: params, catch-up and overlap policies, the next tick.';
+
+--
+-- Name: check_schedule(ops.schedules, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.check_schedule(s ops.schedules, p_now timestamp with time zone) RETURNS ops.schedules
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_parsed jsonb;
+begin
+    if (s.cron is null) = (s.interval_seconds is null) then
+        perform ops_private.fail(400, 'invalid_argument',
+            'a schedule has either cron (with timezone) or interval_seconds, not both and not neither',
+            pg_catalog.jsonb_build_object('argument', case when s.cron is null then 'cron' else 'interval_seconds' end));
+    end if;
+    if s.timezone is null
+       or not exists (select 1 from pg_catalog.pg_timezone_names z where z.name = s.timezone) then
+        perform ops_private.fail(400, 'invalid_argument',
+            'timezone must be an IANA time zone name (for example Europe/Berlin or UTC), got '
+            || coalesce(pg_catalog.quote_literal(pg_catalog.left(s.timezone, 64)), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'timezone'));
+    end if;
+    if s.interval_seconds is not null and s.interval_seconds not between 1 and 31622400 then
+        perform ops_private.fail(400, 'invalid_argument',
+            'interval_seconds must be between 1 and 31622400 (366 days)',
+            pg_catalog.jsonb_build_object('argument', 'interval_seconds'));
+    end if;
+    if s.catchup is null or s.catchup not in ('skip', 'latest', 'all') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'catchup must be one of skip, latest, all, got '
+            || coalesce(pg_catalog.quote_literal(pg_catalog.left(s.catchup, 64)), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'catchup'));
+    end if;
+    if s.catchup_max is null or s.catchup_max not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'catchup_max must be between 1 and 1000',
+                                 pg_catalog.jsonb_build_object('argument', 'catchup_max'));
+    end if;
+    if s.max_concurrent is null or s.max_concurrent not between 1 and 100 then
+        perform ops_private.fail(400, 'invalid_argument', 'max_concurrent must be between 1 and 100',
+                                 pg_catalog.jsonb_build_object('argument', 'max_concurrent'));
+    end if;
+    if s.overlap is null or s.overlap not in ('skip', 'queue', 'cancel_previous') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'overlap must be one of skip, queue, cancel_previous, got '
+            || coalesce(pg_catalog.quote_literal(pg_catalog.left(s.overlap, 64)), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'overlap'));
+    end if;
+    if s.priority is null or s.priority not between -1000 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'priority must be between -1000 and 1000',
+                                 pg_catalog.jsonb_build_object('argument', 'priority'));
+    end if;
+    if s.description is not null and pg_catalog.length(s.description) > 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'description must be at most 1000 characters',
+                                 pg_catalog.jsonb_build_object('argument', 'description'));
+    end if;
+    perform ops_private.check_object('params', s.params);
+    perform ops_private.check_size('params', s.params, 65536);
+    if s.cron is not null then
+        if pg_catalog.length(s.cron) > 200 then
+            perform ops_private.fail(400, 'invalid_argument', 'cron must be at most 200 characters',
+                                     pg_catalog.jsonb_build_object('argument', 'cron'));
+        end if;
+        v_parsed := ops_private.cron_parse(s.cron);
+        s.cron := pg_catalog.regexp_replace(pg_catalog.btrim(s.cron), '\s+', ' ', 'g');
+        s.cron_minutes := array(select pg_catalog.jsonb_array_elements_text(v_parsed -> 'minutes')::integer);
+        s.cron_hours := array(select pg_catalog.jsonb_array_elements_text(v_parsed -> 'hours')::integer);
+        s.cron_days := array(select pg_catalog.jsonb_array_elements_text(v_parsed -> 'days')::integer);
+        s.cron_months := array(select pg_catalog.jsonb_array_elements_text(v_parsed -> 'months')::integer);
+        s.cron_weekdays := array(select pg_catalog.jsonb_array_elements_text(v_parsed -> 'weekdays')::integer);
+        s.cron_days_star := (v_parsed ->> 'days_star')::boolean;
+        s.cron_weekdays_star := (v_parsed ->> 'weekdays_star')::boolean;
+    else
+        s.cron_minutes := null; s.cron_hours := null; s.cron_days := null; s.cron_months := null;
+        s.cron_weekdays := null; s.cron_days_star := null; s.cron_weekdays_star := null;
+        s.anchor_at := p_now;
+    end if;
+    s.next_tick_at := case when s.enabled then ops_private.schedule_next(s, p_now) end;
+    if s.cron is not null and ops_private.schedule_next(s, p_now) is null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'cron ' || pg_catalog.quote_literal(s.cron) || ' never fires (no such day in the next 5 years)',
+            pg_catalog.jsonb_build_object('argument', 'cron'));
+    end if;
+    return s;
+end
+$$;
+
+--
 -- Name: check_size(text, jsonb, integer); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -2450,8 +4292,6 @@ begin
 end
 $$;
 
-SET default_table_access_method = heap;
-
 --
 -- Name: phases; Type: TABLE; Schema: ops; Owner: -
 --
@@ -2489,37 +4329,6 @@ CREATE TABLE ops.phases (
     CONSTRAINT phases_state_check CHECK ((state = ANY (ARRAY['waiting'::text, 'queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'cancelled'::text])))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='500', autovacuum_analyze_scale_factor='0.02');
-
---
--- Name: runs; Type: TABLE; Schema: ops; Owner: -
---
-
-CREATE TABLE ops.runs (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    workspace_id uuid NOT NULL,
-    env text NOT NULL,
-    spec_slug text NOT NULL,
-    git_sha text NOT NULL,
-    state text DEFAULT 'queued'::text NOT NULL,
-    priority integer DEFAULT 0 NOT NULL,
-    labels jsonb DEFAULT '{}'::jsonb NOT NULL,
-    input_manifest jsonb DEFAULT '{}'::jsonb NOT NULL,
-    output_manifest jsonb,
-    idempotency_key text,
-    request_digest text NOT NULL,
-    parent_run_id uuid,
-    error jsonb,
-    cancel_reason text,
-    created_by uuid,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    finalized_at timestamp with time zone,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_event_seq bigint DEFAULT 0 NOT NULL,
-    CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
-)
-WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='500');
 
 --
 -- Name: claim_json(ops.phases, ops.runs); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -2623,6 +4432,97 @@ end
 $$;
 
 --
+-- Name: cron_field(text, text, integer, integer, text[], integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.cron_field(p_text text, p_field text, p_min integer, p_max integer, p_names text[] DEFAULT NULL::text[], p_names_from integer DEFAULT 0) RETURNS integer[]
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+    v_item  text;
+    v_m     text[];
+    v_lo    integer;
+    v_hi    integer;
+    v_step  integer;
+    v_out   integer[] := '{}';
+    v_text  text := pg_catalog.upper(p_text);
+    i       integer;
+begin
+    if p_names is not null then
+        for i in 1 .. pg_catalog.array_length(p_names, 1) loop
+            v_text := pg_catalog.regexp_replace(v_text, '\m' || p_names[i] || '\M',
+                                                (p_names_from + i - 1)::text, 'g');
+        end loop;
+    end if;
+    foreach v_item in array pg_catalog.string_to_array(v_text, ',') loop
+        v_m := pg_catalog.regexp_match(v_item, '^(\*|(\d{1,2})(?:-(\d{1,2}))?)(?:/(\d{1,2}))?$');
+        if v_m is null then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('cron field %s: %s is not a number, a range a-b, * or one of them with /step',
+                                  p_field, pg_catalog.quote_literal(pg_catalog.left(p_text, 64))),
+                pg_catalog.jsonb_build_object('argument', 'cron', 'field', p_field));
+        end if;
+        if v_m[1] = '*' then
+            v_lo := p_min;
+            v_hi := p_max;
+        else
+            v_lo := v_m[2]::integer;
+            v_hi := case when v_m[3] is not null then v_m[3]::integer
+                         when v_m[4] is not null then p_max else v_lo end;
+        end if;
+        v_step := coalesce(v_m[4]::integer, 1);
+        if v_lo < p_min or v_hi > p_max or v_lo > v_hi or v_step < 1 then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('cron field %s: %s is out of range (%s-%s, a range low-high, a step of at least 1)',
+                                  p_field, pg_catalog.quote_literal(pg_catalog.left(v_item, 64)), p_min, p_max),
+                pg_catalog.jsonb_build_object('argument', 'cron', 'field', p_field));
+        end if;
+        v_out := v_out || array(select pg_catalog.generate_series(v_lo, v_hi, v_step));
+    end loop;
+    return array(select distinct x from pg_catalog.unnest(v_out) x order by x);
+end
+$_$;
+
+--
+-- Name: cron_parse(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.cron_parse(p_cron text) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+    v_cron   text := pg_catalog.btrim(pg_catalog.lower(p_cron));
+    v_fields text[];
+    v_dow    integer[];
+begin
+    v_cron := case v_cron when '@yearly' then '0 0 1 1 *' when '@annually' then '0 0 1 1 *'
+                          when '@monthly' then '0 0 1 * *' when '@weekly' then '0 0 * * 0'
+                          when '@daily' then '0 0 * * *' when '@midnight' then '0 0 * * *'
+                          when '@hourly' then '0 * * * *' else v_cron end;
+    v_fields := pg_catalog.regexp_split_to_array(v_cron, '\s+');
+    if v_cron is null or v_cron = '' or pg_catalog.array_length(v_fields, 1) <> 5 then
+        perform ops_private.fail(400, 'invalid_argument',
+            'cron must have 5 fields (minute hour day-of-month month day-of-week), got '
+            || coalesce(pg_catalog.quote_literal(pg_catalog.left(p_cron, 64)), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'cron'));
+    end if;
+    v_dow := ops_private.cron_field(v_fields[5], 'day-of-week', 0, 7,
+                                    array['SUN', 'MON', 'TUE', 'WED', 'THU', 'FRI', 'SAT'], 0);
+    v_dow := array(select distinct case when d = 7 then 0 else d end from pg_catalog.unnest(v_dow) d order by 1);
+    return pg_catalog.jsonb_build_object(
+        'minutes', to_jsonb(ops_private.cron_field(v_fields[1], 'minute', 0, 59)),
+        'hours', to_jsonb(ops_private.cron_field(v_fields[2], 'hour', 0, 23)),
+        'days', to_jsonb(ops_private.cron_field(v_fields[3], 'day-of-month', 1, 31)),
+        'months', to_jsonb(ops_private.cron_field(v_fields[4], 'month', 1, 12,
+                              array['JAN', 'FEB', 'MAR', 'APR', 'MAY', 'JUN', 'JUL', 'AUG', 'SEP',
+                                    'OCT', 'NOV', 'DEC'], 1)),
+        'weekdays', to_jsonb(v_dow),
+        'days_star', pg_catalog.left(v_fields[3], 1) = '*',
+        'weekdays_star', pg_catalog.left(v_fields[5], 1) = '*');
+end
+$$;
+
+--
 -- Name: datasets; Type: TABLE; Schema: ops; Owner: -
 --
 
@@ -2667,6 +4567,31 @@ CREATE FUNCTION ops_private.dataset_record_json(p_d ops.datasets, p_recorded boo
                               'layer', p_d.layer, 'schema_state', p_d.schema_state,
                               'schema_version', p_d.schema_version, 'recorded', p_recorded,
                               'version', p_version, 'change', p_change)
+$$;
+
+--
+-- Name: dead_letters(uuid, text, timestamp with time zone, timestamp with time zone, uuid, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.dead_letters(p_ws uuid, p_spec text, p_since timestamp with time zone, p_at timestamp with time zone, p_id uuid, p_limit integer) RETURNS TABLE(phase_id uuid, failed_at timestamp with time zone, item jsonb)
+    LANGUAGE sql STABLE
+    AS $$
+    select p.id, p.finished_at, pg_catalog.jsonb_build_object(
+        'phase_id', p.id, 'run_id', p.run_id, 'workspace_id', p.workspace_id, 'spec_slug', r.spec_slug,
+        'phase', p.name, 'kind', p.kind, 'attempts', p.attempt, 'max_attempts', p.max_attempts,
+        'run_state', r.state, 'failed_at', p.finished_at,
+        'error', pg_catalog.jsonb_build_object(
+            'message', pg_catalog.left(coalesce(p.error ->> 'message', ''), 500),
+            'type', p.error ->> 'type', 'reason', p.error ->> 'reason'),
+        'active_repair_id', ops_private.active_child(p.run_id))
+    from ops.phases p join ops.runs r on r.id = p.run_id
+    where p.workspace_id = p_ws and p.state = 'failed'
+      and (p_spec is null or r.spec_slug = p_spec)
+      and (p_since is null or p.finished_at >= p_since)
+      and (p_at is null or (p.finished_at, p.id) < (p_at, p_id))
+      and not ops_private.rerun_to_an_end(p.run_id, p.name)
+    order by p.finished_at desc, p.id desc
+    limit p_limit
 $$;
 
 --
@@ -2779,6 +4704,187 @@ begin
             pg_catalog.jsonb_build_object('argument', 'name'));
     end if;
     return v_row;
+end
+$$;
+
+--
+-- Name: jobs; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.jobs (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    slug text NOT NULL,
+    description text,
+    owner text,
+    tags jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    latest_version integer DEFAULT 0 NOT NULL,
+    CONSTRAINT jobs_description_check CHECK ((length(description) <= 2000)),
+    CONSTRAINT jobs_owner_check CHECK ((length(owner) <= 200)),
+    CONSTRAINT jobs_slug_check CHECK ((slug ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT jobs_tags_check CHECK ((jsonb_typeof(tags) = 'object'::text))
+);
+
+--
+-- Name: TABLE jobs; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON TABLE ops.jobs IS 'Jobs: named, versioned pipelines of a workspace (docs/jobs.md).';
+
+--
+-- Name: find_job(text, text, text[], boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.find_job(p_workspace text, p_slug text, p_roles text[], p_lock boolean) RETURNS ops.jobs
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', p_workspace, true);
+    v_job ops.jobs;
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = v_ws) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    perform ops_private.require_role(v_ws, p_roles, true, 'workspace');
+    if p_slug is null or p_slug !~ '^[a-z0-9][a-z0-9_-]{0,62}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'job must be a job slug: 1-63 lower-case letters, digits, _ or -, got '
+            || coalesce(pg_catalog.left(p_slug, 80), 'nothing'),
+            pg_catalog.jsonb_build_object('argument', 'job'));
+    end if;
+    if p_lock then
+        select * into v_job from ops.jobs j where j.workspace_id = v_ws and j.slug = p_slug for update;
+    else
+        select * into v_job from ops.jobs j where j.workspace_id = v_ws and j.slug = p_slug;
+    end if;
+    if v_job.id is null then
+        perform ops_private.fail(404, 'not_found', 'job ' || p_slug || ' not found in this workspace',
+                                 pg_catalog.jsonb_build_object('argument', 'job'));
+    end if;
+    return v_job;
+end
+$_$;
+
+--
+-- Name: find_schedule(uuid, text, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.find_schedule(p_workspace uuid, p_name text, p_lock boolean) RETURNS ops.schedules
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_row ops.schedules;
+begin
+    if p_name is null then
+        perform ops_private.fail(400, 'invalid_argument', 'name is required',
+                                 pg_catalog.jsonb_build_object('argument', 'name'));
+    end if;
+    if p_lock then
+        select * into v_row from ops.schedules s
+        where s.workspace_id = p_workspace and s.name = p_name for update;
+    else
+        select * into v_row from ops.schedules s where s.workspace_id = p_workspace and s.name = p_name;
+    end if;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found',
+            'schedule ' || pg_catalog.left(p_name, 64) || ' not found in this workspace',
+            pg_catalog.jsonb_build_object('argument', 'name'));
+    end if;
+    return v_row;
+end
+$$;
+
+--
+-- Name: schedule_ticks; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.schedule_ticks (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    schedule_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    scheduled_for timestamp with time zone NOT NULL,
+    state text NOT NULL,
+    reason text,
+    run_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT schedule_ticks_reason_check CHECK ((length(reason) <= 1000)),
+    CONSTRAINT schedule_ticks_state_check CHECK ((state = ANY (ARRAY['created'::text, 'skipped'::text, 'failed'::text])))
+);
+
+--
+-- Name: TABLE schedule_ticks; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON TABLE ops.schedule_ticks IS 'One row per fire time of a schedule: created (its run), skipped (why) or failed (the error).';
+
+--
+-- Name: fire_tick(ops.schedules, timestamp with time zone, text, text, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.fire_tick(s ops.schedules, p_for timestamp with time zone, p_state text, p_reason text, p_now timestamp with time zone) RETURNS ops.schedule_ticks
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_tick    ops.schedule_ticks;
+    v_version uuid;
+    v_run     jsonb;
+    v_key     text := 'schedule:' || s.id::text || ':'
+                      || pg_catalog.to_char(p_for at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
+    v_active  record;
+    v_count   integer;
+begin
+    insert into ops.schedule_ticks (schedule_id, workspace_id, scheduled_for, state, reason, created_at)
+    values (s.id, s.workspace_id, p_for, p_state, p_reason, p_now)
+    on conflict (schedule_id, scheduled_for) do nothing
+    returning * into v_tick;
+    if v_tick.id is null or p_state <> 'created' then
+        return v_tick;
+    end if;
+    begin
+        -- overlap: the schedule's runs still queued or running
+        select count(*) into v_count
+        from ops.schedule_ticks t join ops.runs r on r.id = t.run_id
+        where t.schedule_id = s.id and t.state = 'created' and r.state in ('queued', 'running');
+        if v_count >= s.max_concurrent then
+            if s.overlap = 'skip' then
+                update ops.schedule_ticks t set state = 'skipped',
+                    reason = pg_catalog.format('overlap: %s run(s) of this schedule still queued or running'
+                                               ' (max_concurrent %s)', v_count, s.max_concurrent)
+                where t.id = v_tick.id returning * into v_tick;
+                return v_tick;
+            elsif s.overlap = 'cancel_previous' then
+                for v_active in
+                    select r.id from ops.schedule_ticks t join ops.runs r on r.id = t.run_id
+                    where t.schedule_id = s.id and t.state = 'created' and r.state in ('queued', 'running')
+                    order by r.created_at, r.id
+                    limit v_count - s.max_concurrent + 1
+                loop
+                    perform ops.cancel_run(v_active.id::text,
+                        'cancelled by schedule ' || s.name || ' (overlap cancel_previous) for its tick of '
+                        || pg_catalog.to_char(p_for at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'));
+                end loop;
+            end if;
+            -- queue: the run is created anyway and waits in the queue like any other
+        end if;
+        select v.id into v_version
+        from ops.jobs j join ops.job_versions v on v.job_id = j.id and v.version = j.latest_version
+        where j.id = s.job_id;
+        if v_version is null then
+            perform ops_private.fail(409, 'conflict', 'the job of schedule ' || s.name || ' has no version');
+        end if;
+        v_run := ops_private.start_job_run(v_version, s.params, v_key,
+                                           pg_catalog.jsonb_build_object('schedule', s.name), s.priority);
+        update ops.schedule_ticks t set run_id = (v_run ->> 'id')::uuid
+        where t.id = v_tick.id returning * into v_tick;
+    exception when others then
+        update ops.schedule_ticks t set state = 'failed', run_id = null,
+            reason = pg_catalog.left('run not created: ' || ops_private.redact_passwords(pg_catalog.left(sqlerrm, 2000)), 1000)
+        where t.id = v_tick.id returning * into v_tick;
+    end;
+    return v_tick;
 end
 $$;
 
@@ -2935,6 +5041,18 @@ end
 $$;
 
 --
+-- Name: is_secret_reference(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.is_secret_reference(p_text text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $_$
+    select p_text ~ '^env:[A-Za-z_][A-Za-z0-9_]{0,127}$'
+        or (p_text ~ '^file:/' and pg_catalog.length(p_text) <= 1029
+            and pg_catalog.substr(p_text, 6) !~ '(^|/)\.\.(/|$)' and p_text !~ '[[:cntrl:]]')
+$_$;
+
+--
 -- Name: is_timestamptz(text); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -2959,6 +5077,172 @@ begin
        and coalesce(m[7]::integer, 0) <= 15 and coalesce(m[8]::integer, 0) <= 59;
 end
 $_$;
+
+--
+-- Name: job_json(ops.jobs); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.job_json(j ops.jobs) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return pg_catalog.jsonb_build_object(
+        'id', j.id, 'workspace_id', j.workspace_id, 'slug', j.slug, 'description', j.description,
+        'owner', j.owner, 'tags', j.tags,
+        'created_by', case when ops_private.sees_principals(j.workspace_id) then j.created_by end,
+        'created_at', j.created_at, 'updated_at', j.updated_at, 'latest_version', j.latest_version);
+end
+$$;
+
+--
+-- Name: job_last_run(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.job_last_run(p_job uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return (select pg_catalog.jsonb_build_object('id', r.id, 'state', r.state, 'created_at', r.created_at)
+            from ops.runs r
+            where r.job_version_id in (select v.id from ops.job_versions v where v.job_id = p_job)
+            order by r.created_at desc, r.id desc
+            limit 1);
+end
+$$;
+
+--
+-- Name: job_next_run_at(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.job_next_run_at(p_job uuid) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    AS $$
+    select min(s.next_tick_at) from ops.schedules s where s.job_id = p_job and s.enabled
+$$;
+
+--
+-- Name: job_versions; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.job_versions (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    job_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    version integer NOT NULL,
+    spec jsonb NOT NULL,
+    digest text NOT NULL,
+    git_sha text NOT NULL,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT job_versions_digest_check CHECK ((digest ~ '^blake3:[0-9a-f]{64}$'::text)),
+    CONSTRAINT job_versions_git_sha_check CHECK ((git_sha ~ '^[0-9a-f]{7,64}$'::text)),
+    CONSTRAINT job_versions_version_check CHECK ((version >= 1))
+);
+
+--
+-- Name: TABLE job_versions; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON TABLE ops.job_versions IS 'Versions of a job: the spec as validated JSON, its digest and git sha. Immutable.';
+
+--
+-- Name: job_version_json(ops.job_versions, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.job_version_json(v ops.job_versions, p_with_spec boolean) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    return pg_catalog.jsonb_build_object(
+        'id', v.id, 'job_id', v.job_id, 'version', v.version, 'digest', v.digest,
+        'git_sha', v.git_sha, 'params', coalesce(v.spec -> 'params', '{}'::jsonb),
+        'source', v.spec -> 'source',
+        'created_by', case when ops_private.sees_principals(v.workspace_id) then v.created_by end,
+        'created_at', v.created_at)
+        || case when p_with_spec then pg_catalog.jsonb_build_object('spec', v.spec) else '{}'::jsonb end;
+end
+$$;
+
+--
+-- Name: lineage_json(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.lineage_json(p_run uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'repairs', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                        'id', c.id, 'state', c.state, 'created_at', c.created_at)
+                        order by c.created_at, c.id), '[]'::jsonb)
+                    from ops.runs c where c.parent_run_id = p_run),
+        'root_run_id', (with recursive up(id, parent, depth) as (
+                            select r.id, r.parent_run_id, 0 from ops.runs r where r.id = p_run
+                            union all
+                            select r.id, r.parent_run_id, u.depth + 1 from ops.runs r join up u on r.id = u.parent
+                            where u.depth < 10000)
+                        select u.id from up u order by u.depth desc limit 1))
+$$;
+
+--
+-- Name: make_repair(ops.runs, text[], text, text, text, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.make_repair(p_r ops.runs, p_rerun text[], p_key text, p_digest text, p_on_active text, p_now timestamp with time zone) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_child  uuid;
+    v_phases jsonb;
+    v_reuse  jsonb;
+begin
+    if p_key is not null then
+        select r.id into v_child from ops.runs r
+        where r.workspace_id = p_r.workspace_id and r.idempotency_key = p_key;
+        if v_child is not null then
+            if not exists (select 1 from ops.runs r where r.id = v_child and r.request_digest = p_digest) then
+                perform ops_private.fail(409, 'conflict',
+                    'idempotency_key ' || p_key || ' belongs to a run that is not this repair of this run',
+                    pg_catalog.jsonb_build_object('run_id', v_child));
+            end if;
+            return ops_private.run_json(v_child)
+                   || pg_catalog.jsonb_build_object('created', false, 'rerun_phases', pg_catalog.to_jsonb(p_rerun));
+        end if;
+    end if;
+    v_child := ops_private.active_child(p_r.id);
+    if v_child is not null then
+        if p_on_active = 'return' then
+            return ops_private.run_json(v_child)
+                   || pg_catalog.jsonb_build_object('created', false, 'rerun_phases', (
+                          select coalesce(pg_catalog.jsonb_agg(p.name order by p.ordinal), '[]'::jsonb)
+                          from ops.phases p where p.run_id = v_child and p.reused_from_phase_id is null));
+        end if;
+        perform ops_private.fail(409, 'conflict',
+            'run ' || p_r.id::text || ' already has an active repair: ' || v_child::text,
+            pg_catalog.jsonb_build_object('run_id', v_child));
+    end if;
+    select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'name', p.name, 'kind', p.kind, 'params', p.params, 'depends_on', pg_catalog.to_jsonb(p.depends_on),
+               'max_attempts', p.max_attempts, 'timeout_seconds', p.timeout_seconds,
+               'retry_backoff_seconds', p.retry_backoff_seconds,
+               'retry_backoff_max_seconds', p.retry_backoff_max_seconds, 'ordinal', p.ordinal)
+               order by p.ordinal),
+           coalesce(pg_catalog.jsonb_object_agg(p.name, pg_catalog.jsonb_build_object(
+               'output_manifest', p.output_manifest,
+               'phase_id', coalesce(p.reused_from_phase_id, p.id)))
+               filter (where p.state = 'succeeded' and not p.name = any (p_rerun)), '{}'::jsonb)
+    into v_phases, v_reuse
+    from ops.phases p where p.run_id = p_r.id;
+    v_child := ops_private.insert_run(p_r.workspace_id, p_r.spec_slug, p_r.git_sha, v_phases, p_r.input_manifest,
+                                      p_key, p_r.labels, p_r.priority, p_r.id, v_reuse, p_digest, p_now);
+    if v_child is null then
+        -- unreachable while the parent's row is locked and the key was looked up above; kept
+        -- so that a key taken by a run of no parent is still a clean refusal
+        perform ops_private.fail(409, 'conflict', 'idempotency_key ' || p_key || ' is taken');
+    end if;
+    return ops_private.run_json(v_child)
+           || pg_catalog.jsonb_build_object('created', true, 'rerun_phases', pg_catalog.to_jsonb(p_rerun));
+end
+$$;
 
 --
 -- Name: member_workspaces(); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -3270,6 +5554,36 @@ end
 $$;
 
 --
+-- Name: param_problem(text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.param_problem(p_type text, p_value jsonb) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+    v_kind text := pg_catalog.jsonb_typeof(p_value);
+    v_ok   boolean;
+begin
+    v_ok := case p_type
+        when 'string'  then v_kind = 'string'
+        when 'path'    then v_kind = 'string' and p_value #>> '{}' <> ''
+        when 'integer' then case when v_kind = 'number'
+                                 then (p_value #>> '{}')::numeric = pg_catalog.trunc((p_value #>> '{}')::numeric)
+                                 else false end
+        when 'number'  then v_kind = 'number'
+        when 'boolean' then v_kind = 'boolean'
+        else false end;
+    if v_ok then
+        return null;
+    end if;
+    return pg_catalog.format('must be %s%s, got %s %s', p_type,
+                             case when p_type = 'path' then ' (a non-empty string)' else '' end,
+                             v_kind, pg_catalog.left(p_value::text, 40)
+                             || case when pg_catalog.length(p_value::text) > 40 then '...' else '' end);
+end
+$$;
+
+--
 -- Name: phases_json(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -3357,6 +5671,32 @@ end
 $$;
 
 --
+-- Name: raise_alerts(uuid, text, jsonb, jsonb, ops.runs, text, bigint); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.raise_alerts(p_workspace uuid, p_event text, p_subject jsonb, p_payload jsonb, p_run ops.runs DEFAULT NULL::ops.runs, p_dedupe text DEFAULT NULL::text, p_count bigint DEFAULT NULL::bigint) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_now timestamptz := ops_private.now();
+    v_n   integer;
+begin
+    insert into ops.alerts (workspace_id, rule_id, rule_name, destination_id, event, subject, payload,
+                            dedupe_key, created_at, next_attempt_at)
+    select p_workspace, r.id, r.name, r.destination_id, p_event, p_subject,
+           p_payload || pg_catalog.jsonb_build_object('rule', r.name),
+           p_dedupe, v_now, v_now
+    from ops.alert_rules r
+    where r.workspace_id = p_workspace and r.event = p_event and r.enabled
+      and (p_run.id is null or ops_private.alert_filters_match(r.filters, p_run))
+      and (p_count is null or p_count >= coalesce(r.threshold, 1))
+    on conflict (rule_id, dedupe_key) do nothing;
+    get diagnostics v_n = row_count;
+    return v_n;
+end
+$$;
+
+--
 -- Name: redact_passwords(text); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -3367,6 +5707,21 @@ CREATE FUNCTION ops_private.redact_passwords(p_text text) RETURNS text
                pg_catalog.regexp_replace(p_text,
                    '([a-z][a-z0-9+.-]*://[^/?#@[:space:]]*:)[^/?#@[:space:]]*@', '\1***@', 'gi'),
                '((^|[[:space:]?&;])(password|passwd|pwd)[[:space:]]*=)[[:space:]]*[^[:space:]&;]*', '\1***', 'gi')
+$$;
+
+--
+-- Name: refuse_job_version_change(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.refuse_job_version_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform ops_private.fail(409, 'conflict',
+        'job versions are immutable: register a new version instead (docs/jobs.md)',
+        pg_catalog.jsonb_build_object('job_version_id', old.id));
+    return null;
+end
 $$;
 
 --
@@ -3384,6 +5739,26 @@ begin
         pg_catalog.jsonb_build_object('argument', 'input_manifest.connections'));
     return new;
 end
+$$;
+
+--
+-- Name: repair_set(uuid, text[]); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.repair_set(p_parent uuid, p_named text[]) RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+    with recursive seed as (
+        select p.name from ops.phases p
+        where p.run_id = p_parent and (p.state <> 'succeeded' or p.name = any (coalesce(p_named, '{}')))
+    ), closure(name) as (
+        select s.name from seed s
+        union
+        select q.name from ops.phases q join closure c on c.name = any (q.depends_on)
+        where q.run_id = p_parent
+    )
+    select coalesce(pg_catalog.array_agg(p.name order by p.ordinal), '{}')
+    from ops.phases p where p.run_id = p_parent and p.name in (select c.name from closure c)
 $$;
 
 --
@@ -3423,6 +5798,55 @@ end
 $$;
 
 --
+-- Name: require_service_role(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.require_service_role(p_fn text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if not ops_private.is_privileged() then
+        if ops_private.principal() is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+        perform ops_private.fail(403, 'forbidden',
+            p_fn || ' is for the alert deliverer (service_role): members read alerts with list_alerts');
+    end if;
+end
+$$;
+
+--
+-- Name: rerun_to_an_end(uuid, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.rerun_to_an_end(p_run uuid, p_name text) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    select exists (
+        select 1 from ops.runs c join ops.phases cp on cp.run_id = c.id
+        where c.parent_run_id = p_run and cp.name = p_name
+          and cp.reused_from_phase_id is null and cp.state in ('succeeded', 'failed'))
+$$;
+
+--
+-- Name: run_job_json(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.run_job_json(p_version uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if p_version is null then
+        return null;
+    end if;
+    return (select pg_catalog.jsonb_build_object('id', j.id, 'slug', j.slug, 'version', v.version,
+                                                 'version_id', v.id)
+            from ops.job_versions v join ops.jobs j on j.id = v.job_id
+            where v.id = p_version);
+end
+$$;
+
+--
 -- Name: run_json(uuid, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -3431,9 +5855,10 @@ CREATE FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean DEFAULT t
     AS $$
 begin
     return (
-    select pg_catalog.to_jsonb(r) - 'request_digest'
+    select pg_catalog.to_jsonb(r) - 'request_digest' - 'job_version_id'
            || pg_catalog.jsonb_build_object('created_by',
-                  case when ops_private.sees_principals(r.workspace_id) then r.created_by end)
+                  case when ops_private.sees_principals(r.workspace_id) then r.created_by end,
+                  'job', ops_private.run_job_json(r.job_version_id))
            || case when p_with_phases then pg_catalog.jsonb_build_object('phases', ops_private.phases_json(r.id))
                    else pg_catalog.jsonb_build_object('phase_counts', (
                         select coalesce(pg_catalog.jsonb_object_agg(c.state, c.n), '{}'::jsonb)
@@ -3455,8 +5880,10 @@ CREATE FUNCTION ops_private.run_summary_json(p_run uuid, p_sees boolean) RETURNS
 begin
     return (
     select pg_catalog.to_jsonb(r) - 'request_digest' - 'input_manifest' - 'output_manifest' - 'error'
+                                  - 'job_version_id'
            || pg_catalog.jsonb_build_object(
                   'created_by', case when p_sees then r.created_by end,
+                  'job', ops_private.run_job_json(r.job_version_id),
                   'error', case when r.error is not null then pg_catalog.jsonb_build_object(
                       'phase', r.error ->> 'phase',
                       'message', pg_catalog.left(coalesce(r.error -> 'error' ->> 'message',
@@ -3467,6 +5894,117 @@ begin
                             where p.run_id = r.id group by p.state) c))
     from ops.runs r
     where r.id = p_run);
+end
+$$;
+
+--
+-- Name: schedule_json(ops.schedules); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.schedule_json(s ops.schedules) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', s.id, 'workspace_id', s.workspace_id, 'name', s.name, 'description', s.description,
+        'job_id', s.job_id, 'job', (select j.slug from ops.jobs j where j.id = s.job_id),
+        'cron', s.cron, 'timezone', s.timezone, 'interval_seconds', s.interval_seconds,
+        'params', s.params, 'enabled', s.enabled, 'catchup', s.catchup, 'catchup_max', s.catchup_max,
+        'max_concurrent', s.max_concurrent, 'overlap', s.overlap, 'priority', s.priority,
+        'next_tick_at', s.next_tick_at, 'last_tick_at', s.last_tick_at,
+        'created_by', case when ops_private.sees_principals(s.workspace_id) then s.created_by end,
+        'created_at', s.created_at, 'updated_at', s.updated_at)
+$$;
+
+--
+-- Name: schedule_next(ops.schedules, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.schedule_next(s ops.schedules, p_after timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    AS $$
+    select t from ops_private.schedule_times(s, p_after, null, 1) t
+$$;
+
+--
+-- Name: schedule_times(ops.schedules, timestamp with time zone, timestamp with time zone, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.schedule_times(s ops.schedules, p_after timestamp with time zone, p_until timestamp with time zone, p_limit integer) RETURNS SETOF timestamp with time zone
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_day   date;
+    v_last  date;
+    v_count integer := 0;
+    v_t     timestamptz;
+    v_k     bigint;
+    v_dom   boolean;
+    v_dow   boolean;
+begin
+    if p_limit <= 0 then
+        return;
+    end if;
+    if s.interval_seconds is not null then
+        v_k := greatest(0, pg_catalog.floor(extract(epoch from (p_after - s.anchor_at)) / s.interval_seconds)::bigint + 1);
+        loop
+            v_t := s.anchor_at + pg_catalog.make_interval(secs => (v_k * s.interval_seconds)::double precision);
+            if v_t <= p_after then
+                v_k := v_k + 1;
+                continue;
+            end if;
+            exit when p_until is not null and v_t > p_until;
+            return next v_t;
+            v_count := v_count + 1;
+            exit when v_count >= p_limit;
+            v_k := v_k + 1;
+        end loop;
+        return;
+    end if;
+    v_day := (p_after at time zone s.timezone)::date - 1;
+    v_last := least(coalesce((p_until at time zone s.timezone)::date + 1, v_day + 1830), v_day + 1830);
+    while v_day <= v_last loop
+        if extract(month from v_day)::integer = any (s.cron_months) then
+            v_dom := extract(day from v_day)::integer = any (s.cron_days);
+            v_dow := extract(dow from v_day)::integer = any (s.cron_weekdays);
+            if (case when s.cron_days_star and s.cron_weekdays_star then true
+                     when s.cron_days_star then v_dow
+                     when s.cron_weekdays_star then v_dom
+                     else v_dom or v_dow end) then
+                for v_t in
+                    select distinct ((v_day + pg_catalog.make_interval(hours => h, mins => m))
+                                     at time zone s.timezone) as t
+                    from pg_catalog.unnest(s.cron_hours) h cross join pg_catalog.unnest(s.cron_minutes) m
+                    order by 1
+                loop
+                    continue when v_t <= p_after;
+                    if p_until is not null and v_t > p_until then
+                        return;
+                    end if;
+                    return next v_t;
+                    v_count := v_count + 1;
+                    if v_count >= p_limit then
+                        return;
+                    end if;
+                end loop;
+            end if;
+        end if;
+        v_day := v_day + 1;
+    end loop;
+end
+$$;
+
+--
+-- Name: schedule_workspace(uuid, text[]); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.schedule_workspace(p_workspace uuid, p_roles text[]) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = p_workspace) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found');
+    end if;
+    return ops_private.require_role(p_workspace, p_roles, true);
 end
 $$;
 
@@ -3526,6 +6064,141 @@ end
 $$;
 
 --
+-- Name: start_job_run(uuid, jsonb, text, jsonb, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.start_job_run(p_version_id uuid, p_params jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_now      timestamptz := ops_private.now();
+    v_ver      ops.job_versions;
+    v_job      ops.jobs;
+    v_declared jsonb;
+    v_given    jsonb := coalesce(p_params, '{}'::jsonb);
+    v_labels   jsonb := coalesce(p_labels, '{}'::jsonb);
+    v_params   jsonb := '{}'::jsonb;
+    v_p        record;
+    v_key      text;
+    v_problem  text;
+    v_phases   jsonb;
+    v_input    jsonb;
+    v_digest   text;
+    v_run      uuid;
+    v_old      ops.runs;
+    v_bad      text;
+begin
+    select * into v_ver from ops.job_versions v where v.id = p_version_id;
+    if v_ver.id is null then
+        perform ops_private.fail(404, 'not_found', 'job version not found');
+    end if;
+    select * into v_job from ops.jobs j where j.id = v_ver.job_id;
+    v_declared := coalesce(v_ver.spec -> 'params', '{}'::jsonb);
+
+    perform ops_private.check_object('params', v_given);
+    perform ops_private.check_size('params', v_given, 65536);
+    if p_priority is null or p_priority not between -1000 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'priority must be between -1000 and 1000',
+                                 pg_catalog.jsonb_build_object('argument', 'priority'));
+    end if;
+    if p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'idempotency_key must be 1-200 characters',
+                                 pg_catalog.jsonb_build_object('argument', 'idempotency_key'));
+    end if;
+    perform ops_private.check_object('labels', v_labels);
+    perform ops_private.check_size('labels', v_labels, 16384);
+    select l.key into v_bad from pg_catalog.jsonb_each(v_labels) l
+    where pg_catalog.jsonb_typeof(l.value) <> 'string' or pg_catalog.length(l.key) > 64
+       or pg_catalog.length(l.value #>> '{}') > 256 limit 1;
+    if v_bad is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'labels must map keys of at most 64 characters to strings of at most 256; label '
+            || pg_catalog.left(v_bad, 64) || ' does not',
+            pg_catalog.jsonb_build_object('argument', 'labels.' || pg_catalog.left(v_bad, 64)));
+    end if;
+
+    -- params: only declared ones, each of its type; defaults for the rest; required ones given
+    select k into v_key from pg_catalog.jsonb_object_keys(v_given) k where not (v_declared ? k) order by k limit 1;
+    if v_key is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('unknown param %s for job %s version %s (params: %s)', pg_catalog.left(v_key, 64),
+                              v_job.slug, v_ver.version,
+                              coalesce((select pg_catalog.string_agg(k, ', ' order by k)
+                                        from pg_catalog.jsonb_object_keys(v_declared) k), 'none declared')),
+            pg_catalog.jsonb_build_object('argument', 'params.' || pg_catalog.left(v_key, 64),
+                                          'param', pg_catalog.left(v_key, 64)));
+    end if;
+    for v_p in select e.key, e.value from pg_catalog.jsonb_each(v_declared) e order by e.key loop
+        if v_given ? v_p.key then
+            v_problem := ops_private.param_problem(v_p.value ->> 'type', v_given -> v_p.key);
+            if v_problem is not null then
+                perform ops_private.fail(400, 'invalid_argument',
+                    pg_catalog.format('param %s %s', v_p.key, v_problem),
+                    pg_catalog.jsonb_build_object('argument', 'params.' || v_p.key, 'param', v_p.key,
+                                                  'type', v_p.value ->> 'type'));
+            end if;
+            v_params := v_params || pg_catalog.jsonb_build_object(v_p.key, v_given -> v_p.key);
+        elsif coalesce(v_p.value -> 'default', 'null'::jsonb) = 'null'::jsonb then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('param %s is required (job %s version %s declares no default for it)',
+                                  v_p.key, v_job.slug, v_ver.version),
+                pg_catalog.jsonb_build_object('argument', 'params.' || v_p.key, 'param', v_p.key,
+                                              'type', v_p.value ->> 'type'));
+        else
+            v_params := v_params || pg_catalog.jsonb_build_object(v_p.key, v_p.value -> 'default');
+        end if;
+    end loop;
+
+    v_phases := ops_private.normalize_phases(v_ver.spec -> 'phases');
+    v_input := pg_catalog.jsonb_build_object(
+        'spec', pg_catalog.jsonb_build_object('slug', v_ver.spec -> 'slug', 'version', v_ver.spec -> 'version',
+                                              'path', v_ver.spec -> 'source' -> 'path',
+                                              'digest', v_ver.spec -> 'source' -> 'digest',
+                                              'dirty', coalesce(v_ver.spec -> 'source' -> 'dirty', 'false'::jsonb)),
+        'params', v_params,
+        'job', pg_catalog.jsonb_build_object('slug', v_job.slug, 'version', v_ver.version));
+
+    v_digest := pg_catalog.md5(pg_catalog.jsonb_build_array(v_job.slug, v_ver.git_sha, v_phases, v_input, v_labels,
+                                                             p_priority, v_ver.id)::text);
+    if p_idempotency_key is not null then
+        select * into v_old from ops.runs r
+        where r.workspace_id = v_ver.workspace_id and r.idempotency_key = p_idempotency_key;
+    end if;
+    if v_old.id is null then
+        v_run := ops_private.insert_run(v_ver.workspace_id, v_job.slug, v_ver.git_sha, v_phases, v_input,
+                                        p_idempotency_key, v_labels, p_priority, null, '{}'::jsonb, v_digest, v_now);
+        if v_run is null then
+            select * into v_old from ops.runs r
+            where r.workspace_id = v_ver.workspace_id and r.idempotency_key = p_idempotency_key;
+        end if;
+    end if;
+    if v_old.id is not null then
+        if v_old.request_digest <> v_digest then
+            perform ops_private.fail(409, 'conflict',
+                'idempotency_key ' || pg_catalog.left(p_idempotency_key, 200) || ' was used for a run with other arguments',
+                pg_catalog.jsonb_build_object('run_id', v_old.id));
+        end if;
+        return ops_private.run_json(v_old.id) || pg_catalog.jsonb_build_object('created', false);
+    end if;
+    update ops.runs r set job_version_id = v_ver.id where r.id = v_run;
+    return ops_private.run_json(v_run) || pg_catalog.jsonb_build_object('created', true);
+end
+$$;
+
+--
+-- Name: tick_json(ops.schedule_ticks); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.tick_json(t ops.schedule_ticks) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', t.id, 'schedule_id', t.schedule_id, 'workspace_id', t.workspace_id,
+        'scheduled_for', t.scheduled_for, 'state', t.state, 'reason', t.reason, 'run_id', t.run_id,
+        'created_at', t.created_at)
+$$;
+
+--
 -- Name: token_pins(); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -3576,6 +6249,32 @@ begin
     return p_value::uuid;
 end
 $_$;
+
+--
+-- Name: workspace_slug(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.workspace_slug(p_workspace uuid) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+    select w.slug from ops.workspaces w where w.id = p_workspace
+$$;
+
+--
+-- Name: alert_deliveries; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.alert_deliveries (
+    alert_id uuid NOT NULL,
+    attempt integer NOT NULL,
+    workspace_id uuid NOT NULL,
+    at timestamp with time zone NOT NULL,
+    ok boolean NOT NULL,
+    http_status integer,
+    error text,
+    duration_ms integer,
+    CONSTRAINT alert_deliveries_error_check CHECK ((length(error) <= 500))
+);
 
 --
 -- Name: artifacts; Type: TABLE; Schema: ops; Owner: -
@@ -3789,6 +6488,62 @@ CREATE TABLE ops_private.reserved_event_types (
 COMMENT ON TABLE ops_private.reserved_event_types IS 'Event types append_events refuses: only the control plane writes them.';
 
 --
+-- Name: alert_deliveries alert_deliveries_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_deliveries
+    ADD CONSTRAINT alert_deliveries_pkey PRIMARY KEY (alert_id, attempt);
+
+--
+-- Name: alert_destinations alert_destinations_id_workspace_id_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_destinations
+    ADD CONSTRAINT alert_destinations_id_workspace_id_key UNIQUE (id, workspace_id);
+
+--
+-- Name: alert_destinations alert_destinations_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_destinations
+    ADD CONSTRAINT alert_destinations_pkey PRIMARY KEY (id);
+
+--
+-- Name: alert_destinations alert_destinations_workspace_id_name_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_destinations
+    ADD CONSTRAINT alert_destinations_workspace_id_name_key UNIQUE (workspace_id, name);
+
+--
+-- Name: alert_rules alert_rules_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_rules
+    ADD CONSTRAINT alert_rules_pkey PRIMARY KEY (id);
+
+--
+-- Name: alert_rules alert_rules_workspace_id_name_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_rules
+    ADD CONSTRAINT alert_rules_workspace_id_name_key UNIQUE (workspace_id, name);
+
+--
+-- Name: alerts alerts_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alerts
+    ADD CONSTRAINT alerts_pkey PRIMARY KEY (id);
+
+--
+-- Name: alerts alerts_rule_id_dedupe_key_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alerts
+    ADD CONSTRAINT alerts_rule_id_dedupe_key_key UNIQUE (rule_id, dedupe_key);
+
+--
 -- Name: artifacts artifacts_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -3850,6 +6605,34 @@ ALTER TABLE ONLY ops.datasets
 
 ALTER TABLE ONLY ops.invitations
     ADD CONSTRAINT invitations_pkey PRIMARY KEY (workspace_id, principal_id);
+
+--
+-- Name: job_versions job_versions_job_id_version_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.job_versions
+    ADD CONSTRAINT job_versions_job_id_version_key UNIQUE (job_id, version);
+
+--
+-- Name: job_versions job_versions_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.job_versions
+    ADD CONSTRAINT job_versions_pkey PRIMARY KEY (id);
+
+--
+-- Name: jobs jobs_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+
+--
+-- Name: jobs jobs_workspace_id_slug_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.jobs
+    ADD CONSTRAINT jobs_workspace_id_slug_key UNIQUE (workspace_id, slug);
 
 --
 -- Name: phases phases_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
@@ -3915,6 +6698,41 @@ ALTER TABLE ONLY ops.runs
     ADD CONSTRAINT runs_workspace_id_idempotency_key_key UNIQUE (workspace_id, idempotency_key);
 
 --
+-- Name: schedule_ticks schedule_ticks_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedule_ticks
+    ADD CONSTRAINT schedule_ticks_pkey PRIMARY KEY (id);
+
+--
+-- Name: schedule_ticks schedule_ticks_schedule_id_scheduled_for_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedule_ticks
+    ADD CONSTRAINT schedule_ticks_schedule_id_scheduled_for_key UNIQUE (schedule_id, scheduled_for);
+
+--
+-- Name: schedules schedules_id_workspace_id_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedules
+    ADD CONSTRAINT schedules_id_workspace_id_key UNIQUE (id, workspace_id);
+
+--
+-- Name: schedules schedules_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedules
+    ADD CONSTRAINT schedules_pkey PRIMARY KEY (id);
+
+--
+-- Name: schedules schedules_workspace_id_name_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedules
+    ADD CONSTRAINT schedules_workspace_id_name_key UNIQUE (workspace_id, name);
+
+--
 -- Name: secrets_refs secrets_refs_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -3950,6 +6768,48 @@ ALTER TABLE ONLY ops_private.reserved_event_types
     ADD CONSTRAINT reserved_event_types_pkey PRIMARY KEY (type);
 
 --
+-- Name: alert_deliveries_workspace_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX alert_deliveries_workspace_idx ON ops.alert_deliveries USING btree (workspace_id);
+
+--
+-- Name: alert_rules_destination_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX alert_rules_destination_idx ON ops.alert_rules USING btree (destination_id);
+
+--
+-- Name: alert_rules_event_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX alert_rules_event_idx ON ops.alert_rules USING btree (workspace_id, event) WHERE enabled;
+
+--
+-- Name: alerts_destination_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX alerts_destination_idx ON ops.alerts USING btree (destination_id);
+
+--
+-- Name: alerts_due_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX alerts_due_idx ON ops.alerts USING btree (next_attempt_at) WHERE (state = 'pending'::text);
+
+--
+-- Name: alerts_leased_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX alerts_leased_idx ON ops.alerts USING btree (lease_expires_at) WHERE (state = 'delivering'::text);
+
+--
+-- Name: alerts_workspace_created_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX alerts_workspace_created_idx ON ops.alerts USING btree (workspace_id, created_at DESC, id DESC);
+
+--
 -- Name: audit_log_workspace_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
@@ -3966,6 +6826,12 @@ CREATE INDEX datasets_not_active_idx ON ops.datasets USING btree (workspace_id, 
 --
 
 CREATE INDEX invitations_principal_idx ON ops.invitations USING btree (principal_id);
+
+--
+-- Name: job_versions_workspace_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX job_versions_workspace_idx ON ops.job_versions USING btree (workspace_id);
 
 --
 -- Name: phases_claim_id_idx; Type: INDEX; Schema: ops; Owner: -
@@ -4034,6 +6900,12 @@ CREATE INDEX run_events_type_idx ON ops.run_events USING btree (workspace_id, ty
 CREATE INDEX runs_created_idx ON ops.runs USING btree (created_at DESC, id DESC);
 
 --
+-- Name: runs_job_version_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX runs_job_version_idx ON ops.runs USING btree (job_version_id, created_at DESC, id DESC) WHERE (job_version_id IS NOT NULL);
+
+--
 -- Name: runs_parent_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
@@ -4046,6 +6918,30 @@ CREATE INDEX runs_parent_idx ON ops.runs USING btree (parent_run_id) WHERE (pare
 CREATE INDEX runs_workspace_created_idx ON ops.runs USING btree (workspace_id, created_at DESC, id DESC);
 
 --
+-- Name: schedule_ticks_run_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX schedule_ticks_run_idx ON ops.schedule_ticks USING btree (run_id) WHERE (run_id IS NOT NULL);
+
+--
+-- Name: schedule_ticks_workspace_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX schedule_ticks_workspace_idx ON ops.schedule_ticks USING btree (workspace_id);
+
+--
+-- Name: schedules_due_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX schedules_due_idx ON ops.schedules USING btree (next_tick_at) WHERE (enabled AND (next_tick_at IS NOT NULL));
+
+--
+-- Name: schedules_job_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX schedules_job_idx ON ops.schedules USING btree (job_id);
+
+--
 -- Name: secrets_refs_workspace_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
@@ -4056,6 +6952,18 @@ CREATE INDEX secrets_refs_workspace_idx ON ops.secrets_refs USING btree (workspa
 --
 
 CREATE INDEX workspace_members_principal_idx ON ops.workspace_members USING btree (principal_id, workspace_id);
+
+--
+-- Name: job_versions job_versions_immutable; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER job_versions_immutable BEFORE DELETE OR UPDATE ON ops.job_versions FOR EACH ROW EXECUTE FUNCTION ops_private.refuse_job_version_change();
+
+--
+-- Name: phases phases_alert_dead_lettered; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER phases_alert_dead_lettered AFTER UPDATE OF state ON ops.phases FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM 'failed'::text) AND (new.attempt >= new.max_attempts))) EXECUTE FUNCTION ops_private.alert_phase_dead_lettered();
 
 --
 -- Name: phases phases_connections; Type: TRIGGER; Schema: ops; Owner: -
@@ -4076,6 +6984,18 @@ CREATE TRIGGER phases_initial_state BEFORE INSERT ON ops.phases FOR EACH ROW WHE
 CREATE TRIGGER phases_transition BEFORE UPDATE OF state ON ops.phases FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION ops_private.check_phase_transition();
 
 --
+-- Name: run_events run_events_alert_lease_expiries; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER run_events_alert_lease_expiries AFTER INSERT ON ops.run_events FOR EACH ROW WHEN ((new.type = 'LEASE_EXPIRED'::text)) EXECUTE FUNCTION ops_private.alert_lease_expiries();
+
+--
+-- Name: runs runs_alert_failed; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_alert_failed AFTER UPDATE OF state ON ops.runs FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION ops_private.alert_run_failed();
+
+--
 -- Name: runs runs_initial_state; Type: TRIGGER; Schema: ops; Owner: -
 --
 
@@ -4092,6 +7012,67 @@ CREATE TRIGGER runs_no_manifest_connections BEFORE INSERT ON ops.runs FOR EACH R
 --
 
 CREATE TRIGGER runs_transition BEFORE UPDATE OF state ON ops.runs FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION ops_private.check_run_transition();
+
+--
+-- Name: schedule_ticks schedule_ticks_alert_failed; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER schedule_ticks_alert_failed AFTER INSERT ON ops.schedule_ticks FOR EACH ROW WHEN ((new.state = 'failed'::text)) EXECUTE FUNCTION ops_private.alert_schedule_tick_failed();
+
+--
+-- Name: schedule_ticks schedule_ticks_alert_failed_update; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER schedule_ticks_alert_failed_update AFTER UPDATE OF state ON ops.schedule_ticks FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION ops_private.alert_schedule_tick_failed();
+
+--
+-- Name: alert_deliveries alert_deliveries_alert_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_deliveries
+    ADD CONSTRAINT alert_deliveries_alert_id_fkey FOREIGN KEY (alert_id) REFERENCES ops.alerts(id) ON DELETE CASCADE;
+
+--
+-- Name: alert_destinations alert_destinations_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_destinations
+    ADD CONSTRAINT alert_destinations_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: alert_rules alert_rules_destination_id_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_rules
+    ADD CONSTRAINT alert_rules_destination_id_workspace_id_fkey FOREIGN KEY (destination_id, workspace_id) REFERENCES ops.alert_destinations(id, workspace_id);
+
+--
+-- Name: alert_rules alert_rules_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alert_rules
+    ADD CONSTRAINT alert_rules_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: alerts alerts_destination_id_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alerts
+    ADD CONSTRAINT alerts_destination_id_workspace_id_fkey FOREIGN KEY (destination_id, workspace_id) REFERENCES ops.alert_destinations(id, workspace_id) ON DELETE CASCADE;
+
+--
+-- Name: alerts alerts_rule_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alerts
+    ADD CONSTRAINT alerts_rule_id_fkey FOREIGN KEY (rule_id) REFERENCES ops.alert_rules(id) ON DELETE SET NULL;
+
+--
+-- Name: alerts alerts_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.alerts
+    ADD CONSTRAINT alerts_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
 
 --
 -- Name: artifacts artifacts_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
@@ -4127,6 +7108,27 @@ ALTER TABLE ONLY ops.datasets
 
 ALTER TABLE ONLY ops.invitations
     ADD CONSTRAINT invitations_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id) ON DELETE CASCADE;
+
+--
+-- Name: job_versions job_versions_job_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.job_versions
+    ADD CONSTRAINT job_versions_job_id_fkey FOREIGN KEY (job_id) REFERENCES ops.jobs(id);
+
+--
+-- Name: job_versions job_versions_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.job_versions
+    ADD CONSTRAINT job_versions_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: jobs jobs_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.jobs
+    ADD CONSTRAINT jobs_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
 
 --
 -- Name: phases phases_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
@@ -4178,6 +7180,13 @@ ALTER TABLE ONLY ops.run_events
     ADD CONSTRAINT run_events_run_id_fkey FOREIGN KEY (run_id) REFERENCES ops.runs(id) ON DELETE CASCADE;
 
 --
+-- Name: runs runs_job_version_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.runs
+    ADD CONSTRAINT runs_job_version_id_fkey FOREIGN KEY (job_version_id) REFERENCES ops.job_versions(id);
+
+--
 -- Name: runs runs_parent_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -4192,6 +7201,34 @@ ALTER TABLE ONLY ops.runs
     ADD CONSTRAINT runs_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
 
 --
+-- Name: schedule_ticks schedule_ticks_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedule_ticks
+    ADD CONSTRAINT schedule_ticks_run_id_fkey FOREIGN KEY (run_id) REFERENCES ops.runs(id) ON DELETE SET NULL;
+
+--
+-- Name: schedule_ticks schedule_ticks_schedule_id_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedule_ticks
+    ADD CONSTRAINT schedule_ticks_schedule_id_workspace_id_fkey FOREIGN KEY (schedule_id, workspace_id) REFERENCES ops.schedules(id, workspace_id) ON DELETE CASCADE;
+
+--
+-- Name: schedules schedules_job_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedules
+    ADD CONSTRAINT schedules_job_id_fkey FOREIGN KEY (job_id) REFERENCES ops.jobs(id) ON DELETE CASCADE;
+
+--
+-- Name: schedules schedules_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.schedules
+    ADD CONSTRAINT schedules_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
 -- Name: secrets_refs secrets_refs_connection_id_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -4204,6 +7241,54 @@ ALTER TABLE ONLY ops.secrets_refs
 
 ALTER TABLE ONLY ops.workspace_members
     ADD CONSTRAINT workspace_members_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id) ON DELETE CASCADE;
+
+--
+-- Name: alert_deliveries; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.alert_deliveries ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: alert_deliveries alert_deliveries_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY alert_deliveries_read ON ops.alert_deliveries FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: alert_destinations; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.alert_destinations ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: alert_destinations alert_destinations_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY alert_destinations_read ON ops.alert_destinations FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: alert_rules; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.alert_rules ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: alert_rules alert_rules_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY alert_rules_read ON ops.alert_rules FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: alerts; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.alerts ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: alerts alerts_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY alerts_read ON ops.alerts FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
 
 --
 -- Name: artifacts; Type: ROW SECURITY; Schema: ops; Owner: -
@@ -4278,6 +7363,30 @@ ALTER TABLE ops.invitations ENABLE ROW LEVEL SECURITY;
 CREATE POLICY invitations_read ON ops.invitations FOR SELECT TO authenticated USING (((workspace_id IN ( SELECT ops_private.admin_workspaces() AS admin_workspaces)) OR (principal_id = ( SELECT auth.uid() AS uid))));
 
 --
+-- Name: job_versions; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.job_versions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: job_versions job_versions_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY job_versions_read ON ops.job_versions FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: jobs; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.jobs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: jobs jobs_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY jobs_read ON ops.jobs FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
 -- Name: phases; Type: ROW SECURITY; Schema: ops; Owner: -
 --
 
@@ -4338,6 +7447,30 @@ ALTER TABLE ops.runs ENABLE ROW LEVEL SECURITY;
 --
 
 CREATE POLICY runs_read ON ops.runs FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: schedule_ticks; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.schedule_ticks ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: schedule_ticks schedule_ticks_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY schedule_ticks_read ON ops.schedule_ticks FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
+-- Name: schedules; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.schedules ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: schedules schedules_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY schedules_read ON ops.schedules FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
 
 --
 -- Name: secrets_refs; Type: ROW SECURITY; Schema: ops; Owner: -
@@ -4423,6 +7556,14 @@ GRANT ALL ON FUNCTION ops.cancel_run(run_id text, reason text) TO authenticated;
 GRANT ALL ON FUNCTION ops.cancel_run(run_id text, reason text) TO service_role;
 
 --
+-- Name: FUNCTION claim_alerts("limit" integer, lease_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.claim_alerts("limit" integer, lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.claim_alerts("limit" integer, lease_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.claim_alerts("limit" integer, lease_seconds integer) TO service_role;
+
+--
 -- Name: FUNCTION claim_phase(kinds text[], lease_seconds integer, claim_id text, run_id text, workspace_id text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -4447,12 +7588,36 @@ GRANT ALL ON FUNCTION ops.complete_run(run_id text, output_manifest jsonb) TO au
 GRANT ALL ON FUNCTION ops.complete_run(run_id text, output_manifest jsonb) TO service_role;
 
 --
+-- Name: FUNCTION create_alert_destination(workspace_id text, name text, type text, url text, headers jsonb, description text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_alert_destination(workspace_id text, name text, type text, url text, headers jsonb, description text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_alert_destination(workspace_id text, name text, type text, url text, headers jsonb, description text) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_alert_destination(workspace_id text, name text, type text, url text, headers jsonb, description text) TO service_role;
+
+--
+-- Name: FUNCTION create_alert_rule(workspace_id text, name text, event text, destination text, threshold integer, filters jsonb, enabled boolean, description text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_alert_rule(workspace_id text, name text, event text, destination text, threshold integer, filters jsonb, enabled boolean, description text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_alert_rule(workspace_id text, name text, event text, destination text, threshold integer, filters jsonb, enabled boolean, description text) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_alert_rule(workspace_id text, name text, event text, destination text, threshold integer, filters jsonb, enabled boolean, description text) TO service_role;
+
+--
 -- Name: FUNCTION create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text); Type: ACL; Schema: ops; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops.create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text) TO authenticated;
 GRANT ALL ON FUNCTION ops.create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text) TO service_role;
+
+--
+-- Name: FUNCTION create_job_run(workspace_id text, job text, version integer, params jsonb, idempotency_key text, labels jsonb, priority integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_job_run(workspace_id text, job text, version integer, params jsonb, idempotency_key text, labels jsonb, priority integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_job_run(workspace_id text, job text, version integer, params jsonb, idempotency_key text, labels jsonb, priority integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_job_run(workspace_id text, job text, version integer, params jsonb, idempotency_key text, labels jsonb, priority integer) TO service_role;
 
 --
 -- Name: FUNCTION create_principal(name text, kind text, workspace_id text); Type: ACL; Schema: ops; Owner: -
@@ -4471,6 +7636,14 @@ GRANT ALL ON FUNCTION ops.create_run(workspace_id text, spec_slug text, git_sha 
 GRANT ALL ON FUNCTION ops.create_run(workspace_id text, spec_slug text, git_sha text, phases jsonb, input_manifest jsonb, idempotency_key text, labels jsonb, priority integer) TO service_role;
 
 --
+-- Name: FUNCTION create_schedule(workspace_id text, name text, job text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_schedule(workspace_id text, name text, job text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_schedule(workspace_id text, name text, job text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_schedule(workspace_id text, name text, job text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text) TO service_role;
+
+--
 -- Name: FUNCTION create_workspace(slug text, name text, env text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -4479,12 +7652,36 @@ GRANT ALL ON FUNCTION ops.create_workspace(slug text, name text, env text) TO au
 GRANT ALL ON FUNCTION ops.create_workspace(slug text, name text, env text) TO service_role;
 
 --
+-- Name: FUNCTION delete_alert_destination(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.delete_alert_destination(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.delete_alert_destination(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.delete_alert_destination(workspace_id text, name text) TO service_role;
+
+--
+-- Name: FUNCTION delete_alert_rule(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.delete_alert_rule(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.delete_alert_rule(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.delete_alert_rule(workspace_id text, name text) TO service_role;
+
+--
 -- Name: FUNCTION delete_connection(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops.delete_connection(workspace_id text, name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.delete_connection(workspace_id text, name text) TO authenticated;
 GRANT ALL ON FUNCTION ops.delete_connection(workspace_id text, name text) TO service_role;
+
+--
+-- Name: FUNCTION delete_schedule(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.delete_schedule(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.delete_schedule(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.delete_schedule(workspace_id text, name text) TO service_role;
 
 --
 -- Name: FUNCTION get_connection(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
@@ -4503,12 +7700,28 @@ GRANT ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) TO authentic
 GRANT ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) TO service_role;
 
 --
+-- Name: FUNCTION get_job(workspace_id text, slug text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_job(workspace_id text, slug text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_job(workspace_id text, slug text) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_job(workspace_id text, slug text) TO service_role;
+
+--
 -- Name: FUNCTION get_run(run_id text); Type: ACL; Schema: ops; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops.get_run(run_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.get_run(run_id text) TO authenticated;
 GRANT ALL ON FUNCTION ops.get_run(run_id text) TO service_role;
+
+--
+-- Name: FUNCTION get_schedule(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_schedule(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_schedule(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_schedule(workspace_id text, name text) TO service_role;
 
 --
 -- Name: FUNCTION heartbeat(lease_token text, progress jsonb, lease_seconds integer); Type: ACL; Schema: ops; Owner: -
@@ -4525,6 +7738,30 @@ GRANT ALL ON FUNCTION ops.heartbeat(lease_token text, progress jsonb, lease_seco
 REVOKE ALL ON FUNCTION ops.invite_member(workspace_id text, principal_id text, role text, name text, expires_in_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.invite_member(workspace_id text, principal_id text, role text, name text, expires_in_seconds integer) TO authenticated;
 GRANT ALL ON FUNCTION ops.invite_member(workspace_id text, principal_id text, role text, name text, expires_in_seconds integer) TO service_role;
+
+--
+-- Name: FUNCTION list_alert_destinations(workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_alert_destinations(workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_alert_destinations(workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_alert_destinations(workspace_id text) TO service_role;
+
+--
+-- Name: FUNCTION list_alert_rules(workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_alert_rules(workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_alert_rules(workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_alert_rules(workspace_id text) TO service_role;
+
+--
+-- Name: FUNCTION list_alerts(workspace_id text, state text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_alerts(workspace_id text, state text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_alerts(workspace_id text, state text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_alerts(workspace_id text, state text, "limit" integer) TO service_role;
 
 --
 -- Name: FUNCTION list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint); Type: ACL; Schema: ops; Owner: -
@@ -4551,6 +7788,14 @@ GRANT ALL ON FUNCTION ops.list_datasets(workspace_id text, layer text, schema_st
 GRANT ALL ON FUNCTION ops.list_datasets(workspace_id text, layer text, schema_state text, name text, "limit" integer) TO service_role;
 
 --
+-- Name: FUNCTION list_dead_letters(workspace_id text, spec_slug text, since text, "limit" integer, cursor text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_dead_letters(workspace_id text, spec_slug text, since text, "limit" integer, cursor text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_dead_letters(workspace_id text, spec_slug text, since text, "limit" integer, cursor text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_dead_letters(workspace_id text, spec_slug text, since text, "limit" integer, cursor text) TO service_role;
+
+--
 -- Name: FUNCTION list_events(run_id text, after bigint, "limit" integer, phase text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -4567,6 +7812,14 @@ GRANT ALL ON FUNCTION ops.list_invitations(workspace_id text) TO authenticated;
 GRANT ALL ON FUNCTION ops.list_invitations(workspace_id text) TO service_role;
 
 --
+-- Name: FUNCTION list_jobs(workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_jobs(workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_jobs(workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_jobs(workspace_id text) TO service_role;
+
+--
 -- Name: FUNCTION list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -4575,12 +7828,36 @@ GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug tex
 GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text) TO service_role;
 
 --
+-- Name: FUNCTION list_schedule_ticks(workspace_id text, name text, state text, before text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_schedule_ticks(workspace_id text, name text, state text, before text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_schedule_ticks(workspace_id text, name text, state text, before text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_schedule_ticks(workspace_id text, name text, state text, before text, "limit" integer) TO service_role;
+
+--
+-- Name: FUNCTION list_schedules(workspace_id text, job text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_schedules(workspace_id text, job text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_schedules(workspace_id text, job text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_schedules(workspace_id text, job text) TO service_role;
+
+--
 -- Name: FUNCTION list_workspaces(); Type: ACL; Schema: ops; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops.list_workspaces() FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.list_workspaces() TO authenticated;
 GRANT ALL ON FUNCTION ops.list_workspaces() TO service_role;
+
+--
+-- Name: FUNCTION record_alert_delivery(alert_id text, ok boolean, http_status integer, error text, duration_ms integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.record_alert_delivery(alert_id text, ok boolean, http_status integer, error text, duration_ms integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.record_alert_delivery(alert_id text, ok boolean, http_status integer, error text, duration_ms integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.record_alert_delivery(alert_id text, ok boolean, http_status integer, error text, duration_ms integer) TO service_role;
 
 --
 -- Name: FUNCTION record_connection_test(workspace_id text, name text, ok boolean, message text); Type: ACL; Schema: ops; Owner: -
@@ -4607,12 +7884,36 @@ GRANT ALL ON FUNCTION ops.register_artifact(lease_token text, digest text, uri t
 GRANT ALL ON FUNCTION ops.register_artifact(lease_token text, digest text, uri text, size_bytes bigint, media_type text, kind text, name text, role text, metadata jsonb) TO service_role;
 
 --
+-- Name: FUNCTION register_job(workspace_id text, slug text, spec jsonb, digest text, git_sha text, description text, owner text, tags jsonb); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.register_job(workspace_id text, slug text, spec jsonb, digest text, git_sha text, description text, owner text, tags jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.register_job(workspace_id text, slug text, spec jsonb, digest text, git_sha text, description text, owner text, tags jsonb) TO authenticated;
+GRANT ALL ON FUNCTION ops.register_job(workspace_id text, slug text, spec jsonb, digest text, git_sha text, description text, owner text, tags jsonb) TO service_role;
+
+--
 -- Name: FUNCTION remove_member(workspace_id text, principal_id text); Type: ACL; Schema: ops; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops.remove_member(workspace_id text, principal_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.remove_member(workspace_id text, principal_id text) TO authenticated;
 GRANT ALL ON FUNCTION ops.remove_member(workspace_id text, principal_id text) TO service_role;
+
+--
+-- Name: FUNCTION repair_run(run_id text, phases text[], idempotency_key text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.repair_run(run_id text, phases text[], idempotency_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.repair_run(run_id text, phases text[], idempotency_key text) TO authenticated;
+GRANT ALL ON FUNCTION ops.repair_run(run_id text, phases text[], idempotency_key text) TO service_role;
+
+--
+-- Name: FUNCTION requeue_dead_letters(workspace_id text, phase_ids text[]); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.requeue_dead_letters(workspace_id text, phase_ids text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.requeue_dead_letters(workspace_id text, phase_ids text[]) TO authenticated;
+GRANT ALL ON FUNCTION ops.requeue_dead_letters(workspace_id text, phase_ids text[]) TO service_role;
 
 --
 -- Name: FUNCTION retry_run(run_id text, idempotency_key text); Type: ACL; Schema: ops; Owner: -
@@ -4639,6 +7940,14 @@ GRANT ALL ON FUNCTION ops.revoke_principal(principal_id text) TO authenticated;
 GRANT ALL ON FUNCTION ops.revoke_principal(principal_id text) TO service_role;
 
 --
+-- Name: FUNCTION run_due_schedules(workspace_id text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.run_due_schedules(workspace_id text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.run_due_schedules(workspace_id text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.run_due_schedules(workspace_id text, "limit" integer) TO service_role;
+
+--
 -- Name: FUNCTION unblock_dataset(workspace_id text, name text, resolution text, note text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -4655,12 +7964,122 @@ GRANT ALL ON FUNCTION ops.update_connection(workspace_id text, name text, config
 GRANT ALL ON FUNCTION ops.update_connection(workspace_id text, name text, config jsonb, secrets jsonb, description text) TO service_role;
 
 --
+-- Name: FUNCTION update_schedule(workspace_id text, name text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.update_schedule(workspace_id text, name text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.update_schedule(workspace_id text, name text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text) TO authenticated;
+GRANT ALL ON FUNCTION ops.update_schedule(workspace_id text, name text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text) TO service_role;
+
+--
+-- Name: FUNCTION active_child(p_parent uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.active_child(p_parent uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.active_child(p_parent uuid) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.active_child(p_parent uuid) TO service_role;
+
+--
 -- Name: FUNCTION admin_workspaces(); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.admin_workspaces() FROM PUBLIC;
 GRANT ALL ON FUNCTION ops_private.admin_workspaces() TO authenticated;
 GRANT ALL ON FUNCTION ops_private.admin_workspaces() TO service_role;
+
+--
+-- Name: FUNCTION alert_backoff_seconds(p_attempt integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_backoff_seconds(p_attempt integer) FROM PUBLIC;
+
+--
+-- Name: TABLE alert_destinations; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.alert_destinations TO authenticated;
+GRANT SELECT ON TABLE ops.alert_destinations TO service_role;
+
+--
+-- Name: FUNCTION alert_destination_json(d ops.alert_destinations); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_destination_json(d ops.alert_destinations) FROM PUBLIC;
+
+--
+-- Name: TABLE runs; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.runs TO authenticated;
+GRANT SELECT ON TABLE ops.runs TO service_role;
+
+--
+-- Name: FUNCTION alert_filters_match(p_filters jsonb, p_run ops.runs); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_filters_match(p_filters jsonb, p_run ops.runs) FROM PUBLIC;
+
+--
+-- Name: TABLE alerts; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.alerts TO authenticated;
+GRANT SELECT ON TABLE ops.alerts TO service_role;
+
+--
+-- Name: FUNCTION alert_json(a ops.alerts); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_json(a ops.alerts) FROM PUBLIC;
+
+--
+-- Name: FUNCTION alert_lease_expiries(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_lease_expiries() FROM PUBLIC;
+
+--
+-- Name: FUNCTION alert_message(p_text text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_message(p_text text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION alert_phase_dead_lettered(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_phase_dead_lettered() FROM PUBLIC;
+
+--
+-- Name: TABLE alert_rules; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.alert_rules TO authenticated;
+GRANT SELECT ON TABLE ops.alert_rules TO service_role;
+
+--
+-- Name: FUNCTION alert_rule_json(r ops.alert_rules); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_rule_json(r ops.alert_rules) FROM PUBLIC;
+
+--
+-- Name: FUNCTION alert_run_failed(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_run_failed() FROM PUBLIC;
+
+--
+-- Name: FUNCTION alert_schedule_tick_failed(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_schedule_tick_failed() FROM PUBLIC;
+
+--
+-- Name: FUNCTION alert_workspace(p_workspace uuid, p_roles text[]); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.alert_workspace(p_workspace uuid, p_roles text[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION audit(p_function text, p_workspace uuid, p_target_type text, p_target_id text, p_details jsonb); Type: ACL; Schema: ops_private; Owner: -
@@ -4675,6 +8094,18 @@ REVOKE ALL ON FUNCTION ops_private.audit(p_function text, p_workspace uuid, p_ta
 REVOKE ALL ON FUNCTION ops_private.backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric) FROM PUBLIC;
 
 --
+-- Name: FUNCTION check_alert_destination(p_type text, p_url text, p_headers jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_alert_destination(p_type text, p_url text, p_headers jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION check_alert_name(p_what text, p_name text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_alert_name(p_what text, p_name text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION check_connection(p_config jsonb, p_secrets jsonb); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -4685,6 +8116,12 @@ REVOKE ALL ON FUNCTION ops_private.check_connection(p_config jsonb, p_secrets js
 --
 
 REVOKE ALL ON FUNCTION ops_private.check_connection_name(p_name text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION check_job_spec(p_slug text, p_spec jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_job_spec(p_slug text, p_spec jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION check_object(p_name text, p_value jsonb); Type: ACL; Schema: ops_private; Owner: -
@@ -4711,6 +8148,19 @@ REVOKE ALL ON FUNCTION ops_private.check_phase_transition() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION ops_private.check_run_transition() FROM PUBLIC;
+
+--
+-- Name: TABLE schedules; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.schedules TO authenticated;
+GRANT SELECT ON TABLE ops.schedules TO service_role;
+
+--
+-- Name: FUNCTION check_schedule(s ops.schedules, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.check_schedule(s ops.schedules, p_now timestamp with time zone) FROM PUBLIC;
 
 --
 -- Name: FUNCTION check_size(p_name text, p_value jsonb, p_max_bytes integer); Type: ACL; Schema: ops_private; Owner: -
@@ -4914,13 +8364,6 @@ GRANT SELECT(updated_at) ON TABLE ops.phases TO authenticated;
 GRANT SELECT(updated_at) ON TABLE ops.phases TO service_role;
 
 --
--- Name: TABLE runs; Type: ACL; Schema: ops; Owner: -
---
-
-GRANT SELECT ON TABLE ops.runs TO authenticated;
-GRANT SELECT ON TABLE ops.runs TO service_role;
-
---
 -- Name: FUNCTION claim_json(p ops.phases, r ops.runs); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -4952,6 +8395,18 @@ REVOKE ALL ON FUNCTION ops_private.connection_secrets(p_connection uuid) FROM PU
 REVOKE ALL ON FUNCTION ops_private.connection_workspace(p_workspace uuid, p_roles text[]) FROM PUBLIC;
 
 --
+-- Name: FUNCTION cron_field(p_text text, p_field text, p_min integer, p_max integer, p_names text[], p_names_from integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.cron_field(p_text text, p_field text, p_min integer, p_max integer, p_names text[], p_names_from integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION cron_parse(p_cron text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.cron_parse(p_cron text) FROM PUBLIC;
+
+--
 -- Name: TABLE datasets; Type: ACL; Schema: ops; Owner: -
 --
 
@@ -4963,6 +8418,14 @@ GRANT SELECT ON TABLE ops.datasets TO service_role;
 --
 
 REVOKE ALL ON FUNCTION ops_private.dataset_record_json(p_d ops.datasets, p_recorded boolean, p_version integer, p_change text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION dead_letters(p_ws uuid, p_spec text, p_since timestamp with time zone, p_at timestamp with time zone, p_id uuid, p_limit integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.dead_letters(p_ws uuid, p_spec text, p_since timestamp with time zone, p_at timestamp with time zone, p_id uuid, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.dead_letters(p_ws uuid, p_spec text, p_since timestamp with time zone, p_at timestamp with time zone, p_id uuid, p_limit integer) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.dead_letters(p_ws uuid, p_spec text, p_since timestamp with time zone, p_at timestamp with time zone, p_id uuid, p_limit integer) TO service_role;
 
 --
 -- Name: FUNCTION emit(p_run uuid, p_workspace uuid, p_phase text, p_attempt integer, p_type text, p_level text, p_message text, p_payload jsonb, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
@@ -4989,6 +8452,38 @@ REVOKE ALL ON FUNCTION ops_private.fail_phase_final(p_phase uuid, p_run ops.runs
 --
 
 REVOKE ALL ON FUNCTION ops_private.find_connection(p_workspace uuid, p_name text, p_lock boolean) FROM PUBLIC;
+
+--
+-- Name: TABLE jobs; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.jobs TO authenticated;
+GRANT SELECT ON TABLE ops.jobs TO service_role;
+
+--
+-- Name: FUNCTION find_job(p_workspace text, p_slug text, p_roles text[], p_lock boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.find_job(p_workspace text, p_slug text, p_roles text[], p_lock boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION find_schedule(p_workspace uuid, p_name text, p_lock boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.find_schedule(p_workspace uuid, p_name text, p_lock boolean) FROM PUBLIC;
+
+--
+-- Name: TABLE schedule_ticks; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.schedule_ticks TO authenticated;
+GRANT SELECT ON TABLE ops.schedule_ticks TO service_role;
+
+--
+-- Name: FUNCTION fire_tick(s ops.schedules, p_for timestamp with time zone, p_state text, p_reason text, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.fire_tick(s ops.schedules, p_for timestamp with time zone, p_state text, p_reason text, p_now timestamp with time zone) FROM PUBLIC;
 
 --
 -- Name: FUNCTION has_password(p_text text); Type: ACL; Schema: ops_private; Owner: -
@@ -5032,10 +8527,61 @@ GRANT ALL ON FUNCTION ops_private.is_privileged() TO authenticated;
 GRANT ALL ON FUNCTION ops_private.is_privileged() TO service_role;
 
 --
+-- Name: FUNCTION is_secret_reference(p_text text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.is_secret_reference(p_text text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION is_timestamptz(p_value text); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.is_timestamptz(p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_json(j ops.jobs); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.job_json(j ops.jobs) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_last_run(p_job uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.job_last_run(p_job uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_next_run_at(p_job uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.job_next_run_at(p_job uuid) FROM PUBLIC;
+
+--
+-- Name: TABLE job_versions; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.job_versions TO authenticated;
+GRANT SELECT ON TABLE ops.job_versions TO service_role;
+
+--
+-- Name: FUNCTION job_version_json(v ops.job_versions, p_with_spec boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.job_version_json(v ops.job_versions, p_with_spec boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION lineage_json(p_run uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.lineage_json(p_run uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.lineage_json(p_run uuid) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.lineage_json(p_run uuid) TO service_role;
+
+--
+-- Name: FUNCTION make_repair(p_r ops.runs, p_rerun text[], p_key text, p_digest text, p_on_active text, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.make_repair(p_r ops.runs, p_rerun text[], p_key text, p_digest text, p_on_active text, p_now timestamp with time zone) FROM PUBLIC;
 
 --
 -- Name: FUNCTION member_workspaces(); Type: ACL; Schema: ops_private; Owner: -
@@ -5078,6 +8624,12 @@ GRANT ALL ON FUNCTION ops_private.now() TO service_role;
 REVOKE ALL ON FUNCTION ops_private.num_field(p_obj jsonb, p_key text, p_path text, p_default numeric, p_min numeric, p_max numeric) FROM PUBLIC;
 
 --
+-- Name: FUNCTION param_problem(p_type text, p_value jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.param_problem(p_type text, p_value jsonb) FROM PUBLIC;
+
+--
 -- Name: FUNCTION phases_json(p_run uuid); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -5107,10 +8659,22 @@ REVOKE ALL ON FUNCTION ops_private.principal() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ops_private.principal_name(p_workspace uuid, p_principal uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION raise_alerts(p_workspace uuid, p_event text, p_subject jsonb, p_payload jsonb, p_run ops.runs, p_dedupe text, p_count bigint); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.raise_alerts(p_workspace uuid, p_event text, p_subject jsonb, p_payload jsonb, p_run ops.runs, p_dedupe text, p_count bigint) FROM PUBLIC;
+
+--
 -- Name: FUNCTION redact_passwords(p_text text); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.redact_passwords(p_text text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION refuse_job_version_change(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.refuse_job_version_change() FROM PUBLIC;
 
 --
 -- Name: FUNCTION refuse_manifest_connections(); Type: ACL; Schema: ops_private; Owner: -
@@ -5119,10 +8683,38 @@ REVOKE ALL ON FUNCTION ops_private.redact_passwords(p_text text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ops_private.refuse_manifest_connections() FROM PUBLIC;
 
 --
+-- Name: FUNCTION repair_set(p_parent uuid, p_named text[]); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.repair_set(p_parent uuid, p_named text[]) FROM PUBLIC;
+
+--
 -- Name: FUNCTION require_role(p_workspace uuid, p_roles text[], p_hide boolean, p_what text); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.require_role(p_workspace uuid, p_roles text[], p_hide boolean, p_what text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION require_service_role(p_fn text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.require_service_role(p_fn text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION rerun_to_an_end(p_run uuid, p_name text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.rerun_to_an_end(p_run uuid, p_name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.rerun_to_an_end(p_run uuid, p_name text) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.rerun_to_an_end(p_run uuid, p_name text) TO service_role;
+
+--
+-- Name: FUNCTION run_job_json(p_version uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.run_job_json(p_version uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.run_job_json(p_version uuid) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.run_job_json(p_version uuid) TO service_role;
 
 --
 -- Name: FUNCTION run_json(p_run uuid, p_with_phases boolean); Type: ACL; Schema: ops_private; Owner: -
@@ -5139,6 +8731,30 @@ GRANT ALL ON FUNCTION ops_private.run_json(p_run uuid, p_with_phases boolean) TO
 REVOKE ALL ON FUNCTION ops_private.run_summary_json(p_run uuid, p_sees boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops_private.run_summary_json(p_run uuid, p_sees boolean) TO authenticated;
 GRANT ALL ON FUNCTION ops_private.run_summary_json(p_run uuid, p_sees boolean) TO service_role;
+
+--
+-- Name: FUNCTION schedule_json(s ops.schedules); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.schedule_json(s ops.schedules) FROM PUBLIC;
+
+--
+-- Name: FUNCTION schedule_next(s ops.schedules, p_after timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.schedule_next(s ops.schedules, p_after timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION schedule_times(s ops.schedules, p_after timestamp with time zone, p_until timestamp with time zone, p_limit integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.schedule_times(s ops.schedules, p_after timestamp with time zone, p_until timestamp with time zone, p_limit integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION schedule_workspace(p_workspace uuid, p_roles text[]); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.schedule_workspace(p_workspace uuid, p_roles text[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION secret_key_pattern(); Type: ACL; Schema: ops_private; Owner: -
@@ -5161,6 +8777,18 @@ GRANT ALL ON FUNCTION ops_private.sees_principals(p_workspace uuid) TO service_r
 REVOKE ALL ON FUNCTION ops_private.settle_run(p_run ops.runs, p_now timestamp with time zone) FROM PUBLIC;
 
 --
+-- Name: FUNCTION start_job_run(p_version_id uuid, p_params jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.start_job_run(p_version_id uuid, p_params jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION tick_json(t ops.schedule_ticks); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.tick_json(t ops.schedule_ticks) FROM PUBLIC;
+
+--
 -- Name: FUNCTION token_pins(); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -5181,6 +8809,19 @@ GRANT ALL ON FUNCTION ops_private.uid() TO service_role;
 REVOKE ALL ON FUNCTION ops_private.uuid_arg(p_name text, p_value text, p_required boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops_private.uuid_arg(p_name text, p_value text, p_required boolean) TO authenticated;
 GRANT ALL ON FUNCTION ops_private.uuid_arg(p_name text, p_value text, p_required boolean) TO service_role;
+
+--
+-- Name: FUNCTION workspace_slug(p_workspace uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.workspace_slug(p_workspace uuid) FROM PUBLIC;
+
+--
+-- Name: TABLE alert_deliveries; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.alert_deliveries TO authenticated;
+GRANT SELECT ON TABLE ops.alert_deliveries TO service_role;
 
 --
 -- Name: TABLE artifacts; Type: ACL; Schema: ops; Owner: -

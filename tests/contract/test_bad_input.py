@@ -23,6 +23,7 @@ from control_room.db.store import ContractError, acting_as, call
 from tests.helpers import running_gateway
 
 from .conftest import SERVICE, Contract, HttpContract, Principal, new_run, phase, user
+from .jobspec import job_spec, register, register_args
 from .snapshot import snapshot
 
 KIB = 1024
@@ -103,6 +104,24 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
     setup.call("create_connection", {"workspace_id": w1, "name": "warehouse", "type": "postgres",
                                      "config": {"host": "dw"},
                                      "secrets": {"password": "env:DW_PASSWORD"}}, as_=admin)
+    # alerts: a destination and a rule; the deliverer's calls are service_role's
+    as_.update({fn: admin for fn in ("create_alert_destination", "delete_alert_destination",
+                                     "create_alert_rule", "delete_alert_rule")})
+    as_.update({"claim_alerts": SERVICE, "record_alert_delivery": SERVICE})
+    setup.call("create_alert_destination", {"workspace_id": w1, "name": "hook", "type": "webhook",
+                                            "url": "env:ALERT_HOOK_URL"}, as_=admin)
+    setup.call("create_alert_rule", {"workspace_id": w1, "name": "failed", "event": "run_failed",
+                                     "destination": "hook"}, as_=admin)
+    # jobs: nightly (params n, integer with a default, and day, a required string)
+    register(setup, w1, "nightly", as_=dev)
+    # schedules: a job and an hourly schedule of it
+    setup.call("register_job", {"workspace_id": w1, "slug": "sched-job",
+                                "digest": "blake3:" + "ab" * 32, "git_sha": "0123abc", "spec": {
+                                    "slug": "sched-job", "version": 1, "params": {},
+                                    "source": {"path": "j.yaml", "digest": "blake3:" + "cd" * 32},
+                                    "phases": [ph("a")]}}, as_=dev)
+    setup.call("create_schedule", {"workspace_id": w1, "name": "hourly", "job": "sched-job",
+                                   "cron": "0 * * * *"}, as_=dev)
     return Ctx(w1=w1, admin=admin, dev=dev, executor=executor, run_id=run["id"],
                token=claim["lease_token"], succeeded_run=done["id"], as_=as_)
 
@@ -144,6 +163,10 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
         "complete_run": lambda: {"run_id": ctx.succeeded_run},
         "cancel_run": lambda: {"run_id": ctx.run_id},
         "retry_run": lambda: {"run_id": ctx.run_id},
+        "repair_run": lambda: {"run_id": ctx.succeeded_run, "phases": ["only"]},
+        "list_dead_letters": lambda: {"workspace_id": ctx.w1},
+        "requeue_dead_letters": lambda: {"workspace_id": ctx.w1,
+                                         "phase_ids": [str(uuid.uuid4())]},
         "get_run": lambda: {"run_id": ctx.run_id},
         "list_runs": lambda: {"workspace_id": ctx.w1, "parent_run_id": ctx.run_id},
         "list_events": lambda: {"run_id": ctx.run_id},
@@ -165,6 +188,31 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
         "get_connection": lambda: {"workspace_id": ctx.w1, "name": "warehouse"},
         "record_connection_test": lambda: {"workspace_id": ctx.w1, "name": "warehouse",
                                            "ok": True, "message": "select 1"},
+        "register_job": lambda: register_args(ctx.w1, "nightly", git_sha="fedcba9"),
+        "list_jobs": lambda: {"workspace_id": ctx.w1},
+        "get_job": lambda: {"workspace_id": ctx.w1, "slug": "nightly"},
+        "create_job_run": lambda: {"workspace_id": ctx.w1, "job": "nightly",
+                                   "params": {"day": "2026-12-01"}},
+        "create_alert_destination": lambda: {"workspace_id": ctx.w1, "name": "fresh-hook",
+                                             "type": "webhook", "url": "env:FRESH_HOOK"},
+        "list_alert_destinations": lambda: {"workspace_id": ctx.w1},
+        "delete_alert_destination": lambda: {"workspace_id": ctx.w1, "name": "unused"},
+        "create_alert_rule": lambda: {"workspace_id": ctx.w1, "name": "fresh-rule",
+                                      "event": "run_failed", "destination": "hook"},
+        "list_alert_rules": lambda: {"workspace_id": ctx.w1},
+        "delete_alert_rule": lambda: {"workspace_id": ctx.w1, "name": "failed"},
+        "list_alerts": lambda: {"workspace_id": ctx.w1},
+        "claim_alerts": lambda: {"limit": 1},
+        "record_alert_delivery": lambda: {"alert_id": str(uuid.uuid4()), "ok": True},
+        "create_schedule": lambda: {"workspace_id": ctx.w1, "name": "fresh", "job": "sched-job",
+                                    "cron": "*/5 * * * *"},
+        "update_schedule": lambda: {"workspace_id": ctx.w1, "name": "hourly",
+                                    "catchup": "all"},
+        "delete_schedule": lambda: {"workspace_id": ctx.w1, "name": "hourly"},
+        "list_schedules": lambda: {"workspace_id": ctx.w1},
+        "get_schedule": lambda: {"workspace_id": ctx.w1, "name": "hourly"},
+        "list_schedule_ticks": lambda: {"workspace_id": ctx.w1, "name": "hourly"},
+        "run_due_schedules": lambda: {"workspace_id": ctx.w1},
     }
     return table[fn]()
 
@@ -564,8 +612,151 @@ CONNECTIONS = [
         status=404),
 ]
 
+# alerts (what could store a secret is tests/contract/test_alerts.py)
+ALERTS = [
+    bad("alert-destination-name-upper", "create_alert_destination", {"name": "Hook"}, "name",
+        argument="name"),
+    bad("alert-destination-type-email", "create_alert_destination", {"type": "email"}, "type",
+        "email", argument="type"),
+    bad("alert-destination-literal-slack-url", "create_alert_destination",
+        {"type": "slack", "url": "https://hooks.slack.com/services/T/B/X"}, "url", "reference",
+        argument="url"),
+    bad("alert-destination-header-literal", "create_alert_destination",
+        {"headers": {"Authorization": "Bearer x"}}, "headers.Authorization",
+        argument="headers.Authorization"),
+    bad("alert-destination-headers-a-list", "create_alert_destination", {"headers": ["x"]},
+        "headers", argument="headers"),
+    bad("alert-destination-unknown-workspace", "list_alert_destinations",
+        {"workspace_id": str(uuid.uuid4())}, "workspace", status=404),
+    bad("delete-unknown-alert-destination", "delete_alert_destination", {"name": "nothing"},
+        "nothing", status=404),
+    bad("alert-rule-event-unknown", "create_alert_rule", {"event": "disk_full"}, "event",
+        "disk_full", argument="event"),
+    bad("alert-rule-lease-expiries-without-threshold", "create_alert_rule",
+        {"event": "lease_expiries"}, "threshold", argument="threshold"),
+    bad("alert-rule-unknown-filter", "create_alert_rule", {"filters": {"owner": "x"}},
+        "filters.owner", argument="filters.owner"),
+    bad("alert-rule-unknown-destination", "create_alert_rule", {"destination": "nowhere"},
+        "nowhere", status=404),
+    bad("alert-rules-unknown-workspace", "list_alert_rules", {"workspace_id": str(uuid.uuid4())},
+        "workspace", status=404),
+    bad("delete-unknown-alert-rule", "delete_alert_rule", {"name": "nothing"}, "nothing",
+        status=404),
+    bad("list-alerts-state-unknown", "list_alerts", {"state": "lost"}, "state",
+        argument="state"),
+    bad("list-alerts-limit-zero", "list_alerts", {"limit": 0}, "limit", argument="limit"),
+    bad("claim-alerts-limit-zero", "claim_alerts", {"limit": 0}, "limit", argument="limit"),
+    bad("claim-alerts-lease-too-short", "claim_alerts", {"lease_seconds": 1}, "lease_seconds",
+        argument="lease_seconds"),
+    bad("alert-delivery-ok-null", "record_alert_delivery", {"ok": None}, "ok", argument="ok"),
+    bad("alert-delivery-status-600", "record_alert_delivery", {"http_status": 600},
+        "http_status", argument="http_status"),
+    bad("alert-delivery-unknown", "record_alert_delivery", {}, "not found", status=404),
+]
+
+# schedules (each cron field and policy: tests/contract/test_schedules.py)
+SCHEDULES = [
+    bad("schedule-name-upper", "create_schedule", {"name": "Nightly"}, "name", argument="name"),
+    bad("schedule-cron-four-fields", "create_schedule", {"cron": "* * * *"}, "5 fields",
+        argument="cron"),
+    bad("schedule-cron-minute-60", "create_schedule", {"cron": "60 * * * *"}, "minute",
+        argument="cron"),
+    bad("schedule-cron-and-interval", "create_schedule", {"interval_seconds": 60}, "not both",
+        argument="interval_seconds"),
+    bad("schedule-neither-cron-nor-interval", "create_schedule", {"cron": None}, "cron",
+        argument="cron"),
+    bad("schedule-timezone-unknown", "create_schedule", {"timezone": "Europe/Atlantis"},
+        "timezone", argument="timezone"),
+    bad("schedule-catchup-unknown", "create_schedule", {"catchup": "some"}, "catchup",
+        argument="catchup"),
+    bad("schedule-params-a-list", "create_schedule", {"params": [1]}, "params",
+        argument="params"),
+    bad("schedule-unknown-job", "create_schedule", {"job": "nothing"}, "nothing", status=404),
+    bad("schedule-overlap-unknown", "update_schedule", {"overlap": "wait"}, "overlap",
+        argument="overlap"),
+    bad("schedule-max-concurrent-zero", "update_schedule", {"max_concurrent": 0},
+        "max_concurrent", argument="max_concurrent"),
+    bad("schedule-unknown", "update_schedule", {"name": "nothing"}, "nothing", status=404),
+    bad("delete-unknown-schedule", "delete_schedule", {"name": "nothing"}, "nothing",
+        status=404),
+    bad("schedules-unknown-workspace", "list_schedules", {"workspace_id": str(uuid.uuid4())},
+        "workspace", status=404),
+    bad("get-schedule-name-null", "get_schedule", {"name": None}, "name", argument="name"),
+    bad("ticks-before-not-a-time", "list_schedule_ticks", {"before": "yesterday"}, "before",
+        argument="before"),
+    bad("ticks-state-unknown", "list_schedule_ticks", {"state": "lost"}, "state",
+        argument="state"),
+    bad("ticks-limit-zero", "list_schedule_ticks", {"limit": 0}, "limit", argument="limit"),
+    bad("due-limit-zero", "run_due_schedules", {"limit": 0}, "limit", argument="limit"),
+    bad("due-unknown-workspace", "run_due_schedules", {"workspace_id": str(uuid.uuid4())},
+        "workspace", status=404),
+]
+
+# repair runs and dead letters (tests/contract/test_repair.py, test_deadletters.py)
+REPAIR = [
+    bad("repair-unknown-phase", "repair_run", {"phases": ["only", "nope"]}, "nope",
+        argument="phases"),
+    bad("repair-no-phases", "repair_run", {"phases": []}, "phases", argument="phases"),
+    bad("repair-null-phase", "repair_run", {"phases": [None]}, "phases", argument="phases"),
+    bad("repair-key-empty", "repair_run", {"idempotency_key": ""}, "idempotency_key",
+        argument="idempotency_key"),
+    bad("repair-unknown-run", "repair_run", {"run_id": str(uuid.uuid4())}, "run", status=404),
+    bad("dead-letters-limit-zero", "list_dead_letters", {"limit": 0}, "limit", argument="limit"),
+    bad("dead-letters-since-not-a-time", "list_dead_letters", {"since": "last week"}, "since",
+        argument="since"),
+    bad("dead-letters-forged-cursor", "list_dead_letters", {"cursor": "1:x"}, "cursor",
+        argument="cursor"),
+    bad("dead-letters-spec-too-long", "list_dead_letters", {"spec_slug": "s" * 201},
+        "spec_slug", argument="spec_slug"),
+    bad("requeue-no-ids", "requeue_dead_letters", {"phase_ids": []}, "phase_ids",
+        argument="phase_ids"),
+    bad("requeue-ids-null", "requeue_dead_letters", {"phase_ids": None}, "phase_ids",
+        argument="phase_ids"),
+    bad("requeue-id-not-a-uuid", "requeue_dead_letters", {"phase_ids": ["x"]}, "phase_ids[0]",
+        argument="phase_ids[0]"),
+    bad("requeue-unknown-phase", "requeue_dead_letters", {}, "phase_ids[0]", status=404),
+]
+
+# jobs (the spec's shape in detail: tests/contract/test_jobs.py)
+JOBS = [
+    bad("job-slug-upper-case", "register_job", {"slug": "Nightly"}, "slug", argument="slug"),
+    bad("job-digest-md5", "register_job", {"digest": "md5:00"}, "digest", argument="digest"),
+    bad("job-git-sha-a-branch", "register_job", {"git_sha": "main"}, "git_sha",
+        argument="git_sha"),
+    bad("job-spec-a-list", "register_job", {"spec": []}, "spec", argument="spec"),
+    bad("job-spec-slug-other", "register_job",
+        lambda c: {"spec": job_spec("other")}, "spec.slug", argument="spec.slug"),
+    bad("job-param-type-date", "register_job", lambda c: {"spec": job_spec(params={
+        "d": {"type": "date", "default": None, "required": True}})}, "spec.params.d.type",
+        argument="spec.params.d.type"),
+    bad("job-no-phases", "register_job", lambda c: {"spec": job_spec() | {"phases": []}},
+        "spec.phases", argument="spec.phases"),
+    bad("job-tags-not-strings", "register_job", {"tags": {"a": 1}}, "tags", argument="tags.a"),
+    bad("job-spec-over-1-mib", "register_job", lambda c: {"spec": job_spec() | {
+        "description": "d" * 1_100_000}}, "spec", status=413, argument="spec"),
+    bad("list-jobs-unknown-workspace", "list_jobs", {"workspace_id": str(uuid.uuid4())},
+        "workspace", status=404),
+    bad("get-job-slug-null", "get_job", {"slug": None}, "job", argument="job"),
+    bad("get-job-unknown", "get_job", {"slug": "weekly"}, "weekly", status=404),
+    bad("job-run-unknown-param", "create_job_run", {"params": {"day": "d", "rows": 1}},
+        "unknown param rows", "day, n", argument="params.rows"),
+    bad("job-run-param-of-the-wrong-type", "create_job_run", {"params": {"day": "d", "n": "x"}},
+        "param n", "integer", argument="params.n"),
+    bad("job-run-required-param-missing", "create_job_run", {"params": {}}, "param day",
+        "required", argument="params.day"),
+    bad("job-run-params-a-list", "create_job_run", {"params": [1]}, "params",
+        argument="params"),
+    bad("job-run-unknown-version", "create_job_run", {"version": 9}, "no version 9",
+        status=404, argument="version"),
+    bad("job-run-unknown-job", "create_job_run", {"job": "weekly"}, "weekly", status=404),
+    bad("job-run-priority-2000", "create_job_run", {"priority": 2000}, "priority",
+        argument="priority"),
+    bad("job-run-label-not-a-string", "create_job_run", {"labels": {"a": 1}}, "labels",
+        argument="labels.a"),
+]
+
 CASES = (CREATE_RUN + CLAIM_AND_LEASE + APPEND_EVENTS + REGISTER_ARTIFACT + COMPLETE_AND_RUNS
-         + CATALOG + CONNECTIONS)
+         + CATALOG + CONNECTIONS + ALERTS + SCHEDULES + REPAIR + JOBS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.fn}:{c.id}" for c in CASES])

@@ -179,7 +179,19 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     assert stopped["phase_state"] == "cancelled"
     r.call("list_events", {"run_id": child["id"]}, label="child")
 
-    # a run that succeeds and is finalized
+    # dead letters and a repair of the failed run (its retry was cancelled, so none is active)
+    letters = r.call("list_dead_letters", {"workspace_id": ws["id"], "limit": 10}, as_=viewer)
+    assert [x["phase"] for x in letters["dead_letters"]] == ["b"]
+    repair = r.call("repair_run", {"run_id": run["id"], "phases": ["a"]}, as_=admin)
+    assert repair["rerun_phases"] == ["a", "b", "c"]
+    requeued = r.call("requeue_dead_letters", {"workspace_id": ws["id"], "phase_ids": [
+        letters["dead_letters"][0]["phase_id"]]}, as_=admin)
+    assert requeued["requeued"][0]["repair_run_id"] == repair["id"]
+    lineage = r.call("get_run", {"run_id": run["id"]}, as_=viewer, label="lineage")
+    assert {c["id"] for c in lineage["repairs"]} == {child["id"], repair["id"]}
+    r.refused("repair_run", {"run_id": run["id"]}, status=409, code="conflict", as_=admin)
+    r.call("cancel_run", {"run_id": repair["id"]}, as_=admin, label="repair")
+
     single = r.call("create_run", {"workspace_id": ws["id"], "spec_slug": "one",
                                    "git_sha": "abcdef0", "phases": [phase("only")]},
                     label="single")
@@ -255,6 +267,47 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     r.refused("get_connection", {**place, "name": "nothing"}, status=404, code="not_found",
               as_=viewer)
     r.call("delete_connection", place, as_=admin)
+
+    # alerts: a destination and rules, a failed run raises one, the deliverer fails then
+    # delivers it, members read it with its attempts
+    hook = {"workspace_id": ws["id"], "name": "ops-hook"}
+    r.call("create_alert_destination", {**hook, "type": "webhook",
+                                        "url": "https://alerts.example.com/hook",
+                                        "headers": {"Authorization": "env:ALERT_TOKEN"},
+                                        "description": "the on-call receiver"}, as_=admin)
+    r.call("create_alert_destination", {"workspace_id": ws["id"], "name": "slack",
+                                        "type": "slack", "url": "env:SLACK_HOOK"}, as_=admin,
+           label="slack")
+    r.call("list_alert_destinations", {"workspace_id": ws["id"]}, as_=admin)
+    r.call("create_alert_rule", {"workspace_id": ws["id"], "name": "failed", "event": "run_failed",
+                                 "destination": "ops-hook", "filters": {"spec_slug": "boom"}},
+           as_=admin)
+    r.call("create_alert_rule", {"workspace_id": ws["id"], "name": "expiries",
+                                 "event": "lease_expiries", "threshold": 5,
+                                 "destination": "slack"}, as_=admin, label="threshold")
+    r.call("list_alert_rules", {"workspace_id": ws["id"]}, as_=admin)
+    boom = r.call("create_run", {"workspace_id": ws["id"], "spec_slug": "boom",
+                                 "git_sha": "abcdef0", "phases": [phase("x", max_attempts=1)]},
+                  label="alerts")
+    lease = r.call("claim_phase", {"run_id": boom["id"]}, as_=executor, label="alerts")
+    r.call("complete_phase", {"lease_token": lease["lease_token"], "outcome": "failed",
+                              "error": {"message": "boom"}}, as_=executor, label="alerts")
+    [claimed] = r.call("claim_alerts", {"limit": 10, "lease_seconds": 30})
+    r.call("record_alert_delivery", {"alert_id": claimed["id"], "ok": False, "http_status": 500,
+                                     "error": "HTTP 500", "duration_ms": 3})
+    r.now += timedelta(seconds=10)
+    r.call("claim_alerts", {}, label="again")
+    r.call("record_alert_delivery", {"alert_id": claimed["id"], "ok": True, "http_status": 200},
+           label="delivered")
+    [shown] = r.call("list_alerts", {"workspace_id": ws["id"]}, as_=viewer)
+    assert shown["state"] == "delivered" and len(shown["deliveries"]) == 2
+    r.refused("record_alert_delivery", {"alert_id": claimed["id"], "ok": True}, status=409,
+              code="conflict")
+    r.refused("claim_alerts", {}, status=403, code="forbidden", as_=admin)
+    r.refused("delete_alert_destination", {"workspace_id": ws["id"], "name": "slack"},
+              status=409, code="conflict", as_=admin)
+    r.call("delete_alert_rule", {"workspace_id": ws["id"], "name": "expiries"}, as_=admin)
+    r.call("delete_alert_destination", {"workspace_id": ws["id"], "name": "slack"}, as_=admin)
 
     # refusals carry PostgREST's error body with a documented status and machine code
     r.refused("get_run", {"run_id": "not-a-uuid"}, status=400, code="invalid_argument")

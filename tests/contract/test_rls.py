@@ -18,6 +18,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -27,6 +28,7 @@ from psycopg import sql
 from control_room.db.store import ContractError, acting_as, call
 
 from .conftest import ANON, SERVICE, Contract, Principal, World, new_run, phase, user
+from .jobspec import register, register_args
 from .snapshot import ops_tables, snapshot
 
 # Which workspaces each row of a table belongs to: a query of (row key, workspace id) pairs.
@@ -156,6 +158,53 @@ def _fill(contract: Contract, data: Populated, key: str, dev: Principal, executo
         contract.call("create_connection", {
             "workspace_id": ws, "name": f"{key}_conn_{i}", "type": "postgres",
             "config": {"host": "db"}, "secrets": {"password": f"env:{key.upper()}_PW_{i}"}})
+    # jobs, each with two versions (W2 has more; their runs would change the run counts)
+    for i in range(1 + extra_runs):
+        register(contract, ws, f"{key}-job-{i}", as_=dev)
+        register(contract, ws, f"{key}-job-{i}", as_=dev, git_sha="89abcdef")
+    # alerts: destinations, rules, an alert per rule (raised as a later issue's SLO check
+    # raises them) and its delivery attempt (W2 has more)
+    for i in range(1 + extra_runs):
+        contract.call("create_alert_destination", {
+            "workspace_id": ws, "name": f"{key}-hook-{i}", "type": "webhook",
+            "url": f"env:{key.upper()}_HOOK_{i}"})
+        contract.call("create_alert_rule", {
+            "workspace_id": ws, "name": f"{key}-slo-{i}", "event": "slo_breached",
+            "destination": f"{key}-hook-{i}"})
+    raise_alerts(contract.conn, ws)
+    for alert in contract.call("claim_alerts", {"limit": 100}):
+        contract.call("record_alert_delivery", {"alert_id": alert["id"], "ok": True,
+                                                "http_status": 204})
+    # schedules of a job, each with a tick skipped as missed (no run: the run counts above
+    # stay) (W2 has more)
+    register_schedule_job(contract, ws, f"{key}-sched-job")
+    for i in range(1 + extra_runs):
+        contract.call("create_schedule", {"workspace_id": ws, "name": f"{key}-hourly-{i}",
+                                          "job": f"{key}-sched-job", "interval_seconds": 3600,
+                                          "catchup": "skip"}, now=SCHEDULE_T0)
+    done = contract.call("run_due_schedules", {"workspace_id": ws},
+                         now=SCHEDULE_T0 + timedelta(hours=1, minutes=10))
+    assert (done["created"], done["skipped"]) == (0, 1 + extra_runs)
+
+
+SCHEDULE_T0 = datetime(2031, 1, 1, tzinfo=UTC)
+
+
+def register_schedule_job(contract: Contract, ws: str, slug: str) -> None:
+    """A job of one python phase, for schedules to run."""
+    contract.call("register_job", {
+        "workspace_id": ws, "slug": slug, "digest": "blake3:" + "ab" * 32, "git_sha": "0123abc",
+        "spec": {"slug": slug, "version": 1, "params": {},
+                 "source": {"path": f"{slug}.yaml", "digest": "blake3:" + "cd" * 32},
+                 "phases": [phase("a")]}})
+
+
+def raise_alerts(conn: psycopg.Connection[Any], workspace_id: str) -> None:
+    """An slo_breached alert for each such rule of the workspace (as superuser: no function
+    of this issue raises them; the SLO checks of a later one will, the same way)."""
+    with conn.transaction():
+        conn.execute("select ops_private.raise_alerts(%s::uuid, 'slo_breached',"
+                     " '{}'::jsonb, '{\"dataset\": \"gold.orders\"}'::jsonb)", (workspace_id,))
 
 
 @pytest.fixture
@@ -289,6 +338,11 @@ PRIVATE_HELPERS_FOR_API_ROLES = frozenset({
     # the pre-request hook (it reads only whether the caller itself is revoked), and helpers
     # of the reads: whether the caller administers a workspace, a run's summary, an invitation
     "pre_request", "sees_principals", "run_summary_json", "invitation_json",
+    # a run's job (get_run and list_runs show it)
+    "run_job_json",
+    # get_run's lineage and list_dead_letters (reads of the caller's runs and phases, as RLS
+    # lets it see them)
+    "lineage_json", "active_child", "rerun_to_an_end", "dead_letters",
 })
 # PostgREST runs its pre-request hook as the request's role, anon included
 PRIVATE_HELPERS_FOR_ANON = frozenset({"pre_request"})
@@ -573,6 +627,14 @@ class Targets:
         self.contract.call("cancel_run", {"run_id": run_id})
         return run_id
 
+    def dead_letter(self) -> str:
+        """The id of a phase of W1 that failed for good: a dead letter."""
+        claim = self.claimed()
+        self.contract.call("complete_phase", {"lease_token": claim["lease_token"],
+                                              "outcome": "failed", "retryable": False},
+                           as_=self.world.exec1)
+        return str(claim["phase_id"])
+
     def minted_member(self, owned: bool = True) -> str:
         """A principal of ops.principals, executor of W1 (and owned by W1 when `owned`)."""
         minted = self.owned_principal() if owned else str(
@@ -609,12 +671,51 @@ class Targets:
                                                           change), as_=self.world.exec1)
         return name
 
+    def job(self) -> str:
+        """The slug of a new job of W1 (one version: a param `day` required, `n` defaulted)."""
+        slug = f"job-{uuid.uuid4().hex[:12]}"
+        register(self.contract, self.world.w1, slug)
+        return slug
+
     def connection(self) -> str:
         """The name of a new connection of W1, with a secret reference."""
         name = f"c_{uuid.uuid4().hex[:12]}"
         self.contract.call("create_connection", {
             "workspace_id": self.world.w1, "name": name, "type": "postgres",
             "config": {"host": "db"}, "secrets": {"password": "env:PGPASSWORD"}})
+        return name
+
+    def alert_destination(self) -> str:
+        """The name of a new alert destination of W1 (no rule uses it)."""
+        name = f"d-{uuid.uuid4().hex[:12]}"
+        self.contract.call("create_alert_destination", {
+            "workspace_id": self.world.w1, "name": name, "type": "webhook",
+            "url": "env:ALERT_HOOK"})
+        return name
+
+    def alert_rule(self) -> str:
+        """The name of a new slo_breached rule of W1 (and of its destination)."""
+        name = f"r-{uuid.uuid4().hex[:12]}"
+        self.contract.call("create_alert_rule", {
+            "workspace_id": self.world.w1, "name": name, "event": "slo_breached",
+            "destination": self.alert_destination()})
+        return name
+
+    def delivering_alert(self) -> str:
+        """The id of a new alert of W1, claimed by the deliverer."""
+        name = self.alert_rule()
+        raise_alerts(self.contract.conn, self.world.w1)
+        claimed = self.contract.call("claim_alerts", {"limit": 500})
+        return str(next(a["id"] for a in claimed if a["rule"] == name))
+
+    def schedule(self) -> str:
+        """The name of a new hourly schedule of W1 (of job rls-sched-job)."""
+        jobs = self.contract.call("list_jobs", {"workspace_id": self.world.w1})
+        if not any(j["slug"] == "rls-sched-job" for j in jobs):
+            register_schedule_job(self.contract, self.world.w1, "rls-sched-job")
+        name = f"s-{uuid.uuid4().hex[:12]}"
+        self.contract.call("create_schedule", {"workspace_id": self.world.w1, "name": name,
+                                               "job": "rls-sched-job", "cron": "0 * * * *"})
         return name
 
     def new_member(self) -> str:
@@ -737,6 +838,14 @@ CASES = [
                     "phases": [phase("a")]}, DEVELOPERS),
     Case("cancel_run", "cancel_run", lambda t: {"run_id": t.run()}, DEVELOPERS),
     Case("retry_run", "retry_run", lambda t: {"run_id": t.cancelled_run()}, DEVELOPERS),
+    Case("repair_run", "repair_run", lambda t: {"run_id": t.cancelled_run()}, DEVELOPERS),
+    # dead letters: members read (another workspace's list is an empty page); developers and
+    # admins requeue (outside W1 the workspace does not exist)
+    Case("list_dead_letters", "list_dead_letters",
+         lambda t: {"workspace_id": t.w1} if t.dead_letter() else {}, AUTHENTICATED | SVC,
+         frozenset()),
+    Case("requeue_dead_letters", "requeue_dead_letters",
+         lambda t: {"workspace_id": t.w1, "phase_ids": [t.dead_letter()]}, DEVELOPERS),
     Case("complete_run", "complete_run", lambda t: {"run_id": t.succeeded_run()},
          DEVELOPERS | EXECUTORS),
     # not an executor anywhere: 403; an executor of W2 only: W1's run is not found
@@ -767,6 +876,16 @@ CASES = [
          frozenset({"admin1"}) | SVC),
     # connections: admins write, developers record tests, members read; outside W1 the
     # workspace does not exist (tests/security/test_connections_rls.py has the details)
+    # jobs: developers and admins register and run them, members read; outside W1 the
+    # workspace does not exist
+    Case("register_job", "register_job",
+         lambda t: register_args(t.w1, f"job-{uuid.uuid4().hex[:12]}"), DEVELOPERS),
+    Case("list_jobs", "list_jobs", lambda t: {"workspace_id": t.w1} if t.job() else {},
+         READERS_OF_W1),
+    Case("get_job", "get_job", lambda t: {"workspace_id": t.w1, "slug": t.job()},
+         READERS_OF_W1),
+    Case("create_job_run", "create_job_run",
+         lambda t: {"workspace_id": t.w1, "job": t.job(), "params": {"day": "d"}}, DEVELOPERS),
     Case("create_connection", "create_connection",
          lambda t: {"workspace_id": t.w1, "name": f"c_{uuid.uuid4().hex[:12]}", "type": "http",
                     "config": {"url": "https://x.example"}}, frozenset({"admin1"}) | SVC),
@@ -782,6 +901,48 @@ CASES = [
     Case("record_connection_test", "record_connection_test",
          lambda t: {"workspace_id": t.w1, "name": t.connection(), "ok": True, "message": "ok"},
          DEVELOPERS),
+    # alerts: admins write rules and destinations, developers read them, members but executors
+    # read alerts; only the deliverer (service_role) claims and records deliveries
+    Case("create_alert_destination", "create_alert_destination",
+         lambda t: {"workspace_id": t.w1, "name": f"d-{uuid.uuid4().hex[:12]}",
+                    "type": "slack", "url": "env:SLACK_HOOK"}, frozenset({"admin1"}) | SVC),
+    Case("list_alert_destinations", "list_alert_destinations",
+         lambda t: {"workspace_id": t.w1} if t.alert_destination() else {}, DEVELOPERS),
+    Case("delete_alert_destination", "delete_alert_destination",
+         lambda t: {"workspace_id": t.w1, "name": t.alert_destination()},
+         frozenset({"admin1"}) | SVC),
+    Case("create_alert_rule", "create_alert_rule",
+         lambda t: {"workspace_id": t.w1, "name": f"r-{uuid.uuid4().hex[:12]}",
+                    "event": "run_failed", "destination": t.alert_destination()},
+         frozenset({"admin1"}) | SVC),
+    Case("list_alert_rules", "list_alert_rules",
+         lambda t: {"workspace_id": t.w1} if t.alert_rule() else {}, DEVELOPERS),
+    Case("delete_alert_rule", "delete_alert_rule",
+         lambda t: {"workspace_id": t.w1, "name": t.alert_rule()}, frozenset({"admin1"}) | SVC),
+    Case("list_alerts", "list_alerts",
+         lambda t: {"workspace_id": t.w1} if t.delivering_alert() else {},
+         frozenset({"viewer1", "dev1", "admin1"}) | SVC),
+    Case("claim_alerts", "claim_alerts", lambda t: {"limit": 1}, SVC, frozenset()),
+    Case("record_alert_delivery", "record_alert_delivery",
+         lambda t: {"alert_id": t.delivering_alert(), "ok": False, "error": "HTTP 500"}, SVC,
+         frozenset()),
+    # schedules: developers and admins change them and fire due ticks, members read them;
+    # outside W1 the workspace does not exist (tests/contract/test_schedules.py has the rest)
+    Case("create_schedule", "create_schedule",
+         lambda t: {"workspace_id": t.w1, "name": t.schedule() + "-new", "job": "rls-sched-job",
+                    "interval_seconds": 60}, DEVELOPERS),
+    Case("update_schedule", "update_schedule",
+         lambda t: {"workspace_id": t.w1, "name": t.schedule(), "enabled": False}, DEVELOPERS),
+    Case("delete_schedule", "delete_schedule",
+         lambda t: {"workspace_id": t.w1, "name": t.schedule()}, DEVELOPERS),
+    Case("list_schedules", "list_schedules",
+         lambda t: {"workspace_id": t.w1} if t.schedule() else {}, READERS_OF_W1),
+    Case("get_schedule", "get_schedule",
+         lambda t: {"workspace_id": t.w1, "name": t.schedule()}, READERS_OF_W1),
+    Case("list_schedule_ticks", "list_schedule_ticks",
+         lambda t: {"workspace_id": t.w1, "name": t.schedule()}, READERS_OF_W1),
+    Case("run_due_schedules", "run_due_schedules",
+         lambda t: {"workspace_id": t.w1} if t.schedule() else {}, DEVELOPERS),
 ]
 
 
@@ -858,6 +1019,7 @@ def test_w2_members_do_not_find_w1_runs(
             ("list_artifacts", {"run_id": succeeded_parent}),
             ("cancel_run", {"run_id": succeeded_parent}),
             ("retry_run", {"run_id": cancelled}),
+            ("repair_run", {"run_id": cancelled}),
             ("complete_run", {"run_id": succeeded_parent}),
             ("append_events", {"run_id": succeeded_parent, "events": [log_event()]}),
             ("get_dataset", {"workspace_id": w.w1, "name": "bronze.w1_0"}),
