@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = [
+    "ALERT_DESTINATION_TYPES",
+    "ALERT_EVENTS",
+    "ALERT_STATES",
     "ARTIFACT_ROLES",
     "CHANGE_KINDS",
     "CONNECTION_TYPES",
@@ -29,7 +32,13 @@ __all__ = [
     "RESERVED_EVENT_TYPES",
     "RESOLUTIONS",
     "RUN_STATES",
+    "SCHEDULE_CATCHUPS",
+    "SCHEDULE_OVERLAPS",
     "SCHEMA_STATES",
+    "TICK_STATES",
+    "AlertDestinationType",
+    "AlertEvent",
+    "AlertState",
     "ArtifactRole",
     "ChangeKind",
     "ConnectionType",
@@ -45,7 +54,10 @@ __all__ = [
     "PrincipalKind",
     "Resolution",
     "RunState",
+    "ScheduleCatchup",
+    "ScheduleOverlap",
     "SchemaState",
+    "TickState",
 ]
 
 RunState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -60,6 +72,19 @@ DatasetLayer = Literal["raw", "bronze", "silver", "gold", "other"]
 SchemaState = Literal["active", "blocked", "accepted"]
 ConnectionType = Literal["postgres", "s3", "trino", "spark", "http", "dbt-profile"]
 """The types of a workspace connection (`ops.connections.type`)."""
+ScheduleCatchup = Literal["skip", "latest", "all"]
+"""What a schedule does with missed ticks (`ops.schedules.catchup`, docs/schedules.md)."""
+ScheduleOverlap = Literal["skip", "queue", "cancel_previous"]
+"""What a tick does while the schedule's runs are at max_concurrent (`ops.schedules.overlap`)."""
+TickState = Literal["created", "skipped", "failed"]
+"""What became of a schedule tick (`ops.schedule_ticks.state`)."""
+AlertEvent = Literal["run_failed", "phase_dead_lettered", "schedule_tick_failed",
+                     "lease_expiries", "slo_breached"]
+"""What an alert rule fires on (`ops.alert_rules.event`, docs/alerts.md)."""
+AlertState = Literal["pending", "delivering", "delivered", "failed"]
+"""Where an alert of the outbox is (`ops.alerts.state`)."""
+AlertDestinationType = Literal["webhook", "slack"]
+"""The shape an alert is posted in (`ops.alert_destinations.type`)."""
 ChangeKind = Literal["INITIAL", "NON_BREAKING", "NONE", "BREAKING"]
 """How a write changed a dataset's schema (`record_dataset.change`); a recorded version is
 never NONE."""
@@ -98,6 +123,12 @@ DATASET_LAYERS: frozenset[str] = frozenset(get_args(DatasetLayer))
 SCHEMA_STATES: frozenset[str] = frozenset(get_args(SchemaState))
 CHANGE_KINDS: frozenset[str] = frozenset(get_args(ChangeKind))
 CONNECTION_TYPES: frozenset[str] = frozenset(get_args(ConnectionType))
+SCHEDULE_CATCHUPS: frozenset[str] = frozenset(get_args(ScheduleCatchup))
+SCHEDULE_OVERLAPS: frozenset[str] = frozenset(get_args(ScheduleOverlap))
+TICK_STATES: frozenset[str] = frozenset(get_args(TickState))
+ALERT_EVENTS: frozenset[str] = frozenset(get_args(AlertEvent))
+ALERT_STATES: frozenset[str] = frozenset(get_args(AlertState))
+ALERT_DESTINATION_TYPES: frozenset[str] = frozenset(get_args(AlertDestinationType))
 OUTCOMES: frozenset[str] = frozenset(get_args(Outcome))
 RESOLUTIONS: frozenset[str] = frozenset(get_args(Resolution))
 LIFECYCLE_EVENT_TYPES: frozenset[str] = frozenset(get_args(LifecycleEventType))

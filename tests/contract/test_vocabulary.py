@@ -38,6 +38,12 @@ CHECKED: dict[tuple[str, str], frozenset[str]] = {
     ("ops.datasets", "schema_state"): vocabulary.SCHEMA_STATES,
     ("ops.dataset_versions", "change"): vocabulary.CHANGE_KINDS - {"NONE"},
     ("ops.connections", "type"): vocabulary.CONNECTION_TYPES,
+    ("ops.schedules", "catchup"): vocabulary.SCHEDULE_CATCHUPS,
+    ("ops.schedules", "overlap"): vocabulary.SCHEDULE_OVERLAPS,
+    ("ops.schedule_ticks", "state"): vocabulary.TICK_STATES,
+    ("ops.alert_rules", "event"): vocabulary.ALERT_EVENTS,
+    ("ops.alerts", "state"): vocabulary.ALERT_STATES,
+    ("ops.alert_destinations", "type"): vocabulary.ALERT_DESTINATION_TYPES,
 }
 
 # components/schemas enum -> the vocabulary set it must equal
@@ -51,6 +57,12 @@ SCHEMAS: dict[str, frozenset[str]] = {
     "DatasetLayer": vocabulary.DATASET_LAYERS,
     "SchemaState": vocabulary.SCHEMA_STATES,
     "ConnectionType": vocabulary.CONNECTION_TYPES,
+    "ScheduleCatchup": vocabulary.SCHEDULE_CATCHUPS,
+    "ScheduleOverlap": vocabulary.SCHEDULE_OVERLAPS,
+    "TickState": vocabulary.TICK_STATES,
+    "AlertEvent": vocabulary.ALERT_EVENTS,
+    "AlertState": vocabulary.ALERT_STATES,
+    "AlertDestinationType": vocabulary.ALERT_DESTINATION_TYPES,
 }
 
 
