@@ -16,6 +16,7 @@ from control_room.cli import (
     connections,
     datasets,
     db,
+    deadletters,
     runs,
     serve,
     token,
@@ -44,6 +45,7 @@ app.add_typer(token.app, name="token")
 app.add_typer(runs.app, name="runs")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(connections.app, name="connections")
+app.add_typer(deadletters.app, name="deadletters")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`control-room runs`: create runs from specs, list, show, watch, cancel and retry them
+"""`control-room runs`: create runs from specs, list, show, watch, cancel, retry and repair them
 (docs/cli.md).
 
 Every command talks to the contract over HTTP with the typed client, like any other client;
@@ -36,7 +36,7 @@ from control_room.cli.common import (
 )
 from control_room.cli.display import counts, dump, duration, show, watch_and_exit
 
-app = new_app("Runs: create them from specs, list, show, watch, cancel, retry.")
+app = new_app("Runs: create them from specs, list, show, watch, cancel, retry, repair.")
 
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 Wait = Annotated[bool, typer.Option(
@@ -235,6 +235,45 @@ def retry_command(
             if not as_json:
                 verb = "created" if child.created else "exists:"
                 out.print(f"retry {verb} {child.id} of {wanted} ({reused} phase(s) kept)",
+                          markup=False)
+            if wait:
+                watch_and_exit(target, child.id, interval=interval, as_json=as_json)
+
+
+@app.command("repair")
+def repair_command(
+    run_id: RunId,
+    phase: Annotated[list[str] | None, typer.Option(
+        "--phase", help="Rerun this phase and everything downstream of it too (repeatable); "
+                        "what did not succeed is always rerun.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        "--idempotency-key", help="Repair once: a repeat with the same key answers the same "
+                                  "repair.")] = None,
+    wait: Wait = False,
+    interval: Interval = 1.0,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """A repair run of a finished run: reruns what failed, the --phase phases and everything
+    downstream of them, keeping the succeeded upstream outputs (docs/repair.md)."""
+    with guard():
+        wanted = parse_run_id(run_id)
+        names = [name.strip() for name in phase or []]
+        if any(not name for name in names):
+            raise BadInput("--phase needs a phase name")
+        with gateway(gateway_url, token, None, state_dir, run_id=wanted) as target:
+            child = target.client.repair_run(wanted, names or None,
+                                             idempotency_key=idempotency_key)
+            if as_json and not wait:
+                out.print_json(data=dump(child))
+                return
+            if not as_json:
+                verb = "created" if child.created else "exists:"
+                kept = len(child.phases) - len(child.rerun_phases)
+                out.print(f"repair {verb} {child.id} of {wanted}: reruns "
+                          f"{', '.join(child.rerun_phases)} ({kept} phase(s) kept)",
                           markup=False)
             if wait:
                 watch_and_exit(target, child.id, interval=interval, as_json=as_json)
