@@ -16,6 +16,7 @@ from control_room.db.store import ContractError
 from tests.openapi_doc import MACHINE_CODES, load_openapi, response_errors, rpc_operations
 
 from .conftest import SERVICE, Contract, Principal, phase, user
+from .jobspec import register_args
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -267,6 +268,29 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     r.refused("get_connection", {**place, "name": "nothing"}, status=404, code="not_found",
               as_=viewer)
     r.call("delete_connection", place, as_=admin)
+
+    # jobs: registered (again: unchanged; at a new commit: version 2), listed, shown, run
+    job_args = register_args(ws["id"], "shapes-job", owner="data team", tags={"tier": "gold"})
+    r.call("register_job", job_args, as_=admin)
+    r.call("register_job", job_args, as_=admin, label="unchanged")
+    r.call("register_job", {**job_args, "git_sha": "fedcba9"}, as_=admin, label="new commit")
+    job_run = r.call("create_job_run", {"workspace_id": ws["id"], "job": "shapes-job",
+                                        "version": 1, "params": {"day": "d"},
+                                        "idempotency_key": "shapes-job-1"}, as_=admin)
+    assert job_run["job"]["version"] == 1
+    r.call("get_run", {"run_id": job_run["id"]}, as_=viewer, label="a job's run")
+    assert r.call("list_jobs", {"workspace_id": ws["id"]}, as_=viewer)[0]["last_run"]
+    assert r.call("get_job", {"workspace_id": ws["id"], "slug": "shapes-job"},
+                  as_=viewer)["recent_runs"]
+    r.refused("create_job_run", {"workspace_id": ws["id"], "job": "shapes-job",
+                                 "params": {"day": 1}}, status=400, code="invalid_argument",
+              as_=admin)
+    r.refused("create_job_run", {"workspace_id": ws["id"], "job": "shapes-job",
+                                 "params": {"day": "other"}, "idempotency_key": "shapes-job-1"},
+              status=409, code="conflict", as_=admin)
+    r.refused("get_job", {"workspace_id": ws["id"], "slug": "nothing"}, status=404,
+              code="not_found", as_=viewer)
+    r.refused("register_job", job_args, status=403, code="forbidden", as_=viewer)
 
     # alerts: a destination and rules, a failed run raises one, the deliverer fails then
     # delivers it, members read it with its attempts
