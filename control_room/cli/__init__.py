@@ -13,11 +13,14 @@ from __future__ import annotations
 import typer
 
 from control_room.cli import (
+    alerts,
     connections,
     datasets,
     db,
     deadletters,
+    jobs,
     runs,
+    schedules,
     serve,
     token,
     up,
@@ -39,13 +42,17 @@ app = typer.Typer(
 # top-level commands: each module's commands join the root
 for _module in (db, serve, up, worker, verify):
     app.add_typer(_module.app)
+app.add_typer(schedules.scheduler_app)
 # command groups
 app.add_typer(workspace.app, name="workspace")
 app.add_typer(token.app, name="token")
 app.add_typer(runs.app, name="runs")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(connections.app, name="connections")
+app.add_typer(jobs.app, name="jobs")
 app.add_typer(deadletters.app, name="deadletters")
+app.add_typer(alerts.app, name="alerts")
+app.add_typer(schedules.app, name="schedules")
 
 
 def main() -> None:
