@@ -60,9 +60,15 @@ def spec_errors() -> Iterator[None]:
 
 @app.command("create")
 def create_command(
-    spec: Annotated[Path, typer.Option(
+    spec: Annotated[Path | None, typer.Option(
         "--spec", help="The spec file (`specs/<slug>.yaml`; docs/specs.md).", dir_okay=False,
-        show_default=False)],
+        show_default=False)] = None,
+    job: Annotated[str | None, typer.Option(
+        "--job", help="Instead of --spec: a run of this registered job (docs/jobs.md).",
+        show_default=False)] = None,
+    version: Annotated[int | None, typer.Option(
+        "--version", min=1, help="With --job: the job version to run (default: the latest).",
+        show_default=False)] = None,
     git_sha: Annotated[str | None, typer.Option(
         "--git-sha", help="Read the spec at this commit (`git show SHA:FILE`). Default: HEAD "
                           "when the file is clean in git, else the working file "
@@ -83,9 +89,26 @@ def create_command(
     state_dir: StateDir = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Create a run of a spec: its phases, params and connections, at a git sha."""
+    """Create a run of a spec (its phases, params and connections, at a git sha), or of a
+    registered job's version (--job)."""
     from control_room.specs import load_spec
 
+    if job is not None or spec is None:
+        with guard(), spec_errors():
+            if spec is not None or job is None:
+                raise BadInput("give either --spec FILE or --job SLUG" if spec is None
+                               else "--spec and --job exclude each other: a job's version "
+                                    "holds its spec")
+            if git_sha is not None:
+                raise BadInput("--git-sha is for --spec: a job version pins its git sha "
+                               "(pick one with --version)")
+            _create_job_run(job, version, pairs("--param", param), pairs("--label", label),
+                            idempotency_key, wait, interval, workspace, gateway_url, token,
+                            state_dir, as_json)
+        return
+    if version is not None:
+        with guard():
+            raise BadInput("--version is for --job (a spec file has no versions)")
     with guard(), spec_errors():
         loaded = load_spec(spec, git_sha=git_sha)
         params = pairs("--param", param)
@@ -111,6 +134,37 @@ def create_command(
             if not as_json:
                 _print_created(created.id, created.created, created.spec_slug,
                                created.git_sha, len(created.phases), created.state)
+            watch_and_exit(target, created.id, interval=interval, as_json=as_json)
+
+
+def _create_job_run(job: str, version: int | None, params: dict[str, str],
+                    labels: dict[str, str], idempotency_key: str | None, wait: bool,
+                    interval: float, workspace: str | None, gateway_url: str | None,
+                    token: str | None, state_dir: Path | None, as_json: bool) -> None:
+    """`runs create --job`: the params coerced to the version's declared types here, for a
+    friendly error (the control plane checks them again)."""
+    from control_room.specs.jobs import coerce_params
+
+    with gateway(gateway_url, token, workspace, state_dir) as target:
+        workspace_id = target.workspace_id()
+        detail = target.client.get_job(workspace_id, job)
+        wanted = version or detail.latest_version
+        chosen = next((v for v in detail.versions if v.version == wanted), None)
+        if chosen is None:
+            raise BadInput(f"job {job} has no version {wanted} (versions 1.."
+                           f"{detail.latest_version})")
+        declared = {name: p.model_dump() for name, p in chosen.params.items()}
+        values = coerce_params(declared, params, job=job)
+        created = target.client.create_job_run(workspace_id, job, version=version,
+                                               params=values, idempotency_key=idempotency_key,
+                                               labels=labels or None)
+        if as_json and not wait:
+            out.print_json(data=dump(created))
+            return
+        if not as_json:
+            _print_created(created.id, created.created, f"{job} v{wanted}", created.git_sha,
+                           len(created.phases), created.state)
+        if wait:
             watch_and_exit(target, created.id, interval=interval, as_json=as_json)
 
 
