@@ -333,6 +333,34 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     r.call("delete_alert_rule", {"workspace_id": ws["id"], "name": "expiries"}, as_=admin)
     r.call("delete_alert_destination", {"workspace_id": ws["id"], "name": "slack"}, as_=admin)
 
+    # schedules: a cron and an interval schedule of the job, fired after an hour of downtime,
+    # their ticks paged, changed, disabled, deleted
+    when_ = {"workspace_id": ws["id"], "name": "hourly"}
+    r.call("create_schedule", {**when_, "job": "shapes-job", "cron": "0 * * * *",
+                               "timezone": "Europe/Berlin", "params": {"day": "d"},
+                               "catchup": "all", "catchup_max": 2, "overlap": "queue",
+                               "max_concurrent": 5, "description": "every hour"}, as_=admin)
+    r.call("create_schedule", {"workspace_id": ws["id"], "name": "often", "job": "shapes-job",
+                               "interval_seconds": 600, "params": {"day": "1"},
+                               "overlap": "skip"}, as_=admin, label="interval")
+    r.call("list_schedules", {"workspace_id": ws["id"], "job": "shapes-job"}, as_=viewer)
+    r.call("get_schedule", when_, as_=viewer)
+    fired = r.call("run_due_schedules", {"limit": 10}, label="nothing due")
+    assert fired["created"] == 0
+    r.now += timedelta(hours=3)
+    fired = r.call("run_due_schedules", {"workspace_id": ws["id"]}, as_=admin)
+    assert fired["created"] >= 2 and fired["skipped"] >= 1
+    page = r.call("list_schedule_ticks", {**when_, "limit": 2}, as_=viewer)
+    r.call("list_schedule_ticks", {**when_, "state": "skipped", "before": page["next_before"]},
+           as_=viewer, label="next page")
+    r.call("update_schedule", {**when_, "enabled": False}, as_=admin)
+    r.call("get_schedule", when_, as_=viewer, label="disabled")
+    r.refused("create_schedule", {**when_, "job": "shapes-job", "cron": "61 * * * *"},
+              status=400, code="invalid_argument", as_=admin)
+    r.refused("run_due_schedules", {"workspace_id": ws["id"]}, status=403, code="forbidden",
+              as_=viewer)
+    r.call("delete_schedule", when_, as_=admin)
+
     # refusals carry PostgREST's error body with a documented status and machine code
     r.refused("get_run", {"run_id": "not-a-uuid"}, status=400, code="invalid_argument")
     r.refused("get_run", {"run_id": str(uuid.uuid4())}, status=404, code="not_found")
