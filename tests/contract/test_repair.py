@@ -13,6 +13,7 @@ import pytest
 from control_room.db.store import ContractError, call_as
 
 from .conftest import Contract, World, event_types, make_world, phase, states
+from .jobspec import register_args
 from .test_state_machine import Clocked
 
 
@@ -187,3 +188,16 @@ def test_two_concurrent_repairs_make_exactly_one(sql_contract: Contract, db_url:
         assert refused[0].status == 409 and created[0]["id"] in str(refused[0])
         children = sql_contract.call("list_runs", {"parent_run_id": parent["id"]})["runs"]
         assert [c["id"] for c in children] == [created[0]["id"]]
+
+
+def test_a_repair_of_a_job_run_is_a_run_of_the_same_job_version(
+        cr: Clocked, world: World) -> None:
+    cr.call("register_job", register_args(world.w1), as_=world.dev1)
+    run = cr.call("create_job_run", {"workspace_id": world.w1, "job": "nightly",
+                                     "params": {"day": "2026-12-01"}}, as_=world.dev1)
+    claim = cr.claim(world, run_id=run["id"])
+    assert claim is not None
+    cr.complete(world, claim, "failed", retryable=False)
+    child = cr.call("repair_run", {"run_id": run["id"]}, as_=world.dev1)
+    assert run["job"] is not None and child["job"] == run["job"]
+    assert child["input_manifest"] == run["input_manifest"]
