@@ -177,19 +177,20 @@ def _attempt(alert: ClaimedAlert, http: httpx.Client, policy: SecretPolicy,
     headers = {**extra, "Content-Type": "application/json", "User-Agent": USER_AGENT,
                ALERT_ID_HEADER: alert.id}
     try:
-        response = http.post(url, json=body, headers=headers, timeout=timeout,
-                             follow_redirects=False)
+        # the answer's body is never read: only its status counts
+        with http.stream("POST", url, json=body, headers=headers, timeout=timeout,
+                         follow_redirects=False) as response:
+            status, phrase = response.status_code, response.reason_phrase
     except httpx.TimeoutException:
         return False, None, f"timed out after {timeout:g} s"
     except httpx.HTTPError as exc:
         detail = masker.text(str(exc)) or "no detail"
         return False, None, _cap(f"{type(exc).__name__}: {detail}")
-    status = response.status_code
     if 200 <= status < 300:
         return True, status, None
     if 300 <= status < 400:
         return False, status, f"HTTP {status}: a redirect (never followed)"
-    reason = masker.text(response.reason_phrase or "")
+    reason = masker.text(phrase or "")
     return False, status, _cap(f"HTTP {status}{' ' + reason if reason else ''}")
 
 
