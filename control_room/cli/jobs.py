@@ -12,6 +12,8 @@ the control plane adds a version only when the digest or the git sha changed.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from control_room.cli.common import (
+    EXIT_BAD_INPUT,
     Gateway,
     JsonOut,
     StateDir,
@@ -36,10 +39,24 @@ from control_room.cli.common import (
     when,
 )
 from control_room.cli.display import dump, duration
-from control_room.cli.runs import spec_errors
 
 app = new_app("Jobs: versioned job definitions (register, list, show); run one with "
               "`runs create --job`.")
+
+
+
+@contextlib.contextmanager
+def spec_errors() -> Iterator[None]:
+    """A spec's problems, one line each on stderr, exit 2 (as `runs create --spec`)."""
+    from control_room.specs import SpecError
+
+    try:
+        yield
+    except SpecError as exc:
+        for issue in exc.issues:
+            err.print(f"error: {issue}", markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
 
 Slug = Annotated[str, typer.Argument(help="The job's slug (its spec's slug).",
                                      show_default=False)]
