@@ -4900,6 +4900,19 @@ CREATE FUNCTION ops_private.has_password(p_text text) RETURNS boolean
 $$;
 
 --
+-- Name: inherit_job_version(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.inherit_job_version() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    new.job_version_id := (select r.job_version_id from ops.runs r where r.id = new.parent_run_id);
+    return new;
+end
+$$;
+
+--
 -- Name: insert_run(uuid, text, text, jsonb, jsonb, text, jsonb, integer, uuid, jsonb, text, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6849,6 +6862,12 @@ CREATE UNIQUE INDEX phases_claim_id_idx ON ops.phases USING btree (claim_id) WHE
 CREATE INDEX phases_claimable_idx ON ops.phases USING btree (priority DESC, queued_at, ordinal, id) WHERE (state = 'queued'::text);
 
 --
+-- Name: phases_failed_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX phases_failed_idx ON ops.phases USING btree (workspace_id, finished_at DESC, id DESC) WHERE (state = 'failed'::text);
+
+--
 -- Name: phases_lease_expiry_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
@@ -6997,6 +7016,12 @@ CREATE TRIGGER run_events_alert_lease_expiries AFTER INSERT ON ops.run_events FO
 --
 
 CREATE TRIGGER runs_alert_failed AFTER UPDATE OF state ON ops.runs FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION ops_private.alert_run_failed();
+
+--
+-- Name: runs runs_inherit_job_version; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_inherit_job_version BEFORE INSERT ON ops.runs FOR EACH ROW WHEN (((new.parent_run_id IS NOT NULL) AND (new.job_version_id IS NULL))) EXECUTE FUNCTION ops_private.inherit_job_version();
 
 --
 -- Name: runs runs_initial_state; Type: TRIGGER; Schema: ops; Owner: -
@@ -8493,6 +8518,12 @@ REVOKE ALL ON FUNCTION ops_private.fire_tick(s ops.schedules, p_for timestamp wi
 --
 
 REVOKE ALL ON FUNCTION ops_private.has_password(p_text text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION inherit_job_version(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.inherit_job_version() FROM PUBLIC;
 
 --
 -- Name: FUNCTION insert_run(p_workspace uuid, p_spec_slug text, p_git_sha text, p_phases jsonb, p_input_manifest jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer, p_parent uuid, p_reuse jsonb, p_digest text, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -

@@ -11,6 +11,10 @@
 -- (succeeded: it is fixed; failed: that child's phase is the dead letter now). Requeueing
 -- makes one repair per run through the same internals.
 
+-- list_dead_letters reads failed phases of one workspace, newest first: their own small index
+-- (failed phases are few beside the history; the child lookup uses runs_parent_idx)
+create index phases_failed_idx on ops.phases (workspace_id, finished_at desc, id desc) where state = 'failed';
+
 -- ---------------------------------------------------------------------------------------------
 -- the internals shared by repair_run, retry_run and requeue_dead_letters
 -- ---------------------------------------------------------------------------------------------
