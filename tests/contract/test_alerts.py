@@ -17,6 +17,8 @@ import pytest
 from control_room.db.store import ContractError, acting_as
 
 from .conftest import SERVICE, Contract, World, new_run, phase
+from .test_schedules import T0 as SCHEDULES_T0
+from .test_schedules import due, register, schedule
 
 T0 = datetime(2031, 5, 4, 10, 0, tzinfo=UTC)
 
@@ -274,6 +276,23 @@ def test_a_failed_schedule_tick_raises_an_alert(conn: psycopg.Connection[Any],
                                 "scheduled_for": "2031-05-04T10:00:00+00:00"}
     assert alert["payload"]["error"] == "create_run: job not found"
     assert real[1] == (2 if real[0] else 0)
+
+
+def test_a_schedule_whose_run_cannot_be_created_raises_an_alert(
+        sql_contract: Contract, world: World) -> None:
+    """Through the schedules' own functions: the tick is recorded, then marked failed."""
+    register(sql_contract, world.w1)
+    destination(sql_contract, world)
+    rule(sql_contract, world, "schedule_tick_failed")
+    made = schedule(sql_contract, world, "bad", params={"nope": 1})   # an undeclared param
+    schedule(sql_contract, world, "good")
+    out = due(sql_contract, SCHEDULES_T0 + timedelta(hours=1))
+    assert (out["created"], out["failed"]) == (1, 1)
+    [alert] = alerts(sql_contract, world)
+    assert alert["event"] == "schedule_tick_failed"
+    assert alert["subject"]["schedule_id"] == made["id"]
+    assert alert["subject"]["scheduled_for"].startswith("2031-03-03T10:00:00")
+    assert "run not created" in alert["payload"]["error"] and "nope" in alert["payload"]["error"]
 
 
 # ---------------------------------------------------------------------------------------------
