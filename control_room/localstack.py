@@ -67,10 +67,14 @@ class LocalStack:
     worker_env: dict[str, str] = field(default_factory=dict)
     log: Any = None
     """A callable(str) for progress lines (rich console's print); None: silent."""
+    scheduler: bool = True
+    """Start one `control-room scheduler` process beside the workers (docs/schedules.md)."""
+    scheduler_interval: float = 15.0
 
     def __post_init__(self) -> None:
         self._exit = contextlib.ExitStack()
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._scheduler: subprocess.Popen[bytes] | None = None
         self.database_url = ""
         self.info: Stack | None = None
         self.server: EmbeddedPostgres | None = None
@@ -141,6 +145,15 @@ class LocalStack:
             self._procs.append(self._worker(n, gateway_url, executor_token, workspace_id,
                                             artifacts))
         self._exit.callback(self._stop_workers)
+        if self.scheduler:
+            # service_role: it fires the due ticks of every workspace of this database; the
+            # token only reaches the child's environment, never the stack file
+            scheduler_token = mint_token(secret, role="service_role",
+                                         ttl_seconds=TOKEN_TTL_SECONDS, name="local-scheduler")
+            self._scheduler = self._start_scheduler(gateway_url, scheduler_token)
+            self._exit.callback(self._stop_scheduler)
+            self._say(f"scheduler: every {self.scheduler_interval:g}s "
+                      f"(log {state / 'log' / 'scheduler.log'})")
         write_stack(state, self.info)
         self._exit.callback(remove_stack, state)
         self._say(f"workers: {self.workers} x {self.concurrency} slot(s), kinds {self.kinds}")
@@ -197,8 +210,36 @@ class LocalStack:
                                     stdin=subprocess.DEVNULL)
         return proc
 
+    def _start_scheduler(self, gateway_url: str, token: str) -> subprocess.Popen[bytes]:
+        state = self.settings.state_dir
+        env = {**os.environ, "CONTROL_ROOM_TOKEN": token, "CONTROL_ROOM_STATE_DIR": str(state)}
+        cmd = [sys.executable, "-m", "control_room", "scheduler", "--gateway", gateway_url,
+               "--interval", f"{self.scheduler_interval:g}s"]
+        log_dir = state / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "scheduler.log", "ab") as out:
+            return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+
+    def _stop_scheduler(self) -> None:
+        proc, self._scheduler = self._scheduler, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def check_workers(self) -> None:
-        """Raise when a worker process has exited (its log names why)."""
+        """Raise when a worker process (or the scheduler) has exited (its log names why)."""
+        if self._scheduler is not None and self._scheduler.poll() is not None:
+            log = self.settings.state_dir / "log" / "scheduler.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise LocalStackError(f"the scheduler exited with {self._scheduler.returncode}: "
+                                  + " | ".join(tail))
         for n, proc in enumerate(self._procs):
             if proc.poll() is not None:
                 log = self.settings.state_dir / "log" / f"worker-{n}.log"
