@@ -109,6 +109,10 @@ def test_list_requeue_and_repair_through_the_gateway(env: Env) -> None:
     assert code == 0, (out, err)
     shown = ok_json(env, "runs", "show", second["id"])
     assert [(r["id"], r["state"]) for r in shown["repairs"]] == [(child["id"], "succeeded")]
+    code, out, err = cli(env, "runs", "show", second["id"])
+    assert code == 0 and f"repaired by {child['id']} succeeded" in out, err
+    code, out, err = cli(env, "runs", "show", child["id"])
+    assert code == 0 and f"repair of {second['id']}" in out, err
     # the repaired dead letter left the list; the demo one is still there (its repair queued)
     assert [x["run_id"] for x in ok_json(env, "deadletters", "list")] == [first["id"]]
 

@@ -228,6 +228,14 @@ def show_command(
             out.print_json(data=dump(run))
         else:
             out.print(show(run))
+            # the lineage: what this run repairs, and its repairs (docs/repair.md)
+            if run.parent_run_id is not None:
+                root = f" (first run {run.root_run_id})" if run.root_run_id != run.parent_run_id \
+                    else ""
+                out.print(f"repair of {run.parent_run_id}{root}", markup=False)
+            for child in run.repairs:
+                out.print(f"repaired by {child.id} {child.state} ({when(child.created_at)})",
+                          markup=False)
 
 
 @app.command("watch")

@@ -3,11 +3,15 @@ workspace with a cursor, and requeued in bulk (one repair per run, idempotent)."
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import psycopg
 import pytest
 
-from .conftest import Contract, World, new_run, phase
+from control_room.db.store import call_as
+
+from .conftest import Contract, World, make_world, new_run, phase
 from .test_state_machine import Clocked
 
 
@@ -140,3 +144,28 @@ def test_a_repair_that_fails_again_shows_its_own_phase(cr: Clocked, world: World
     [now] = letters(cr, world.dev1, world.w1)
     assert now["run_id"] == req["repair_run_id"] and now["phase_id"] != letter["phase_id"]
     assert now["error"]["message"] == "still broken" and now["active_repair_id"] is None
+
+
+def test_two_concurrent_requeues_make_one_repair(sql_contract: Contract, db_url: str) -> None:
+    world = make_world(sql_contract)
+    cr = Clocked(sql_contract)
+    run = dead_run(cr, world)
+    [letter] = letters(cr, world.dev1, world.w1)
+    barrier = threading.Barrier(2)
+    answers: list[Any] = []
+
+    def requeue() -> None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            barrier.wait()
+            answers.append(call_as(conn, "requeue_dead_letters", {
+                "workspace_id": world.w1, "phase_ids": [letter["phase_id"]]},
+                role="authenticated", sub=str(world.dev1.sub), now=cr.now)["requeued"][0])
+
+    threads = [threading.Thread(target=requeue) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(a["created"] for a in answers) == [False, True]
+    assert answers[0]["repair_run_id"] == answers[1]["repair_run_id"]
+    assert len(sql_contract.call("list_runs", {"parent_run_id": run["id"]})["runs"]) == 1
