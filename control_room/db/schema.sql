@@ -3349,7 +3349,7 @@ COMMENT ON COLUMN ops.runs.job_version_id IS 'The job version this run was made 
 
 CREATE FUNCTION ops_private.alert_filters_match(p_filters jsonb, p_run ops.runs) RETURNS boolean
     LANGUAGE plpgsql STABLE
-    AS $_$
+    AS $$
 declare
     v_job_id text;
     v_slug   text;
@@ -3364,18 +3364,21 @@ begin
         return false;
     end if;
     if p_filters ? 'job' then
-        v_job_id := pg_catalog.to_jsonb(p_run) ->> 'job_id';
-        if v_job_id is null or pg_catalog.to_regclass('ops.jobs') is null then
+        -- ops.runs.job_version_id and ops.jobs come from the jobs migration (sorted before this one)
+        v_job_id := pg_catalog.to_jsonb(p_run) ->> 'job_version_id';
+        if v_job_id is null then
             return false;
         end if;
-        execute 'select j.slug from ops.jobs j where j.id = $1::uuid' into v_slug using v_job_id;
+        select j.slug into v_slug
+        from ops.job_versions v join ops.jobs j on j.id = v.job_id
+        where v.id = v_job_id::uuid;
         if v_slug is distinct from p_filters ->> 'job' then
             return false;
         end if;
     end if;
     return true;
 end
-$_$;
+$$;
 
 --
 -- Name: alerts; Type: TABLE; Schema: ops; Owner: -

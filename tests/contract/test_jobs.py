@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import psycopg
@@ -379,3 +380,44 @@ def test_start_job_run_is_private(sql_contract: Contract, world: World,
         again = conn.execute("select ops_private.start_job_run(%s, %s, 'sched:1', '{}', 0)",
                              (version["id"], json.dumps({"day": "d"}))).fetchone()
     assert again is not None and again[0]["id"] == row[0]["id"] and again[0]["created"] is False
+
+
+def test_a_retry_of_a_job_run_is_a_run_of_the_same_version(contract: Contract,
+                                                           world: World) -> None:
+    version = register(contract, world.w1)["version"]
+    register(contract, world.w1, git_sha="89abcdef")         # the latest is another version
+    run = contract.call("create_job_run", run_args(world, version=1), as_=world.dev1)
+    contract.call("cancel_run", {"run_id": run["id"]}, as_=world.dev1)
+    child = contract.call("retry_run", {"run_id": run["id"]}, as_=world.dev1)
+    assert child["parent_run_id"] == run["id"]
+    assert child["job"] == run["job"] and child["job"]["version_id"] == version["id"]
+    detail = contract.call("get_job", {"workspace_id": world.w1, "slug": "nightly"},
+                           as_=world.viewer1)
+    assert [r["id"] for r in detail["recent_runs"]] == [child["id"], run["id"]]
+
+
+def test_concurrent_registrations_make_one_version(db_url: str, world: World) -> None:
+    """Two registrations of a new job racing: one job, one version, one `created`."""
+    args = register_args(world.w1, "raced")
+    barrier = threading.Barrier(2)
+    results: list[Any] = []
+
+    def register_once() -> None:
+        with psycopg.connect(db_url, autocommit=True) as own:
+            barrier.wait()
+            row = own.execute(
+                "select ops.register_job(%s, %s, %s, %s, %s)",
+                (args["workspace_id"], args["slug"], json.dumps(args["spec"]), args["digest"],
+                 args["git_sha"])).fetchone()
+            assert row is not None
+            results.append(row[0])
+
+    threads = [threading.Thread(target=register_once) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 2
+    assert sorted(r["created"] for r in results) == [False, True]
+    assert {r["version"]["id"] for r in results} == {results[0]["version"]["id"]}
+    assert {r["version"]["version"] for r in results} == {1}

@@ -3,7 +3,8 @@
 --   2. ops.job_versions: the job's spec as validated JSON, pinned to a git sha; immutable.
 --      register_job adds a version only when (digest, git_sha) differs from the latest one's:
 --      the same spec at a new commit is a new version, because a version pins the code it runs;
---   3. ops.runs.job_version_id: the version a run was made from (run JSON: `job`);
+--   3. ops.runs.job_version_id: the version a run was made from (run JSON: `job`); a retry or
+--      repair of a run of a job is a run of the same version;
 --   4. ops_private.start_job_run: the one way to make a run of a version (create_job_run and
 --      the scheduler call it): params checked against the version's declared types, defaults
 --      filled in, then the baseline's insert path with create_run's idempotency rules.
@@ -46,6 +47,21 @@ alter table ops.runs add column job_version_id uuid references ops.job_versions 
 comment on column ops.runs.job_version_id is 'The job version this run was made from (null: a run of a spec file).';
 create index runs_job_version_idx on ops.runs (job_version_id, created_at desc, id desc)
     where job_version_id is not null;
+
+-- A child run (retry_run, repair_run) is a run of its parent's job version: it reruns the
+-- parent's phases at the parent's git sha.
+create function ops_private.inherit_job_version()
+returns trigger
+language plpgsql
+as $$
+begin
+    new.job_version_id := (select r.job_version_id from ops.runs r where r.id = new.parent_run_id);
+    return new;
+end
+$$;
+create trigger runs_inherit_job_version before insert on ops.runs
+    for each row when (new.parent_run_id is not null and new.job_version_id is null)
+    execute function ops_private.inherit_job_version();
 
 -- A version never changes: nothing updates or deletes one (no function does; this says so).
 create function ops_private.refuse_job_version_change()
@@ -726,6 +742,7 @@ revoke execute on function ops.register_job(text, text, jsonb, text, text, text,
                            ops.get_job(text, text),
                            ops.create_job_run(text, text, integer, jsonb, text, jsonb, integer),
                            ops_private.refuse_job_version_change(),
+                           ops_private.inherit_job_version(),
                            ops_private.run_job_json(uuid),
                            ops_private.job_json(ops.jobs),
                            ops_private.job_version_json(ops.job_versions, boolean),
