@@ -197,6 +197,26 @@ def test_filters_choose_the_runs(sql_contract: Contract, world: World) -> None:
     assert [a["rule"] for a in alerts(sql_contract, world)] == ["by-label"]
 
 
+def test_a_job_filter_chooses_the_runs_of_that_job(sql_contract: Contract,
+                                                   world: World) -> None:
+    register(sql_contract, world.w1, "nightly")
+    register(sql_contract, world.w1, "hourly")
+    destination(sql_contract, world)
+    rule(sql_contract, world, "run_failed", "nightly-only", filters={"job": "nightly"})
+    failed: dict[str, str] = {}
+    for job in ("hourly", "nightly"):
+        run = sql_contract.call("create_job_run", {"workspace_id": world.w1, "job": job},
+                                as_=world.dev1, now=T0)
+        claim = sql_contract.call("claim_phase", {"run_id": run["id"]}, as_=world.exec1,
+                                  now=T0)
+        sql_contract.call("complete_phase", {"lease_token": claim["lease_token"],
+                                             "outcome": "failed", "retryable": False,
+                                             "error": {"message": "x"}}, as_=world.exec1, now=T0)
+        failed[job] = run["id"]
+    fail_run(sql_contract, world)   # a run of no job
+    assert [a["subject"]["run_id"] for a in alerts(sql_contract, world)] == [failed["nightly"]]
+
+
 def test_a_rolled_back_failure_leaves_no_alert(conn: psycopg.Connection[Any],
                                                sql_contract: Contract, world: World) -> None:
     destination(sql_contract, world)

@@ -240,7 +240,7 @@ as $$
 $$;
 
 -- Whether a rule's filters match a run: spec_slug (equal), labels (contained in the run's),
--- job (the slug of the run's job, when runs record one).
+-- job (the slug of the job the run was made from).
 create function ops_private.alert_filters_match(p_filters jsonb, p_run ops.runs)
 returns boolean
 language plpgsql stable
@@ -259,11 +259,14 @@ begin
         return false;
     end if;
     if p_filters ? 'job' then
-        v_job_id := pg_catalog.to_jsonb(p_run) ->> 'job_id';
-        if v_job_id is null or pg_catalog.to_regclass('ops.jobs') is null then
+        -- ops.runs.job_version_id and ops.jobs come from the jobs migration (sorted before this one)
+        v_job_id := pg_catalog.to_jsonb(p_run) ->> 'job_version_id';
+        if v_job_id is null then
             return false;
         end if;
-        execute 'select j.slug from ops.jobs j where j.id = $1::uuid' into v_slug using v_job_id;
+        select j.slug into v_slug
+        from ops.job_versions v join ops.jobs j on j.id = v.job_id
+        where v.id = v_job_id::uuid;
         if v_slug is distinct from p_filters ->> 'job' then
             return false;
         end if;
