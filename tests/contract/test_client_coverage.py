@@ -43,7 +43,16 @@ from control_room.contract import (
     vocabulary,
 )
 from control_room.contract.client import TRANSPORT_OPTIONS
-from control_room.contract.models import REQUESTS, RESULTS, Connection, Phase, Run
+from control_room.contract.models import (
+    REQUESTS,
+    RESULTS,
+    Alert,
+    AlertDestination,
+    AlertRule,
+    Connection,
+    Phase,
+    Run,
+)
 from tests.helpers import running_gateway
 from tests.openapi_doc import (
     deref,
@@ -369,5 +378,8 @@ def test_the_union_types_of_the_results_are_the_vocabulary() -> None:
 
     assert values(Run, "state") == vocabulary.RUN_STATES
     assert values(Connection, "type") == vocabulary.CONNECTION_TYPES
+    assert values(Alert, "state") == vocabulary.ALERT_STATES
+    assert values(Alert, "event") == values(AlertRule, "event") == vocabulary.ALERT_EVENTS
+    assert values(AlertDestination, "type") == vocabulary.ALERT_DESTINATION_TYPES
     assert values(Phase, "state") == vocabulary.PHASE_STATES
     assert values(WorkspaceListItem, "role") == vocabulary.MEMBER_ROLES
