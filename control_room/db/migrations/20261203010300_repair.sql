@@ -105,9 +105,8 @@ begin
         -- so that a key taken by a run of no parent is still a clean refusal
         perform ops_private.fail(409, 'conflict', 'idempotency_key ' || p_key || ' is taken');
     end if;
-    -- a repair of a job's run is a run of the same job version (20261203010000_jobs.sql)
-    update ops.runs r set job_version_id = p_r.job_version_id
-    where r.id = v_child and p_r.job_version_id is not null;
+    -- a repair of a job's run is a run of the same job version: the trigger
+    -- runs_inherit_job_version (20261203010000_jobs.sql) sets it on insert
     return ops_private.run_json(v_child)
            || pg_catalog.jsonb_build_object('created', true, 'rerun_phases', pg_catalog.to_jsonb(p_rerun));
 end
