@@ -254,3 +254,61 @@ def claims_of(token: str) -> dict[str, Any]:
     padded = payload + "=" * (-len(payload) % 4)
     decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(padded))
     return decoded
+
+
+# ------------------------------------------------------------------------------ the loop
+
+def test_the_loop_calls_again_at_once_while_limit_schedules_were_due(env: Env) -> None:
+    import threading
+
+    from control_room.scheduler import Scheduler
+
+    dev = env.client(env.world.dev1)
+    register(dev, env.world.w1)
+    for name in ("a", "b", "c"):
+        dev.create_schedule(env.world.w1, name, "orders", interval_seconds=1)
+    time.sleep(1.1)
+    stop = threading.Event()
+    seen: list[int] = []
+    scheduler = Scheduler(dev, interval=30, limit=1,
+                          report=lambda result: seen.append(result.created))
+    worker = threading.Thread(target=scheduler.run, args=(stop,))
+    worker.start()
+    try:
+        until("three schedules fired", lambda: sum(seen) >= 3, bound=10)
+    finally:
+        stop.set()
+        worker.join(BOUND)
+    # one schedule per call, without waiting the 30 s interval between them
+    assert scheduler.stats.calls >= 3 and scheduler.stats.created >= 3
+    assert not worker.is_alive()
+
+
+def test_the_loop_retries_an_unreachable_gateway_and_stops_on_a_refused_token(
+        env: Env) -> None:
+    import socket
+    import threading
+
+    from control_room.contract.client import Forbidden
+    from control_room.scheduler import Scheduler
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    nowhere = ContractClient(f"http://127.0.0.1:{port}/rest/v1", "x",
+                             retry=RetryPolicy(attempts=1, total=1))
+    with nowhere:
+        scheduler = Scheduler(nowhere, interval=0.05)
+        stop = threading.Event()
+        worker = threading.Thread(target=scheduler.run, args=(stop,))
+        worker.start()
+        until("two failed calls", lambda: scheduler.stats.errors >= 2, bound=20)
+        stop.set()
+        worker.join(BOUND)
+    assert scheduler.stats.calls == 0
+    viewer = Scheduler(env.client(env.world.viewer1), interval=0.05,
+                       workspace_id=env.world.w1)
+    with pytest.raises(Forbidden):
+        viewer.run(threading.Event())
+    with pytest.raises(ValueError, match="interval"):
+        Scheduler(nowhere, interval=0)
