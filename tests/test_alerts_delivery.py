@@ -126,7 +126,8 @@ def policy() -> SecretPolicy:
 # ---------------------------------------------------------------------------------- delivery
 
 def test_a_receiver_failing_twice_gets_the_same_alert_three_times_then_it_is_delivered(
-        env: Env) -> None:
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     with Receiver([503, "slow"]) as receiver:
         environ = {"ALERT_TEST_HOOK": f"{receiver.url}/services/{HOOK_SECRET}"}
         setup_alerting(env, "webhook", "env:ALERT_TEST_HOOK")
@@ -159,6 +160,9 @@ def test_a_receiver_failing_twice_gets_the_same_alert_three_times_then_it_is_del
     assert all(d.duration_ms is not None and d.duration_ms >= 0 for d in alert.deliveries)
     shown = alert.model_dump_json()
     assert HOOK_SECRET not in shown and receiver.url not in shown
+    # httpx logs every request's URL: the deliverer masks what it resolved
+    assert "HTTP Request: POST" in caplog.text and alert_id in caplog.text
+    assert HOOK_SECRET not in caplog.text
 
 
 def test_the_slack_shape(env: Env) -> None:

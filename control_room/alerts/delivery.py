@@ -50,6 +50,32 @@ USER_AGENT = "control-room-alerts/0.1"
 MAX_ERROR = 500
 
 
+class _HideResolved(logging.Filter):
+    """Masks every destination value this process resolved (URLs, their paths, header
+    values) in the records of httpx and httpcore, which log each request's URL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masker = Masker()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.masker:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:       # a bad format: leave it to the handler
+            return True
+        masked = self.masker.text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_RESOLVED = _HideResolved()
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).addFilter(_RESOLVED)
+
+
 class DestinationError(Exception):
     """A destination that cannot be used as configured (a reference the policy refuses, a
     URL that is not http(s)). The message names the destination and the reference, never a
@@ -155,6 +181,7 @@ def _resolve(alert: ClaimedAlert, policy: SecretPolicy, environ: Mapping[str, st
         raise DestinationError(f"{where}: {shown} does not hold an http(s) URL")
     # the path and query of a webhook URL are its credential (Slack: /services/T/B/secret)
     masker.add([p for p in (parts.path, parts.query, parts.netloc + parts.path) if len(p) > 1])
+    _RESOLVED.masker.add(masker.values)
     if any(ch in value for value in headers.values() for ch in "\r\n"):
         raise DestinationError(f"{where}: a header value holds a line break")
     return url, headers
