@@ -142,7 +142,8 @@ def test_schedules_create_list_show_enable_disable_ticks_delete(env: Env) -> Non
     (("--cron", "0 * * * *", "--every", "5m"), "either --cron or --every"),
     (("--every", "soon"), "--every must be a duration"),
     (("--cron", "0 * * * *", "--catchup", "some"), "--catchup"),
-    (("--cron", "0 * * * *", "--param", "orders=many"), "--param orders"),
+    (("--cron", "0 * * * *", "--param", "orders=many"), "param orders is integer"),
+    (("--cron", "0 * * * *", "--param", "nope=1"), "unknown param 'nope'"),
 ])
 def test_bad_schedule_input_exits_2_naming_it(env: Env, args: tuple[str, ...],
                                               words: str) -> None:

@@ -53,27 +53,20 @@ def parse_duration(option: str, text: str) -> float:
     return value
 
 
-def coerce_params(given: dict[str, str], declared: dict[str, Any]) -> dict[str, Any]:
-    """`--param` texts as the job's declared types (integer, number, boolean; the rest stay
-    text). An undeclared name is left as text: the server names it in its refusal."""
-    found: dict[str, Any] = {}
-    for name, text in given.items():
-        kind = (declared.get(name) or {}).get("type")
-        try:
-            if kind == "integer":
-                found[name] = int(text)
-            elif kind == "number":
-                found[name] = float(text)
-            elif kind == "boolean":
-                lowered = text.strip().lower()
-                if lowered not in ("true", "false"):
-                    raise ValueError(text)
-                found[name] = lowered == "true"
-            else:
-                found[name] = text
-        except ValueError:
-            raise BadInput(f"--param {name}: {text!r} is not a {kind}") from None
-    return found
+def _job_params(detail: Any, given: dict[str, str], job: str) -> dict[str, Any]:
+    """`--param` texts as the types the job's latest version declares (as `runs create
+    --job` coerces them), every unknown, malformed or missing required param named."""
+    from control_room.specs import SpecError
+    from control_room.specs.jobs import coerce_params
+
+    latest = detail.latest
+    if latest is None:
+        raise BadInput(f"job {job} has no version: register it (`control-room jobs register`)")
+    declared = {name: p.model_dump() for name, p in latest.params.items()}
+    try:
+        return dict(coerce_params(declared, given, job=job))
+    except SpecError as exc:
+        raise BadInput("; ".join(str(issue) for issue in exc.issues)) from None
 
 
 def _print_schedule(s: Any) -> None:
@@ -150,15 +143,11 @@ def create_command(
         given = pairs("--param", param)
         with gateway(gateway_url, token, workspace, state_dir) as target:
             ws = target.workspace_id()
-            declared: dict[str, Any] = {}
-            if given:
-                latest = target.client.get_job(ws, job).latest
-                declared = {} if latest is None else {
-                    key: {"type": value.type} for key, value in latest.params.items()}
+            values = _job_params(target.client.get_job(ws, job), given, job)
             created = target.client.create_schedule(
                 ws, name, job, cron=cron, timezone=timezone if cron else None,
                 interval_seconds=None if seconds is None else int(seconds),
-                params=coerce_params(given, declared), enabled=not disabled,
+                params=values, enabled=not disabled,
                 catchup=catchup,  # type: ignore[arg-type]
                 catchup_max=catchup_max, max_concurrent=max_concurrent,
                 overlap=overlap,  # type: ignore[arg-type]
