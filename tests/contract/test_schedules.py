@@ -449,3 +449,20 @@ def test_ticks_are_paged_newest_first(sql_contract: Contract, w: World) -> None:
                                                      "before": page["next_before"]})
     assert [at(t["scheduled_for"]).minute for t in page["ticks"]] == [3, 2, 1]
     assert page["next_before"] is None
+
+
+def test_a_failed_tick_raises_a_schedule_tick_failed_alert(sql_contract: Contract,
+                                                           w: World) -> None:
+    sql_contract.call("create_alert_destination", {"workspace_id": w.w1, "name": "hook",
+                                                   "type": "webhook", "url": "env:HOOK"},
+                      as_=w.admin1)
+    sql_contract.call("create_alert_rule", {"workspace_id": w.w1, "name": "ticks",
+                                            "event": "schedule_tick_failed",
+                                            "destination": "hook"}, as_=w.admin1)
+    schedule(sql_contract, w, "bad", params={"nope": 1})
+    assert due(sql_contract, T0 + timedelta(hours=1))["failed"] == 1
+    [tick] = ticks(sql_contract, w, "bad")
+    alerts = sql_contract.call("list_alerts", {"workspace_id": w.w1}, as_=w.admin1)
+    assert [a["event"] for a in alerts] == ["schedule_tick_failed"]
+    assert alerts[0]["payload"]["tick_id"] == tick["id"]
+    assert "nope" in alerts[0]["payload"]["error"]
