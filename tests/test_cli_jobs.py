@@ -93,6 +93,8 @@ def test_register_list_show_and_run(env: Env, spec_repo: tuple[Path, str]) -> No
     assert old["job"]["version"] == 1 and old["git_sha"] == sha
     assert old["input_manifest"]["params"] == {"orders": 12}
     assert old["input_manifest"]["job"] == {"slug": "example", "version": 1}
+    code, out, err = cli(env, "runs", "show", old["id"])
+    assert code == 0 and "example version 1" in out, err
     keyed = ok_json(env, "runs", "create", "--job", "example", "--idempotency-key", "k1",
                     "--label", "team=data")
     assert ok_json(env, "runs", "create", "--job", "example", "--idempotency-key", "k1",

@@ -81,6 +81,8 @@ def run_header(run: Run) -> Table:
     grid.add_column()
     grid.add_row("run", run.id)
     grid.add_row("spec", f"{run.spec_slug} @ {run.git_sha}")
+    if run.job is not None:
+        grid.add_row("job", f"{run.job.slug} version {run.job.version}")
     grid.add_row("state", state_text(run.state))
     grid.add_row("created", when(run.created_at))
     grid.add_row("duration", duration(run.started_at, run.finished_at))
