@@ -466,3 +466,30 @@ def test_a_failed_tick_raises_a_schedule_tick_failed_alert(sql_contract: Contrac
     assert [a["event"] for a in alerts] == ["schedule_tick_failed"]
     assert alerts[0]["payload"]["tick_id"] == tick["id"]
     assert "nope" in alerts[0]["payload"]["error"]
+
+
+def test_update_changes_only_what_is_given(sql_contract: Contract, w: World) -> None:
+    schedule(sql_contract, w)                                   # hourly, next 10:00
+    later = T0 + timedelta(hours=2, minutes=30)                 # 10:00 and 11:00 missed
+    s = sql_contract.call("update_schedule", {"workspace_id": w.w1, "name": "s",
+                                              "catchup": "all", "overlap": "queue",
+                                              "max_concurrent": 5},
+                          as_=w.dev1, now=later)
+    assert at(s["next_tick_at"]) == T0 + timedelta(hours=1)     # policies only: kept
+    assert s["cron"] == "0 * * * *" and s["catchup"] == "all"
+    s = sql_contract.call("update_schedule", {"workspace_id": w.w1, "name": "s",
+                                              "interval_seconds": 600},
+                          as_=w.dev1, now=later)
+    assert (s["cron"], s["interval_seconds"]) == (None, 600)
+    assert at(s["next_tick_at"]) == later + timedelta(minutes=10)   # when: from now
+    s = sql_contract.call("update_schedule", {"workspace_id": w.w1, "name": "s",
+                                              "cron": "15 * * * *",
+                                              "timezone": "America/New_York"},
+                          as_=w.dev1, now=later)
+    assert (s["cron"], s["interval_seconds"], s["timezone"]) == (
+        "15 * * * *", None, "America/New_York")
+    assert at(s["next_tick_at"]) == T0 + timedelta(hours=3, minutes=15)
+    err = sql_contract.error("update_schedule", {"workspace_id": w.w1, "name": "s",
+                                                 "cron": "0 * * * *", "interval_seconds": 60},
+                             as_=w.dev1)
+    assert (err.status, err.code) == (400, "invalid_argument") and "not both" in err.message
