@@ -38,6 +38,7 @@ E2E_MODULES = frozenset({
     "tests/odoo/test_pipeline.py",
     "tests/gateway/test_serve.py",
     "tests/gateway/test_gateway_concurrency.py",
+    "tests/test_scheduler.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
 
