@@ -128,6 +128,8 @@ def policy() -> SecretPolicy:
 def test_a_receiver_failing_twice_gets_the_same_alert_three_times_then_it_is_delivered(
         env: Env, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    # other tests (the worker command, in-process) may have quietened httpx's own logger
+    caplog.set_level(logging.DEBUG, logger="httpx")
     with Receiver([503, "slow"]) as receiver:
         environ = {"ALERT_TEST_HOOK": f"{receiver.url}/services/{HOOK_SECRET}"}
         setup_alerting(env, "webhook", "env:ALERT_TEST_HOOK")
@@ -185,13 +187,13 @@ def test_the_slack_shape(env: Env) -> None:
 
 @pytest.mark.parametrize(("reference", "says"), [
     ("env:OTHER_HOOK", "no env: entry is a prefix of OTHER_HOOK"),
-    ("env:CONTROL_ROOM_HOOK", "never resolve"),
+    ("env:CONTROL_ROOM_TOKEN", "never resolve"),
     ("file:/etc/hostname", "no file: entry allows any file"),
 ])
 def test_a_reference_the_policy_refuses_fails_clearly_without_the_url(
         env: Env, reference: str, says: str, caplog: pytest.LogCaptureFixture) -> None:
     secret_url = f"https://hooks.example.com/services/{HOOK_SECRET}"
-    environ = {"OTHER_HOOK": secret_url, "CONTROL_ROOM_HOOK": secret_url,
+    environ = {"OTHER_HOOK": secret_url, "CONTROL_ROOM_TOKEN": secret_url,
                "ALERT_TEST_HOOK": secret_url}
     setup_alerting(env, "slack", reference)
     fail_a_run(env, env.world)
