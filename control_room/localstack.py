@@ -70,11 +70,15 @@ class LocalStack:
     scheduler: bool = True
     """Start one `control-room scheduler` process beside the workers (docs/schedules.md)."""
     scheduler_interval: float = 15.0
+    alerts: bool = True
+    """Start one `control-room alerts deliver` process beside the scheduler (docs/alerts.md):
+    the workspaces' alert rules reach their webhooks."""
 
     def __post_init__(self) -> None:
         self._exit = contextlib.ExitStack()
         self._procs: list[subprocess.Popen[bytes]] = []
         self._scheduler: subprocess.Popen[bytes] | None = None
+        self._alerts: subprocess.Popen[bytes] | None = None
         self.database_url = ""
         self.info: Stack | None = None
         self.server: EmbeddedPostgres | None = None
@@ -154,6 +158,16 @@ class LocalStack:
             self._exit.callback(self._stop_scheduler)
             self._say(f"scheduler: every {self.scheduler_interval:g}s "
                       f"(log {state / 'log' / 'scheduler.log'})")
+        if self.alerts:
+            # service_role too: only the deliverer claims alerts; its webhook references
+            # resolve under the stack's secret policy
+            alerts_token = mint_token(secret, role="service_role",
+                                      ttl_seconds=TOKEN_TTL_SECONDS, name="local-alerts")
+            self._alerts = self._start_service(
+                "alerts", ["alerts", "deliver", "--gateway", gateway_url, "--interval", "5"],
+                alerts_token, {"CONTROL_ROOM_SECRET_ALLOW": local_secret_allow(state)})
+            self._exit.callback(self._stop_alerts)
+            self._say(f"alerts: delivered by one process (log {state / 'log' / 'alerts.log'})")
         write_stack(state, self.info)
         self._exit.callback(remove_stack, state)
         self._say(f"workers: {self.workers} x {self.concurrency} slot(s), kinds {self.kinds}")
@@ -211,35 +225,41 @@ class LocalStack:
         return proc
 
     def _start_scheduler(self, gateway_url: str, token: str) -> subprocess.Popen[bytes]:
+        return self._start_service(
+            "scheduler", ["scheduler", "--gateway", gateway_url,
+                          "--interval", f"{self.scheduler_interval:g}s"], token, {})
+
+    def _start_service(self, name: str, args: list[str], token: str,
+                       extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """`control-room ARGS` with `token` in its environment only, logging to
+        `log/<name>.log`."""
         state = self.settings.state_dir
-        env = {**os.environ, "CONTROL_ROOM_TOKEN": token, "CONTROL_ROOM_STATE_DIR": str(state)}
-        cmd = [sys.executable, "-m", "control_room", "scheduler", "--gateway", gateway_url,
-               "--interval", f"{self.scheduler_interval:g}s"]
+        env = {**os.environ, **extra_env, "CONTROL_ROOM_TOKEN": token,
+               "CONTROL_ROOM_STATE_DIR": str(state)}
+        cmd = [sys.executable, "-m", "control_room", *args]
         log_dir = state / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "scheduler.log", "ab") as out:
+        with open(log_dir / f"{name}.log", "ab") as out:
             return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
 
+    def _stop_alerts(self) -> None:
+        proc, self._alerts = self._alerts, None
+        _terminate(proc)
+
     def _stop_scheduler(self) -> None:
         proc, self._scheduler = self._scheduler, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _terminate(proc)
 
     def check_workers(self) -> None:
-        """Raise when a worker process (or the scheduler) has exited (its log names why)."""
-        if self._scheduler is not None and self._scheduler.poll() is not None:
-            log = self.settings.state_dir / "log" / "scheduler.log"
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise LocalStackError(f"the scheduler exited with {self._scheduler.returncode}: "
-                                  + " | ".join(tail))
+        """Raise when a worker process (or the scheduler, or the alert deliverer) has exited
+        (its log names why)."""
+        for name, service in (("scheduler", self._scheduler), ("alerts", self._alerts)):
+            if service is not None and service.poll() is not None:
+                log = self.settings.state_dir / "log" / f"{name}.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise LocalStackError(f"the {name} process exited with {service.returncode}: "
+                                      + " | ".join(tail))
         for n, proc in enumerate(self._procs):
             if proc.poll() is not None:
                 log = self.settings.state_dir / "log" / f"worker-{n}.log"
@@ -274,6 +294,19 @@ class LocalStack:
         base = self.info.ui_url.rstrip("/")
         answer: dict[str, Any] = httpx.get(f"{base}/health", timeout=5).json()
         return answer
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, 20 s to stop, then SIGKILL."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def local_secret_allow(state_dir: Path) -> str:

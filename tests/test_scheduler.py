@@ -32,6 +32,7 @@ from control_room.specs.jobs import job_digest
 from tests.contract.conftest import SERVICE
 from tests.executor.harness import Env, gateway_env
 from tests.helpers import TEST_JWT_SECRET
+from tests.test_alerts_delivery import Receiver
 
 runner = CliRunner()
 BOUND = 60.0
@@ -239,10 +240,28 @@ def test_up_starts_a_scheduler_whose_ticks_run_the_job_to_success(db_url: str,
             assert run.labels == {"schedule": "every-2s"}
             assert str(run.idempotency_key).startswith("schedule:")
             stack.check_workers()              # the scheduler process is alive
+
+            # the stack's alert deliverer: a run that fails reaches a webhook
+            with Receiver([]) as receiver:
+                client.create_alert_destination(ws, "hook", "webhook", receiver.url + "/h")
+                client.create_alert_rule(ws, "failures", "run_failed", "hook")
+                failing = client.create_run(ws, "broken", "0" * 40, [{
+                    "name": "boom", "kind": "python", "max_attempts": 1,
+                    "params": {"entrypoint": "pipelines.example:no_such_function"}}])
+                until("the failed run's alert delivered",
+                      lambda: receiver.requests, bound=60)
+                [(_, headers, body)] = receiver.requests
+                assert body["event"] == "run_failed"
+                assert body["subject"] == {"run_id": failing.id}
+                [alert] = client.list_alerts(ws)
+                assert alert.state == "delivered" and alert.attempts == 1
+                assert headers["X-Control-Room-Alert-Id"] == alert.id
+            stack.check_workers()              # the deliverer too
             stack_file = (settings.state_dir / "stack.json").read_text()
     log = (settings.state_dir / "log" / "scheduler.log").read_text()
     assert "Scheduler stopped" in log, log          # SIGTERM: a graceful stop
     assert "tick every-2s" in log
+    assert any(line.startswith("alerts: delivered by one process") for line in said), said
     # the scheduler's service_role token stays in its environment: no token of the stack
     # file is one
     tokens = [v for v in json.loads(stack_file).values()
