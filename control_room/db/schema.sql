@@ -6987,7 +6987,7 @@ CREATE TRIGGER job_versions_immutable BEFORE DELETE OR UPDATE ON ops.job_version
 -- Name: phases phases_alert_dead_lettered; Type: TRIGGER; Schema: ops; Owner: -
 --
 
-CREATE TRIGGER phases_alert_dead_lettered AFTER UPDATE OF state ON ops.phases FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM 'failed'::text) AND (new.attempt >= new.max_attempts))) EXECUTE FUNCTION ops_private.alert_phase_dead_lettered();
+CREATE TRIGGER phases_alert_dead_lettered AFTER UPDATE OF state ON ops.phases FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION ops_private.alert_phase_dead_lettered();
 
 --
 -- Name: phases phases_connections; Type: TRIGGER; Schema: ops; Owner: -

@@ -188,6 +188,22 @@ def test_a_retried_failure_is_no_dead_letter(sql_contract: Contract, world: Worl
     assert alerts(sql_contract, world) == []
 
 
+def test_a_terminal_failure_before_the_last_attempt_is_a_dead_letter(
+        sql_contract: Contract, world: World) -> None:
+    destination(sql_contract, world)
+    rule(sql_contract, world, "phase_dead_lettered")
+    run = new_run(sql_contract, world.w1, [phase("load", max_attempts=3)], now=T0)
+    claim = sql_contract.call("claim_phase", {"run_id": run["id"]}, as_=world.exec1, now=T0)
+    sql_contract.call("complete_phase", {"lease_token": claim["lease_token"], "outcome": "failed",
+                                         "error": {"message": "bad sql"}, "retryable": False},
+                      as_=world.exec1, now=T0)
+    [alert] = alerts(sql_contract, world)
+    assert alert["event"] == "phase_dead_lettered"
+    assert (alert["payload"]["attempt"], alert["payload"]["max_attempts"]) == (1, 3)
+    dead = sql_contract.call("list_dead_letters", {"workspace_id": world.w1}, as_=world.viewer1)
+    assert [d["phase"] for d in dead["dead_letters"]] == ["load"]    # the same rule
+
+
 def test_filters_choose_the_runs(sql_contract: Contract, world: World) -> None:
     destination(sql_contract, world)
     rule(sql_contract, world, "run_failed", "by-slug", filters={"spec_slug": "other"})

@@ -346,7 +346,7 @@ create trigger runs_alert_failed after update of state on ops.runs
     for each row when (new.state = 'failed' and old.state is distinct from 'failed')
     execute function ops_private.alert_run_failed();
 
--- phases: state -> failed out of attempts (a dead letter)
+-- phases: state -> failed (a dead letter)
 create function ops_private.alert_phase_dead_lettered()
 returns trigger
 language plpgsql
@@ -372,9 +372,11 @@ begin
 end
 $$;
 
+-- A phase in state failed is failed for good (a retry goes back to queued, never through
+-- failed): out of attempts, or a terminal error on any attempt. The same rule as
+-- list_dead_letters (20261203010300_repair.sql).
 create trigger phases_alert_dead_lettered after update of state on ops.phases
-    for each row when (new.state = 'failed' and old.state is distinct from 'failed'
-                       and new.attempt >= new.max_attempts)
+    for each row when (new.state = 'failed' and old.state is distinct from 'failed')
     execute function ops_private.alert_phase_dead_lettered();
 
 -- run_events: a LEASE_EXPIRED event; the rules whose threshold the last hour's count reaches
