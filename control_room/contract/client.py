@@ -118,6 +118,10 @@ from control_room.contract.models import (
     RunSummary,
     Schedule,
     ScheduleDeleted,
+    ClaimedSensor,
+    Sensor,
+    SensorDeleted,
+    SensorEvaluation,
     ScheduleDetail,
     Tick,
     TickPage,
@@ -188,6 +192,10 @@ __all__ = [
     "RunSummary",
     "Schedule",
     "ScheduleDeleted",
+    "ClaimedSensor",
+    "Sensor",
+    "SensorDeleted",
+    "SensorEvaluation",
     "ScheduleDetail",
     "ServerError",
     "ServiceUnavailable",
@@ -929,6 +937,52 @@ class ContractClient:
         Safe to repeat and to call from several schedulers at once: a tick fires once."""
         args = {"workspace_id": workspace_id, "limit": limit}
         return _parse(DueResult, self._rpc("run_due_schedules", args), "run_due_schedules")
+
+    # -- sensors ------------------------------------------------------------------------------
+
+    def create_sensor(self, workspace_id: str, name: str, job: str, connection: str,
+                      query: str, *, params: Mapping[str, Any] | None = None,
+                      interval_seconds: int | None = None,
+                      enabled: bool | None = None) -> Sensor:
+        """A source-changed sensor of `job` (developer or admin): `query` (one SELECT) on the
+        postgres `connection`, evaluated every `interval_seconds` (docs/sensors.md). Not
+        idempotent: a repeat is Conflict (name taken)."""
+        args = {"workspace_id": workspace_id, "name": name, "job": job,
+                "connection": connection, "query": query, "params": _dict(params),
+                "interval_seconds": interval_seconds, "enabled": enabled}
+        return _parse(Sensor, self._rpc("create_sensor", args), "create_sensor")
+
+    def delete_sensor(self, workspace_id: str, name: str) -> SensorDeleted:
+        """Delete a sensor (developer or admin); its runs stay. A repeat is NotFound."""
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(SensorDeleted, self._rpc("delete_sensor", args), "delete_sensor")
+
+    def list_sensors(self, workspace_id: str, job: str | None = None) -> list[Sensor]:
+        """The workspace's sensors (of one job), by name (any member)."""
+        args = {"workspace_id": workspace_id, "job": job}
+        return _parse_list(Sensor, self._rpc("list_sensors", args), "list_sensors")
+
+    def get_sensor(self, workspace_id: str, name: str) -> Sensor:
+        """One sensor (any member); `NotFound` when there is none."""
+        args = {"workspace_id": workspace_id, "name": name}
+        return _parse(Sensor, self._rpc("get_sensor", args), "get_sensor")
+
+    def claim_due_sensors(self, workspace_id: str | None = None,
+                          limit: int | None = None) -> list[ClaimedSensor]:
+        """Claim due sensors for evaluation (service_role: every workspace, or
+        `workspace_id`'s; a developer or admin: its own); each is not due again before its
+        interval passed."""
+        args = {"workspace_id": workspace_id, "limit": limit}
+        return _parse_list(ClaimedSensor, self._rpc("claim_due_sensors", args),
+                           "claim_due_sensors")
+
+    def record_sensor_value(self, sensor_id: str, value: str | None = None,
+                            error: str | None = None) -> SensorEvaluation:
+        """Report a sensor's value (or the error evaluating it): a value that moved starts a
+        run. Safe to repeat: the same value again is `moved` False."""
+        args = {"sensor_id": sensor_id, "value": value, "error": error}
+        return _parse(SensorEvaluation, self._rpc("record_sensor_value", args),
+                      "record_sensor_value")
 
     # -- waiting for work ---------------------------------------------------------------------
 

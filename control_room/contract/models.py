@@ -149,12 +149,22 @@ __all__ = [
     "RunCreated",
     "RunDetail",
     "RunDueSchedulesArgs",
+    "CreateSensorArgs",
+    "DeleteSensorArgs",
+    "ListSensorsArgs",
+    "GetSensorArgs",
+    "ClaimDueSensorsArgs",
+    "RecordSensorValueArgs",
     "RunJob",
     "RunPage",
     "RunRepair",
     "RunSummary",
     "Schedule",
     "ScheduleDeleted",
+    "ClaimedSensor",
+    "Sensor",
+    "SensorDeleted",
+    "SensorEvaluation",
     "ScheduleDetail",
     "Tick",
     "TickPage",
@@ -931,6 +941,62 @@ class DueResult(_Result):
     at: datetime
 
 
+class Sensor(_Result):
+    """A source-changed sensor of a job (`create_sensor`, `list_sensors`, `get_sensor`): the
+    query on a postgres `connection` whose value, when it moves, starts a run; `cursor` is the
+    last value that did (None before the first evaluation)."""
+
+    id: str
+    workspace_id: str
+    name: str
+    job_id: str
+    job: str
+    connection: str
+    query: str
+    params: dict[str, Any]
+    interval_seconds: int
+    enabled: bool
+    cursor: str | None
+    evaluations: int
+    last_evaluated_at: datetime | None
+    last_moved_at: datetime | None
+    last_run_id: str | None
+    last_error: str | None
+    next_evaluation_at: datetime | None
+    created_by: str | None
+    created_at: datetime
+
+
+class SensorDeleted(_Result):
+    """`delete_sensor`'s answer."""
+
+    id: str
+    workspace_id: str
+    name: str
+    deleted: bool
+
+
+class ClaimedSensor(_Result):
+    """One sensor of `claim_due_sensors`' answer: what the evaluator needs to evaluate it."""
+
+    id: str
+    workspace_id: str
+    name: str
+    connection: str
+    query: str
+    cursor: str | None
+
+
+class SensorEvaluation(_Result):
+    """`record_sensor_value`'s answer: whether the value moved (and the run it started), or
+    the error recorded."""
+
+    sensor: Sensor
+    moved: bool
+    run: RunCreated | None
+    error: str | None
+
+
 # ---------------------------------------------------------------------------------- inputs
 
 
@@ -1384,7 +1450,50 @@ class RunDueSchedulesArgs(_Args):
     limit: int | None = None
 
 
+class CreateSensorArgs(_Args):
+    workspace_id: str
+    name: str
+    job: str
+    connection: str
+    query: str
+    params: dict[str, Any] | None = None
+    interval_seconds: int | None = None
+    enabled: bool | None = None
+
+
+class DeleteSensorArgs(_Args):
+    workspace_id: str
+    name: str
+
+
+class ListSensorsArgs(_Args):
+    workspace_id: str
+    job: str | None = None
+
+
+class GetSensorArgs(_Args):
+    workspace_id: str
+    name: str
+
+
+class ClaimDueSensorsArgs(_Args):
+    workspace_id: str | None = None
+    limit: int | None = None
+
+
+class RecordSensorValueArgs(_Args):
+    sensor_id: str
+    value: str | None = None
+    error: str | None = None
+
+
 REQUESTS: dict[str, type[_Args]] = {
+    "create_sensor": CreateSensorArgs,
+    "delete_sensor": DeleteSensorArgs,
+    "list_sensors": ListSensorsArgs,
+    "get_sensor": GetSensorArgs,
+    "claim_due_sensors": ClaimDueSensorsArgs,
+    "record_sensor_value": RecordSensorValueArgs,
     "create_schedule": CreateScheduleArgs,
     "update_schedule": UpdateScheduleArgs,
     "delete_schedule": DeleteScheduleArgs,
@@ -1445,6 +1554,12 @@ REQUESTS: dict[str, type[_Args]] = {
 """The request model of each operation (its body's properties, by the same names)."""
 
 RESULTS: dict[str, type[_Result]] = {
+    "create_sensor": Sensor,
+    "delete_sensor": SensorDeleted,
+    "list_sensors": Sensor,
+    "get_sensor": Sensor,
+    "claim_due_sensors": ClaimedSensor,
+    "record_sensor_value": SensorEvaluation,
     "create_schedule": Schedule,
     "update_schedule": Schedule,
     "delete_schedule": ScheduleDeleted,

@@ -412,6 +412,61 @@ end
 $$;
 
 --
+-- Name: claim_due_sensors(text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.claim_due_sensors(workspace_id text DEFAULT NULL::text, "limit" integer DEFAULT 20) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now   timestamptz := ops_private.now();
+    v_limit integer := claim_due_sensors."limit";
+    v_ws    uuid := ops_private.uuid_arg('workspace_id', claim_due_sensors.workspace_id, false);
+    v_wss   uuid[];
+    v_out   jsonb;
+begin
+    if v_limit is null or v_limit not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 1000',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if v_ws is not null then
+        perform ops_private.connection_workspace(v_ws, array['developer', 'admin']);
+        v_wss := array[v_ws];
+    elsif not ops_private.is_privileged() then
+        if ops_private.principal() is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+        v_wss := array(select m.workspace_id from ops.workspace_members m
+                       where m.principal_id = ops_private.uid() and m.role in ('developer', 'admin'));
+        if cardinality(v_wss) = 0 then
+            perform ops_private.fail(403, 'forbidden',
+                'claim_due_sensors needs a developer or admin of a workspace, or service_role');
+        end if;
+    end if;
+    with due as (
+        select s.id from ops.sensors s
+        where s.enabled and s.next_evaluation_at <= v_now
+          and (v_wss is null or s.workspace_id = any (v_wss))
+        order by s.next_evaluation_at, s.id
+        limit v_limit
+        for update skip locked
+    ), claimed as (
+        update ops.sensors s
+        set next_evaluation_at = v_now + make_interval(secs => s.interval_seconds)
+        from due where s.id = due.id
+        returning s.*
+    )
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'id', c.id, 'workspace_id', c.workspace_id, 'name', c.name, 'connection', c.connection,
+               'query', c.query, 'cursor', c.cursor) order by c.name, c.id), '[]'::jsonb)
+    into v_out from claimed c;
+    return v_out;
+end
+$$;
+
+--
 -- Name: claim_phase(text[], integer, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1233,6 +1288,96 @@ end
 $_$;
 
 --
+-- Name: create_sensor(text, text, text, text, text, jsonb, integer, boolean); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_sensor(workspace_id text, name text, job text, connection text, query text, params jsonb DEFAULT '{}'::jsonb, interval_seconds integer DEFAULT 60, enabled boolean DEFAULT true) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now   timestamptz := ops_private.now();
+    v_ws    uuid := ops_private.uuid_arg('workspace_id', create_sensor.workspace_id, true);
+    v_job   uuid;
+    v_type  text;
+    v_query text := pg_catalog.btrim(create_sensor.query);
+    v_row   ops.sensors;
+begin
+    perform ops_private.connection_workspace(v_ws, array['developer', 'admin']);
+    if create_sensor.name is null or create_sensor.name !~ '^[a-z][a-z0-9_-]{0,62}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'name must be 1-63 lower-case letters, digits, _ or -, starting with a letter, got '
+            || coalesce(quote_literal(left(create_sensor.name, 64)), 'nothing'),
+            jsonb_build_object('argument', 'name'));
+    end if;
+    if create_sensor.job is null then
+        perform ops_private.fail(400, 'invalid_argument', 'job (the slug of a registered job) is required',
+                                 jsonb_build_object('argument', 'job'));
+    end if;
+    if create_sensor.connection is null then
+        perform ops_private.fail(400, 'invalid_argument', 'connection (the name of a postgres connection) is required',
+                                 jsonb_build_object('argument', 'connection'));
+    end if;
+    v_query := pg_catalog.rtrim(v_query, '; ' || chr(9) || chr(10) || chr(13));
+    if v_query is null or v_query = '' then
+        perform ops_private.fail(400, 'invalid_argument', 'query (one SELECT returning the cursor value) is required',
+                                 jsonb_build_object('argument', 'query'));
+    end if;
+    if length(create_sensor.query) > 4096 then
+        perform ops_private.fail(400, 'invalid_argument', 'query must be at most 4096 characters',
+                                 jsonb_build_object('argument', 'query'));
+    end if;
+    if v_query !~* '^(select|with)\s' or strpos(v_query, ';') > 0 then
+        perform ops_private.fail(400, 'invalid_argument',
+            'query must be a single SELECT (or WITH ... SELECT) statement without ;',
+            jsonb_build_object('argument', 'query'));
+    end if;
+    if create_sensor.interval_seconds is null or create_sensor.interval_seconds not between 10 and 86400 then
+        perform ops_private.fail(400, 'invalid_argument', 'interval_seconds must be between 10 and 86400',
+                                 jsonb_build_object('argument', 'interval_seconds'));
+    end if;
+    perform ops_private.check_object('params', coalesce(create_sensor.params, '{}'::jsonb));
+    perform ops_private.check_size('params', create_sensor.params, 65536);
+    select j.id into v_job from ops.jobs j where j.workspace_id = v_ws and j.slug = create_sensor.job;
+    if v_job is null then
+        perform ops_private.fail(404, 'not_found',
+            'job ' || left(create_sensor.job, 128) || ' not found in this workspace: register it with'
+            || ' `control-room jobs register`', jsonb_build_object('argument', 'job'));
+    end if;
+    select c.type into v_type from ops.connections c
+    where c.workspace_id = v_ws and c.name = create_sensor.connection;
+    if v_type is null then
+        perform ops_private.fail(404, 'not_found',
+            'connection ' || left(create_sensor.connection, 64) || ' not found in this workspace: register it with'
+            || ' `control-room connections create`', jsonb_build_object('argument', 'connection'));
+    end if;
+    if v_type <> 'postgres' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'connection ' || create_sensor.connection || ' is of type ' || v_type
+            || '; a source-changed sensor needs a postgres connection',
+            jsonb_build_object('argument', 'connection'));
+    end if;
+    insert into ops.sensors (workspace_id, job_id, name, connection, query, params, interval_seconds,
+                             enabled, next_evaluation_at, created_by, created_at)
+    values (v_ws, v_job, create_sensor.name, create_sensor.connection, v_query,
+            coalesce(create_sensor.params, '{}'::jsonb), create_sensor.interval_seconds,
+            coalesce(create_sensor.enabled, true), v_now, ops_private.uid(), v_now)
+    on conflict (workspace_id, name) do nothing
+    returning * into v_row;
+    if v_row.id is null then
+        perform ops_private.fail(409, 'conflict',
+            'a sensor named ' || create_sensor.name || ' exists in this workspace',
+            jsonb_build_object('argument', 'name'));
+    end if;
+    perform ops_private.audit('create_sensor', v_ws, 'sensor', v_row.name,
+        jsonb_build_object('id', v_row.id, 'job', create_sensor.job, 'connection', v_row.connection,
+                           'interval_seconds', v_row.interval_seconds));
+    return ops_private.sensor_json(v_row);
+end
+$_$;
+
+--
 -- Name: create_workspace(text, text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1390,6 +1535,27 @@ end
 $$;
 
 --
+-- Name: delete_sensor(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.delete_sensor(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', delete_sensor.workspace_id, true);
+    v_row ops.sensors;
+begin
+    perform ops_private.connection_workspace(v_ws, array['developer', 'admin']);
+    v_row := ops_private.find_sensor(v_ws, delete_sensor.name, true);
+    delete from ops.sensors s where s.id = v_row.id;      -- the runs it started stay
+    perform ops_private.audit('delete_sensor', v_ws, 'sensor', v_row.name, jsonb_build_object('id', v_row.id));
+    return jsonb_build_object('id', v_row.id, 'workspace_id', v_ws, 'name', v_row.name, 'deleted', true);
+end
+$$;
+
+--
 -- Name: get_connection(text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1510,6 +1676,23 @@ begin
                      from ops_private.schedule_times(v_row, coalesce(v_row.next_tick_at, ops_private.now())
                                                             - interval '1 microsecond', null, 5) t
                      where v_row.enabled));
+end
+$$;
+
+--
+-- Name: get_sensor(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_sensor(workspace_id text, name text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', get_sensor.workspace_id, true);
+begin
+    perform ops_private.connection_workspace(v_ws, array['viewer', 'developer', 'admin', 'executor']);
+    return ops_private.sensor_json(ops_private.find_sensor(v_ws, get_sensor.name, false));
 end
 $$;
 
@@ -2074,6 +2257,28 @@ end
 $$;
 
 --
+-- Name: list_sensors(text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_sensors(workspace_id text, job text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws uuid := ops_private.uuid_arg('workspace_id', list_sensors.workspace_id, true);
+begin
+    perform ops_private.connection_workspace(v_ws, array['viewer', 'developer', 'admin', 'executor']);
+    return (select coalesce(jsonb_agg(ops_private.sensor_json(s) order by s.name), '[]'::jsonb)
+            from ops.sensors s
+            where s.workspace_id = v_ws
+              and (list_sensors.job is null
+                   or s.job_id in (select j.id from ops.jobs j
+                                   where j.workspace_id = v_ws and j.slug = list_sensors.job)));
+end
+$$;
+
+--
 -- Name: list_workspaces(); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -2421,6 +2626,78 @@ begin
     return ops_private.dataset_record_json(v_d, v_version is not null, v_version, v_effective);
 end
 $_$;
+
+--
+-- Name: record_sensor_value(text, text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.record_sensor_value(sensor_id text, value text DEFAULT NULL::text, error text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now     timestamptz := ops_private.now();
+    v_id      uuid := ops_private.uuid_arg('sensor_id', record_sensor_value.sensor_id, true);
+    v_row     ops.sensors;
+    v_version uuid;
+    v_run     jsonb;
+    v_msg     text;
+begin
+    select * into v_row from ops.sensors s where s.id = v_id for update;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found', 'sensor not found', jsonb_build_object('argument', 'sensor_id'));
+    end if;
+    perform ops_private.require_role(v_row.workspace_id, array['developer', 'admin'], true, 'sensor');
+    if record_sensor_value.value is null and record_sensor_value.error is null then
+        perform ops_private.fail(400, 'invalid_argument', 'value or error is required',
+                                 jsonb_build_object('argument', 'value'));
+    end if;
+    if record_sensor_value.value is not null and length(record_sensor_value.value) > 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'value must be at most 1000 characters',
+                                 jsonb_build_object('argument', 'value'));
+    end if;
+    if record_sensor_value.value is null then
+        v_msg := left(ops_private.redact_passwords(left(record_sensor_value.error, 4000)), 1000);
+        update ops.sensors s set last_error = v_msg, last_evaluated_at = v_now, evaluations = s.evaluations + 1
+        where s.id = v_row.id returning * into v_row;
+        return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', false, 'run', null,
+                                  'error', v_msg);
+    end if;
+    if v_row.cursor is not distinct from record_sensor_value.value then
+        update ops.sensors s set last_error = null, last_evaluated_at = v_now, evaluations = s.evaluations + 1
+        where s.id = v_row.id returning * into v_row;
+        return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', false, 'run', null,
+                                  'error', null);
+    end if;
+    begin
+        select v.id into v_version
+        from ops.jobs j join ops.job_versions v on v.job_id = j.id and v.version = j.latest_version
+        where j.id = v_row.job_id;
+        if v_version is null then
+            perform ops_private.fail(409, 'conflict', 'the job of sensor ' || v_row.name || ' has no version');
+        end if;
+        v_run := ops_private.start_job_run(v_version, v_row.params,
+                     'sensor:' || v_row.id::text || ':' || (v_row.moves + 1)::text || ':'
+                     || md5(record_sensor_value.value),
+                     jsonb_build_object('sensor', v_row.name), 0);
+    exception when others then
+        v_msg := left('run not created: ' || ops_private.redact_passwords(left(sqlerrm, 2000)), 1000);
+    end;
+    if v_msg is not null then
+        update ops.sensors s set last_error = v_msg, last_evaluated_at = v_now, evaluations = s.evaluations + 1
+        where s.id = v_row.id returning * into v_row;
+        return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', false, 'run', null,
+                                  'error', v_msg);
+    end if;
+    update ops.sensors s
+    set cursor = record_sensor_value.value, moves = s.moves + 1, last_error = null, last_evaluated_at = v_now,
+        last_moved_at = v_now, last_run_id = (v_run ->> 'id')::uuid, evaluations = s.evaluations + 1
+    where s.id = v_row.id returning * into v_row;
+    return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', true, 'run', v_run,
+                              'error', null);
+end
+$$;
 
 --
 -- Name: register_artifact(text, text, text, bigint, text, text, text, text, jsonb); Type: FUNCTION; Schema: ops; Owner: -
@@ -4801,6 +5078,75 @@ end
 $$;
 
 --
+-- Name: sensors; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.sensors (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid NOT NULL,
+    job_id uuid NOT NULL,
+    name text NOT NULL,
+    connection text NOT NULL,
+    query text NOT NULL,
+    params jsonb DEFAULT '{}'::jsonb NOT NULL,
+    interval_seconds integer DEFAULT 60 NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    cursor text,
+    moves integer DEFAULT 0 NOT NULL,
+    evaluations bigint DEFAULT 0 NOT NULL,
+    last_evaluated_at timestamp with time zone,
+    last_moved_at timestamp with time zone,
+    last_run_id uuid,
+    last_error text,
+    next_evaluation_at timestamp with time zone,
+    created_by uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT sensors_connection_check CHECK ((connection ~ '^[a-z][a-z0-9_]{0,62}$'::text)),
+    CONSTRAINT sensors_cursor_check CHECK ((length(cursor) <= 1000)),
+    CONSTRAINT sensors_evaluations_check CHECK ((evaluations >= 0)),
+    CONSTRAINT sensors_interval_seconds_check CHECK (((interval_seconds >= 10) AND (interval_seconds <= 86400))),
+    CONSTRAINT sensors_last_error_check CHECK ((length(last_error) <= 1000)),
+    CONSTRAINT sensors_moves_check CHECK ((moves >= 0)),
+    CONSTRAINT sensors_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT sensors_params_check CHECK ((jsonb_typeof(params) = 'object'::text)),
+    CONSTRAINT sensors_query_check CHECK (((length(query) >= 1) AND (length(query) <= 4096)))
+);
+
+--
+-- Name: TABLE sensors; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON TABLE ops.sensors IS 'Source-changed sensors: a query on a postgres connection whose value, when it moves, starts a run of the job.';
+
+--
+-- Name: find_sensor(uuid, text, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.find_sensor(p_workspace uuid, p_name text, p_lock boolean) RETURNS ops.sensors
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_row ops.sensors;
+begin
+    if p_name is null then
+        perform ops_private.fail(400, 'invalid_argument', 'name is required',
+                                 pg_catalog.jsonb_build_object('argument', 'name'));
+    end if;
+    if p_lock then
+        select * into v_row from ops.sensors s where s.workspace_id = p_workspace and s.name = p_name for update;
+    else
+        select * into v_row from ops.sensors s where s.workspace_id = p_workspace and s.name = p_name;
+    end if;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found',
+            'sensor ' || pg_catalog.left(p_name, 64) || ' not found in this workspace',
+            pg_catalog.jsonb_build_object('argument', 'name'));
+    end if;
+    return v_row;
+end
+$$;
+
+--
 -- Name: schedule_ticks; Type: TABLE; Schema: ops; Owner: -
 --
 
@@ -6050,6 +6396,25 @@ end
 $$;
 
 --
+-- Name: sensor_json(ops.sensors); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.sensor_json(s ops.sensors) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', s.id, 'workspace_id', s.workspace_id, 'name', s.name,
+        'job_id', s.job_id, 'job', (select j.slug from ops.jobs j where j.id = s.job_id),
+        'connection', s.connection, 'query', s.query, 'params', s.params,
+        'interval_seconds', s.interval_seconds, 'enabled', s.enabled, 'cursor', s.cursor,
+        'evaluations', s.evaluations, 'last_evaluated_at', s.last_evaluated_at,
+        'last_moved_at', s.last_moved_at, 'last_run_id', s.last_run_id, 'last_error', s.last_error,
+        'next_evaluation_at', s.next_evaluation_at,
+        'created_by', case when ops_private.sees_principals(s.workspace_id) then s.created_by end,
+        'created_at', s.created_at)
+$$;
+
+--
 -- Name: settle_run(ops.runs, timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6758,6 +7123,20 @@ ALTER TABLE ONLY ops.secrets_refs
     ADD CONSTRAINT secrets_refs_pkey PRIMARY KEY (connection_id, field);
 
 --
+-- Name: sensors sensors_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.sensors
+    ADD CONSTRAINT sensors_pkey PRIMARY KEY (id);
+
+--
+-- Name: sensors sensors_workspace_id_name_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.sensors
+    ADD CONSTRAINT sensors_workspace_id_name_key UNIQUE (workspace_id, name);
+
+--
 -- Name: workspace_members workspace_members_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -6970,6 +7349,18 @@ CREATE INDEX schedules_job_idx ON ops.schedules USING btree (job_id);
 --
 
 CREATE INDEX secrets_refs_workspace_idx ON ops.secrets_refs USING btree (workspace_id);
+
+--
+-- Name: sensors_due_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX sensors_due_idx ON ops.sensors USING btree (next_evaluation_at) WHERE enabled;
+
+--
+-- Name: sensors_job_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX sensors_job_idx ON ops.sensors USING btree (job_id);
 
 --
 -- Name: workspace_members_principal_idx; Type: INDEX; Schema: ops; Owner: -
@@ -7266,6 +7657,27 @@ ALTER TABLE ONLY ops.secrets_refs
     ADD CONSTRAINT secrets_refs_connection_id_workspace_id_fkey FOREIGN KEY (connection_id, workspace_id) REFERENCES ops.connections(id, workspace_id) ON DELETE CASCADE;
 
 --
+-- Name: sensors sensors_job_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.sensors
+    ADD CONSTRAINT sensors_job_id_fkey FOREIGN KEY (job_id) REFERENCES ops.jobs(id) ON DELETE CASCADE;
+
+--
+-- Name: sensors sensors_last_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.sensors
+    ADD CONSTRAINT sensors_last_run_id_fkey FOREIGN KEY (last_run_id) REFERENCES ops.runs(id) ON DELETE SET NULL;
+
+--
+-- Name: sensors sensors_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.sensors
+    ADD CONSTRAINT sensors_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
 -- Name: workspace_members workspace_members_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -7515,6 +7927,18 @@ ALTER TABLE ops.secrets_refs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY secrets_refs_read ON ops.secrets_refs FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
 
 --
+-- Name: sensors; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.sensors ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: sensors sensors_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY sensors_read ON ops.sensors FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
 -- Name: workspace_members; Type: ROW SECURITY; Schema: ops; Owner: -
 --
 
@@ -7592,6 +8016,14 @@ GRANT ALL ON FUNCTION ops.cancel_run(run_id text, reason text) TO service_role;
 REVOKE ALL ON FUNCTION ops.claim_alerts("limit" integer, lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.claim_alerts("limit" integer, lease_seconds integer) TO authenticated;
 GRANT ALL ON FUNCTION ops.claim_alerts("limit" integer, lease_seconds integer) TO service_role;
+
+--
+-- Name: FUNCTION claim_due_sensors(workspace_id text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.claim_due_sensors(workspace_id text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.claim_due_sensors(workspace_id text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.claim_due_sensors(workspace_id text, "limit" integer) TO service_role;
 
 --
 -- Name: FUNCTION claim_phase(kinds text[], lease_seconds integer, claim_id text, run_id text, workspace_id text); Type: ACL; Schema: ops; Owner: -
@@ -7674,6 +8106,14 @@ GRANT ALL ON FUNCTION ops.create_schedule(workspace_id text, name text, job text
 GRANT ALL ON FUNCTION ops.create_schedule(workspace_id text, name text, job text, cron text, timezone text, interval_seconds integer, params jsonb, enabled boolean, catchup text, catchup_max integer, max_concurrent integer, overlap text, priority integer, description text) TO service_role;
 
 --
+-- Name: FUNCTION create_sensor(workspace_id text, name text, job text, connection text, query text, params jsonb, interval_seconds integer, enabled boolean); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_sensor(workspace_id text, name text, job text, connection text, query text, params jsonb, interval_seconds integer, enabled boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_sensor(workspace_id text, name text, job text, connection text, query text, params jsonb, interval_seconds integer, enabled boolean) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_sensor(workspace_id text, name text, job text, connection text, query text, params jsonb, interval_seconds integer, enabled boolean) TO service_role;
+
+--
 -- Name: FUNCTION create_workspace(slug text, name text, env text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -7714,6 +8154,14 @@ GRANT ALL ON FUNCTION ops.delete_schedule(workspace_id text, name text) TO authe
 GRANT ALL ON FUNCTION ops.delete_schedule(workspace_id text, name text) TO service_role;
 
 --
+-- Name: FUNCTION delete_sensor(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.delete_sensor(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.delete_sensor(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.delete_sensor(workspace_id text, name text) TO service_role;
+
+--
 -- Name: FUNCTION get_connection(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -7752,6 +8200,14 @@ GRANT ALL ON FUNCTION ops.get_run(run_id text) TO service_role;
 REVOKE ALL ON FUNCTION ops.get_schedule(workspace_id text, name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.get_schedule(workspace_id text, name text) TO authenticated;
 GRANT ALL ON FUNCTION ops.get_schedule(workspace_id text, name text) TO service_role;
+
+--
+-- Name: FUNCTION get_sensor(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_sensor(workspace_id text, name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_sensor(workspace_id text, name text) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_sensor(workspace_id text, name text) TO service_role;
 
 --
 -- Name: FUNCTION heartbeat(lease_token text, progress jsonb, lease_seconds integer); Type: ACL; Schema: ops; Owner: -
@@ -7874,6 +8330,14 @@ GRANT ALL ON FUNCTION ops.list_schedules(workspace_id text, job text) TO authent
 GRANT ALL ON FUNCTION ops.list_schedules(workspace_id text, job text) TO service_role;
 
 --
+-- Name: FUNCTION list_sensors(workspace_id text, job text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_sensors(workspace_id text, job text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_sensors(workspace_id text, job text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_sensors(workspace_id text, job text) TO service_role;
+
+--
 -- Name: FUNCTION list_workspaces(); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -7904,6 +8368,14 @@ GRANT ALL ON FUNCTION ops.record_connection_test(workspace_id text, name text, o
 REVOKE ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO authenticated;
 GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO service_role;
+
+--
+-- Name: FUNCTION record_sensor_value(sensor_id text, value text, error text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.record_sensor_value(sensor_id text, value text, error text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.record_sensor_value(sensor_id text, value text, error text) TO authenticated;
+GRANT ALL ON FUNCTION ops.record_sensor_value(sensor_id text, value text, error text) TO service_role;
 
 --
 -- Name: FUNCTION register_artifact(lease_token text, digest text, uri text, size_bytes bigint, media_type text, kind text, name text, role text, metadata jsonb); Type: ACL; Schema: ops; Owner: -
@@ -8503,6 +8975,19 @@ REVOKE ALL ON FUNCTION ops_private.find_job(p_workspace text, p_slug text, p_rol
 REVOKE ALL ON FUNCTION ops_private.find_schedule(p_workspace uuid, p_name text, p_lock boolean) FROM PUBLIC;
 
 --
+-- Name: TABLE sensors; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.sensors TO authenticated;
+GRANT SELECT ON TABLE ops.sensors TO service_role;
+
+--
+-- Name: FUNCTION find_sensor(p_workspace uuid, p_name text, p_lock boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.find_sensor(p_workspace uuid, p_name text, p_lock boolean) FROM PUBLIC;
+
+--
 -- Name: TABLE schedule_ticks; Type: ACL; Schema: ops; Owner: -
 --
 
@@ -8805,6 +9290,12 @@ REVOKE ALL ON FUNCTION ops_private.secret_key_pattern() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ops_private.sees_principals(p_workspace uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops_private.sees_principals(p_workspace uuid) TO authenticated;
 GRANT ALL ON FUNCTION ops_private.sees_principals(p_workspace uuid) TO service_role;
+
+--
+-- Name: FUNCTION sensor_json(s ops.sensors); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.sensor_json(s ops.sensors) FROM PUBLIC;
 
 --
 -- Name: FUNCTION settle_run(p_run ops.runs, p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -

@@ -122,6 +122,11 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
                                     "phases": [ph("a")]}}, as_=dev)
     setup.call("create_schedule", {"workspace_id": w1, "name": "hourly", "job": "sched-job",
                                    "cron": "0 * * * *"}, as_=dev)
+    # sensors: one of that job on the warehouse connection; the evaluator's calls are
+    # service_role's
+    setup.call("create_sensor", {"workspace_id": w1, "name": "watch", "job": "sched-job",
+                                 "connection": "warehouse", "query": "select 1"}, as_=dev)
+    as_.update({"claim_due_sensors": SERVICE, "record_sensor_value": SERVICE})
     return Ctx(w1=w1, admin=admin, dev=dev, executor=executor, run_id=run["id"],
                token=claim["lease_token"], succeeded_run=done["id"], as_=as_)
 
@@ -213,6 +218,14 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
         "get_schedule": lambda: {"workspace_id": ctx.w1, "name": "hourly"},
         "list_schedule_ticks": lambda: {"workspace_id": ctx.w1, "name": "hourly"},
         "run_due_schedules": lambda: {"workspace_id": ctx.w1},
+        "create_sensor": lambda: {"workspace_id": ctx.w1, "name": "fresh-sensor",
+                                  "job": "sched-job", "connection": "warehouse",
+                                  "query": "select max(id) from t"},
+        "delete_sensor": lambda: {"workspace_id": ctx.w1, "name": "watch"},
+        "list_sensors": lambda: {"workspace_id": ctx.w1},
+        "get_sensor": lambda: {"workspace_id": ctx.w1, "name": "watch"},
+        "claim_due_sensors": lambda: {"limit": 1},
+        "record_sensor_value": lambda: {"sensor_id": str(uuid.uuid4()), "value": "1"},
     }
     return table[fn]()
 
@@ -692,6 +705,30 @@ SCHEDULES = [
         "workspace", status=404),
 ]
 
+# sensors (the rest: tests/contract/test_sensors.py)
+SENSORS = [
+    bad("sensor-name-upper", "create_sensor", {"name": "Watch"}, "name", argument="name"),
+    bad("sensor-query-not-select", "create_sensor", {"query": "delete from t"}, "SELECT",
+        argument="query"),
+    bad("sensor-query-two-statements", "create_sensor", {"query": "select 1; select 2"},
+        "single", argument="query"),
+    bad("sensor-interval-too-short", "create_sensor", {"interval_seconds": 1},
+        "interval_seconds", argument="interval_seconds"),
+    bad("sensor-unknown-connection", "create_sensor", {"connection": "nothing"}, "nothing",
+        status=404),
+    bad("sensor-unknown-job", "create_sensor", {"job": "nothing"}, "nothing", status=404),
+    bad("sensor-params-a-list", "create_sensor", {"params": [1]}, "params", argument="params"),
+    bad("delete-unknown-sensor", "delete_sensor", {"name": "nothing"}, "nothing", status=404),
+    bad("get-sensor-name-null", "get_sensor", {"name": None}, "name", argument="name"),
+    bad("sensors-unknown-workspace", "list_sensors", {"workspace_id": str(uuid.uuid4())},
+        "workspace", status=404),
+    bad("claim-sensors-limit-zero", "claim_due_sensors", {"limit": 0}, "limit",
+        argument="limit"),
+    bad("sensor-value-unknown", "record_sensor_value", {}, "not found", status=404),
+    bad("sensor-value-not-a-uuid", "record_sensor_value", {"sensor_id": "x"}, "sensor_id",
+        argument="sensor_id"),
+]
+
 # repair runs and dead letters (tests/contract/test_repair.py, test_deadletters.py)
 REPAIR = [
     bad("repair-unknown-phase", "repair_run", {"phases": ["only", "nope"]}, "nope",
@@ -756,7 +793,7 @@ JOBS = [
 ]
 
 CASES = (CREATE_RUN + CLAIM_AND_LEASE + APPEND_EVENTS + REGISTER_ARTIFACT + COMPLETE_AND_RUNS
-         + CATALOG + CONNECTIONS + ALERTS + SCHEDULES + REPAIR + JOBS)
+         + CATALOG + CONNECTIONS + ALERTS + SCHEDULES + REPAIR + JOBS + SENSORS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.fn}:{c.id}" for c in CASES])

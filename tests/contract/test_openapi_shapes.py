@@ -361,6 +361,29 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
               as_=viewer)
     r.call("delete_schedule", when_, as_=admin)
 
+    # sensors: one on a postgres connection, claimed, a value recorded (a run), the same
+    # value again (no run), an error, listed, shown, deleted
+    r.call("create_connection", {"workspace_id": ws["id"], "name": "source", "type": "postgres",
+                                 "config": {"dsn": "postgresql://odoo@src/odoo"},
+                                 "secrets": {"password": "env:SRC_PASSWORD"}}, as_=admin,
+           label="sensor source")
+    watch = {"workspace_id": ws["id"], "name": "partners"}
+    made = r.call("create_sensor", {**watch, "job": "shapes-job", "connection": "source",
+                                    "query": "select max(write_date) from res_partner",
+                                    "params": {"day": "d"}, "interval_seconds": 30}, as_=admin)
+    assert r.call("claim_due_sensors", {"limit": 5})[0]["id"] == made["id"]
+    assert r.call("record_sensor_value", {"sensor_id": made["id"], "value": "1"},
+                  as_=admin)["moved"] is True
+    r.call("record_sensor_value", {"sensor_id": made["id"], "value": "1"}, label="unchanged")
+    r.call("record_sensor_value", {"sensor_id": made["id"], "error": "no value"},
+           label="error")
+    r.call("list_sensors", {"workspace_id": ws["id"]}, as_=viewer)
+    r.call("get_sensor", watch, as_=viewer)
+    r.refused("create_sensor", {**watch, "name": "other", "job": "shapes-job",
+                                "connection": "source", "query": "drop table x"},
+              status=400, code="invalid_argument", as_=admin)
+    r.call("delete_sensor", watch, as_=admin)
+
     # refusals carry PostgREST's error body with a documented status and machine code
     r.refused("get_run", {"run_id": "not-a-uuid"}, status=400, code="invalid_argument")
     r.refused("get_run", {"run_id": str(uuid.uuid4())}, status=404, code="not_found")

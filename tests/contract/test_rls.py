@@ -185,6 +185,11 @@ def _fill(contract: Contract, data: Populated, key: str, dev: Principal, executo
     done = contract.call("run_due_schedules", {"workspace_id": ws},
                          now=SCHEDULE_T0 + timedelta(hours=1, minutes=10))
     assert (done["created"], done["skipped"]) == (0, 1 + extra_runs)
+    # sensors of that job on the first connection, never evaluated (no run) (W2 has more)
+    for i in range(1 + extra_runs):
+        contract.call("create_sensor", {"workspace_id": ws, "name": f"{key}-sensor-{i}",
+                                        "job": f"{key}-sched-job", "connection": f"{key}_conn_0",
+                                        "query": "select max(write_date) from res_partner"})
 
 
 SCHEDULE_T0 = datetime(2031, 1, 1, tzinfo=UTC)
@@ -718,6 +723,30 @@ class Targets:
                                                "job": "rls-sched-job", "cron": "0 * * * *"})
         return name
 
+    def sensor(self) -> str:
+        """The name of a new sensor of W1 (of job rls-sched-job, on postgres connection
+        rls_source)."""
+        jobs = self.contract.call("list_jobs", {"workspace_id": self.world.w1})
+        if not any(j["slug"] == "rls-sched-job" for j in jobs):
+            register_schedule_job(self.contract, self.world.w1, "rls-sched-job")
+        names = {c["name"] for c in self.contract.call("list_connections",
+                                                        {"workspace_id": self.world.w1})}
+        if "rls_source" not in names:
+            self.contract.call("create_connection", {
+                "workspace_id": self.world.w1, "name": "rls_source", "type": "postgres",
+                "config": {"dsn": "postgresql://src@127.0.0.1/src"}, "secrets": {}})
+        name = f"sn-{uuid.uuid4().hex[:12]}"
+        self.contract.call("create_sensor", {"workspace_id": self.world.w1, "name": name,
+                                             "job": "rls-sched-job", "connection": "rls_source",
+                                             "query": "select 1"})
+        return name
+
+    def sensor_id(self) -> str:
+        """The id of a new sensor of W1."""
+        name = self.sensor()
+        found = self.contract.call("get_sensor", {"workspace_id": self.world.w1, "name": name})
+        return str(found["id"])
+
     def new_member(self) -> str:
         sub = str(uuid.uuid4())
         self.contract.call("add_member", {"workspace_id": self.world.w1, "principal_id": sub,
@@ -943,6 +972,21 @@ CASES = [
          lambda t: {"workspace_id": t.w1, "name": t.schedule()}, READERS_OF_W1),
     Case("run_due_schedules", "run_due_schedules",
          lambda t: {"workspace_id": t.w1} if t.schedule() else {}, DEVELOPERS),
+    # sensors: developers and admins change them and report values, members read them; any
+    # developer or admin (of its own workspaces) or service_role claims due ones
+    Case("create_sensor", "create_sensor",
+         lambda t: {"workspace_id": t.w1, "name": t.sensor() + "-new", "job": "rls-sched-job",
+                    "connection": "rls_source", "query": "select 2"}, DEVELOPERS),
+    Case("delete_sensor", "delete_sensor",
+         lambda t: {"workspace_id": t.w1, "name": t.sensor()}, DEVELOPERS),
+    Case("list_sensors", "list_sensors",
+         lambda t: {"workspace_id": t.w1} if t.sensor() else {}, READERS_OF_W1),
+    Case("get_sensor", "get_sensor",
+         lambda t: {"workspace_id": t.w1, "name": t.sensor()}, READERS_OF_W1),
+    Case("claim_due_sensors", "claim_due_sensors",
+         lambda t: {"workspace_id": t.w1, "limit": 1} if t.sensor() else {}, DEVELOPERS),
+    Case("record_sensor_value", "record_sensor_value",
+         lambda t: {"sensor_id": t.sensor_id(), "value": "1"}, DEVELOPERS),
 ]
 
 
