@@ -193,6 +193,10 @@ def test_two_scheduler_processes_fire_each_tick_once_and_stop_on_sigterm(env: En
                         if t.state == "created"]) for n in ("a", "b"))
 
     until("6 ticks fired", lambda: created() >= 6)
+    # both have installed their SIGTERM handler (they say so once they have): on a loaded
+    # machine one may still be starting when the other has fired six ticks
+    until("both schedulers started",
+          lambda: all("Scheduler: every" in log.read_text() for log in logs))
     for process in processes:
         process.send_signal(signal.SIGTERM)
     for process in processes:
