@@ -21,6 +21,7 @@ from control_room.cli import (
     jobs,
     runs,
     schedules,
+    sensors,
     serve,
     token,
     up,
@@ -53,6 +54,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(deadletters.app, name="deadletters")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(schedules.app, name="schedules")
+app.add_typer(sensors.app, name="sensors")
 
 
 def main() -> None:
