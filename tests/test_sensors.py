@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from control_room.scheduler.sensors import evaluate_due_sensors
-from executor.secrets import SecretPolicy
+from control_room.scheduler.sensors import _masked, evaluate_due_sensors
+from executor.secrets import Masker, SecretPolicy
 from tests.executor.harness import Env, gateway_env
 from tests.test_cli_runs import cli, ok_json
 
@@ -133,16 +133,28 @@ def test_a_query_error_and_an_empty_table_are_recorded_errors(
     # a write is refused by the read-only transaction, even one hidden in a function call
     dev.create_sensor(env.world.w1, "writes", "ingest", "src",
                       "select count(*) from (select pg_catalog.nextval('s')) x")
+    # an error quoting the resolved password: masked before it is recorded
+    dev.create_sensor(env.world.w1, "quotes", "ingest", "src",
+                      f"select '{SECRET_VALUE}'::int")
     with psycopg.connect(source, autocommit=True) as c:
         c.execute("create sequence s")
     report = evaluate_due_sensors(dev, policy=SecretPolicy.parse(f"file:{secrets_dir}"))
-    assert (report.claimed, report.errors, report.moved) == (3, 3, 0), report
+    assert (report.claimed, report.errors, report.moved) == (4, 4, 0), report
     errors = {s.name: s.last_error or "" for s in dev.list_sensors(env.world.w1)}
     assert "no_such_table" in errors["missing"]
     assert errors["empty"].startswith("no value")
     assert "read-only" in errors["writes"]
+    assert "invalid input syntax" in errors["quotes"] and "***" in errors["quotes"]
     assert all(SECRET_VALUE not in e for e in errors.values())
     assert runs_of(conn, env.world.w1) == []
+
+
+def test_errors_are_masked_before_they_are_recorded() -> None:
+    masker = Masker([SECRET_VALUE])
+    text = _masked(f"could not connect to postgresql://odoo:hunter22@db/odoo password=abc "
+                   f"{SECRET_VALUE} " + "x" * 2000, masker)
+    assert "hunter22" not in text and "abc" not in text and SECRET_VALUE not in text
+    assert "postgresql://odoo:***@db/odoo" in text and len(text) <= 1000
 
 
 def test_the_cli_creates_lists_and_evaluates(
