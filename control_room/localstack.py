@@ -70,6 +70,9 @@ class LocalStack:
     scheduler: bool = True
     """Start one `control-room scheduler` process beside the workers (docs/schedules.md)."""
     scheduler_interval: float = 15.0
+    sensors: bool = True
+    """Start one `control-room sensors evaluate` process beside the scheduler
+    (docs/sensors.md)."""
     alerts: bool = True
     """Start one `control-room alerts deliver` process beside the scheduler (docs/alerts.md):
     the workspaces' alert rules reach their webhooks."""
@@ -79,6 +82,7 @@ class LocalStack:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._scheduler: subprocess.Popen[bytes] | None = None
         self._alerts: subprocess.Popen[bytes] | None = None
+        self._sensors: subprocess.Popen[bytes] | None = None
         self.database_url = ""
         self.info: Stack | None = None
         self.server: EmbeddedPostgres | None = None
@@ -158,6 +162,16 @@ class LocalStack:
             self._exit.callback(self._stop_scheduler)
             self._say(f"scheduler: every {self.scheduler_interval:g}s "
                       f"(log {state / 'log' / 'scheduler.log'})")
+        if self.sensors:
+            # service_role: every workspace's due sensors; it reads their sources through the
+            # workspaces' connections, under the stack workers' secret policy
+            sensors_token = mint_token(secret, role="service_role",
+                                       ttl_seconds=TOKEN_TTL_SECONDS, name="local-sensors")
+            self._sensors = self._start_service(
+                "sensors", ["sensors", "evaluate", "--gateway", gateway_url, "--interval", "10s"],
+                sensors_token, {"CONTROL_ROOM_SECRET_ALLOW": local_secret_allow(state)})
+            self._exit.callback(self._stop_sensors)
+            self._say(f"sensors: evaluated every 10s (log {state / 'log' / 'sensors.log'})")
         if self.alerts:
             # service_role too: only the deliverer claims alerts; its webhook references
             # resolve under the stack's secret policy
@@ -243,6 +257,10 @@ class LocalStack:
             return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
 
+    def _stop_sensors(self) -> None:
+        proc, self._sensors = self._sensors, None
+        _terminate(proc)
+
     def _stop_alerts(self) -> None:
         proc, self._alerts = self._alerts, None
         _terminate(proc)
@@ -254,7 +272,8 @@ class LocalStack:
     def check_workers(self) -> None:
         """Raise when a worker process (or the scheduler, or the alert deliverer) has exited
         (its log names why)."""
-        for name, service in (("scheduler", self._scheduler), ("alerts", self._alerts)):
+        for name, service in (("scheduler", self._scheduler), ("sensors", self._sensors),
+                              ("alerts", self._alerts)):
             if service is not None and service.poll() is not None:
                 log = self.settings.state_dir / "log" / f"{name}.log"
                 tail = log.read_text(errors="replace").strip().splitlines()[-5:]

@@ -266,6 +266,8 @@ def test_up_starts_a_scheduler_whose_ticks_run_the_job_to_success(db_url: str,
     assert "Scheduler stopped" in log, log          # SIGTERM: a graceful stop
     assert "tick every-2s" in log
     assert any(line.startswith("alerts: delivered by one process") for line in said), said
+    assert any(line.startswith("sensors: evaluated every 10s") for line in said), said
+    assert "Sensor evaluator stopped" in (settings.state_dir / "log" / "sensors.log").read_text()
     # the scheduler's service_role token stays in its environment: no token of the stack
     # file is one
     tokens = [v for v in json.loads(stack_file).values()

@@ -171,7 +171,7 @@ def evaluate_command(
 ) -> None:
     """Evaluate due sensors: claim them, run each query read-only on its source, report.
 
-    Runs beside `control-room scheduler` (`up` does not start it). The token is a
+    Runs beside `control-room scheduler` (`up` starts one of each). The token is a
     service_role token (every workspace's sensors) or a developer's or admin's (its
     workspaces'). Secret references resolve under this process's CONTROL_ROOM_SECRET_ALLOW.
     Several evaluators may run at once: a sensor is claimed by one per interval.
