@@ -80,9 +80,8 @@ class LocalStack:
     def __post_init__(self) -> None:
         self._exit = contextlib.ExitStack()
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._scheduler: subprocess.Popen[bytes] | None = None
-        self._alerts: subprocess.Popen[bytes] | None = None
-        self._sensors: subprocess.Popen[bytes] | None = None
+        self._services: dict[str, subprocess.Popen[bytes]] = {}
+        """The scheduler, the sensor evaluator and the alert deliverer, by name."""
         self.database_url = ""
         self.info: Stack | None = None
         self.server: EmbeddedPostgres | None = None
@@ -153,34 +152,24 @@ class LocalStack:
             self._procs.append(self._worker(n, gateway_url, executor_token, workspace_id,
                                             artifacts))
         self._exit.callback(self._stop_workers)
+        # services of the stack, each with a service_role token that only reaches its own
+        # environment (never the stack file): the scheduler fires every workspace's due ticks,
+        # the sensor evaluator reads the sources through the workspaces' connections and the
+        # deliverer posts alerts to webhooks, both under the stack workers' secret policy
+        policy = {"CONTROL_ROOM_SECRET_ALLOW": local_secret_allow(state)}
         if self.scheduler:
-            # service_role: it fires the due ticks of every workspace of this database; the
-            # token only reaches the child's environment, never the stack file
-            scheduler_token = mint_token(secret, role="service_role",
-                                         ttl_seconds=TOKEN_TTL_SECONDS, name="local-scheduler")
-            self._scheduler = self._start_scheduler(gateway_url, scheduler_token)
-            self._exit.callback(self._stop_scheduler)
+            self._start_service(secret, "scheduler", [
+                "scheduler", "--gateway", gateway_url,
+                "--interval", f"{self.scheduler_interval:g}s"], {})
             self._say(f"scheduler: every {self.scheduler_interval:g}s "
                       f"(log {state / 'log' / 'scheduler.log'})")
         if self.sensors:
-            # service_role: every workspace's due sensors; it reads their sources through the
-            # workspaces' connections, under the stack workers' secret policy
-            sensors_token = mint_token(secret, role="service_role",
-                                       ttl_seconds=TOKEN_TTL_SECONDS, name="local-sensors")
-            self._sensors = self._start_service(
-                "sensors", ["sensors", "evaluate", "--gateway", gateway_url, "--interval", "10s"],
-                sensors_token, {"CONTROL_ROOM_SECRET_ALLOW": local_secret_allow(state)})
-            self._exit.callback(self._stop_sensors)
+            self._start_service(secret, "sensors", [
+                "sensors", "evaluate", "--gateway", gateway_url, "--interval", "10s"], policy)
             self._say(f"sensors: evaluated every 10s (log {state / 'log' / 'sensors.log'})")
         if self.alerts:
-            # service_role too: only the deliverer claims alerts; its webhook references
-            # resolve under the stack's secret policy
-            alerts_token = mint_token(secret, role="service_role",
-                                      ttl_seconds=TOKEN_TTL_SECONDS, name="local-alerts")
-            self._alerts = self._start_service(
-                "alerts", ["alerts", "deliver", "--gateway", gateway_url, "--interval", "5"],
-                alerts_token, {"CONTROL_ROOM_SECRET_ALLOW": local_secret_allow(state)})
-            self._exit.callback(self._stop_alerts)
+            self._start_service(secret, "alerts", [
+                "alerts", "deliver", "--gateway", gateway_url, "--interval", "5"], policy)
             self._say(f"alerts: delivered by one process (log {state / 'log' / 'alerts.log'})")
         write_stack(state, self.info)
         self._exit.callback(remove_stack, state)
@@ -238,43 +227,33 @@ class LocalStack:
                                     stdin=subprocess.DEVNULL)
         return proc
 
-    def _start_scheduler(self, gateway_url: str, token: str) -> subprocess.Popen[bytes]:
-        return self._start_service(
-            "scheduler", ["scheduler", "--gateway", gateway_url,
-                          "--interval", f"{self.scheduler_interval:g}s"], token, {})
+    def _start_service(self, secret: str, name: str, args: list[str],
+                       extra_env: dict[str, str]) -> None:
+        """`control-room ARGS` with a service_role token of its own in its environment only,
+        logging to `log/<name>.log`; stopped (SIGTERM) when the stack closes."""
+        from control_room.gateway.auth import mint_token
 
-    def _start_service(self, name: str, args: list[str], token: str,
-                       extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
-        """`control-room ARGS` with `token` in its environment only, logging to
-        `log/<name>.log`."""
         state = self.settings.state_dir
+        token = mint_token(secret, role="service_role", ttl_seconds=TOKEN_TTL_SECONDS,
+                           name=f"local-{name}")
         env = {**os.environ, **extra_env, "CONTROL_ROOM_TOKEN": token,
                "CONTROL_ROOM_STATE_DIR": str(state)}
         cmd = [sys.executable, "-m", "control_room", *args]
         log_dir = state / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{name}.log", "ab") as out:
-            return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+            self._services[name] = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._exit.callback(self._stop_service, name)
 
-    def _stop_sensors(self) -> None:
-        proc, self._sensors = self._sensors, None
-        _terminate(proc)
-
-    def _stop_alerts(self) -> None:
-        proc, self._alerts = self._alerts, None
-        _terminate(proc)
-
-    def _stop_scheduler(self) -> None:
-        proc, self._scheduler = self._scheduler, None
-        _terminate(proc)
+    def _stop_service(self, name: str) -> None:
+        _terminate(self._services.pop(name, None))
 
     def check_workers(self) -> None:
         """Raise when a worker process (or the scheduler, or the alert deliverer) has exited
         (its log names why)."""
-        for name, service in (("scheduler", self._scheduler), ("sensors", self._sensors),
-                              ("alerts", self._alerts)):
-            if service is not None and service.poll() is not None:
+        for name, service in self._services.items():
+            if service.poll() is not None:
                 log = self.settings.state_dir / "log" / f"{name}.log"
                 tail = log.read_text(errors="replace").strip().splitlines()[-5:]
                 raise LocalStackError(f"the {name} process exited with {service.returncode}: "
