@@ -155,17 +155,19 @@ def local_secret(state_dir: Path) -> str:
     ensure_private_dir(state_dir)
     path = state_dir / LOCAL_SECRET_FILE
     for _ in range(2):
+        missing = False
         try:
             value = read_secret_file(path).strip()
         except FileNotFoundError:
-            value = ""
+            value, missing = "", True
         if value:
             return value
         value = secrets.token_urlsafe(48)
         try:
             # an empty file (a crash while writing) is replaced; a missing one is created
-            # exclusively, so that two processes starting at once agree on the secret
-            write_secret_file(path, value + "\n", replace=path.exists())
+            # exclusively, so that two processes starting at once agree on the secret (decided
+            # by what the read saw: another process may create it right after)
+            write_secret_file(path, value + "\n", replace=not missing)
         except FileExistsError:
             continue
         return value
