@@ -34,6 +34,10 @@ What one phase does, all of it read from one REPEATABLE READ snapshot of the sou
 6. Only then appends the new watermark to `_state/watermarks`. A crash between 5 and 6
    leaves the old watermark: the next attempt reads the same rows again, finds them all in
    bronze, and appends nothing but what changed since.
+7. Appends the read to `_state/reads`: when the snapshot was taken (`read_at`, the worker's
+   clock just before the transaction's first statement) and the newest source write_date it
+   saw. Every source change committed before `read_at` is in bronze; publication derives
+   gold's freshness from it (pipelines/odoo/publish.py).
 
 Bronze is append-only (never a Delta merge: it costs a scan of the whole table, and
 delta-rs 1.6 writes merged files with Arrow string_view columns, on which pyarrow's dataset
@@ -96,6 +100,7 @@ __all__ = [
     "CHUNK_BYTES",
     "INCREMENTAL_KEYS",
     "METADATA_COLUMNS",
+    "READS",
     "SourceColumn",
     "SourceTable",
     "Watermark",
@@ -105,6 +110,7 @@ __all__ = [
     "extract_table",
     "read_rows",
     "read_watermark",
+    "record_read",
 ]
 
 OP_UPSERT = "upsert"
@@ -119,6 +125,7 @@ INCREMENTAL_KEYS = ["id", "_source_write_date", "_op"]
 CHUNK_BYTES = 32 << 20
 """CSV bytes parsed per chunk (in a thread, while the copy goes on)."""
 WATERMARKS = "watermarks"
+READS = "reads"
 EPOCH = dt.datetime(1970, 1, 1)
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TIMESTAMPTZ = 1184
@@ -299,6 +306,22 @@ def commit_watermark(lake: str, dataset: str, watermark: Watermark, *, run_id: s
     append_state(state_uri(lake, WATERMARKS), row)
 
 
+def record_read(lake: str, dataset: str, *, read_at: dt.datetime, run_id: str,
+                source_max_write_date: str | None) -> None:
+    """Append one extraction's read to `_state/reads` (every extraction, whether or not its
+    watermark moved): bronze holds every source change committed before `read_at`.
+    Publication takes gold's data time from these rows (`publish.data_time`)."""
+    newest = (dt.datetime.fromisoformat(source_max_write_date)
+              if source_max_write_date is not None else None)
+    row = pa.table({
+        "dataset": pa.array([dataset], pa.string()),
+        "run_id": pa.array([run_id], pa.string()),
+        "read_at": pa.array([read_at], pa.timestamp("us", tz="UTC")),
+        "source_max_write_date": pa.array([newest], pa.timestamp("us")),
+    })
+    append_state(state_uri(lake, READS), row)
+
+
 def _batch_watermark(rows: pa.Table) -> Watermark | None:
     """The greatest `(write_date, id)` among `rows`."""
     dates = rows.column("write_date")
@@ -417,6 +440,9 @@ def extract(ctx: Context, pg: psycopg.Connection[Any], *, table: str, lake: str,
             lookback: dt.timedelta = dt.timedelta(0)) -> dict[str, Any]:
     """One extraction of `table` into bronze (the module's docstring), over an open
     connection to the Odoo database. Answers the phase's output manifest."""
+    # Before the transaction's first statement, so before its snapshot: every source change
+    # committed by this moment is visible to this extraction (the read's data time).
+    read_at = dt.datetime.now(dt.UTC)
     pg.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     pg.read_only = True
     for setting in ("set datestyle to 'ISO, YMD'", "set timezone to 'UTC'",
@@ -446,6 +472,9 @@ def extract(ctx: Context, pg: psycopg.Connection[Any], *, table: str, lake: str,
         commit_watermark(lake, name, watermark, run_id=ctx.run_id, upserts=stats["upserts"],
                          deletes=stats["deletes"], bronze_version=table_entry["version"])
         stats["watermark"]["to"] = watermark.to_json()
+    record_read(lake, name, read_at=read_at, run_id=ctx.run_id,
+                source_max_write_date=stats["source_max_write_date"])
+    stats["read_at"] = read_at.isoformat()
     ctx.progress(1.0)
     ctx.emit("LOG", f"{name}: {stats['upserts']} upsert(s), {stats['deletes']} delete(s) "
              f"from {table} ({stats['mode']})", "info",

@@ -7,6 +7,7 @@ Layout under the lake root (`${params.lake}` in specs/odoo_medallion.yaml):
     silver/<entity>              typed current rows, catalog name silver.odoo.<entity>
     gold/<mart>                  marts, catalog name gold.odoo.<mart>
     _state/watermarks            the extraction watermarks (one append-only Delta table)
+    _state/reads                 every extraction's read: its snapshot time, newest write_date
     _state/quality               every quality check of every run
     _state/freshness             one row per published run
 

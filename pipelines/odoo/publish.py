@@ -24,6 +24,16 @@ available (the publishing transaction's last statement, on the warehouse's clock
 simulated source whose dates run ahead of or behind the wall clock, it measures that offset
 too. Recorded in `<schema>.freshness`, in `<lake>/_state/freshness`, as a `FRESHNESS` event and
 in the phase's manifest.
+
+Data time (what the control plane's freshness and SLOs use, docs/jobs.md "Freshness and
+SLOs"): the moment before which every source change is in gold. Each extraction records when
+its snapshot was taken (`<lake>/_state/reads`); gold's data time is the oldest of this run's
+reads, one per source table (a run that read nothing itself, such as a repair of only the
+gold phases, takes the newest read of each table instead). The `FRESHNESS` event carries it
+with the gold datasets' names (`data_time`, `source_cursor`: the newest source write_date
+included, `datasets`), and the control plane moves those datasets' data time forward. It is
+measured on the worker's clock, so a simulated source's dates do not distort it, and an idle
+source does not make gold stale: a read at T proves everything up to T is in.
 """
 
 from __future__ import annotations
@@ -51,7 +61,8 @@ from pipelines.odoo.lake import (
     state_uri,
 )
 
-__all__ = ["GOLD_PREFIX", "Mart", "freshness_source", "pg_type", "publish", "publish_gold"]
+__all__ = ["GOLD_PREFIX", "DataTime", "Mart", "data_time", "freshness_source", "pg_type",
+           "publish", "publish_gold"]
 
 GOLD_PREFIX = "gold.odoo."
 
@@ -123,6 +134,36 @@ def freshness_source(lake: str) -> dt.datetime | None:
         newest: dt.datetime | None = db.sql("select max(write_date) from watermarks"
                                             ).fetchall()[0][0]
     return newest
+
+
+@dataclass(frozen=True)
+class DataTime:
+    """Gold's data time (aware, UTC) and the newest source write_date included (naive UTC)."""
+
+    at: dt.datetime
+    source_cursor: dt.datetime | None
+    tables: int
+
+
+def data_time(lake: str, run_id: str) -> DataTime | None:
+    """The moment before which every source change is in the lake (the module's docstring),
+    from `_state/reads`; None before any extraction recorded a read."""
+    reads = delta_dataset(state_uri(lake, "reads"))
+    if reads is None:
+        return None
+    with duck(reads=reads) as db:
+        row = db.execute(
+            "with mine as (select * from reads where run_id = $run), "
+            "used as (select * from mine union all "
+            "         select * from reads where not exists (select 1 from mine)), "
+            "newest as (select dataset, max(read_at) as read_at from used group by dataset) "
+            "select min(read_at), count(*), (select max(source_max_write_date) from reads) "
+            "from newest", {"run": run_id}).fetchall()[0]
+    if row[0] is None:
+        return None
+    at: dt.datetime = row[0]
+    at = at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at.astimezone(dt.UTC)
+    return DataTime(at=at, source_cursor=row[2], tables=int(row[1]))
 
 
 def _copy_in(pg: psycopg.Connection[Any], target: sql.Composable, table: pa.Table) -> None:
@@ -227,6 +268,12 @@ def publish_gold(ctx: Context) -> dict[str, Any]:
     ctx.progress(0.9)
     _record_freshness(lake, ctx.run_id, as_of, newest, result["freshness"])
     seconds = result["freshness"]["seconds"]
+    read = data_time(lake, ctx.run_id)
+    if read is not None:
+        result["freshness"].update(
+            data_time=read.at.isoformat(), datasets=[m.name for m in marts],
+            source_cursor=read.source_cursor.isoformat() if read.source_cursor else None,
+            source_tables=read.tables)
     ctx.emit("FRESHNESS", f"gold available {seconds:.0f} s after the newest source change"
              if seconds is not None else "gold available (no source change recorded yet)",
              "info", result["freshness"])
