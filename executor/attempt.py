@@ -7,11 +7,12 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from control_room.contract.client import (
     Claim,
@@ -21,14 +22,22 @@ from control_room.contract.client import (
     LeaseLost,
     NewEvent,
     PayloadTooLarge,
+    ServiceUnavailable,
     TransientError,
+    TransportFailure,
 )
 from executor.kinds.base import EventLevel
 from executor.secrets import Masker
 
-__all__ = ["Attempt", "AttemptLost", "Outcome"]
+__all__ = ["Attempt", "AttemptLost", "LeaseRunOut", "Outcome"]
 
 log = logging.getLogger("executor.worker")
+
+_T = TypeVar("_T")
+
+HOLD_INITIAL = 0.2
+"""Seconds before the first retry of a held call (`Attempt.hold`); doubled up to HOLD_MAX."""
+HOLD_MAX = 2.0
 
 
 class Outcome(enum.Enum):
@@ -44,6 +53,17 @@ class Outcome(enum.Enum):
 
 class AttemptLost(Exception):
     """The lease was lost: stop working on the phase, do not complete it."""
+
+
+class LeaseRunOut(AttemptLost):
+    """The contract stayed unreachable until the lease's deadline: the attempt is given up
+    (not completed), and the phase is reclaimed once its lease expires."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """An answer that never came or a 502/503/504: the contract may be back in a moment (a
+    gateway restarting, the database failing over). Other refusals are answers."""
+    return isinstance(exc, TransportFailure | ServiceUnavailable)
 
 
 class Attempt:
@@ -66,6 +86,10 @@ class Attempt:
         self.stopping = threading.Event()          # the worker is giving the phase back
         self.timed_out = threading.Event()         # the worker's own timeout fired
         self.started = time.monotonic()
+        self.lease_deadline = self.started + claim.lease_seconds
+        """Until when (monotonic) the lease surely lives: the claim, then each heartbeat that
+        was answered, plus `lease_seconds` from when it was sent. Held calls retry until
+        then (`hold`)."""
         self._done = threading.Event()             # the keeper must end
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -118,12 +142,58 @@ class Attempt:
         self.lose_lease()
         raise AttemptLost
 
+    # -- calls that must not lose finished work ---------------------------------------------
+
+    def hold(self, what: str, call: Callable[[], _T]) -> _T:
+        """`call()`, retried while the contract is unreachable (no answer, 502/503/504) with
+        backoff and jitter until the lease's deadline; then `LeaseRunOut`. A short outage of
+        the gateway or the database must not throw away work the attempt has finished: the
+        lease still fences it, so holding on is safe (the calls held are idempotent: a
+        registration, a catalog record, events with their ids, a completion answered as a
+        replay). Any other answer (LeaseLost, a refusal) is raised at once."""
+        delay = HOLD_INITIAL
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                result = call()
+            except TransientError as exc:
+                if not _unreachable(exc):
+                    raise
+                left = self.lease_deadline - time.monotonic()
+                if left <= 0:
+                    log.error("phase %s of run %s: %s still failing at the lease's deadline "
+                              "after %d tries; giving the attempt up: %s", self.claim.name,
+                              self.claim.run_id, what, tries, exc)
+                    raise LeaseRunOut(f"{what}: {exc}") from exc
+                pause = min(random.uniform(delay / 2, delay), left)
+                log.warning("phase %s: %s failed (%s); holding the outcome, retrying in "
+                            "%.2f s (%.1f s of lease left)", self.claim.name, what, exc,
+                            pause, left)
+                time.sleep(pause)
+                delay = min(delay * 2, HOLD_MAX)
+            else:
+                if tries > 1:
+                    log.info("phase %s: %s went through after %d tries", self.claim.name,
+                             what, tries)
+                return result
+
     # -- events ---------------------------------------------------------------------------
 
-    def flush(self) -> None:
+    def drain(self) -> None:
+        """Send every buffered event before going on (`hold`): the attempt's trail must be
+        complete before its completion ends the lease. `LeaseRunOut` when the contract stayed
+        unreachable until the lease's deadline."""
+        try:
+            self.hold("append_events", lambda: self.flush(raise_transient=True))
+        except TransientError as exc:     # another 5xx: they stay buffered, as flush leaves them
+            log.warning("phase %s: events not sent yet: %s", self.claim.name, exc)
+
+    def flush(self, raise_transient: bool = False) -> None:
         """Send every buffered event, in batches; on a transient failure they stay buffered
-        (with their event ids) for the next flush. LeaseLost: the lease is lost, unless the
-        phase was cancelled (its kept lease expired; the events are dropped)."""
+        (with their event ids) for the next flush (and the failure is raised when
+        `raise_transient`). LeaseLost: the lease is lost, unless the phase was cancelled (its
+        kept lease expired; the events are dropped)."""
         with self._flush_lock:
             while True:
                 with self._lock:
@@ -133,6 +203,8 @@ class Attempt:
                 try:
                     self._send(batch)
                 except TransientError as exc:
+                    if raise_transient:
+                        raise
                     log.warning("phase %s: events not sent yet: %s", self.claim.name, exc)
                     return
                 except LeaseLost:
@@ -175,6 +247,7 @@ class Attempt:
         tick = max(min(self.event_flush_seconds, interval), 0.01)
         timeout = self.claim.timeout_seconds
         deadline = self.started + timeout + self.timeout_grace if timeout else math.inf
+        retry = HOLD_INITIAL
         while not self._done.is_set():
             self._wake.wait(tick)
             self._wake.clear()
@@ -188,27 +261,38 @@ class Attempt:
                     self.timed_out.set()
                     self.cancel.set()
                 if now >= next_beat and not self.run_cancelled.is_set():
-                    self._beat()
-                    next_beat = time.monotonic() + interval
+                    if self._beat():
+                        retry = HOLD_INITIAL
+                        next_beat = time.monotonic() + interval
+                    else:       # try again soon (backoff), not a third of a lease later
+                        next_beat = time.monotonic() + min(random.uniform(retry / 2, retry),
+                                                           interval)
+                        retry = min(retry * 2, HOLD_MAX)
             except Exception:                   # never let the keeper die silently
                 log.exception("phase %s: lease keeper error", self.claim.name)
 
-    def _beat(self) -> None:
+    def _beat(self) -> bool:
+        """One heartbeat; whether it was answered (False: try again soon)."""
         with self._lock:
             progress = self._progress if self._progress != self._progress_sent else None
+        sent = time.monotonic()
         try:
             beat = self.client.heartbeat(self.claim.lease_token, progress=progress)
         except LeaseLost:
             if not self.run_cancelled.is_set():
                 self.lose_lease()
-            return
+            return True
         except (TransientError, ContractError) as exc:
             log.warning("phase %s: heartbeat failed: %s", self.claim.name, exc)
-            return
+            return False
         with self._lock:
             if progress is not None:
                 self._progress_sent = progress
+            if beat.phase_state == "running":
+                self.lease_deadline = max(self.lease_deadline,
+                                          sent + self.claim.lease_seconds)
         if beat.cancel_requested or beat.phase_state == "cancelled":
             log.info("phase %s of run %s was cancelled", self.claim.name, self.claim.run_id)
             self.run_cancelled.set()
             self.cancel.set()
+        return True

@@ -5,13 +5,13 @@ the files of a failed attempt). docs/worker.md, docs/artifacts.md, docs/catalog.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from control_room.contract.client import (
-    Claim,
     Conflict,
     ContractClient,
     ContractError,
@@ -137,17 +137,18 @@ class Outputs:
 
     # -- before the kind runs ---------------------------------------------------------------
 
-    def dataset_states(self, claim: Claim) -> dict[str, str]:
+    def dataset_states(self, attempt: Attempt) -> dict[str, str]:
         """The workspace's datasets that are not active, by name -> `blocked` | `accepted`
         (the kinds refuse the first, may apply the breaking change of the second). Without
         them the guard cannot hold: a refusal fails the attempt (transient when it may
-        pass)."""
+        pass); an unreachable contract is waited for while the lease lives (`hold`)."""
+        claim = attempt.claim
         states: dict[str, str] = {}
         for state in DATASET_STATES:
             try:
-                found = self.client.list_datasets(workspace_id=claim.workspace_id,
-                                                  schema_state=state,
-                                                  limit=MAX_NON_ACTIVE_DATASETS)
+                found = attempt.hold("list_datasets", functools.partial(
+                    self.client.list_datasets, workspace_id=claim.workspace_id,
+                    schema_state=state, limit=MAX_NON_ACTIVE_DATASETS))
             except TransientError as exc:
                 raise TransientPhaseError(f"the catalog's {state} datasets could not be "
                                           f"read: {exc}") from exc
@@ -168,11 +169,11 @@ class Outputs:
                 raise AttemptLost
             mask_file(attempt, output)
             blob = self.store.put_file(output.path, output.media_type)
-            try:
-                self.client.register_artifact(
-                    attempt.claim.lease_token, blob.digest, blob.uri, blob.size_bytes,
-                    media_type=output.media_type, kind=output.kind,
-                    name=attempt.masker.text(output.name), role=output.role)
+            try:       # held through an outage: registering the same digest again is harmless
+                attempt.hold("register_artifact", functools.partial(
+                    self.client.register_artifact, attempt.claim.lease_token, blob.digest,
+                    blob.uri, blob.size_bytes, media_type=output.media_type, kind=output.kind,
+                    name=attempt.masker.text(output.name), role=output.role))
             except LeaseLost:
                 attempt.lease_refused()     # AttemptLost, unless the phase was cancelled
                 return manifest
@@ -247,9 +248,9 @@ class Outputs:
     def _record(self, attempt: Attempt, name: str, uri: str, **fields: Any) -> None:
         """One `record_dataset` under the attempt's lease; `AttemptLost` when the lease is
         lost (a cancelled phase's `LeaseLost` propagates: it is completed as cancelled)."""
-        try:
-            recorded = self.client.record_dataset(attempt.claim.lease_token, name, uri,
-                                                  **fields)
+        try:       # held through an outage: a repeat answers the version it recorded
+            recorded = attempt.hold("record_dataset", lambda: self.client.record_dataset(
+                attempt.claim.lease_token, name, uri, **fields))
         except LeaseLost:
             attempt.lease_refused()
             raise

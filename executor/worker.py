@@ -21,7 +21,7 @@ from typing import Any
 
 from control_room.contract.client import Claim, ContractClient, ContractError, LeaseLost
 from executor.artifacts import ArtifactStore
-from executor.attempt import Attempt, AttemptLost, Outcome
+from executor.attempt import Attempt, AttemptLost, LeaseRunOut, Outcome
 from executor.checkout import Checkouts, own_code
 from executor.connections import connection_names, resolve_connections
 from executor.kinds.base import (
@@ -264,34 +264,32 @@ class Worker:
             phase.start_keeper()
             try:
                 result, error = self._execute(phase, output_dir)
-                phase.flush()       # the kind's events before the artifacts' in the trail
+                # from here on the attempt's work is done: every call below is held through
+                # a short outage of the contract (Attempt.hold), until the lease's deadline
+                phase.drain()       # the kind's events before the artifacts' in the trail
                 manifest: dict[str, Any] = {}
                 if result is not None:
                     try:
                         manifest = self.outputs.register(phase, result)
                     except AttemptLost:
-                        return Outcome.ABANDONED
+                        raise
                     except Exception as exc:
                         log.warning("phase %s: registering outputs failed: %s", claim.name, exc)
                         result, error = None, as_phase_error(exc)
                 if result is None and error is not None and not isinstance(
                         error, PhaseCancelled | WorkerStopped) and not phase.cancel.is_set():
-                    try:
-                        self.outputs.register_failure_files(phase, output_dir)
-                    except AttemptLost:
-                        return Outcome.ABANDONED
+                    self.outputs.register_failure_files(phase, output_dir)
                 if result is not None or isinstance(error, SchemaBlocked):
-                    try:
-                        error = self.outputs.record_datasets(phase, manifest, error)
-                    except AttemptLost:
-                        return Outcome.ABANDONED
+                    error = self.outputs.record_datasets(phase, manifest, error)
                     if error is not None:
                         result = None
+                if phase.lease_lost.is_set():
+                    return Outcome.ABANDONED
+                phase.drain()       # the trail complete before the completion ends the lease
+            except AttemptLost:
+                return Outcome.ABANDONED
             finally:
                 phase.stop_keeper()
-            if phase.lease_lost.is_set():
-                return Outcome.ABANDONED
-            phase.flush()
             if phase.lease_lost.is_set():
                 return Outcome.ABANDONED
             return self._complete(phase, manifest if result is not None else None, error)
@@ -303,7 +301,9 @@ class Worker:
         claim = phase.claim
         try:
             params, connections, code_dir = self._prepare(phase)
-            datasets = self.outputs.dataset_states(claim)
+            datasets = self.outputs.dataset_states(phase)
+        except AttemptLost:
+            raise
         except Exception as exc:
             return None, as_phase_error(exc)
         ctx = PhaseContext(
@@ -372,15 +372,18 @@ class Worker:
         if final is not None:
             log.info("phase %s of run %s failed (%s, retryable %s): %s", claim.name,
                      claim.run_id, final.reason, final.retryable, final.message)
+        if final is None:
+            args: dict[str, Any] = {"output_manifest": phase.masker.json(manifest)}
+        else:
+            args = {"error": phase.masker.json(phase_error_json(final)),
+                    "retryable": final.retryable}
         try:
-            if final is None:
-                done = self.client.complete_phase(claim.lease_token, "succeeded",
-                                                  output_manifest=phase.masker.json(manifest))
-            else:
-                done = self.client.complete_phase(claim.lease_token, "failed",
-                                                  error=phase.masker.json(
-                                                      phase_error_json(final)),
-                                                  retryable=final.retryable)
+            # held through an outage: a repeat of a completion that went through is answered
+            # as a replay, so the outcome is reported once whatever the retries
+            done = phase.hold("complete_phase", lambda: self.client.complete_phase(
+                claim.lease_token, "succeeded" if final is None else "failed", **args))
+        except LeaseRunOut:
+            return Outcome.ABANDONED
         except LeaseLost:
             log.warning("phase %s of run %s: lease lost before completion", claim.name,
                         claim.run_id)
@@ -391,8 +394,8 @@ class Worker:
             return Outcome.ABANDONED
         if done.run_state == "succeeded":
             try:
-                self.client.complete_run(claim.run_id)
-            except ContractError as exc:     # the creator may finalize it instead
+                phase.hold("complete_run", lambda: self.client.complete_run(claim.run_id))
+            except (ContractError, LeaseRunOut) as exc:  # the creator may finalize it instead
                 log.warning("run %s: complete_run failed: %s", claim.run_id, exc)
         return Outcome.SUCCEEDED if final is None else Outcome.FAILED
 

@@ -39,6 +39,7 @@ E2E_MODULES = frozenset({
     "tests/gateway/test_serve.py",
     "tests/gateway/test_gateway_concurrency.py",
     "tests/test_scheduler.py",
+    "tests/chaos/test_gateway_outage.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,27 @@
+-- Queries of the chaos tests, by name (parsed with control_room.db.queries.parse_queries).
+-- They read the tables as the superuser: the gateway may be down while they run.
+
+-- name: phases_of_runs
+select r.id::text as run_id, p.name, p.state, p.attempt
+from ops.phases p join ops.runs r on r.id = p.run_id
+where r.id = any (%(runs)s::uuid[])
+order by r.id, p.ordinal;
+
+-- name: runs_states
+select r.id::text as run_id, r.state, r.finalized_at is not null as finalized
+from ops.runs r where r.id = any (%(runs)s::uuid[]);
+
+-- name: events_of_runs
+select e.run_id::text as run_id, e.phase, e.type, e.attempt
+from ops.run_events e
+where e.run_id = any (%(runs)s::uuid[])
+order by e.run_id, e.seq;
+
+-- name: unfinished_runs
+-- Runs not over yet: still running, or succeeded but not finalized (complete_run) yet.
+select count(*)::int from ops.runs r
+where r.id = any (%(runs)s::uuid[])
+  and (r.state in ('queued', 'running') or (r.state = 'succeeded' and r.finalized_at is null));
+
+-- name: has_event
+select 1 from ops.run_events e where e.run_id = %(run_id)s::uuid and e.type = %(type)s limit 1;
