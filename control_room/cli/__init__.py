@@ -26,6 +26,7 @@ from control_room.cli import (
     token,
     up,
     verify,
+    warehouse,
     worker,
     workspace,
 )
@@ -55,6 +56,7 @@ app.add_typer(deadletters.app, name="deadletters")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(sensors.app, name="sensors")
+app.add_typer(warehouse.app, name="warehouse")
 
 
 def main() -> None:

@@ -7,16 +7,46 @@ freshness.
       connections: [warehouse]
       params:
         entrypoint: pipelines.odoo.publish:publish_gold
-        args: {lake: "${params.lake}", as_of: "${params.as_of}", schema: gold}
+        args: {lake: "${run.lake}", as_of: "${params.as_of}", schema: gold,
+               models: {revenue: {description: ..., primary_key: [...], columns: {...}}}}
 
 Every gold table the upstream phases wrote (their manifests' `table`, at the version this
 run wrote) becomes `<schema>.<mart>` (`gold.odoo.revenue` -> `gold.revenue`), all of them in
-ONE transaction: each table is dropped, created with the Delta table's columns (Postgres
-types mapped from Arrow's: decimals keep their precision and scale) and filled with `COPY
-FROM STDIN (FORMAT csv)`. A reader sees the previous publication or this one, never a mix;
-a failure leaves the previous one in place. The same transaction appends to
-`<schema>.publications` (run, as_of, mart, rows, table digest, Delta version) and to
-`<schema>.freshness`.
+ONE transaction, and the tables BI users see are never dropped: a table is created once
+(Postgres types mapped from Arrow's: decimals keep their precision and scale, counts are
+bigint) and each publication then replaces its CONTENTS, `DELETE FROM` and `COPY FROM STDIN`
+in the same transaction. So what BI users built on a table stays: grants (`GRANT SELECT ON
+ALL TABLES IN SCHEMA gold`), views on it, comments, row level security, indexes. Readers do
+not block and are not blocked (DELETE takes a ROW EXCLUSIVE lock, which readers' ACCESS SHARE
+does not conflict with), and at any isolation level they see the previous publication or this
+one, whole: never an empty or half-filled table, never a mix of two publications across
+marts. (`TRUNCATE` would be cheaper but is not MVCC-safe: a REPEATABLE READ reader whose
+snapshot predates it would see the table empty; a swap of renamed tables would move grants
+and views to the old table.) The deleted rows are dead tuples for autovacuum to reclaim.
+Publishers of one schema are serialized (a transaction-scoped advisory lock).
+
+The gold model (the `models` arg, from the spec) gives each mart a table comment, column
+comments and its grain: `primary_key` (columns that are never null) or `unique` (a grain
+whose columns may be null, as `revenue`'s product of a line without one: a UNIQUE NULLS NOT
+DISTINCT constraint). A publication whose rows break the grain fails, and the previous one
+stays. Comments are set on every publication (columns the model does not describe keep
+theirs).
+
+Schema changes of a mart are handled explicitly, in the same transaction:
+- a column the mart gained is added (`ALTER TABLE ... ADD COLUMN`, at the end): existing
+  views keep working and do not show it (Postgres expands a view's `*` when the view is
+  created); `create or replace view` picks it up;
+- a column the mart lost, or whose type changed, is dropped or retyped (`ALTER COLUMN ...
+  TYPE ... USING`) unless a view uses it: then the publication fails naming the views and the
+  columns (`TerminalPhaseError`), nothing changes, and BI keeps the previous publication until
+  the views are changed or dropped. A column no view uses is simply dropped or retyped.
+These DDL statements take an ACCESS EXCLUSIVE lock until the commit: readers wait for the
+publication (they then read the new one) instead of reading during it.
+
+The same transaction appends to `<schema>.publications` (run, as_of, mart, rows, table
+digest, Delta version) and to `<schema>.freshness`. `grant_reader` (the CLI's `control-room
+warehouse grant-reader ROLE`) gives a role read access to the schema, now and for tables
+created later.
 
 Freshness: the time from the newest source `write_date` (the newest watermark any extraction
 committed to `<lake>/_state/watermarks`: Odoo's clock, UTC) to the moment gold became
@@ -41,13 +71,14 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pcsv
 from deltalake import DeltaTable
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 from executor.sdk import TerminalPhaseError, postgres_connect
@@ -58,11 +89,12 @@ from pipelines.odoo.lake import (
     delta_dataset,
     duck,
     parse_as_of,
+    queries,
     state_uri,
 )
 
-__all__ = ["GOLD_PREFIX", "DataTime", "Mart", "data_time", "freshness_source", "pg_type",
-           "publish", "publish_gold"]
+__all__ = ["GOLD_PREFIX", "DataTime", "Mart", "MartModel", "data_time", "freshness_source",
+           "grant_reader", "parse_models", "pg_type", "publish", "publish_gold"]
 
 GOLD_PREFIX = "gold.odoo."
 
@@ -178,12 +210,166 @@ def _copy_in(pg: psycopg.Connection[Any], target: sql.Composable, table: pa.Tabl
         copy.write(buffer.getbuffer())
 
 
-def _create(pg: psycopg.Connection[Any], target: sql.Composable, schema: pa.Schema) -> None:
-    columns = sql.SQL(", ").join(
+@dataclass(frozen=True)
+class MartModel:
+    """What the gold model says of a mart: its comment, its columns' comments and its grain
+    (`primary_key`: never-null columns; `unique`: a grain whose columns may be null)."""
+
+    description: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+    primary_key: tuple[str, ...] = ()
+    unique: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, name: str, raw: Any) -> MartModel:
+        """One entry of the `models` arg; a TerminalPhaseError naming what is malformed."""
+        where = f"args.models.{name}"
+        if not isinstance(raw, Mapping):
+            raise _bad(f"{where} must be a mapping")
+        unknown = sorted(set(raw) - {"description", "columns", "primary_key", "unique"})
+        if unknown:
+            raise _bad(f"{where} has unknown keys {unknown}")
+        description = raw.get("description")
+        if description is not None and not isinstance(description, str):
+            raise _bad(f"{where}.description must be a string")
+        columns = raw.get("columns") or {}
+        if not isinstance(columns, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):
+            raise _bad(f"{where}.columns must map column names to descriptions")
+        grain = {}
+        for key in ("primary_key", "unique"):
+            value = raw.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+                raise _bad(f"{where}.{key} must be a list of column names")
+            grain[key] = tuple(value)
+        if grain["primary_key"] and grain["unique"]:
+            raise _bad(f"{where}: give primary_key or unique, not both")
+        return cls(description, dict(columns), grain["primary_key"], grain["unique"])
+
+
+def parse_models(raw: Any) -> dict[str, MartModel]:
+    """The `models` arg: `{mart: {description, columns, primary_key | unique}}`."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _bad("args.models must be a mapping of mart names to their model")
+    return {str(name): MartModel.parse(str(name), value) for name, value in raw.items()}
+
+
+def _bad(message: str) -> TerminalPhaseError:
+    return TerminalPhaseError(message, error_type="ValueError")
+
+
+def _columns_sql(schema: pa.Schema) -> sql.Composable:
+    return sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(pg_type(f.type)))
         for f in schema)
-    pg.execute(sql.SQL("drop table if exists {}").format(target))
-    pg.execute(sql.SQL("create table {} ({})").format(target, columns))
+
+
+def _conform(pg: psycopg.Connection[Any], schema: str, table: str, wanted: pa.Schema
+             ) -> dict[str, list[str]]:
+    """Create the table, or bring its columns to `wanted` without dropping it (the module's
+    docstring): answers the columns added, dropped and retyped."""
+    target = sql.Identifier(schema, table)
+    qualified = f"{_quote(schema)}.{_quote(table)}"
+    named = queries("publish")
+    current = dict(pg.execute(named["table_columns"], [qualified]).fetchall())
+    changes: dict[str, list[str]] = {"added": [], "dropped": [], "retyped": []}
+    if not current:
+        pg.execute(sql.SQL("create table {} ({})").format(target, _columns_sql(wanted)))
+        return changes
+    types = {f.name: pg_type(f.type) for f in wanted}
+    dropped = [c for c in current if c not in types]
+    retyped = [c for c in current if c in types
+               and current[c].replace(" ", "") != types[c].replace(" ", "")]
+    if dropped or retyped:
+        used: dict[str, list[str]] = {}
+        for view, column in pg.execute(named["dependent_columns"], [qualified]):
+            if column in dropped or column in retyped:
+                used.setdefault(column, []).append(view)
+        if used:
+            described = "; ".join(
+                f"column {c} ({'removed' if c in dropped else f'{current[c]} -> {types[c]}'})"
+                f" is used by {', '.join(sorted(views))}" for c, views in sorted(used.items()))
+            raise TerminalPhaseError(
+                f"{schema}.{table}: the mart's columns changed and views depend on them: "
+                f"{described}. Nothing was published (BI keeps the previous publication): "
+                "change or drop those views, then run again", error_type="SchemaConflict")
+    for column in dropped:
+        pg.execute(sql.SQL("alter table {} drop column {}").format(
+            target, sql.Identifier(column)))
+        changes["dropped"].append(column)
+    for column in retyped:
+        pg.execute(sql.SQL("alter table {} alter column {} type {} using {}::{}").format(
+            target, sql.Identifier(column), sql.SQL(types[column]), sql.Identifier(column),
+            sql.SQL(types[column])))
+        changes["retyped"].append(column)
+    for f in wanted:
+        if f.name not in current:
+            pg.execute(sql.SQL("alter table {} add column {} {}").format(
+                target, sql.Identifier(f.name), sql.SQL(types[f.name])))
+            changes["added"].append(f.name)
+    return changes
+
+
+def _comment(pg: psycopg.Connection[Any], schema: str, table: str, model: MartModel,
+             columns: list[str]) -> None:
+    target = sql.Identifier(schema, table)
+    if model.description is not None:
+        pg.execute(sql.SQL("comment on table {} is {}").format(
+            target, sql.Literal(model.description)))
+    for column, text in model.columns.items():
+        if column in columns:
+            pg.execute(sql.SQL("comment on column {} is {}").format(
+                sql.Identifier(schema, table, column), sql.Literal(text)))
+
+
+def _grain(pg: psycopg.Connection[Any], schema: str, table: str, model: MartModel,
+           columns: list[str]) -> None:
+    """The declared grain as the table's one key constraint (`<table>_grain`), after the
+    rows are in: a grain the rows break fails the publication."""
+    wanted = model.primary_key or model.unique
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise _bad(f"{schema}.{table}: the model's grain names columns the mart lacks: "
+                   f"{missing}")
+    target = sql.Identifier(schema, table)
+    kind = "p" if model.primary_key else "u"
+    keep = False
+    for name, contype, existing in pg.execute(queries("publish")["key_constraints"],
+                                              [f"{_quote(schema)}.{_quote(table)}"]).fetchall():
+        if name != f"{table}_grain":
+            continue            # a constraint somebody else added: theirs
+        if contype == kind and tuple(existing) == wanted:
+            keep = True
+        else:
+            pg.execute(sql.SQL("alter table {} drop constraint {}").format(
+                target, sql.Identifier(name)))
+    if wanted and not keep:
+        key = sql.SQL(", ").join(sql.Identifier(c) for c in wanted)
+        constraint = (sql.SQL("primary key ({})") if model.primary_key
+                      else sql.SQL("unique nulls not distinct ({})")).format(key)
+        pg.execute(sql.SQL("alter table {} add constraint {} {}").format(
+            target, sql.Identifier(f"{table}_grain"), constraint))
+
+
+def _replace_contents(pg: psycopg.Connection[Any], schema: str, mart: Mart, rows: pa.Table,
+                      model: MartModel) -> dict[str, Any]:
+    target = sql.Identifier(schema, mart.table)
+    changes = _conform(pg, schema, mart.table, rows.schema)
+    _comment(pg, schema, mart.table, model, rows.column_names)
+    pg.execute(sql.SQL("delete from {}").format(target))
+    try:
+        _copy_in(pg, target, rows)
+        _grain(pg, schema, mart.table, model, rows.column_names)
+    except (pg_errors.UniqueViolation, pg_errors.NotNullViolation) as exc:
+        raise TerminalPhaseError(
+            f"{schema}.{mart.table}: the rows break the mart's grain "
+            f"({', '.join(model.primary_key or model.unique)}): "
+            f"{exc.diag.message_primary}; {exc.diag.message_detail or ''}. Nothing was "
+            "published (BI keeps the previous publication)",
+            error_type=type(exc).__name__) from None
+    return {k: v for k, v in changes.items() if v}
 
 
 _BOOKKEEPING = {
@@ -197,23 +383,28 @@ _BOOKKEEPING = {
 
 
 def publish(pg: psycopg.Connection[Any], schema: str, marts: list[Mart], *, run_id: str,
-            as_of: dt.date, newest: dt.datetime | None) -> dict[str, Any]:
-    """Replace the marts in `schema` and record the publication, in one transaction; answers
-    `{marts: [...], freshness: {...}}`."""
+            as_of: dt.date, newest: dt.datetime | None,
+            models: Mapping[str, MartModel] | None = None) -> dict[str, Any]:
+    """Replace the marts' contents in `schema` and record the publication, in one
+    transaction (the module's docstring); answers `{marts: [...], freshness: {...}}`."""
     published = []
+    models = models or {}
     with pg.transaction():
+        pg.execute(queries("publish")["lock_schema"], [schema])
         pg.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
         for table, columns in _BOOKKEEPING.items():
             pg.execute(sql.SQL("create table if not exists {} ({})").format(
                 sql.Identifier(schema, table), sql.SQL(columns)))
         for mart in marts:
             rows = mart.read()
-            target = sql.Identifier(schema, mart.table)
-            _create(pg, target, rows.schema)
-            _copy_in(pg, target, rows)
-            published.append({"mart": f"{schema}.{mart.table}", "dataset": mart.name,
-                              "rows": rows.num_rows, "digest": mart.digest,
-                              "delta_version": mart.version})
+            changes = _replace_contents(pg, schema, mart, rows,
+                                        models.get(mart.table, MartModel()))
+            entry = {"mart": f"{schema}.{mart.table}", "dataset": mart.name,
+                     "rows": rows.num_rows, "digest": mart.digest,
+                     "delta_version": mart.version}
+            if changes:
+                entry["columns"] = changes
+            published.append(entry)
         for entry in published:
             pg.execute(sql.SQL(
                 "insert into {} (run_id, as_of, mart, dataset, rows, digest, delta_version, "
@@ -236,6 +427,37 @@ def publish(pg: psycopg.Connection[Any], schema: str, marts: list[Mart], *, run_
                           "seconds": seconds}}
 
 
+def grant_reader(pg: psycopg.Connection[Any], schema: str, role: str, *,
+                 create: bool = False) -> dict[str, Any]:
+    """Read-only access to `schema` for `role`, in one transaction: USAGE on the schema,
+    SELECT on its tables, and SELECT on the tables created in it later by the connected role
+    (the publisher: `ALTER DEFAULT PRIVILEGES`). `create`: create the role first when missing
+    (NOLOGIN: grant it to BI users' login roles). Nothing else (no write, no other schema).
+    Idempotent. Answers what it did."""
+    with pg.transaction():
+        exists = pg.execute("select 1 from pg_roles where rolname = %s", [role]).fetchone()
+        created = False
+        if exists is None:
+            if not create:
+                raise LookupError(f"role {role!r} does not exist in the warehouse (give "
+                                  "--create to create it as a NOLOGIN group role)")
+            pg.execute(sql.SQL("create role {} nologin").format(sql.Identifier(role)))
+            created = True
+        pg.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
+        ident, who = sql.Identifier(schema), sql.Identifier(role)
+        pg.execute(sql.SQL("grant usage on schema {} to {}").format(ident, who))
+        pg.execute(sql.SQL("grant select on all tables in schema {} to {}").format(ident, who))
+        pg.execute(sql.SQL("alter default privileges in schema {} grant select on tables "
+                           "to {}").format(ident, who))
+        owner = pg.execute("select current_user").fetchone()
+    return {"role": role, "schema": schema, "created": created,
+            "default_privileges_for": owner[0] if owner else None}
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def _record_freshness(lake: str, run_id: str, as_of: dt.date, newest: dt.datetime | None,
                       freshness: Mapping[str, Any]) -> None:
     row = pa.table({
@@ -251,7 +473,8 @@ def _record_freshness(lake: str, run_id: str, as_of: dt.date, newest: dt.datetim
 
 def publish_gold(ctx: Context) -> dict[str, Any]:
     """The python entrypoint (module docstring): args `lake`, `as_of`, `schema` (default
-    `gold`), optional `connection` (default `warehouse`)."""
+    `gold`), optional `connection` (default `warehouse`) and `models` (the gold model:
+    comments and grain per mart)."""
     lake = arg(ctx, "lake", str)
     as_of = parse_as_of(arg(ctx, "as_of", str))
     schema = str(ctx.args.get("schema", "gold"))
@@ -262,9 +485,11 @@ def publish_gold(ctx: Context) -> dict[str, Any]:
                                  f"params.connections: {sorted(ctx.connections)})",
                                  error_type="LookupError")
     marts = _marts(ctx.inputs)
+    models = parse_models(ctx.args.get("models"))
     newest = freshness_source(lake)
     with postgres_connect(connection) as pg:
-        result = publish(pg, schema, marts, run_id=ctx.run_id, as_of=as_of, newest=newest)
+        result = publish(pg, schema, marts, run_id=ctx.run_id, as_of=as_of, newest=newest,
+                         models=models)
     ctx.progress(0.9)
     _record_freshness(lake, ctx.run_id, as_of, newest, result["freshness"])
     seconds = result["freshness"]["seconds"]
@@ -277,6 +502,11 @@ def publish_gold(ctx: Context) -> dict[str, Any]:
     ctx.emit("FRESHNESS", f"gold available {seconds:.0f} s after the newest source change"
              if seconds is not None else "gold available (no source change recorded yet)",
              "info", result["freshness"])
+    for entry in result["marts"]:
+        if entry.get("columns"):
+            ctx.emit("LOG", f"{entry['mart']}: columns changed: " + "; ".join(
+                f"{change} {', '.join(names)}" for change, names in entry["columns"].items()),
+                "warning", {"mart": entry["mart"], "columns": entry["columns"]})
     ctx.emit("LOG", f"published {len(marts)} gold table(s) to schema {schema}", "info",
              {"schema": schema, "marts": [m["mart"] for m in result["marts"]]})
     return {"schema": schema, "as_of": as_of.isoformat(), **result}
