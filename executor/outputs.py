@@ -210,7 +210,14 @@ class Outputs:
         """Record in the catalog, under the lease, every table the phase wrote (its
         manifest's `tables`, else a legacy `table` with a name), or the breaking change a
         `SchemaBlocked` refused (which blocks the dataset; the phase fails all the same).
-        Answers the error the phase ends with (None: it may succeed)."""
+        Answers the error the phase ends with (None: it may succeed). A verify rebuild's
+        tables (its run labelled `verify_of`, docs/verify.md) are not the catalog's: recorded
+        they would move the real datasets to the scratch location and version them, so
+        nothing is recorded; the verify report has their digests."""
+        if attempt.claim.run.labels.get("verify_of"):
+            log.info("phase %s: a verify rebuild; its tables are not recorded in the catalog",
+                     attempt.claim.name)
+            return error
         if isinstance(error, SchemaBlocked):
             try:
                 self._record(attempt, error.table, error.uri, layer=error.layer,
