@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from tests.executor.harness import Env, gateway_env
-from tests.executor.test_verify import LAKE, create, medallion, rebuild_of, run_all, verify
+from tests.executor.test_end_to_end import medallion
+from tests.executor.test_verify import LAKE, create, rebuild_of, run_all, verify
 
 
 @pytest.fixture
