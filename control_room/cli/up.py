@@ -44,6 +44,14 @@ CONNECTION_SECRETS = "connection-secrets"
 stack's workers resolve (their CONTROL_ROOM_SECRET_ALLOW, control_room/localstack.py)."""
 
 
+STOPPING_NOTE = (
+    "The demo's stack stops now: the embedded PostgreSQL (the warehouse and the Odoo database "
+    "above) and the gateway stop with it, so these addresses answer only while it runs. "
+    "`control-room demo --keep-up` keeps them up until Ctrl-C; `control-room up` starts the "
+    "stack again on the same state directory (the data stays; it prints its addresses).")
+"""What the demo says last when it does not keep its stack up (issue 15, defect 2)."""
+
+
 def _say(line: str) -> None:
     err.print(line, markup=False)
 
@@ -161,9 +169,12 @@ def demo_command(
                     "lake": str(lake), "warehouse": without_password(warehouse),
                     "gold_schema": "gold",
                     "ui_url": stack.info.ui_url, "kpis": kpis, "artifacts": artifacts,
+                    "kept_up": keep_up and run.state == "succeeded",
                 }
                 if as_json:
                     out.print_json(data=summary)
+                    if not summary["kept_up"]:
+                        _say(STOPPING_NOTE)
                 else:
                     _print_demo(summary)
                 if keep_up and run.state == "succeeded":
@@ -266,7 +277,8 @@ def _print_demo(summary: dict[str, Any]) -> None:
         seconds = float(fresh["freshness_seconds"] or 0)
         out.print(f"Freshness: newest source change {fresh['newest_source_write_date']} -> gold "
                   f"available {fresh['gold_available_at']}: {_human(seconds)} (the generated "
-                  "Odoo activity is simulated in the past)", markup=False)
+                  "activity ends with the last simulated day over by now: its work ends at "
+                  "20:00 UTC)", markup=False)
     tables = Table("gold table (Postgres schema gold)", "rows", title="Gold")
     for name, rows in kpis.get("tables", {}).items():
         tables.add_row(name, f"{rows:,}")
@@ -279,5 +291,7 @@ def _print_demo(summary: dict[str, Any]) -> None:
     out.print(f"Lake (Delta tables): {summary['lake']}", markup=False)
     out.print(f"Warehouse for BI (Superset, Metabase): {summary['warehouse']} schema gold",
               markup=False)
-    out.print(f"Gateway: {summary['ui_url']} (`control-room up` keeps it running; "
-              f"`control-room runs show {summary['run_id']}`)", markup=False)
+    out.print(f"Gateway: {summary['ui_url']} (`control-room runs show {summary['run_id']}`)",
+              markup=False)
+    if not summary.get("kept_up"):
+        out.print(STOPPING_NOTE, markup=False)

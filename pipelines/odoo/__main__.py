@@ -68,22 +68,34 @@ def _print(report: GenerateReport, *, as_json: bool, verb: str) -> None:
     )
 
 
+def _date(name: str, text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise GeneratorError(f"{name} must be a date YYYY-MM-DD, got {text!r}") from None
+
+
 @app.command("generate")
 def generate_command(
     dsn: Dsn = DEFAULT_DSN,
     scale: Annotated[float, typer.Option(help="1.0: ~100,000 sale order lines a month.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Same seed, scale and days: same data.")] = 42,
     days: Annotated[int, typer.Option(help="Days of activity to simulate.")] = 30,
-    start: Annotated[str, typer.Option(help="First simulated day (YYYY-MM-DD).")] = "2026-01-01",
+    start: Annotated[str | None, typer.Option(
+        help="First simulated day (YYYY-MM-DD).")] = None,
+    end: Annotated[str | None, typer.Option(
+        help="Last simulated day (YYYY-MM-DD). Default, without --start: the last day whose "
+             "activity (until 20:00 UTC) is over by now.")] = None,
     as_json: Json = False,
 ) -> None:
-    """Drop and rebuild the generator's tables, then simulate DAYS days from START."""
+    """Drop and rebuild the generator's tables, then simulate DAYS days from START or up to
+    END (default: up to now, so the data is as fresh as a live Odoo's; give --start or --end
+    for the same database every time)."""
     with _guard():
-        try:
-            first = date.fromisoformat(start)
-        except ValueError:
-            raise GeneratorError(f"start must be a date YYYY-MM-DD, got {start!r}") from None
-        report = generate(dsn, scale=scale, seed=seed, days=days, start=first)
+        report = generate(dsn, scale=scale, seed=seed, days=days,
+                          start=_date("start", start), end=_date("end", end))
         _print(report, as_json=as_json, verb="generated")
 
 

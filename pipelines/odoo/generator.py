@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from operator import itemgetter
 from pathlib import Path
@@ -1688,15 +1688,46 @@ def _row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return counts
 
 
+DAY_ENDS = clock_time(_WINDOWS["refunds"][1], 0)
+"""When a simulated day's activity is over (UTC): the end of its last window."""
+
+
+def default_end(now: datetime | None = None) -> date:
+    """The last simulated day when neither `start` nor `end` is given: the newest day whose
+    activity is over by `now` (UTC; default: the wall clock), so that the generated activity
+    ends at most a day before now and never runs ahead of it."""
+    moment = now if now is not None else datetime.now(UTC)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    today = moment.date()
+    return today if moment.time() >= DAY_ENDS else today - timedelta(days=1)
+
+
+def simulated_days(days: int, *, start: date | None = None, end: date | None = None,
+                   now: datetime | None = None) -> date:
+    """The first simulated day of `days` days: from `start`, or up to `end` (its last day),
+    or, given neither, up to `default_end(now)`. Deterministic for a given `start` or `end`."""
+    if start is not None and end is not None:
+        raise GeneratorError("give start or end, not both")
+    if start is not None:
+        return start
+    last = end if end is not None else default_end(now)
+    return last - timedelta(days=max(days - 1, 0))
+
+
 def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
-             start: date = date(2026, 1, 1), create_database: bool = True) -> GenerateReport:
-    """(Re)build the Odoo source database at `dsn` and simulate `days` days from `start`.
+             start: date | None = None, end: date | None = None,
+             create_database: bool = True) -> GenerateReport:
+    """(Re)build the Odoo source database at `dsn` and simulate `days` days from `start`, or
+    up to `end`, or (neither given) up to the last day whose activity is over by now
+    (`default_end`): the same seed, scale, days and start or end give the same database.
 
     About `100_000 * scale` sale order lines per 30 days. The database is created when missing
     (`create_database`); the generator's tables are dropped and recreated, but a database with
     Odoo tables it did not create is refused.
     """
     _validate(scale=scale, days=days)
+    start = simulated_days(days, start=start, end=end)
     began = time.monotonic()
     database = str(conninfo_to_dict(dsn).get("dbname") or "")
     if create_database and database:
