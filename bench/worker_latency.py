@@ -109,14 +109,15 @@ def gateway(url: str, secret: str, log: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def worker(rest_url: str, token: str, state: Path, log: Path) -> Iterator[int]:
+def worker(rest_url: str, token: str, state: Path, log: Path,
+           concurrency: int = 1) -> Iterator[int]:
     """One `control-room worker --kinds python` process; yields its pid."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BENCH_DIR), str(REPO)]),
                CONTROL_ROOM_GATEWAY_URL=rest_url, CONTROL_ROOM_TOKEN=token,
                CONTROL_ROOM_STATE_DIR=str(state),
                CONTROL_ROOM_ARTIFACTS_URL=(state / "blobs").as_uri())
     command = [sys.executable, "-m", "control_room.cli", "worker", "--kinds", "python",
-               "--concurrency", "1", "--grace-seconds", "1"]
+               "--concurrency", str(concurrency), "--grace-seconds", "1"]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=REPO)

@@ -126,6 +126,14 @@ select state, pg_catalog.count(*)::int from ops.phases group by 1 order by 1;
 -- The ops functions notify this channel when they queue a phase (ops_private.notify_queued).
 listen ops_phase_queued;
 
+-- name: claim_due_at
+-- When a waiting claim should try again without a notification: the soonest not_before of a
+-- phase queued for later, or lease expiry, among its kinds and workspaces, in seconds from now
+-- on the database's clock (null: none pending).
+select extract(epoch from ops_private.claim_due_at(%(kinds)s::text[], %(workspaces)s::uuid[], t.now)
+                           - t.now)::float8
+from (select coalesce(%(now)s::timestamptz, pg_catalog.now()) as now) t;
+
 -- name: ping
 select 1;
 

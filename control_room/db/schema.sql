@@ -1556,6 +1556,103 @@ end
 $$;
 
 --
+-- Name: evaluate_slos(text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.evaluate_slos(workspace_id text DEFAULT NULL::text, "limit" integer DEFAULT 1000) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now       timestamptz := ops_private.now();
+    v_ws        uuid := ops_private.uuid_arg('workspace_id', evaluate_slos.workspace_id, false);
+    v_limit     integer := evaluate_slos."limit";
+    v_j         ops.jobs;
+    v_oldest    timestamptz;
+    v_stalest   jsonb;
+    v_lag       double precision;
+    v_checked   integer := 0;
+    v_breached  integer := 0;
+    v_recovered integer := 0;
+    v_alerts    integer := 0;
+    v_changes   jsonb := '[]'::jsonb;
+begin
+    if v_limit is null or v_limit not between 1 and 10000 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 10000',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if v_ws is not null then
+        perform ops_private.schedule_workspace(v_ws, array['developer', 'admin']);
+    elsif not ops_private.is_privileged() then
+        if ops_private.principal() is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+        perform ops_private.fail(403, 'forbidden',
+            'evaluate_slos of every workspace is for the scheduler (service_role); a developer or admin names its workspace_id');
+    end if;
+    for v_j in
+        select j.* from ops.jobs j
+        where (v_ws is null or j.workspace_id = v_ws)
+          and (j.slo_state <> 'unknown'
+               or exists (select 1 from ops.datasets d where d.data_time_job_id = j.id))
+        order by j.id
+        limit v_limit
+        for update skip locked
+    loop
+        v_checked := v_checked + 1;
+        select min(d.data_time),
+               coalesce(jsonb_agg(jsonb_build_object('name', d.name, 'data_time', d.data_time)
+                                  order by d.data_time, d.name) filter (where d.rn <= 5), '[]'::jsonb)
+          into v_oldest, v_stalest
+          from (select d.name, d.data_time, row_number() over (order by d.data_time, d.name) as rn
+                from ops.datasets d where d.data_time_job_id = v_j.id) d;
+        v_lag := extract(epoch from v_now - v_oldest);
+        if v_oldest is null then
+            update ops.jobs j set slo_state = 'unknown', slo_breached_at = null, slo_checked_at = v_now
+            where j.id = v_j.id;
+        elsif v_lag > v_j.freshness_slo_seconds then
+            if v_j.slo_state <> 'breached' then
+                update ops.jobs j set slo_state = 'breached', slo_breached_at = v_now, slo_checked_at = v_now
+                where j.id = v_j.id;
+                v_breached := v_breached + 1;
+                v_alerts := v_alerts + ops_private.raise_alerts(v_j.workspace_id, 'slo_breached',
+                    jsonb_build_object('job', v_j.slug, 'breached_at', v_now),
+                    jsonb_build_object(
+                        'workspace', ops_private.workspace_slug(v_j.workspace_id), 'job', v_j.slug,
+                        'message', pg_catalog.format('job %s is %s s behind its source (SLO %s s)',
+                                                     v_j.slug, round(v_lag::numeric), v_j.freshness_slo_seconds),
+                        'lag_seconds', round(v_lag::numeric, 1), 'slo_seconds', v_j.freshness_slo_seconds,
+                        'data_time', v_oldest, 'stalest', v_stalest,
+                        'links', jsonb_build_object('cli', 'control-room jobs show ' || v_j.slug)),
+                    null, 'slo_breached:' || v_j.id::text || ':'
+                          || pg_catalog.to_char(v_now at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
+                    null);
+                v_changes := v_changes || jsonb_build_object('job', v_j.slug, 'workspace_id', v_j.workspace_id,
+                                                             'state', 'breached', 'lag_seconds', round(v_lag::numeric, 1));
+            else
+                update ops.jobs j set slo_checked_at = v_now where j.id = v_j.id;
+            end if;
+        else
+            if v_j.slo_state <> 'ok' then
+                if v_j.slo_state = 'breached' then
+                    v_recovered := v_recovered + 1;
+                    v_changes := v_changes || jsonb_build_object('job', v_j.slug, 'workspace_id', v_j.workspace_id,
+                                                                 'state', 'ok', 'lag_seconds', round(v_lag::numeric, 1));
+                end if;
+                update ops.jobs j set slo_state = 'ok', slo_breached_at = null, slo_checked_at = v_now
+                where j.id = v_j.id;
+            else
+                update ops.jobs j set slo_checked_at = v_now where j.id = v_j.id;
+            end if;
+        end if;
+    end loop;
+    return jsonb_build_object('checked', v_checked, 'breached', v_breached, 'recovered', v_recovered,
+                              'alerts', v_alerts, 'changes', v_changes, 'at', v_now);
+end
+$$;
+
+--
 -- Name: get_connection(text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -3302,6 +3399,37 @@ end
 $$;
 
 --
+-- Name: set_job_slo(text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.set_job_slo(workspace_id text, job text, freshness_seconds integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_job ops.jobs := ops_private.find_job(set_job_slo.workspace_id, set_job_slo.job,
+                                           array['developer', 'admin'], true);
+begin
+    if set_job_slo.freshness_seconds is null or set_job_slo.freshness_seconds not between 60 and 31622400 then
+        perform ops_private.fail(400, 'invalid_argument',
+            'freshness_seconds must be between 60 (1 minute) and 31622400 (366 days), got '
+            || coalesce(set_job_slo.freshness_seconds::text, 'nothing'),
+            jsonb_build_object('argument', 'freshness_seconds'));
+    end if;
+    if v_job.freshness_slo_seconds <> set_job_slo.freshness_seconds then
+        update ops.jobs j set freshness_slo_seconds = set_job_slo.freshness_seconds,
+                              updated_at = ops_private.now()
+        where j.id = v_job.id
+        returning * into v_job;
+        perform ops_private.audit('set_job_slo', v_job.workspace_id, 'job', v_job.id::text,
+            jsonb_build_object('job', v_job.slug, 'freshness_seconds', set_job_slo.freshness_seconds));
+    end if;
+    return ops_private.job_json(v_job);
+end
+$$;
+
+--
 -- Name: unblock_dataset(text, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -4573,6 +4701,28 @@ end
 $$;
 
 --
+-- Name: claim_due_at(text[], uuid[], timestamp with time zone); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.claim_due_at(p_kinds text[], p_workspaces uuid[], p_now timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    SET enable_bitmapscan TO 'off'
+    AS $$
+    select least(
+        (select p.not_before from ops.phases p
+         where p.state = 'queued' and p.not_before > p_now
+           and (p_kinds is null or p.kind = any (p_kinds))
+           and (p_workspaces is null or p.workspace_id = any (p_workspaces))
+         order by p.not_before limit 1),
+        (select p.lease_expires_at from ops.phases p
+         where p.state = 'running' and p.lease_expires_at > p_now
+           and (p_kinds is null or p.kind = any (p_kinds))
+           and (p_workspaces is null or p.workspace_id = any (p_workspaces))
+         order by p.lease_expires_at limit 1))
+$$;
+
+--
 -- Name: phases; Type: TABLE; Schema: ops; Owner: -
 --
 
@@ -4827,14 +4977,32 @@ CREATE TABLE ops.datasets (
     last_written_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    data_time timestamp with time zone,
+    source_cursor text,
+    data_time_run_id uuid,
+    data_time_job_id uuid,
+    data_time_recorded_at timestamp with time zone,
     CONSTRAINT datasets_format_check CHECK ((format ~ '^[a-z][a-z0-9_]{0,63}$'::text)),
     CONSTRAINT datasets_layer_check CHECK ((layer = ANY (ARRAY['raw'::text, 'bronze'::text, 'silver'::text, 'gold'::text, 'other'::text]))),
     CONSTRAINT datasets_location_check CHECK (((length(location) >= 1) AND (length(location) <= 2048))),
     CONSTRAINT datasets_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$'::text)),
     CONSTRAINT datasets_owner_check CHECK (((length(owner) >= 1) AND (length(owner) <= 200))),
     CONSTRAINT datasets_schema_state_check CHECK ((schema_state = ANY (ARRAY['active'::text, 'blocked'::text, 'accepted'::text]))),
-    CONSTRAINT datasets_schema_version_check CHECK ((schema_version >= 0))
+    CONSTRAINT datasets_schema_version_check CHECK ((schema_version >= 0)),
+    CONSTRAINT datasets_source_cursor_check CHECK ((length(source_cursor) <= 200))
 );
+
+--
+-- Name: COLUMN datasets.data_time; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON COLUMN ops.datasets.data_time IS 'Every source change before this moment is in the dataset (FRESHNESS events move it forward).';
+
+--
+-- Name: COLUMN datasets.source_cursor; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON COLUMN ops.datasets.source_cursor IS 'The newest source change included, in the source''s terms (e.g. Odoo''s newest write_date).';
 
 --
 -- Name: dataset_record_json(ops.datasets, boolean, integer, text); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -5002,8 +5170,14 @@ CREATE TABLE ops.jobs (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     latest_version integer DEFAULT 0 NOT NULL,
+    freshness_slo_seconds integer DEFAULT 900 NOT NULL,
+    slo_state text DEFAULT 'unknown'::text NOT NULL,
+    slo_breached_at timestamp with time zone,
+    slo_checked_at timestamp with time zone,
     CONSTRAINT jobs_description_check CHECK ((length(description) <= 2000)),
+    CONSTRAINT jobs_freshness_slo_seconds_check CHECK (((freshness_slo_seconds >= 60) AND (freshness_slo_seconds <= 31622400))),
     CONSTRAINT jobs_owner_check CHECK ((length(owner) <= 200)),
+    CONSTRAINT jobs_slo_state_check CHECK ((slo_state = ANY (ARRAY['unknown'::text, 'ok'::text, 'breached'::text]))),
     CONSTRAINT jobs_slug_check CHECK ((slug ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text)),
     CONSTRAINT jobs_tags_check CHECK ((jsonb_typeof(tags) = 'object'::text))
 );
@@ -5013,6 +5187,18 @@ CREATE TABLE ops.jobs (
 --
 
 COMMENT ON TABLE ops.jobs IS 'Jobs: named, versioned pipelines of a workspace (docs/jobs.md).';
+
+--
+-- Name: COLUMN jobs.freshness_slo_seconds; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON COLUMN ops.jobs.freshness_slo_seconds IS 'The freshness objective: the job''s stalest dataset at most this many seconds behind its source.';
+
+--
+-- Name: COLUMN jobs.slo_state; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON COLUMN ops.jobs.slo_state IS 'What evaluate_slos last found: unknown (no dataset with a data time yet), ok, breached.';
 
 --
 -- Name: find_job(text, text, text[], boolean); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -5441,6 +5627,41 @@ end
 $_$;
 
 --
+-- Name: job_freshness_json(ops.jobs); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.job_freshness_json(j ops.jobs) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_now     timestamptz := ops_private.now();
+    v_oldest  timestamptz;
+    v_lag     double precision;
+    v_sets    jsonb;
+begin
+    select min(d.data_time),
+           coalesce(jsonb_agg(jsonb_build_object(
+               'name', d.name, 'layer', d.layer, 'data_time', d.data_time,
+               'source_cursor', d.source_cursor, 'run_id', d.data_time_run_id,
+               'lag_seconds', round(extract(epoch from v_now - d.data_time)::numeric, 1))
+               order by d.name), '[]'::jsonb)
+      into v_oldest, v_sets
+      from (select * from ops.datasets d where d.data_time_job_id = j.id
+            order by d.name limit 200) d;
+    v_lag := extract(epoch from v_now - v_oldest);
+    return jsonb_build_object(
+        'slo_seconds', j.freshness_slo_seconds,
+        'state', case when v_oldest is null then 'unknown'
+                      when v_lag > j.freshness_slo_seconds then 'breached' else 'ok' end,
+        'lag_seconds', round(v_lag::numeric, 1),
+        'data_time', v_oldest,
+        'breached_since', case when j.slo_state = 'breached' then j.slo_breached_at end,
+        'checked_at', j.slo_checked_at,
+        'datasets', v_sets);
+end
+$$;
+
+--
 -- Name: job_json(ops.jobs); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -5452,7 +5673,8 @@ begin
         'id', j.id, 'workspace_id', j.workspace_id, 'slug', j.slug, 'description', j.description,
         'owner', j.owner, 'tags', j.tags,
         'created_by', case when ops_private.sees_principals(j.workspace_id) then j.created_by end,
-        'created_at', j.created_at, 'updated_at', j.updated_at, 'latest_version', j.latest_version);
+        'created_at', j.created_at, 'updated_at', j.updated_at, 'latest_version', j.latest_version,
+        'freshness', ops_private.job_freshness_json(j));
 end
 $$;
 
@@ -6059,6 +6281,81 @@ begin
     return v_n;
 end
 $$;
+
+--
+-- Name: record_freshness(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.record_freshness() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_now    timestamptz := ops_private.now();
+    v_text   text;
+    v_time   timestamptz;
+    v_cursor text;
+    v_names  text[];
+    v_job    uuid;
+begin
+    if pg_catalog.jsonb_typeof(new.payload -> 'data_time') is distinct from 'string' then
+        if new.payload ? 'data_time' and new.payload -> 'data_time' <> 'null'::jsonb then
+            perform ops_private.fail(400, 'invalid_argument',
+                'a FRESHNESS event''s payload.data_time must be an ISO 8601 time with a zone',
+                pg_catalog.jsonb_build_object('argument', 'events.payload.data_time'));
+        end if;
+        return null;
+    end if;
+    v_text := new.payload ->> 'data_time';
+    if v_text !~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'a FRESHNESS event''s payload.data_time must be an ISO 8601 time with a zone, got '
+            || pg_catalog.left(v_text, 60),
+            pg_catalog.jsonb_build_object('argument', 'events.payload.data_time'));
+    end if;
+    begin
+        v_time := v_text::timestamptz;
+    exception when others then
+        perform ops_private.fail(400, 'invalid_argument',
+            'a FRESHNESS event''s payload.data_time is not a valid time: ' || pg_catalog.left(v_text, 60),
+            pg_catalog.jsonb_build_object('argument', 'events.payload.data_time'));
+    end;
+    if v_time > v_now + interval '5 minutes' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'a FRESHNESS event''s payload.data_time is in the future (' || pg_catalog.left(v_text, 60)
+            || '): a dataset cannot hold changes not made yet',
+            pg_catalog.jsonb_build_object('argument', 'events.payload.data_time'));
+    end if;
+    v_time := least(v_time, v_now);
+    if new.payload ? 'source_cursor' and new.payload -> 'source_cursor' <> 'null'::jsonb then
+        if pg_catalog.jsonb_typeof(new.payload -> 'source_cursor') not in ('string', 'number')
+           or pg_catalog.length(new.payload ->> 'source_cursor') > 200 then
+            perform ops_private.fail(400, 'invalid_argument',
+                'a FRESHNESS event''s payload.source_cursor must be a string or number of at most 200 characters',
+                pg_catalog.jsonb_build_object('argument', 'events.payload.source_cursor'));
+        end if;
+        v_cursor := new.payload ->> 'source_cursor';
+    end if;
+    if pg_catalog.jsonb_typeof(new.payload -> 'datasets') is distinct from 'array'
+       or pg_catalog.jsonb_array_length(new.payload -> 'datasets') not between 1 and 1000
+       or exists (select 1 from pg_catalog.jsonb_array_elements(new.payload -> 'datasets') e
+                  where pg_catalog.jsonb_typeof(e) <> 'string'
+                     or (e #>> '{}') !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$') then
+        perform ops_private.fail(400, 'invalid_argument',
+            'a FRESHNESS event with a data_time needs payload.datasets: 1-1000 dataset names (such as gold.odoo.revenue)',
+            pg_catalog.jsonb_build_object('argument', 'events.payload.datasets'));
+    end if;
+    v_names := array(select e #>> '{}' from pg_catalog.jsonb_array_elements(new.payload -> 'datasets') e);
+    select v.job_id into v_job
+    from ops.runs r join ops.job_versions v on v.id = r.job_version_id
+    where r.id = new.run_id;
+    update ops.datasets d
+       set data_time = v_time, source_cursor = v_cursor, data_time_run_id = new.run_id,
+           data_time_job_id = v_job, data_time_recorded_at = v_now
+     where d.workspace_id = new.workspace_id and d.name = any (v_names)
+       and (d.data_time is null or d.data_time <= v_time);
+    return null;
+end
+$_$;
 
 --
 -- Name: redact_passwords(text); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -7213,6 +7510,12 @@ CREATE INDEX alerts_workspace_created_idx ON ops.alerts USING btree (workspace_i
 CREATE INDEX audit_log_workspace_idx ON ops.audit_log USING btree (workspace_id, at DESC);
 
 --
+-- Name: datasets_freshness_job_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX datasets_freshness_job_idx ON ops.datasets USING btree (data_time_job_id, data_time) WHERE (data_time_job_id IS NOT NULL);
+
+--
 -- Name: datasets_not_active_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
@@ -7241,6 +7544,12 @@ CREATE UNIQUE INDEX phases_claim_id_idx ON ops.phases USING btree (claim_id) WHE
 --
 
 CREATE INDEX phases_claimable_idx ON ops.phases USING btree (priority DESC, queued_at, ordinal, id) WHERE (state = 'queued'::text);
+
+--
+-- Name: phases_due_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX phases_due_idx ON ops.phases USING btree (not_before) WHERE (state = 'queued'::text);
 
 --
 -- Name: phases_failed_idx; Type: INDEX; Schema: ops; Owner: -
@@ -7405,6 +7714,12 @@ CREATE TRIGGER phases_transition BEFORE UPDATE OF state ON ops.phases FOR EACH R
 CREATE TRIGGER run_events_alert_lease_expiries AFTER INSERT ON ops.run_events FOR EACH ROW WHEN ((new.type = 'LEASE_EXPIRED'::text)) EXECUTE FUNCTION ops_private.alert_lease_expiries();
 
 --
+-- Name: run_events run_events_freshness; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER run_events_freshness AFTER INSERT ON ops.run_events FOR EACH ROW WHEN ((new.type = 'FRESHNESS'::text)) EXECUTE FUNCTION ops_private.record_freshness();
+
+--
 -- Name: runs runs_alert_failed; Type: TRIGGER; Schema: ops; Owner: -
 --
 
@@ -7515,6 +7830,13 @@ ALTER TABLE ONLY ops.connections
 
 ALTER TABLE ONLY ops.dataset_versions
     ADD CONSTRAINT dataset_versions_dataset_id_fkey FOREIGN KEY (dataset_id) REFERENCES ops.datasets(id) ON DELETE CASCADE;
+
+--
+-- Name: datasets datasets_data_time_job_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.datasets
+    ADD CONSTRAINT datasets_data_time_job_id_fkey FOREIGN KEY (data_time_job_id) REFERENCES ops.jobs(id) ON DELETE SET NULL;
 
 --
 -- Name: datasets datasets_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
@@ -8162,6 +8484,14 @@ GRANT ALL ON FUNCTION ops.delete_sensor(workspace_id text, name text) TO authent
 GRANT ALL ON FUNCTION ops.delete_sensor(workspace_id text, name text) TO service_role;
 
 --
+-- Name: FUNCTION evaluate_slos(workspace_id text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.evaluate_slos(workspace_id text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.evaluate_slos(workspace_id text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.evaluate_slos(workspace_id text, "limit" integer) TO service_role;
+
+--
 -- Name: FUNCTION get_connection(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -8450,6 +8780,14 @@ GRANT ALL ON FUNCTION ops.run_due_schedules(workspace_id text, "limit" integer) 
 GRANT ALL ON FUNCTION ops.run_due_schedules(workspace_id text, "limit" integer) TO service_role;
 
 --
+-- Name: FUNCTION set_job_slo(workspace_id text, job text, freshness_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.set_job_slo(workspace_id text, job text, freshness_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.set_job_slo(workspace_id text, job text, freshness_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.set_job_slo(workspace_id text, job text, freshness_seconds integer) TO service_role;
+
+--
 -- Name: FUNCTION unblock_dataset(workspace_id text, name text, resolution text, note text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -8675,6 +9013,12 @@ REVOKE ALL ON FUNCTION ops_private.check_size(p_name text, p_value jsonb, p_max_
 --
 
 REVOKE ALL ON FUNCTION ops_private.claim_connections(p_workspace uuid, p_names jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION claim_due_at(p_kinds text[], p_workspaces uuid[], p_now timestamp with time zone); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.claim_due_at(p_kinds text[], p_workspaces uuid[], p_now timestamp with time zone) FROM PUBLIC;
 
 --
 -- Name: COLUMN phases.id; Type: ACL; Schema: ops; Owner: -
@@ -9060,6 +9404,12 @@ REVOKE ALL ON FUNCTION ops_private.is_secret_reference(p_text text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ops_private.is_timestamptz(p_value text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION job_freshness_json(j ops.jobs); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.job_freshness_json(j ops.jobs) FROM PUBLIC;
+
+--
 -- Name: FUNCTION job_json(j ops.jobs); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -9184,6 +9534,12 @@ REVOKE ALL ON FUNCTION ops_private.principal_name(p_workspace uuid, p_principal 
 --
 
 REVOKE ALL ON FUNCTION ops_private.raise_alerts(p_workspace uuid, p_event text, p_subject jsonb, p_payload jsonb, p_run ops.runs, p_dedupe text, p_count bigint) FROM PUBLIC;
+
+--
+-- Name: FUNCTION record_freshness(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.record_freshness() FROM PUBLIC;
 
 --
 -- Name: FUNCTION redact_passwords(p_text text); Type: ACL; Schema: ops_private; Owner: -

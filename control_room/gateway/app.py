@@ -9,8 +9,9 @@ one implicit transaction), which shares its argument handling with the direct-SQ
 
 `claim_phase` may wait for work (`Prefer: wait=<seconds>`): the gateway keeps one LISTEN
 connection of its own (never a pooled one) and retries the claim when the database announces
-a queued phase, polling as a fallback for work that becomes due without a notification
-(a backoff ending, a lease expiring).
+a queued phase, and when work becomes due without a notification (a retry's backoff ending,
+a lease expiring: after an empty claim it asks `ops_private.claim_due_at` when the soonest
+falls due and sleeps until then), polling as a fallback (`claim_poll_seconds`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio
 import psycopg
@@ -52,6 +53,15 @@ log = logging.getLogger("control_room.gateway")
 
 SCHEMA = "ops"
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_DUE_SLACK = 0.005
+"""Seconds a waiting claim sleeps past the due time it was told (the clocks of the gateway
+and the database are the same host's, or close)."""
+
+
+def _strings(value: Any) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and 0 < len(value) <= 100 and all(
+        isinstance(v, str) for v in value)
 
 
 def load_contract(contract_file: Path) -> dict[str, Any]:
@@ -269,6 +279,33 @@ class Gateway:
                            claims=caller.claims, now=now, schema=SCHEMA,
                            max_depth=self.settings.max_json_depth)
 
+    def _claim_or_due(self, args: dict[str, Any], caller: Caller, now: datetime | None
+                      ) -> tuple[Any, float | None]:
+        """One claim; when it found nothing, also (on the same connection) how many seconds
+        until the soonest work it could take falls due (None: none pending). The kinds and
+        workspaces narrow that hint only when they are well-formed; the claim checks them."""
+        with self.pool.connection() as conn:
+            result = call_as(conn, "claim_phase", args, role=caller.role, sub=caller.sub,
+                             claims=caller.claims, now=now, schema=SCHEMA,
+                             max_depth=self.settings.max_json_depth)
+            if result is not None:
+                return result, None
+            kinds = args.get("kinds")
+            workspaces = ([args["workspace_id"]] if args.get("workspace_id") is not None
+                          else caller.claims.get("workspaces"))
+            if not (_strings(workspaces) and all(_UUID.match(w) for w in workspaces)):
+                workspaces = None
+            hint = {"kinds": kinds if _strings(kinds) else None, "workspaces": workspaces,
+                    "now": now}
+            try:
+                row = conn.execute(query("claim_due_at"), hint).fetchone()
+            except psycopg.Error as exc:    # only a hint: polling still finds the work
+                log.warning("claim_due_at failed (waiting claims poll instead): %s", exc)
+                return None, None
+        if row is None or row[0] is None:
+            return None, None
+        return None, max(float(row[0]), 0.0)
+
     async def _claim_waiting(self, request: Request, args: dict[str, Any], caller: Caller,
                              now: datetime | None, wait: float) -> Any:
         kinds = args.get("kinds")
@@ -286,14 +323,16 @@ class Gateway:
                     # claim_id gets back any lease a claim in flight took for it
                     return None
                 waiter.woken.clear()
-                result = await anyio.to_thread.run_sync(self._call, "claim_phase", args, caller,
-                                                        now)
+                result, due_in = await anyio.to_thread.run_sync(
+                    self._claim_or_due, args, caller, now)
                 left = deadline - loop.time()
                 if result is not None or left <= 0:
                     return result
+                pause = min(left, self.settings.claim_poll_seconds)
+                if due_in is not None:      # a retry or a lease falls due before the next poll
+                    pause = min(pause, due_in + _DUE_SLACK)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.woken.wait(),
-                                           min(left, self.settings.claim_poll_seconds))
+                    await asyncio.wait_for(waiter.woken.wait(), pause)
 
     # -- the rest ------------------------------------------------------------------------
 
