@@ -133,10 +133,11 @@ def test_phase_settings_default_to_the_contracts(tmp_path: Path) -> None:
     path = write(tmp_path, """\
         version: 1
         slug: tiny
-        phases: [{name: only, kind: python}]
+        phases: [{name: only, kind: python, params: {entrypoint: 'm:f'}}]
         """)
     args = load_spec(path).create_run_args("ws", {})
-    assert args["phases"] == [{"name": "only", "kind": "python", "params": {}, "depends_on": [],
+    assert args["phases"] == [{"name": "only", "kind": "python",
+                               "params": {"entrypoint": "m:f"}, "depends_on": [],
                                "max_attempts": 3, "timeout_seconds": 3600,
                                "retry_backoff_seconds": 10}]
     assert args["input_manifest"]["params"] == {}
@@ -184,7 +185,7 @@ def test_phases_name_connections_literally(tmp_path: Path) -> None:
         slug: names
         params: {which: {type: string, default: odoo}}
         phases:
-          - {name: a, kind: python, connections: ["${params.which}"]}
+          - {name: a, kind: python, connections: ["${params.which}"], params: {entrypoint: 'm:f'}}
         """)
     [error] = errors_of(path)
     assert error == (f"{path}:5: phases[0].connections[0]: '${{params.which}}' is not a "
@@ -195,8 +196,8 @@ def test_phases_name_connections_literally(tmp_path: Path) -> None:
         slug: names
         params: {which: {type: string, default: odoo}}
         phases:
-          - {name: b, kind: python, params: {connections: ["${params.which}", 3]}}
-          - {name: c, kind: python, params: {connections: odoo}}
+          - {name: b, kind: python, params: {entrypoint: m:f, connections: ["${params.which}", 3]}}
+          - {name: c, kind: python, params: {entrypoint: 'm:f', connections: odoo}}
         """)
     f = str(path)
     assert errors_of(path) == [
@@ -210,8 +211,8 @@ def test_phases_name_connections_literally(tmp_path: Path) -> None:
         version: 1
         slug: names
         phases:
-          - {name: a, kind: python, connections: [odoo, warehouse, odoo]}
-          - {name: b, kind: python, params: {connections: [s3_lake]}}
+          - {name: a, kind: python, connections: [odoo, warehouse, odoo], params: {entrypoint: m:f}}
+          - {name: b, kind: python, params: {entrypoint: 'm:f', connections: [s3_lake]}}
         """, name="good.yaml")
     loaded = load_spec(good)
     assert [p.params["connections"] for p in loaded.spec.phases] == [
@@ -238,7 +239,7 @@ def loaded_with_params(tmp_path: Path) -> LoadedSpec:
           x: {type: number, default: 1}
           flag: {type: boolean, default: true}
           name: {type: string}
-        phases: [{name: a, kind: python, params: {args: {n: "${params.n}"}}}]
+        phases: [{name: a, kind: python, params: {entrypoint: 'm:f', args: {n: "${params.n}"}}}]
         """))
 
 
@@ -281,7 +282,8 @@ def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
         f"{tmp_path / 'empty.yaml'}:1: the spec is empty"]
     assert errors_of(write(tmp_path, "- 1\n", "list.yaml")) == [
         f"{tmp_path / 'list.yaml'}:1: (top level): the spec must be a mapping, not array"]
-    dup = write(tmp_path, "version: 1\nslug: x\nslug: y\nphases: [{name: a, kind: python}]\n",
+    dup = write(tmp_path, "version: 1\nslug: x\nslug: y\nphases: [{name: a, kind: python, "
+                          "params: {entrypoint: 'm:f'}}]\n",
                 "dup.yaml")
     assert errors_of(dup) == [f"{dup}:3: slug: duplicate key 'slug'"]
 
@@ -359,12 +361,15 @@ def test_semantic_errors_are_all_reported(tmp_path: Path) -> None:
         "fields are run.id, run.git_sha, run.spec_slug, run.lake",
         f"{f}:12: phases[0].params.args.open: template '${{params.lake' has no closing '}}' "
         "(write $${ for a literal ${)",
+        f"{f}:12: phases[0].params: missing required field 'entrypoint'",
         f"{f}:14: phases[1].kind: unknown kind 'sqll' (kinds: {KNOWN_KINDS})",
         f"{f}:15: phases[1].depends_on[0]: unknown phase 'silverr' (phases: extract, silver, "
         "gold)",
         f"{f}:15: phases[1].depends_on: dependency cycle: silver -> gold -> silver",
         f"{f}:16: phases[1].timeout: '10x' is not a duration: seconds, or a number followed "
         "by s, m, h or d (30s, 10m, 2h)",
+        f"{f}:17: phases[2].params: needs exactly one of 'query', 'query_file'",
+        f"{f}:17: phases[2].params: missing required field 'output'",
         f"{f}:20: phases[2].retry_backoff: '2d' is 172800 s: must be within 0..86400 s",
         f"{f}:21: phases[2].inputs.t.upstream: 'extract' is not in depends_on of phase "
         "'gold': an input can only read a phase this one waits for",
@@ -374,6 +379,8 @@ def test_semantic_errors_are_all_reported(tmp_path: Path) -> None:
         "'gold': an input can only read a phase this one waits for",
         f"{f}:26: phases[3].params.inputs: give inputs either as the phase's 'inputs' or in "
         "its params, not both",
+        f"{f}:26: phases[3].params: needs exactly one of 'query', 'query_file'",
+        f"{f}:26: phases[3].params: missing required field 'output'",
     ]
 
 
@@ -382,12 +389,12 @@ def test_every_cycle_is_named_once(tmp_path: Path) -> None:
         version: 1
         slug: cycles
         phases:
-          - {name: a, kind: python, depends_on: [c]}
-          - {name: b, kind: python, depends_on: [a]}
-          - {name: c, kind: python, depends_on: [b]}
-          - {name: d, kind: python, depends_on: [a, e]}
-          - {name: e, kind: python, depends_on: [d]}
-          - {name: f, kind: python, depends_on: [e]}
+          - {name: a, kind: python, params: {entrypoint: 'm:f'}, depends_on: [c]}
+          - {name: b, kind: python, params: {entrypoint: 'm:f'}, depends_on: [a]}
+          - {name: c, kind: python, params: {entrypoint: 'm:f'}, depends_on: [b]}
+          - {name: d, kind: python, params: {entrypoint: 'm:f'}, depends_on: [a, e]}
+          - {name: e, kind: python, params: {entrypoint: 'm:f'}, depends_on: [d]}
+          - {name: f, kind: python, params: {entrypoint: 'm:f'}, depends_on: [e]}
         """)
     assert errors_of(path) == [
         f"{path}:4: phases[0].depends_on: dependency cycle: a -> c -> b -> a",
@@ -416,9 +423,11 @@ def test_a_spec_is_read_at_a_git_sha(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "specs").mkdir(parents=True)
     spec = repo / "specs" / "s.yaml"
-    spec.write_text("version: 1\nslug: first\nphases: [{name: a, kind: python}]\n")
+    spec.write_text("version: 1\nslug: first\nphases: [{name: a, kind: python, "
+                    "params: {entrypoint: 'm:f'}}]\n")
     first = commit(repo, "first")
-    spec.write_text("version: 1\nslug: second\nphases: [{name: b, kind: sql}]\n")
+    spec.write_text("version: 1\nslug: second\nphases: [{name: b, kind: sql, "
+                    "params: {query: 'select 1', output: {delta: t}}}]\n")
     second = commit(repo, "second")
 
     at_first = load_spec(spec, git_sha=first[:8])
@@ -428,14 +437,16 @@ def test_a_spec_is_read_at_a_git_sha(tmp_path: Path) -> None:
     assert (head.spec.slug, head.git_sha) == ("second", second)
     assert load_spec(spec, git_sha="HEAD~1").spec.slug == "first"
 
-    spec.write_text("version: 1\nslug: edited\nphases: [{name: c, kind: sql}]\n")
+    spec.write_text("version: 1\nslug: edited\nphases: [{name: c, kind: sql, "
+                    "params: {query: 'select 1', output: {delta: t}}}]\n")
     dirty = load_spec(spec)                             # edited: the working file, dirty
     assert (dirty.spec.slug, dirty.git_sha, dirty.dirty) == ("edited", second, True)
     assert dirty.digest == "blake3:" + blake3.blake3(spec.read_bytes()).hexdigest()
     assert load_spec(spec, git_sha=second).spec.slug == "second"
 
     untracked = repo / "specs" / "new.yaml"
-    untracked.write_text("version: 1\nslug: new\nphases: [{name: a, kind: python}]\n")
+    untracked.write_text("version: 1\nslug: new\nphases: [{name: a, kind: python, "
+                         "params: {entrypoint: 'm:f'}}]\n")
     assert (load_spec(untracked).git_sha, load_spec(untracked).dirty) == (second, True)
 
     assert errors_of(spec, git_sha="deadbeef") == [
@@ -445,12 +456,14 @@ def test_a_spec_is_read_at_a_git_sha(tmp_path: Path) -> None:
     # an error in the file at that sha names it (the working file is fine)
     spec.write_text("version: 1\nslug: bad\nphases: [{name: a, kind: nope}]\n")
     commit(repo, "broken")
-    spec.write_text("version: 1\nslug: fixed\nphases: [{name: a, kind: python}]\n")
+    spec.write_text("version: 1\nslug: fixed\nphases: [{name: a, kind: python, "
+                    "params: {entrypoint: 'm:f'}}]\n")
     assert errors_of(spec, git_sha="HEAD") == [
         f"{spec}:3: phases[0].kind: unknown kind 'nope' (kinds: {KNOWN_KINDS})"]
 
 
 def test_git_sha_needs_a_repository(tmp_path: Path) -> None:
-    path = write(tmp_path, "version: 1\nslug: x\nphases: [{name: a, kind: python}]\n")
+    path = write(tmp_path, "version: 1\nslug: x\nphases: [{name: a, kind: python, "
+                           "params: {entrypoint: 'm:f'}}]\n")
     assert errors_of(path, git_sha="abc1234") == [
         f"{path}: --git-sha needs the spec inside a git repository"]

@@ -38,14 +38,20 @@ Repo = Annotated[str | None, option_for(W, "repo", "--repo")]
 
 
 def check_kinds(kinds: str | None) -> list[str]:
-    """The kind names of `--kinds` (default: every registered kind), all known."""
-    from executor.kinds.registry import KINDS
+    """The kind names of `--kinds` (default: every registered kind whose extra is
+    installed), all known and installed: a kind whose extra is missing names the extra."""
+    from executor.kinds.registry import KINDS, available_kinds, missing_extra
 
-    names = [k.strip() for k in (kinds or ",".join(sorted(KINDS))).split(",") if k.strip()]
+    names = [k.strip() for k in (kinds or ",".join(available_kinds())).split(",")
+             if k.strip()]
     unknown = sorted(set(names) - set(KINDS))
     if not names or unknown:
         raise BadInput(f"--kinds: unknown kind(s) {', '.join(unknown) or '(none given)'} "
                        f"(this worker has: {', '.join(sorted(KINDS))})")
+    for name in names:
+        missing = missing_extra(name)
+        if missing is not None:
+            raise BadInput(f"--kinds: {missing.message}")
     return names
 
 

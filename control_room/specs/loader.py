@@ -10,7 +10,10 @@ phase 'silverr' (phases: extract, silver, gold)`):
    dates left as strings and duplicate keys refused);
 2. the JSON Schema `specs/spec.schema.json` (Draft 2020-12): shapes, names and types;
 3. what a schema cannot say: phase names unique, dependencies known and acyclic, every
-   `${params.X}` declared, kinds registered (`executor.kinds.registry.KINDS`), durations and
+   `${params.X}` declared, kinds registered (`executor.kinds.registry.KINDS`), each phase's
+   params valid against its kind's params schema (`params.schema.json` beside the kind,
+   generated from its pydantic model and read without importing the kind; a string that is
+   exactly one template stands for a value of its param's declared type), durations and
    limits, no inline `connections:` block (connections are registered in the workspace with
    `control-room connections create`; a phase names them, the worker resolves them).
 
@@ -42,9 +45,9 @@ from typing import Any, Literal
 import blake3
 import yaml
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from jsonschema.exceptions import ValidationError, best_match
 
-from executor.kinds.registry import KINDS  # names only: no kind is imported
+from executor.kinds.registry import KINDS, params_schema  # no kind is imported
 from executor.render import TemplateError, references
 
 __all__ = [
@@ -90,6 +93,10 @@ _PATTERN_HINTS = {
                               "starting with a letter (no templates)",
     "^[A-Za-z_][A-Za-z0-9_]{0,63}$": "an identifier: 1-64 letters, digits or '_', not "
                                      "starting with a digit",
+    ("^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+     "(\\.[A-Za-z_][A-Za-z0-9_]*)*$"): "an entrypoint 'package.module:function'",
+    "^[A-Za-z_][A-Za-z0-9_]*$": "an identifier: letters, digits or '_', not starting with "
+                                "a digit",
 }
 
 
@@ -288,7 +295,93 @@ def _describe(error: ValidationError) -> list[tuple[FieldPath, str]]:
         choices: Any = error.validator_value
         options = ", ".join(str(v) for v in choices)
         return [((), f"{_short(instance)} is not one of: {options}")]
+    if error.validator in ("oneOf", "anyOf"):
+        branches: Any = error.validator_value
+        required = [b.get("required") for b in branches if isinstance(b, dict)]
+        if required and all(isinstance(r, list) and len(r) == 1 and set(b) == {"required"}
+                            for r, b in zip(required, branches, strict=True)):
+            keys = ", ".join(repr(r[0]) for r in required if isinstance(r, list))
+            return [((), f"needs exactly one of {keys}")]
+        # `X | None`: say what the non-null branch wants
+        others = [e for e in error.context or ()
+                  if not (e.validator == "type" and e.validator_value == "null")]
+        if others:
+            best = best_match(others)
+            if best is not None:
+                return [(tuple(best.relative_path), message)
+                        for _, message in _describe(best)]
+    if error.validator == "not" and isinstance(instance, dict):
+        refused: Any = error.validator_value
+        forbidden = refused.get("required") if isinstance(refused, dict) else None
+        if isinstance(forbidden, list) and forbidden:
+            trail = list(error.absolute_schema_path)
+            given = (f" with {trail[trail.index('dependentSchemas') + 1]!r}"
+                     if "dependentSchemas" in trail[:-1] else " here")
+            return [((forbidden[0],), f"not allowed{given}")]
+    if error.validator == "dependentRequired" and isinstance(instance, dict):
+        needs: Any = error.validator_value
+        return [((), f"{key!r} needs {', '.join(repr(n) for n in needs[key])}")
+                for key in needs if key in instance
+                and any(n not in instance for n in needs[key])]
     return [((), str(error.message))]
+
+
+@cache
+def _kind_validator(kind: str) -> Draft202012Validator | None:
+    """The validator of kind `kind`'s params (its package's params.schema.json, read without
+    importing the kind), or None when the kind publishes none."""
+    schema = params_schema(kind)
+    if schema is None:
+        return None
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+_WHOLE_TEMPLATE = re.compile(r"^\$\{(params|run)\.([A-Za-z_][A-Za-z0-9_-]*)\}$")
+_SAMPLE: dict[str, Scalar] = {"string": "x", "path": "/x", "integer": 0, "number": 0,
+                              "boolean": False}
+
+
+def _stand_ins(value: Any, params: Mapping[str, Param]) -> Any:
+    """`value` with every string that is exactly one template replaced by a value of the
+    type it will have when rendered (a param's default, else a sample of its declared type;
+    `${run.X}` a string), so that kind params are type-checked before any run. Text with
+    templates inside stays text, as it will."""
+    if isinstance(value, str):
+        match = _WHOLE_TEMPLATE.match(value)
+        if match is None:
+            return value
+        scope, name = match.groups()
+        if scope == "run":
+            return "/x" if name == "lake" else "x"
+        param = params.get(name)
+        if param is None:           # reported by _check_templates
+            return value
+        return param.default if param.default is not None else _SAMPLE[param.type]
+    if isinstance(value, dict):
+        return {key: _stand_ins(item, params) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_stand_ins(item, params) for item in value]
+    return value
+
+
+def _check_kind_params(kind: str, kind_params: dict[str, Any], raw: dict[str, Any],
+                       at: FieldPath, params: Mapping[str, Param], issues: _Issues) -> None:
+    """The phase's params (with `inputs` and `connections` merged in) against its kind's
+    params schema: each problem at the field the spec wrote (`phases[i].params.x`, or
+    `phases[i].inputs.x` for a phase-level input)."""
+    validator = _kind_validator(kind)
+    if validator is None:
+        return
+    # the connections' names are checked above (literal names, no templates)
+    document = {k: v for k, v in kind_params.items() if k != "connections"}
+    for error in validator.iter_errors(_stand_ins(document, params)):
+        for where, message in _describe(error):
+            path: FieldPath = (*error.absolute_path, *where)
+            if path and path[0] in ("inputs", "connections") and path[0] in raw:
+                issues.add((*at, *path), message)
+            else:
+                issues.add((*at, "params", *path), message)
 
 
 # ------------------------------------------------------------------------------------ model
@@ -500,7 +593,8 @@ def _check_phase(index: int, raw: dict[str, Any], defaults: dict[str, Any], name
             return defaults[key], ("defaults", key)
         return fallback, (*at, key)
 
-    if raw["kind"] not in KINDS:
+    known_kind = raw["kind"] in KINDS
+    if not known_kind:
         issues.add((*at, "kind"), f"unknown kind {raw['kind']!r} (kinds: "
                                   f"{', '.join(sorted(KINDS))})")
     depends_on: list[str] = []
@@ -533,6 +627,8 @@ def _check_phase(index: int, raw: dict[str, Any], defaults: dict[str, Any], name
                                 issues)
     _check_templates(raw.get("params") or {}, (*at, "params"), params, issues)
     _check_templates(inputs, (*at, "inputs"), params, issues)
+    if known_kind:
+        _check_kind_params(raw["kind"], kind_params, raw, at, params, issues)
 
     retries, _ = setting("retries", DEFAULT_RETRIES)
     timeout = _seconds(*setting("timeout", DEFAULT_TIMEOUT), 1, MAX_TIMEOUT, issues)

@@ -9,28 +9,49 @@ that runs a kind imports its module (duckdb, deltalake...). A new built-in kind 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from executor.kinds.base import Kind
 
 __all__ = [
     "BUILTIN_KINDS",
     "KINDS",
+    "KIND_EXTRAS",
+    "PARAMS_SCHEMA_FILE",
     "KindRegistry",
+    "MissingExtra",
     "UnknownKindError",
+    "available_kinds",
     "kind_for",
     "kind_names",
     "load_kind",
+    "missing_extra",
+    "params_schema",
     "register_kind",
 ]
 
 BUILTIN_KINDS: Mapping[str, str] = {
     "python": "executor.kinds.python:PythonKind",
     "sql": "executor.kinds.sql:SqlKind",
+    "dbt": "executor.kinds.dbt:DbtKind",
 }
 """The kinds every worker has, by name: where each kind's class is."""
+
+KIND_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    "dbt": ("dbt", ("dbt.cli.main", "dbt.adapters.duckdb")),
+}
+"""Kinds whose engine is an optional dependency: name -> (the distribution's extra, the
+modules that must be importable). `pip install 'lakehouse-control-room[EXTRA]'` adds them."""
+
+PARAMS_SCHEMA_FILE = "params.schema.json"
+"""The JSON Schema of a kind's params, beside its package's `__init__.py`: generated from the
+kind's pydantic params model (`python -m executor.kinds.schemas`), read by the spec loader
+without importing the kind."""
 
 
 class UnknownKindError(KeyError):
@@ -42,6 +63,58 @@ class UnknownKindError(KeyError):
 
     def __str__(self) -> str:       # KeyError's own quotes the message
         return self.message
+
+
+class MissingExtra(UnknownKindError):
+    """The kind's engine is an optional dependency that is not installed: `extra` says
+    which extra of the distribution brings it."""
+
+    def __init__(self, message: str, *, kind: str, extra: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.extra = extra
+
+
+def _find(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_extra(name: str) -> MissingExtra | None:
+    """Why the kind `name` cannot run here (its extra is not installed), or None. Imports no
+    kind (only the engine's top-level packages are located)."""
+    if name not in KIND_EXTRAS:
+        return None
+    extra, modules = KIND_EXTRAS[name]
+    absent = [module for module in modules if not _find(module)]
+    if not absent:
+        return None
+    return MissingExtra(
+        f"phase kind {name!r} needs the [{extra}] extra, which is not installed (no module "
+        f"{absent[0]}): pip install 'lakehouse-control-room[{extra}]'", kind=name,
+        extra=extra)
+
+
+def params_schema(name: str) -> dict[str, Any] | None:
+    """The JSON Schema of the kind `name`'s params (its package's `params.schema.json`), or
+    None when the kind has none (a kind registered elsewhere may not). The kind's package is
+    located, not imported."""
+    target = KINDS.target(name)
+    module = target.partition(":")[0]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / PARAMS_SCHEMA_FILE
+        if path.is_file():
+            schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return schema
+    return None
 
 
 K = TypeVar("K", bound=type[Kind])
@@ -100,6 +173,9 @@ class KindRegistry(MutableMapping[str, type[Kind]]):
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
+                missing = missing_extra(name)
+                if missing is not None:
+                    raise missing from exc
                 raise UnknownKindError(f"phase kind {name!r} ({target}) cannot be imported: "
                                        f"{type(exc).__name__}: {exc}") from exc
             found: object = module
@@ -154,6 +230,12 @@ KINDS = KindRegistry(BUILTIN_KINDS)
 def kind_names() -> list[str]:
     """The registered kinds' names, sorted (no kind is imported)."""
     return sorted(KINDS)
+
+
+def available_kinds() -> list[str]:
+    """The registered kinds whose extra (if any) is installed, sorted: what a worker runs
+    when it is not told (no kind is imported)."""
+    return [name for name in sorted(KINDS) if missing_extra(name) is None]
 
 
 def load_kind(name: str) -> type[Kind]:
