@@ -101,6 +101,7 @@ from control_room.contract.models import (
     HeartbeatResult,
     Invitation,
     InvitationRevoked,
+    Job,
     JobDetail,
     JobListed,
     JobRegistered,
@@ -123,6 +124,7 @@ from control_room.contract.models import (
     Sensor,
     SensorDeleted,
     SensorEvaluation,
+    SloEvaluation,
     Tick,
     TickPage,
     Workspace,
@@ -784,6 +786,19 @@ class ContractClient:
         args = {"workspace_id": workspace_id, "slug": slug}
         return _parse(JobDetail, self._rpc("get_job", args), "get_job")
 
+    def set_job_slo(self, workspace_id: str, job: str, freshness_seconds: int) -> Job:
+        """Set a job's freshness SLO, in seconds (developer or admin; 60 s to 366 days,
+        default 900). Audited when it changes."""
+        args = {"workspace_id": workspace_id, "job": job, "freshness_seconds": freshness_seconds}
+        return _parse(Job, self._rpc("set_job_slo", args), "set_job_slo")
+
+    def evaluate_slos(self, workspace_id: str | None = None,
+                      limit: int | None = None) -> SloEvaluation:
+        """Compare each job's freshness with its SLO (service_role: every workspace; a
+        developer or admin: its `workspace_id`); a new breach raises `slo_breached` once."""
+        args = {"workspace_id": workspace_id, "limit": limit}
+        return _parse(SloEvaluation, self._rpc("evaluate_slos", args), "evaluate_slos")
+
     def create_job_run(self, workspace_id: str, job: str, *, version: int | None = None,
                        params: Mapping[str, Any] | None = None,
                        idempotency_key: str | None = None,
@@ -1001,11 +1016,15 @@ class ContractClient:
         min(wait/2, 1 s)) means the header was ignored, and it is not sent again; one that
         came after at least half the wait means it was honoured (`wait_supported`); until
         then the client waits on the server and also sleeps between tries. A transient
-        failure is logged and treated as idle.
+        failure is logged and treated as idle; the next try carries the same `claim_id`, so
+        a phase claimed for a call whose answer was lost is returned to it.
         `stop` interrupts the sleeps, not a wait in progress (bounded by `wait`).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = idle_start
+        # one claim_id until a claim is answered: a claim the server made for a call whose
+        # answer was lost (the gateway restarting) is returned by the next try, not leaked
+        claim_id = str(uuid.uuid4())
         while stop is None or not stop.is_set():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -1016,13 +1035,15 @@ class ContractClient:
             started = time.monotonic()
             try:
                 claim = self.claim_phase(kinds, lease_seconds, run_id=run_id,
-                                         workspace_id=workspace_id, wait=call_wait or None)
+                                         workspace_id=workspace_id, wait=call_wait or None,
+                                         claim_id=claim_id)
             except TransientError as exc:
                 log.warning("claim_phase failed; polling again in %.1f s: %s", delay, exc)
                 claim, call_wait = None, 0.0
             else:
                 if claim is not None:
                     return claim
+                claim_id = str(uuid.uuid4())
                 if call_wait > 0:
                     self._learn_wait_support(call_wait, time.monotonic() - started)
             if call_wait > 0 and self.wait_supported:

@@ -38,6 +38,7 @@ from control_room.contract.vocabulary import (
     ScheduleCatchup,
     ScheduleOverlap,
     SchemaState,
+    SloState,
     TickState,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "CreateWorkspaceArgs",
     "Dataset",
     "DatasetDetail",
+    "DatasetFreshness",
     "DatasetRecord",
     "DatasetVersion",
     "DeadLetter",
@@ -94,6 +96,7 @@ __all__ = [
     "DeleteScheduleArgs",
     "DeleteSensorArgs",
     "DueResult",
+    "EvaluateSlosArgs",
     "Event",
     "EventPage",
     "GetConnectionArgs",
@@ -109,6 +112,7 @@ __all__ = [
     "InviteMemberArgs",
     "Job",
     "JobDetail",
+    "JobFreshness",
     "JobLastRun",
     "JobListed",
     "JobParam",
@@ -166,6 +170,10 @@ __all__ = [
     "Sensor",
     "SensorDeleted",
     "SensorEvaluation",
+    "SetJobSloArgs",
+    "SloChange",
+    "SloEvaluation",
+    "SloState",
     "Tick",
     "TickPage",
     "UnblockDatasetArgs",
@@ -638,6 +646,11 @@ class Dataset(_Result):
     last_written_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
+    data_time: datetime | None = None
+    source_cursor: str | None = None
+    data_time_run_id: str | None = None
+    data_time_job_id: str | None = None
+    data_time_recorded_at: datetime | None = None
 
 
 class DatasetDetail(Dataset):
@@ -703,6 +716,50 @@ class JobSource(_Result):
     dirty: bool = False
 
 
+class DatasetFreshness(_Result):
+    """One dataset of a job's freshness: its data time (every source change before it is in)
+    and the newest source change included, in the source's terms."""
+
+    name: str
+    layer: str
+    data_time: datetime
+    source_cursor: str | None
+    run_id: str
+    lag_seconds: float
+
+
+class JobFreshness(_Result):
+    """How far a job's datasets are behind their source, and its SLO (docs/jobs.md)."""
+
+    slo_seconds: int
+    state: SloState
+    lag_seconds: float | None
+    data_time: datetime | None
+    breached_since: datetime | None
+    checked_at: datetime | None
+    datasets: tuple[DatasetFreshness, ...]
+
+
+class SloChange(_Result):
+    """A job whose SLO state `evaluate_slos` changed."""
+
+    job: str
+    workspace_id: str
+    state: Literal["ok", "breached"]
+    lag_seconds: float
+
+
+class SloEvaluation(_Result):
+    """`evaluate_slos`' answer."""
+
+    checked: int
+    breached: int
+    recovered: int
+    alerts: int
+    changes: tuple[SloChange, ...]
+    at: datetime
+
+
 class Job(_Result):
     """A job of a workspace (`created_by` is None for callers who are not admins)."""
 
@@ -716,6 +773,7 @@ class Job(_Result):
     created_at: datetime
     updated_at: datetime
     latest_version: int
+    freshness: JobFreshness
 
 
 class JobVersion(_Result):
@@ -1322,6 +1380,17 @@ class GetJobArgs(_Args):
     slug: str
 
 
+class SetJobSloArgs(_Args):
+    workspace_id: str
+    job: str
+    freshness_seconds: int
+
+
+class EvaluateSlosArgs(_Args):
+    workspace_id: str | None = None
+    limit: int | None = None
+
+
 class CreateJobRunArgs(_Args):
     workspace_id: str
     job: str
@@ -1540,6 +1609,8 @@ REQUESTS: dict[str, type[_Args]] = {
     "register_job": RegisterJobArgs,
     "list_jobs": ListJobsArgs,
     "get_job": GetJobArgs,
+    "set_job_slo": SetJobSloArgs,
+    "evaluate_slos": EvaluateSlosArgs,
     "create_job_run": CreateJobRunArgs,
     "create_alert_destination": CreateAlertDestinationArgs,
     "list_alert_destinations": ListAlertDestinationsArgs,
@@ -1606,6 +1677,8 @@ RESULTS: dict[str, type[_Result]] = {
     "register_job": JobRegistered,
     "list_jobs": JobListed,
     "get_job": JobDetail,
+    "set_job_slo": Job,
+    "evaluate_slos": SloEvaluation,
     "create_job_run": RunCreated,
     "create_alert_destination": AlertDestination,
     "list_alert_destinations": AlertDestination,

@@ -35,6 +35,7 @@ __all__ = [
     "SCHEDULE_CATCHUPS",
     "SCHEDULE_OVERLAPS",
     "SCHEMA_STATES",
+    "SLO_STATES",
     "TICK_STATES",
     "AlertDestinationType",
     "AlertEvent",
@@ -57,6 +58,7 @@ __all__ = [
     "ScheduleCatchup",
     "ScheduleOverlap",
     "SchemaState",
+    "SloState",
     "TickState",
 ]
 
@@ -78,6 +80,8 @@ ScheduleOverlap = Literal["skip", "queue", "cancel_previous"]
 """What a tick does while the schedule's runs are at max_concurrent (`ops.schedules.overlap`)."""
 TickState = Literal["created", "skipped", "failed"]
 """What became of a schedule tick (`ops.schedule_ticks.state`)."""
+SloState = Literal["unknown", "ok", "breached"]
+"""A job's freshness SLO state (`ops.jobs.slo_state`, a job's `freshness.state`)."""
 AlertEvent = Literal["run_failed", "phase_dead_lettered", "schedule_tick_failed",
                      "lease_expiries", "slo_breached"]
 """What an alert rule fires on (`ops.alert_rules.event`, docs/alerts.md)."""
@@ -126,6 +130,7 @@ CONNECTION_TYPES: frozenset[str] = frozenset(get_args(ConnectionType))
 SCHEDULE_CATCHUPS: frozenset[str] = frozenset(get_args(ScheduleCatchup))
 SCHEDULE_OVERLAPS: frozenset[str] = frozenset(get_args(ScheduleOverlap))
 TICK_STATES: frozenset[str] = frozenset(get_args(TickState))
+SLO_STATES: frozenset[str] = frozenset(get_args(SloState))
 ALERT_EVENTS: frozenset[str] = frozenset(get_args(AlertEvent))
 ALERT_STATES: frozenset[str] = frozenset(get_args(AlertState))
 ALERT_DESTINATION_TYPES: frozenset[str] = frozenset(get_args(AlertDestinationType))

@@ -196,6 +196,9 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
         "register_job": lambda: register_args(ctx.w1, "nightly", git_sha="fedcba9"),
         "list_jobs": lambda: {"workspace_id": ctx.w1},
         "get_job": lambda: {"workspace_id": ctx.w1, "slug": "nightly"},
+        "set_job_slo": lambda: {"workspace_id": ctx.w1, "job": "nightly",
+                                "freshness_seconds": 600},
+        "evaluate_slos": lambda: {"workspace_id": ctx.w1},
         "create_job_run": lambda: {"workspace_id": ctx.w1, "job": "nightly",
                                    "params": {"day": "2026-12-01"}},
         "create_alert_destination": lambda: {"workspace_id": ctx.w1, "name": "fresh-hook",
@@ -790,6 +793,12 @@ JOBS = [
         argument="priority"),
     bad("job-run-label-not-a-string", "create_job_run", {"labels": {"a": 1}}, "labels",
         argument="labels.a"),
+    bad("slo-too-short", "set_job_slo", {"freshness_seconds": 30}, "freshness_seconds",
+        "60", argument="freshness_seconds"),
+    bad("slo-unknown-job", "set_job_slo", {"job": "weekly"}, "weekly", status=404),
+    bad("evaluate-limit-zero", "evaluate_slos", {"limit": 0}, "limit", argument="limit"),
+    bad("evaluate-unknown-workspace", "evaluate_slos", {"workspace_id": str(uuid.uuid4())},
+        "workspace", status=404),
 ]
 
 CASES = (CREATE_RUN + CLAIM_AND_LEASE + APPEND_EVENTS + REGISTER_ARTIFACT + COMPLETE_AND_RUNS

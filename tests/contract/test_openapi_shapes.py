@@ -292,6 +292,36 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
               code="not_found", as_=viewer)
     r.refused("register_job", job_args, status=403, code="forbidden", as_=viewer)
 
+    # freshness: the job's run writes a gold table and says how fresh it is; the SLO is set,
+    # evaluated within it, then breached
+    held = r.call("claim_phase", {"run_id": job_run["id"]}, as_=executor, label="job run")
+    r.call("record_dataset", {"lease_token": held["lease_token"], "name": "gold.shapes.mart",
+                              "location": "/lake/gold/mart", "change": "INITIAL",
+                              "schema": [{"name": "id", "type": "int64", "nullable": False}]},
+           as_=executor, label="gold")
+    r.call("append_events", {"run_id": job_run["id"], "lease_token": held["lease_token"],
+                             "events": [{"event_id": str(uuid.uuid4()), "phase": "extract",
+                                         "type": "FRESHNESS", "payload": {
+                                             "data_time": r.now.isoformat(),
+                                             "source_cursor": "2026-12-01T00:00:00",
+                                             "datasets": ["gold.shapes.mart"]}}]},
+           as_=executor, label="freshness")
+    r.call("complete_phase", {"lease_token": held["lease_token"], "outcome": "succeeded"},
+           as_=executor, label="job run")
+    slo = r.call("set_job_slo", {"workspace_id": ws["id"], "job": "shapes-job",
+                                 "freshness_seconds": 600}, as_=admin)
+    assert slo["freshness"]["datasets"][0]["name"] == "gold.shapes.mart"
+    assert r.call("evaluate_slos", {"workspace_id": ws["id"]}, as_=admin)["checked"] == 1
+    r.now += timedelta(minutes=11)
+    late = r.call("evaluate_slos", {}, label="breached")
+    assert late["changes"][0]["state"] == "breached"
+    assert r.call("get_job", {"workspace_id": ws["id"], "slug": "shapes-job"}, as_=viewer,
+                  label="breached")["freshness"]["state"] == "breached"
+    r.refused("set_job_slo", {"workspace_id": ws["id"], "job": "shapes-job",
+                              "freshness_seconds": 10}, status=400, code="invalid_argument",
+              as_=admin)
+    r.refused("evaluate_slos", {}, status=403, code="forbidden", as_=admin)
+
     # alerts: a destination and rules, a failed run raises one, the deliverer fails then
     # delivers it, members read it with its attempts
     hook = {"workspace_id": ws["id"], "name": "ops-hook"}
