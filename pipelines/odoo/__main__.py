@@ -28,7 +28,7 @@ DEFAULT_DSN = "postgresql://127.0.0.1:5432/odoo_demo"
 
 app = typer.Typer(
     name="pipelines.odoo",
-    help="The Odoo 17 shaped source database of the demo pipeline (docs/odoo.md).",
+    help="The Odoo 17.0 / 18.0 shaped source database of the demo pipeline (docs/odoo.md).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -88,6 +88,8 @@ def generate_command(
     end: Annotated[str | None, typer.Option(
         help="Last simulated day (YYYY-MM-DD). Default, without --start: the last day whose "
              "activity (until 20:00 UTC) is over by now.")] = None,
+    odoo_version: Annotated[str, typer.Option(
+        "--odoo-version", help="The shape: 17.0 or 18.0 (the same activity).")] = "17.0",
     as_json: Json = False,
 ) -> None:
     """Drop and rebuild the generator's tables, then simulate DAYS days from START or up to
@@ -95,7 +97,8 @@ def generate_command(
     for the same database every time)."""
     with _guard():
         report = generate(dsn, scale=scale, seed=seed, days=days,
-                          start=_date("start", start), end=_date("end", end))
+                          start=_date("start", start), end=_date("end", end),
+                          odoo_version=odoo_version)
         _print(report, as_json=as_json, verb="generated")
 
 

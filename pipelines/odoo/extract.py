@@ -101,6 +101,7 @@ __all__ = [
     "INCREMENTAL_KEYS",
     "METADATA_COLUMNS",
     "READS",
+    "SUPPORTED_VERSIONS",
     "SourceColumn",
     "SourceTable",
     "Watermark",
@@ -111,6 +112,7 @@ __all__ = [
     "read_rows",
     "read_watermark",
     "record_read",
+    "source_version",
 ]
 
 OP_UPSERT = "upsert"
@@ -127,6 +129,8 @@ CHUNK_BYTES = 32 << 20
 WATERMARKS = "watermarks"
 READS = "reads"
 EPOCH = dt.datetime(1970, 1, 1)
+SUPPORTED_VERSIONS = ("17.0", "18.0")
+"""The Odoo series whose tables the spec's silver model maps (docs/odoo.md "Versions")."""
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TIMESTAMPTZ = 1184
 
@@ -275,6 +279,20 @@ def _source_ids(pg: psycopg.Connection[Any], table: str) -> pa.Table:
         pa.py_buffer(text.encode()),
         read_options=pcsv.ReadOptions(column_names=["id"]),
         convert_options=pcsv.ConvertOptions(column_types={"id": pa.int64()}))
+
+
+def source_version(pg: psycopg.Connection[Any]) -> str | None:
+    """The Odoo series of the source ("17.0", "18.0", "saas~17.4"): the installed `base`
+    module's `latest_version` without its module part; None when the database has no
+    `ir_module_module` (not an Odoo database) or no installed base."""
+    exists = pg.execute("select to_regclass('ir_module_module') is not null").fetchone()
+    if exists is None or not exists[0]:
+        return None
+    row = pg.execute(queries("extract")["odoo_version"]).fetchone()
+    if row is None or not row[0]:
+        return None
+    parts = str(row[0]).split(".")
+    return ".".join(parts[:-2]) if len(parts) > 2 else str(row[0])
 
 
 # ---------------------------------------------------------------------------------- watermarks
@@ -449,6 +467,7 @@ def extract(ctx: Context, pg: psycopg.Connection[Any], *, table: str, lake: str,
                     "set extra_float_digits to 1"):
         pg.execute(setting)
     source = describe_table(pg, table)
+    odoo_version = source_version(pg)
     name, uri = bronze_name(table), bronze_uri(lake, table)
     change = _check_schema(ctx, source, name, uri)
     ctx.progress(0.1)
@@ -480,8 +499,12 @@ def extract(ctx: Context, pg: psycopg.Connection[Any], *, table: str, lake: str,
              f"from {table} ({stats['mode']})", "info",
              {"dataset": name, "upserts": stats["upserts"], "deletes": stats["deletes"],
               "mode": stats["mode"], "source_rows": stats["source_rows"]})
+    if odoo_version not in SUPPORTED_VERSIONS:
+        ctx.emit("LOG", f"{name}: the source is Odoo {odoo_version or '(unknown version)'}; "
+                 f"this pipeline's silver model maps {', '.join(SUPPORTED_VERSIONS)}",
+                 "warning", {"dataset": name, "odoo_version": odoo_version})
     return {"table": table_entry, "dataset": name, "source_table": table,
-            "schema_change": change, **stats}
+            "schema_change": change, "odoo_version": odoo_version, **stats}
 
 
 def _incremental_batch(ctx: Context, pg: psycopg.Connection[Any], source: SourceTable,

@@ -1,4 +1,4 @@
-"""An Odoo 17 shaped source database with day-by-day sales and accounting activity.
+"""An Odoo 17.0 or 18.0 shaped source database with day-by-day sales and accounting activity.
 
 The pipeline under test reads an ERP database that keeps changing: quotations are created,
 edited, confirmed, cancelled or deleted; confirmed orders are delivered and invoiced; invoices
@@ -12,6 +12,11 @@ invoices and the reference data. `advance` rebuilds exactly that working set fro
 (`generator.sql`), so the same seed, scale and number of days give the same content whether the
 days ran in one `generate` or in a `generate` followed by `advance` calls; `source_digest`
 proves it. Rows carry the simulated time of their last change in `write_date` (UTC).
+
+`odoo_version` ("17.0" or "18.0") picks the shape (schema.sql: lines tagged `-- @odoo <v>`
+exist in that version only). The simulation is the same for both: rows are built with every
+column of either version and each database gets its version's columns, so the same seed,
+scale and days give the same activity in a 17.0 and an 18.0 database.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ CONFIG_PREFIX = "control_room.generator."
 SEED_KEY, SCALE_KEY = CONFIG_PREFIX + "seed", CONFIG_PREFIX + "scale"
 START_KEY, DAY_KEY = CONFIG_PREFIX + "start", CONFIG_PREFIX + "day"
 VERSION_KEY = CONFIG_PREFIX + "version"
+ODOO_VERSION_KEY = CONFIG_PREFIX + "odoo_version"
+ODOO_VERSIONS = ("17.0", "18.0")
+DEFAULT_ODOO_VERSION = "17.0"
+_VERSION_TAG = re.compile(r"--\s*@odoo\s+(\S+)\s*$")
 
 LINES_PER_SCALE = 100_000  # sale_order_line rows per REFERENCE_DAYS days at scale 1.0
 REFERENCE_DAYS = 30
@@ -124,6 +133,7 @@ class GenerateReport:
     deleted: dict[str, int]
     activity: dict[str, int]
     seconds: float
+    odoo_version: str = DEFAULT_ODOO_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,17 +141,31 @@ class GenerateReport:
             "first_day": self.first_day.isoformat(), "last_day": self.last_day.isoformat(),
             "rows": self.rows, "inserted": self.inserted, "updated": self.updated,
             "deleted": self.deleted, "activity": self.activity,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "odoo_version": self.odoo_version,
         }
 
 
 # ---------------------------------------------------------------------------------- schema
 
 
+def _check_version(odoo_version: str) -> str:
+    if odoo_version not in ODOO_VERSIONS:
+        raise GeneratorError(f"odoo_version must be one of {', '.join(ODOO_VERSIONS)}, got "
+                             f"{odoo_version!r}")
+    return odoo_version
+
+
 @functools.cache
-def _schema_parts() -> tuple[str, str]:
+def _schema_parts(odoo_version: str = DEFAULT_ODOO_VERSION) -> tuple[str, str]:
+    """schema.sql's tables and constraints, with the column lines of `odoo_version` only."""
+    _check_version(odoo_version)
+    kept = []
+    for line in SCHEMA_PATH.read_text("utf-8").splitlines():
+        tagged = _VERSION_TAG.search(line) if not line.lstrip().startswith("--") else None
+        if tagged is None or tagged.group(1) == odoo_version:
+            kept.append(line)
     tables, constraints = re.split(
-        f"^{re.escape(CONSTRAINTS_MARKER)}$", SCHEMA_PATH.read_text("utf-8"), maxsplit=1,
+        f"^{re.escape(CONSTRAINTS_MARKER)}$", "\n".join(kept) + "\n", maxsplit=1,
         flags=re.MULTILINE,
     )
     return tables, constraints
@@ -151,10 +175,11 @@ _CREATE = re.compile(r"^create table (\w+) \(\n(.*?)\n\);", re.MULTILINE | re.DO
 
 
 @functools.cache
-def schema_tables() -> dict[str, Table]:
-    """The tables of `schema.sql` in creation order (parents before children)."""
+def schema_tables(odoo_version: str = DEFAULT_ODOO_VERSION) -> dict[str, Table]:
+    """The tables of `schema.sql` for `odoo_version` in creation order (parents before
+    children)."""
     tables: dict[str, Table] = {}
-    for name, body in _CREATE.findall(_schema_parts()[0]):
+    for name, body in _CREATE.findall(_schema_parts(odoo_version)[0]):
         columns: list[str] = []
         key: tuple[str, ...] = ("id",)
         for raw in body.splitlines():
@@ -162,15 +187,16 @@ def schema_tables() -> dict[str, Table]:
             if line.startswith("primary key"):
                 inside = line[line.index("(") + 1 : line.index(")")]
                 key = tuple(part.strip() for part in inside.split(","))
-            elif line and not line.startswith(("constraint", "check", "--")):
+            elif line and not line.startswith("--") and not re.match(
+                    r"(constraint|check)\b", line):
                 columns.append(line.split()[0])
         tables[name] = Table(name, tuple(columns), key)
     return tables
 
 
-def schema_columns() -> dict[str, list[str]]:
-    """`{table: [column, ...]}` as `schema.sql` declares them."""
-    return {name: list(table.columns) for name, table in schema_tables().items()}
+def schema_columns(odoo_version: str = DEFAULT_ODOO_VERSION) -> dict[str, list[str]]:
+    """`{table: [column, ...]}` as `schema.sql` declares them for `odoo_version`."""
+    return {name: list(table.columns) for name, table in schema_tables(odoo_version).items()}
 
 
 @functools.cache
@@ -180,7 +206,9 @@ def _queries() -> dict[str, str]:
 
 @functools.cache
 def _blank(table: str) -> tuple[Row, frozenset[str]]:
-    columns = schema_tables()[table].columns
+    """Every column `table` has in any version: rows are built once for all versions."""
+    columns = dict.fromkeys(c for version in ODOO_VERSIONS
+                            for c in schema_tables(version)[table].columns)
     return dict.fromkeys(columns), frozenset(columns)
 
 
@@ -313,6 +341,7 @@ class World:
     activity: Counter[str] = field(default_factory=Counter)
     product_list: list[Product] = field(default_factory=list)
     product_weights: list[float] = field(default_factory=list)
+    odoo_version: str = DEFAULT_ODOO_VERSION
 
     def index_products(self) -> None:
         self.product_list = list(self.products.values())
@@ -388,12 +417,14 @@ class _BulkSink:
     the world still holds after the last day. Nothing is updated or deleted in the database.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], directory: Path) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], directory: Path,
+                 tables: dict[str, Table]) -> None:
         self._conn = conn
         self._directory = directory
+        self._tables = tables
         self._files: dict[str, IO[bytes]] = {}
         self._copies: dict[str, psycopg.Copy] = {}
-        self._values = {name: _values_of(table) for name, table in schema_tables().items()}
+        self._values = {name: _values_of(table) for name, table in tables.items()}
 
     def added(self, table: str, row: Row) -> None:
         pass
@@ -426,7 +457,7 @@ class _BulkSink:
         for copy in self._copies.values():
             copy.finish(None)
         self._copies.clear()
-        tables = schema_tables()
+        tables = self._tables
         biggest_first = sorted(self._files, key=lambda name: -self._files[name].tell())
         with ThreadPoolExecutor(max_workers=2) as pool:
             for done in [pool.submit(_load_file, dsn, tables[name], self._files[name])
@@ -444,8 +475,8 @@ class _BulkSink:
 class _DbSink:
     """Collects inserts, updates and deletes of a live database; `flush` applies them."""
 
-    def __init__(self) -> None:
-        tables = schema_tables()
+    def __init__(self, tables: dict[str, Table]) -> None:
+        self._tables = tables
         self.inserted: dict[str, dict[tuple[Any, ...], Row]] = {name: {} for name in tables}
         self.updated: dict[str, dict[tuple[Any, ...], Row]] = {name: {} for name in tables}
         self.deleted: dict[str, dict[tuple[Any, ...], Row]] = {name: {} for name in tables}
@@ -469,7 +500,7 @@ class _DbSink:
 
     def flush(self, conn: psycopg.Connection[Any]) -> None:
         """Inserts parents first, then updates, then deletes children first."""
-        tables = schema_tables()
+        tables = self._tables
         for name, table in tables.items():
             if self.inserted[name]:
                 _copy_rows(conn, name, table.columns, self.inserted[name].values())
@@ -666,8 +697,10 @@ def _customer_row(rng: random.Random, pid: int, when: datetime, users: list[int]
 class _Setup:
     """The reference data of a new database: company, currencies, accounts, customers, products."""
 
-    def __init__(self, seed: int, scale: float, start: date, sink: _Sink) -> None:
+    def __init__(self, seed: int, scale: float, start: date, sink: _Sink,
+                 odoo_version: str = DEFAULT_ODOO_VERSION) -> None:
         self.seed, self.scale, self.start, self.sink = seed, scale, start, sink
+        self.odoo_version = odoo_version
         self.rng = random.Random(f"odoo-generator:{seed}:setup")
         self.when = datetime.combine(start - timedelta(days=1), clock_time(6, 0))
         self.ids: dict[str, int] = dict.fromkeys(
@@ -687,6 +720,7 @@ class _Setup:
         return row
 
     def build(self) -> World:
+        self.modules()
         users = self.staff()
         self.currencies_and_company()
         self.accounting()
@@ -697,6 +731,7 @@ class _Setup:
             seed=self.seed, scale=self.scale, start=self.start, day=0, ids=self.ids,
             numbers={}, rates=dict(INITIAL_RATES), config=config, users=users,
             customers=customers, templates=templates, products=products,
+            odoo_version=self.odoo_version,
         )
         world.index_products()
         return world
@@ -736,7 +771,8 @@ class _Setup:
             self.fixed("res_currency", {
                 "name": code, "full_name": full, "symbol": symbol, "rounding": 0.01,
                 "decimal_places": 2, "active": True, "position": position,
-                "currency_unit_label": _jsonb(unit), "currency_subunit_label": _jsonb(sub)})
+                "currency_unit_label": self.translatable(unit),
+                "currency_subunit_label": self.translatable(sub)})
         for code, name, currency, phone, *_ in _COUNTRIES:
             self.fixed("res_country", {"name": _jsonb(name), "code": code,
                                        "currency_id": currency, "phone_code": phone})
@@ -746,6 +782,19 @@ class _Setup:
             "phone": "+31 20 555 0100", "company_registry": "12345678", "color": 1,
             "active": True, "account_fiscal_country_id": 1,
             "tax_calculation_rounding_method": "round_per_line"})
+
+    def translatable(self, text: str) -> str:
+        """A field translatable in 18.0 but not in 17.0 (res_currency's labels)."""
+        return text if self.odoo_version == "17.0" else _jsonb(text)
+
+    def modules(self) -> None:
+        """The installed modules (ir_module_module), `base`'s version saying the database's."""
+        for name, minor in (("base", "1.3"), ("uom", "1.0"), ("product", "1.2"),
+                            ("account", "1.2"), ("sale", "1.2")):
+            self.fixed("ir_module_module", {
+                "name": name, "state": "installed",
+                "latest_version": f"{self.odoo_version}.{minor}", "author": "Odoo S.A.",
+                "license": "LGPL-3", "application": name in ("account", "sale")})
 
     def accounting(self) -> None:
         for name, code, kind, group, reconcile in (
@@ -789,7 +838,7 @@ class _Setup:
         rows: dict[str, Row] = {}
         for key, value in ((VERSION_KEY, GENERATOR_VERSION), (SEED_KEY, str(self.seed)),
                            (SCALE_KEY, repr(self.scale)), (START_KEY, self.start.isoformat()),
-                           (DAY_KEY, "0")):
+                           (DAY_KEY, "0"), (ODOO_VERSION_KEY, self.odoo_version)):
             rows[key] = self.add("ir_config_parameter", {"key": key, "value": value})
         return rows
 
@@ -1368,7 +1417,7 @@ class _Day:
             "amount_total_in_currency_signed": _r2(sign * total),
             "amount_residual_signed": _r2(sign * company_total), "payment_state": "not_paid",
             "invoice_partner_display_name": partner["name"], "sequence_prefix": prefix,
-            "sequence_number": number, "posted_before": True, "to_check": False,
+            "sequence_number": number, "posted_before": True, "to_check": False, "checked": True,
             "auto_post": "no", **_created(when, ADMIN_UID)})
         if reversed_entry is not None:
             move["reversed_entry_id"] = reversed_entry["id"]
@@ -1425,7 +1474,7 @@ class _Day:
             "amount_tax_signed": 0.0, "amount_total_signed": company_amount,
             "amount_total_in_currency_signed": amount, "amount_residual_signed": 0.0,
             "payment_state": "not_paid", "sequence_prefix": prefix, "sequence_number": number,
-            "posted_before": True, "to_check": False, "auto_post": "no",
+            "posted_before": True, "to_check": False, "checked": True, "auto_post": "no",
             **_created(when, ADMIN_UID)})
         common = {
             "move_id": payment["id"], "journal_id": BANK_JOURNAL, "company_id": COMPANY_ID,
@@ -1572,6 +1621,7 @@ def _load_world(conn: psycopg.Connection[Any], seed: int | None) -> tuple[World,
             f"this is version {GENERATOR_VERSION}; run generate again"
         )
     data_seed = int(config[SEED_KEY]["value"])
+    odoo_version = str(config.get(ODOO_VERSION_KEY, {}).get("value", DEFAULT_ODOO_VERSION))
     world = World(
         seed=data_seed, scale=float(config[SCALE_KEY]["value"]),
         start=date.fromisoformat(config[START_KEY]["value"]), day=int(config[DAY_KEY]["value"]),
@@ -1583,7 +1633,7 @@ def _load_world(conn: psycopg.Connection[Any], seed: int | None) -> tuple[World,
         customers={r["id"]: _customer(data_seed, r)
                    for r in cur.execute(queries["customers"], {})},
         templates={r["id"]: r for r in cur.execute(queries["templates"], {})},
-        products={},
+        products={}, odoo_version=_check_version(odoo_version),
     )
     for variant in cur.execute(queries["products"], {}).fetchall():
         template = world.templates[variant["product_tmpl_id"]]
@@ -1667,10 +1717,10 @@ def _refuse_foreign(conn: psycopg.Connection[Any], database: str) -> None:
         )
 
 
-def _recreate_tables(conn: psycopg.Connection[Any]) -> None:
-    names = sql.SQL(", ").join(sql.Identifier(name) for name in schema_tables())
+def _recreate_tables(conn: psycopg.Connection[Any], odoo_version: str) -> None:
+    names = sql.SQL(", ").join(sql.Identifier(name) for name in schema_tables(odoo_version))
     conn.execute(sql.SQL("drop table if exists {} cascade").format(names))
-    conn.execute(_schema_parts()[0])
+    conn.execute(_schema_parts(odoo_version)[0])
 
 
 def _set_sequences(conn: psycopg.Connection[Any], ids: dict[str, int]) -> None:
@@ -1717,6 +1767,7 @@ def simulated_days(days: int, *, start: date | None = None, end: date | None = N
 
 def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
              start: date | None = None, end: date | None = None,
+             odoo_version: str = DEFAULT_ODOO_VERSION,
              create_database: bool = True) -> GenerateReport:
     """(Re)build the Odoo source database at `dsn` and simulate `days` days from `start`, or
     up to `end`, or (neither given) up to the last day whose activity is over by now
@@ -1724,10 +1775,13 @@ def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
 
     About `100_000 * scale` sale order lines per 30 days. The database is created when missing
     (`create_database`); the generator's tables are dropped and recreated, but a database with
-    Odoo tables it did not create is refused.
+    Odoo tables it did not create is refused. `odoo_version`: the shape, 17.0 or 18.0 (the
+    same activity either way).
     """
     _validate(scale=scale, days=days)
+    _check_version(odoo_version)
     start = simulated_days(days, start=start, end=end)
+    tables = schema_tables(odoo_version)
     began = time.monotonic()
     database = str(conninfo_to_dict(dsn).get("dbname") or "")
     if create_database and database:
@@ -1737,13 +1791,13 @@ def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
             ensure_database(_with_dbname(dsn, "postgres"), database)
     with _connect(dsn) as conn:
         _refuse_foreign(conn, database)
-        _recreate_tables(conn)
+        _recreate_tables(conn, odoo_version)
         conn.commit()
         with tempfile.TemporaryDirectory(prefix="odoo-generator-") as directory:
-            sink = _BulkSink(conn, Path(directory))
+            sink = _BulkSink(conn, Path(directory), tables)
             try:
                 with _collector_paused():
-                    world = _Setup(seed, float(scale), start, sink).build()
+                    world = _Setup(seed, float(scale), start, sink, odoo_version).build()
                     for _ in range(days):
                         _Day(world, sink, seed).run()
                     for table, row in world.held():
@@ -1752,7 +1806,7 @@ def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
             finally:
                 sink.close()
         _set_sequences(conn, world.ids)
-        conn.execute(_schema_parts()[1])
+        conn.execute(_schema_parts(odoo_version)[1])
         conn.commit()
         rows = _row_counts(conn)
     last = start + timedelta(days=max(days - 1, 0))
@@ -1761,6 +1815,7 @@ def generate(dsn: str, *, scale: float = 1.0, seed: int = 42, days: int = 30,
         rows=rows, inserted={name: count for name, count in rows.items() if count},
         updated={}, deleted={},
         activity=dict(sorted(world.activity.items())), seconds=time.monotonic() - began,
+        odoo_version=odoo_version,
     )
 
 
@@ -1775,7 +1830,7 @@ def advance(dsn: str, *, days: int = 1, seed: int | None = None) -> GenerateRepo
     with _connect(dsn) as conn:
         world, day_seed = _load_world(conn, seed)
         first = world.current_date
-        sink = _DbSink()
+        sink = _DbSink(schema_tables(world.odoo_version))
         with _collector_paused():
             for _ in range(days):
                 _Day(world, sink, day_seed).run()
@@ -1792,7 +1847,7 @@ def advance(dsn: str, *, days: int = 1, seed: int | None = None) -> GenerateRepo
         scale=world.scale, first_day=first, last_day=first + timedelta(days=max(days - 1, 0)),
         rows=rows, inserted=counts["inserted"], updated=counts["updated"],
         deleted=counts["deleted"], activity=dict(sorted(world.activity.items())),
-        seconds=time.monotonic() - began,
+        seconds=time.monotonic() - began, odoo_version=world.odoo_version,
     )
 
 
@@ -1810,7 +1865,10 @@ def source_digest(dsn: str) -> str:
         conn.execute("set datestyle = 'ISO, YMD'")
         conn.execute("set extra_float_digits = 1")
         conn.execute("set intervalstyle = 'postgres'")
-        for name, table in schema_tables().items():
+        found = conn.execute("select value from ir_config_parameter where key = %s",
+                             [ODOO_VERSION_KEY]).fetchone()
+        version = str(found[0]) if found else DEFAULT_ODOO_VERSION
+        for name, table in schema_tables(version).items():
             hasher.update(f"\ntable {name} ({', '.join(table.columns)})\n".encode())
             statement = sql.SQL("copy (select {} from {} order by {}) to stdout").format(
                 sql.SQL(", ").join(map(sql.Identifier, table.columns)), sql.Identifier(name),

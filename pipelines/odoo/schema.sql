@@ -1,15 +1,28 @@
--- An Odoo 17 shaped source database: the tables, columns and PostgreSQL types that the Odoo ORM
--- creates for the models the finance mart reads (base, product, uom, account, sale).
+-- An Odoo 17.0 or 18.0 shaped source database: the tables, columns and PostgreSQL types that the
+-- Odoo ORM creates for the models the finance mart reads (base, product, uom, account, sale).
 --
--- Checked against the odoo/odoo model definitions (fields -> column types as the ORM maps them):
+-- Checked against the odoo/odoo model definitions of the 17.0 and 18.0 branches (fields -> column
+-- types as the ORM maps them):
 --   odoo/addons/base/models/res_currency.py, res_company.py, res_partner.py, res_users.py,
---   res_country.py, ir_config_parameter.py
+--   res_country.py, ir_config_parameter.py, ir_module.py
 --   addons/product/models/product_category.py, product_template.py, product_product.py
 --   addons/uom/models/uom_uom.py
 --   addons/account/models/account_move.py, account_move_line.py, account_tax.py,
 --   account_journal.py, account_account.py, account_payment_term.py
 --   addons/sale/models/sale_order.py, sale_order_line.py, account_move_line.py,
 --   product_template.py
+-- A column line ending in `-- @odoo 17.0` or `-- @odoo 18.0` exists in that version only (the
+-- generator's --odoo-version keeps the lines of its version); every other line is in both:
+--   res_currency.currency_unit_label, currency_subunit_label: Char in 17.0 (varchar), Char
+--     translate=True in 18.0 (jsonb {"en_US": ...});
+--   res_company.company_registry, color: stored in 17.0; in 18.0 company_registry is the
+--     partner's (related, not stored) and color is computed from the root company, not stored;
+--   product_template.detailed_type: 17.0 only (a Selection consu/service, `type` computed from
+--     it and stored); 18.0 removed it: `type` (consu/service/combo) is the field itself;
+--   account_move.to_check (17.0) became account_move.checked (18.0, "Reviewed", the opposite
+--     sense: true once posted by a user who may review).
+-- ir_module_module (base/ir_module.py) says which version a database is: the `base` module's
+-- `latest_version` is "17.0.x.y" or "18.0.x.y"; the extraction reads it.
 -- ORM type mapping used throughout:
 --   Char -> varchar (varchar(n) with size=n), translatable Char/Text/Html -> jsonb {"en_US": ...},
 --   Text/Html -> text, Boolean -> boolean, Integer -> integer, Many2one -> integer (FK, named
@@ -37,6 +50,20 @@ create table ir_config_parameter (
 -- carries this comment (a real Odoo's says "System Parameter").
 comment on table ir_config_parameter is 'control_room.generator';
 
+create table ir_module_module (
+    id serial primary key,
+    name varchar not null,
+    state varchar,
+    latest_version varchar,
+    author varchar,
+    license varchar,
+    application boolean,
+    create_uid integer,
+    create_date timestamp without time zone,
+    write_uid integer,
+    write_date timestamp without time zone
+);
+
 create table res_currency (
     id serial primary key,
     name varchar(3) not null,
@@ -46,8 +73,10 @@ create table res_currency (
     decimal_places integer,
     active boolean,
     position varchar,
-    currency_unit_label jsonb,
-    currency_subunit_label jsonb,
+    currency_unit_label varchar,            -- @odoo 17.0
+    currency_unit_label jsonb,              -- @odoo 18.0
+    currency_subunit_label varchar,         -- @odoo 17.0
+    currency_subunit_label jsonb,           -- @odoo 18.0
     create_uid integer,
     create_date timestamp without time zone,
     write_uid integer,
@@ -116,8 +145,8 @@ create table res_company (
     parent_path varchar,
     email varchar,
     phone varchar,
-    company_registry varchar,
-    color integer,
+    company_registry varchar,               -- @odoo 17.0
+    color integer,                          -- @odoo 17.0
     active boolean,
     account_fiscal_country_id integer,
     tax_calculation_rounding_method varchar,
@@ -195,7 +224,7 @@ create table product_template (
     description jsonb,
     description_purchase jsonb,
     description_sale jsonb,
-    detailed_type varchar not null,
+    detailed_type varchar not null,         -- @odoo 17.0
     type varchar not null,
     categ_id integer not null,
     list_price numeric,
@@ -430,7 +459,8 @@ create table account_move (
     sequence_prefix varchar,
     sequence_number integer,
     posted_before boolean,
-    to_check boolean,
+    to_check boolean,                       -- @odoo 17.0
+    checked boolean,                        -- @odoo 18.0
     auto_post varchar not null,
     create_uid integer,
     create_date timestamp without time zone,

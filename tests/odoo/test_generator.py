@@ -66,20 +66,20 @@ def history_url(pg_admin_url: str) -> Iterator[str]:
 def test_same_seed_gives_the_same_digest_and_another_seed_another(
     odoo_url: str, other_url: str
 ) -> None:
-    first = generate(odoo_url, scale=0.01, seed=5, days=6)
-    generate(other_url, scale=0.01, seed=5, days=6)
+    first = generate(odoo_url, scale=0.01, seed=5, days=6, start=START)
+    generate(other_url, scale=0.01, seed=5, days=6, start=START)
     digest = source_digest(odoo_url)
     assert digest.startswith("blake3:")
     assert source_digest(other_url) == digest
     assert first.rows["sale_order_line"] > 0
 
-    generate(other_url, scale=0.01, seed=6, days=6)
+    generate(other_url, scale=0.01, seed=6, days=6, start=START)
     assert source_digest(other_url) != digest
 
 
 def test_generate_then_advance_equals_one_longer_generate(odoo_url: str, other_url: str) -> None:
-    generate(odoo_url, scale=0.02, seed=3, days=12)
-    generate(other_url, scale=0.02, seed=3, days=5)
+    generate(odoo_url, scale=0.02, seed=3, days=12, start=START)
+    generate(other_url, scale=0.02, seed=3, days=5, start=START)
     advance(other_url, days=3)
     report = advance(other_url, days=4)
     assert report.first_day == date(2026, 1, 9)
@@ -88,7 +88,7 @@ def test_generate_then_advance_equals_one_longer_generate(odoo_url: str, other_u
 
 
 def test_the_digest_sees_a_single_changed_value(odoo_url: str) -> None:
-    generate(odoo_url, scale=0.01, seed=5, days=2)
+    generate(odoo_url, scale=0.01, seed=5, days=2, start=START)
     before = source_digest(odoo_url)
     with psycopg.connect(odoo_url) as conn:
         changed = conn.execute("update sale_order_line set discount = discount + 0.5 "
@@ -101,7 +101,7 @@ def test_the_digest_sees_a_single_changed_value(odoo_url: str) -> None:
 
 
 def test_advance_inserts_updates_and_deletes_rows_of_the_new_day(odoo_url: str) -> None:
-    generate(odoo_url, scale=0.05, seed=9, days=8)
+    generate(odoo_url, scale=0.05, seed=9, days=8, start=START)
     orders_before = dict(_rows(odoo_url, "select id, write_date from sale_order"))
     lines_before = set(dict(_rows(odoo_url, "select id, 1 from sale_order_line")))
 
@@ -330,7 +330,7 @@ runner = CliRunner()
 
 def test_cli_generates_advances_and_digests(odoo_url: str) -> None:
     result = runner.invoke(app, ["generate", "--dsn", odoo_url, "--scale", "0.01", "--days",
-                                 "2", "--seed", "4", "--json"])
+                                 "2", "--seed", "4", "--start", "2026-01-01", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["last_day"] == "2026-01-02" and report["rows"]["sale_order_line"] > 0

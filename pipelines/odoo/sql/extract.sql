@@ -33,3 +33,9 @@ select live.id, live.last_write from live anti join source using (id) order by l
 -- name: newest_watermark
 -- DuckDB: a dataset's newest committed watermark.
 select write_date, id from watermarks where dataset = ? order by write_date desc, id desc limit 1;
+
+-- name: odoo_version
+-- Postgres: the installed `base` module's version ("17.0.1.3", "18.0.1.3", "saas~17.4.1.3"):
+-- the Odoo series is all but its last two parts (extract.source_version first checks that the
+-- table exists).
+select latest_version from ir_module_module where name = 'base' and state = 'installed';
