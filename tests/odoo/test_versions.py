@@ -62,7 +62,7 @@ def test_the_two_shapes_differ_exactly_where_odoo_17_and_18_do(source_dsn: str,
             assert conn.execute("select latest_version from ir_module_module "
                                 "where name = 'base' and state = 'installed'"
                                 ).fetchone() == (version,)
-    with pytest.raises(GeneratorError, match="odoo_version must be one of 17.0, 18.0"):
+    with pytest.raises(GeneratorError, match=r"odoo_version must be one of 17\.0, 18\.0"):
         generator.generate(odoo18_dsn, scale=0.01, days=1, start=START, odoo_version="19.0")
 
 
