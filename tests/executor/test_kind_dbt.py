@@ -208,6 +208,10 @@ def test_the_profile_holds_no_value_of_the_target_connection(tmp_path: Path) -> 
     assert "s3cr3t-password" not in json.dumps(output)
     assert env["DBT_ENV_SECRET_CR_PASSWORD"] == "s3cr3t-password"
     assert env["DBT_ENV_SECRET_CR_PORT"] == "443"
+    # `connections create --config port=443` registers text: still a number for dbt
+    text_port = Connection("w", "dbt-profile", {"type": "trino", "port": "8080"})
+    output, env, _ = _profile(text_port, tmp_path / "dbt.duckdb", 1)
+    assert output["port"] == "{{ env_var('DBT_ENV_SECRET_CR_PORT') | as_number }}"
     # a duckdb target always uses the attempt's own database
     local = Connection("local", "dbt-profile", {"type": "duckdb", "path": "/srv/shared.db"})
     output, _, _ = _profile(local, tmp_path / "dbt.duckdb", 1)

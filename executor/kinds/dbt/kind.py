@@ -68,6 +68,8 @@ FAILING_ROWS_LIMIT = 100
 _TRANSIENT_WORDS = ("connection", "timed out", "timeout", "temporarily", "io error",
                     "out of memory", "could not set lock")
 _FAILED = frozenset({"error", "fail", "runtime error"})
+_NUMERIC_FIELDS = frozenset({"port", "retries", "connect_timeout", "keepalives_idle"})
+"""Target fields a `--config KEY=VALUE` registers as text that dbt wants as numbers."""
 
 
 def parse_params(params: Mapping[str, Any]) -> DbtParams:
@@ -128,7 +130,8 @@ def _profile(target: Connection | None, database: Path, threads: int
         if isinstance(value, bool):
             env[variable] = "true" if value else "false"
             output[key] = f"{{{{ env_var('{variable}') | as_bool }}}}"
-        elif isinstance(value, int | float):
+        elif isinstance(value, int | float) or (key in _NUMERIC_FIELDS and isinstance(
+                value, str) and value.isdigit()):
             env[variable] = str(value)
             output[key] = f"{{{{ env_var('{variable}') | as_number }}}}"
         elif isinstance(value, str):
