@@ -473,7 +473,6 @@ $$;
 CREATE FUNCTION ops.claim_phase(kinds text[] DEFAULT NULL::text[], lease_seconds integer DEFAULT 60, claim_id text DEFAULT NULL::text, run_id text DEFAULT NULL::text, workspace_id text DEFAULT NULL::text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
-    SET enable_bitmapscan TO 'off'
     AS $_$
 #variable_conflict use_column
 declare
@@ -571,27 +570,11 @@ begin
         v_p := null;
         if v_i <= 20 then
             -- 1. a running phase whose lease expired (its holder is presumed dead)
-            select * into v_p from ops.phases p
-            where p.state = 'running' and p.lease_expires_at <= v_now
-              and (v_kinds is null or p.kind = any (v_kinds))
-              and (v_ws is null or p.workspace_id = any (v_ws))
-              and (v_run is null or p.run_id = v_run)
-              and p.id <> all (v_skip) and p.run_id <> all (v_busy)
-            order by p.lease_expires_at
-            limit 1
-            for update skip locked;
+            v_p := ops_private.claim_expired_candidate(v_now, v_kinds, v_ws, v_run, v_skip, v_busy);
             v_expired := v_p.id is not null;
             -- 2. else the best queued phase: priority, then age
             if not v_expired then
-                select * into v_p from ops.phases p
-                where p.state = 'queued' and p.not_before <= v_now
-                  and (v_kinds is null or p.kind = any (v_kinds))
-                  and (v_ws is null or p.workspace_id = any (v_ws))
-                  and (v_run is null or p.run_id = v_run)
-                  and p.id <> all (v_skip) and p.run_id <> all (v_busy)
-                order by p.priority desc, p.queued_at, p.ordinal, p.id
-                limit 1
-                for update skip locked;
+                v_p := ops_private.claim_queued_candidate(v_now, v_kinds, v_ws, v_run, v_skip, v_busy);
             end if;
         end if;
 
@@ -4761,6 +4744,33 @@ CREATE TABLE ops.phases (
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='500', autovacuum_analyze_scale_factor='0.02');
 
 --
+-- Name: claim_expired_candidate(timestamp with time zone, text[], uuid[], uuid, uuid[], uuid[]); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.claim_expired_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]) RETURNS ops.phases
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    SET enable_seqscan TO 'off'
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    AS $$
+declare
+    v_p ops.phases;
+begin
+    select * into v_p from ops.phases p
+    where p.state = 'running' and p.lease_expires_at <= p_now
+      and (p_kinds is null or p.kind = any (p_kinds))
+      and (p_ws is null or p.workspace_id = any (p_ws))
+      and (p_run is null or p.run_id = p_run)
+      and p.id <> all (p_skip) and p.run_id <> all (p_busy)
+    order by p.lease_expires_at
+    limit 1
+    for update skip locked;
+    return v_p;
+end
+$$;
+
+--
 -- Name: claim_json(ops.phases, ops.runs); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -4782,6 +4792,33 @@ begin
         'connections', case when jsonb_typeof(p.params -> 'connections') = 'array'
                             then ops_private.claim_connections(p.workspace_id, p.params -> 'connections')
                             else '{}'::jsonb end);
+end
+$$;
+
+--
+-- Name: claim_queued_candidate(timestamp with time zone, text[], uuid[], uuid, uuid[], uuid[]); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.claim_queued_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]) RETURNS ops.phases
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    SET enable_seqscan TO 'off'
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    AS $$
+declare
+    v_p ops.phases;
+begin
+    select * into v_p from ops.phases p
+    where p.state = 'queued' and p.not_before <= p_now
+      and (p_kinds is null or p.kind = any (p_kinds))
+      and (p_ws is null or p.workspace_id = any (p_ws))
+      and (p_run is null or p.run_id = p_run)
+      and p.id <> all (p_skip) and p.run_id <> all (p_busy)
+    order by p.priority desc, p.queued_at, p.ordinal, p.id
+    limit 1
+    for update skip locked;
+    return v_p;
 end
 $$;
 
@@ -9210,10 +9247,22 @@ GRANT SELECT(updated_at) ON TABLE ops.phases TO authenticated;
 GRANT SELECT(updated_at) ON TABLE ops.phases TO service_role;
 
 --
+-- Name: FUNCTION claim_expired_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.claim_expired_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]) FROM PUBLIC;
+
+--
 -- Name: FUNCTION claim_json(p ops.phases, r ops.runs); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.claim_json(p ops.phases, r ops.runs) FROM PUBLIC;
+
+--
+-- Name: FUNCTION claim_queued_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.claim_queued_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]) FROM PUBLIC;
 
 --
 -- Name: TABLE connections; Type: ACL; Schema: ops; Owner: -

@@ -44,3 +44,57 @@ set local session_replication_role = replica;
 set auto_explain.log_analyze = on;
 set auto_explain.log_buffers = on;
 set auto_explain.log_timing = off;
+
+-- name: insert_churned_phases
+-- %(n)s phases that went through the queue: inserted queued (an entry in phases_claimable_idx),
+-- then running (an entry in phases_lease_expiry_idx, its lease long expired), then finished.
+-- Without a vacuum every entry stays in both partial indexes, pointing at a dead version.
+insert into ops.phases (id, run_id, workspace_id, name, ordinal, kind, params, depends_on, state,
+                        attempt, max_attempts, timeout_seconds, retry_backoff_seconds,
+                        retry_backoff_max_seconds, queued_at, not_before, updated_at)
+select ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+       (%(runs)s::uuid[])[1 + i %% cardinality(%(runs)s::uuid[])],
+       %(workspace_id)s::uuid,
+       'h' || lpad(i::text, 8, '0'),
+       i + 1,
+       (array['python', 'sql'])[1 + i %% 2],
+       '{}'::jsonb,
+       '{}'::text[],
+       'queued',
+       0, 3, 3600, 10, 3600,
+       t, t, t
+from generate_series(1, %(n)s) as i,
+     lateral (select timestamptz '2029-01-01' + i * interval '1 second' as t) as at;
+
+-- name: run_churned_phases
+update ops.phases set state = 'running', attempt = 1, lease_token = gen_random_uuid(),
+                      lease_expires_at = queued_at + interval '60 seconds', started_at = queued_at
+where name like 'h%%';
+
+-- name: finish_churned_phases
+update ops.phases set state = (array['succeeded', 'failed', 'skipped', 'cancelled'])[1 + ordinal %% 4],
+                      lease_expires_at = null, not_before = null,
+                      finished_at = started_at + interval '1 minute'
+where name like 'h%%';
+
+-- name: read_every_phase
+-- What the rest of a workload does to the table's rows (reads that set their hint bits), short
+-- of an ANALYZE or a VACUUM.
+select count(*) from ops.phases;
+
+-- name: phases_statistics
+-- Whether the planner has anything but the table's size: ANALYZE (auto or not) ever, column
+-- statistics.
+select (select coalesce(last_analyze, last_autoanalyze, last_vacuum, last_autovacuum)
+        from pg_stat_user_tables where relid = 'ops.phases'::regclass) as analyzed,
+       (select count(*) from pg_statistic where starelid = 'ops.phases'::regclass)::int as columns;
+
+-- name: autovacuum_off_for_phases
+-- This machine's server runs with autovacuum off; a server with it on must not analyze the
+-- table behind the test's back either.
+alter table ops.phases set (autovacuum_enabled = off);
+
+-- name: mislead_the_planner
+-- Random reads priced at 100 sequential ones: index scans look dear, a scan of the table and a
+-- sort cheap, as wrong estimates can make them look.
+set random_page_cost = 100;

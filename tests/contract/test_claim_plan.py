@@ -1,4 +1,5 @@
-"""The claim path's plan with a million finished phases: it reads the partial indexes only.
+"""The claim path's plan with a million finished phases (analyzed), and with ~27k that went
+through the queue on a table never analyzed (autovacuum off): it reads the partial indexes only.
 
 `claim_phase` finds work with two statements inside the function: the expired-lease candidate
 (`phases_lease_expiry_idx`) and the best queued phase (`phases_claimable_idx`). Both indexes
@@ -9,6 +10,7 @@ how these tests see inside the function.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -22,6 +24,7 @@ import psycopg
 import pytest
 
 from control_room.db.queries import parse_queries
+from tests.helpers import temporary_database
 
 from .conftest import SERVICE, Contract, Principal, phase, user
 
@@ -31,8 +34,9 @@ HISTORY = 1_000_000
 NOW = datetime(2030, 1, 1, tzinfo=UTC)   # the tests' clock
 LIVE_RUNS, LIVE_PHASES = 4, 20
 EXPIRED, LEASED = 4, 2                   # running phases: leases expired by NOW, and live ones
-EXPIRY_STATEMENT = "p.lease_expires_at <= v_now"
-QUEUED_STATEMENT = "p.not_before <= v_now"
+# the two candidate statements (ops_private.claim_expired_candidate, claim_queued_candidate)
+EXPIRY_STATEMENT = "p.lease_expires_at <= p_now"
+QUEUED_STATEMENT = "p.not_before <= p_now"
 
 
 @dataclass(frozen=True)
@@ -127,10 +131,18 @@ def parse_plan(notice: str) -> Plan:
 @pytest.fixture
 def explained(big: Big) -> Iterator[tuple[Contract, list[Plan]]]:
     """A contract on a fresh connection whose statements' plans are collected (actuals too)."""
+    with explaining(big.url) as explained:
+        yield explained
+
+
+@contextlib.contextmanager
+def explaining(url: str, misled: bool = False) -> Iterator[tuple[Contract, list[Plan]]]:
     plans: list[Plan] = []
-    with psycopg.connect(big.url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(Q["load_auto_explain"])
         conn.execute(Q["explain_with_actuals"])
+        if misled:
+            conn.execute(Q["mislead_the_planner"])
         conn.autocommit = False
         conn.add_notice_handler(
             lambda diag: plans.append(parse_plan(diag.message_primary or ""))
@@ -199,3 +211,103 @@ def test_claim_latency_with_a_million_finished_phases(big: Big) -> None:
     print(f"\nclaim_phase with {HISTORY:,} finished phases: median {median * 1000:.2f} ms, "
           f"max {worst * 1000:.2f} ms over {len(times)} claims (one transaction each)")
     assert median < 0.5  # a guard against a catastrophe, not a benchmark
+
+
+# --- without statistics -------------------------------------------------------------------------
+
+CHURNED = 27_000
+
+
+@pytest.fixture(scope="module")
+def stale(pg_admin_url: str, template_db: str) -> Iterator[Big]:
+    """27,000 phases that went queued -> running -> finished, and live work, in a database of
+    its own whose ops.phases was never analyzed nor vacuumed (as with autovacuum off): the
+    planner knows only the table's size, and every claimed phase left a dead entry in both
+    partial indexes."""
+    with temporary_database(pg_admin_url, template=template_db, suffix="stale") as url, \
+            psycopg.connect(url) as conn:
+        conn.execute(Q["autovacuum_off_for_phases"])
+        conn.commit()
+        contract = Contract(conn)
+        executor, dev = user("executor"), user("dev")
+        ws: str = contract.call("create_workspace", {"slug": "stale", "name": "Stale"},
+                                as_=SERVICE)["id"]
+        for who, role in ((executor, "executor"), (dev, "developer")):
+            contract.call("add_member", {"workspace_id": ws, "principal_id": str(who.sub),
+                                         "role": role}, as_=SERVICE)
+        executor = executor.pinned(ws)
+        old = NOW - timedelta(days=400)
+        history_runs = []
+        for k in range(5):
+            run = contract.call("create_run", {
+                "workspace_id": ws, "spec_slug": f"history-{k}", "git_sha": "0123abc",
+                "phases": [phase("seed")]}, as_=dev, now=old)
+            contract.call("cancel_run", {"run_id": run["id"]}, as_=dev, now=old)
+            history_runs.append(run["id"])
+        for name in ("insert_churned_phases", "run_churned_phases", "finish_churned_phases"):
+            with conn.transaction():
+                conn.execute(Q["skip_fk_triggers"])
+                conn.execute(Q[name], {"runs": history_runs, "workspace_id": ws,
+                                       "n": CHURNED})
+        conn.execute(Q["read_every_phase"])
+        conn.commit()
+        live_runs = [
+            contract.call("create_run", {
+                "workspace_id": ws, "spec_slug": "live", "git_sha": "0123abc",
+                "phases": [phase(f"p{k:02d}") for k in range(LIVE_PHASES)]},
+                as_=dev, now=NOW - timedelta(minutes=60 - k))["id"]
+            for k in range(LIVE_RUNS)]
+        for n, lease in ((EXPIRED, 1), (LEASED, 3600)):
+            for _ in range(n):
+                assert contract.call("claim_phase", {"lease_seconds": lease}, as_=executor,
+                                     now=NOW - timedelta(minutes=10)) is not None
+        conn.commit()
+        analyzed, columns = conn.execute(Q["phases_statistics"]).fetchone() or (None, None)
+        conn.rollback()
+        assert (analyzed, columns) == (None, 0), "ops.phases has statistics: not the case tested"
+        yield Big(url, ws, executor, live_runs)
+
+
+@pytest.mark.parametrize("planner", ["as_configured", "misled"])
+@pytest.mark.parametrize("caller", CALLERS)
+def test_the_claim_stays_on_its_indexes_without_statistics(stale: Big, caller: str,
+                                                           planner: str) -> None:
+    """`misled`: the session believes a random read costs 100 sequential ones, as wrong
+    estimates mislead the planner; before the candidates had planner settings of their own
+    the claim then scanned ops.phases and sorted every queued phase (2,155 buffers here)."""
+    as_ = SERVICE if caller == "service_role" else stale.executor
+    args: dict[str, Any] = {"lease_seconds": 60}
+    if caller == "executor_in_workspace":
+        args["workspace_id"] = stale.workspace_id
+    if caller == "executor_in_run":
+        args["run_id"] = stale.live_runs[-1]
+    queue_indexes = {"phases_claimable_idx"}
+    if caller == "executor_in_run":
+        queue_indexes.add("phases_run_claimable_idx")
+    seen: set[str] = set()
+    with explaining(stale.url, misled=planner == "misled") as (contract, plans):
+        for attempt in range(7):        # custom plans, then (maybe) the cached generic one
+            plans.clear()
+            claim = contract.call("claim_phase", args, as_=as_, now=NOW)
+            assert claim is not None
+            where = f"claim {attempt + 1} by {caller}"
+            for label, text, indexes in (
+                    ("expired-lease", EXPIRY_STATEMENT, {"phases_lease_expiry_idx"}),
+                    ("queued-candidate", QUEUED_STATEMENT, queue_indexes)):
+                found = [p for p in plans if text in p.query]
+                seen.update([label] if found else [])
+                for plan in found:
+                    # an ordered walk of the partial index that stops at the first live row:
+                    # no Seq Scan, no Sort of every queued phase
+                    kinds = [n.type for n in plan.nodes]
+                    assert "Sort" not in kinds and "Seq Scan" not in kinds, (where, kinds)
+                    scans = [(n.type, n.index or "", n.rows) for n in plan.scans("phases")]
+                    assert len(scans) == 1 and scans[0][0] == "Index Scan" \
+                        and scans[0][1] in indexes, (where, label, scans)
+                    assert (scans[0][2] or 0) <= 1, (where, label, scans)
+            for plan in plans:
+                for node in plan.scans("phases"):
+                    assert node.type in ("Index Scan", "Index Only Scan"), (where, plan.query,
+                                                                             node)
+    # the first claims take the expired leases, the later ones queued phases: both were seen
+    assert seen == {"expired-lease", "queued-candidate"}, seen

@@ -246,6 +246,24 @@ def test_a_claim_retried_after_a_lost_answer_returns_the_same_lease(env: Env) ->
     assert ex.claim_phase(["python"]) is None          # nothing was claimed twice
 
 
+def test_poll_for_work_gets_back_a_claim_whose_answers_were_lost(env: Env) -> None:
+    """Lost answers outlasting the client's own retries (a gateway restarting): poll_for_work's
+    next try carries the same claim_id, so the lease a lost answer held comes back at once
+    instead of waiting, unheld, for its expiry."""
+    run_id = env.new_run()
+    ex = env.client(env.world.exec1, retry=RetryPolicy.never(), faulty=True)
+    env.faults.lose["claim_phase"] = 2
+
+    claim = ex.poll_for_work(["python"], 30, wait=0, idle_start=0.05, idle_max=0.1, timeout=10)
+
+    assert claim is not None
+    tries = env.faults.calls("claim_phase")
+    assert len(tries) == 3 and len({t["claim_id"] for t in tries}) == 1
+    assert (claim.phase_id, claim.lease_token) == (env.faults.lost[0]["phase_id"],
+                                                   env.faults.lost[0]["lease_token"])
+    assert env.event_types(run_id).count("PHASE_CLAIMED") == 1
+
+
 def test_events_retried_after_a_lost_answer_are_stored_once(env: Env) -> None:
     run_id = env.new_run()
     ex = env.client(env.world.exec1, faulty=True)
