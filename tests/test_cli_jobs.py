@@ -4,6 +4,7 @@ versioned, listed, shown, and run to success by a real worker; bad input exits 2
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +151,53 @@ def test_bad_input_exits_2_with_a_message(env: Env, spec_repo: tuple[Path, str],
     assert "forbidden" in bad(env, "runs", "create", "--job", "example", token=viewer)
     # none of the refusals made a run
     assert ok_json(env, "runs", "list") == []
+
+
+def test_freshness_is_shown_its_slo_set_and_a_breach_alerted_by_the_scheduler(
+        env: Env) -> None:
+    """A run of job `nightly` published gold 20 minutes ago (its FRESHNESS event): past the
+    default 15 minute SLO. `jobs list|show` say so, `scheduler --once` raises slo_breached
+    once, `jobs slo` moves the objective, bad durations exit 2."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.contract.jobspec import register
+    from tests.contract.test_freshness import JobRun, fresh
+
+    w = env.world
+    register(env.contract, w.w1, as_=w.dev1)
+    env.contract.call("create_alert_destination", {
+        "workspace_id": w.w1, "name": "hook", "type": "webhook", "url": "env:HOOK_URL"},
+        as_=w.admin1)
+    env.contract.call("create_alert_rule", {
+        "workspace_id": w.w1, "name": "stale", "event": "slo_breached", "destination": "hook"},
+        as_=w.admin1)
+    now = datetime.now(UTC)
+    JobRun(env.contract, w, now=now).freshness(fresh(now - timedelta(minutes=20)), now=now)
+
+    code, out, err = cli(env, "jobs", "list")
+    assert code == 0, err
+    assert re.search(r"breached 20\.\d min / 15\.0 min", out), out
+    code, out, err = cli(env, "jobs", "show", "nightly")
+    assert code == 0, err
+    assert "freshness (SLO 15.0 min)" in out and "gold.odoo.revenue" in out, out
+    assert "2031-06-02T08:59:00" in out                       # the newest source change
+    shown = ok_json(env, "jobs", "show", "nightly")["freshness"]
+    assert (shown["state"], shown["slo_seconds"]) == ("breached", 900)
+
+    code, out, err = cli(env, "scheduler", "--once")
+    assert code == 0, err
+    assert re.search(r"^slo nightly: breached \(12\d\d s behind\)$", err, re.M), err
+    code, out, err = cli(env, "scheduler", "--once")
+    assert code == 0 and "slo nightly" not in err, err         # raised once
+    alerts = env.contract.call("list_alerts", {"workspace_id": w.w1}, as_=w.admin1)
+    assert [a["event"] for a in alerts] == ["slo_breached"]
+
+    code, out, err = cli(env, "jobs", "slo", "nightly", "--freshness", "30m")
+    assert code == 0, err
+    assert re.match(r"job nightly: freshness SLO 30\.0 min, now ok 2\d\.\d min", out), out
+    code, out, err = cli(env, "scheduler", "--once")
+    assert "slo nightly: ok" in err, err
+    for given, words in (("10s", "from 1 minute to 366 days"), ("soon", "a duration"),
+                         ("90.5s", "whole number")):
+        assert words in bad(env, "jobs", "slo", "nightly", "--freshness", given)
+    assert "not found" in bad(env, "jobs", "slo", "nope", "--freshness", "15m")

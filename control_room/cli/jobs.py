@@ -2,7 +2,8 @@
 
     control-room jobs register --spec specs/example.yaml [--owner ana@x.io] [--tag tier=gold]
     control-room jobs list
-    control-room jobs show example            # versions, declared params, recent runs
+    control-room jobs show example            # versions, params, recent runs, freshness
+    control-room jobs slo example --freshness 15m   # the freshness SLO (default 15 minutes)
     control-room runs create --job example [--version 2] --param orders=20 [--wait]
 
 `register` loads the spec with the spec loader (every problem reported, exit 2), sends its
@@ -24,6 +25,7 @@ from rich.text import Text
 
 from control_room.cli.common import (
     EXIT_BAD_INPUT,
+    BadInput,
     Gateway,
     JsonOut,
     StateDir,
@@ -39,6 +41,8 @@ from control_room.cli.common import (
     when,
 )
 from control_room.cli.display import dump, duration
+from control_room.cli.schedules import parse_duration
+from control_room.contract.models import JobFreshness
 
 app = new_app("Jobs: versioned job definitions (register, list, show); run one with "
               "`runs create --job`.")
@@ -131,15 +135,69 @@ def list_command(
         if not jobs:
             out.print("No jobs. Register one: control-room jobs register --spec FILE")
             return
-        table = Table("job", "version", "owner", "last run", "state", "next run", "description")
+        table = Table("job", "version", "owner", "last run", "state", "next run", "freshness",
+                      "description")
         for job in jobs:
             last = job.last_run
             table.add_row(job.slug, str(job.latest_version), job.owner or "-",
                           when(last.created_at) if last else "-",
                           state_text(last.state) if last else "-",
                           when(job.next_run_at) if job.next_run_at else "-",
-                          job.description or "")
+                          freshness_text(job.freshness), job.description or "")
         out.print(table)
+
+
+def seconds_text(seconds: float | None) -> str:
+    """`42 s`, `12.5 min`, `3.2 h`, `2.1 d`; `-` for None."""
+    if seconds is None:
+        return "-"
+    if abs(seconds) < 120:
+        return f"{seconds:.0f} s"
+    if abs(seconds) < 7200:
+        return f"{seconds / 60:.1f} min"
+    if abs(seconds) < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+FRESHNESS_STYLE = {"ok": "green", "breached": "bold red", "unknown": "dim"}
+
+
+def freshness_text(freshness: JobFreshness) -> Text:
+    """`ok 3.2 min / 15.0 min`: the state, the stalest dataset's lag and the SLO."""
+    if freshness.state == "unknown":
+        return Text(f"unknown / {seconds_text(freshness.slo_seconds)}", style="dim")
+    return Text(f"{freshness.state} {seconds_text(freshness.lag_seconds)} / "
+                f"{seconds_text(freshness.slo_seconds)}",
+                style=FRESHNESS_STYLE.get(freshness.state, ""))
+
+
+@app.command("slo")
+def slo_command(
+    slug: Slug,
+    freshness: Annotated[str, typer.Option(
+        "--freshness", help="How far the job's stalest dataset may be behind its source: "
+                            "15m, 1h, 900s (1 minute to 366 days).", show_default=False)],
+    workspace: Workspace = None,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Set a job's freshness SLO (default 15 minutes); the scheduler raises `slo_breached`
+    when it is passed (docs/jobs.md, "Freshness and SLOs")."""
+    with guard():
+        seconds = parse_duration("--freshness", freshness)
+        if seconds != int(seconds) or not 60 <= seconds <= 31622400:
+            raise BadInput(f"--freshness must be a whole number of seconds from 1 minute to "
+                           f"366 days, not {freshness!r}")
+        with gateway(gateway_url, token, workspace, state_dir) as target:
+            job = target.client.set_job_slo(target.workspace_id(), slug, int(seconds))
+        if as_json:
+            out.print_json(data=dump(job))
+            return
+        out.print(f"job {job.slug}: freshness SLO {seconds_text(job.freshness.slo_seconds)}, "
+                  f"now {freshness_text(job.freshness)}", markup=False)
 
 
 @app.command("show")
@@ -165,6 +223,16 @@ def show_command(
         head.add_row("tags", ", ".join(f"{k}={v}" for k, v in sorted(job.tags.items())) or "-")
         head.add_row("latest version", str(job.latest_version))
         head.add_row("next run", when(job.next_run_at) if job.next_run_at else "-")
+        head.add_row("freshness", freshness_text(job.freshness))
+        if job.freshness.breached_since:
+            head.add_row("breached since", when(job.freshness.breached_since))
+        fresh = Table("dataset", "layer", "behind", "data time", "newest source change",
+                      "run", title=f"freshness (SLO {seconds_text(job.freshness.slo_seconds)})")
+        for d in job.freshness.datasets:
+            late = d.lag_seconds > job.freshness.slo_seconds
+            fresh.add_row(d.name, d.layer, Text(seconds_text(d.lag_seconds),
+                                                style="bold red" if late else "green"),
+                          when(d.data_time), d.source_cursor or "-", d.run_id)
         versions = Table("version", "git sha", "digest", "source", "created", "by",
                          title="versions")
         for v in job.versions:
@@ -188,4 +256,6 @@ def show_command(
         if latest and latest.params:
             parts.append(params)
         parts.append(runs if job.recent_runs else Text("No runs yet."))
+        if job.freshness.datasets:
+            parts.append(fresh)
         out.print(Group(*parts))

@@ -286,11 +286,15 @@ def scheduler_command(
     limit: Annotated[int, typer.Option(
         "--limit", min=1, max=1000, help="Schedules claimed per call.")] = 100,
     once: Annotated[bool, typer.Option("--once", help="One call, then exit.")] = False,
+    slos: Annotated[bool, typer.Option(
+        "--slos/--no-slos", help="After each round, compare the jobs' freshness with their "
+                                 "SLOs (evaluate_slos: a breach raises slo_breached).")] = True,
     gateway_url: Gateway = None,
     token: Token = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Fire due schedule ticks: call `run_due_schedules` every `--interval`.
+    """Fire due schedule ticks: call `run_due_schedules` every `--interval`, then
+    `evaluate_slos` (freshness SLOs; `--no-slos` leaves them to another scheduler).
 
     The token is a service_role token (every workspace's schedules; `control-room up` starts
     one scheduler with one) or a developer's or admin's (its workspaces'), from `--token` /
@@ -301,6 +305,7 @@ def scheduler_command(
     import threading
 
     from control_room.contract.client import DueResult, Forbidden, Unauthorized
+    from control_room.contract.models import SloEvaluation
     from control_room.scheduler import Scheduler
 
     def report(result: DueResult) -> None:
@@ -309,6 +314,11 @@ def scheduler_command(
             err.print(f"tick {t.schedule or t.schedule_id} {t.scheduled_for.isoformat()}: "
                       f"{t.state} {detail}", markup=False)
 
+    def slo_report(result: SloEvaluation) -> None:
+        for change in result.changes:
+            err.print(f"slo {change.job}: {change.state} ({change.lag_seconds:.0f} s behind)",
+                      markup=False)
+
     with guard():
         seconds = parse_duration("--interval", interval)
         with gateway(gateway_url, token, None, state_dir) as target:
@@ -316,7 +326,8 @@ def scheduler_command(
                                 format="%(asctime)s %(levelname)s %(message)s")
             logging.getLogger("httpx").setLevel(logging.WARNING)
             scheduler = Scheduler(target.client, interval=seconds, workspace_id=workspace_id,
-                                  limit=limit, report=report)
+                                  limit=limit, report=report, slos=slos,
+                                  slo_report=slo_report)
             if once:
                 result = scheduler.tick()
                 out.print(f"{result.schedules} schedule(s) due: {result.created} created, "
@@ -338,4 +349,5 @@ def scheduler_command(
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         err.print(f"Scheduler stopped: {stats.calls} call(s), {stats.created} run(s) created, "
-                  f"{stats.skipped} skipped, {stats.failed} failed", markup=False)
+                  f"{stats.skipped} skipped, {stats.failed} failed, "
+                  f"{stats.slo_breaches} SLO breach(es)", markup=False)

@@ -795,7 +795,8 @@ class ContractClient:
     def evaluate_slos(self, workspace_id: str | None = None,
                       limit: int | None = None) -> SloEvaluation:
         """Compare each job's freshness with its SLO (service_role: every workspace; a
-        developer or admin: its `workspace_id`); a new breach raises `slo_breached` once."""
+        developer or admin: its own, or `workspace_id`'s); a new breach raises `slo_breached`
+        once."""
         args = {"workspace_id": workspace_id, "limit": limit}
         return _parse(SloEvaluation, self._rpc("evaluate_slos", args), "evaluate_slos")
 

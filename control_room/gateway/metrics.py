@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests by function and status, and the queue read from the database.
+"""Prometheus metrics: requests by function and status, the queue read from the database, and
+the datasets' and jobs' freshness.
 
 Two kinds of series: the aggregates (requests, the whole queue) and per-workspace series
 (`workspace` label). Who sees which is the gateway's `MetricsScope` (docs/gateway.md,
@@ -76,6 +77,29 @@ order by w.slug, p.state
 """
 
 
+# Freshness (docs/jobs.md, "Freshness and SLOs"): each dataset with a data time, seconds behind
+# its source, labelled with its job; each such job's SLO and whether it is breached now.
+_FRESHNESS = """
+select w.id::text, w.slug, d.name, coalesce(j.slug, ''),
+       extract(epoch from pg_catalog.now() - d.data_time)::double precision
+from ops.datasets as d
+join ops.workspaces as w on w.id = d.workspace_id
+left join ops.jobs as j on j.id = d.data_time_job_id
+where d.data_time is not null
+order by w.slug, d.name
+"""
+_SLOS = """
+select w.id::text, w.slug, j.slug, j.freshness_slo_seconds,
+       extract(epoch from pg_catalog.now() - pg_catalog.min(d.data_time))
+           ::double precision
+from ops.jobs as j
+join ops.workspaces as w on w.id = j.workspace_id
+join ops.datasets as d on d.data_time_job_id = j.id
+group by w.id, w.slug, j.slug, j.freshness_slo_seconds
+order by w.slug, j.slug
+"""
+
+
 @dataclass(frozen=True)
 class MetricsScope:
     """What one /metrics answer holds: the aggregates (no workspace label) or not, and the
@@ -110,20 +134,46 @@ class WorkspaceCollector(Collector):
         depth = GaugeMetricFamily("control_room_workspace_queue_depth",
                                   "Queued phases whose not_before has passed, by workspace.",
                                   labels=["workspace"])
+        fresh = GaugeMetricFamily(
+            "control_room_dataset_freshness_seconds",
+            "Seconds a dataset is behind its source (now - its data time), by workspace, "
+            "dataset and the job whose run set it.", labels=["workspace", "dataset", "job"])
+        slo = GaugeMetricFamily("control_room_job_freshness_slo_seconds",
+                                "A job's freshness SLO, in seconds.", labels=["workspace", "job"])
+        lag = GaugeMetricFamily("control_room_job_freshness_seconds",
+                                "A job's stalest dataset, seconds behind its source.",
+                                labels=["workspace", "job"])
+        breached = GaugeMetricFamily("control_room_job_slo_breached",
+                                     "1 when a job's freshness is past its SLO, else 0.",
+                                     labels=["workspace", "job"])
         due: dict[str, int] = {}
         try:
             with self._connection() as conn, conn.cursor() as cur:
                 rows = cur.execute(_PHASES_BY_WORKSPACE).fetchall()
+                datasets = cur.execute(_FRESHNESS).fetchall()
+                jobs = cur.execute(_SLOS).fetchall()
         except psycopg.Error:
             return
+
+        def seen(workspace_id: str) -> bool:
+            return self._workspaces is None or workspace_id in self._workspaces
+
         for workspace_id, slug, state, n, queued_due in rows:
-            if self._workspaces is not None and workspace_id not in self._workspaces:
+            if not seen(workspace_id):
                 continue
             phases.add_metric([slug, state], n)
             due[slug] = due.get(slug, 0) + queued_due
         for slug, n in due.items():
             depth.add_metric([slug], n)
-        yield from (phases, depth)
+        for workspace_id, slug, name, job, seconds in datasets:
+            if seen(workspace_id):
+                fresh.add_metric([slug, name, job], seconds)
+        for workspace_id, slug, job, objective, seconds in jobs:
+            if seen(workspace_id):
+                slo.add_metric([slug, job], objective)
+                lag.add_metric([slug, job], seconds)
+                breached.add_metric([slug, job], 1.0 if seconds > objective else 0.0)
+        yield from (phases, depth, fresh, slo, lag, breached)
 
 
 class Metrics:

@@ -1,8 +1,11 @@
-"""`Scheduler`: call `run_due_schedules` every `interval` seconds until stopped.
+"""`Scheduler`: call `run_due_schedules`, then `evaluate_slos`, every `interval` seconds until
+stopped.
 
 A call that claimed as many schedules as its `limit` is followed at once by another (more may
 be due). A call that fails (the gateway unreachable, a 5xx) is logged and retried at the next
 interval; a refusal of the token (401/403) stops the loop, since no later call would pass.
+Each round also compares the jobs' freshness with their SLOs (`evaluate_slos`, which raises
+`slo_breached` once per breach): a failure of that call is logged and does not stop the ticks.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from control_room.contract.client import (
     Forbidden,
     Unauthorized,
 )
+from control_room.contract.models import SloEvaluation
 
 __all__ = ["Scheduler", "SchedulerStats"]
 
@@ -34,6 +38,8 @@ class SchedulerStats:
     skipped: int = 0
     failed: int = 0
     errors: int = 0
+    slo_breaches: int = 0
+    slo_recoveries: int = 0
 
 
 @dataclass
@@ -47,6 +53,10 @@ class Scheduler:
     limit: int = 100
     report: Callable[[DueResult], None] | None = None
     """Called with each answer that recorded a tick (the CLI prints them)."""
+    slos: bool = True
+    """Evaluate the freshness SLOs after each round of ticks."""
+    slo_report: Callable[[SloEvaluation], None] | None = None
+    """Called with each evaluation that changed a job's SLO state."""
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -64,6 +74,29 @@ class Scheduler:
         self.stats.failed += result.failed
         if result.ticks and self.report is not None:
             self.report(result)
+        if self.slos:
+            self.evaluate_slos()
+        return result
+
+    def evaluate_slos(self) -> SloEvaluation | None:
+        """One call of evaluate_slos, counted; None when it failed (logged). A refused token
+        (401/403) is raised."""
+        try:
+            result = self.client.evaluate_slos(self.workspace_id)
+        except (Unauthorized, Forbidden):
+            raise
+        except ContractError as exc:
+            self.stats.errors += 1
+            log.warning("scheduler: evaluate_slos failed (%s)", exc)
+            return None
+        self.stats.slo_breaches += result.breached
+        self.stats.slo_recoveries += result.recovered
+        for change in result.changes:
+            log.log(logging.WARNING if change.state == "breached" else logging.INFO,
+                    "scheduler: job %s freshness SLO %s (%.0f s behind)", change.job,
+                    change.state, change.lag_seconds)
+        if result.changes and self.slo_report is not None:
+            self.slo_report(result)
         return result
 
     def run(self, stop: threading.Event) -> SchedulerStats:

@@ -283,8 +283,58 @@ def test_evaluate_slos_is_for_the_scheduler_or_a_workspaces_developers(
     assert contract.call("evaluate_slos", {}, as_=SERVICE, now=T0)["checked"] == 2
     assert contract.call("evaluate_slos", {"workspace_id": w.w2}, as_=w.dev2,
                          now=T0)["checked"] == 1
-    assert contract.error("evaluate_slos", {}, as_=w.dev1).status == 403
+    # without a workspace a developer evaluates the workspaces where it is one
+    assert contract.call("evaluate_slos", {}, as_=w.dev1, now=T0)["checked"] == 1
+    assert contract.error("evaluate_slos", {}, as_=w.viewer1).status == 403
+    assert contract.error("evaluate_slos", {}, as_=w.exec1).status == 403
     assert contract.error("evaluate_slos", {"workspace_id": w.w1}, as_=w.viewer1).status == 403
     assert contract.error("evaluate_slos", {"workspace_id": w.w1}, as_=w.dev2).status == 404
     err = contract.error("evaluate_slos", {"limit": 0})
     assert (err.status, err.code) == (400, "invalid_argument") and "limit" in err.message
+
+
+# ------------------------------------------------------------------------------------ /metrics
+
+def test_metrics_export_each_datasets_freshness_and_each_jobs_slo_to_its_members(
+    conn: Any, db_url: str
+) -> None:
+    """On the real clock (/metrics reads now()): W1's gold 20 minutes behind, past the 15
+    minute SLO; W2's 1 minute behind. A member sees its own workspace's series only."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.contract.conftest import HttpContract, make_world
+    from tests.helpers import running_gateway
+
+    with running_gateway(db_url) as url, httpx.Client(base_url=url, timeout=30) as client:
+        contract = HttpContract(conn, client)
+        w = make_world(contract)
+        now = datetime.now(UTC)
+        for ws, dev, behind in ((w.w1, w.dev1, 20), (w.w2, w.dev2, 1)):
+            register(contract, ws, as_=dev)
+            run = JobRun(contract, w, ws=ws, now=now)
+            run.freshness(fresh(now - timedelta(minutes=behind)), now=now)
+
+        def scrape(who: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            response = client.get("/metrics",
+                                  headers={"Authorization": f"Bearer {contract.token(who)}"})
+            assert response.status_code == 200, response.text
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(response.text) for s in f.samples}
+
+        everything = scrape(SERVICE)
+        revenue = everything[("control_room_dataset_freshness_seconds", (
+            ("dataset", "gold.odoo.revenue"), ("job", "nightly"), ("workspace", "w1")))]
+        assert 20 * 60 <= revenue < 20 * 60 + 120
+        job = (("job", "nightly"), ("workspace", "w1"))
+        assert everything[("control_room_job_freshness_slo_seconds", job)] == 900
+        assert everything[("control_room_job_slo_breached", job)] == 1.0
+        assert everything[("control_room_job_slo_breached", (
+            ("job", "nightly"), ("workspace", "w2")))] == 0.0
+        assert 60 <= everything[("control_room_job_freshness_seconds", (
+            ("job", "nightly"), ("workspace", "w2")))] < 180
+
+        theirs = scrape(w.viewer2)
+        assert not any(dict(labels).get("workspace") == "w1" for _, labels in theirs)
+        assert ("control_room_job_slo_breached", (("job", "nightly"), ("workspace", "w2"))) \
+            in theirs
