@@ -1551,6 +1551,7 @@ declare
     v_now       timestamptz := ops_private.now();
     v_ws        uuid := ops_private.uuid_arg('workspace_id', evaluate_slos.workspace_id, false);
     v_limit     integer := evaluate_slos."limit";
+    v_wss       uuid[];      -- null: every workspace (service_role)
     v_j         ops.jobs;
     v_oldest    timestamptz;
     v_stalest   jsonb;
@@ -1567,16 +1568,21 @@ begin
     end if;
     if v_ws is not null then
         perform ops_private.schedule_workspace(v_ws, array['developer', 'admin']);
+        v_wss := array[v_ws];
     elsif not ops_private.is_privileged() then
         if ops_private.principal() is null then
             perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
         end if;
-        perform ops_private.fail(403, 'forbidden',
-            'evaluate_slos of every workspace is for the scheduler (service_role); a developer or admin names its workspace_id');
+        v_wss := array(select m.workspace_id from ops.workspace_members m
+                       where m.principal_id = ops_private.uid() and m.role in ('developer', 'admin'));
+        if cardinality(v_wss) = 0 then
+            perform ops_private.fail(403, 'forbidden',
+                'evaluate_slos needs a developer or admin of a workspace, or service_role');
+        end if;
     end if;
     for v_j in
         select j.* from ops.jobs j
-        where (v_ws is null or j.workspace_id = v_ws)
+        where (v_wss is null or j.workspace_id = any (v_wss))
           and (j.slo_state <> 'unknown'
                or exists (select 1 from ops.datasets d where d.data_time_job_id = j.id))
         order by j.id
