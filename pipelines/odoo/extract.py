@@ -102,9 +102,11 @@ __all__ = [
     "METADATA_COLUMNS",
     "READS",
     "SUPPORTED_VERSIONS",
+    "Batch",
     "SourceColumn",
     "SourceTable",
     "Watermark",
+    "commit_batch",
     "commit_watermark",
     "describe_table",
     "extract",
@@ -412,7 +414,7 @@ def _check_schema(ctx: Context, source: SourceTable, name: str, uri: str) -> str
 
 
 @dataclass(frozen=True)
-class _Batch:
+class Batch:
     rows: pa.Table
     """What to append to bronze: new versions, then tombstones."""
     stats: dict[str, Any]
@@ -436,7 +438,10 @@ def _new_versions(bronze: Any, upserts: pa.Table) -> pa.Table:
 
 def extract_table(ctx: Context) -> dict[str, Any]:
     """The python entrypoint: args `table` (the Odoo table), `lake` (the lake's root),
-    optional `connection` (default `odoo`) and `lookback_seconds` (default 0)."""
+    optional `connection` (default `odoo`), `lookback_seconds` (default 0) and, for the API
+    mode, `batch_size` (rows per search_read, default 2000). A `postgres` connection reads the
+    database; an `http` one Odoo's JSON-RPC API (pipelines/odoo/extract_api.py), into the same
+    bronze."""
     table = arg(ctx, "table", str)
     lake = arg(ctx, "lake", str)
     connection = ctx.args.get("connection", "odoo")
@@ -449,6 +454,19 @@ def extract_table(ctx: Context) -> dict[str, Any]:
         raise TerminalPhaseError(
             f"phase {ctx.phase} needs the connection {connection!r} (its params.connections: "
             f"{sorted(ctx.connections)})", error_type="LookupError")
+    if conn.type == "http":         # Odoo's JSON-RPC API (hosted Odoo): extract_api.py
+        from pipelines.odoo.extract_api import extract_api
+        from pipelines.odoo.jsonrpc import rpc_from_connection
+
+        batch_size = ctx.args.get("batch_size", 2000)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not (
+                1 <= batch_size <= 100_000):
+            raise TerminalPhaseError(f"args.batch_size must be an integer in [1, 100000], "
+                                     f"got {batch_size!r}", error_type="ValueError")
+        with rpc_from_connection(conn) as rpc:
+            return extract_api(ctx, rpc, table=table, lake=lake,
+                               lookback=dt.timedelta(seconds=float(lookback)),
+                               batch_size=batch_size)
     with postgres_connect(conn) as pg:
         return extract(ctx, pg, table=table, lake=lake,
                        lookback=dt.timedelta(seconds=float(lookback)))
@@ -475,6 +493,17 @@ def extract(ctx: Context, pg: psycopg.Connection[Any], *, table: str, lake: str,
         batch = _incremental_batch(ctx, pg, source, lake, name, uri, lookback)
     else:
         batch = _relation_batch(ctx, pg, source, uri)
+    return commit_batch(ctx, source, batch, change=change, lake=lake, read_at=read_at,
+                        odoo_version=odoo_version)
+
+
+def commit_batch(ctx: Context, source: SourceTable, batch: Batch, *, change: str, lake: str,
+                 read_at: dt.datetime, odoo_version: str | None) -> dict[str, Any]:
+    """Steps 5 to 7 of the module's docstring, whatever read the batch (the database, or the
+    JSON-RPC API: pipelines/odoo/extract_api.py): the append, the watermark, the read.
+    Answers the phase's output manifest."""
+    table = source.name
+    name, uri = bronze_name(table), bronze_uri(lake, table)
     stats = batch.stats
     ctx.progress(0.6)
     bronze = open_delta(uri)
@@ -508,7 +537,7 @@ def extract(ctx: Context, pg: psycopg.Connection[Any], *, table: str, lake: str,
 
 
 def _incremental_batch(ctx: Context, pg: psycopg.Connection[Any], source: SourceTable,
-                       lake: str, name: str, uri: str, lookback: dt.timedelta) -> _Batch:
+                       lake: str, name: str, uri: str, lookback: dt.timedelta) -> Batch:
     """The versions since the watermark that bronze lacks, and the tombstones of vanished
     ids."""
     table = sql.Identifier(source.name)
@@ -551,11 +580,11 @@ def _incremental_batch(ctx: Context, pg: psycopg.Connection[Any], source: Source
         "watermark": {"from": previous.to_json() if previous else None,
                       "to": previous.to_json() if previous else None},
     }
-    return _Batch(pa.concat_tables(parts) if len(parts) > 1 else parts[0], stats, new)
+    return Batch(pa.concat_tables(parts) if len(parts) > 1 else parts[0], stats, new)
 
 
 def _relation_batch(ctx: Context, pg: psycopg.Connection[Any], source: SourceTable,
-                    uri: str) -> _Batch:
+                    uri: str) -> Batch:
     """A many2many relation: the pairs that appeared (upserts) and vanished (tombstones)
     since bronze last saw them."""
     extracted_at = dt.datetime.now(dt.UTC)
@@ -580,7 +609,7 @@ def _relation_batch(ctx: Context, pg: psycopg.Connection[Any], source: SourceTab
         "deletes": vanished.num_rows, "source_rows": raw.num_rows,
         "source_max_write_date": None, "watermark": None,
     }
-    return _Batch(pa.concat_tables(parts) if len(parts) > 1 else parts[0], stats)
+    return Batch(pa.concat_tables(parts) if len(parts) > 1 else parts[0], stats)
 
 
 def _quote(identifier: str) -> str:

@@ -78,15 +78,25 @@ def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None
     """Run the spec's phases in dependency order (those in `only` and what they need, when
     given); the first phase that raises stops the run (its exception propagates). `params`
     may carry `odoo_dsn` and `warehouse_dsn` (CONNECTION_PARAMS): the workspace's
-    connections, as a claim carries them."""
+    connections, as a claim carries them; or `odoo_api` ({url, database, login,
+    api_key_ref}: `odoo` as an http connection to Odoo's JSON-RPC API) with `secret_allow`
+    (the policy its `api_key` reference is resolved under)."""
     loaded = spec()
     registered = {CONNECTION_PARAMS[key]: {"type": "postgres", "config": {"dsn": dsn},
                                            "secrets": {}, "version": 1}
                   for key, dsn in params.items() if key in CONNECTION_PARAMS}
+    api = params.get("odoo_api")
+    if api is not None:     # `odoo` is Odoo's JSON-RPC API: an http connection, its key by ref
+        registered["odoo"] = {"type": "http", "config": {k: v for k, v in api.items()
+                                                         if k != "api_key_ref"},
+                              "secrets": {"api_key": api["api_key_ref"]}, "version": 1}
+    policy = SecretPolicy.parse(params.get("secret_allow")) if params.get(
+        "secret_allow") else SecretPolicy()
     # `lake` stands for the worker's workspace lake (`${run.lake}`); default: under work_dir
     lake = Path(params.get("lake", work_dir / "lake")).absolute()
     values = loaded.resolve_params({k: v for k, v in params.items()
-                                    if k not in CONNECTION_PARAMS and k != "lake"})
+                                    if k not in CONNECTION_PARAMS
+                                    and k not in ("lake", "odoo_api", "secret_allow")})
     manifest = loaded.input_manifest(values)
     run = LocalRun(str(uuid.uuid4()), work_dir)
     fields = {"id": run.run_id, "git_sha": loaded.git_sha, "spec_slug": loaded.spec.slug,
@@ -100,7 +110,7 @@ def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None
         phase = phases[name]
         params_ = render(phase.params, params=values, run=fields)
         connections = resolve_connections(phase.params.get("connections"), registered,
-                                          policy=SecretPolicy())
+                                          policy=policy)
         inputs = {dep: run.manifests[dep] for dep in phase.depends_on}
         events: list[tuple[Any, ...]] = run.events.setdefault(name, [])
         output_dir = run.output_dir(name)
