@@ -34,12 +34,14 @@ E2E_MODULES = frozenset({
     "tests/executor/test_verify.py",
     "tests/executor/test_worker.py",
     "tests/executor/test_catalog_worker.py",
+    "tests/executor/test_dbt_worker.py",
     "tests/odoo/test_end_to_end.py",
     "tests/odoo/test_pipeline.py",
     "tests/gateway/test_serve.py",
     "tests/gateway/test_gateway_concurrency.py",
     "tests/test_scheduler.py",
     "tests/chaos/test_gateway_outage.py",
+    "tests/chaos/test_backends_terminated.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4755,7 +4755,6 @@ WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_
 
 CREATE FUNCTION ops_private.claim_expired_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]) RETURNS ops.phases
     LANGUAGE plpgsql
-    SET search_path TO ''
     SET enable_seqscan TO 'off'
     SET enable_sort TO 'off'
     SET enable_bitmapscan TO 'off'
@@ -4807,7 +4806,6 @@ $$;
 
 CREATE FUNCTION ops_private.claim_queued_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]) RETURNS ops.phases
     LANGUAGE plpgsql
-    SET search_path TO ''
     SET enable_seqscan TO 'off'
     SET enable_sort TO 'off'
     SET enable_bitmapscan TO 'off'

@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 EP = "tests.chaos.entrypoints"
 GIT_SHA = "0123abc"
 START_BOUND = 30.0
+OBSERVER = "chaos-observer"
+"""The test's own session (application_name): the chaos spares it."""
 
 
 def free_port() -> int:
@@ -258,7 +260,7 @@ class Report:
 @contextlib.contextmanager
 def chaos_stack(db_url: str, tmp: Path, **gateway_settings: str) -> Iterator[Chaos]:
     """A world made over SQL, the gateway process started; everything stopped after."""
-    with psycopg.connect(db_url) as conn:
+    with psycopg.connect(db_url, application_name=OBSERVER) as conn:
         world = make_world(Contract(conn))
         conn.commit()
         gateway = GatewayProcess(db_url, tmp, **gateway_settings)

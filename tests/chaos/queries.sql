@@ -25,3 +25,11 @@ where r.id = any (%(runs)s::uuid[])
 
 -- name: has_event
 select 1 from ops.run_events e where e.run_id = %(run_id)s::uuid and e.type = %(type)s limit 1;
+
+-- name: terminate_backends
+-- Every other session on this database (the gateway's pool and its listener), as an operator's
+-- pg_terminate_backend or a failover would end them.
+select count(*)::int from (
+    select pg_terminate_backend(a.pid) from pg_stat_activity a
+    where a.datname = current_database() and a.pid <> pg_backend_pid()
+      and a.backend_type = 'client backend' and a.application_name <> 'chaos-observer') t;

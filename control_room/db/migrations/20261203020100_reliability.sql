@@ -48,7 +48,8 @@ revoke execute on function ops_private.claim_due_at(text[], uuid[], timestamptz)
 --    only what the claim path is built for: an ordered scan of its partial index, stopping at
 --    the first live, unlocked row (no seq scan, no sort, no bitmap scan: bitmap scans never mark
 --    dead index entries, so with them every claim would revisit each phase claimed since the
---    last vacuum). The settings hold for these statements only, not for the rest of the claim.
+--    last vacuum). The settings hold for these statements only, not for the rest of the claim;
+--    like the other private helpers they inherit the caller's search_path.
 --    tests/contract/test_claim_plan.py pins the plan on a table that was never analyzed.
 
 -- The running phase whose lease expired first (its holder is presumed dead), locked; null if
@@ -57,7 +58,6 @@ create function ops_private.claim_expired_candidate(p_now timestamptz, p_kinds t
                                                     p_run uuid, p_skip uuid[], p_busy uuid[])
 returns ops.phases
 language plpgsql volatile
-set search_path = ''
 set enable_seqscan = off
 set enable_sort = off
 set enable_bitmapscan = off
@@ -84,7 +84,6 @@ create function ops_private.claim_queued_candidate(p_now timestamptz, p_kinds te
                                                    p_run uuid, p_skip uuid[], p_busy uuid[])
 returns ops.phases
 language plpgsql volatile
-set search_path = ''
 set enable_seqscan = off
 set enable_sort = off
 set enable_bitmapscan = off
