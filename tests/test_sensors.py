@@ -170,7 +170,7 @@ def test_the_cli_creates_lists_and_evaluates(
     code, out, err = cli(env, "sensors", "evaluate", "--once",
                          CONTROL_ROOM_SECRET_ALLOW=f"file:{secrets_dir}")
     assert code == 0, err
-    assert "1 sensor(s) due: 1 moved, 0 unchanged, 0 error(s)" in out, (out, err)
+    assert "1 sensor(s) due: 1 moved, 0 unchanged, 0 waiting, 0 error(s)" in out, (out, err)
     assert len(runs_of(conn, env.world.w1)) == 1
     shown = ok_json(env, "sensors", "show", "partners")
     assert shown["cursor"] == "2031-03-03 08:30:00"

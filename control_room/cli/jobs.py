@@ -172,6 +172,36 @@ def freshness_text(freshness: JobFreshness) -> Text:
                 style=FRESHNESS_STYLE.get(freshness.state, ""))
 
 
+@app.command("concurrency")
+def concurrency_command(
+    slug: Slug,
+    max_runs: Annotated[int | None, typer.Option(
+        "--max", min=1, max=1000, help="At most this many runs queued or running that the "
+                                       "job's schedules and sensors start.")] = None,
+    unlimited: Annotated[bool, typer.Option(
+        "--unlimited", help="Remove the limit (the default of every job).")] = False,
+    workspace: Workspace = None,
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Limit a job's concurrent runs started by its schedules and sensors (a tick of a busy
+    job is skipped, a sensor waits); `runs create --job` is not limited."""
+    with guard():
+        if (max_runs is None) == (not unlimited):
+            raise BadInput("give --max N or --unlimited")
+        with gateway(gateway_url, token, workspace, state_dir) as target:
+            job = target.client.set_job_concurrency(target.workspace_id(), slug, max_runs)
+        if as_json:
+            out.print_json(data=dump(job))
+            return
+        limit = job.max_concurrent_runs
+        out.print(f"job {job.slug}: " + (f"at most {limit} run(s) at once from its schedules "
+                                         "and sensors" if limit else "no concurrency limit"),
+                  markup=False)
+
+
 @app.command("slo")
 def slo_command(
     slug: Slug,
@@ -223,6 +253,7 @@ def show_command(
         head.add_row("tags", ", ".join(f"{k}={v}" for k, v in sorted(job.tags.items())) or "-")
         head.add_row("latest version", str(job.latest_version))
         head.add_row("next run", when(job.next_run_at) if job.next_run_at else "-")
+        head.add_row("max concurrent runs", str(job.max_concurrent_runs or "no limit"))
         head.add_row("freshness", freshness_text(job.freshness))
         if job.freshness.breached_since:
             head.add_row("breached since", when(job.freshness.breached_since))

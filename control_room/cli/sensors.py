@@ -204,8 +204,8 @@ def evaluate_command(
                                                   workspace_id=workspace_id)
                     report(result)
                     out.print(f"{result.claimed} sensor(s) due: {result.moved} moved, "
-                              f"{result.unchanged} unchanged, {result.errors} error(s)",
-                              markup=False)
+                              f"{result.unchanged} unchanged, {result.waiting} waiting, "
+                              f"{result.errors} error(s)", markup=False)
                     return
                 stop = threading.Event()
 

@@ -792,6 +792,14 @@ class ContractClient:
         args = {"workspace_id": workspace_id, "job": job, "freshness_seconds": freshness_seconds}
         return _parse(Job, self._rpc("set_job_slo", args), "set_job_slo")
 
+    def set_job_concurrency(self, workspace_id: str, job: str,
+                            max_concurrent_runs: int | None = None) -> Job:
+        """Limit the runs of a job its schedules and sensors may have queued or running at
+        once (developer or admin; None: no limit)."""
+        args = {"workspace_id": workspace_id, "job": job,
+                "max_concurrent_runs": max_concurrent_runs}
+        return _parse(Job, self._rpc("set_job_concurrency", args), "set_job_concurrency")
+
     def evaluate_slos(self, workspace_id: str | None = None,
                       limit: int | None = None) -> SloEvaluation:
         """Compare each job's freshness with its SLO (service_role: every workspace; a

@@ -170,6 +170,7 @@ __all__ = [
     "Sensor",
     "SensorDeleted",
     "SensorEvaluation",
+    "SetJobConcurrencyArgs",
     "SetJobSloArgs",
     "SloChange",
     "SloEvaluation",
@@ -773,6 +774,7 @@ class Job(_Result):
     created_at: datetime
     updated_at: datetime
     latest_version: int
+    max_concurrent_runs: int | None = None
     freshness: JobFreshness
 
 
@@ -1053,6 +1055,8 @@ class SensorEvaluation(_Result):
     moved: bool
     run: RunCreated | None
     error: str | None
+    waiting: str | None = None
+    """The value moved while the job was at its max_concurrent_runs: no run yet."""
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -1386,6 +1390,12 @@ class SetJobSloArgs(_Args):
     freshness_seconds: int
 
 
+class SetJobConcurrencyArgs(_Args):
+    workspace_id: str
+    job: str
+    max_concurrent_runs: int | None = None
+
+
 class EvaluateSlosArgs(_Args):
     workspace_id: str | None = None
     limit: int | None = None
@@ -1610,6 +1620,7 @@ REQUESTS: dict[str, type[_Args]] = {
     "list_jobs": ListJobsArgs,
     "get_job": GetJobArgs,
     "set_job_slo": SetJobSloArgs,
+    "set_job_concurrency": SetJobConcurrencyArgs,
     "evaluate_slos": EvaluateSlosArgs,
     "create_job_run": CreateJobRunArgs,
     "create_alert_destination": CreateAlertDestinationArgs,
@@ -1678,6 +1689,7 @@ RESULTS: dict[str, type[_Result]] = {
     "list_jobs": JobListed,
     "get_job": JobDetail,
     "set_job_slo": Job,
+    "set_job_concurrency": Job,
     "evaluate_slos": SloEvaluation,
     "create_job_run": RunCreated,
     "create_alert_destination": AlertDestination,

@@ -2729,6 +2729,7 @@ declare
     v_version uuid;
     v_run     jsonb;
     v_msg     text;
+    v_busy    text;
 begin
     select * into v_row from ops.sensors s where s.id = v_id for update;
     if v_row.id is null then
@@ -2748,13 +2749,22 @@ begin
         update ops.sensors s set last_error = v_msg, last_evaluated_at = v_now, evaluations = s.evaluations + 1
         where s.id = v_row.id returning * into v_row;
         return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', false, 'run', null,
-                                  'error', v_msg);
+                                  'error', v_msg, 'waiting', null);
     end if;
     if v_row.cursor is not distinct from record_sensor_value.value then
         update ops.sensors s set last_error = null, last_evaluated_at = v_now, evaluations = s.evaluations + 1
         where s.id = v_row.id returning * into v_row;
         return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', false, 'run', null,
-                                  'error', null);
+                                  'error', null, 'waiting', null);
+    end if;
+    v_busy := ops_private.job_busy(v_row.job_id);
+    if v_busy is not null then
+        -- the job is at its max_concurrent_runs: no run, the cursor stays, so the first
+        -- evaluation after a run ends starts one
+        update ops.sensors s set last_error = null, last_evaluated_at = v_now, evaluations = s.evaluations + 1
+        where s.id = v_row.id returning * into v_row;
+        return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', false, 'run', null,
+                                  'error', null, 'waiting', v_busy);
     end if;
     begin
         select v.id into v_version
@@ -2774,14 +2784,14 @@ begin
         update ops.sensors s set last_error = v_msg, last_evaluated_at = v_now, evaluations = s.evaluations + 1
         where s.id = v_row.id returning * into v_row;
         return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', false, 'run', null,
-                                  'error', v_msg);
+                                  'error', v_msg, 'waiting', null);
     end if;
     update ops.sensors s
     set cursor = record_sensor_value.value, moves = s.moves + 1, last_error = null, last_evaluated_at = v_now,
         last_moved_at = v_now, last_run_id = (v_run ->> 'id')::uuid, evaluations = s.evaluations + 1
     where s.id = v_row.id returning * into v_row;
     return jsonb_build_object('sensor', ops_private.sensor_json(v_row), 'moved', true, 'run', v_run,
-                              'error', null);
+                              'error', null, 'waiting', null);
 end
 $$;
 
@@ -3384,6 +3394,38 @@ begin
     end loop;
     return jsonb_build_object('schedules', v_done, 'created', v_created, 'skipped', v_skipped,
                               'failed', v_failed, 'ticks', v_ticks, 'at', v_now);
+end
+$$;
+
+--
+-- Name: set_job_concurrency(text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.set_job_concurrency(workspace_id text, job text, max_concurrent_runs integer DEFAULT NULL::integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_job ops.jobs := ops_private.find_job(set_job_concurrency.workspace_id, set_job_concurrency.job,
+                                           array['developer', 'admin'], true);
+begin
+    if set_job_concurrency.max_concurrent_runs is not null
+       and set_job_concurrency.max_concurrent_runs not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument',
+            'max_concurrent_runs must be between 1 and 1000 (null: no limit), got '
+            || set_job_concurrency.max_concurrent_runs::text,
+            jsonb_build_object('argument', 'max_concurrent_runs'));
+    end if;
+    if v_job.max_concurrent_runs is distinct from set_job_concurrency.max_concurrent_runs then
+        update ops.jobs j set max_concurrent_runs = set_job_concurrency.max_concurrent_runs,
+                              updated_at = ops_private.now()
+        where j.id = v_job.id
+        returning * into v_job;
+        perform ops_private.audit('set_job_concurrency', v_job.workspace_id, 'job', v_job.id::text,
+            jsonb_build_object('job', v_job.slug, 'max_concurrent_runs', set_job_concurrency.max_concurrent_runs));
+    end if;
+    return ops_private.job_json(v_job);
 end
 $$;
 
@@ -5215,8 +5257,10 @@ CREATE TABLE ops.jobs (
     slo_state text DEFAULT 'unknown'::text NOT NULL,
     slo_breached_at timestamp with time zone,
     slo_checked_at timestamp with time zone,
+    max_concurrent_runs integer,
     CONSTRAINT jobs_description_check CHECK ((length(description) <= 2000)),
     CONSTRAINT jobs_freshness_slo_seconds_check CHECK (((freshness_slo_seconds >= 60) AND (freshness_slo_seconds <= 31622400))),
+    CONSTRAINT jobs_max_concurrent_runs_check CHECK (((max_concurrent_runs >= 1) AND (max_concurrent_runs <= 1000))),
     CONSTRAINT jobs_owner_check CHECK ((length(owner) <= 200)),
     CONSTRAINT jobs_slo_state_check CHECK ((slo_state = ANY (ARRAY['unknown'::text, 'ok'::text, 'breached'::text]))),
     CONSTRAINT jobs_slug_check CHECK ((slug ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text)),
@@ -5240,6 +5284,12 @@ COMMENT ON COLUMN ops.jobs.freshness_slo_seconds IS 'The freshness objective: th
 --
 
 COMMENT ON COLUMN ops.jobs.slo_state IS 'What evaluate_slos last found: unknown (no dataset with a data time yet), ok, breached.';
+
+--
+-- Name: COLUMN jobs.max_concurrent_runs; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON COLUMN ops.jobs.max_concurrent_runs IS 'At most this many runs queued or running that schedules and sensors start (null: no limit).';
 
 --
 -- Name: find_job(text, text, text[], boolean); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -5411,6 +5461,7 @@ declare
                       || pg_catalog.to_char(p_for at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"');
     v_active  record;
     v_count   integer;
+    v_busy    text;
 begin
     insert into ops.schedule_ticks (schedule_id, workspace_id, scheduled_for, state, reason, created_at)
     values (s.id, s.workspace_id, p_for, p_state, p_reason, p_now)
@@ -5420,6 +5471,13 @@ begin
         return v_tick;
     end if;
     begin
+        -- the job's own limit first (any trigger's runs count), then the schedule's overlap
+        v_busy := ops_private.job_busy(s.job_id);
+        if v_busy is not null then
+            update ops.schedule_ticks t set state = 'skipped', reason = 'job busy: ' || v_busy
+            where t.id = v_tick.id returning * into v_tick;
+            return v_tick;
+        end if;
         -- overlap: the schedule's runs still queued or running
         select count(*) into v_count
         from ops.schedule_ticks t join ops.runs r on r.id = t.run_id
@@ -5668,6 +5726,33 @@ end
 $_$;
 
 --
+-- Name: job_busy(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.job_busy(p_job uuid) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    v_job   ops.jobs;
+    v_count integer;
+begin
+    select * into v_job from ops.jobs j where j.id = p_job;
+    if v_job.max_concurrent_runs is null then
+        return null;
+    end if;
+    select count(*) into v_count
+    from ops.runs r
+    where r.job_version_id in (select v.id from ops.job_versions v where v.job_id = p_job)
+      and r.state in ('queued', 'running');
+    if v_count < v_job.max_concurrent_runs then
+        return null;
+    end if;
+    return pg_catalog.format('job %s has %s run(s) queued or running (max_concurrent_runs %s)',
+                             v_job.slug, v_count, v_job.max_concurrent_runs);
+end
+$$;
+
+--
 -- Name: job_freshness_json(ops.jobs); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -5715,6 +5800,7 @@ begin
         'owner', j.owner, 'tags', j.tags,
         'created_by', case when ops_private.sees_principals(j.workspace_id) then j.created_by end,
         'created_at', j.created_at, 'updated_at', j.updated_at, 'latest_version', j.latest_version,
+        'max_concurrent_runs', j.max_concurrent_runs,
         'freshness', ops_private.job_freshness_json(j));
 end
 $$;
@@ -8821,6 +8907,14 @@ GRANT ALL ON FUNCTION ops.run_due_schedules(workspace_id text, "limit" integer) 
 GRANT ALL ON FUNCTION ops.run_due_schedules(workspace_id text, "limit" integer) TO service_role;
 
 --
+-- Name: FUNCTION set_job_concurrency(workspace_id text, job text, max_concurrent_runs integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.set_job_concurrency(workspace_id text, job text, max_concurrent_runs integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.set_job_concurrency(workspace_id text, job text, max_concurrent_runs integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.set_job_concurrency(workspace_id text, job text, max_concurrent_runs integer) TO service_role;
+
+--
 -- Name: FUNCTION set_job_slo(workspace_id text, job text, freshness_seconds integer); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -9455,6 +9549,12 @@ REVOKE ALL ON FUNCTION ops_private.is_secret_reference(p_text text) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION ops_private.is_timestamptz(p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION job_busy(p_job uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.job_busy(p_job uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION job_freshness_json(j ops.jobs); Type: ACL; Schema: ops_private; Owner: -

@@ -45,7 +45,8 @@ _KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)\s*=\s*('[^']*'|\S+)")
 
 @dataclass(frozen=True)
 class SensorOutcome:
-    """What one evaluation did: `moved` (a run: `run_id`), `unchanged`, or `error`."""
+    """What one evaluation did: `moved` (a run: `run_id`), `unchanged`, `waiting` (moved, but
+    the job is at its max_concurrent_runs: `error` says why; no run yet) or `error`."""
 
     sensor_id: str
     name: str
@@ -61,6 +62,7 @@ class SensorReport:
     claimed: int = 0
     moved: int = 0
     unchanged: int = 0
+    waiting: int = 0
     errors: int = 0
     outcomes: list[SensorOutcome] = field(default_factory=list)
 
@@ -143,6 +145,9 @@ def evaluate_due_sensors(client: ContractClient, *, policy: SecretPolicy,
         if result.error is not None:
             report.errors += 1
             outcome = SensorOutcome(sensor.id, sensor.name, "error", error=result.error)
+        elif result.waiting is not None:
+            report.waiting += 1
+            outcome = SensorOutcome(sensor.id, sensor.name, "waiting", error=result.waiting)
         elif result.moved:
             report.moved += 1
             outcome = SensorOutcome(sensor.id, sensor.name, "moved",

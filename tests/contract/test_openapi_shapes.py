@@ -311,6 +311,11 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     slo = r.call("set_job_slo", {"workspace_id": ws["id"], "job": "shapes-job",
                                  "freshness_seconds": 600}, as_=admin)
     assert slo["freshness"]["datasets"][0]["name"] == "gold.shapes.mart"
+    assert r.call("set_job_concurrency", {"workspace_id": ws["id"], "job": "shapes-job",
+                                          "max_concurrent_runs": 1},
+                  as_=admin)["max_concurrent_runs"] == 1
+    r.call("set_job_concurrency", {"workspace_id": ws["id"], "job": "shapes-job"}, as_=admin,
+           label="no limit")
     assert r.call("evaluate_slos", {"workspace_id": ws["id"]}, as_=admin)["checked"] == 1
     r.now += timedelta(minutes=11)
     late = r.call("evaluate_slos", {}, label="breached")

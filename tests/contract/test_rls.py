@@ -917,6 +917,8 @@ CASES = [
          lambda t: {"workspace_id": t.w1, "job": t.job(), "params": {"day": "d"}}, DEVELOPERS),
     Case("set_job_slo", "set_job_slo",
          lambda t: {"workspace_id": t.w1, "job": t.job(), "freshness_seconds": 600}, DEVELOPERS),
+    Case("set_job_concurrency", "set_job_concurrency",
+         lambda t: {"workspace_id": t.w1, "job": t.job(), "max_concurrent_runs": 2}, DEVELOPERS),
     Case("evaluate_slos", "evaluate_slos",
          lambda t: {"workspace_id": t.w1} if t.job() else {}, DEVELOPERS),
     Case("create_connection", "create_connection",
