@@ -42,6 +42,7 @@ E2E_MODULES = frozenset({
     "tests/test_scheduler.py",
     "tests/chaos/test_gateway_outage.py",
     "tests/chaos/test_backends_terminated.py",
+    "tests/chaos/test_worker_killed.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
 

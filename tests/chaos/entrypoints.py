@@ -12,12 +12,13 @@ from executor.sdk import PythonContext
 
 def side_effect(ctx: PythonContext) -> dict[str, Any]:
     """Works `args.seconds`, then does its side effect: one line appended to the ledger file
-    `args.ledger` (`<run id> <phase> <attempt>`, one O_APPEND write) and one output file;
+    `args.ledger` (`<run id> <phase> <attempt> <worker pid>`, one O_APPEND write; the python
+    kind's phase processes are children of their worker) and one output file;
     events say when it starts working and when it did it. Every line of the ledger is one
     execution that got that far."""
     ctx.emit("WORKING", f"{ctx.phase} works", payload={"pid": os.getpid()})
     time.sleep(float(ctx.args.get("seconds", 0.5)))
-    line = f"{ctx.run_id} {ctx.phase} {ctx.attempt}\n"
+    line = f"{ctx.run_id} {ctx.phase} {ctx.attempt} {os.getppid()}\n"
     fd = os.open(ctx.args["ledger"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode())
@@ -28,12 +29,12 @@ def side_effect(ctx: PythonContext) -> dict[str, Any]:
     return {"phase": ctx.phase}
 
 
-def ledger_lines(ledger: Path) -> list[tuple[str, str, int]]:
-    """The ledger's executions: (run id, phase, attempt) per line."""
+def ledger_lines(ledger: Path) -> list[tuple[str, str, int, int]]:
+    """The ledger's executions: (run id, phase, attempt, worker pid) per line."""
     if not ledger.exists():
         return []
     rows = []
     for line in ledger.read_text().splitlines():
-        run_id, phase, attempt = line.split()
-        rows.append((run_id, phase, int(attempt)))
+        run_id, phase, attempt, pid = line.split()
+        rows.append((run_id, phase, int(attempt), int(pid)))
     return rows

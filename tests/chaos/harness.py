@@ -139,6 +139,12 @@ class Chaos:
         self.workers.append(process)
         return process
 
+    def kill_worker(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a worker and its phase processes (its process group)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=START_BOUND)
+
     def worker_log(self, k: int) -> str:
         return (self.tmp / f"worker-{k}.log").read_text(errors="replace")
 
@@ -178,13 +184,15 @@ class Chaos:
             time.sleep(0.1)
         return time.monotonic() - began
 
-    def report(self, runs: list[str]) -> Report:
+    def report(self, runs: list[str], dead: frozenset[int] = frozenset()) -> Report:
+        """What happened to these runs; side effects by the worker pids in `dead` (killed
+        workers) are not counted as duplicates: only live workers must not repeat one."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             phases = cur.execute(Q["phases_of_runs"], {"runs": runs}).fetchall()
             run_rows = cur.execute(Q["runs_states"], {"runs": runs}).fetchall()
             events = cur.execute(Q["events_of_runs"], {"runs": runs}).fetchall()
         self.conn.rollback()
-        return Report.of(phases, run_rows, events, ledger_lines(self.ledger))
+        return Report.of(phases, run_rows, events, ledger_lines(self.ledger), dead)
 
 
 # the trail every succeeded phase must have, each event once, in this order
@@ -202,7 +210,8 @@ class Report:
     double_completions: list[str]
     """Phases with more than one PHASE_SUCCEEDED (or a completion of a stale attempt)."""
     duplicated_effects: list[str]
-    """Phases whose side effect happened more than once (ledger lines)."""
+    """Phases whose side effect live workers did more than once (ledger lines; a killed
+    worker's are not counted), or a succeeded phase without one."""
     incomplete_trails: list[str]
     """Phases (and runs) whose event trail lacks a step, or has one twice."""
     attempts: Counter[int]
@@ -210,11 +219,13 @@ class Report:
 
     @classmethod
     def of(cls, phases: list[dict[str, Any]], runs: list[dict[str, Any]],
-           events: list[dict[str, Any]], ledger: list[tuple[str, str, int]]) -> Report:
+           events: list[dict[str, Any]], ledger: list[tuple[str, str, int, int]],
+           dead: frozenset[int] = frozenset()) -> Report:
         trails: dict[tuple[str, str | None], list[str]] = {}
         for e in events:
             trails.setdefault((e["run_id"], e["phase"]), []).append(e["type"])
-        effects = Counter((run_id, name) for run_id, name, _ in ledger)
+        effects = Counter((run_id, name) for run_id, name, _, _ in ledger)
+        live = Counter((run_id, name) for run_id, name, _, pid in ledger if pid not in dead)
         lost, doubles, duplicated, incomplete = [], [], [], []
         for p in phases:
             key = (p["run_id"], p["name"])
@@ -224,8 +235,10 @@ class Report:
                 lost.append(f"{where} ({p['state']}, attempt {p['attempt']})")
             if trail.count("PHASE_SUCCEEDED") != 1:
                 doubles.append(f"{where}: {trail}")
-            if effects[key] != 1:
-                duplicated.append(f"{where}: {effects[key]} side effects")
+            # a killed worker's execution may be repeated (its lease expired); a live one's not
+            if live[key] > 1 or (p["state"] == "succeeded" and effects[key] == 0):
+                duplicated.append(f"{where}: {live[key]} side effects by live workers, "
+                                  f"{effects[key]} in all")
             # the last attempt's trail: everything after its PHASE_CLAIMED, once, in order
             last = len(trail) - 1 - trail[::-1].index("PHASE_CLAIMED") \
                 if "PHASE_CLAIMED" in trail else 0
