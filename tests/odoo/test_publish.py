@@ -68,8 +68,14 @@ def test_a_bi_role_keeps_its_grants_and_views_across_three_publications(
         day = START + dt.timedelta(days=2 + run_number)
         if run_number:
             generator.advance(source_dsn, days=1)
-        run_spec({"lake": str(lake), "as_of": day.isoformat(), "odoo_dsn": source_dsn,
-                  "warehouse_dsn": warehouse_dsn}, tmp_path / "work")
+        run = run_spec({"lake": str(lake), "as_of": day.isoformat(), "odoo_dsn": source_dsn,
+                        "warehouse_dsn": warehouse_dsn}, tmp_path / "work")
+        # the FRESHNESS event keeps the payload the control plane reads
+        [freshness] = [e[4] for e in run.events["publish"]
+                       if e[0] == "event" and e[1] == "FRESHNESS"]
+        assert {"data_time", "source_cursor", "datasets"} <= set(freshness)
+        assert sorted(freshness["datasets"]) == [
+            "gold.odoo.order_invoice_lag", "gold.odoo.receivables_ageing", "gold.odoo.revenue"]
         with psycopg.connect(warehouse_dsn, autocommit=True) as conn:
             if run_number == 0:
                 # what a BI admin does once, after the first publication: a read-only role,

@@ -113,3 +113,24 @@ def test_the_medallion_gives_the_same_silver_and_gold_on_17_and_18(
     names17 = {f.name for f in moves17.fields}
     names18 = {f.name for f in moves18.fields}
     assert names17 - names18 == {"to_check"} and names18 - names17 == {"checked"}
+
+
+def test_the_generator_command_takes_the_odoo_version(odoo18_dsn: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.executor.harness import REPO
+
+    command = [sys.executable, "-m", "pipelines.odoo", "generate", "--dsn", odoo18_dsn,
+               "--scale", "0.01", "--days", "1", "--start", "2026-01-01"]
+    done = subprocess.run([*command, "--odoo-version", "18.0", "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["odoo_version"] == "18.0"
+    assert set(_columns(odoo18_dsn)) == {(t, c) for t, cols in schema_columns("18.0").items()
+                                         for c in cols}
+    refused = subprocess.run([*command, "--odoo-version", "16.0"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "error: odoo_version must be one of 17.0, 18.0, got '16.0'"
