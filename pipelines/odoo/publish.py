@@ -93,10 +93,13 @@ from pipelines.odoo.lake import (
     state_uri,
 )
 
-__all__ = ["GOLD_PREFIX", "DataTime", "Mart", "MartModel", "data_time", "freshness_source",
-           "grant_reader", "parse_models", "pg_type", "publish", "publish_gold"]
+__all__ = ["GOLD_PREFIX", "VERIFY_LAKE_DIR", "DataTime", "Mart", "MartModel", "data_time",
+           "freshness_source", "grant_reader", "parse_models", "pg_type", "publish",
+           "publish_gold"]
 
 GOLD_PREFIX = "gold.odoo."
+VERIFY_LAKE_DIR = "_verify/"
+"""How a verify rebuild's `input_manifest.lake_dir` starts (control_room/cli/verify.py)."""
 
 
 def pg_type(arrow: pa.DataType) -> str:
@@ -485,6 +488,16 @@ def publish_gold(ctx: Context) -> dict[str, Any]:
                                  f"params.connections: {sorted(ctx.connections)})",
                                  error_type="LookupError")
     marts = _marts(ctx.inputs)
+    lake_dir = str(ctx.input_manifest.get("lake_dir") or "")
+    if lake_dir.startswith(VERIFY_LAKE_DIR):
+        # a `control-room verify` rebuild (docs/verify.md): its gold is compared by digest,
+        # never published over the warehouse BI reads, and no FRESHNESS moves data time
+        ctx.emit("LOG", f"a verify rebuild: {len(marts)} gold table(s) not published to the "
+                 f"warehouse (the last real publication stays)", "info",
+                 {"schema": schema, "verify": True})
+        return {"schema": schema, "as_of": as_of.isoformat(), "published": False,
+                "marts": [{"dataset": m.name, "digest": m.digest, "delta_version": m.version}
+                          for m in marts]}
     models = parse_models(ctx.args.get("models"))
     newest = freshness_source(lake)
     with postgres_connect(connection) as pg:
@@ -509,4 +522,4 @@ def publish_gold(ctx: Context) -> dict[str, Any]:
                 "warning", {"mart": entry["mart"], "columns": entry["columns"]})
     ctx.emit("LOG", f"published {len(marts)} gold table(s) to schema {schema}", "info",
              {"schema": schema, "marts": [m["mart"] for m in result["marts"]]})
-    return {"schema": schema, "as_of": as_of.isoformat(), **result}
+    return {"schema": schema, "as_of": as_of.isoformat(), "published": True, **result}

@@ -56,14 +56,16 @@ def python_context(phase: str, args: Mapping[str, Any], output_dir: Path, *,
                    datasets: Mapping[str, str] | None = None,
                    events: list[tuple[Any, ...]] | None = None,
                    run_id: str | None = None,
-                   lake_root: Path | None = None) -> PythonContext:
+                   lake_root: Path | None = None,
+                   input_manifest: Mapping[str, Any] | None = None) -> PythonContext:
     """The context a python phase's entrypoint gets, made in this process: what it emits is
     appended to `events`."""
     sink: list[tuple[Any, ...]] = events if events is not None else []
     output_dir.mkdir(parents=True, exist_ok=True)
     return PythonContext(
         run_id=run_id or str(uuid.uuid4()), phase=phase, attempt=1, params={"args": args},
-        args=dict(args), inputs=dict(inputs or {}), input_manifest={}, git_sha=None,
+        args=dict(args), inputs=dict(inputs or {}), input_manifest=dict(input_manifest or {}),
+        git_sha=None,
         output_dir=output_dir, timeout_s=None, connections=dict(connections or {}),
         _send=sink.append, datasets=dict(datasets or {}), lake_root=lake_root)
 

@@ -277,3 +277,36 @@ def test_grant_reader_needs_the_role_or_create_and_is_idempotent(
     _publish(warehouse_dsn, [_mart(tmp_path / "a", pa.table({"x": pa.array([1], pa.int64())}))])
     with psycopg.connect(warehouse_dsn, autocommit=True) as conn:
         assert _as_role(conn, bi_role, "select x from gold.big") == [(1,)]
+
+
+def test_a_verify_rebuild_does_not_publish_over_the_warehouse(warehouse_dsn: str,
+                                                              tmp_path: Path) -> None:
+    """`control-room verify` rebuilds a run into `_verify/<run>/<time>` of the lake: its
+    publish phase compares nothing and must not replace what BI reads (nor move data time
+    with a FRESHNESS event)."""
+    from pipelines.odoo.publish import publish_gold
+    from tests.odoo.runner import postgres, python_context
+
+    mart = _mart(tmp_path / "lake" / "gold" / "revenue",
+                 pa.table({"x": pa.array([1], pa.int64())}), name="gold.odoo.revenue")
+    inputs = {"gold_revenue": {"table": {"name": mart.name, "uri": mart.uri,
+                                         "version": mart.version, "digest": None}}}
+    events: list[tuple[Any, ...]] = []
+    ctx = python_context("publish", {"lake": str(tmp_path / "lake"), "as_of": "2026-01-01"},
+                         tmp_path / "out", connections={
+                             "warehouse": postgres("warehouse", warehouse_dsn)},
+                         inputs=inputs, events=events,
+                         input_manifest={"lake_dir": "_verify/r1/20260101T000000Z"})
+    manifest = publish_gold(ctx)
+    assert manifest["published"] is False
+    assert [e[1] for e in events if e[0] == "event"] == ["LOG"]
+    with psycopg.connect(warehouse_dsn) as conn:
+        assert conn.execute("select to_regnamespace('gold')").fetchone() == (None,)
+    # the same phase of an ordinary run publishes
+    ctx = python_context("publish", {"lake": str(tmp_path / "lake"), "as_of": "2026-01-01"},
+                         tmp_path / "out2", connections={
+                             "warehouse": postgres("warehouse", warehouse_dsn)},
+                         inputs=inputs, events=events)
+    assert publish_gold(ctx)["published"] is True
+    with psycopg.connect(warehouse_dsn) as conn:
+        assert conn.execute("select x from gold.revenue").fetchall() == [(1,)]
