@@ -105,3 +105,43 @@ def test_the_odoo_spec_runs_through_the_gateway_and_workers(
     dataset = env.client(env.world.viewer1).call(
         "get_dataset", {"workspace_id": env.world.w1, "name": "bronze.odoo.sale_order"})
     assert dataset["schema_state"] == "blocked"
+
+
+def test_the_odoo_spec_runs_over_the_json_rpc_api_through_the_gateway_and_workers(
+        env: Env, source_dsn: str, warehouse_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosted Odoo: the workspace's `odoo` connection is Odoo's JSON-RPC API (type http), its
+    API key a secret reference the worker resolves; the same spec runs unchanged."""
+    from tests.odoo.rpc_server import OdooServer, serving
+
+    generator.generate(source_dsn, scale=0.02, seed=11, days=3, start=dt.date(2026, 1, 1))
+    with serving(OdooServer(source_dsn)) as odoo:
+        monkeypatch.setenv("ODOO_API_KEY", odoo.api_key)
+        monkeypatch.setenv("WAREHOUSE_PASSWORD", "")
+        admin = env.client(env.world.admin1)
+        admin.create_connection(env.world.w1, "odoo", "http",
+                                config={"url": odoo.url, "database": odoo.database,
+                                        "login": odoo.login},
+                                secrets={"api_key": "env:ODOO_API_KEY"})
+        admin.create_connection(env.world.w1, "warehouse", "postgres",
+                                config={"dsn": warehouse_dsn},
+                                secrets={"password": "env:WAREHOUSE_PASSWORD"})
+        loaded = load_spec(SPEC)
+        args = loaded.create_run_args(env.world.w1, {"as_of": "2026-01-03"},
+                                      idempotency_key=str(uuid.uuid4()))
+        run_id = env.client(env.world.dev1).create_run(**args).id
+        phases = len(loaded.spec.phases)
+        Running(env.worker(kinds=["python", "sql"], concurrency=2,
+                           secret_allow="env:ODOO_,env:WAREHOUSE_"),
+                max_phases=phases).join(BOUND * 8)
+        assert odoo.requests > 12
+    run = env.get_run(run_id)
+    assert run.state == "succeeded", {p.name: p.error for p in run.phases
+                                      if p.state != "succeeded"}
+    manifest = run.phase("extract_sale_order").output_manifest
+    assert manifest is not None and manifest["source"] == "api"
+    assert manifest["odoo_version"] == "17.0" and manifest["upserts"] > 0
+    with psycopg.connect(warehouse_dsn) as pg:
+        assert pg.execute("select count(*) from gold.revenue").fetchone() != (0,)
+    # the key is nowhere in the run's events
+    assert all(odoo.api_key not in str(e.payload) + e.message for e in env.events(run_id))
