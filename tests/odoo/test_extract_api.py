@@ -171,3 +171,16 @@ def test_the_medallion_over_the_api_gives_the_gold_of_the_database_mode(
         run_spec({"lake": str(tmp_path / "refused"), "as_of": "2026-01-04", "odoo_api": api,
                   "warehouse_dsn": warehouse_dsn}, tmp_path / "work",
                  only={"extract_sale_order"})
+
+
+def test_an_odoo_18_source_over_the_api(source_dsn: str, odoo: OdooServer,
+                                        tmp_path: Path) -> None:
+    generator.generate(source_dsn, scale=0.01, seed=7, days=2, start=START,
+                       odoo_version="18.0")
+    for table in ("account_move", "product_template", "res_currency", "res_company"):
+        expected = run(postgres("odoo", source_dsn), tmp_path / "db", table, tmp_path)
+        got = run(api_connection(odoo), tmp_path / "api", table, tmp_path, batch_size=40)
+        assert (got["odoo_version"], expected["odoo_version"]) == ("18.0", "18.0")
+        assert bronze_rows(tmp_path / "api", table).equals(bronze_rows(tmp_path / "db", table))
+    names = DeltaTable(bronze_uri(str(tmp_path / "api"), "account_move")).schema().fields
+    assert "checked" in {f.name for f in names}
