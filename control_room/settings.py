@@ -174,6 +174,17 @@ class StackSettings(BaseSettings):
     demo_keep_up: bool = Field(
         default=False, description="Keep the demo's stack running after the run, until Ctrl-C."
     )
+    demo_continuous: bool = Field(
+        default=False,
+        description="After the first run, keep the stack up and ingest continuously: the "
+                    "medallion as a job with a 5-minute schedule, a source-changed sensor and a "
+                    "15-minute freshness SLO, while the source advances; until Ctrl-C.",
+    )
+    demo_advance_seconds: float = Field(
+        default=60.0, ge=1.0, le=86400.0,
+        description="With --continuous: seconds between two steps of the simulated Odoo "
+                    "activity (one simulated day each).",
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -108,6 +108,10 @@ def demo_command(
     concurrency: Concurrency = WORKER.concurrency,
     port: Annotated[int, option_for(S, "demo_port", "--port")] = STACK.demo_port,
     keep_up: Annotated[bool, option_for(S, "demo_keep_up", "--keep-up")] = STACK.demo_keep_up,
+    continuous: Annotated[bool, option_for(S, "demo_continuous", "--continuous")] = (
+        STACK.demo_continuous),
+    advance_seconds: Annotated[float, option_for(S, "demo_advance_seconds", "--advance-every")] = (
+        STACK.demo_advance_seconds),
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
@@ -177,7 +181,9 @@ def demo_command(
                         _say(STOPPING_NOTE)
                 else:
                     _print_demo(summary)
-                if keep_up and run.state == "succeeded":
+                if continuous and run.state == "succeeded":
+                    _continue(stack, spec, source, as_of, advance_seconds)
+                elif keep_up and run.state == "succeeded":
                     out.print(f"The stack stays up (gateway {stack.info.gateway_url}); "
                               "Ctrl-C stops it.", markup=False)
                     stop = threading.Event()
@@ -188,6 +194,38 @@ def demo_command(
         if run.state != "succeeded":
             fail(f"the demo run {run_id} ended {run.state}: `control-room runs show "
                  f"{run_id}` after `control-room up` shows why", EXIT_FAILED)
+
+
+def _continue(stack: Any, spec: Any, source: str, as_of: str, advance_seconds: float) -> None:
+    """`demo --continuous`: the medallion as a continuously ingesting job (a 5-minute schedule,
+    a source-changed sensor, one run at a time, a 15-minute SLO) while the simulated Odoo
+    advances one day every `advance_seconds`; a line per step with the job's freshness, until
+    Ctrl-C."""
+    from control_room.cli.jobs import freshness_text
+    from control_room.continuous import enable_odoo_ingestion
+    from control_room.contract.client import ContractClient
+    from pipelines.odoo.generator import advance
+
+    assert stack.info is not None
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with ContractClient(stack.info.gateway_url, stack.info.token.get_secret_value()) as client:
+        setup = enable_odoo_ingestion(client, stack.info.workspace_id, spec,
+                                      params={"as_of": as_of}, sensor_seconds=30)
+        out.print(f"Continuous ingestion: job {setup.job.slug} version {setup.version}, "
+                  f"schedule {setup.schedule.name} (*/5 * * * *), sensor {setup.sensor.name} "
+                  f"(every 30 s), SLO 15 min; the source advances a day every "
+                  f"{advance_seconds:g} s. Ctrl-C stops.", markup=False)
+        while not stop.wait(advance_seconds):
+            stack.check_workers()
+            report = advance(source, days=1)
+            job = client.get_job(stack.info.workspace_id, setup.job.slug)
+            last = job.last_run
+            changed = (f"+{sum(report.inserted.values()):,} ~{sum(report.updated.values()):,} "
+                       f"-{sum(report.deleted.values()):,} rows")
+            out.print(f"{report.last_day}: {changed} · gold freshness ",
+                      freshness_text(job.freshness),
+                      f" · last run {last.state if last else '-'}", sep="")
 
 
 def register_connections(client: Any, workspace_id: str, secrets_dir: Path,
