@@ -302,6 +302,9 @@ class DbtKind:
         for entry in entries:
             model = entry.pop("_model")
             entry["lineage"] = lineage.get(model, {})
+            reads = [*entry["lineage"].get("datasets", []), *entry["lineage"].get("sources", [])]
+            ctx.emit("DATASET_LINEAGE", f"{entry['name']} <- {', '.join(reads) or 'nothing'}",
+                     "info", {"dataset": entry["name"], "model": model, **entry["lineage"]})
         ctx.progress(1.0)
         return PhaseResult(
             output_manifest={"tables": entries, "models": models, "tests": tests,
