@@ -36,6 +36,7 @@ E2E_MODULES = frozenset({
     "tests/executor/test_catalog_worker.py",
     "tests/executor/test_dbt_worker.py",
     "tests/odoo/test_end_to_end.py",
+    "tests/odoo/test_continuous.py",
     "tests/odoo/test_pipeline.py",
     "tests/odoo/test_publish.py",
     "tests/odoo/test_versions.py",
