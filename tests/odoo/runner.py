@@ -13,7 +13,7 @@ from __future__ import annotations
 import graphlib
 import importlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,13 +76,16 @@ def postgres(name: str, dsn: str) -> Connection:
 
 
 def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None = None,
-             datasets: Mapping[str, str] | None = None) -> LocalRun:
+             datasets: Mapping[str, str] | None = None, first: Sequence[str] = (),
+             before_phase: Callable[[str], None] | None = None) -> LocalRun:
     """Run the spec's phases in dependency order (those in `only` and what they need, when
     given); the first phase that raises stops the run (its exception propagates). `params`
     may carry `odoo_dsn` and `warehouse_dsn` (CONNECTION_PARAMS): the workspace's
     connections, as a claim carries them; or `odoo_api` ({url, database, login,
     api_key_ref}: `odoo` as an http connection to Odoo's JSON-RPC API) with `secret_allow`
-    (the policy its `api_key` reference is resolved under)."""
+    (the policy its `api_key` reference is resolved under). `first`: phases without
+    dependencies to run before all others, in that order; `before_phase(name)` is called
+    before each phase runs (a test changes the source between two extractions so)."""
     loaded = spec()
     registered = {CONNECTION_PARAMS[key]: {"type": "postgres", "config": {"dsn": dsn},
                                            "secrets": {}, "version": 1}
@@ -106,10 +109,13 @@ def run_spec(params: Mapping[str, Any], work_dir: Path, *, only: set[str] | None
     phases = {p.name: p for p in loaded.spec.phases}
     order = graphlib.TopologicalSorter({p.name: p.depends_on for p in phases.values()})
     wanted = _closure(phases, only) if only is not None else set(phases)
-    for name in order.static_order():
+    assert all(not phases[name].depends_on for name in first), first
+    for name in [*first, *(n for n in order.static_order() if n not in first)]:
         if name not in wanted:
             continue
         phase = phases[name]
+        if before_phase is not None:
+            before_phase(name)
         params_ = render(phase.params, params=values, run=fields)
         connections = resolve_connections(phase.params.get("connections"), registered,
                                           policy=policy)

@@ -76,12 +76,15 @@ def test_a_planted_bad_row_fails_quality_with_the_failed_rows_as_an_artifact(
         assert line is not None
         conn.execute("update sale_order_line set product_uom_qty = -3 where id = %s",
                      [line[0]])
-        # an orphan, as a buggy import that bypassed the foreign keys would leave it
+        # an orphan, as a buggy import that bypassed the foreign keys would leave it, dated
+        # within the source's history (one written after sale_order was read would be in
+        # flight, not failed, at its first run: tests/odoo/test_in_flight.py)
         conn.execute("set session_replication_role = replica")
         orphan = conn.execute(
             "insert into sale_order_line (order_id, name, product_uom_qty, customer_lead, "
             "price_unit, price_subtotal, write_date, create_date) "
-            "values (987654, 'orphan', 1, 0, 10, 10, now(), now()) returning id").fetchone()
+            "values (987654, 'orphan', 1, 0, 10, 10, '2026-01-01 12:00', '2026-01-01 12:00') "
+            "returning id").fetchone()
         assert orphan is not None
     lake = tmp_path / "lake"
     work = tmp_path / "work"

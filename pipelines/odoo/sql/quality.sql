@@ -90,23 +90,25 @@ order by rule, header_id;
 
 -- name: no_orphan_lines
 -- A live line whose header is missing or deleted; a live link to a missing or deleted line.
+-- `missing_table` is the table `missing_id` should be in.
 select 'sale_order_line.order_id references a live sale_order' as rule,
-       'sale_order_line' as line_table, l.id as line_id, l.order_id as missing_id
+       'sale_order_line' as line_table, l.id as line_id, 'sale_order' as missing_table,
+       l.order_id as missing_id
 from sale_order_line l left join sale_order o on o.id = l.order_id
 where not l.is_deleted and (o.id is null or o.is_deleted)
 union all
 select 'account_move_line.move_id references a live account_move',
-       'account_move_line', l.id, l.move_id
+       'account_move_line', l.id, 'account_move', l.move_id
 from account_move_line l left join account_move m on m.id = l.move_id
 where not l.is_deleted and (m.id is null or m.is_deleted)
 union all
 select 'sale_order_line_invoice_rel.order_line_id references a live sale_order_line',
-       'sale_order_line_invoice_rel', k.invoice_line_id, k.order_line_id
+       'sale_order_line_invoice_rel', k.invoice_line_id, 'sale_order_line', k.order_line_id
 from order_invoice_link k left join sale_order_line l on l.id = k.order_line_id
 where l.id is null or l.is_deleted
 union all
 select 'sale_order_line_invoice_rel.invoice_line_id references a live account_move_line',
-       'sale_order_line_invoice_rel', k.order_line_id, k.invoice_line_id
+       'sale_order_line_invoice_rel', k.order_line_id, 'account_move_line', k.invoice_line_id
 from order_invoice_link k left join account_move_line l on l.id = k.invoice_line_id
 where l.id is null or l.is_deleted
 order by rule, line_id, missing_id;
@@ -130,3 +132,201 @@ from account_move_line
 where not is_deleted and display_type = 'product'
   and move_type in ('out_invoice', 'out_refund') and quantity < 0
 order by rule, line_id;
+
+
+-- In flight or defect? -----------------------------------------------------------------------
+-- Each extract phase reads its table in its own snapshot, so a transaction that Odoo commits
+-- between the reads of two tables (an invoice and its lines) is in one and not the other.
+-- The queries below tell such "in flight" differences from real defects, from what the
+-- extractions recorded in <lake>/_state/reads (quality.py registers it as `reads`). A row
+-- version counts as written after a read R of another table when
+--   1. it is newer than R's cursor (its write_date, else create_date, against the newest
+--      write_date R's snapshot saw: both on the source's clock), and
+--   2. the read that first stored it in bronze came after R (read_at, the worker's clock):
+--      a version an earlier read already held was committed before R, so R saw its whole
+--      transaction (this is what makes a difference that persists fail at the next run);
+-- a deletion counts when the read that found it (its tombstone's) came after R.
+
+-- name: read_cursors
+-- The read each extracted table is judged by (one row per source table): this run's newest
+-- read of its bronze dataset; else (a run that reuses an earlier extraction, as a repair
+-- does) the read its extract phase's manifest names (`read_at`); else the dataset's newest
+-- read. `cursor`: the newest write_date that read's snapshot saw (null for a relation).
+-- Inputs: `reads`, `extracted` (source_table, dataset, read_at: the upstream manifests), $run.
+select e.source_table, r.run_id, r.read_at, r.source_max_write_date as cursor
+from extracted e join reads r on r.dataset = e.dataset
+qualify row_number() over (
+  partition by e.source_table
+  order by r.run_id = $run desc, r.read_at = e.read_at desc nulls last, r.read_at desc) = 1;
+
+-- name: header_evidence
+-- For each `keys` row (header_table: sale_order | account_move, header_id, line_id: null for
+-- a header and all its lines, or the one line of a header that is missing), why the header
+-- and its lines may differ only because they were read at different moments, if they may:
+--   1. the header was written after its lines' table was read;
+--   2. a line (live or deleted) was written after the header table was read;
+--   3. a line was deleted, found by a read after the header table was read;
+--   4. the header was deleted, found by a read after its lines' table was read.
+-- Inputs: the silver entities, `bronze_<table>` of the four tables, `reads`, `cursors`
+-- (read_cursors), `keys`. One row per key with evidence: the first reason, how many more.
+with stored_by as (
+  select dataset, run_id, max(read_at) as read_at from reads group by dataset, run_id
+), pairs(header_table, line_table) as (
+  values ('sale_order', 'sale_order_line'), ('account_move', 'account_move_line')
+), headers as (
+  select k.*, coalesce(h.write_date, h.create_date) as changed
+  from keys k join sale_order h on h.id = k.header_id
+  where k.header_table = 'sale_order'
+  union all
+  select k.*, coalesce(h.write_date, h.create_date)
+  from keys k join account_move h on h.id = k.header_id
+  where k.header_table = 'account_move'
+), lines as (
+  -- a header's lines (line_id null) or the one line keyed
+  select k.*, 'sale_order_line' as line_table, l.id,
+         coalesce(l.write_date, l.create_date) as changed
+  from keys k join sale_order_line l on l.order_id = k.header_id
+  where k.header_table = 'sale_order' and k.line_id is null
+  union all
+  select k.*, 'sale_order_line', l.id, coalesce(l.write_date, l.create_date)
+  from keys k join sale_order_line l on l.id = k.line_id
+  where k.header_table = 'sale_order'
+  union all
+  select k.*, 'account_move_line', l.id, coalesce(l.write_date, l.create_date)
+  from keys k join account_move_line l on l.move_id = k.header_id
+  where k.header_table = 'account_move' and k.line_id is null
+  union all
+  select k.*, 'account_move_line', l.id, coalesce(l.write_date, l.create_date)
+  from keys k join account_move_line l on l.id = k.line_id
+  where k.header_table = 'account_move'
+), stored as (
+  -- every bronze row of those ids, with the read that stored it
+  select 'sale_order' as source_table, b.id, b._op as op, b._source_write_date as version,
+         s.read_at
+  from bronze_sale_order b
+  left join stored_by s on s.dataset = 'bronze.odoo.sale_order' and s.run_id = b._run_id
+  where b.id in (select header_id from keys where header_table = 'sale_order')
+  union all
+  select 'account_move', b.id, b._op, b._source_write_date, s.read_at
+  from bronze_account_move b
+  left join stored_by s on s.dataset = 'bronze.odoo.account_move' and s.run_id = b._run_id
+  where b.id in (select header_id from keys where header_table = 'account_move')
+  union all
+  select 'sale_order_line', b.id, b._op, b._source_write_date, s.read_at
+  from bronze_sale_order_line b
+  left join stored_by s on s.dataset = 'bronze.odoo.sale_order_line' and s.run_id = b._run_id
+  where b.id in (select id from lines where line_table = 'sale_order_line')
+  union all
+  select 'account_move_line', b.id, b._op, b._source_write_date, s.read_at
+  from bronze_account_move_line b
+  left join stored_by s on s.dataset = 'bronze.odoo.account_move_line'
+                       and s.run_id = b._run_id
+  where b.id in (select id from lines where line_table = 'account_move_line')
+), evidence as (
+  select h.header_table, h.header_id, h.line_id, 1 as kind,
+         h.header_table as changed_table, p.line_table as read_table,
+         format('{} {} written at {} after {} was read (newest write_date {})',
+                h.header_table, h.header_id, h.changed, p.line_table, c.cursor) as reason
+  from headers h
+  join pairs p using (header_table)
+  join cursors c on c.source_table = p.line_table
+  join stored s on s.source_table = h.header_table and s.id = h.header_id
+               and s.op = 'upsert'
+               and s.version = coalesce(h.changed, timestamp '1970-01-01')
+  where h.changed > c.cursor and s.read_at > c.read_at
+  union all
+  select l.header_table, l.header_id, l.line_id, 2, l.line_table, l.header_table,
+         format('{} {} written at {} after {} was read (newest write_date {})',
+                l.line_table, l.id, l.changed, l.header_table, c.cursor)
+  from lines l
+  join cursors c on c.source_table = l.header_table
+  join stored s on s.source_table = l.line_table and s.id = l.id and s.op = 'upsert'
+               and s.version = coalesce(l.changed, timestamp '1970-01-01')
+  where l.changed > c.cursor and s.read_at > c.read_at
+  union all
+  select l.header_table, l.header_id, l.line_id, 3, l.line_table, l.header_table,
+         format('{} {} deleted after {} was read', l.line_table, l.id, l.header_table)
+  from lines l
+  join cursors c on c.source_table = l.header_table
+  join stored s on s.source_table = l.line_table and s.id = l.id and s.op = 'delete'
+  where s.read_at > c.read_at
+  union all
+  select k.header_table, k.header_id, k.line_id, 4, k.header_table, p.line_table,
+         format('{} {} deleted after {} was read', k.header_table, k.header_id, p.line_table)
+  from keys k
+  join pairs p using (header_table)
+  join cursors c on c.source_table = p.line_table
+  join stored s on s.source_table = k.header_table and s.id = k.header_id and s.op = 'delete'
+  where s.read_at > c.read_at
+)
+select header_table, header_id, line_id,
+       arg_min(reason, (kind, reason)) || case when count(*) > 1
+         then format(' (and {} more)', count(*) - 1) else '' end as in_flight,
+       arg_min(changed_table, (kind, reason)) as changed_table,
+       arg_min(read_table, (kind, reason)) as read_table
+from evidence
+group by header_table, header_id, line_id
+order by header_table, header_id, line_id;
+
+-- name: link_evidence
+-- For each `link_keys` row (line_table: the table the link's missing or deleted line is in,
+-- order_line_id, invoice_line_id), why the link and the line may differ only because they
+-- were read at different moments, if they may:
+--   5. the link was first stored by a read after the line's table was read;
+--   6. the line was deleted, found by a read after sale_order_line_invoice_rel was read.
+-- Inputs: `bronze_sale_order_line_invoice_rel`, `bronze_sale_order_line`,
+-- `bronze_account_move_line`, `reads`, `cursors`, `link_keys`.
+with stored_by as (
+  select dataset, run_id, max(read_at) as read_at from reads group by dataset, run_id
+), links as (
+  -- the read that stored each link's newest upsert
+  select b.order_line_id, b.invoice_line_id, max(s.read_at) as read_at
+  from bronze_sale_order_line_invoice_rel b
+  semi join link_keys k using (order_line_id, invoice_line_id)
+  left join stored_by s on s.dataset = 'bronze.odoo.sale_order_line_invoice_rel'
+                       and s.run_id = b._run_id
+  where b._op = 'upsert'
+  group by b.order_line_id, b.invoice_line_id
+), keyed as (
+  select *, case line_table when 'sale_order_line' then order_line_id
+                            else invoice_line_id end as line_id
+  from link_keys
+), deleted as (
+  select 'sale_order_line' as line_table, b.id, s.read_at
+  from bronze_sale_order_line b
+  left join stored_by s on s.dataset = 'bronze.odoo.sale_order_line' and s.run_id = b._run_id
+  where b._op = 'delete'
+    and b.id in (select line_id from keyed where line_table = 'sale_order_line')
+  union all
+  select 'account_move_line', b.id, s.read_at
+  from bronze_account_move_line b
+  left join stored_by s on s.dataset = 'bronze.odoo.account_move_line'
+                       and s.run_id = b._run_id
+  where b._op = 'delete'
+    and b.id in (select line_id from keyed where line_table = 'account_move_line')
+), evidence as (
+  select k.line_table, k.order_line_id, k.invoice_line_id, 5 as kind,
+         'sale_order_line_invoice_rel' as changed_table, k.line_table as read_table,
+         format('link ({}, {}) stored after {} was read', k.order_line_id,
+                k.invoice_line_id, k.line_table) as reason
+  from keyed k
+  join links l using (order_line_id, invoice_line_id)
+  join cursors c on c.source_table = k.line_table
+  where l.read_at > c.read_at
+  union all
+  select k.line_table, k.order_line_id, k.invoice_line_id, 6, k.line_table,
+         'sale_order_line_invoice_rel',
+         format('{} {} deleted after sale_order_line_invoice_rel was read', k.line_table,
+                k.line_id)
+  from keyed k
+  join deleted d on d.line_table = k.line_table and d.id = k.line_id
+  join cursors c on c.source_table = 'sale_order_line_invoice_rel'
+  where d.read_at > c.read_at
+)
+select line_table, order_line_id, invoice_line_id,
+       arg_min(reason, kind) as in_flight,
+       arg_min(changed_table, kind) as changed_table,
+       arg_min(read_table, kind) as read_table
+from evidence
+group by line_table, order_line_id, invoice_line_id
+order by line_table, order_line_id, invoice_line_id;
