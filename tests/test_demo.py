@@ -89,3 +89,47 @@ def test_the_demo_stops_when_its_workers_die(tmp_path: Path) -> None:
     assert "worker" in stderr and "exited" in stderr, stderr[-2000:]
     assert "Traceback" not in stderr
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_continuous_demo_keeps_ingesting_and_reports_freshness_until_ctrl_c(
+        tmp_path: Path) -> None:
+    """`demo --continuous`: after the first run, the medallion as a job (schedule, sensor, SLO)
+    while the source advances; each step prints gold's freshness; Ctrl-C stops it cleanly."""
+    import signal
+    import threading
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROL_ROOM_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "control_room", "demo", "--state-dir", str(tmp_path / "state"),
+         "--scale", "0.01", "--days", "3", "--continuous", "--advance-every", "3"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    stdout = process.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 500
+        while time.monotonic() < deadline:
+            steps = [line for line in lines if "gold freshness" in line]
+            if len(steps) >= 3:
+                break
+            assert process.poll() is None, "".join(lines)[-3000:]
+            time.sleep(1)
+        else:
+            raise AssertionError("no freshness lines: " + "".join(lines)[-3000:])
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(120)
+        reader.join(10)
+    text = "".join(lines)
+    assert "Continuous ingestion: job odoo_medallion version 1, schedule odoo-every-5m" in text
+    # a step: the simulated day, the rows it changed, the job's freshness state and lag / SLO
+    assert any(" / 15.0 min" in line and ("ok " in line or "unknown" in line) for line in steps)
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text
+    assert not (tmp_path / "state" / "stack.json").exists()     # the stack stopped
