@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from executor.kinds.base import TerminalPhaseError
 from pipelines.odoo import generator
 from pipelines.odoo.lake import state_uri
-from pipelines.odoo.quality import check_quality
+from pipelines.odoo.quality import CheckResult, _record, check_quality
 from tests.odoo.runner import LocalRun, python_context, run_spec, spec
 from tests.odoo.test_pipeline import gold_digests, params
 
@@ -305,3 +306,24 @@ def test_a_difference_still_there_at_the_next_run_is_a_defect(
     assert caught.value.message.startswith(
         "1 quality check(s) failed: no_orphan_lines: 1 row(s) "
         "(sale_order_line.order_id references a live sale_order)")
+
+
+def test_a_lake_s_older_quality_table_gains_the_in_flight_columns(tmp_path: Path) -> None:
+    """`_state/quality` written before in-flight rows existed: the next record adds the
+    columns (null for the old rows) instead of failing the append."""
+    lake = str(tmp_path / "lake")
+    uri = state_uri(lake, "quality")
+    write_deltalake(uri, pa.table({
+        "run_id": ["old"], "as_of": pa.array([START], pa.date32()), "check": ["no_orphan_lines"],
+        "status": ["passed"], "failed_rows": pa.array([0], pa.int64()), "rules": ["{}"],
+        "checked_at": pa.array([dt.datetime(2026, 1, 2, tzinfo=dt.UTC)],
+                               pa.timestamp("us", tz="UTC"))}))
+    flight = pa.table({"rule": ["r"], "line_id": [1], "in_flight": ["why"],
+                       "changed_table": ["sale_order_line"], "read_table": ["sale_order"]})
+    _record(lake, "new", START, [CheckResult("no_orphan_lines", flight.schema.empty_table(),
+                                             flight)])
+    rows = {r["run_id"]: r for r in DeltaTable(uri).to_pyarrow_table().to_pylist()}
+    assert (rows["old"]["in_flight_rows"], rows["old"]["in_flight_tables"]) == (None, None)
+    assert (rows["new"]["status"], rows["new"]["failed_rows"], rows["new"]["in_flight_rows"],
+            json.loads(rows["new"]["in_flight_tables"])) == (
+        "warn", 0, 1, ["sale_order", "sale_order_line"])
