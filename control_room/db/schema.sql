@@ -4787,6 +4787,7 @@ CREATE TABLE ops.phases (
     error jsonb,
     reused_from_phase_id uuid,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    fair_round bigint,
     CONSTRAINT phases_state_check CHECK ((state = ANY (ARRAY['waiting'::text, 'queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'cancelled'::text])))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.02', autovacuum_vacuum_threshold='500', autovacuum_analyze_scale_factor='0.02');
@@ -4853,18 +4854,44 @@ CREATE FUNCTION ops_private.claim_queued_candidate(p_now timestamp with time zon
     SET enable_bitmapscan TO 'off'
     AS $$
 declare
+    v_r ops.phases;
     v_p ops.phases;
 begin
-    select * into v_p from ops.phases p
-    where p.state = 'queued' and p.not_before <= p_now
+    select * into v_r from ops.phases p
+    where p.state = 'queued' and p.fair_round is null and p.not_before <= p_now
       and (p_kinds is null or p.kind = any (p_kinds))
       and (p_ws is null or p.workspace_id = any (p_ws))
       and (p_run is null or p.run_id = p_run)
       and p.id <> all (p_skip) and p.run_id <> all (p_busy)
-    order by p.priority desc, p.queued_at, p.ordinal, p.id
+    order by p.not_before
     limit 1
     for update skip locked;
-    return v_p;
+    if v_r.id is null then
+        select * into v_p from ops.phases p
+        where p.state = 'queued' and p.fair_round is not null and p.not_before <= p_now
+          and (p_kinds is null or p.kind = any (p_kinds))
+          and (p_ws is null or p.workspace_id = any (p_ws))
+          and (p_run is null or p.run_id = p_run)
+          and p.id <> all (p_skip) and p.run_id <> all (p_busy)
+        order by p.priority desc, p.fair_round, p.queued_at, p.ordinal, p.id
+        limit 1
+        for update skip locked;
+        return v_p;
+    end if;
+    select * into v_p from ops.phases p
+    where p.state = 'queued' and p.fair_round is not null and p.priority > v_r.priority
+      and p.not_before <= p_now
+      and (p_kinds is null or p.kind = any (p_kinds))
+      and (p_ws is null or p.workspace_id = any (p_ws))
+      and (p_run is null or p.run_id = p_run)
+      and p.id <> all (p_skip) and p.run_id <> all (p_busy)
+    order by p.priority desc, p.fair_round, p.queued_at, p.ordinal, p.id
+    limit 1
+    for update skip locked;
+    if v_p.id is not null then
+        return v_p;
+    end if;
+    return v_r;
 end
 $$;
 
@@ -5065,6 +5092,7 @@ CREATE TABLE ops.datasets (
     data_time_run_id uuid,
     data_time_job_id uuid,
     data_time_recorded_at timestamp with time zone,
+    upstream text[],
     CONSTRAINT datasets_format_check CHECK ((format ~ '^[a-z][a-z0-9_]{0,63}$'::text)),
     CONSTRAINT datasets_layer_check CHECK ((layer = ANY (ARRAY['raw'::text, 'bronze'::text, 'silver'::text, 'gold'::text, 'other'::text]))),
     CONSTRAINT datasets_location_check CHECK (((length(location) >= 1) AND (length(location) <= 2048))),
@@ -5086,6 +5114,12 @@ COMMENT ON COLUMN ops.datasets.data_time IS 'Every source change before this mom
 --
 
 COMMENT ON COLUMN ops.datasets.source_cursor IS 'The newest source change included, in the source''s terms (e.g. Odoo''s newest write_date).';
+
+--
+-- Name: COLUMN datasets.upstream; Type: COMMENT; Schema: ops; Owner: -
+--
+
+COMMENT ON COLUMN ops.datasets.upstream IS 'What the dataset was built from (catalog names, and source:<name>), as its last writer said (DATASET_LINEAGE events).';
 
 --
 -- Name: dataset_record_json(ops.datasets, boolean, integer, text); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -5205,6 +5239,34 @@ begin
     end if;
     perform ops_private.settle_run(v_r, p_now);
     return v_r;
+end
+$$;
+
+--
+-- Name: fair_round_next(uuid, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.fair_round_next(p_run uuid, p_priority integer) RETURNS bigint
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    AS $$
+declare
+    v_head bigint;
+    v_last bigint;
+begin
+    select p.fair_round into v_head from ops.phases p
+    where p.state = 'queued' and p.priority = p_priority and p.fair_round is not null
+    order by p.priority desc, p.fair_round
+    limit 1;
+    if p_run is not null then
+        select p.fair_round into v_last from ops.phases p
+        where p.run_id = p_run and p.state = 'queued' and p.priority = p_priority and p.fair_round is not null
+        order by p.run_id desc, p.priority, p.fair_round desc
+        limit 1;
+    end if;
+    return greatest(coalesce(v_head, 0), coalesce(v_last + 1, 0));
 end
 $$;
 
@@ -5557,6 +5619,7 @@ declare
     v_run  uuid;
     v_env  text;
     v_ph   record;
+    v_base bigint := ops_private.fair_round_next(null, p_priority);   -- the current round
 begin
     select w.env into v_env from ops.workspaces w where w.id = p_workspace;
     insert into ops.runs (workspace_id, env, spec_slug, git_sha, state, priority, labels, input_manifest,
@@ -5571,22 +5634,28 @@ begin
 
     insert into ops.phases (run_id, workspace_id, name, ordinal, kind, params, depends_on, state, priority,
                             max_attempts, timeout_seconds, retry_backoff_seconds, retry_backoff_max_seconds,
-                            queued_at, not_before, output_manifest, finished_at, reused_from_phase_id,
-                            updated_at)
-    select v_run, p_workspace, e ->> 'name', (e ->> 'ordinal')::integer, e ->> 'kind', e -> 'params',
-           array(select pg_catalog.jsonb_array_elements_text(e -> 'depends_on')),
-           case when p_reuse ? (e ->> 'name') then 'succeeded'
-                when not exists (select 1 from pg_catalog.jsonb_array_elements_text(e -> 'depends_on') d(name)
-                                 where not coalesce(p_reuse ? d.name, false)) then 'queued'
-                else 'waiting' end,
-           p_priority, (e ->> 'max_attempts')::integer, (e ->> 'timeout_seconds')::integer,
-           (e ->> 'retry_backoff_seconds')::numeric, (e ->> 'retry_backoff_max_seconds')::numeric,
+                            queued_at, not_before, fair_round, output_manifest, finished_at,
+                            reused_from_phase_id, updated_at)
+    select v_run, p_workspace, x.e ->> 'name', x.ordinal, x.e ->> 'kind', x.e -> 'params',
+           array(select pg_catalog.jsonb_array_elements_text(x.e -> 'depends_on')),
+           x.state, p_priority, (x.e ->> 'max_attempts')::integer, (x.e ->> 'timeout_seconds')::integer,
+           (x.e ->> 'retry_backoff_seconds')::numeric, (x.e ->> 'retry_backoff_max_seconds')::numeric,
            p_now, p_now,
-           p_reuse -> (e ->> 'name') -> 'output_manifest',
-           case when p_reuse ? (e ->> 'name') then p_now end,
-           (p_reuse -> (e ->> 'name') ->> 'phase_id')::uuid,
+           -- the run's k-th queued root (by ordinal) plays in round base + k - 1
+           case when x.state = 'queued' then
+               v_base + count(*) filter (where x.state = 'queued')
+                            over (order by x.ordinal rows between unbounded preceding and current row) - 1
+           end,
+           p_reuse -> (x.e ->> 'name') -> 'output_manifest',
+           case when p_reuse ? (x.e ->> 'name') then p_now end,
+           (p_reuse -> (x.e ->> 'name') ->> 'phase_id')::uuid,
            p_now
-    from pg_catalog.jsonb_array_elements(p_phases) e;
+    from (select e, (e ->> 'ordinal')::integer as ordinal,
+                 case when p_reuse ? (e ->> 'name') then 'succeeded'
+                      when not exists (select 1 from pg_catalog.jsonb_array_elements_text(e -> 'depends_on') d(name)
+                                       where not coalesce(p_reuse ? d.name, false)) then 'queued'
+                      else 'waiting' end as state
+          from pg_catalog.jsonb_array_elements(p_phases) e) x;
 
     perform ops_private.emit(v_run, p_workspace, null, null, 'RUN_CREATED', 'info',
         'run created: ' || p_spec_slug || ' @ ' || p_git_sha,
@@ -5981,10 +6050,15 @@ CREATE FUNCTION ops_private.move_phase(p_phase uuid, p_to text, p_now timestamp 
 declare
     v_lease text := coalesce(p_lease, case when p_to in ('skipped', 'cancelled') then 'revoke' else 'end' end);
     v_p     ops.phases;
+    v_round bigint;     -- the phase's fair round when it is queued to run now; null for later
 begin
     if v_lease not in ('end', 'revoke', 'keep') or (p_to = 'running' and p_lease_seconds is null) then
         raise exception 'move_phase(%, %): p_lease must be end, revoke or keep (got %) and a claim needs p_lease_seconds',
                         p_phase, p_to, v_lease using errcode = '22023';
+    end if;
+    if p_to = 'queued' and coalesce(p_not_before, p_now) <= p_now then
+        select ops_private.fair_round_next(p.run_id, p.priority) into v_round
+        from ops.phases p where p.id = p_phase;
     end if;
     update ops.phases p
     set state = p_to,
@@ -6000,6 +6074,7 @@ begin
         started_at = case when p_to = 'running' then p_now else p.started_at end,
         progress = case when p_to = 'running' then null else p.progress end,
         queued_at = case when p_to = 'queued' then coalesce(p_not_before, p_now) else p.queued_at end,
+        fair_round = case when p_to = 'queued' then v_round else p.fair_round end,
         not_before = case when p_to = 'queued' then coalesce(p_not_before, p_now) end,
         finished_at = case when p_to in ('running', 'queued') then null
                            when v_lease = 'keep' then p.finished_at
@@ -6480,6 +6555,46 @@ begin
            data_time_job_id = v_job, data_time_recorded_at = v_now
      where d.workspace_id = new.workspace_id and d.name = any (v_names)
        and (d.data_time is null or d.data_time <= v_time);
+    return null;
+end
+$_$;
+
+--
+-- Name: record_lineage(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.record_lineage() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_names text[];
+    v_bad   text;
+begin
+    if pg_catalog.jsonb_typeof(new.payload -> 'dataset') is distinct from 'string'
+       or (new.payload ->> 'dataset') !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'a DATASET_LINEAGE event''s payload.dataset must be a dataset name (such as gold.odoo.revenue)',
+            pg_catalog.jsonb_build_object('argument', 'events.payload.dataset'));
+    end if;
+    foreach v_bad in array array['datasets', 'sources'] loop
+        if new.payload ? v_bad and (pg_catalog.jsonb_typeof(new.payload -> v_bad) is distinct from 'array'
+               or pg_catalog.jsonb_array_length(new.payload -> v_bad) > 1000
+               or exists (select 1 from pg_catalog.jsonb_array_elements(new.payload -> v_bad) e
+                          where pg_catalog.jsonb_typeof(e) <> 'string'
+                             or (e #>> '{}') !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$')) then
+            perform ops_private.fail(400, 'invalid_argument',
+                pg_catalog.format('a DATASET_LINEAGE event''s payload.%s must be at most 1000 names', v_bad),
+                pg_catalog.jsonb_build_object('argument', 'events.payload.' || v_bad));
+        end if;
+    end loop;
+    v_names := array(
+        select distinct x from (
+            select e #>> '{}' as x from pg_catalog.jsonb_array_elements(coalesce(new.payload -> 'datasets', '[]')) e
+            union all
+            select 'source:' || (e #>> '{}') from pg_catalog.jsonb_array_elements(coalesce(new.payload -> 'sources', '[]')) e
+        ) u order by x);
+    update ops.datasets d set upstream = v_names
+     where d.workspace_id = new.workspace_id and d.name = new.payload ->> 'dataset';
     return null;
 end
 $_$;
@@ -7670,7 +7785,7 @@ CREATE UNIQUE INDEX phases_claim_id_idx ON ops.phases USING btree (claim_id) WHE
 -- Name: phases_claimable_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
-CREATE INDEX phases_claimable_idx ON ops.phases USING btree (priority DESC, queued_at, ordinal, id) WHERE (state = 'queued'::text);
+CREATE INDEX phases_claimable_idx ON ops.phases USING btree (priority DESC, fair_round, queued_at, ordinal, id) WHERE (state = 'queued'::text);
 
 --
 -- Name: phases_due_idx; Type: INDEX; Schema: ops; Owner: -
@@ -7697,10 +7812,16 @@ CREATE INDEX phases_lease_expiry_idx ON ops.phases USING btree (lease_expires_at
 CREATE UNIQUE INDEX phases_lease_token_idx ON ops.phases USING btree (lease_token) WHERE (lease_token IS NOT NULL);
 
 --
+-- Name: phases_retry_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX phases_retry_idx ON ops.phases USING btree (not_before) WHERE ((state = 'queued'::text) AND (fair_round IS NULL));
+
+--
 -- Name: phases_run_claimable_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
-CREATE INDEX phases_run_claimable_idx ON ops.phases USING btree (run_id, priority DESC, queued_at, ordinal, id) WHERE (state = 'queued'::text);
+CREATE INDEX phases_run_claimable_idx ON ops.phases USING btree (run_id, priority DESC, fair_round, queued_at, ordinal, id) WHERE (state = 'queued'::text);
 
 --
 -- Name: principals_owner_idx; Type: INDEX; Schema: ops; Owner: -
@@ -7845,6 +7966,12 @@ CREATE TRIGGER run_events_alert_lease_expiries AFTER INSERT ON ops.run_events FO
 --
 
 CREATE TRIGGER run_events_freshness AFTER INSERT ON ops.run_events FOR EACH ROW WHEN ((new.type = 'FRESHNESS'::text)) EXECUTE FUNCTION ops_private.record_freshness();
+
+--
+-- Name: run_events run_events_lineage; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER run_events_lineage AFTER INSERT ON ops.run_events FOR EACH ROW WHEN ((new.type = 'DATASET_LINEAGE'::text)) EXECUTE FUNCTION ops_private.record_lineage();
 
 --
 -- Name: runs runs_alert_failed; Type: TRIGGER; Schema: ops; Owner: -
@@ -9441,6 +9568,12 @@ GRANT ALL ON FUNCTION ops_private.fail(p_status integer, p_code text, p_message 
 REVOKE ALL ON FUNCTION ops_private.fail_phase_final(p_phase uuid, p_run ops.runs, p_error jsonb, p_retryable boolean, p_now timestamp with time zone, p_lease text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION fair_round_next(p_run uuid, p_priority integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.fair_round_next(p_run uuid, p_priority integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION find_connection(p_workspace uuid, p_name text, p_lock boolean); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -9693,6 +9826,12 @@ REVOKE ALL ON FUNCTION ops_private.raise_alerts(p_workspace uuid, p_event text, 
 --
 
 REVOKE ALL ON FUNCTION ops_private.record_freshness() FROM PUBLIC;
+
+--
+-- Name: FUNCTION record_lineage(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.record_lineage() FROM PUBLIC;
 
 --
 -- Name: FUNCTION redact_passwords(p_text text); Type: ACL; Schema: ops_private; Owner: -
