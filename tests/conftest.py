@@ -48,6 +48,8 @@ E2E_MODULES = frozenset({
     "tests/chaos/test_gateway_outage.py",
     "tests/chaos/test_backends_terminated.py",
     "tests/chaos/test_worker_killed.py",
+    "tests/chaos/test_starvation.py",
+    "tests/test_github_summary.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,6 +29,11 @@ def side_effect(ctx: PythonContext) -> dict[str, Any]:
     return {"phase": ctx.phase}
 
 
+def noop(ctx: PythonContext) -> dict[str, Any]:
+    """Does nothing: the phases of a long run that only keeps workers busy."""
+    return {}
+
+
 def ledger_lines(ledger: Path) -> list[tuple[str, str, int, int]]:
     """The ledger's executions: (run id, phase, attempt, worker pid) per line."""
     if not ledger.exists():

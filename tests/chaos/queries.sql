@@ -33,3 +33,17 @@ select count(*)::int from (
     select pg_terminate_backend(a.pid) from pg_stat_activity a
     where a.datname = current_database() and a.pid <> pg_backend_pid()
       and a.backend_type = 'client backend' and a.application_name <> 'chaos-observer') t;
+
+-- name: claims_behind
+-- The phases of run %(big)s claimed (first attempts) after run %(small)s was created and before
+-- its first phase was claimed, and the seconds from its creation to that claim (null: not yet).
+select (select count(*)::int from ops.phases b
+        where b.run_id = %(big)s::uuid and b.started_at > s.created_at
+          and b.started_at <= coalesce(f.first, 'infinity')) as ahead,
+       extract(epoch from f.first - s.created_at)::float8 as waited
+from ops.runs s,
+     lateral (select min(p.started_at) as first from ops.phases p where p.run_id = s.id) f
+where s.id = %(small)s::uuid;
+
+-- name: succeeded_phases
+select count(*)::int from ops.phases p where p.run_id = %(run)s::uuid and p.state = 'succeeded';

@@ -46,12 +46,13 @@ set auto_explain.log_buffers = on;
 set auto_explain.log_timing = off;
 
 -- name: insert_churned_phases
--- %(n)s phases that went through the queue: inserted queued (an entry in phases_claimable_idx),
+-- %(n)s phases that went through the queue: inserted queued in round 0, as a first phase is (an
+-- entry in phases_claimable_idx, ahead of the live phases: the same round, older),
 -- then running (an entry in phases_lease_expiry_idx, its lease long expired), then finished.
 -- Without a vacuum every entry stays in both partial indexes, pointing at a dead version.
 insert into ops.phases (id, run_id, workspace_id, name, ordinal, kind, params, depends_on, state,
                         attempt, max_attempts, timeout_seconds, retry_backoff_seconds,
-                        retry_backoff_max_seconds, queued_at, not_before, updated_at)
+                        retry_backoff_max_seconds, queued_at, not_before, fair_round, updated_at)
 select ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
        (%(runs)s::uuid[])[1 + i %% cardinality(%(runs)s::uuid[])],
        %(workspace_id)s::uuid,
@@ -62,7 +63,7 @@ select ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
        '{}'::text[],
        'queued',
        0, 3, 3600, 10, 3600,
-       t, t, t
+       t, t, 0, t
 from generate_series(1, %(n)s) as i,
      lateral (select timestamptz '2029-01-01' + i * interval '1 second' as t) as at;
 

@@ -1,9 +1,10 @@
 """The claim path's plan with a million finished phases (analyzed), and with ~27k that went
 through the queue on a table never analyzed (autovacuum off): it reads the partial indexes only.
 
-`claim_phase` finds work with two statements inside the function: the expired-lease candidate
-(`phases_lease_expiry_idx`) and the best queued phase (`phases_claimable_idx`). Both indexes
-hold live work only, so a claim costs the same whatever the history. `auto_explain` logs the
+`claim_phase` finds work with statements inside the function: the expired-lease candidate
+(`phases_lease_expiry_idx`), the oldest due retry (`phases_retry_idx`) and the best queued phase
+in fair order (`phases_claimable_idx`: priority, fair round, age). These indexes hold live work
+only, so a claim costs the same whatever the history. `auto_explain` logs the
 plan of every statement the function runs (nested statements included) as a NOTICE, which is
 how these tests see inside the function.
 """
@@ -36,7 +37,8 @@ LIVE_RUNS, LIVE_PHASES = 4, 20
 EXPIRED, LEASED = 4, 2                   # running phases: leases expired by NOW, and live ones
 # the two candidate statements (ops_private.claim_expired_candidate, claim_queued_candidate)
 EXPIRY_STATEMENT = "p.lease_expires_at <= p_now"
-QUEUED_STATEMENT = "p.not_before <= p_now"
+RETRY_STATEMENT = "p.fair_round is null and p.not_before <= p_now"
+QUEUED_STATEMENT = "p.fair_round is not null"
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ def test_claim_reads_only_the_partial_indexes(
         where = f"claim {attempt + 1} by {caller}"
         expiry = [p for p in plans if EXPIRY_STATEMENT in p.query]
         queued = [p for p in plans if QUEUED_STATEMENT in p.query]
+        retry = [p for p in plans if RETRY_STATEMENT in p.query]
         assert len(expiry) >= 1, f"{where}: no plan of the expired-lease statement was logged"
         # a claim within one run may walk that run's queue instead of the whole queue
         queue_indexes = {"phases_claimable_idx"}
@@ -180,6 +183,7 @@ def test_claim_reads_only_the_partial_indexes(
             queue_indexes.add("phases_run_claimable_idx")
         for label, plans_of, indexes in (
                 ("expired-lease", expiry, {"phases_lease_expiry_idx"}),
+                ("due-retry", retry, {"phases_retry_idx"}),
                 ("queued-candidate", queued, queue_indexes)):
             for plan in plans_of:
                 scans = [(n.type, n.index or "", n.rows) for n in plan.scans("phases")]
@@ -293,6 +297,7 @@ def test_the_claim_stays_on_its_indexes_without_statistics(stale: Big, caller: s
             where = f"claim {attempt + 1} by {caller}"
             for label, text, indexes in (
                     ("expired-lease", EXPIRY_STATEMENT, {"phases_lease_expiry_idx"}),
+                    ("due-retry", RETRY_STATEMENT, {"phases_retry_idx"}),
                     ("queued-candidate", QUEUED_STATEMENT, queue_indexes)):
                 found = [p for p in plans if text in p.query]
                 seen.update([label] if found else [])
@@ -309,5 +314,5 @@ def test_the_claim_stays_on_its_indexes_without_statistics(stale: Big, caller: s
                 for node in plan.scans("phases"):
                     assert node.type in ("Index Scan", "Index Only Scan"), (where, plan.query,
                                                                              node)
-    # the first claims take the expired leases, the later ones queued phases: both were seen
-    assert seen == {"expired-lease", "queued-candidate"}, seen
+    # the first claims take the expired leases, the later ones queued phases: all were seen
+    assert seen == {"expired-lease", "due-retry", "queued-candidate"}, seen
