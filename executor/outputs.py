@@ -250,7 +250,20 @@ class Outputs:
             except ContractError as exc:
                 return TerminalPhaseError(f"recording dataset {entry['name']} was refused: "
                                           f"{exc}", error_type=type(exc).__name__)
+            self._lineage(attempt, entry)
         return None
+
+    @staticmethod
+    def _lineage(attempt: Attempt, entry: Mapping[str, Any]) -> None:
+        """A table entry's `lineage` (`{datasets, sources, ...}`: what it was built from, the
+        dbt kind's) as a DATASET_LINEAGE event, after the dataset is recorded: the control
+        plane keeps it as the dataset's `upstream` (docs/catalog.md, "Lineage")."""
+        lineage = entry.get("lineage")
+        if not isinstance(lineage, Mapping) or not lineage:
+            return
+        reads = [*lineage.get("datasets", []), *lineage.get("sources", [])]
+        attempt.emit("DATASET_LINEAGE", f"{entry['name']} <- {', '.join(reads) or 'nothing'}",
+                     payload={"dataset": entry["name"], **lineage})
 
     def _record(self, attempt: Attempt, name: str, uri: str, **fields: Any) -> None:
         """One `record_dataset` under the attempt's lease; `AttemptLost` when the lease is

@@ -652,6 +652,7 @@ class Dataset(_Result):
     data_time_run_id: str | None = None
     data_time_job_id: str | None = None
     data_time_recorded_at: datetime | None = None
+    upstream: tuple[str, ...] | None = None
 
 
 class DatasetDetail(Dataset):

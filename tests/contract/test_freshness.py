@@ -338,3 +338,57 @@ def test_metrics_export_each_datasets_freshness_and_each_jobs_slo_to_its_members
         assert not any(dict(labels).get("workspace") == "w1" for _, labels in theirs)
         assert ("control_room_job_slo_breached", (("job", "nightly"), ("workspace", "w2"))) \
             in theirs
+
+
+# ----------------------------------------------------------------------- lineage (the same path)
+
+def lineage(run: JobRun, payload: dict[str, Any]) -> Any:
+    return run.contract.call("append_events", {
+        "run_id": run.run_id, "lease_token": run.token, "events": [{
+            "event_id": str(uuid.uuid4()), "phase": "extract", "type": "DATASET_LINEAGE",
+            "payload": payload}]}, as_=run.executor, now=T0)
+
+
+def test_a_lineage_event_sets_the_datasets_upstream_in_its_own_workspace(
+    contract: Contract, slo_world: World
+) -> None:
+    w = slo_world
+    register(contract, w.w2, as_=w.dev2)
+    theirs = JobRun(contract, w, ws=w.w2)
+    mine = JobRun(contract, w)
+    lineage(mine, {"dataset": GOLD[0], "model": "revenue", "datasets": ["silver.odoo.lines",
+                   "silver.odoo.partner", "silver.odoo.lines"], "sources": ["odoo.rates"]})
+    shown = contract.call("get_dataset", {"workspace_id": w.w1, "name": GOLD[0]},
+                          as_=w.viewer1)
+    assert shown["upstream"] == ["silver.odoo.lines", "silver.odoo.partner", "source:odoo.rates"]
+    theirs_shown = contract.call("get_dataset", {"workspace_id": w.w2, "name": GOLD[0]},
+                                 as_=w.viewer2)
+    assert theirs_shown["upstream"] is None                 # W2's dataset of the same name
+    # the next write's lineage replaces it
+    lineage(mine, {"dataset": GOLD[0], "datasets": ["silver.odoo.lines"]})
+    assert contract.call("get_dataset", {"workspace_id": w.w1, "name": GOLD[0]},
+                         as_=w.viewer1)["upstream"] == ["silver.odoo.lines"]
+    del theirs
+
+
+@pytest.mark.parametrize(("payload", "argument"), [
+    ({"datasets": ["silver.a"]}, "dataset"),
+    ({"dataset": "../x", "datasets": []}, "dataset"),
+    ({"dataset": GOLD[0], "datasets": "silver.a"}, "datasets"),
+    ({"dataset": GOLD[0], "sources": [1]}, "sources"),
+    ({"dataset": GOLD[0], "datasets": ["x y"]}, "datasets"),
+])
+def test_a_malformed_lineage_event_is_refused(
+    sql_contract: Contract, payload: dict[str, Any], argument: str
+) -> None:
+    from .conftest import make_world
+
+    w = make_world(sql_contract)
+    register(sql_contract, w.w1, as_=w.dev1)
+    run = JobRun(sql_contract, w)
+    err = sql_contract.error("append_events", {
+        "run_id": run.run_id, "lease_token": run.token, "events": [{
+            "event_id": str(uuid.uuid4()), "phase": "extract", "type": "DATASET_LINEAGE",
+            "payload": payload}]}, as_=w.exec1, now=T0)
+    assert (err.status, err.code) == (400, "invalid_argument")
+    assert err.details is not None and argument in str(err.details)

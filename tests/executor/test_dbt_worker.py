@@ -54,3 +54,8 @@ def test_the_dbt_example_runs_through_a_worker(env: Env) -> None:
     manifest = transform.output_manifest or {}
     assert manifest["lineage"]["revenue_by_customer"]["datasets"] == ["silver.dbt_paid_orders"]
     assert manifest["lineage"]["paid_orders"]["inputs"] == ["orders"]
+    # the catalog holds the lineage too (the DATASET_LINEAGE events, docs/catalog.md)
+    assert dataset.upstream == ("silver.dbt_paid_orders",)
+    paid = viewer.get_dataset(env.world.w1, "silver.dbt_paid_orders")
+    assert paid.upstream is not None and all(u.startswith("source:") for u in paid.upstream)
+    assert paid.upstream

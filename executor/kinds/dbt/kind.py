@@ -300,11 +300,9 @@ class DbtKind:
             _count_rows(models, database)
         lineage = _lineage(manifest, params, outputs)
         for entry in entries:
+            # the worker records it (a DATASET_LINEAGE event) once the dataset is recorded
             model = entry.pop("_model")
-            entry["lineage"] = lineage.get(model, {})
-            reads = [*entry["lineage"].get("datasets", []), *entry["lineage"].get("sources", [])]
-            ctx.emit("DATASET_LINEAGE", f"{entry['name']} <- {', '.join(reads) or 'nothing'}",
-                     "info", {"dataset": entry["name"], "model": model, **entry["lineage"]})
+            entry["lineage"] = {"model": model, **lineage.get(model, {})}
         ctx.progress(1.0)
         return PhaseResult(
             output_manifest={"tables": entries, "models": models, "tests": tests,
