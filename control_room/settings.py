@@ -147,6 +147,12 @@ class ClientSettings(BaseSettings):
         description="The workspace's slug or id. Unset: the local stack's, or the only "
                     "workspace the token sees.",
     )
+    ui_url: str | None = Field(
+        default=None,
+        description="The Control Room UI's root: run pages are `<ui_url>/runs/<run id>` "
+                    "(`--github-summary` links them). Unset: the local stack's UI, when it "
+                    "serves one.",
+    )
 
 
 class StackSettings(BaseSettings):

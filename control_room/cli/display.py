@@ -227,13 +227,17 @@ def watch(client: ContractClient, run_id: str, *, interval: float, quiet: bool,
 
 
 def watch_and_exit(target: GatewayTarget, run_id: str, *, interval: float,
-                   as_json: bool) -> None:
+                   as_json: bool, on_final: Callable[[Run], None] | None = None) -> None:
+    """Watch the run to its end, print it, exit 0 when it succeeded, 1 otherwise
+    (`on_final`: called with the final run first, e.g. to write a GitHub summary)."""
     try:
         run = watch(target.client, run_id, interval=interval, quiet=as_json)
     except KeyboardInterrupt:
         err.print(f"stopped watching; the run goes on (`control-room runs watch {run_id}`)",
                   markup=False)
         raise typer.Exit(130) from None
+    if on_final is not None:
+        on_final(run)
     if as_json:
         out.print_json(data=dump(run))
     else:

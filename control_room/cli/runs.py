@@ -8,9 +8,11 @@ Every command talks to the contract over HTTP with the typed client, like any ot
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.table import Table
@@ -19,6 +21,7 @@ from control_room.cli.common import (
     EXIT_BAD_INPUT,
     BadInput,
     Gateway,
+    GatewayTarget,
     JsonOut,
     RunId,
     StateDir,
@@ -28,6 +31,7 @@ from control_room.cli.common import (
     gateway,
     guard,
     new_app,
+    option_for,
     out,
     pairs,
     parse_run_id,
@@ -35,6 +39,11 @@ from control_room.cli.common import (
     when,
 )
 from control_room.cli.display import counts, dump, duration, show, watch_and_exit
+from control_room.settings import ClientSettings
+
+if TYPE_CHECKING:
+    from control_room.contract.client import Run
+    from control_room.integrations.github.summary import RunLinks
 
 app = new_app("Runs: create them from specs, list, show, watch, cancel, retry, repair.")
 
@@ -43,6 +52,86 @@ Wait = Annotated[bool, typer.Option(
     "--wait", help="Watch the run until it ends; exit 0 when it succeeded, 1 otherwise.")]
 Interval = Annotated[float, typer.Option(
     "--interval", min=0.05, help="Seconds between polls while watching.")]
+GithubSummary = Annotated[bool, typer.Option(
+    "--github-summary",
+    help="In GitHub Actions: append a Markdown report of the run (phases, changed datasets, "
+         "artifact digests, links) to `$GITHUB_STEP_SUMMARY` and the step outputs `run_id`, "
+         "`state`, `ui_url` to `$GITHUB_OUTPUT` (docs/github.md).")]
+UiUrl = Annotated[str | None, option_for(
+    ClientSettings, "ui_url", "--ui-url",
+    help="With --github-summary: the Control Room UI's root; the run's page is "
+         "`<ui-url>/runs/<run id>`. Default: the local stack's UI, when it serves one.")]
+
+
+@dataclass
+class GithubGate:
+    """`--github-summary`: where the summary and the outputs go, and the UI to link."""
+
+    summary_path: Path
+    output_path: Path | None
+    ui_url: str | None
+
+    @classmethod
+    def from_options(cls, enabled: bool, ui_url: str | None) -> GithubGate | None:
+        if not enabled:
+            return None
+        summary = os.environ.get("GITHUB_STEP_SUMMARY", "").strip()
+        if not summary:
+            raise BadInput("--github-summary needs GITHUB_STEP_SUMMARY (GitHub Actions sets it "
+                           "in every step; elsewhere set it to a file to append to)")
+        if ui_url is not None:
+            import urllib.parse
+
+            if urllib.parse.urlsplit(ui_url).scheme not in ("http", "https"):
+                raise BadInput(f"--ui-url must be an http(s) URL, not {ui_url!r}")
+        output = os.environ.get("GITHUB_OUTPUT", "").strip()
+        return cls(Path(summary), Path(output) if output else None, ui_url)
+
+    def links(self, target: GatewayTarget, run_id: str) -> RunLinks:
+        """The UI given, else the local stack's UI when this is its gateway and it serves run
+        pages, else none (the summary links the gateway's get_run and says so)."""
+        from control_room.integrations.github.summary import run_links
+
+        if self.ui_url:
+            return run_links(run_id, gateway_url=target.url, ui_base=self.ui_url)
+        stack = target.stack()
+        if stack is None or stack.gateway_url.rstrip("/") != target.url:
+            return run_links(run_id, gateway_url=target.url, ui_base=None)
+        import httpx
+
+        page = f"{stack.ui_url.rstrip('/')}/runs/{run_id}"
+        try:
+            answer = httpx.get(page, timeout=3.0, follow_redirects=False)
+            serves = (answer.status_code == 200
+                      and answer.headers.get("content-type", "").startswith("text/html"))
+        except httpx.HTTPError:
+            serves = False
+        if serves:
+            return run_links(run_id, gateway_url=target.url, ui_base=stack.ui_url)
+        return run_links(run_id, gateway_url=target.url, ui_base=None,
+                         ui_note="the local stack's gateway serves no Control Room UI yet: "
+                                 "the run is read from the gateway's get_run")
+
+    def started(self, target: GatewayTarget, run: Run) -> None:
+        """The outputs as soon as the run exists (a cancelled step still knows its run)."""
+        from control_room.integrations.github.summary import github_outputs, write_github_files
+
+        write_github_files(None, self.output_path, None,
+                           github_outputs(run, self.links(target, run.id)))
+
+    def final(self, target: GatewayTarget, run: Run) -> None:
+        """The summary of the run as it is now, and the outputs again (the last one wins)."""
+        from control_room.integrations.github.summary import (
+            collect,
+            github_outputs,
+            render_summary,
+            write_github_files,
+        )
+
+        links = self.links(target, run.id)
+        report = collect(target.client, run)
+        write_github_files(self.summary_path, self.output_path,
+                           render_summary(run, report, links), github_outputs(run, links))
 
 
 @contextlib.contextmanager
@@ -84,6 +173,8 @@ def create_command(
         "--label", help="KEY=VALUE: a label of the run (repeatable).")] = None,
     wait: Wait = False,
     interval: Interval = 1.0,
+    github_summary: GithubSummary = False,
+    ui_url: UiUrl = None,
     gateway_url: Gateway = None,
     token: Token = None,
     state_dir: StateDir = None,
@@ -93,6 +184,8 @@ def create_command(
     registered job's version (--job)."""
     from control_room.specs import load_spec
 
+    with guard():
+        gate = GithubGate.from_options(github_summary, ui_url)
     if job is not None or spec is None:
         with guard(), spec_errors():
             if spec is not None or job is None:
@@ -104,7 +197,7 @@ def create_command(
                                "(pick one with --version)")
             _create_job_run(job, version, pairs("--param", param), pairs("--label", label),
                             idempotency_key, wait, interval, workspace, gateway_url, token,
-                            state_dir, as_json)
+                            state_dir, as_json, gate)
         return
     if version is not None:
         with guard():
@@ -124,7 +217,11 @@ def create_command(
                           f"records {loaded.git_sha[:12]} with the label {mark}; commit the "
                           "spec for a reproducible run", markup=False)
             created = target.client.create_run(**args)
+            if gate is not None:
+                gate.started(target, created)
             if not wait:
+                if gate is not None:
+                    gate.final(target, target.client.get_run(created.id))
                 if as_json:
                     out.print_json(data=dump(created))
                 else:
@@ -134,13 +231,19 @@ def create_command(
             if not as_json:
                 _print_created(created.id, created.created, created.spec_slug,
                                created.git_sha, len(created.phases), created.state)
-            watch_and_exit(target, created.id, interval=interval, as_json=as_json)
+            watch_and_exit(target, created.id, interval=interval, as_json=as_json,
+                           on_final=_on_final(gate, target))
+
+
+def _on_final(gate: GithubGate | None, target: GatewayTarget) -> Any:
+    return None if gate is None else (lambda run: gate.final(target, run))
 
 
 def _create_job_run(job: str, version: int | None, params: dict[str, str],
                     labels: dict[str, str], idempotency_key: str | None, wait: bool,
                     interval: float, workspace: str | None, gateway_url: str | None,
-                    token: str | None, state_dir: Path | None, as_json: bool) -> None:
+                    token: str | None, state_dir: Path | None, as_json: bool,
+                    gate: GithubGate | None = None) -> None:
     """`runs create --job`: the params coerced to the version's declared types here, for a
     friendly error (the control plane checks them again)."""
     from control_room.specs.jobs import coerce_params
@@ -158,6 +261,10 @@ def _create_job_run(job: str, version: int | None, params: dict[str, str],
         created = target.client.create_job_run(workspace_id, job, version=version,
                                                params=values, idempotency_key=idempotency_key,
                                                labels=labels or None)
+        if gate is not None:
+            gate.started(target, created)
+            if not wait:
+                gate.final(target, target.client.get_run(created.id))
         if as_json and not wait:
             out.print_json(data=dump(created))
             return
@@ -165,7 +272,8 @@ def _create_job_run(job: str, version: int | None, params: dict[str, str],
             _print_created(created.id, created.created, f"{job} v{wanted}", created.git_sha,
                            len(created.phases), created.state)
         if wait:
-            watch_and_exit(target, created.id, interval=interval, as_json=as_json)
+            watch_and_exit(target, created.id, interval=interval, as_json=as_json,
+                           on_final=_on_final(gate, target))
 
 
 def _print_created(run_id: str, created: bool, spec_slug: str, git_sha: str, phases: int,
@@ -242,6 +350,8 @@ def show_command(
 def watch_command(
     run_id: RunId,
     interval: Interval = 1.0,
+    github_summary: GithubSummary = False,
+    ui_url: UiUrl = None,
     gateway_url: Gateway = None,
     token: Token = None,
     state_dir: StateDir = None,
@@ -250,8 +360,12 @@ def watch_command(
     """Follow a run live until it ends: exit 0 when it succeeded, 1 otherwise."""
     with guard():
         wanted = parse_run_id(run_id)
+        gate = GithubGate.from_options(github_summary, ui_url)
         with gateway(gateway_url, token, None, state_dir, run_id=wanted) as target:
-            watch_and_exit(target, wanted, interval=interval, as_json=as_json)
+            if gate is not None:
+                gate.started(target, target.client.get_run(wanted))
+            watch_and_exit(target, wanted, interval=interval, as_json=as_json,
+                           on_final=_on_final(gate, target))
 
 
 @app.command("cancel")
