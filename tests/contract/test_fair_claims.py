@@ -60,7 +60,7 @@ class Queue:
 
     def drain(self, limit: int = 10_000) -> list[dict[str, Any]]:
         """Claim and complete one at a time until nothing is claimable."""
-        out = []
+        out: list[dict[str, Any]] = []
         for _ in range(limit):
             claim = self.claim()
             if claim is None:
