@@ -204,7 +204,15 @@ def test_bad_input_and_the_output_format(env: Env, repo: tuple[Path, str]) -> No
     code, out, err = cli(env, "runs", "create", "--spec", str(root / "specs" / "example.yaml"),
                          "--github-summary", "--ui-url", "ftp://x", **gh_files(env))
     assert code == 2 and "--ui-url must be an http(s) URL" in err
-    assert env.get_run is not None and cli(env, "runs", "list", "--json")[1].strip() == "[]"
+    assert cli(env, "runs", "list", "--json")[1].strip() == "[]"     # nothing was created
+    # without --wait: the outputs at once, no summary (`runs watch --github-summary` writes it)
+    files = gh_files(env)
+    code, out, err = cli(env, "runs", "create", "--spec", str(root / "specs" / "example.yaml"),
+                         "--github-summary", "--json", **files)
+    assert code == 0, err
+    outputs = outputs_of(Path(files["GITHUB_OUTPUT"]))
+    assert (outputs["run_id"], outputs["state"]) == (json.loads(out)["id"], "queued")
+    assert not Path(files["GITHUB_STEP_SUMMARY"]).exists()
 
     assert output_lines({"run_id": "r1", "state": "failed"}) == "run_id=r1\nstate=failed\n"
     text = output_lines({"note": "two\nlines"}, delimiter=lambda: "EOF")

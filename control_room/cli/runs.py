@@ -56,7 +56,8 @@ GithubSummary = Annotated[bool, typer.Option(
     "--github-summary",
     help="In GitHub Actions: append a Markdown report of the run (phases, changed datasets, "
          "artifact digests, links) to `$GITHUB_STEP_SUMMARY` and the step outputs `run_id`, "
-         "`state`, `ui_url` to `$GITHUB_OUTPUT` (docs/github.md).")]
+         "`state`, `ui_url` to `$GITHUB_OUTPUT` (docs/github.md). Without --wait: the outputs "
+         "only (`runs watch --github-summary` writes the summary).")]
 UiUrl = Annotated[str | None, option_for(
     ClientSettings, "ui_url", "--ui-url",
     help="With --github-summary: the Control Room UI's root; the run's page is "
@@ -217,11 +218,9 @@ def create_command(
                           f"records {loaded.git_sha[:12]} with the label {mark}; commit the "
                           "spec for a reproducible run", markup=False)
             created = target.client.create_run(**args)
-            if gate is not None:
+            if gate is not None:        # the outputs now; the summary when the run ends
                 gate.started(target, created)
             if not wait:
-                if gate is not None:
-                    gate.final(target, target.client.get_run(created.id))
                 if as_json:
                     out.print_json(data=dump(created))
                 else:
@@ -261,10 +260,8 @@ def _create_job_run(job: str, version: int | None, params: dict[str, str],
         created = target.client.create_job_run(workspace_id, job, version=version,
                                                params=values, idempotency_key=idempotency_key,
                                                labels=labels or None)
-        if gate is not None:
+        if gate is not None:            # the outputs now; the summary when the run ends
             gate.started(target, created)
-            if not wait:
-                gate.final(target, target.client.get_run(created.id))
         if as_json and not wait:
             out.print_json(data=dump(created))
             return
