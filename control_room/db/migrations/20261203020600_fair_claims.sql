@@ -22,10 +22,11 @@
 
 alter table ops.phases add column fair_round bigint;
 
--- phases queued before this migration: one round each per run, by age
+-- phases queued before this migration: one round each per run, by age (retries still waiting
+-- out their backoff keep none)
 update ops.phases p set fair_round = r.k
 from (select q.id, pg_catalog.row_number() over (partition by q.run_id order by q.queued_at, q.ordinal, q.id) - 1 as k
-      from ops.phases q where q.state = 'queued' and q.not_before <= q.queued_at) r
+      from ops.phases q where q.state = 'queued' and q.not_before <= pg_catalog.now()) r
 where p.id = r.id;
 
 -- the claim path's indexes, the fair round after the priority (same names, same predicates)
