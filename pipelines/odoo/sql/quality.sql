@@ -151,13 +151,24 @@ order by rule, line_id;
 -- The read each extracted table is judged by (one row per source table): this run's newest
 -- read of its bronze dataset; else (a run that reuses an earlier extraction, as a repair
 -- does) the read its extract phase's manifest names (`read_at`); else the dataset's newest
--- read. `cursor`: the newest write_date that read's snapshot saw (null for a relation).
+-- read. `cursor`: the newest write_date that read's snapshot saw (null for a relation);
+-- `prev_read_at`, `prev_cursor`: the table's read before that one, by another run.
 -- Inputs: `reads`, `extracted` (source_table, dataset, read_at: the upstream manifests), $run.
-select e.source_table, r.run_id, r.read_at, r.source_max_write_date as cursor
-from extracted e join reads r on r.dataset = e.dataset
-qualify row_number() over (
-  partition by e.source_table
-  order by r.run_id = $run desc, r.read_at = e.read_at desc nulls last, r.read_at desc) = 1;
+with chosen as (
+  select e.source_table, e.dataset, r.run_id, r.read_at, r.source_max_write_date as cursor
+  from extracted e join reads r on r.dataset = e.dataset
+  qualify row_number() over (
+    partition by e.source_table
+    order by r.run_id = $run desc, r.read_at = e.read_at desc nulls last, r.read_at desc) = 1
+), previous as (
+  select c.source_table, max(r.read_at) as prev_read_at,
+         arg_max(r.source_max_write_date, r.read_at) as prev_cursor
+  from chosen c join reads r on r.dataset = c.dataset and r.read_at < c.read_at
+                            and r.run_id <> c.run_id
+  group by c.source_table
+)
+select c.source_table, c.run_id, c.read_at, c.cursor, p.prev_read_at, p.prev_cursor
+from chosen c left join previous p using (source_table);
 
 -- name: header_evidence
 -- For each `keys` row (header_table: sale_order | account_move, header_id, line_id: null for
@@ -166,7 +177,13 @@ qualify row_number() over (
 --   1. the header was written after its lines' table was read;
 --   2. a line (live or deleted) was written after the header table was read;
 --   3. a line was deleted, found by a read after the header table was read;
---   4. the header was deleted, found by a read after its lines' table was read.
+--   4. the header was deleted, found by a read after its lines' table was read;
+--   5. (a sum) the header was written since its lines' table's previous read, and this read
+--      of the lines came after the header's: a line added and removed in between was never
+--      read (no version, no tombstone), so the lines may be newer than the header;
+--   6. (an orphan) the line was written since the header table's previous read, and this
+--      read of the headers came after the line's: its header may have been added and
+--      removed in between, never read.
 -- Inputs: the silver entities, `bronze_<table>` of the four tables, `reads`, `cursors`
 -- (read_cursors), `keys`. One row per key with evidence: the first reason, how many more.
 with stored_by as (
@@ -258,6 +275,34 @@ with stored_by as (
   join cursors c on c.source_table = p.line_table
   join stored s on s.source_table = k.header_table and s.id = k.header_id and s.op = 'delete'
   where s.read_at > c.read_at
+  union all
+  select h.header_table, h.header_id, h.line_id, 5, h.header_table, p.line_table,
+         format('{} {} written at {}, after the previous read of {} (newest write_date {}), '
+                || 'and {} was read after {}: lines added and removed in between were never read',
+                h.header_table, h.header_id, h.changed, p.line_table, lc.prev_cursor,
+                p.line_table, h.header_table)
+  from headers h
+  join pairs p using (header_table)
+  join cursors hc on hc.source_table = h.header_table
+  join cursors lc on lc.source_table = p.line_table
+  join stored s on s.source_table = h.header_table and s.id = h.header_id
+               and s.op = 'upsert'
+               and s.version = coalesce(h.changed, timestamp '1970-01-01')
+  where h.line_id is null and lc.read_at > hc.read_at and h.changed > lc.prev_cursor
+    and s.read_at > lc.prev_read_at
+  union all
+  select l.header_table, l.header_id, l.line_id, 6, l.line_table, l.header_table,
+         format('{} {} written at {}, after the previous read of {} (newest write_date {}), '
+                || 'and {} was read after {}: a header added and removed in between was never '
+                || 'read', l.line_table, l.id, l.changed, l.header_table, hc.prev_cursor,
+                l.header_table, l.line_table)
+  from lines l
+  join cursors hc on hc.source_table = l.header_table
+  join cursors lc on lc.source_table = l.line_table
+  join stored s on s.source_table = l.line_table and s.id = l.id and s.op = 'upsert'
+               and s.version = coalesce(l.changed, timestamp '1970-01-01')
+  where l.line_id is not null and hc.read_at > lc.read_at and l.changed > hc.prev_cursor
+    and s.read_at > hc.prev_read_at
 )
 select header_table, header_id, line_id,
        arg_min(reason, (kind, reason)) || case when count(*) > 1
@@ -272,8 +317,8 @@ order by header_table, header_id, line_id;
 -- For each `link_keys` row (line_table: the table the link's missing or deleted line is in,
 -- order_line_id, invoice_line_id), why the link and the line may differ only because they
 -- were read at different moments, if they may:
---   5. the link was first stored by a read after the line's table was read;
---   6. the line was deleted, found by a read after sale_order_line_invoice_rel was read.
+--   7. the link was first stored by a read after the line's table was read;
+--   8. the line was deleted, found by a read after sale_order_line_invoice_rel was read.
 -- Inputs: `bronze_sale_order_line_invoice_rel`, `bronze_sale_order_line`,
 -- `bronze_account_move_line`, `reads`, `cursors`, `link_keys`.
 with stored_by as (
@@ -305,7 +350,7 @@ with stored_by as (
   where b._op = 'delete'
     and b.id in (select line_id from keyed where line_table = 'account_move_line')
 ), evidence as (
-  select k.line_table, k.order_line_id, k.invoice_line_id, 5 as kind,
+  select k.line_table, k.order_line_id, k.invoice_line_id, 7 as kind,
          'sale_order_line_invoice_rel' as changed_table, k.line_table as read_table,
          format('link ({}, {}) stored after {} was read', k.order_line_id,
                 k.invoice_line_id, k.line_table) as reason
@@ -314,7 +359,7 @@ with stored_by as (
   join cursors c on c.source_table = k.line_table
   where l.read_at > c.read_at
   union all
-  select k.line_table, k.order_line_id, k.invoice_line_id, 6, k.line_table,
+  select k.line_table, k.order_line_id, k.invoice_line_id, 8, k.line_table,
          'sale_order_line_invoice_rel',
          format('{} {} deleted after sale_order_line_invoice_rel was read', k.line_table,
                 k.line_id)
