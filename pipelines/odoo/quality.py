@@ -29,7 +29,9 @@ inconsistent row with what the extractions recorded in `<lake>/_state/reads` (pe
 dataset: `read_at`, and `source_max_write_date`, the newest write_date its snapshot saw, the
 table's cursor on the source's clock): a row is **in flight** when one side was written (or
 deleted) after the other side's table was read: newer than that table's cursor *and* first
-stored in bronze by a later read (sql/quality.sql, "In flight or defect?", says exactly how).
+stored in bronze by a later read; or a header written since its lines' previous read whose
+lines were read after it (a line added and removed in between was never read at all), and
+that case's mirror for an orphan line (sql/quality.sql, "In flight or defect?", has them all).
 In-flight rows do not fail: the check's status is `warn`, with their count, the tables and
 the first rows, and the next run, which reads both tables again, sees the whole transaction.
 A difference that is still there then is no longer in flight (its rows were stored by an
