@@ -467,6 +467,56 @@ end
 $$;
 
 --
+-- Name: claim_github_statuses(integer, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.claim_github_statuses("limit" integer DEFAULT 20, lease_seconds integer DEFAULT 60) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now    timestamptz := ops_private.now();
+    v_result jsonb;
+begin
+    perform ops_private.require_github_deliverer('claim_github_statuses');
+    if claim_github_statuses."limit" is null or claim_github_statuses."limit" not between 1 and 500 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if claim_github_statuses.lease_seconds is null or claim_github_statuses.lease_seconds not between 5 and 3600 then
+        perform ops_private.fail(400, 'invalid_argument', 'lease_seconds must be between 5 and 3600',
+                                 jsonb_build_object('argument', 'lease_seconds'));
+    end if;
+    with due as (
+        select s.id from ops.github_statuses s
+        where ((s.delivery = 'pending' and s.next_attempt_at <= v_now)
+               or (s.delivery = 'delivering' and s.lease_expires_at <= v_now))
+          and not exists (select 1 from ops.github_statuses o
+                          where o.run_id = s.run_id and o.id <> s.id and o.delivery = 'delivering'
+                            and o.lease_expires_at > v_now)
+        order by s.next_attempt_at, s.seq
+        limit claim_github_statuses."limit"
+        for update skip locked
+    ), leased as (
+        update ops.github_statuses s
+        set delivery = 'delivering',
+            lease_expires_at = v_now + make_interval(secs => claim_github_statuses.lease_seconds)
+        from due where s.id = due.id
+        returning s.*
+    )
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'id', l.id, 'workspace_id', l.workspace_id, 'run_id', l.run_id, 'repo', l.repo, 'sha', l.sha,
+               'context', l.context, 'state', l.state, 'description', l.description, 'target_url', l.target_url,
+               'created_at', l.created_at, 'attempt', l.attempts + 1, 'max_attempts', l.max_attempts,
+               'lease_expires_at', l.lease_expires_at)
+             order by l.next_attempt_at, l.seq), '[]'::jsonb)
+    into v_result from leased l;
+    return v_result;
+end
+$$;
+
+--
 -- Name: claim_phase(text[], integer, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -2159,6 +2209,32 @@ end
 $_$;
 
 --
+-- Name: list_github_statuses(text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_github_statuses(workspace_id text, run_id text DEFAULT NULL::text, "limit" integer DEFAULT 50) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', list_github_statuses.workspace_id, true);
+    v_run uuid := ops_private.uuid_arg('run_id', list_github_statuses.run_id, false);
+begin
+    perform ops_private.alert_workspace(v_ws, array['viewer', 'developer', 'admin']);
+    if list_github_statuses."limit" is null or list_github_statuses."limit" not between 1 and 500 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    return (select coalesce(jsonb_agg(ops_private.github_status_json(s) order by s.seq desc), '[]'::jsonb)
+            from (select * from ops.github_statuses s
+                  where s.workspace_id = v_ws and (v_run is null or s.run_id = v_run)
+                  order by s.seq desc
+                  limit list_github_statuses."limit") s);
+end
+$$;
+
+--
 -- Name: list_invitations(text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -2712,6 +2788,76 @@ begin
     return ops_private.dataset_record_json(v_d, v_version is not null, v_version, v_effective);
 end
 $_$;
+
+--
+-- Name: record_github_status_delivery(text, boolean, integer, text, boolean, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.record_github_status_delivery(status_id text, ok boolean, http_status integer DEFAULT NULL::integer, error text DEFAULT NULL::text, retry boolean DEFAULT true, retry_after_seconds integer DEFAULT NULL::integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now   timestamptz := ops_private.now();
+    v_id    uuid;
+    v_row   ops.github_statuses;
+    v_err   text;
+    v_newer boolean;
+begin
+    perform ops_private.require_github_deliverer('record_github_status_delivery');
+    v_id := ops_private.uuid_arg('status_id', record_github_status_delivery.status_id, true);
+    if record_github_status_delivery.ok is null then
+        perform ops_private.fail(400, 'invalid_argument', 'ok is required (true or false)',
+                                 jsonb_build_object('argument', 'ok'));
+    end if;
+    if record_github_status_delivery.http_status is not null
+       and record_github_status_delivery.http_status not between 100 and 599 then
+        perform ops_private.fail(400, 'invalid_argument', 'http_status must be between 100 and 599',
+                                 jsonb_build_object('argument', 'http_status'));
+    end if;
+    if record_github_status_delivery.retry_after_seconds is not null
+       and record_github_status_delivery.retry_after_seconds not between 0 and 86400 then
+        perform ops_private.fail(400, 'invalid_argument', 'retry_after_seconds must be between 0 and 86400',
+                                 jsonb_build_object('argument', 'retry_after_seconds'));
+    end if;
+    select * into v_row from ops.github_statuses s where s.id = v_id for update;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found', 'github status ' || v_id::text || ' not found',
+                                 jsonb_build_object('argument', 'status_id'));
+    end if;
+    if v_row.delivery <> 'delivering' then
+        perform ops_private.fail(409, 'conflict',
+            'github status ' || v_id::text || ' is ' || v_row.delivery
+            || ', not delivering: claim it with claim_github_statuses first',
+            jsonb_build_object('argument', 'status_id', 'delivery', v_row.delivery));
+    end if;
+    v_err := nullif(ops_private.alert_message(record_github_status_delivery.error), '');
+    v_newer := exists (select 1 from ops.github_statuses o
+                       where o.run_id = v_row.run_id and o.seq > v_row.seq);
+    update ops.github_statuses s
+    set attempts = s.attempts + 1,
+        lease_expires_at = null,
+        http_status = record_github_status_delivery.http_status,
+        delivery = case when record_github_status_delivery.ok then 'delivered'
+                        when v_newer then 'superseded'
+                        when not coalesce(record_github_status_delivery.retry, true)
+                             or s.attempts + 1 >= s.max_attempts then 'failed'
+                        else 'pending' end,
+        delivered_at = case when record_github_status_delivery.ok then v_now end,
+        next_attempt_at = case when record_github_status_delivery.ok or v_newer
+                                    or not coalesce(record_github_status_delivery.retry, true)
+                                    or s.attempts + 1 >= s.max_attempts then s.next_attempt_at
+                               else v_now + make_interval(secs => greatest(
+                                   ops_private.alert_backoff_seconds(s.attempts + 1),
+                                   coalesce(record_github_status_delivery.retry_after_seconds, 0))) end,
+        last_error = case when record_github_status_delivery.ok then s.last_error
+                          else coalesce(v_err, 'HTTP ' || record_github_status_delivery.http_status::text, 'failed') end
+    where s.id = v_row.id
+    returning * into v_row;
+    return ops_private.github_status_json(v_row);
+end
+$$;
 
 --
 -- Name: record_sensor_value(text, text, text); Type: FUNCTION; Schema: ops; Owner: -
@@ -5254,19 +5400,22 @@ CREATE FUNCTION ops_private.fair_round_next(p_run uuid, p_priority integer) RETU
     AS $$
 declare
     v_head bigint;
+    v_run  bigint;
     v_last bigint;
 begin
     select p.fair_round into v_head from ops.phases p
     where p.state = 'queued' and p.priority = p_priority and p.fair_round is not null
     order by p.priority desc, p.fair_round
     limit 1;
+    select max(p.fair_round) into v_run from ops.phases p
+    where p.state = 'running' and p.priority = p_priority and p.fair_round is not null;
     if p_run is not null then
         select p.fair_round into v_last from ops.phases p
         where p.run_id = p_run and p.state = 'queued' and p.priority = p_priority and p.fair_round is not null
         order by p.run_id desc, p.priority, p.fair_round desc
         limit 1;
     end if;
-    return greatest(coalesce(v_head, 0), coalesce(v_last + 1, 0));
+    return greatest(coalesce(v_head, 0), coalesce(v_run, 0), coalesce(v_last + 1, 0));
 end
 $$;
 
@@ -5583,6 +5732,116 @@ begin
     return v_tick;
 end
 $$;
+
+--
+-- Name: github_state(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.github_state(p_run_state text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select case p_run_state when 'succeeded' then 'success' when 'failed' then 'failure'
+                            when 'cancelled' then 'error' else 'pending' end
+$$;
+
+--
+-- Name: github_statuses; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.github_statuses (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    seq bigint NOT NULL,
+    workspace_id uuid NOT NULL,
+    run_id uuid NOT NULL,
+    repo text NOT NULL,
+    sha text NOT NULL,
+    context text NOT NULL,
+    state text NOT NULL,
+    run_state text NOT NULL,
+    description text NOT NULL,
+    target_url text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    delivery text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 8 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    lease_expires_at timestamp with time zone,
+    http_status integer,
+    last_error text,
+    delivered_at timestamp with time zone,
+    CONSTRAINT github_statuses_context_check CHECK (((length(context) >= 1) AND (length(context) <= 255))),
+    CONSTRAINT github_statuses_delivery_check CHECK ((delivery = ANY (ARRAY['pending'::text, 'delivering'::text, 'delivered'::text, 'failed'::text, 'superseded'::text]))),
+    CONSTRAINT github_statuses_description_check CHECK ((length(description) <= 140)),
+    CONSTRAINT github_statuses_last_error_check CHECK ((length(last_error) <= 500)),
+    CONSTRAINT github_statuses_repo_check CHECK ((repo ~ '^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$'::text)),
+    CONSTRAINT github_statuses_sha_check CHECK ((sha ~ '^[0-9a-f]{40}$'::text)),
+    CONSTRAINT github_statuses_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'success'::text, 'failure'::text, 'error'::text]))),
+    CONSTRAINT github_statuses_target_url_check CHECK ((length(target_url) <= 2048))
+);
+
+--
+-- Name: github_status_json(ops.github_statuses); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.github_status_json(s ops.github_statuses) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', s.id, 'workspace_id', s.workspace_id, 'run_id', s.run_id, 'repo', s.repo, 'sha', s.sha,
+        'context', s.context, 'state', s.state, 'run_state', s.run_state, 'description', s.description,
+        'target_url', s.target_url, 'created_at', s.created_at, 'delivery', s.delivery,
+        'attempts', s.attempts, 'max_attempts', s.max_attempts,
+        'next_attempt_at', case when s.delivery in ('pending', 'delivering') then s.next_attempt_at end,
+        'http_status', s.http_status, 'last_error', s.last_error, 'delivered_at', s.delivered_at)
+$$;
+
+--
+-- Name: github_status_on_run(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.github_status_on_run() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_now     timestamptz := ops_private.now();
+    v_repo    text := new.labels ->> 'github_repo';
+    v_sha     text := pg_catalog.lower(new.labels ->> 'github_sha');
+    v_state   text := ops_private.github_state(new.state);
+    v_last    text;
+    v_desc    text;
+    v_url     text := new.labels ->> 'github_run_url';
+    v_context text := coalesce(nullif(new.labels ->> 'github_context', ''), 'control-room/' || new.spec_slug);
+    v_secs    numeric;
+begin
+    if v_repo is null or v_sha is null
+       or v_repo !~ '^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$' or v_sha !~ '^[0-9a-f]{40}$' then
+        return null;
+    end if;
+    select s.state into v_last from ops.github_statuses s
+    where s.run_id = new.id order by s.seq desc limit 1;
+    if v_last is not distinct from v_state then
+        return null;                -- queued -> running: still pending
+    end if;
+    if v_url is not null and (v_url !~ '^https://[^[:space:][:cntrl:]@?#]+$' or pg_catalog.length(v_url) > 2048) then
+        v_url := null;
+    end if;
+    v_secs := pg_catalog.round(extract(epoch from (coalesce(new.finished_at, v_now) - new.started_at))::numeric, 1);
+    v_desc := case new.state
+        when 'queued' then 'Control Room run queued'
+        when 'running' then 'Control Room run running'
+        when 'succeeded' then 'Control Room run succeeded' || coalesce(' in ' || v_secs::text || ' s', '')
+        when 'failed' then 'Control Room run failed' || coalesce(': phase ' || (new.error ->> 'phase'), '')
+        when 'cancelled' then 'Control Room run cancelled'
+        else 'Control Room run ' || new.state end;
+    update ops.github_statuses s set delivery = 'superseded', next_attempt_at = v_now
+    where s.run_id = new.id and s.delivery = 'pending';
+    insert into ops.github_statuses (workspace_id, run_id, repo, sha, context, state, run_state, description,
+                                     target_url, created_at, next_attempt_at)
+    values (new.workspace_id, new.id, v_repo, v_sha, pg_catalog.left(v_context, 255), v_state, new.state,
+            pg_catalog.left(v_desc, 140), v_url, v_now, v_now);
+    return null;
+end
+$_$;
 
 --
 -- Name: has_password(text); Type: FUNCTION; Schema: ops_private; Owner: -
@@ -6665,6 +6924,24 @@ CREATE FUNCTION ops_private.repair_set(p_parent uuid, p_named text[]) RETURNS te
 $$;
 
 --
+-- Name: require_github_deliverer(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.require_github_deliverer(p_fn text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if not ops_private.is_privileged() then
+        if ops_private.principal() is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+        perform ops_private.fail(403, 'forbidden',
+            p_fn || ' is for the GitHub status deliverer (service_role): members read statuses with list_github_statuses');
+    end if;
+end
+$$;
+
+--
 -- Name: require_role(uuid, text[], boolean, text); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -7270,6 +7547,19 @@ CREATE TABLE ops.dataset_versions (
 );
 
 --
+-- Name: github_statuses_seq_seq; Type: SEQUENCE; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.github_statuses ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME ops.github_statuses_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: principals; Type: TABLE; Schema: ops; Owner: -
 --
 
@@ -7522,6 +7812,20 @@ ALTER TABLE ONLY ops.datasets
     ADD CONSTRAINT datasets_workspace_id_name_key UNIQUE (workspace_id, name);
 
 --
+-- Name: github_statuses github_statuses_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_statuses
+    ADD CONSTRAINT github_statuses_pkey PRIMARY KEY (id);
+
+--
+-- Name: github_statuses github_statuses_seq_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_statuses
+    ADD CONSTRAINT github_statuses_seq_key UNIQUE (seq);
+
+--
 -- Name: invitations invitations_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -7764,6 +8068,30 @@ CREATE INDEX datasets_freshness_job_idx ON ops.datasets USING btree (data_time_j
 CREATE INDEX datasets_not_active_idx ON ops.datasets USING btree (workspace_id, schema_state) WHERE (schema_state <> 'active'::text);
 
 --
+-- Name: github_statuses_due_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX github_statuses_due_idx ON ops.github_statuses USING btree (next_attempt_at) WHERE (delivery = 'pending'::text);
+
+--
+-- Name: github_statuses_leased_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX github_statuses_leased_idx ON ops.github_statuses USING btree (lease_expires_at) WHERE (delivery = 'delivering'::text);
+
+--
+-- Name: github_statuses_run_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX github_statuses_run_idx ON ops.github_statuses USING btree (run_id, seq DESC);
+
+--
+-- Name: github_statuses_workspace_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX github_statuses_workspace_idx ON ops.github_statuses USING btree (workspace_id, seq DESC);
+
+--
 -- Name: invitations_principal_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
@@ -7980,6 +8308,18 @@ CREATE TRIGGER run_events_lineage AFTER INSERT ON ops.run_events FOR EACH ROW WH
 CREATE TRIGGER runs_alert_failed AFTER UPDATE OF state ON ops.runs FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION ops_private.alert_run_failed();
 
 --
+-- Name: runs runs_github_status_insert; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_github_status_insert AFTER INSERT ON ops.runs FOR EACH ROW WHEN (((new.labels ? 'github_repo'::text) AND (new.labels ? 'github_sha'::text))) EXECUTE FUNCTION ops_private.github_status_on_run();
+
+--
+-- Name: runs runs_github_status_state; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_github_status_state AFTER UPDATE OF state ON ops.runs FOR EACH ROW WHEN (((new.labels ? 'github_repo'::text) AND (new.labels ? 'github_sha'::text) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION ops_private.github_status_on_run();
+
+--
 -- Name: runs runs_inherit_job_version; Type: TRIGGER; Schema: ops; Owner: -
 --
 
@@ -8098,6 +8438,20 @@ ALTER TABLE ONLY ops.datasets
 
 ALTER TABLE ONLY ops.datasets
     ADD CONSTRAINT datasets_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: github_statuses github_statuses_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_statuses
+    ADD CONSTRAINT github_statuses_run_id_fkey FOREIGN KEY (run_id) REFERENCES ops.runs(id);
+
+--
+-- Name: github_statuses github_statuses_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_statuses
+    ADD CONSTRAINT github_statuses_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
 
 --
 -- Name: invitations invitations_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
@@ -8369,6 +8723,18 @@ ALTER TABLE ops.datasets ENABLE ROW LEVEL SECURITY;
 CREATE POLICY datasets_read ON ops.datasets FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
 
 --
+-- Name: github_statuses; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.github_statuses ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: github_statuses github_statuses_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY github_statuses_read ON ops.github_statuses FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
 -- Name: invitations; Type: ROW SECURITY; Schema: ops; Owner: -
 --
 
@@ -8600,6 +8966,14 @@ GRANT ALL ON FUNCTION ops.claim_alerts("limit" integer, lease_seconds integer) T
 REVOKE ALL ON FUNCTION ops.claim_due_sensors(workspace_id text, "limit" integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.claim_due_sensors(workspace_id text, "limit" integer) TO authenticated;
 GRANT ALL ON FUNCTION ops.claim_due_sensors(workspace_id text, "limit" integer) TO service_role;
+
+--
+-- Name: FUNCTION claim_github_statuses("limit" integer, lease_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.claim_github_statuses("limit" integer, lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.claim_github_statuses("limit" integer, lease_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.claim_github_statuses("limit" integer, lease_seconds integer) TO service_role;
 
 --
 -- Name: FUNCTION claim_phase(kinds text[], lease_seconds integer, claim_id text, run_id text, workspace_id text); Type: ACL; Schema: ops; Owner: -
@@ -8874,6 +9248,14 @@ GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer
 GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text) TO service_role;
 
 --
+-- Name: FUNCTION list_github_statuses(workspace_id text, run_id text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_github_statuses(workspace_id text, run_id text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_github_statuses(workspace_id text, run_id text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_github_statuses(workspace_id text, run_id text, "limit" integer) TO service_role;
+
+--
 -- Name: FUNCTION list_invitations(workspace_id text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -8952,6 +9334,14 @@ GRANT ALL ON FUNCTION ops.record_connection_test(workspace_id text, name text, o
 REVOKE ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO authenticated;
 GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO service_role;
+
+--
+-- Name: FUNCTION record_github_status_delivery(status_id text, ok boolean, http_status integer, error text, retry boolean, retry_after_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.record_github_status_delivery(status_id text, ok boolean, http_status integer, error text, retry boolean, retry_after_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.record_github_status_delivery(status_id text, ok boolean, http_status integer, error text, retry boolean, retry_after_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.record_github_status_delivery(status_id text, ok boolean, http_status integer, error text, retry boolean, retry_after_seconds integer) TO service_role;
 
 --
 -- Name: FUNCTION record_sensor_value(sensor_id text, value text, error text); Type: ACL; Schema: ops; Owner: -
@@ -9625,6 +10015,31 @@ GRANT SELECT ON TABLE ops.schedule_ticks TO service_role;
 REVOKE ALL ON FUNCTION ops_private.fire_tick(s ops.schedules, p_for timestamp with time zone, p_state text, p_reason text, p_now timestamp with time zone) FROM PUBLIC;
 
 --
+-- Name: FUNCTION github_state(p_run_state text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.github_state(p_run_state text) FROM PUBLIC;
+
+--
+-- Name: TABLE github_statuses; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.github_statuses TO authenticated;
+GRANT SELECT ON TABLE ops.github_statuses TO service_role;
+
+--
+-- Name: FUNCTION github_status_json(s ops.github_statuses); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.github_status_json(s ops.github_statuses) FROM PUBLIC;
+
+--
+-- Name: FUNCTION github_status_on_run(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.github_status_on_run() FROM PUBLIC;
+
+--
 -- Name: FUNCTION has_password(p_text text); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -9856,6 +10271,12 @@ REVOKE ALL ON FUNCTION ops_private.refuse_manifest_connections() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION ops_private.repair_set(p_parent uuid, p_named text[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION require_github_deliverer(p_fn text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.require_github_deliverer(p_fn text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION require_role(p_workspace uuid, p_roles text[], p_hide boolean, p_what text); Type: ACL; Schema: ops_private; Owner: -

@@ -207,3 +207,29 @@ def test_every_run_kind_of_queueing_gets_a_round(queue: Queue) -> None:
     queue.contract.conn.rollback()
     assert rows[0][:2] == ("c000", "succeeded")
     assert rows[1][:2] == ("c001", "queued") and rows[1][2] is not None
+
+
+def test_a_phase_nobody_claims_does_not_hold_the_round_back(queue: Queue) -> None:
+    """A queued phase of a kind no claimer runs keeps the lowest round; a run submitted later
+    joins the round being run, not that one (it would go ahead of the whole queue)."""
+    queue.advance(0.001)
+    new_run(queue.contract, queue.world.w1, [phase("stuck", "spark")], as_=queue.world.dev1,
+            now=queue.now)
+
+    def claim() -> dict[str, Any] | None:
+        queue.advance(0.001)
+        got: dict[str, Any] | None = queue.contract.call(
+            "claim_phase", {"lease_seconds": 60, "kinds": ["python"]}, as_=queue.world.exec1,
+            now=queue.now)
+        return got
+
+    a = queue.run(20, prefix="a")
+    for _ in range(8):
+        done = claim()
+        assert done is not None and done["run_id"] == a
+        queue.complete(done)
+    held = [claim(), claim()]                                # rounds 8 and 9 being run
+    assert all(h is not None and h["run_id"] == a for h in held)
+    n = queue.run(10, prefix="n")
+    order = [c["run_id"] for c in (claim() for _ in range(6)) if c]
+    assert order == [n, a, n, a, n, a], order                # taking turns with the long run

@@ -40,9 +40,13 @@ create index phases_run_claimable_idx on ops.phases (run_id, priority desc, fair
 create index phases_retry_idx on ops.phases (not_before) where state = 'queued' and fair_round is null;
 
 -- The fair round of a phase of run p_run (null: a new run's first) queued now at p_priority:
--- the current round (the lowest queued at that priority, 0 when none is), or the round after the
--- run's highest queued one if that is later. Two descents of phases_claimable_idx and
--- phases_run_claimable_idx; planner settings as the claim's candidates (no statistics needed).
+-- the current round, or the round after the run's highest queued one if that is later. The
+-- current round is the lowest queued at that priority, or the highest being run at it if that is
+-- later (a phase nobody claims, of a kind no worker runs, must not hold the current round back:
+-- new runs would then join a round long past and go ahead of everyone), 0 when there is
+-- neither. Descents of phases_claimable_idx and phases_run_claimable_idx and a walk of the
+-- running phases (phases_lease_expiry_idx: as many as there are busy slots); planner settings as
+-- the claim's candidates (no statistics needed).
 create function ops_private.fair_round_next(p_run uuid, p_priority integer)
 returns bigint
 language plpgsql volatile
@@ -52,19 +56,22 @@ set enable_bitmapscan = off
 as $$
 declare
     v_head bigint;
+    v_run  bigint;
     v_last bigint;
 begin
     select p.fair_round into v_head from ops.phases p
     where p.state = 'queued' and p.priority = p_priority and p.fair_round is not null
     order by p.priority desc, p.fair_round
     limit 1;
+    select max(p.fair_round) into v_run from ops.phases p
+    where p.state = 'running' and p.priority = p_priority and p.fair_round is not null;
     if p_run is not null then
         select p.fair_round into v_last from ops.phases p
         where p.run_id = p_run and p.state = 'queued' and p.priority = p_priority and p.fair_round is not null
         order by p.run_id desc, p.priority, p.fair_round desc
         limit 1;
     end if;
-    return greatest(coalesce(v_head, 0), coalesce(v_last + 1, 0));
+    return greatest(coalesce(v_head, 0), coalesce(v_run, 0), coalesce(v_last + 1, 0));
 end
 $$;
 
