@@ -50,6 +50,7 @@ E2E_MODULES = frozenset({
     "tests/chaos/test_worker_killed.py",
     "tests/chaos/test_starvation.py",
     "tests/test_github_summary.py",
+    "tests/test_github_statuses.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,6 +18,7 @@ from control_room.cli import (
     datasets,
     db,
     deadletters,
+    github,
     jobs,
     runs,
     schedules,
@@ -54,6 +55,7 @@ app.add_typer(connections.app, name="connections")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(deadletters.app, name="deadletters")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(github.app, name="github")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(sensors.app, name="sensors")
 app.add_typer(warehouse.app, name="warehouse")

@@ -83,6 +83,7 @@ from control_room.contract.models import (
     ArtifactPage,
     Claim,
     ClaimedAlert,
+    ClaimedGithubStatus,
     ClaimedSensor,
     ClaimRun,
     CompleteResult,
@@ -98,6 +99,7 @@ from control_room.contract.models import (
     DueResult,
     Event,
     EventPage,
+    GithubStatus,
     HeartbeatResult,
     Invitation,
     InvitationRevoked,
@@ -893,6 +895,36 @@ class ContractClient:
         args = {"alert_id": alert_id, "ok": ok, "http_status": http_status, "error": error,
                 "duration_ms": duration_ms}
         return _parse(Alert, self._rpc("record_alert_delivery", args), "record_alert_delivery")
+
+    # -- GitHub commit statuses of gate runs (docs/github.md) -----------------------------
+
+    def list_github_statuses(self, workspace_id: str, *, run_id: str | None = None,
+                             limit: int | None = None) -> list[GithubStatus]:
+        """The commit statuses of the workspace's gate runs, newest first (of one run: `run_id`),
+        with their delivery; `limit` 1-500 (default 50)."""
+        args = {"workspace_id": workspace_id, "run_id": run_id, "limit": limit}
+        return _parse_list(GithubStatus, self._rpc("list_github_statuses", args),
+                           "list_github_statuses")
+
+    def claim_github_statuses(self, limit: int | None = None,
+                              lease_seconds: int | None = None) -> list[ClaimedGithubStatus]:
+        """Lease the commit statuses that are due (service_role: the deliverer). Not retried:
+        a lost answer leaves its statuses leased until the lease expires."""
+        args = {"limit": limit, "lease_seconds": lease_seconds}
+        return _parse_list(ClaimedGithubStatus, self._rpc("claim_github_statuses", args),
+                           "claim_github_statuses")
+
+    def record_github_status_delivery(self, status_id: str, ok: bool, *,
+                                      http_status: int | None = None,
+                                      error: str | None = None, retry: bool | None = None,
+                                      retry_after_seconds: int | None = None) -> GithubStatus:
+        """Record one attempt to post a leased status (service_role): delivered when `ok`;
+        else superseded (a newer status of the run), failed (`retry` False, or the last
+        attempt) or pending after a backoff of at least `retry_after_seconds`."""
+        args = {"status_id": status_id, "ok": ok, "http_status": http_status, "error": error,
+                "retry": retry, "retry_after_seconds": retry_after_seconds}
+        return _parse(GithubStatus, self._rpc("record_github_status_delivery", args),
+                      "record_github_status_delivery")
 
     # -- schedules ------------------------------------------------------------------------
 

@@ -62,10 +62,12 @@ __all__ = [
     "ClaimAlertsArgs",
     "ClaimConnection",
     "ClaimDueSensorsArgs",
+    "ClaimGithubStatusesArgs",
     "ClaimPhaseArgs",
     "ClaimRun",
     "ClaimedAlert",
     "ClaimedAlertDestination",
+    "ClaimedGithubStatus",
     "ClaimedSensor",
     "CompletePhaseArgs",
     "CompleteResult",
@@ -105,6 +107,9 @@ __all__ = [
     "GetRunArgs",
     "GetScheduleArgs",
     "GetSensorArgs",
+    "GithubDelivery",
+    "GithubState",
+    "GithubStatus",
     "HeartbeatArgs",
     "HeartbeatResult",
     "Invitation",
@@ -128,6 +133,7 @@ __all__ = [
     "ListDatasetsArgs",
     "ListDeadLettersArgs",
     "ListEventsArgs",
+    "ListGithubStatusesArgs",
     "ListInvitationsArgs",
     "ListJobsArgs",
     "ListRunsArgs",
@@ -144,6 +150,7 @@ __all__ = [
     "RecordAlertDeliveryArgs",
     "RecordConnectionTestArgs",
     "RecordDatasetArgs",
+    "RecordGithubStatusDeliveryArgs",
     "RecordSensorValueArgs",
     "RegisterArtifactArgs",
     "RegisterJobArgs",
@@ -925,6 +932,52 @@ class ClaimedAlert(_Result):
     destination: ClaimedAlertDestination
 
 
+GithubState = Literal["pending", "success", "failure", "error"]
+GithubDelivery = Literal["pending", "delivering", "delivered", "failed", "superseded"]
+
+
+class GithubStatus(_Result):
+    """A commit status of a gate run (`list_github_statuses`, `record_github_status_delivery`):
+    the GitHub `state` of the run's `run_state`, and how its delivery went."""
+
+    id: str
+    workspace_id: str
+    run_id: str
+    repo: str
+    sha: str
+    context: str
+    state: GithubState
+    run_state: str
+    description: str
+    target_url: str | None
+    created_at: datetime
+    delivery: GithubDelivery
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime | None
+    http_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+class ClaimedGithubStatus(_Result):
+    """A commit status leased by `claim_github_statuses`; `attempt` is this claim's attempt."""
+
+    id: str
+    workspace_id: str
+    run_id: str
+    repo: str
+    sha: str
+    context: str
+    state: GithubState
+    description: str
+    target_url: str | None
+    created_at: datetime
+    attempt: int
+    max_attempts: int
+    lease_expires_at: datetime
+
+
 class Schedule(_Result):
     """A schedule of a job (`create_schedule`, `update_schedule`, `list_schedules`): `cron`
     (in `timezone`) or `interval_seconds`, the catch-up and overlap policies, `next_tick_at`
@@ -1469,6 +1522,26 @@ class RecordAlertDeliveryArgs(_Args):
     duration_ms: int | None = None
 
 
+class ListGithubStatusesArgs(_Args):
+    workspace_id: str
+    run_id: str | None = None
+    limit: int | None = None
+
+
+class ClaimGithubStatusesArgs(_Args):
+    limit: int | None = None
+    lease_seconds: int | None = None
+
+
+class RecordGithubStatusDeliveryArgs(_Args):
+    status_id: str
+    ok: bool
+    http_status: int | None = None
+    error: str | None = None
+    retry: bool | None = None
+    retry_after_seconds: int | None = None
+
+
 class CreateScheduleArgs(_Args):
     workspace_id: str
     name: str
@@ -1633,6 +1706,9 @@ REQUESTS: dict[str, type[_Args]] = {
     "list_alerts": ListAlertsArgs,
     "claim_alerts": ClaimAlertsArgs,
     "record_alert_delivery": RecordAlertDeliveryArgs,
+    "list_github_statuses": ListGithubStatusesArgs,
+    "claim_github_statuses": ClaimGithubStatusesArgs,
+    "record_github_status_delivery": RecordGithubStatusDeliveryArgs,
 }
 """The request model of each operation (its body's properties, by the same names)."""
 
@@ -1702,5 +1778,8 @@ RESULTS: dict[str, type[_Result]] = {
     "list_alerts": Alert,
     "claim_alerts": ClaimedAlert,
     "record_alert_delivery": Alert,
+    "list_github_statuses": GithubStatus,
+    "claim_github_statuses": ClaimedGithubStatus,
+    "record_github_status_delivery": GithubStatus,
 }
 """The result model of each operation (of one item, for those that answer a list)."""

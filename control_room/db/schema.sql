@@ -6058,7 +6058,7 @@ $_$;
 --
 
 CREATE FUNCTION ops_private.job_busy(p_job uuid) RETURNS text
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql
     AS $$
 declare
     v_job   ops.jobs;
@@ -6068,6 +6068,7 @@ begin
     if v_job.max_concurrent_runs is null then
         return null;
     end if;
+    perform 1 from ops.jobs j where j.id = p_job for update;
     select count(*) into v_count
     from ops.runs r
     where r.job_version_id in (select v.id from ops.job_versions v where v.job_id = p_job)

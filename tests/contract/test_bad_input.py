@@ -108,6 +108,7 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
     as_.update({fn: admin for fn in ("create_alert_destination", "delete_alert_destination",
                                      "create_alert_rule", "delete_alert_rule")})
     as_.update({"claim_alerts": SERVICE, "record_alert_delivery": SERVICE})
+    as_.update({"claim_github_statuses": SERVICE, "record_github_status_delivery": SERVICE})
     setup.call("create_alert_destination", {"workspace_id": w1, "name": "hook", "type": "webhook",
                                             "url": "env:ALERT_HOOK_URL"}, as_=admin)
     setup.call("create_alert_rule", {"workspace_id": w1, "name": "failed", "event": "run_failed",
@@ -214,6 +215,9 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
         "list_alerts": lambda: {"workspace_id": ctx.w1},
         "claim_alerts": lambda: {"limit": 1},
         "record_alert_delivery": lambda: {"alert_id": str(uuid.uuid4()), "ok": True},
+        "list_github_statuses": lambda: {"workspace_id": ctx.w1},
+        "claim_github_statuses": lambda: {"limit": 1},
+        "record_github_status_delivery": lambda: {"status_id": str(uuid.uuid4()), "ok": True},
         "create_schedule": lambda: {"workspace_id": ctx.w1, "name": "fresh", "job": "sched-job",
                                     "cron": "*/5 * * * *"},
         "update_schedule": lambda: {"workspace_id": ctx.w1, "name": "hourly",

@@ -363,6 +363,21 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     r.refused("record_alert_delivery", {"alert_id": claimed["id"], "ok": True}, status=409,
               code="conflict")
     r.refused("claim_alerts", {}, status=403, code="forbidden", as_=admin)
+    # GitHub commit statuses of a gate run (docs/github.md)
+    gate = r.call("create_run", {"workspace_id": ws["id"], "spec_slug": "gate",
+                                 "git_sha": "0123abc", "phases": [{"name": "a", "kind": "python"}],
+                                 "labels": {"github_repo": "acme/lake", "github_sha": "a" * 40}},
+                  label="gate")
+    [gh] = r.call("claim_github_statuses", {"limit": 10, "lease_seconds": 30})
+    assert gh["run_id"] == gate["id"] and gh["state"] == "pending"
+    r.call("record_github_status_delivery", {"status_id": gh["id"], "ok": False, "http_status": 403,
+                                             "error": "HTTP 403", "retry_after_seconds": 60})
+    [listed] = r.call("list_github_statuses", {"workspace_id": ws["id"], "run_id": gate["id"]},
+                      as_=viewer)
+    assert listed["delivery"] == "pending" and listed["attempts"] == 1
+    r.refused("record_github_status_delivery", {"status_id": gh["id"], "ok": True}, status=409,
+              code="conflict")
+    r.refused("claim_github_statuses", {}, status=403, code="forbidden", as_=admin)
     r.refused("delete_alert_destination", {"workspace_id": ws["id"], "name": "slack"},
               status=409, code="conflict", as_=admin)
     r.call("delete_alert_rule", {"workspace_id": ws["id"], "name": "expiries"}, as_=admin)

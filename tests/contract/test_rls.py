@@ -713,6 +713,16 @@ class Targets:
         claimed = self.contract.call("claim_alerts", {"limit": 500})
         return str(next(a["id"] for a in claimed if a["rule"] == name))
 
+    def delivering_github_status(self) -> str:
+        """The id of the pending commit status of a new gate run of W1, claimed by the
+        deliverer."""
+        run = self.contract.call("create_run", {
+            "workspace_id": self.world.w1, "spec_slug": "gate", "git_sha": "0123abc",
+            "phases": [{"name": "a", "kind": "python"}],
+            "labels": {"github_repo": "acme/lake", "github_sha": "b" * 40}})
+        claimed = self.contract.call("claim_github_statuses", {"limit": 500})
+        return str(next(s["id"] for s in claimed if s["run_id"] == run["id"]))
+
     def schedule(self) -> str:
         """The name of a new hourly schedule of W1 (of job rls-sched-job)."""
         jobs = self.contract.call("list_jobs", {"workspace_id": self.world.w1})
@@ -958,6 +968,14 @@ CASES = [
          lambda t: {"workspace_id": t.w1} if t.delivering_alert() else {},
          frozenset({"viewer1", "dev1", "admin1"}) | SVC),
     Case("claim_alerts", "claim_alerts", lambda t: {"limit": 1}, SVC, frozenset()),
+    Case("list_github_statuses", "list_github_statuses",
+         lambda t: {"workspace_id": t.w1} if t.delivering_github_status() else {},
+         frozenset({"viewer1", "dev1", "admin1"}) | SVC),
+    Case("claim_github_statuses", "claim_github_statuses", lambda t: {"limit": 1}, SVC,
+         frozenset()),
+    Case("record_github_status_delivery", "record_github_status_delivery",
+         lambda t: {"status_id": t.delivering_github_status(), "ok": False, "error": "HTTP 500"},
+         SVC, frozenset()),
     Case("record_alert_delivery", "record_alert_delivery",
          lambda t: {"alert_id": t.delivering_alert(), "ok": False, "error": "HTTP 500"}, SVC,
          frozenset()),
