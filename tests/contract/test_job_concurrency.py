@@ -115,3 +115,46 @@ def test_set_job_concurrency_is_checked_and_audited(sql_contract: Contract, w: W
         audited = c.conn.execute("select count(*) from ops.audit_log "
                                  "where function_name = 'set_job_concurrency'").fetchone()
     assert audited == (1,)
+
+
+def test_a_tick_and_a_sensor_racing_on_a_limited_job_make_one_run(
+        sql_contract: Contract, w: World, db_url: str) -> None:
+    """The sensor's transaction has made its run but not committed when the scheduler's tick
+    comes: the tick waits for the job's lock, then counts that run and is skipped."""
+    import threading
+    import time
+
+    import psycopg
+
+    from control_room.db.store import acting_as, call
+
+    c = sql_contract
+    limit(c, w, 1)
+    made = sensor(c, w)
+    schedule(c, w, "hourly", job="ingest", overlap="queue", max_concurrent=5)
+    made_run = threading.Event()
+    answers: dict[str, Any] = {}
+
+    def evaluate() -> None:
+        with psycopg.connect(db_url) as conn, \
+                acting_as(conn, role="service_role", now=T0 + timedelta(hours=1, minutes=1)):
+            answers["sensor"] = call(conn, "record_sensor_value",
+                                     {"sensor_id": made["id"], "value": "7"})
+            made_run.set()
+            time.sleep(1.5)                      # hold the transaction (and the job's lock)
+
+    def tick() -> None:
+        made_run.wait(30)
+        with psycopg.connect(db_url) as conn, \
+                acting_as(conn, role="service_role", now=T0 + timedelta(hours=1, minutes=1)):
+            answers["due"] = call(conn, "run_due_schedules", {})
+
+    threads = [threading.Thread(target=evaluate), threading.Thread(target=tick)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert answers["sensor"]["moved"] is True
+    assert (answers["due"]["created"], answers["due"]["skipped"]) == (0, 1)
+    assert (ticks(c, w, "hourly")[0]["reason"] or "").startswith("job busy")
+    assert len(runs_of(c.conn, w.w1)) == 1

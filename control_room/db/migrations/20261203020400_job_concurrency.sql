@@ -15,10 +15,13 @@ alter table ops.jobs add column max_concurrent_runs integer check (max_concurren
 comment on column ops.jobs.max_concurrent_runs is
     'At most this many runs queued or running that schedules and sensors start (null: no limit).';
 
--- Why a job's automatic triggers may not start a run now (null: they may).
+-- Why a job's automatic triggers may not start a run now (null: they may). A job with a limit
+-- is locked (FOR UPDATE, until the caller's transaction ends) before its runs are counted: a
+-- scheduler's tick and a sensor's evaluation racing on one job take turns, and the second
+-- counts the run the first made (READ COMMITTED: the count runs after the lock is granted).
 create function ops_private.job_busy(p_job uuid)
 returns text
-language plpgsql stable
+language plpgsql volatile
 as $$
 declare
     v_job   ops.jobs;
@@ -28,6 +31,7 @@ begin
     if v_job.max_concurrent_runs is null then
         return null;
     end if;
+    perform 1 from ops.jobs j where j.id = p_job for update;
     select count(*) into v_count
     from ops.runs r
     where r.job_version_id in (select v.id from ops.job_versions v where v.job_id = p_job)
