@@ -674,6 +674,14 @@ ALERTS = [
     bad("alert-delivery-status-600", "record_alert_delivery", {"http_status": 600},
         "http_status", argument="http_status"),
     bad("alert-delivery-unknown", "record_alert_delivery", {}, "not found", status=404),
+    bad("github-statuses-limit-zero", "list_github_statuses", {"limit": 0}, "limit",
+        argument="limit"),
+    bad("claim-github-statuses-limit-zero", "claim_github_statuses", {"limit": 0}, "limit",
+        argument="limit"),
+    bad("github-delivery-ok-null", "record_github_status_delivery", {"ok": None}, "ok",
+        argument="ok"),
+    bad("github-delivery-unknown", "record_github_status_delivery", {}, "not found",
+        status=404),
 ]
 
 # schedules (each cron field and policy: tests/contract/test_schedules.py)
