@@ -9863,6 +9863,13 @@ GRANT SELECT(updated_at) ON TABLE ops.phases TO authenticated;
 GRANT SELECT(updated_at) ON TABLE ops.phases TO service_role;
 
 --
+-- Name: COLUMN phases.fair_round; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT(fair_round) ON TABLE ops.phases TO authenticated;
+GRANT SELECT(fair_round) ON TABLE ops.phases TO service_role;
+
+--
 -- Name: FUNCTION claim_expired_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]); Type: ACL; Schema: ops_private; Owner: -
 --
 

@@ -150,6 +150,10 @@ def _fill(contract: Contract, data: Populated, key: str, dev: Principal, executo
     runs += [cancelled["id"], retried["id"]]
     for i in range(extra_runs):
         runs.append(new_run(contract, ws, [phase(f"e{i}")], as_=dev)["id"])
+    # gate runs (labelled with a repository and a commit): a pending commit status each
+    for i in range(1 + extra_runs):
+        runs.append(new_run(contract, ws, [phase(f"g{i}")], as_=dev, labels={
+            "github_repo": f"acme/{key}", "github_sha": f"{i + 1:040x}"})["id"])
     data.runs[key] = runs
     data.tokens[key] = tokens
     data.claim_ids[key] = claim_ids
@@ -1104,7 +1108,7 @@ def test_listings_show_only_the_callers_workspaces(
 ) -> None:
     w = populated.world
     w1_runs, w2_runs = set(populated.runs["w1"]), set(populated.runs["w2"])
-    assert (len(w1_runs), len(w2_runs)) == (3, 5)
+    assert (len(w1_runs), len(w2_runs)) == (4, 8)      # gate runs included
 
     def run_ids(who: Principal) -> set[str]:
         return {r["id"] for r in contract.call("list_runs", {"limit": 500}, as_=who)["runs"]}

@@ -265,3 +265,7 @@ revoke execute on function ops_private.move_phase(uuid, text, timestamptz, text,
                            ops_private.insert_run(uuid, text, text, jsonb, jsonb, text, jsonb, integer, uuid, jsonb, text, timestamptz),
                            ops_private.claim_queued_candidate(timestamptz, text[], uuid[], uuid, uuid[], uuid[])
     from public, anon;
+
+-- the round is readable like the phase's other scheduling columns (the baseline grants them by
+-- column: lease_token and claim_id stay hidden)
+grant select (fair_round) on ops.phases to authenticated, service_role;
