@@ -257,6 +257,9 @@ def test_up_starts_a_scheduler_whose_ticks_run_the_job_to_success(db_url: str,
                 [(_, headers, body)] = receiver.requests
                 assert body["event"] == "run_failed"
                 assert body["subject"] == {"run_id": failing.id}
+                # the receiver answered before the deliverer recorded it: wait for the record
+                until("the delivery recorded", lambda: [
+                    a for a in client.list_alerts(ws) if a.state == "delivered"], bound=30)
                 [alert] = client.list_alerts(ws)
                 assert alert.state == "delivered" and alert.attempts == 1
                 assert headers["X-Control-Room-Alert-Id"] == alert.id
