@@ -29,6 +29,8 @@ from control_room.contract.vocabulary import (
     DatasetLayer,
     Env,
     EventLevel,
+    GithubDelivery,
+    GithubState,
     MemberRole,
     Outcome,
     PhaseState,
@@ -932,8 +934,6 @@ class ClaimedAlert(_Result):
     destination: ClaimedAlertDestination
 
 
-GithubState = Literal["pending", "success", "failure", "error"]
-GithubDelivery = Literal["pending", "delivering", "delivered", "failed", "superseded"]
 
 
 class GithubStatus(_Result):

@@ -23,6 +23,8 @@ __all__ = [
     "EXECUTOR_EVENT_TYPES",
     "FINISHED_PHASE_STATES",
     "FINISHED_RUN_STATES",
+    "GITHUB_DELIVERIES",
+    "GITHUB_STATES",
     "LIFECYCLE_EVENT_TYPES",
     "MACHINE_CODES",
     "MEMBER_ROLES",
@@ -47,6 +49,8 @@ __all__ = [
     "Env",
     "EventLevel",
     "ExecutorEventType",
+    "GithubDelivery",
+    "GithubState",
     "LifecycleEventType",
     "MachineCode",
     "MemberRole",
@@ -82,6 +86,10 @@ TickState = Literal["created", "skipped", "failed"]
 """What became of a schedule tick (`ops.schedule_ticks.state`)."""
 SloState = Literal["unknown", "ok", "breached"]
 """A job's freshness SLO state (`ops.jobs.slo_state`, a job's `freshness.state`)."""
+GithubState = Literal["pending", "success", "failure", "error"]
+"""A commit status's state, as GitHub takes it (`ops.github_statuses.state`)."""
+GithubDelivery = Literal["pending", "delivering", "delivered", "failed", "superseded"]
+"""Where a commit status of the outbox is (`ops.github_statuses.delivery`)."""
 AlertEvent = Literal["run_failed", "phase_dead_lettered", "schedule_tick_failed",
                      "lease_expiries", "slo_breached"]
 """What an alert rule fires on (`ops.alert_rules.event`, docs/alerts.md)."""
@@ -131,6 +139,8 @@ SCHEDULE_CATCHUPS: frozenset[str] = frozenset(get_args(ScheduleCatchup))
 SCHEDULE_OVERLAPS: frozenset[str] = frozenset(get_args(ScheduleOverlap))
 TICK_STATES: frozenset[str] = frozenset(get_args(TickState))
 SLO_STATES: frozenset[str] = frozenset(get_args(SloState))
+GITHUB_STATES: frozenset[str] = frozenset(get_args(GithubState))
+GITHUB_DELIVERIES: frozenset[str] = frozenset(get_args(GithubDelivery))
 ALERT_EVENTS: frozenset[str] = frozenset(get_args(AlertEvent))
 ALERT_STATES: frozenset[str] = frozenset(get_args(AlertState))
 ALERT_DESTINATION_TYPES: frozenset[str] = frozenset(get_args(AlertDestinationType))

@@ -33,7 +33,7 @@ Q = parse_queries((Path(__file__).parent / "claim_plan.sql").read_text("utf-8"))
 
 HISTORY = 1_000_000
 NOW = datetime(2030, 1, 1, tzinfo=UTC)   # the tests' clock
-LIVE_RUNS, LIVE_PHASES = 4, 20
+LIVE_RUNS, LIVE_PHASES = 4, 40      # claims now take turns across runs: enough in each
 EXPIRED, LEASED = 4, 2                   # running phases: leases expired by NOW, and live ones
 # the two candidate statements (ops_private.claim_expired_candidate, claim_queued_candidate)
 EXPIRY_STATEMENT = "p.lease_expires_at <= p_now"

@@ -42,6 +42,8 @@ CHECKED: dict[tuple[str, str], frozenset[str]] = {
     ("ops.schedules", "overlap"): vocabulary.SCHEDULE_OVERLAPS,
     ("ops.schedule_ticks", "state"): vocabulary.TICK_STATES,
     ("ops.jobs", "slo_state"): vocabulary.SLO_STATES,
+    ("ops.github_statuses", "state"): vocabulary.GITHUB_STATES,
+    ("ops.github_statuses", "delivery"): vocabulary.GITHUB_DELIVERIES,
     ("ops.alert_rules", "event"): vocabulary.ALERT_EVENTS,
     ("ops.alerts", "state"): vocabulary.ALERT_STATES,
     ("ops.alert_destinations", "type"): vocabulary.ALERT_DESTINATION_TYPES,
