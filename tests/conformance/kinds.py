@@ -24,6 +24,7 @@ The cases (what every kind promises, docs/kinds.md "What every kind does"):
 from __future__ import annotations
 
 import textwrap
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -92,7 +93,7 @@ SLOW_SQL = "select count(*) as n from range(1000000000) a, range(1000000000) b"
 
 
 @dataclass
-class Driver:
+class Driver(ABC):
     """How one kind expresses each case as params (and the code it needs)."""
 
     kind: ClassVar[str]
@@ -105,23 +106,30 @@ class Driver:
     def make(self) -> Kind:
         return load_kind(self.kind)()
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (optional: most kinds need no code)
         """Write the code the driver's phases need into `code_dir` (the run's code)."""
 
+    @abstractmethod
     def write(self, uri: str, name: str, shape: Shape) -> dict[str, Any]:
-        raise NotImplementedError
+        """Params writing `shape` to the table at `uri` named `name`."""
 
+    @abstractmethod
     def slow(self, lake: Path) -> dict[str, Any]:
-        raise NotImplementedError
+        """Params of a phase that runs long enough to be cancelled or timed out."""
 
+    @abstractmethod
     def terminal(self, lake: Path) -> dict[str, Any]:
-        raise NotImplementedError
+        """Params of a phase failing for good (bad input)."""
 
+    @abstractmethod
     def transient(self, lake: Path) -> dict[str, Any]:
-        raise NotImplementedError
+        """Params of a phase failing retryably."""
 
     def outside_code(self, lake: Path) -> dict[str, Any]:
-        raise NotImplementedError
+        """Params reaching for code outside the run's checkout. A kind with no code path
+        lists the case in `cannot` instead (then this is never called)."""
+        raise TypeError(f"the {self.kind} driver neither builds outside_code nor lists it "
+                        "in `cannot`")
 
 
 class PythonDriver(Driver):
