@@ -12,7 +12,7 @@ venv: $(STAMP)
 # Reinstall only when pyproject.toml changed since the last install.
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,mcp]"
 	# the dbt kind's extra (its tests run in CI); dbt-core 1.11 pins pathspec<0.13, mypy 2
 	# needs pathspec>=1: put 1.x back (dbt works with it: tests/executor/test_kind_dbt.py)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dbt]"

@@ -16,7 +16,8 @@ PACKAGES = ("control_room", "executor", "pipelines")
 
 # What `control-room --help` must not load: the data plane and the processes it starts.
 DATA_PLANE = ("duckdb", "deltalake", "pyarrow", "polars", "executor.worker",
-              "executor.kinds.python", "executor.kinds.sql", "pipelines.odoo.generator")
+              "executor.kinds.python", "executor.kinds.sql", "pipelines.odoo.generator",
+              "mcp", "control_room.mcp")
 
 
 def _modules() -> list[str]:

@@ -20,6 +20,7 @@ from control_room.cli import (
     deadletters,
     github,
     jobs,
+    mcp,
     runs,
     schedules,
     sensors,
@@ -43,7 +44,7 @@ app = typer.Typer(
 )
 
 # top-level commands: each module's commands join the root
-for _module in (db, serve, up, worker, verify):
+for _module in (db, serve, up, worker, verify, mcp):
     app.add_typer(_module.app)
 app.add_typer(schedules.scheduler_app)
 # command groups

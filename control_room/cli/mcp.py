@@ -1,0 +1,59 @@
+"""`control-room mcp`: the MCP server for AI agents (docs/agents.md).
+
+The server (`control_room.mcp`, the `mcp` extra) is imported inside the command, so
+`control-room --help` loads neither it nor the SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from control_room.cli.common import BadInput, Gateway, StateDir, Token, err, gateway, guard, new_app
+
+app = new_app("The MCP server.")
+
+DEFAULT_HTTP_PORT = 8790
+
+
+@app.command("mcp")
+def mcp_command(
+    gateway_url: Gateway = None,
+    token: Token = None,
+    state_dir: StateDir = None,
+    allow_writes: Annotated[bool, typer.Option(
+        "--allow-writes",
+        help="Register the tools that change state (start, cancel and repair runs; claim, "
+             "heartbeat, append events, register artifacts, complete phases). The token's "
+             "role still decides what they may do.")] = False,
+    http: Annotated[bool, typer.Option(
+        "--http", help="Serve streamable HTTP (at /mcp) instead of stdio.")] = False,
+    host: Annotated[str, typer.Option("--host", help="The address --http listens on.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="The port --http listens on.",
+                                      min=1, max=65535)] = DEFAULT_HTTP_PORT,
+) -> None:
+    """Serve the contract's tools to an MCP client, calling the gateway with `--token` (the
+    agent's own token: its role decides what the tools may do).
+
+    stdio by default (what Claude Desktop and Claude Code start); `--http` serves streamable
+    HTTP on `http://HOST:PORT/mcp`. Read-only unless `--allow-writes`.
+    """
+    with guard():
+        try:
+            import anyio
+
+            from control_room.mcp import build_server
+        except ImportError as exc:
+            raise BadInput(f"the MCP server needs the mcp extra ({exc.name} is not installed): "
+                           "pip install 'lakehouse-control-room[mcp]'") from None
+        with gateway(gateway_url, token, None, state_dir) as target:
+            server = build_server(target.client, allow_writes=allow_writes)
+            mode = "read and write" if allow_writes else "read-only"
+            if http:
+                err.print(f"Serving MCP ({mode}) on http://{host}:{port}/mcp for {target.url}",
+                          markup=False)
+                anyio.run(lambda: server.run_streamable_http_async(host=host, port=port))
+            else:
+                anyio.run(server.run_stdio_async)
