@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,mcp]"
 	# the dbt kind's extra (its tests run in CI); dbt-core 1.11 pins pathspec<0.13, mypy 2
 	# needs pathspec>=1: put 1.x back (dbt works with it: tests/executor/test_kind_dbt.py)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dbt]"
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dbt,spark]"
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "pathspec>=1"
 	touch $(STAMP)
 
