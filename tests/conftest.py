@@ -51,6 +51,7 @@ E2E_MODULES = frozenset({
     "tests/chaos/test_starvation.py",
     "tests/test_github_summary.py",
     "tests/test_github_statuses.py",
+    "tests/test_mcp_stdio.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
 
