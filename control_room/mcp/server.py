@@ -112,7 +112,7 @@ IdempotencyKey = Annotated[str | None, Field(
 class EventIn(BaseModel):
     """One event to append to a run's stream."""
 
-    type: str = Field(description="The event's type, e.g. log, progress, metric.")
+    type: str = Field(description="The event's type: an upper-case name such as LOG.")
     message: str = Field("", description="A human-readable line.")
     level: EventLevel | None = Field(None, description="debug, info (default), warning, error.")
     phase: str | None = Field(None, description="The phase it is about (with a lease: its own).")
