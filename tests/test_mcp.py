@@ -12,14 +12,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
+import httpx2
 import psycopg
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
+from control_room.gateway.app import serving
 from control_room.mcp import build_server
 from control_room.mcp.descriptions import operations
-from control_room.mcp.server import READ_TOOLS, WRITE_TOOLS
+from control_room.mcp.server import READ_TOOLS, WRITE_TOOLS, BearerClients
 from tests.contract.conftest import Principal
 from tests.contract.jobspec import job_spec, register
 from tests.executor.harness import Env, gateway_env
@@ -224,3 +227,34 @@ def test_refusals_are_tool_errors_naming_the_code(env: Env) -> None:
 
     assert "start_job_run" in with_client(env, env.world.dev1, unlisted)   # read-only server
 
+
+
+def test_over_http_each_request_calls_with_its_own_token(env: Env) -> None:
+    """`control-room mcp --http`'s server (BearerClients): the token is each request's own."""
+    clients = BearerClients(env.rest_url)
+    app = build_server(clients, allow_writes=True).streamable_http_app()
+    run_id = env.new_run({"name": "only", "kind": "agent", "depends_on": []})
+
+    async def as_(token: str | None) -> tuple[str, str, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http, \
+                Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
+            got = await client.call_tool("get_run", {"run_id": run_id})
+            start = await client.call_tool("start_job_run", {"workspace_id": env.world.w1,
+                                                             "job": JOB})
+            listed = await client.list_tools()
+            assert {t.name for t in listed.tools} >= set(WRITE_TOOLS)
+            texts = [r.content[0].text for r in (got, start)]  # type: ignore[union-attr]
+            return texts[0], texts[1], ("error" if start.is_error else "ok")
+
+    try:
+        with serving(app) as url:
+            viewer = anyio.run(as_, env.contract.token(env.world.viewer1))
+            developer = anyio.run(as_, env.contract.token(env.world.dev1))
+            nobody = anyio.run(as_, None)
+    finally:
+        clients.close()
+    assert json.loads(viewer[0])["state"] == "queued"
+    assert ": forbidden (HTTP 403) in create_job_run: " in viewer[1] and viewer[2] == "error"
+    assert json.loads(developer[1])["state"] == "queued" and developer[2] == "ok"
+    assert "unauthorized (HTTP 401)" in nobody[0] and "Authorization: Bearer" in nobody[0]

@@ -15,8 +15,11 @@ say whether it is read-only, destructive or idempotent. docs/agents.md lists the
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -39,7 +42,7 @@ from control_room.contract.vocabulary import (
 from control_room.mcp.descriptions import describe
 
 __all__ = ["DEFAULT_WAIT_SECONDS", "MAX_WAIT_SECONDS", "READ_TOOLS", "WRITE_TOOLS",
-           "build_server", "error_text"]
+           "BearerClients", "ClientSource", "build_server", "error_text"]
 
 _T = TypeVar("_T")
 
@@ -96,6 +99,59 @@ def _dump(value: Any) -> Any:
     return value
 
 
+# ------------------------------------------------------------------- whose token
+
+class ClientSource:
+    """The contract client a request's tools call: over stdio the one the server was started
+    with (its `--token`); over HTTP (`BearerClients`) the one of the token the request itself
+    carries."""
+
+    def __init__(self, client: ContractClient) -> None:
+        self._client = client
+
+    def for_context(self, ctx: Context[Any, Any]) -> ContractClient:
+        return self._client
+
+    def close(self) -> None:
+        """Close the clients this source made (not the one it was given)."""
+
+
+class BearerClients(ClientSource):
+    """One client per token, the token taken from each HTTP request's `Authorization: Bearer`
+    header: every agent calls the contract as itself. A request without one is refused (no
+    server-wide token stands in for it). At most `keep` clients are kept, the least recently
+    used closed first; tokens are held in memory only, never logged."""
+
+    def __init__(self, base_url: str, *, keep: int = 32,
+                 make: Callable[[str, str], ContractClient] | None = None) -> None:
+        self.base_url = base_url
+        self.keep = keep
+        self._make = make or (lambda url, token: ContractClient(url, token))
+        self._clients: OrderedDict[str, ContractClient] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def for_context(self, ctx: Context[Any, Any]) -> ContractClient:
+        headers = ctx.headers or {}
+        scheme, _, token = (headers.get("authorization") or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ToolError("unauthorized (HTTP 401): send your own token as "
+                            "`Authorization: Bearer <token>` with each MCP request")
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self._lock:
+            client = self._clients.pop(key, None) or self._make(self.base_url, token)
+            self._clients[key] = client
+            while len(self._clients) > self.keep:
+                self._clients.popitem(last=False)[1].close()
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
 # ------------------------------------------------------------------ argument types
 
 RunId = Annotated[str, Field(description="The run's id (a UUID).")]
@@ -123,10 +179,13 @@ class EventIn(BaseModel):
 
 # ------------------------------------------------------------------------- the server
 
-def build_server(client: ContractClient, *, allow_writes: bool = False,
+def build_server(client: ContractClient | ClientSource, *, allow_writes: bool = False,
                  name: str = "control-room") -> MCPServer[Any]:
-    """An MCP server whose tools call `client` (the agent's own token); the write tools only
-    when `allow_writes`."""
+    """An MCP server whose tools call `client` (the agent's own token), or for each request
+    the client a `ClientSource` gives (`BearerClients`: the request's own token); the write
+    tools only when `allow_writes`."""
+    clients = client if isinstance(client, ClientSource) else ClientSource(client)
+    of = clients.for_context
     server: MCPServer[Any] = MCPServer(
         name, title="Lakehouse Control Room",
         instructions=(
@@ -147,10 +206,11 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
 
     # -- reads --------------------------------------------------------------------------
 
-    async def list_workspaces() -> dict[str, Any]:
-        return {"workspaces": _dump(await _call(client.list_workspaces))}
+    async def list_workspaces(ctx: Context[Any, Any]) -> dict[str, Any]:
+        return {"workspaces": _dump(await _call(of(ctx).list_workspaces))}
 
     async def list_runs(
+        ctx: Context[Any, Any],
         workspace_id: OptWorkspaceId = None,
         state: Annotated[RunState | None, Field(description="Only runs in this state.")] = None,
         spec_slug: Annotated[str | None, Field(description="Only runs of this spec.")] = None,
@@ -162,13 +222,13 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
         cursor: Annotated[str | None, Field(
             description="The previous page's next_cursor.")] = None,
     ) -> dict[str, Any]:
-        page = await _call(client.list_runs, workspace_id, state=state, spec_slug=spec_slug,
+        page = await _call(of(ctx).list_runs, workspace_id, state=state, spec_slug=spec_slug,
                            labels=labels, parent_run_id=parent_run_id, limit=limit,
                            cursor=cursor)
         return dict(_dump(page))
 
-    async def get_run(run_id: RunId) -> dict[str, Any]:
-        return dict(_dump(await _call(client.get_run, run_id)))
+    async def get_run(ctx: Context[Any, Any], run_id: RunId) -> dict[str, Any]:
+        return dict(_dump(await _call(of(ctx).get_run, run_id)))
 
     async def wait_for_run(
         ctx: Context[Any, Any],
@@ -180,7 +240,7 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
     ) -> dict[str, Any]:
         started = time.monotonic()
         while True:
-            run = await _call(client.get_run, run_id)
+            run = await _call(of(ctx).get_run, run_id)
             elapsed = time.monotonic() - started
             done = sum(1 for p in run.phases if p.state in ("succeeded", "failed", "skipped",
                                                             "cancelled"))
@@ -196,16 +256,18 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
             await anyio.sleep(min(POLL_SECONDS, timeout_seconds - elapsed))
 
     async def list_events(
+        ctx: Context[Any, Any],
         run_id: RunId,
         after: Annotated[int, Field(description="Events with seq > after (the previous "
                                                 "page's next_after).", ge=0)] = 0,
         limit: Limit = None,
         phase: Annotated[str | None, Field(description="Only this phase's events.")] = None,
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.list_events, run_id, after=after, limit=limit,
+        return dict(_dump(await _call(of(ctx).list_events, run_id, after=after, limit=limit,
                                       phase=phase)))
 
     async def list_artifacts(
+        ctx: Context[Any, Any],
         run_id: Annotated[str | None, Field(description="Only this run's artifacts.")] = None,
         workspace_id: OptWorkspaceId = None,
         digest: Annotated[str | None, Field(description="Only links of this digest.")] = None,
@@ -213,10 +275,12 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
         after: Annotated[int | None, Field(description="The previous page's next_after.",
                                            ge=0)] = None,
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.list_artifacts, run_id, workspace_id=workspace_id,
-                                      digest=digest, limit=limit, after=after)))
+        page = await _call(of(ctx).list_artifacts, run_id, workspace_id=workspace_id,
+                           digest=digest, limit=limit, after=after)
+        return dict(_dump(page))
 
     async def list_datasets(
+        ctx: Context[Any, Any],
         workspace_id: OptWorkspaceId = None,
         layer: Annotated[DatasetLayer | None, Field(description="Only this layer.")] = None,
         schema_state: Annotated[SchemaState | None, Field(
@@ -224,45 +288,50 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
         name: Annotated[str | None, Field(description="A prefix of the name.")] = None,
         limit: Limit = None,
     ) -> dict[str, Any]:
-        return {"datasets": _dump(await _call(client.list_datasets, workspace_id, layer=layer,
+        return {"datasets": _dump(await _call(of(ctx).list_datasets, workspace_id, layer=layer,
                                               schema_state=schema_state, name=name,
                                               limit=limit))}
 
     async def get_dataset(
+        ctx: Context[Any, Any],
         workspace_id: WorkspaceId,
         name: Annotated[str, Field(description="The dataset's name, e.g. gold.revenue.")],
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.get_dataset, workspace_id, name)))
+        return dict(_dump(await _call(of(ctx).get_dataset, workspace_id, name)))
 
-    async def list_jobs(workspace_id: WorkspaceId) -> dict[str, Any]:
-        return {"jobs": _dump(await _call(client.list_jobs, workspace_id))}
+    async def list_jobs(ctx: Context[Any, Any], workspace_id: WorkspaceId) -> dict[str, Any]:
+        return {"jobs": _dump(await _call(of(ctx).list_jobs, workspace_id))}
 
     async def get_job(
+        ctx: Context[Any, Any],
         workspace_id: WorkspaceId,
         slug: Annotated[str, Field(description="The job's slug.")],
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.get_job, workspace_id, slug)))
+        return dict(_dump(await _call(of(ctx).get_job, workspace_id, slug)))
 
     async def list_schedules(
+        ctx: Context[Any, Any],
         workspace_id: WorkspaceId,
         job: Annotated[str | None, Field(description="Only this job's schedules.")] = None,
     ) -> dict[str, Any]:
-        return {"schedules": _dump(await _call(client.list_schedules, workspace_id, job))}
+        return {"schedules": _dump(await _call(of(ctx).list_schedules, workspace_id, job))}
 
     async def get_schedule(
+        ctx: Context[Any, Any],
         workspace_id: WorkspaceId,
         name: Annotated[str, Field(description="The schedule's name.")],
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.get_schedule, workspace_id, name)))
+        return dict(_dump(await _call(of(ctx).get_schedule, workspace_id, name)))
 
     async def list_schedule_ticks(
+        ctx: Context[Any, Any],
         workspace_id: WorkspaceId,
         name: Annotated[str, Field(description="The schedule's name.")],
         state: Annotated[Literal["pending", "fired", "skipped", "failed"] | None, Field(
             description="Only ticks in this state.")] = None,
         limit: Limit = None,
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.list_schedule_ticks, workspace_id, name,
+        return dict(_dump(await _call(of(ctx).list_schedule_ticks, workspace_id, name,
                                       state=state, limit=limit)))
 
     tool(list_workspaces, operation="list_workspaces", annotations=READ)
@@ -293,7 +362,7 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
                          "The resource reads list_events page by page from `after` (default "
                          f"0), at most {RESOURCE_MAX_EVENTS} events a read; `complete` false "
                          "means more were there: read again with ?after=<next_after>.")))
-    async def run_events(run_id: str, after: str = "0") -> str:
+    async def run_events(ctx: Context[Any, Any], run_id: str, after: str = "0") -> str:
         try:
             cursor = int(after)
         except ValueError:
@@ -304,7 +373,7 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
         try:
             while len(events) < RESOURCE_MAX_EVENTS:
                 page = await anyio.to_thread.run_sync(functools.partial(
-                    client.list_events, run_id, after=cursor,
+                    of(ctx).list_events, run_id, after=cursor,
                     limit=min(1000, RESOURCE_MAX_EVENTS - len(events))))
                 events.extend(_dump(page.events))
                 cursor = page.next_after
@@ -317,12 +386,15 @@ def build_server(client: ContractClient, *, allow_writes: bool = False,
                            "complete": complete})
 
     if allow_writes:
-        _add_write_tools(client, tool)
+        _add_write_tools(clients, tool)
     return server
 
 
-def _add_write_tools(client: ContractClient, tool: Callable[..., None]) -> None:
+def _add_write_tools(clients: ClientSource, tool: Callable[..., None]) -> None:
+    of = clients.for_context
+
     async def start_job_run(
+        ctx: Context[Any, Any],
         workspace_id: WorkspaceId,
         job: Annotated[str, Field(description="The job's slug.")],
         version: Annotated[int | None, Field(description="The job version (default: the "
@@ -335,28 +407,31 @@ def _add_write_tools(client: ContractClient, tool: Callable[..., None]) -> None:
         priority: Annotated[int | None, Field(description="Claim priority (higher first).")
                             ] = None,
     ) -> dict[str, Any]:
-        created = await _call(client.create_job_run, workspace_id, job, version=version,
+        created = await _call(of(ctx).create_job_run, workspace_id, job, version=version,
                               params=params, idempotency_key=idempotency_key, labels=labels,
                               priority=priority)
         return {"run_id": created.id, **_dump(created)}
 
     async def cancel_run(
+        ctx: Context[Any, Any],
         run_id: RunId,
         reason: Annotated[str | None, Field(description="Why (kept in the run's events).")
                           ] = None,
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.cancel_run, run_id, reason)))
+        return dict(_dump(await _call(of(ctx).cancel_run, run_id, reason)))
 
     async def repair_run(
+        ctx: Context[Any, Any],
         run_id: RunId,
         phases: Annotated[list[str] | None, Field(
             description="The phases to rerun (with what did not succeed and everything "
                         "downstream); omitted: what did not succeed.")] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.repair_run, run_id, phases, idempotency_key)))
+        return dict(_dump(await _call(of(ctx).repair_run, run_id, phases, idempotency_key)))
 
     async def claim_phase(
+        ctx: Context[Any, Any],
         kinds: Annotated[list[str] | None, Field(
             description="The kinds this agent runs (e.g. [\"python\"]); omitted: any.")] = None,
         lease_seconds: Annotated[int, Field(description="The lease's length; heartbeat "
@@ -367,22 +442,25 @@ def _add_write_tools(client: ContractClient, tool: Callable[..., None]) -> None:
             description="Let the server wait this long for work (at most 25 s).", ge=0, le=25)
         ] = None,
     ) -> dict[str, Any]:
-        claim = await _call(client.claim_phase, kinds, lease_seconds, run_id=run_id,
+        claim = await _call(of(ctx).claim_phase, kinds, lease_seconds, run_id=run_id,
                             workspace_id=workspace_id, wait=wait_seconds)
         if claim is None:
             return {"claimed": False}
         return {"claimed": True, **_dump(claim)}
 
     async def heartbeat(
+        ctx: Context[Any, Any],
         lease_token: LeaseToken,
         progress: Annotated[dict[str, Any] | None, Field(
             description="Progress to record (a JSON object).")] = None,
         lease_seconds: Annotated[int | None, Field(description="The new lease length.", ge=1)
                                  ] = None,
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.heartbeat, lease_token, progress, lease_seconds)))
+        beat = await _call(of(ctx).heartbeat, lease_token, progress, lease_seconds)
+        return dict(_dump(beat))
 
     async def append_events(
+        ctx: Context[Any, Any],
         run_id: RunId,
         events: Annotated[list[EventIn], Field(description="The events, in order.",
                                                min_length=1)],
@@ -390,9 +468,10 @@ def _add_write_tools(client: ContractClient, tool: Callable[..., None]) -> None:
             description="The phase's lease token (an executor's events need one).")] = None,
     ) -> dict[str, Any]:
         batch = [e.model_dump(exclude_none=True) for e in events]
-        return dict(_dump(await _call(client.append_events, run_id, batch, lease_token)))
+        return dict(_dump(await _call(of(ctx).append_events, run_id, batch, lease_token)))
 
     async def register_artifact(
+        ctx: Context[Any, Any],
         lease_token: LeaseToken,
         digest: Annotated[str, Field(description="The content digest, e.g. blake3:<64 hex>.")],
         uri: Annotated[str, Field(description="Where the content is stored.")],
@@ -404,11 +483,12 @@ def _add_write_tools(client: ContractClient, tool: Callable[..., None]) -> None:
             description="output (default), input, log or report.")] = None,
         metadata: Annotated[dict[str, Any] | None, Field(description="A JSON object.")] = None,
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.register_artifact, lease_token, digest, uri,
+        return dict(_dump(await _call(of(ctx).register_artifact, lease_token, digest, uri,
                                       size_bytes, media_type=media_type, kind=kind, name=name,
                                       role=role, metadata=metadata)))
 
     async def complete_phase(
+        ctx: Context[Any, Any],
         lease_token: LeaseToken,
         outcome: Annotated[Outcome, Field(description="succeeded or failed.")],
         output_manifest: Annotated[dict[str, Any] | None, Field(
@@ -417,7 +497,7 @@ def _add_write_tools(client: ContractClient, tool: Callable[..., None]) -> None:
             description="For a failure: {message, type, ...}.")] = None,
         retryable: Annotated[bool, Field(description="A failure may be retried.")] = True,
     ) -> dict[str, Any]:
-        return dict(_dump(await _call(client.complete_phase, lease_token, outcome,
+        return dict(_dump(await _call(of(ctx).complete_phase, lease_token, outcome,
                                       output_manifest, error, retryable)))
 
     tool(start_job_run, operation="create_job_run",
