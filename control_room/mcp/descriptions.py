@@ -48,9 +48,12 @@ def operations() -> dict[str, Operation]:
     return found
 
 
-def describe(operation_id: str, note: str | None = None) -> str:
+def describe(operation_id: str, note: str | None = None, *, lead: str | None = None) -> str:
     """The tool description of contract operation `operation_id` (KeyError when the contract
     has none: a tool never names an operation the contract lacks), with the tool's own `note`
-    (what the tool adds or how it calls the operation) after it."""
+    (what it adds, or how it calls the operation) after it, or its `lead` before it (a tool
+    that does more than the one call)."""
     text = operations()[operation_id].text()
+    if lead:
+        text = f"{lead.strip()}\n\nEach read is {operation_id}: {text}"
     return f"{text}\n\n{note.strip()}" if note else text

@@ -200,8 +200,8 @@ def build_server(client: ContractClient | ClientSource, *, allow_writes: bool = 
         log_level="WARNING")
 
     def tool(fn: Callable[..., Any], *, operation: str, annotations: ToolAnnotations,
-             note: str | None = None, name: str | None = None) -> None:
-        server.add_tool(fn, name=name or fn.__name__, description=describe(operation, note),
+             note: str | None = None, lead: str | None = None) -> None:
+        server.add_tool(fn, name=fn.__name__, description=describe(operation, note, lead=lead),
                         annotations=annotations)
 
     # -- reads --------------------------------------------------------------------------
@@ -337,8 +337,8 @@ def build_server(client: ContractClient | ClientSource, *, allow_writes: bool = 
     tool(list_workspaces, operation="list_workspaces", annotations=READ)
     tool(list_runs, operation="list_runs", annotations=READ)
     tool(get_run, operation="get_run", annotations=READ)
-    tool(wait_for_run, operation="get_run", annotations=READ, note=(
-        f"wait_for_run reads the run (get_run) every {POLL_SECONDS:g} s until it has finished "
+    tool(wait_for_run, operation="get_run", annotations=READ, lead=(
+        f"Wait for a run: read it every {POLL_SECONDS:g} s until it has finished "
         f"(succeeded, failed or cancelled) or `timeout_seconds` have passed (default "
         f"{DEFAULT_WAIT_SECONDS:g}, at most {MAX_WAIT_SECONDS:g}: common MCP clients give up "
         "on a tool call after about 60 s), sending a progress notification at each read. "
