@@ -439,7 +439,9 @@ def _add_write_tools(clients: ClientSource, tool: Callable[..., None]) -> None:
         run_id: Annotated[str | None, Field(description="Only a phase of this run.")] = None,
         workspace_id: OptWorkspaceId = None,
         wait_seconds: Annotated[float | None, Field(
-            description="Let the server wait this long for work (at most 25 s).", ge=0, le=25)
+            description="Let the gateway wait this long for work (at most 25 s, well "
+                        "within a client's tool timeout; the gateway may cap it lower).",
+            ge=0, le=25)
         ] = None,
     ) -> dict[str, Any]:
         claim = await _call(of(ctx).claim_phase, kinds, lease_seconds, run_id=run_id,
