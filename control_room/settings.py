@@ -111,6 +111,28 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Polling fallback while a claim waits for work."
     )
 
+    # the ask endpoints (/ask/v1/*, docs/ask.md)
+    warehouse_read_url: SecretStr | None = Field(
+        default=None,
+        description="The warehouse's PostgreSQL URL for /ask/v1 (a read-only role's: "
+                    "`control-room warehouse grant-reader`). A secret: never logged. Unset: "
+                    "/ask/v1 answers 503 warehouse_not_configured.",
+    )
+    ask_statement_timeout_ms: int = Field(
+        default=10_000, ge=100, le=300_000,
+        description="Statement timeout of an /ask/v1 query on the warehouse.",
+    )
+    ask_llm_url: str | None = Field(
+        default=None,
+        description="An OpenAI-compatible API root (`.../v1`) whose chat completions may "
+                    "propose SQL for questions outside the semantic layer (uncertified). "
+                    "Unset: off.",
+    )
+    ask_llm_model: str = Field(default="gpt-4o-mini",
+                               description="The model asked at ask_llm_url.")
+    ask_llm_api_key: SecretStr | None = Field(
+        default=None, description="The API key of ask_llm_url (a secret: never logged).")
+
     # control-room migrate
     migrate_check: bool = Field(
         default=False,

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         Artifact,
         ArtifactLink,
         ArtifactPage,
+        AskAnswer,
         Claim,
         ClaimRun,
         CompleteResult,
@@ -95,6 +96,7 @@ if TYPE_CHECKING:
 _WHERE: dict[str, str] = {
     "ARTIFACT_ROLES": "control_room.contract.vocabulary",
     "AppendResult": "control_room.contract.models",
+    "AskAnswer": "control_room.contract.models",
     "Artifact": "control_room.contract.models",
     "ArtifactLink": "control_room.contract.models",
     "ArtifactPage": "control_room.contract.models",
@@ -182,6 +184,7 @@ __all__ = [
     "ArtifactLink",
     "ArtifactPage",
     "ArtifactRole",
+    "AskAnswer",
     "ChangeKind",
     "Claim",
     "ClaimRun",

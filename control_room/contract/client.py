@@ -81,6 +81,7 @@ from control_room.contract.models import (
     Artifact,
     ArtifactLink,
     ArtifactPage,
+    AskAnswer,
     Claim,
     ClaimedAlert,
     ClaimedGithubStatus,
@@ -403,6 +404,49 @@ class ContractClient:
     def _rpc(self, fn: str, args: Mapping[str, Any], *, wait: float | None = None) -> Any:
         """Call `fn` with `args` checked and cleaned by its request model."""
         return self.call(fn, _request(fn, args), wait=wait)
+
+    # -- ask (not an RPC: POST <origin>/ask/v1/ask, docs/ask.md) ---------------------------
+
+    def ask(self, workspace_id: str, question: str, *, today: str | None = None,
+            timeout: float | None = None) -> AskAnswer:
+        """Ask a question about the workspace's gold (the gateway's semantic layer): an
+        answer (rows, SQL, metric definitions, lineage), a clarifying question with the
+        candidate readings, or a refusal. `today` (ISO date) anchors relative time
+        ("last quarter"). Served beside the contract, at the origin of `base_url`; errors
+        are the contract's (ServiceUnavailable with hint warehouse_not_configured when the
+        gateway has no warehouse: not retried). Read-only, so retried as the policy says."""
+        origin = self.base_url.removesuffix("/rest/v1")
+        body: dict[str, Any] = {"workspace_id": workspace_id, "question": question}
+        if today is not None:
+            body["today"] = today
+        content = json.dumps(body, separators=(",", ":")).encode()
+        policy = self.retry
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.total),
+            wait=wait_random_exponential(multiplier=policy.initial, max=policy.max_wait),
+            retry=retry_if_exception(lambda e: _retryable(e) and getattr(
+                e, "hint", None) != "warehouse_not_configured"),
+            before_sleep=_log_retry("ask"),
+            sleep=self._sleep, reraise=True)
+        read = httpx.Timeout(timeout) if timeout is not None else self.timeout
+
+        def send() -> Any:
+            try:
+                response = self._http.post(f"{origin}/ask/v1/ask", content=content,
+                                           timeout=read,
+                                           headers={"Content-Type": "application/json"})
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise TransportFailure(f"no connection: {exc!r}", sent=False,
+                                       function="ask") from exc
+            except (httpx.NetworkError, httpx.TimeoutException,
+                    httpx.RemoteProtocolError) as exc:
+                raise TransportFailure(f"no answer: {exc!r}", sent=True,
+                                       function="ask") from exc
+            if not response.is_success:
+                raise error_from_response(response, "ask")
+            return response.json()
+
+        return _parse(AskAnswer, retrying(send), "ask")
 
     # -- workspaces, members and principals -----------------------------------------------
 

@@ -59,6 +59,10 @@ __all__ = [
     "Artifact",
     "ArtifactLink",
     "ArtifactPage",
+    "AskAnswer",
+    "AskLineage",
+    "AskMetric",
+    "AskReading",
     "CancelRunArgs",
     "Claim",
     "ClaimAlertsArgs",
@@ -1638,6 +1642,62 @@ class RecordSensorValueArgs(_Args):
     sensor_id: str
     value: str | None = None
     error: str | None = None
+
+
+class AskReading(_Result):
+    """One reading of a question (`AskAnswer.readings`): the metric query, how sure, why."""
+
+    query: dict[str, Any]
+    confidence: float
+    why: str
+
+
+class AskMetric(_Result):
+    """A metric definition an answer used (`AskAnswer.metrics`): certified or not."""
+
+    name: str
+    description: str
+    table: str
+    measure: str
+    aggregation: str
+    filters: tuple[str, ...] = ()
+    format: str
+    owner: str
+    certified: bool
+    dimensions: tuple[str, ...] = ()
+
+
+class AskLineage(_Result):
+    """Where an answer's numbers come from: the gold table, its silver and Odoo tables, and
+    the run that published it (`gold.publications`)."""
+
+    table: str
+    dataset: str | None = None
+    silver: tuple[str, ...] = ()
+    odoo: tuple[str, ...] = ()
+    run_id: str | None = None
+    as_of: str | None = None
+    published_at: str | None = None
+
+
+class AskAnswer(_Result):
+    """`POST /ask/v1/ask`'s answer (docs/ask.md): `status` answer (the rows, the SQL),
+    clarify (the candidate `readings`) or refuse (`reason`); `source` semantic or llm
+    (uncertified SQL proposed by the LLM provider)."""
+
+    question: str
+    status: Literal["answer", "clarify", "refuse"]
+    reason: str | None = None
+    source: Literal["semantic", "llm"] = "semantic"
+    certified: bool = False
+    confidence: float | None = None
+    query: dict[str, Any] | None = None
+    sql: str | None = None
+    columns: tuple[str, ...] = ()
+    rows: tuple[tuple[Any, ...], ...] = ()
+    readings: tuple[AskReading, ...] = ()
+    metrics: tuple[AskMetric, ...] = ()
+    lineage: tuple[AskLineage, ...] = ()
 
 
 REQUESTS: dict[str, type[_Args]] = {

@@ -463,9 +463,15 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
     gateway = Gateway(settings, database_url=database_url, jwt_secret=jwt_secret,
                       contract_file=contract_file or settings.contract_file,
                       test_clock=test_clock)
+    from control_room.gateway.ask import AskEndpoints
+
+    ask = AskEndpoints(gateway)
     app = Starlette(
         routes=[
             Route("/rest/v1/rpc/{function}", gateway.rpc, methods=["POST"]),
+            Route("/ask/v1/ask", ask.ask, methods=["POST"]),
+            Route("/ask/v1/metrics", ask.metrics, methods=["POST"]),
+            Route("/ask/v1/query", ask.query, methods=["POST"]),
             Route("/rest/v1/", gateway.root, methods=["GET"]),
             Route("/openapi.yaml", gateway.openapi_yaml, methods=["GET"]),
             Route("/health", gateway.health, methods=["GET"]),
@@ -475,6 +481,7 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
         lifespan=gateway.lifespan,
     )
     app.state.gateway = gateway
+    app.state.ask = ask
     return app
 
 

@@ -1,0 +1,226 @@
+"""ask over a real Postgres gold schema: the warehouse session (read only, statement timeout,
+guard), real SQL whose numbers are checked against the rows, and the gateway's /ask/v1
+endpoints through the typed client (membership proved by the database, 503 without a
+warehouse, 4xx with machine codes for bad input, the DSN never in an answer)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from control_room.contract import ContractClient, Forbidden, ServiceUnavailable
+from control_room.contract.client import RetryPolicy
+from control_room.semantic.guard import GuardError
+from control_room.semantic.model import default_layer
+from control_room.semantic.query import Filter, MetricQuery, compile_query
+from control_room.semantic.service import Asker
+from control_room.semantic.warehouse import Warehouse, WarehouseError
+from tests.contract.conftest import HttpContract, World, make_world, user
+from tests.helpers import running_gateway, temporary_database
+
+from .gold import RUN_ID, TODAY, create_gold, lag_rows, revenue_rows, values_snapshot
+
+FAST = RetryPolicy(attempts=2, initial=0.01, max_wait=0.05, total=5.0)
+
+
+@pytest.fixture(scope="module")
+def gold_dsn(pg_admin_url: str) -> Iterator[str]:
+    with temporary_database(pg_admin_url, suffix="gold") as url:
+        create_gold(url)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def reader_dsn(gold_dsn: str) -> Iterator[str]:
+    """A login role that may only read gold (what `warehouse grant-reader` gives)."""
+    role = f"ask_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(gold_dsn, autocommit=True) as pg:
+        pg.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+        pg.execute(sql.SQL("grant usage on schema gold to {}").format(sql.Identifier(role)))
+        pg.execute(sql.SQL("grant select on all tables in schema gold to {}").format(
+            sql.Identifier(role)))
+    info = psycopg.conninfo.conninfo_to_dict(gold_dsn)
+    info["user"] = role
+    yield psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+    with psycopg.connect(gold_dsn, autocommit=True) as pg:
+        pg.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+        pg.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture(scope="module")
+def warehouse(reader_dsn: str) -> Iterator[Warehouse]:
+    found = Warehouse(reader_dsn, layer=default_layer(), statement_timeout_ms=2000)
+    yield found
+    found.close()
+
+
+def test_the_layer_matches_the_gold_schema_and_its_values(warehouse: Warehouse) -> None:
+    layer = default_layer()
+    layer.check_columns(warehouse.columns())
+    assert warehouse.values() == values_snapshot()
+    columns = warehouse.columns()
+    columns["revenue"].remove("lines")
+    with pytest.raises(ValueError, match=r"odoo\.yaml:\d+: column gold\.revenue\.lines is not"):
+        layer.check_columns(columns)
+
+
+def test_compiled_sql_gives_the_numbers_of_the_rows(warehouse: Warehouse) -> None:
+    layer = default_layer()
+    query = MetricQuery(metric="revenue", grain="month",
+                        filters=(Filter(dimension="customer", values=("Oak Labs",)),),
+                        start=dt.date(2026, 1, 1), end=dt.date(2027, 1, 1))
+    result = warehouse.run(compile_query(layer, query))
+    assert result.columns == ["month", "currency", "revenue"]
+    expected: dict[str, Decimal] = {}
+    for row in revenue_rows():
+        if row[5] == "Oak Labs" and row[0].year == 2026:
+            key = row[0].isoformat()
+            expected[key] = expected.get(key, Decimal(0)) + Decimal(str(row[11]))
+    assert [(r[0], r[1]) for r in result.rows] == [(k, "EUR") for k in sorted(expected)]
+    assert [round(Decimal(str(r[2])), 2) for r in result.rows] == [
+        round(expected[k], 2) for k in sorted(expected)]
+    # a join (the company of an order comes from the revenue mart) does not fan out
+    orders = warehouse.run(compile_query(layer, MetricQuery(
+        metric="confirmed_orders", group_by=("company",))))
+    assert sum(r[1] for r in orders.rows) == len(lag_rows())
+    median = warehouse.run(compile_query(layer, MetricQuery(metric="median_invoice_lag")))
+    lags = sorted(r[11] for r in lag_rows() if r[11] is not None)
+    middle = len(lags) // 2
+    want = lags[middle] if len(lags) % 2 else (lags[middle - 1] + lags[middle]) / 2
+    assert median.rows == [[pytest.approx(want, abs=0.05)]]
+
+
+def test_the_session_is_read_only_guarded_and_bounded(warehouse: Warehouse) -> None:
+    with pytest.raises(GuardError):
+        warehouse.run("delete from gold.revenue")
+    with pytest.raises(GuardError):
+        warehouse.run("select * from pg_catalog.pg_roles")
+    # past the guard (a CTE hiding a write is refused by Postgres's READ ONLY transaction)
+    with pytest.raises(WarehouseError) as failed, warehouse._read_only() as conn:
+        conn.execute("create table gold.nope (x int)")
+    assert failed.value.code == "query_failed"
+    with pytest.raises(WarehouseError) as slow, warehouse._read_only() as conn:
+        conn.execute("select count(*) from generate_series(1, 100000000)")
+    assert slow.value.code == "query_timeout"
+    big = warehouse.run("select * from gold.revenue, gold.order_invoice_lag")
+    assert len(big.rows) == 1000
+    # and the connection still works after those
+    assert warehouse.run("select count(*) as n from gold.revenue").rows == [[len(revenue_rows())]]
+
+
+def test_an_answer_carries_sql_definitions_and_lineage(warehouse: Warehouse) -> None:
+    answer = Asker(default_layer(), warehouse).ask("top 3 customers by revenue in 2026",
+                                                   today=TODAY)
+    assert answer["status"] == "answer"
+    assert answer["query"]["order"] == "desc" and answer["query"]["limit"] == 3
+    assert "LIMIT 3" in answer["sql"] and '"gold"."revenue"' in answer["sql"]
+    assert len(answer["rows"]) == 3
+    assert answer["columns"] == ["customer", "currency", "revenue"]
+    values = [r[2] for r in answer["rows"]]
+    assert values == sorted(values, reverse=True)
+    assert answer["metrics"][0]["name"] == "revenue" and answer["metrics"][0]["certified"]
+    lineage = answer["lineage"][0]
+    assert lineage["table"] == "gold.revenue" and lineage["run_id"] == RUN_ID
+    assert "silver.odoo.account_move_line" in lineage["silver"]
+    assert "account_move_line" in lineage["odoo"]
+    refused = Asker(default_layer(), warehouse).ask("what was our profit margin", today=TODAY)
+    assert refused["status"] == "refuse" and refused["rows"] == [] and refused["sql"] is None
+
+
+# ------------------------------------------------------------------ the gateway's /ask/v1
+
+
+@pytest.fixture(scope="module")
+def served(module_db_url: str, reader_dsn: str) -> Iterator[tuple[str, HttpContract, World]]:
+    with psycopg.connect(module_db_url) as conn, \
+            running_gateway(module_db_url, warehouse_read_url=reader_dsn) as url, \
+            httpx.Client(base_url=url, timeout=30) as http:
+        contract = HttpContract(conn, http)
+        yield url, contract, make_world(contract)
+
+
+def client(url: str, contract: HttpContract, who: Any) -> ContractClient:
+    return ContractClient(f"{url}/rest/v1", contract.token(who), retry=FAST)
+
+
+def test_a_member_asks_through_the_client(served: tuple[str, HttpContract, World]) -> None:
+    url, contract, world = served
+    with client(url, contract, world.viewer1) as viewer:
+        answer = viewer.ask(world.w1, "revenue by month for Oak Labs in 2026",
+                            today=TODAY.isoformat())
+    assert answer.status == "answer" and answer.certified and answer.source == "semantic"
+    assert answer.columns == ("month", "currency", "revenue")
+    assert [r[0] for r in answer.rows] == [f"2026-0{m}-01" for m in range(1, 7)]
+    assert answer.sql is not None and "'Oak Labs'" in answer.sql
+    assert answer.metrics[0].name == "revenue" and answer.metrics[0].certified
+    assert answer.lineage[0].run_id == RUN_ID
+    with client(url, contract, world.exec2) as executor:
+        unsure = executor.ask(world.w2, "invoices by month", today=TODAY.isoformat())
+    assert unsure.status == "clarify" and unsure.rows == ()
+    assert {r.query["metric"] for r in unsure.readings} == {"open_invoices", "invoice_lines"}
+
+
+def test_membership_is_proved_by_the_database(served: tuple[str, HttpContract, World]
+                                              ) -> None:
+    url, contract, world = served
+    with client(url, contract, world.viewer1) as viewer, pytest.raises(Forbidden):
+        viewer.ask(world.w2, "revenue")
+    with client(url, contract, user("stranger")) as stranger, pytest.raises(Forbidden):
+        stranger.ask(world.w1, "revenue")
+    answer = httpx.post(f"{url}/ask/v1/ask", json={"workspace_id": world.w1,
+                                                  "question": "revenue"})
+    assert answer.status_code == 401 and answer.json()["hint"] == "unauthorized"
+
+
+def test_bad_input_answers_4xx_with_a_machine_code(served: tuple[str, HttpContract, World],
+                                                   reader_dsn: str) -> None:
+    url, contract, world = served
+    headers = {"Authorization": f"Bearer {contract.token(world.dev1)}"}
+    cases: list[tuple[str, Any, int, str]] = [
+        ("ask", {"workspace_id": world.w1}, 400, "invalid_argument"),
+        ("ask", {"workspace_id": world.w1, "question": "x" * 501}, 400, "invalid_argument"),
+        ("ask", {"workspace_id": world.w1, "question": "revenue", "today": "May"}, 400,
+         "invalid_argument"),
+        ("ask", {"question": "revenue"}, 400, "invalid_argument"),
+        ("ask", [1, 2], 400, "invalid_argument"),
+        ("query", {"workspace_id": world.w1, "query": {"metric": "revenue", "limit": 0}}, 400,
+         "invalid_argument"),
+        ("query", {"workspace_id": world.w1, "query": {"metric": "profit"}}, 400,
+         "unknown_metric"),
+        ("query", {"workspace_id": world.w1, "query": {"metric": "open_receivables",
+                                                       "group_by": ["product"]}}, 400,
+         "unsupported_dimension"),
+    ]
+    for path, body, status, code in cases:
+        answer = httpx.post(f"{url}/ask/v1/{path}", json=body, headers=headers)
+        assert (answer.status_code, answer.json()["hint"]) == (status, code), (body, answer.text)
+        assert reader_dsn not in answer.text
+    listed = httpx.post(f"{url}/ask/v1/metrics", json={"workspace_id": world.w1},
+                        headers=headers).json()
+    assert {m["name"] for m in listed["metrics"]} >= {"revenue", "open_receivables"}
+    ran = httpx.post(f"{url}/ask/v1/query", headers=headers, json={
+        "workspace_id": world.w1, "query": {"metric": "open_invoices", "group_by": ["bucket"]}})
+    assert ran.status_code == 200, ran.text
+    assert [r[0] for r in ran.json()["rows"]] == ["not due", "1-30", "31-60", "61-90", "90+"]
+
+
+def test_without_a_warehouse_the_endpoints_answer_503(module_db_url: str) -> None:
+    with psycopg.connect(module_db_url) as conn, running_gateway(module_db_url) as url, \
+            httpx.Client(base_url=url, timeout=30) as http:
+        contract = HttpContract(conn, http)
+        someone = user("lonely")
+        workspace = contract.call("create_workspace", {"slug": f"w{uuid.uuid4().hex[:8]}",
+                                                       "name": "W"}, as_=someone)["id"]
+        with client(url, contract, someone) as lonely, \
+                pytest.raises(ServiceUnavailable) as failed:
+            lonely.ask(workspace, "revenue")
+        assert failed.value.hint == "warehouse_not_configured"
+        assert failed.value.status == 503
