@@ -7,8 +7,10 @@ viewer's write call is the contract's 403 as a tool error."""
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,7 +20,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
+from typer.testing import CliRunner
 
+from control_room.cli import app
 from control_room.gateway.app import serving
 from control_room.mcp import build_server
 from control_room.mcp.descriptions import operations
@@ -232,7 +236,7 @@ def test_refusals_are_tool_errors_naming_the_code(env: Env) -> None:
 def test_over_http_each_request_calls_with_its_own_token(env: Env) -> None:
     """`control-room mcp --http`'s server (BearerClients): the token is each request's own."""
     clients = BearerClients(env.rest_url)
-    app = build_server(clients, allow_writes=True).streamable_http_app()
+    mcp_app = build_server(clients, allow_writes=True).streamable_http_app()
     run_id = env.new_run({"name": "only", "kind": "agent", "depends_on": []})
 
     async def as_(token: str | None) -> tuple[str, str, str]:
@@ -248,7 +252,7 @@ def test_over_http_each_request_calls_with_its_own_token(env: Env) -> None:
             return texts[0], texts[1], ("error" if start.is_error else "ok")
 
     try:
-        with serving(app) as url:
+        with serving(mcp_app) as url:
             viewer = anyio.run(as_, env.contract.token(env.world.viewer1))
             developer = anyio.run(as_, env.contract.token(env.world.dev1))
             nobody = anyio.run(as_, None)
@@ -258,3 +262,19 @@ def test_over_http_each_request_calls_with_its_own_token(env: Env) -> None:
     assert ": forbidden (HTTP 403) in create_job_run: " in viewer[1] and viewer[2] == "error"
     assert json.loads(developer[1])["state"] == "queued" and developer[2] == "ok"
     assert "unauthorized (HTTP 401)" in nobody[0] and "Authorization: Bearer" in nobody[0]
+
+
+def test_the_command_reports_bad_input_without_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    environment = {"CONTROL_ROOM_GATEWAY_URL": None, "CONTROL_ROOM_TOKEN": None,
+                   "CONTROL_ROOM_STATE_DIR": str(tmp_path / "state")}
+    for args in (["mcp"], ["mcp", "--http"], ["mcp", "--http", "--gateway", "ftp://x"]):
+        result = CliRunner().invoke(app, args, env=environment)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output and "error: " in result.stderr
+    assert "no gateway configured" in CliRunner().invoke(app, ["mcp"], env=environment).stderr
+    # without the extra: the SDK (and so the server package) cannot be imported
+    monkeypatch.setitem(sys.modules, "control_room.mcp", None)
+    result = CliRunner().invoke(app, ["mcp"], env=environment)
+    assert result.exit_code == 2
+    assert "needs the mcp extra: pip install 'lakehouse-control-room[mcp]'" in result.stderr

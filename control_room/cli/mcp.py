@@ -61,8 +61,8 @@ def mcp_command(
             from control_room.mcp import build_server
             from control_room.mcp.server import BearerClients
         except ImportError as exc:
-            raise BadInput(f"the MCP server needs the mcp extra ({exc.name} is not installed): "
-                           "pip install 'lakehouse-control-room[mcp]'") from None
+            raise BadInput("the MCP server needs the mcp extra: pip install "
+                           f"'lakehouse-control-room[mcp]' ({exc})") from None
         mode = "read and write" if allow_writes else "read-only"
         if http:
             url = gateway_url or _stack_gateway(state_dir)
