@@ -23,6 +23,7 @@ from mcp_types import CallToolResult
 from typer.testing import CliRunner
 
 from control_room.cli import app
+from control_room.contract import ContractClient
 from control_room.gateway.app import serving
 from control_room.mcp import build_server
 from control_room.mcp.descriptions import operations
@@ -30,6 +31,8 @@ from control_room.mcp.server import READ_TOOLS, WRITE_TOOLS, BearerClients
 from tests.contract.conftest import Principal
 from tests.contract.jobspec import job_spec, register
 from tests.executor.harness import Env, gateway_env
+from tests.helpers import running_gateway, temporary_database
+from tests.semantic.gold import RUN_ID, TODAY, create_gold
 
 JOB = "mcp-job"
 DIGEST = "blake3:" + "ab" * 32
@@ -278,3 +281,43 @@ def test_the_command_reports_bad_input_without_a_traceback(
     result = CliRunner().invoke(app, ["mcp"], env=environment)
     assert result.exit_code == 2
     assert "needs the mcp extra: pip install 'lakehouse-control-room[mcp]'" in result.stderr
+
+
+def test_ask_answers_with_its_sql_and_asks_back_when_unsure(
+        env: Env, pg_admin_url: str, module_db_url: str) -> None:
+    """The ask tool (ContractClient.ask) through a gateway with a warehouse over a real gold
+    schema; without a warehouse the 503 is a tool error naming its code."""
+    async def questions(client: Client) -> tuple[Any, ...]:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        answered = answer(await client.call_tool("ask", {
+            "workspace_id": env.world.w1, "question": "revenue by month for Oak Labs in 2026",
+            "today": TODAY.isoformat()}))
+        unsure = answer(await client.call_tool("ask", {
+            "workspace_id": env.world.w1, "question": "invoices by month",
+            "today": TODAY.isoformat()}))
+        other = error(await client.call_tool("ask", {"workspace_id": env.world.w2,
+                                                     "question": "revenue"}))
+        return tools["ask"], answered, unsure, other
+
+    async def main(server: Any) -> tuple[Any, ...]:
+        async with Client(server, mode="legacy") as client:
+            return await questions(client)
+
+    with temporary_database(pg_admin_url, suffix="gold") as gold:
+        create_gold(gold)
+        with running_gateway(module_db_url, warehouse_read_url=gold) as url, \
+                ContractClient(f"{url}/rest/v1", env.contract.token(env.world.viewer1)) as viewer:
+            listed, answered, unsure, other = anyio.run(main, build_server(viewer))
+    assert listed.annotations.read_only_hint is True
+    assert (listed.description or "").startswith("Ask a question about the workspace's gold")
+    assert answered["status"] == "answer" and answered["certified"] is True
+    assert answered["columns"] == ["month", "currency", "revenue"]
+    assert "'Oak Labs'" in answered["sql"] and answered["lineage"][0]["run_id"] == RUN_ID
+    assert unsure["status"] == "clarify" and len(unsure["readings"]) >= 2
+    assert ": forbidden (HTTP 403) in ask: " in other
+
+    async def without(client: Client) -> str:
+        return error(await client.call_tool("ask", {"workspace_id": env.world.w1,
+                                                    "question": "revenue"}))
+
+    assert "(HTTP 503) in ask: " in with_client(env, env.world.viewer1, without)

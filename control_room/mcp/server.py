@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import threading
 import time
@@ -68,7 +69,7 @@ def _write(*, destructive: bool, idempotent: bool) -> ToolAnnotations:
 
 READ_TOOLS = ("list_workspaces", "list_runs", "get_run", "wait_for_run", "list_events",
               "list_artifacts", "list_datasets", "get_dataset", "list_jobs", "get_job",
-              "list_schedules", "get_schedule", "list_schedule_ticks")
+              "list_schedules", "get_schedule", "list_schedule_ticks", "ask")
 """The tools every server has (each reads only)."""
 WRITE_TOOLS = ("start_job_run", "cancel_run", "repair_run", "claim_phase", "heartbeat",
                "append_events", "register_artifact", "complete_phase")
@@ -334,6 +335,18 @@ def build_server(client: ContractClient | ClientSource, *, allow_writes: bool = 
         return dict(_dump(await _call(of(ctx).list_schedule_ticks, workspace_id, name,
                                       state=state, limit=limit)))
 
+    async def ask(
+        ctx: Context[Any, Any],
+        workspace_id: WorkspaceId,
+        question: Annotated[str, Field(description="The question, in plain words, e.g. "
+                                                   "\"revenue by month for Oak Labs in 2026\".",
+                                       min_length=1)],
+        today: Annotated[str | None, Field(
+            description="An ISO date that anchors relative time (\"last quarter\"); "
+                        "default: the server's today.")] = None,
+    ) -> dict[str, Any]:
+        return dict(_dump(await _call(of(ctx).ask, workspace_id, question, today=today)))
+
     tool(list_workspaces, operation="list_workspaces", annotations=READ)
     tool(list_runs, operation="list_runs", annotations=READ)
     tool(get_run, operation="get_run", annotations=READ)
@@ -353,6 +366,13 @@ def build_server(client: ContractClient | ClientSource, *, allow_writes: bool = 
     tool(list_schedules, operation="list_schedules", annotations=READ)
     tool(get_schedule, operation="get_schedule", annotations=READ)
     tool(list_schedule_ticks, operation="list_schedule_ticks", annotations=READ)
+    # ask is served beside the contract (POST /ask/v1/ask), not an RPC of openapi.yaml: its
+    # text is the client method's own
+    server.add_tool(ask, name="ask", annotations=READ, description=(
+        inspect.cleandoc(ContractClient.ask.__doc__ or "") + "\n\nThe answer holds `status` "
+        "(answer, clarify or refuse), the `sql` it ran, the `columns` and `rows`, the metric "
+        "definitions used (`certified` or not) and the `lineage` of the numbers; on clarify, "
+        "the candidate `readings`: ask again with the one meant."))
 
     # -- the event stream as a resource ---------------------------------------------------
 
