@@ -14,6 +14,7 @@ import typer
 
 from control_room.cli import (
     alerts,
+    ask,
     connections,
     datasets,
     db,
@@ -21,6 +22,7 @@ from control_room.cli import (
     github,
     jobs,
     mcp,
+    metrics,
     runs,
     schedules,
     sensors,
@@ -44,7 +46,7 @@ app = typer.Typer(
 )
 
 # top-level commands: each module's commands join the root
-for _module in (db, serve, up, worker, verify, mcp):
+for _module in (db, serve, up, worker, verify, mcp, ask):
     app.add_typer(_module.app)
 app.add_typer(schedules.scheduler_app)
 # command groups
@@ -60,6 +62,7 @@ app.add_typer(github.app, name="github")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(sensors.app, name="sensors")
 app.add_typer(warehouse.app, name="warehouse")
+app.add_typer(metrics.app, name="metrics")
 
 
 def main() -> None:

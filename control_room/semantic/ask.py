@@ -39,6 +39,7 @@ between than then so as about any some can could would should will current curre
 figures data number numbers sum breakdown broken down split grouped group trend trends
 evolution having most highest largest biggest best top lowest smallest least worst bottom up
 where when still so far year month quarter week day years months quarters weeks days
+make made earn earned generate generated bring brought sold selling
 """
 _STOP = frozenset(_STOP_TEXT.split())
 

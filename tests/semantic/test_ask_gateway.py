@@ -224,3 +224,57 @@ def test_without_a_warehouse_the_endpoints_answer_503(module_db_url: str) -> Non
             lonely.ask(workspace, "revenue")
         assert failed.value.hint == "warehouse_not_configured"
         assert failed.value.status == 503
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    from control_room.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        result.exception)
+    assert "Traceback" not in result.stderr
+    return result.exit_code, result.stdout, " ".join(result.stderr.split())
+
+
+def test_the_cli_queries_and_asks(reader_dsn: str) -> None:
+    import json
+
+    code, out, err = cli("metrics", "query", "--metric", "revenue", "--by", "month", "--where",
+                         "customer=Oak Labs", "--from", "2026-01-01", "--to", "2027-01-01",
+                         "--database-url", reader_dsn, "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert [r[0] for r in answer["rows"]] == [f"2026-0{m}-01" for m in range(1, 7)]
+    assert "'Oak Labs'" in answer["sql"] and answer["lineage"][0]["run_id"] == RUN_ID
+    code, out, err = cli("ask", "top 2 customers by open receivables", "--today",
+                         TODAY.isoformat(), "--database-url", reader_dsn)
+    assert code == 0, err
+    assert "SELECT" in out and "open_receivables" in out and "certified" in out
+    assert "lineage: gold.receivables_ageing" in out and RUN_ID in out
+    code, out, err = cli("ask", "invoices by month", "--database-url", reader_dsn)
+    assert code == 3 and "did you mean" in out
+    code, out, err = cli("ask", "what is our profit", "--database-url", reader_dsn)
+    assert code == 4 and "outside the semantic layer" in out
+    code, out, err = cli("metrics", "query", "--metric", "open_receivables", "--by", "product",
+                         "--database-url", reader_dsn)
+    assert code == 2 and "cannot be split or filtered by product" in err
+    code, out, err = cli("metrics", "query", "--metric", "revenue", "--where", "customer",
+                         "--database-url", reader_dsn)
+    assert code == 2 and "NAME=VALUE" in err
+    code, out, err = cli("metrics", "query", "--metric", "revenue",
+                         "--database-url", "postgresql://nobody:s3cret@127.0.0.1:1/none")
+    assert code == 1 and "unreachable" in err and "s3cret" not in err + out
+
+
+def test_the_cli_lists_and_shows_metrics() -> None:
+    code, out, _ = cli("metrics", "list")
+    assert code == 0 and "open_receivables" in out and "median_invoice_lag" in out
+    code, out, _ = cli("metrics", "show", "overdue_receivables")
+    assert code == 0 and "bucket_order > 0" in out and "certified: True" in out
+    code, _, err = cli("metrics", "show", "profit")
+    assert code == 2 and "unknown metric 'profit'" in err
