@@ -17,6 +17,7 @@ from control_room.cli.common import (
     StateDir,
     Token,
     check_http_url,
+    cli_retry,
     err,
     gateway,
     guard,
@@ -58,6 +59,7 @@ def mcp_command(
         try:
             import anyio
 
+            from control_room.contract import ContractClient
             from control_room.mcp import build_server
             from control_room.mcp.server import BearerClients
         except ImportError as exc:
@@ -67,7 +69,8 @@ def mcp_command(
         if http:
             url = gateway_url or _stack_gateway(state_dir)
             check_http_url(url)
-            clients = BearerClients(url.rstrip("/"))
+            clients = BearerClients(url.rstrip("/"), make=lambda root, secret: ContractClient(
+                root, secret, retry=cli_retry()))
             server = build_server(clients, allow_writes=allow_writes)
             err.print(f"Serving MCP ({mode}) on http://{host}:{port}/mcp for {url}; each "
                       "request calls with its own bearer token", markup=False)
