@@ -39,11 +39,14 @@ BUILTIN_KINDS: Mapping[str, str] = {
     "python": "executor.kinds.python:PythonKind",
     "sql": "executor.kinds.sql:SqlKind",
     "dbt": "executor.kinds.dbt:DbtKind",
+    "spark": "executor.kinds.spark:SparkKind",
+    "trino": "executor.kinds.trino:TrinoKind",
 }
 """The kinds every worker has, by name: where each kind's class is."""
 
 KIND_EXTRAS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "dbt": ("dbt", ("dbt.cli.main", "dbt.adapters.duckdb")),
+    "spark": ("spark", ("pyspark", "py4j")),
 }
 """Kinds whose engine is an optional dependency: name -> (the distribution's extra, the
 modules that must be importable). `pip install 'lakehouse-control-room[EXTRA]'` adds them."""

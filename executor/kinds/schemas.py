@@ -21,6 +21,8 @@ MODELS: dict[str, str] = {
     "python": "executor.kinds.python.params:PythonParams",
     "sql": "executor.kinds.sql.params:SqlParams",
     "dbt": "executor.kinds.dbt.params:DbtParams",
+    "spark": "executor.kinds.spark.params:SparkParams",
+    "trino": "executor.kinds.trino.params:TrinoParams",
 }
 """Each built-in kind's params model ("module:Class")."""
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from executor.kinds import Kind, load_kind
+from executor.kinds import Kind, KindOptions, load_kind
 
 __all__ = ["CASES", "DRIVERS", "Driver", "Shape"]
 
@@ -242,7 +242,141 @@ class DbtDriver(Driver):
         return {"project_dir": "../elsewhere"}
 
 
+SPARK_JOB = '''\
+"""The spark driver's job (written into the run's code directory)."""
+
+import time
+
+SHAPES = {
+    "v1": "id, amount",
+    "v2": "id, amount, cast(null as string) as note",
+    "v3": "id",
+}
+VALUES = __VALUES__
+
+
+def run(job):
+    mode = job.args.get("mode", "write")
+    if mode == "slow":
+        job.spark.range(10**12).selectExpr("sum(id * id)").collect()
+        time.sleep(600)
+    if mode == "terminal":
+        return job.spark.sql("select no_such_column from range(3)")
+    if mode == "transient":
+        raise ConnectionError("the source is down")
+    rows = job.spark.sql(f"select * from values {VALUES} as t(id, amount)")
+    job.log("writing", rows=3)
+    return rows.selectExpr(*SHAPES[job.args["shape"]].split(", "))
+'''.replace("__VALUES__", repr(", ".join(f"(cast({i} as bigint), cast({a} as bigint))"
+                                           for i, a in ROWS)))
+
+
+class SparkDriver(Driver):
+    kind = "spark"
+    cannot: ClassVar[dict[str, str]] = {}
+    identical_files = ("result_manifest.json",)
+    """spark.log holds the driver's log lines (application ids, times): not compared."""
+    shared: ClassVar[Kind | None] = None
+
+    def make(self) -> Kind:
+        # one kind, started, for every case: its driver (one JVM) is kept warm between the
+        # phases, as in a worker; cancel and timeout kill it and the next phase starts another
+        if SparkDriver.shared is None:
+            kind = load_kind("spark")()
+            kind.start(KindOptions())  # type: ignore[attr-defined]
+            SparkDriver.shared = kind
+        return SparkDriver.shared
+
+    def prepare(self) -> None:
+        (self.code_dir / "conformance_job.py").write_text(SPARK_JOB)
+
+    def _job(self, uri: str, **args: Any) -> dict[str, Any]:
+        return {"job_file": "conformance_job.py", "args": args,
+                "outputs": {"rows": {"delta": uri, "name": "gold.amounts"}}}
+
+    def write(self, uri: str, name: str, shape: Shape) -> dict[str, Any]:
+        params = self._job(uri, shape=shape)
+        params["outputs"]["rows"]["name"] = name
+        return params
+
+    def slow(self, lake: Path) -> dict[str, Any]:
+        return self._job(str(lake / "slow"), mode="slow")
+
+    def terminal(self, lake: Path) -> dict[str, Any]:
+        return self._job(str(lake / "t"), mode="terminal")
+
+    def transient(self, lake: Path) -> dict[str, Any]:
+        return self._job(str(lake / "t"), mode="transient")
+
+    def outside_code(self, lake: Path) -> dict[str, Any]:
+        return {"job_file": "../outside.py", "outputs": {"rows": {"delta": str(lake / "t")}}}
+
+
+_TRINO_VALUES = ", ".join(f"(cast({i} as bigint), cast({a} as bigint))" for i, a in ROWS)
+TRINO_CONNECTION = {"host": "trino.test", "port": 8443, "http_scheme": "https",
+                    "catalog": "lake", "schema": "gold", "user": "conformance"}
+
+
+class _FakeTrinoKind:
+    """The trino kind against the fake server (tests/executor/trino_fake.py): the phase's
+    `warehouse` connection points at it, and its requests are routed to it."""
+
+    NAME: ClassVar[str] = "trino"
+    CONNECTION_TYPES: ClassVar[frozenset[str]] = frozenset({"trino"})
+
+    def run(self, ctx: Any) -> Any:
+        import dataclasses
+
+        from executor.kinds.base import Connection
+        from tests.executor.trino_fake import FakeTrino
+
+        fake = FakeTrino()
+        connection = Connection("warehouse", "trino", dict(TRINO_CONNECTION))
+        ctx = dataclasses.replace(ctx, connections={**ctx.connections,
+                                                    "warehouse": connection})
+        with fake.router:
+            return load_kind("trino")().run(ctx)
+
+
+class TrinoDriver(Driver):
+    """Against a fake Trino that speaks the client protocol and answers from DuckDB, so the
+    queries below are in the SQL both understand (CAST, VALUES) except where DuckDB's own
+    functions stand for a long query (range) and an external failure (read_csv)."""
+
+    kind = "trino"
+    cannot: ClassVar[dict[str, str]] = {}
+    identical_files = ("query.sql", "result_manifest.json", "preview.json")
+
+    def make(self) -> Kind:
+        return _FakeTrinoKind()
+
+    def _query(self, query: str, uri: str, **output: Any) -> dict[str, Any]:
+        return {"query": query, "connection": "warehouse", "connections": ["warehouse"],
+                "output": {"delta": uri, **output}}
+
+    def write(self, uri: str, name: str, shape: Shape) -> dict[str, Any]:
+        rows = f"select * from (values {_TRINO_VALUES}) as t(id, amount)"
+        return self._query(f"select {_SQL_SHAPES[shape].replace('::bigint', '')} from "
+                           f"({rows}) as r", uri, name=name)
+
+    def slow(self, lake: Path) -> dict[str, Any]:
+        return self._query(SLOW_SQL, str(lake / "slow"))
+
+    def terminal(self, lake: Path) -> dict[str, Any]:
+        return self._query("select no_such_column from (values (1)) as t(x)", str(lake / "t"))
+
+    def transient(self, lake: Path) -> dict[str, Any]:
+        # the fake answers DuckDB's IO error as Trino's EXTERNAL error type
+        return self._query("select * from read_csv('/nonexistent/conformance/*.csv')",
+                           str(lake / "t"))
+
+    def outside_code(self, lake: Path) -> dict[str, Any]:
+        return {"query_file": "../outside.sql", "connection": "warehouse",
+                "connections": ["warehouse"], "output": {"delta": str(lake / "t")}}
+
+
 DRIVERS: dict[str, type[Driver]] = {"python": PythonDriver, "sql": SqlDriver,
-                                    "dbt": DbtDriver}
+                                    "dbt": DbtDriver, "spark": SparkDriver,
+                                    "trino": TrinoDriver}
 """Every kind the suite runs against: a kind added to the registry needs a driver here (a test
 checks that every registered kind has one)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,21 @@ from executor.kinds import (
     TerminalPhaseError,
 )
 from executor.tables import OutsideLake
-from tests.conformance.kinds import CASES, DRIVERS, Driver, Shape
+from tests.conformance.kinds import CASES, DRIVERS, Driver, Shape, SparkDriver
 from tests.executor.dbt_projects import Recorder, make_ctx
 
 PAIRS = [(kind, case) for kind in DRIVERS for case in CASES]
+SLOW_KINDS = frozenset({"spark"})
+"""Kinds whose cases start a JVM: marked slow (they still run in CI)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_shared_kinds() -> Iterator[None]:
+    """The spark driver's one started kind (its warm JVM) is stopped after the module."""
+    yield
+    if SparkDriver.shared is not None:
+        SparkDriver.shared.close()  # type: ignore[attr-defined]
+        SparkDriver.shared = None
 
 
 @pytest.fixture()
@@ -57,7 +69,9 @@ def test_every_registered_kind_has_a_driver() -> None:
         assert all(reason.strip() for reason in driver.cannot.values())
 
 
-@pytest.mark.parametrize(("kind", "case"), PAIRS, ids=[f"{k}-{c}" for k, c in PAIRS])
+@pytest.mark.parametrize(("kind", "case"), [
+    pytest.param(k, c, id=f"{k}-{c}", marks=[pytest.mark.slow] if k in SLOW_KINDS else [])
+    for k, c in PAIRS])
 def test_conformance(kind: str, case: str, tmp_path: Path, lake: Path) -> None:
     driver = driver_for(kind, tmp_path)
     if case in driver.cannot:

@@ -214,12 +214,12 @@ def test_a_kind_whose_extra_is_missing_names_the_extra(monkeypatch: pytest.Monke
     assert missing.message == ("phase kind 'dbt' needs the [dbt] extra, which is not "
                                "installed (no module dbt.cli.main): pip install "
                                "'lakehouse-control-room[dbt]'")
-    assert available_kinds() == ["python", "sql"]       # what a worker runs by default
+    assert available_kinds() == ["python", "spark", "sql", "trino"]   # a worker's default
     for module in [m for m in sys.modules if m.startswith("executor.kinds.dbt")]:
         monkeypatch.delitem(sys.modules, module)
     with pytest.raises(MissingExtra, match=r"pip install 'lakehouse-control-room\[dbt\]'"):
         registry.KindRegistry(registry.BUILTIN_KINDS)["dbt"]
-    assert check_kinds(None) == ["python", "sql"]
+    assert check_kinds(None) == ["python", "spark", "sql", "trino"]
     with pytest.raises(BadInput, match=r"needs the \[dbt\] extra"):
         check_kinds("python,dbt")
 

@@ -66,7 +66,7 @@ def test_importing_the_registry_and_the_sdk_loads_and_starts_nothing() -> None:
 def test_kind_names_import_no_kind() -> None:
     code = ("import sys; from executor.kinds import KINDS, kind_names; "
             "assert 'sql' in KINDS and 'python' in KINDS and 'nope' not in KINDS; "
-            "assert kind_names() == sorted(KINDS) == ['dbt', 'python', 'sql']; "
+            "assert kind_names() == sorted(KINDS) == ['dbt', 'python', 'spark', 'sql', 'trino']; "
             "print(sorted(m for m in sys.modules if m.startswith('executor.kinds.')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=True)
@@ -96,7 +96,7 @@ def test_load_kind_imports_the_kind_on_first_use() -> None:
     assert KINDS["sql"] is SqlKind
     assert KINDS.target("sql") == "executor.kinds.sql:SqlKind"
     with pytest.raises(UnknownKindError, match=r"unknown phase kind 'nope' \(registered: "
-                                               r"dbt, python, sql\)") as raised:
+                                               r"dbt, python, spark, sql, trino\)") as raised:
         load_kind("nope")
     assert isinstance(raised.value, KeyError)
     assert str(raised.value).startswith("unknown phase kind")     # no KeyError quotes

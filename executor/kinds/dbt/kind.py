@@ -203,10 +203,10 @@ class DbtKind:
         started = time.monotonic()
         params = parse_params(ctx.params)
         project = _project(params.project_dir, ctx.code_dir)
-        from executor.kinds.sql import _parse_input  # the sql kind's inputs, confined alike
+        from executor.kinds.sql import parse_input  # the sql kind's inputs, confined alike
 
-        inputs = [_parse_input(name, spec.model_dump(exclude_none=True), ctx.inputs,
-                               ctx.lake_root) for name, spec in params.inputs.items()]
+        inputs = [parse_input(name, spec.model_dump(exclude_none=True), ctx.inputs,
+                              ctx.lake_root) for name, spec in params.inputs.items()]
         outputs = {model: (out, confine(out.delta, ctx.lake_root, what=f"output {model!r}"))
                    for model, out in params.outputs.items()}
         target = None
@@ -227,7 +227,7 @@ class DbtKind:
     def _run(self, ctx: PhaseContext, params: DbtParams, project: Path, inputs: list[Any],
              outputs: dict[str, tuple[ModelOutput, str]], target: Connection | None,
              work: Path, started: float) -> PhaseResult:
-        from executor.kinds.sql import _source
+        from executor.kinds.sql import source as input_source
 
         database = work / f"{DATABASE}.duckdb"
         profile, secret_env, adapter = _profile(target, database, params.threads)
@@ -241,7 +241,7 @@ class DbtKind:
         with contextlib.closing(duckdb.connect(str(database))) as conn:
             conn.execute(f'create schema if not exists "{params.source_schema}"')
             for spec in inputs:
-                conn.register("__cr_input", _source(spec, ctx))
+                conn.register("__cr_input", input_source(spec, ctx))
                 conn.execute(f'create table "{params.source_schema}"."{spec.name}" as '
                              "select * from __cr_input")
                 conn.unregister("__cr_input")

@@ -51,7 +51,9 @@ from executor.tables import (
     write_table,
 )
 
-__all__ = ["RESULT_MANIFEST_FORMAT", "SqlKind", "SqlParams", "parse_params"]
+__all__ = ["RESULT_MANIFEST_FORMAT", "InputSpec", "OutputSpec", "SqlKind", "SqlParams",
+           "parse_input", "parse_output", "parse_params", "read_query", "record_result",
+           "source"]
 
 RESULT_MANIFEST_FORMAT = "cr-sql-result-v1"
 DEFAULT_PREVIEW_ROWS = 50
@@ -126,7 +128,7 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _read_query(params: Mapping[str, Any], checkout: Path | None = None) -> str:
+def read_query(params: Mapping[str, Any], checkout: Path | None = None) -> str:
     """The query: `query` as written, or the text of `query_file` read from the run's code
     (`checkout`, else the worker's own `pipelines` package, see executor/checkout.py). The
     file must resolve (symbolic links followed) inside that code, be a regular UTF-8 file of
@@ -206,8 +208,11 @@ def _read_query_file(path: str, query_file: str) -> str:
     return text
 
 
-def _parse_input(name: Any, spec: Any, upstream: Mapping[str, Any],
-                 lake_root: Path | None = None) -> InputSpec:
+def parse_input(name: Any, spec: Any, upstream: Mapping[str, Any],
+                lake_root: Path | None = None) -> InputSpec:
+    """One input of the phase's params (`{"delta" | "parquet" | "upstream" | "postgres":
+    ...}`) checked, its location confined to `lake_root`; `upstream` holds the dependencies'
+    output manifests. Used by the sql, dbt, spark and trino kinds."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise _bad(f"input name {name!r} is not an identifier")
     if not isinstance(spec, Mapping):
@@ -276,7 +281,7 @@ def _parse_postgres(name: str, spec: Any) -> PostgresSource:
     return PostgresSource(connection, table=text)
 
 
-def _parse_output(spec: Any, lake_root: Path | None = None) -> OutputSpec:
+def parse_output(spec: Any, lake_root: Path | None = None) -> OutputSpec:
     if not isinstance(spec, Mapping):
         raise _bad("'output' must be an object")
     unknown = set(spec) - {"delta", "mode", "keys", "name", "layer"}
@@ -323,17 +328,17 @@ def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None =
                              "preview_rows", "connections"}
     if unknown:
         raise _bad(f"unknown keys {sorted(unknown)}")
-    query = _read_query(params, code_dir)
+    query = read_query(params, code_dir)
     raw_inputs = params.get("inputs", {})
     if not isinstance(raw_inputs, Mapping):
         raise _bad("'inputs' must be an object")
     inputs = tuple(
-        _parse_input(name, spec, upstream or {}, lake_root)
+        parse_input(name, spec, upstream or {}, lake_root)
         for name, spec in raw_inputs.items()
     )
     if "output" not in params:
         raise _bad("'output' is required")
-    output = _parse_output(params["output"], lake_root)
+    output = parse_output(params["output"], lake_root)
     preview = params.get("preview_rows", DEFAULT_PREVIEW_ROWS)
     if (
         not isinstance(preview, int)
@@ -348,19 +353,20 @@ def parse_params(params: Mapping[str, Any], upstream: Mapping[str, Any] | None =
 # Inputs
 
 
-def _source(spec: InputSpec, ctx: PhaseContext) -> Any:
-    """What DuckDB reads as the input: a Postgres read (an Arrow table), else a dataset."""
+def source(spec: InputSpec, ctx: PhaseContext) -> Any:
+    """What an engine reads as the input: a Postgres read (an Arrow table), else a pyarrow
+    dataset (Delta at its version, Parquet). Used by the sql, dbt and spark kinds."""
     if spec.postgres is None:
         return _dataset(spec, ctx.lake_root)
-    source = spec.postgres
-    connection = ctx.connections.get(source.connection)
+    pg = spec.postgres
+    connection = ctx.connections.get(pg.connection)
     if connection is None:
         raise TerminalPhaseError(
-            f"input {spec.name!r}: connection {source.connection!r} is not one of the "
+            f"input {spec.name!r}: connection {pg.connection!r} is not one of the "
             f"phase's connections (params.connections: {sorted(ctx.connections)})")
     deadline = None if ctx.timeout_s is None else time.monotonic() + ctx.timeout_s
     try:
-        table = pg_inputs.read_postgres(connection, query=source.query, table=source.table,
+        table = pg_inputs.read_postgres(connection, query=pg.query, table=pg.table,
                                         cancel=ctx.cancel, deadline=deadline)
     except (PhaseTimeout, PhaseCancelled):
         raise
@@ -369,7 +375,7 @@ def _source(spec: InputSpec, ctx: PhaseContext) -> Any:
             f"input {spec.name!r}: " + cap_user_text(exc.message),
             error_type=exc.error_type, user_data=True) from None
     ctx.emit("LOG", f"read {table.num_rows} row(s) from Postgres for input {spec.name!r}",
-             "info", {"input": spec.name, "connection": source.connection,
+             "info", {"input": spec.name, "connection": pg.connection,
                       "rows": table.num_rows})
     return table
 
@@ -590,7 +596,7 @@ class SqlKind:
         conn = _connect(temp_dir)
         try:
             for spec in params.inputs:
-                conn.register(spec.name, _source(spec, ctx))
+                conn.register(spec.name, source(spec, ctx))
             ctx.emit("LOG", f"running query over {len(params.inputs)} input(s)", "info",
                      {"inputs": [spec.name for spec in params.inputs],
                       "query_digest": query_digest})
@@ -601,49 +607,61 @@ class SqlKind:
         if ctx.cancel.is_set():
             raise PhaseCancelled("sql phase cancelled before its output was written")
 
-        out = params.output
-        written, entry = _write_output(ctx, out, result, query_digest)
-        ctx.progress(0.8)
+        return record_result(ctx, params.output, query_path, query_digest, result,
+                             params.preview_rows, temp_dir)
 
-        manifest = {
-            "format": RESULT_MANIFEST_FORMAT,
-            "query_digest": query_digest,
-            "result": {"rows": result.num_rows, "schema": _schema_json(result.schema)},
+
+def record_result(ctx: PhaseContext, out: OutputSpec, query_path: Path, query_digest: str,
+                  result: Any, preview_rows: int, temp_dir: Path,
+                  extra_manifest: Mapping[str, Any] | None = None) -> PhaseResult:
+    """A query's result (an Arrow table) written to its output and recorded as the sql kind
+    records it: the table (catalog rules for a named output), `result_manifest.json`,
+    `preview.json` beside `query.sql` (at `query_path`), the output manifest. Used by the sql
+    and trino kinds, so that the same query over the same data gives the same files."""
+    output_dir = query_path.parent
+    written, entry = _write_output(ctx, out, result, query_digest)
+    ctx.progress(0.8)
+
+    manifest = {
+        "format": RESULT_MANIFEST_FORMAT,
+        "query_digest": query_digest,
+        "result": {"rows": result.num_rows, "schema": _schema_json(result.schema)},
+        "table": {
+            "name": out.name,
+            "mode": out.mode,
+            "keys": list(out.keys) if out.keys is not None else None,
+            "digest": entry["digest"],
+            "rows": entry["rows"],
+            "schema": _schema_json(written.schema),
+        },
+    }
+    manifest_path = output_dir / "result_manifest.json"
+    _dump(manifest_path, manifest)
+    preview_path = output_dir / "preview.json"
+    _dump(preview_path, _preview(result, preview_rows, temp_dir))
+    ctx.progress(1.0)
+    ctx.emit("LOG", f"wrote {result.num_rows} row(s) to {out.name} "
+             f"(version {written.version})", "info",
+             {"table": out.name, "version": written.version, "digest": entry["digest"],
+              "change": written.change.kind})
+    return PhaseResult(
+        output_manifest={
             "table": {
-                "name": out.name,
-                "mode": out.mode,
-                "keys": list(out.keys) if out.keys is not None else None,
+                "uri": out.uri,
+                "version": written.version,
                 "digest": entry["digest"],
                 "rows": entry["rows"],
-                "schema": _schema_json(written.schema),
+                "name": out.name,
             },
-        }
-        manifest_path = output_dir / "result_manifest.json"
-        _dump(manifest_path, manifest)
-        preview_path = output_dir / "preview.json"
-        _dump(preview_path, _preview(result, params.preview_rows, temp_dir))
-        ctx.progress(1.0)
-        ctx.emit("LOG", f"wrote {result.num_rows} row(s) to {out.name} "
-                 f"(version {written.version})", "info",
-                 {"table": out.name, "version": written.version, "digest": entry["digest"],
-                  "change": written.change.kind})
-        return PhaseResult(
-            output_manifest={
-                "table": {
-                    "uri": out.uri,
-                    "version": written.version,
-                    "digest": entry["digest"],
-                    "rows": entry["rows"],
-                    "name": out.name,
-                },
-                "tables": [entry] if out.dataset else [],
-                "query_digest": query_digest,
-                "result_rows": result.num_rows,
-            },
-            outputs=[
-                OutputFile(query_path, "query.sql", media_type="application/sql"),
-                OutputFile(manifest_path, "result_manifest.json",
-                           media_type="application/json"),
-                OutputFile(preview_path, "preview.json", media_type="application/json"),
-            ],
-        )
+            "tables": [entry] if out.dataset else [],
+            "query_digest": query_digest,
+            "result_rows": result.num_rows,
+            **(extra_manifest or {}),
+        },
+        outputs=[
+            OutputFile(query_path, "query.sql", media_type="application/sql"),
+            OutputFile(manifest_path, "result_manifest.json",
+                       media_type="application/json"),
+            OutputFile(preview_path, "preview.json", media_type="application/json"),
+        ],
+    )
