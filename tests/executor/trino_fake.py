@@ -71,6 +71,7 @@ class FakeQuery:
     rows: list[list[Any]] = field(default_factory=list)
     error: BaseException | None = None
     cancelled: bool = False
+    update_type: str | None = None
     sent: int = 0
     polls: int = 0
 
@@ -120,6 +121,11 @@ class FakeTrino:
 
     def _execute(self, query: FakeQuery) -> None:
         try:
+            words = query.sql.split()
+            if words and words[0].lower() in ("drop", "alter", "set", "use", "comment"):
+                query.conn.execute(query.sql)   # no result set: Trino sends updateType only
+                query.update_type = " ".join(words[:2]).upper()
+                return
             relation = query.conn.sql(query.sql)
             types = [str(t) for t in relation.types]
             query.columns = [{"name": name, "type": trino_type(t),
@@ -157,7 +163,10 @@ class FakeTrino:
         finished = query.sent >= len(query.rows)
         document = self._document(query, "FINISHED" if finished else "RUNNING",
                                   None if finished else "executing", number)
-        document["columns"] = query.columns
+        if query.columns:
+            document["columns"] = query.columns
+        if query.update_type is not None:
+            document["updateType"] = query.update_type
         if page:
             document["data"] = page
         return httpx.Response(200, json=document)
