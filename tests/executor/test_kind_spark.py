@@ -80,12 +80,13 @@ def test_a_phase_is_refused_before_any_driver_starts(tmp_path: Path) -> None:
     (tmp_path / "outside.py").write_text(JOB)
     kind = SparkKind()
     base = {"outputs": {"t": {"delta": str(tmp_path / "lake" / "t")}}}
-    for params, message in [({"job_file": "../outside.py", **base}, "not inside the run's"),
-                            ({"job_file": "/etc/x.py", **base}, "must be relative"),
-                            ({"job_file": "missing.py", **base}, "not a file"),
-                            ({"job_file": "x.py"}, "outputs"),
-                            ({"job_file": "x.py", "connection": "c", **base},
-                             "one of the phase's connections")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"job_file": "../outside.py", **base}, "not inside the run's"),
+        ({"job_file": "/etc/x.py", **base}, "must be relative"),
+        ({"job_file": "missing.py", **base}, "not a file"),
+        ({"job_file": "x.py"}, "outputs"),
+        ({"job_file": "x.py", "connection": "c", **base}, "one of the phase's connections")]
+    for params, message in cases:
         ctx = make_ctx(tmp_path / "out", params, kind="spark", code_dir=code,
                        lake_root=tmp_path / "lake")
         with pytest.raises(TerminalPhaseError, match=message):
