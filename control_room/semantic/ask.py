@@ -246,48 +246,85 @@ def _phrases(names: Mapping[str, Sequence[str]]) -> list[tuple[list[str], str, f
     return sorted(out, key=lambda p: -len(p[0]))
 
 
-def _values(text: _Text, values: Mapping[str, Sequence[str]]
-            ) -> tuple[dict[str, set[str]], list[tuple[str, list[str]]]]:
-    """Known dimension values in the question by fuzzy match, for longer names (the exact
-    ones are matched with the metric and dimension words)."""
-    by_words: dict[tuple[str, ...], dict[str, str]] = {}
+@dataclass
+class _Index:
+    """What parsing needs of a layer and a set of dimension values, built once per pair."""
+
+    metric_phrases: list[tuple[list[str], str, float]]
+    dimension_phrases: list[tuple[list[str], str, float]]
+    ambiguous_phrases: list[tuple[list[str], str]]
+    value_owners: dict[tuple[str, ...], dict[str, str]]
+    by_first: dict[str, list[tuple[list[str], tuple[str, str], float]]]
+    """Phrases (values, metrics, dimensions) by their first word."""
+    vocabulary: frozenset[str]
+    fuzzy_values: list[str]
+    fuzzy_value_words: dict[str, tuple[str, ...]]
+    dimension_words: list[str]
+    dimension_names: list[str]
+    metric_words: list[str]
+
+
+_INDEXES: dict[tuple[int, int], tuple[Layer, Mapping[str, Sequence[str]], _Index]] = {}
+
+
+def _index(layer: Layer, values: Mapping[str, Sequence[str]]) -> _Index:
+    """The index of (layer, values), cached while the same objects are given (the
+    warehouse's values are one object until their cache expires)."""
+    key = (id(layer), id(values))
+    cached = _INDEXES.get(key)
+    if cached is not None and cached[0] is layer and cached[1] is values:
+        return cached[2]
+    metric_phrases = _phrases({m.name: m.synonyms for m in layer.metrics.values()})
+    dimension_phrases = _phrases({d.name: d.synonyms for d in layer.dimensions.values()})
+    owners: dict[tuple[str, ...], dict[str, str]] = {}
     for dimension, known in values.items():
         for value in known:
             words = tuple(_words(value))
             if words:
-                by_words.setdefault(words, {})[dimension] = value
+                owners.setdefault(words, {})[dimension] = value
+    by_first: dict[str, list[tuple[list[str], tuple[str, str], float]]] = {}
+    items = ([(list(w), ("value", " ".join(w)), 2.0) for w in owners]
+             + [(w, ("metric", n), sc) for w, n, sc in metric_phrases if w]
+             + [(w, ("dimension", n), sc) for w, n, sc in dimension_phrases if w])
+    for item in items:
+        by_first.setdefault(item[0][0], []).append(item)
+    vocabulary = frozenset(w for item in items for w in item[0])
+    fuzzy = {" ".join(w): w for w in owners if len(" ".join(w)) >= 6 and len(w) >= 2}
+    index = _Index(
+        metric_phrases, dimension_phrases,
+        sorted(((_words(w), w) for w in layer.ambiguous), key=lambda p: -len(p[0])),
+        owners, by_first, vocabulary, list(fuzzy), fuzzy,
+        [" ".join(w) for w, _, _ in dimension_phrases if w],
+        [n for w, n, _ in dimension_phrases if w],
+        [" ".join(w) for w, _, _ in metric_phrases if w])
+    if len(_INDEXES) > 8:
+        _INDEXES.clear()
+    _INDEXES[key] = (layer, values, index)
+    return index
+
+
+def _values(text: _Text, index: _Index) -> dict[str, set[str]]:
+    """Known dimension values in the question by fuzzy match (typos: "oak labz"), for names
+    of two words or more, on n-grams holding a word the layer does not know (the exact ones
+    are matched with the metric and dimension words)."""
     filters: dict[str, set[str]] = {}
-    ambiguous: list[tuple[str, list[str]]] = []
-    # fuzzy: n-grams of 2-4 free words against longer names (typos: "oak labz")
-    choices = {" ".join(w): w for w in by_words if len(" ".join(w)) >= 6 and len(w) >= 2}
-    if choices:
-        for n in (4, 3, 2):
-            for start in range(len(text.words) - n + 1):
-                if any(text.used[start:start + n]):
-                    continue
-                gram = " ".join(text.words[start:start + n])
-                hit = process.extractOne(gram, list(choices), scorer=fuzz.ratio,
-                                         score_cutoff=85.0)
-                if hit is None:
-                    continue
-                owners = by_words[tuple(choices[hit[0]])]
-                for dimension, value in owners.items():
-                    filters.setdefault(dimension, set()).add(value)
-                text.take(start, n)
-    return filters, ambiguous
-
-
-def _match(text: _Text, phrases: list[tuple[list[str], str, float]]
-           ) -> list[tuple[str, float, int]]:
-    """Exact phrase matches (longest first, never overlapping): (name, score, position)."""
-    hits = []
-    for words, name, score in phrases:
-        if not words:
-            continue
-        for start in text.find(words):
-            hits.append((name, score, start))
-            text.take(start, len(words))
-    return hits
+    if not index.fuzzy_values:
+        return filters
+    for n in (4, 3, 2):
+        for start in range(len(text.words) - n + 1):
+            grams = text.words[start:start + n]
+            if any(text.used[start:start + n]) or grams[0] in _STOP or not any(
+                    w not in index.vocabulary and w not in _STOP for w in grams):
+                continue
+            hit = process.extractOne(" ".join(grams), index.fuzzy_values, scorer=fuzz.ratio,
+                                     score_cutoff=85.0)
+            if hit is None:
+                continue
+            owners = index.value_owners[index.fuzzy_value_words[hit[0]]]
+            for dimension, value in owners.items():
+                filters.setdefault(dimension, set()).add(value)
+            text.take(start, n)
+    return filters
 
 
 def _fuzzy(text: _Text, phrases: list[tuple[list[str], str, float]]
@@ -345,54 +382,47 @@ def parse_question(question: str, layer: Layer, values: Mapping[str, Sequence[st
     if when.future:
         return Parsed("refuse", reason="the question asks about the future: the semantic "
                       "layer holds what happened (no forecasts)")
-    metric_phrases = _phrases({m.name: m.synonyms for m in layer.metrics.values()})
-    ambiguous_phrases = sorted(((_words(w), w) for w in layer.ambiguous), key=lambda p: -len(p[0]))
-    dimension_phrases = _phrases({d.name: d.synonyms for d in layer.dimensions.values()})
-    value_owners: dict[tuple[str, ...], dict[str, str]] = {}
-    for dimension, known in values.items():
-        for value in known:
-            words = tuple(_words(value))
-            if words:
-                value_owners.setdefault(words, {})[dimension] = value
+    index = _index(layer, values)
+    metric_phrases = index.metric_phrases
+    ambiguous_phrases = index.ambiguous_phrases
     # the longest phrase wins across values, metrics and dimensions ("median days to
     # invoice" before the status "to invoice", "sale orders" before "sales")
-    Item = tuple[list[str], tuple[str, str], float]
-    everything: list[Item] = sorted(
-        [(list(w), ("value", " ".join(w)), 2.0) for w in value_owners]
-        + [(w, ("metric", n), s) for w, n, s in metric_phrases]
-        + [(w, ("dimension", n), s) for w, n, s in dimension_phrases],
-        key=lambda p: (-len(p[0]), -p[2]))
+    found: list[tuple[int, int, float, tuple[str, str], list[str]]] = []
+    for position, word in enumerate(text.words):
+        for phrase, item, score in index.by_first.get(word, ()):
+            if text.words[position:position + len(phrase)] == phrase:
+                found.append((-len(phrase), position, -score, item, phrase))
+    found.sort(key=lambda f: (f[0], f[2], f[1]))
     metric_hits: list[tuple[str, float, int]] = []
     dimension_hits: list[tuple[str, int]] = []
     filters: dict[str, set[str]] = {}
     ambiguous_values: list[tuple[str, list[str]]] = []
-    for phrase, (kind, name), score in everything:
-        for start in text.find(phrase):
-            if kind == "metric":
-                metric_hits.append((name, score, start))
-            elif kind == "dimension":
-                dimension_hits.append((name, start))
-            else:
-                owners = value_owners[tuple(phrase)]
-                if len(owners) > 1:
-                    ambiguous_values.append((name, sorted(owners)))
-                for dimension, value in owners.items():
-                    filters.setdefault(dimension, set()).add(value)
-            text.take(start, len(phrase))
-    fuzzy_filters, _ = _values(text, values)
-    for dimension, found in fuzzy_filters.items():
-        filters.setdefault(dimension, set()).update(found)
-    # fuzzy dimension words ("custmer")
-    dimension_table = {" ".join(w): n for w, n, _ in dimension_phrases if w}
+    for _length, start, negative, (kind, name), phrase in found:
+        if any(text.used[start:start + len(phrase)]):
+            continue
+        if kind == "metric":
+            metric_hits.append((name, -negative, start))
+        elif kind == "dimension":
+            dimension_hits.append((name, start))
+        else:
+            owners = index.value_owners[tuple(phrase)]
+            if len(owners) > 1:
+                ambiguous_values.append((name, sorted(owners)))
+            for dimension, value in owners.items():
+                filters.setdefault(dimension, set()).add(value)
+        text.take(start, len(phrase))
+    for dimension, more in _values(text, index).items():
+        filters.setdefault(dimension, set()).update(more)
+    # fuzzy dimension words ("custmer"), unless closer to a metric's
     for start, word in enumerate(text.words):
         if text.used[start] or word in _STOP or len(word) < 5:
             continue
-        hit = process.extractOne(word, list(dimension_table), scorer=fuzz.ratio,
+        hit = process.extractOne(word, index.dimension_words, scorer=fuzz.ratio,
                                  score_cutoff=85.0)
-        if hit is not None and not any(
-                process.extractOne(word, [" ".join(w) for w, _, _ in metric_phrases],
-                                   scorer=fuzz.ratio, score_cutoff=hit[1] + 0.1) or ()):
-            dimension_hits.append((dimension_table[hit[0]], start))
+        if hit is not None and process.extractOne(
+                word, index.metric_words, scorer=fuzz.ratio,
+                score_cutoff=hit[1] + 0.1) is None:
+            dimension_hits.append((index.dimension_names[hit[2]], start))
             text.take(start, 1)
     ambiguous_metrics: list[str] = []
     for phrase, word in ambiguous_phrases:

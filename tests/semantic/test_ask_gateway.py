@@ -278,3 +278,46 @@ def test_the_cli_lists_and_shows_metrics() -> None:
     assert code == 0 and "bucket_order > 0" in out and "certified: True" in out
     code, _, err = cli("metrics", "show", "profit")
     assert code == 2 and "unknown metric 'profit'" in err
+
+
+# ------------------------------------------------------------------ the LLM provider
+
+
+def test_the_llm_provider_proposes_guarded_uncertified_sql(warehouse: Warehouse) -> None:
+    import json
+
+    import respx
+
+    from control_room.semantic.llm import LlmProvider
+
+    def completion(content: str) -> httpx.Response:
+        return httpx.Response(200, json={"id": "c1", "object": "chat.completion", "choices": [
+            {"index": 0, "finish_reason": "stop",
+             "message": {"role": "assistant", "content": content}}]})
+
+    with respx.mock(base_url="https://llm.example/v1", assert_all_called=True) as mock:
+        route = mock.post("/chat/completions")
+        route.side_effect = [
+            completion("```sql\nselect count(distinct product) as products "
+                       "from gold.revenue;\n```"),
+            completion("```sql\ndelete from gold.revenue\n```"),
+            httpx.Response(500, text="overloaded"),
+        ]
+        provider = LlmProvider("https://llm.example/v1", "small-model", "sk-secret-key")
+        asker = Asker(default_layer(), warehouse, provider)
+        answer = asker.ask("how many distinct products do we carry", today=TODAY)
+        sent = json.loads(route.calls[0].request.content)
+        assert route.calls[0].request.headers["authorization"] == "Bearer sk-secret-key"
+        assert sent["model"] == "small-model" and "gold.revenue(" in sent["messages"][0][
+            "content"]
+        assert answer["status"] == "answer" and answer["source"] == "llm"
+        assert answer["certified"] is False and "uncertified" in answer["reason"]
+        assert answer["rows"] == [[3]] and "LIMIT 1000" in answer["sql"]
+        refused = asker.ask("how many distinct products do we carry", today=TODAY)
+        assert refused["status"] == "refuse" and "DELETE" in refused["reason"]
+        down = asker.ask("how many distinct products do we carry", today=TODAY)
+        assert down["status"] == "refuse" and "HTTP 500" in down["reason"]
+        assert "sk-secret-key" not in json.dumps([answer, refused, down])
+        # a question the layer answers never reaches the provider
+        assert asker.ask("revenue", today=TODAY)["source"] == "semantic"
+        assert route.call_count == 3
