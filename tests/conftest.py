@@ -17,7 +17,9 @@ import pytest
 from control_room.local import EmbeddedPostgres
 from tests.helpers import (
     SYSTEM_ADMIN_URL,
+    ClonePool,
     admin_url_from_env,
+    database_url,
     server_answers,
     template_database,
     temporary_database,
@@ -85,11 +87,24 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
         yield name
 
 
+@pytest.fixture(scope="session")
+def clone_pool(pg_admin_url: str, template_db: str) -> Iterator[ClonePool]:
+    """Clones of the template made ahead and dropped behind the tests (tests/helpers.py)."""
+    pool = ClonePool(pg_admin_url, template_db)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 @pytest.fixture
-def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+def db_url(pg_admin_url: str, clone_pool: ClonePool) -> Iterator[str]:
     """URL of a fresh clone of the migrated template, dropped after the test."""
-    with temporary_database(pg_admin_url, template=template_db) as url:
-        yield url
+    name = clone_pool.take()
+    try:
+        yield database_url(pg_admin_url, name)
+    finally:
+        clone_pool.give_back(name)
 
 
 @pytest.fixture(scope="module")

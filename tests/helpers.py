@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,62 @@ def temporary_database(admin_url: str, *, template: str | None = None,
         yield database_url(admin_url, name)
     finally:
         drop_database(admin_url, name)
+
+
+class ClonePool:
+    """Clones of a template made ahead of time and dropped afterwards, off the test's clock.
+
+    A clone (`create database ... template`) and a drop each take 0.1-0.5 s of mostly
+    waiting on PostgreSQL's writes; a test that needs a fresh database takes one that is
+    ready and hands it back to be dropped, while one thread per pytest worker makes the next
+    clones and drops the used ones. `close()` drops every database the pool still holds.
+    """
+
+    def __init__(self, admin_url: str, template: str, *, ready: int = 2) -> None:
+        self.admin_url = admin_url
+        self.template = template
+        self._ready: queue.Queue[str | BaseException] = queue.Queue()
+        self._work: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="clone-pool", daemon=True)
+        self._thread.start()
+        for _ in range(ready):
+            self._work.put(("clone", None))
+
+    def _run(self) -> None:
+        while True:
+            job, name = self._work.get()
+            if job == "stop":
+                return
+            try:
+                if job == "clone":
+                    self._ready.put(create_database(self.admin_url, unique_name(),
+                                                    template=self.template))
+                else:
+                    assert name is not None
+                    drop_database(self.admin_url, name)
+            except BaseException as exc:  # handed to the test that waits for a clone
+                if job == "clone":
+                    self._ready.put(exc)
+
+    def take(self) -> str:
+        """The name of a fresh clone (waits for one), and a replacement started."""
+        self._work.put(("clone", None))
+        got = self._ready.get(timeout=120)
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def give_back(self, name: str) -> None:
+        """Drop `name` in the background (its connections are terminated first)."""
+        self._work.put(("drop", name))
+
+    def close(self) -> None:
+        self._work.put(("stop", None))
+        self._thread.join(timeout=120)
+        while not self._ready.empty():
+            got = self._ready.get_nowait()
+            if isinstance(got, str):
+                drop_database(self.admin_url, got)
 
 
 def create_template(admin_url: str, migrations_dir: Path = REPO_MIGRATIONS) -> str:
