@@ -4,6 +4,10 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 # pytest-xdist: one worker per core (each test clones its own database).
 PYTEST_WORKERS ?= auto
+# Let Python cache compiled modules (and pytest its rewritten tests) even where the environment
+# says not to (PYTHONDONTWRITEBYTECODE=1 on this machine kind): the suite starts hundreds of
+# interpreters (CLI, gateway, workers), each of which would compile our code again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv demo test test-fast lint
 

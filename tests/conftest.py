@@ -55,13 +55,29 @@ E2E_MODULES = frozenset({
     "tests/test_github_statuses.py",
     "tests/test_mcp_stdio.py",
 })
+# Not end to end, but slow for the fast loop (each test generates an Odoo database, runs dbt, or
+# fuzzes with hypothesis / schemathesis): marked `slow`, left out of `make test-fast`, always run
+# by `make test` (CI).
+SLOW_MODULES = frozenset({
+    "tests/odoo/test_in_flight.py",
+    "tests/odoo/test_generator.py",
+    "tests/odoo/test_extract.py",
+    "tests/odoo/test_dbt_gold.py",
+    "tests/executor/test_kind_dbt.py",
+    "tests/gateway/test_schemathesis.py",
+    "tests/security/test_bad_input_fuzz.py",
+    "tests/conformance/test_kinds.py",
+})
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.relative_to(ROOT).as_posix() in E2E_MODULES:
+        path = item.path.relative_to(ROOT).as_posix()
+        if path in E2E_MODULES:
             item.add_marker(pytest.mark.e2e)
+        if path in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
