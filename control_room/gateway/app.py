@@ -466,6 +466,15 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
     from control_room.gateway.ask import AskEndpoints
 
     ask = AskEndpoints(gateway)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with gateway.lifespan(app):
+            try:
+                yield
+            finally:
+                await anyio.to_thread.run_sync(ask.close)
+
     app = Starlette(
         routes=[
             Route("/rest/v1/rpc/{function}", gateway.rpc, methods=["POST"]),
@@ -478,7 +487,7 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
             Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
         ],
         exception_handlers={404: _not_found, 405: _method_not_allowed},
-        lifespan=gateway.lifespan,
+        lifespan=lifespan,
     )
     app.state.gateway = gateway
     app.state.ask = ask
