@@ -26,11 +26,13 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/control-room demo
 
-# ruff, mypy --strict and the import-linter contracts (who may import whom: docs/architecture.md)
+# ruff, mypy --strict, the import-linter contracts (who may import whom: docs/architecture.md)
+# and actionlint on the GitHub workflows
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 # unit and contract tests (over SQL and HTTP), no end-to-end: the loop while working
 test-fast: venv

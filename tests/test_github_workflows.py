@@ -1,18 +1,17 @@
 """The project's workflows (.github/workflows): parsed, the triggers, inputs, secrets,
-concurrency and steps docs/github.md promises, and every `control-room` call in them an existing
-command with those options (actionlint is not available offline)."""
+concurrency and steps docs/github.md promises, and every `control-room` call in their `run:`
+blocks an existing command with those options (tests/cli_lines.py); `make lint` runs actionlint
+on them too."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import click
-import typer.main
+import pytest
 import yaml
 
-from control_room.cli import app
+from tests.cli_lines import Call, resolve, shell_calls
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -23,25 +22,6 @@ def load(name: str) -> dict[str, Any]:
     # YAML 1.1 reads the key `on` as True
     raw["on"] = raw.pop(True, raw.get("on"))
     return raw
-
-
-def command(words: list[str]) -> Any:
-    group: Any = typer.main.get_command(app)
-    for word in words:
-        assert hasattr(group, "get_command"), words
-        found = group.get_command(click.Context(group), word)
-        assert found is not None, f"control-room {' '.join(words)}: no command {word}"
-        group = found
-    return group
-
-
-def cli_calls(script: str) -> list[tuple[list[str], Any]]:
-    calls = []
-    for match in re.finditer(r"control-room((?: [a-z][a-z-]*)+)", script):
-        words = match.group(1).split()
-        cmd = command(words[:2] if len(words) > 1 else words)
-        calls.append((words[:2], cmd))
-    return calls
 
 
 def test_ci_runs_what_ci_run_runs() -> None:
@@ -86,18 +66,39 @@ def test_the_gate_is_a_reusable_workflow_as_documented() -> None:
         assert "secrets." not in step.get("run", "")
 
 
+def workflow_calls() -> list[Call]:
+    calls = []
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for job_name, job in load(path.name)["jobs"].items():
+            for step in job.get("steps", []):
+                step_name = step.get("name") or step.get("id") or step.get("uses")
+                where = f"{path.name} {job_name} {step_name}"
+                calls += [resolve(argv, where) for argv in shell_calls(step.get("run", ""), where)]
+    return calls
+
+
 def test_every_cli_call_exists_with_its_options() -> None:
-    seen: set[str] = set()
-    for name in ("ci.yml", "control-room-gate.yml"):
-        for job in load(name)["jobs"].values():
-            for step in job["steps"]:
-                script = step.get("run", "")
-                calls = cli_calls(script)
-                if not calls:
-                    continue
-                options = {opt for _, cmd in calls for param in cmd.params
-                           for opt in getattr(param, "opts", [])}
-                for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", script):
-                    assert flag in options, (name, step.get("name"), flag)
-                seen.update(" ".join(words) for words, _ in calls)
-    assert seen == {"jobs register", "runs create", "runs watch", "runs cancel"}
+    calls = {" ".join(call.path): call for call in workflow_calls()}
+    assert set(calls) == {"jobs register", "runs create", "runs watch", "runs cancel"}
+    # the gate's args array is expanded into the call: both branches' options are checked
+    assert {"--job", "--version", "--spec", "--git-sha", "--param", "--label",
+            "--idempotency-key", "--github-summary", "--json"} <= calls["runs create"].options
+    assert calls["runs watch"].options == {"--interval", "--github-summary"}
+    assert calls["runs cancel"].options == {"--reason"}
+
+
+def test_the_cli_line_checker_refuses_what_does_not_parse() -> None:
+    ok = shell_calls('FOO=1 control-room runs show "$RUN" --json 2>&1 | tee out # c', "t")
+    assert ok == [["runs", "show", "$RUN", "--json"]]
+    assert resolve(ok[0], "t").path == ("runs", "show")
+    for bad, why in ((["runs", "shwo", "X"], "no command runs shwo"),
+                     (["runs", "show", "X", "--nope"], "No such option"),
+                     (["runs", "create", "--job"], "requires an argument"),
+                     (["runs", "show", "X", "Y"], "unexpected argument"),
+                     (["runs", "show"], "missing argument"),
+                     (["runs"], "needs a command")):
+        with pytest.raises(AssertionError, match=why):
+            resolve(bad, "t")
+    script = 'a=()\na+=(--job "$J")\ncontrol-room runs create "${a[@]}" \\\n  --json'
+    arrays = shell_calls(script, "t")
+    assert arrays == [["runs", "create", "--job", "$J", "--json"]]
