@@ -68,7 +68,12 @@ def _arrays(lines: list[list[str]]) -> dict[str, list[str]]:
 def shell_calls(script: str, where: str) -> list[list[str]]:
     """The argv after each `control-room` in a shell script (continuations joined, `"${A[@]}"`
     replaced by every element the script adds to A)."""
-    lines = [_words(line) for line in script.replace("\\\n", " ").splitlines()]
+    lines = []
+    for line in script.replace("\\\n", " ").splitlines():
+        try:
+            lines.append(_words(line))
+        except ValueError as exc:  # unbalanced quotes
+            raise AssertionError(f"{where}: {line!r}: {exc}") from None
     arrays = _arrays(lines)
     calls = []
     for words in lines:
