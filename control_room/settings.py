@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     ask_llm_api_key: SecretStr | None = Field(
         default=None, description="The API key of ask_llm_url (a secret: never logged).")
 
+    # the MCP server on the gateway (/mcp, docs/agents.md)
+    mcp: str = Field(
+        default="off", pattern="^(off|read|write)$",
+        description="Serve the MCP server (streamable HTTP) at /mcp: `off`, `read` (the "
+                    "read-only tools) or `write` (also the write tools; each request's own "
+                    "bearer token decides what it may do). Needs the [mcp] extra.",
+    )
+
     # control-room migrate
     migrate_check: bool = Field(
         default=False,

@@ -321,3 +321,48 @@ def test_ask_answers_with_its_sql_and_asks_back_when_unsure(
                                                     "question": "revenue"}))
 
     assert "(HTTP 503) in ask: " in with_client(env, env.world.viewer1, without)
+
+
+def test_the_gateway_serves_mcp_at_slash_mcp_with_each_requests_token(
+        env: Env, module_db_url: str) -> None:
+    """CONTROL_ROOM_MCP=write: /mcp on the gateway itself; its tools call back into the same
+    gateway with the request's own token (a viewer's write is the contract's 403)."""
+    run_id = env.new_run({"name": "only", "kind": "agent", "depends_on": []})
+
+    async def as_(url: str, token: str | None) -> tuple[str, str, list[str]]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http, \
+                Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
+            # concurrent calls: the tools wait on RPCs served by this same process
+            results: list[CallToolResult] = []
+
+            async def get() -> None:
+                results.append(await client.call_tool("get_run", {"run_id": run_id}))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(8):
+                    group.start_soon(get)
+            start = await client.call_tool("start_job_run", {"workspace_id": env.world.w1,
+                                                             "job": JOB})
+            tools = [t.name for t in (await client.list_tools()).tools]
+            texts = [r.content[0].text for r in (results[0], start)]  # type: ignore[union-attr]
+            assert len({r.is_error for r in results}) == 1   # all answered alike
+            return texts[0], texts[1], tools
+
+    with running_gateway(module_db_url, mcp="write") as url:
+        viewer = anyio.run(as_, url, env.contract.token(env.world.viewer1))
+        developer = anyio.run(as_, url, env.contract.token(env.world.dev1))
+        nobody = anyio.run(as_, url, None)
+        # the contract is still served beside it
+        assert httpx2.get(f"{url}/health").status_code == 200
+    assert json.loads(viewer[0])["id"] == run_id
+    assert ": forbidden (HTTP 403) in create_job_run: " in viewer[1]
+    assert json.loads(developer[1])["state"] == "queued"
+    assert set(developer[2]) == set(READ_TOOLS) | set(WRITE_TOOLS)
+    assert "unauthorized (HTTP 401)" in nobody[0]
+    with running_gateway(module_db_url, mcp="read") as url:
+        read_only = anyio.run(as_, url, env.contract.token(env.world.dev1))
+    assert set(read_only[2]) == set(READ_TOOLS)
+    assert "Unknown tool" in read_only[1] or "start_job_run" in read_only[1]
+    with running_gateway(module_db_url) as url:   # off by default: no /mcp
+        assert httpx2.post(f"{url}/mcp", json={}).status_code == 404

@@ -38,7 +38,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from control_room.contract.errors import ContractError
 from control_room.db.migrate import migrate
@@ -466,10 +466,24 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
     from control_room.gateway.ask import AskEndpoints
 
     ask = AskEndpoints(gateway)
+    mcp_routes: list[BaseRoute] = []
+    mcp_server: Any = None
+    mcp_clients: Any = None
+    if settings.mcp != "off":
+        try:
+            from control_room.gateway.mcp_mount import mcp_routes as make_mcp_routes
+        except ImportError as exc:
+            raise ValueError("CONTROL_ROOM_MCP needs the mcp extra: pip install "
+                             f"'lakehouse-control-room[mcp]' ({exc})") from None
+        mcp_server, mcp_routes, mcp_clients = make_mcp_routes(settings.mcp, settings.host)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with gateway.lifespan(app):
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(gateway.lifespan(app))
+            if mcp_server is not None:
+                await stack.enter_async_context(mcp_server.session_manager.run())
+                stack.callback(mcp_clients.close)
             try:
                 yield
             finally:
@@ -485,6 +499,7 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
             Route("/openapi.yaml", gateway.openapi_yaml, methods=["GET"]),
             Route("/health", gateway.health, methods=["GET"]),
             Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
+            *mcp_routes,
         ],
         exception_handlers={404: _not_found, 405: _method_not_allowed},
         lifespan=lifespan,

@@ -84,10 +84,28 @@ def error_text(exc: ContractError) -> str:
     return f"{exc.code}{status}{where}: {exc.message}"
 
 
+_LIMITERS: dict[int, anyio.CapacityLimiter] = {}
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    """The tools' own worker threads (16 per event loop), apart from anyio's default pool:
+    on the gateway (/mcp) a tool's call comes back to the same process as an RPC, which runs
+    in the default pool, so tools waiting on calls can never take every thread those calls
+    need."""
+    import asyncio
+
+    loop = id(asyncio.get_running_loop())
+    limiter = _LIMITERS.get(loop)
+    if limiter is None:
+        limiter = _LIMITERS[loop] = anyio.CapacityLimiter(16)
+    return limiter
+
+
 async def _call(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
     """Run a (blocking) client method in a worker thread; a refusal becomes a ToolError."""
     try:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                              limiter=_limiter())
     except ContractError as exc:
         raise ToolError(error_text(exc)) from None
 
@@ -394,7 +412,7 @@ def build_server(client: ContractClient | ClientSource, *, allow_writes: bool = 
             while len(events) < RESOURCE_MAX_EVENTS:
                 page = await anyio.to_thread.run_sync(functools.partial(
                     of(ctx).list_events, run_id, after=cursor,
-                    limit=min(1000, RESOURCE_MAX_EVENTS - len(events))))
+                    limit=min(1000, RESOURCE_MAX_EVENTS - len(events))), limiter=_limiter())
                 events.extend(_dump(page.events))
                 cursor = page.next_after
                 if not page.events:
