@@ -292,7 +292,10 @@ class SparkKind:
             return warm, True
         if warm is not None:
             warm.close()
-        work = Path(tempfile.mkdtemp(prefix="cr-spark-driver-", dir=parent))
+        # a driver kept between phases outlives the phase's directory: its own 0700 temp
+        # directory then (removed when it stops); a driver of one phase works under the phase's
+        work = Path(tempfile.mkdtemp(prefix="cr-spark-driver-",
+                                     dir=None if self._keep else parent))
         # the conf names the directories: rebuilt for this driver's own
         config = SubmitConfig(config.master, {**config.conf, **_directories(work)},
                               config.connection_conf)
