@@ -118,6 +118,8 @@ def print_answer(answer: dict[str, Any], as_json: bool) -> None:
         for row in answer["rows"]:
             table.add_row(*("" if v is None else str(v) for v in row))
         out.print(table)
+        if answer.get("compare"):
+            out.print(f"comparison: {answer['compare']['says']}", markup=False)
         for metric in answer.get("metrics", []):
             mark = "certified" if metric["certified"] else "NOT certified"
             out.print(f"metric {metric['name']} ({mark}, owner {metric['owner']}): "

@@ -1692,6 +1692,8 @@ class AskAnswer(_Result):
     certified: bool = False
     confidence: float | None = None
     query: dict[str, Any] | None = None
+    compare: dict[str, Any] | None = None
+    """A comparison's sides (labels, columns) and how the difference is taken."""
     sql: str | None = None
     columns: tuple[str, ...] = ()
     rows: tuple[tuple[Any, ...], ...] = ()

@@ -17,7 +17,7 @@ from typing import Literal
 from rapidfuzz import fuzz, process
 
 from control_room.semantic.model import Grain, Layer
-from control_room.semantic.query import Filter, MetricQuery
+from control_room.semantic.query import Compare, Filter, MetricQuery, Side
 
 __all__ = ["THRESHOLD", "Parsed", "Reading", "parse_question"]
 
@@ -130,6 +130,8 @@ class _Time:
     grain: Grain | None = None
     future: bool = False
     said: list[str] = field(default_factory=list)
+    ranges: list[tuple[int, str, dt.date, dt.date]] = field(default_factory=list)
+    """Every range said: (word position, kind, start, end), for comparisons."""
 
 
 def _time(text: _Text, today: dt.date) -> _Time:
@@ -146,8 +148,12 @@ def _time(text: _Text, today: dt.date) -> _Time:
         text.take(len(before), count)
         found.said.append(match.group(0))
 
+    position = [0]
+    kind_said = [""]
+
     def set_range(start: dt.date, end: dt.date) -> None:
         found.start, found.end = start, end
+        found.ranges.append((position[0], kind_said[0], start, end))
         if start > today:
             found.future = True
 
@@ -176,6 +182,7 @@ def _time(text: _Text, today: dt.date) -> _Time:
             if any(text.used[start_word:start_word + len(match.group(0).split())]):
                 continue
             since = match.group(0).startswith("since ")
+            position[0], kind_said[0] = start_word, kind
             if kind == "ytd":
                 set_range(dt.date(today.year, 1, 1), tomorrow)
             elif kind == "qtd":
@@ -303,7 +310,7 @@ def _index(layer: Layer, values: Mapping[str, Sequence[str]]) -> _Index:
     return index
 
 
-def _values(text: _Text, index: _Index) -> dict[str, set[str]]:
+def _values(text: _Text, index: _Index, value_at: dict[str, int]) -> dict[str, set[str]]:
     """Known dimension values in the question by fuzzy match (typos: "oak labz"), for names
     of two words or more, on n-grams holding a word the layer does not know (the exact ones
     are matched with the metric and dimension words)."""
@@ -323,6 +330,7 @@ def _values(text: _Text, index: _Index) -> dict[str, set[str]]:
             owners = index.value_owners[index.fuzzy_value_words[hit[0]]]
             for dimension, value in owners.items():
                 filters.setdefault(dimension, set()).add(value)
+                value_at.setdefault(value, start)
             text.take(start, n)
     return filters
 
@@ -397,6 +405,7 @@ def parse_question(question: str, layer: Layer, values: Mapping[str, Sequence[st
     dimension_hits: list[tuple[str, int]] = []
     filters: dict[str, set[str]] = {}
     ambiguous_values: list[tuple[str, list[str]]] = []
+    value_at: dict[str, int] = {}
     for _length, start, negative, (kind, name), phrase in found:
         if any(text.used[start:start + len(phrase)]):
             continue
@@ -406,12 +415,14 @@ def parse_question(question: str, layer: Layer, values: Mapping[str, Sequence[st
             dimension_hits.append((name, start))
         else:
             owners = index.value_owners[tuple(phrase)]
+            for value in owners.values():
+                value_at.setdefault(value, start)
             if len(owners) > 1:
                 ambiguous_values.append((name, sorted(owners)))
             for dimension, value in owners.items():
                 filters.setdefault(dimension, set()).add(value)
         text.take(start, len(phrase))
-    for dimension, more in _values(text, index).items():
+    for dimension, more in _values(text, index, value_at).items():
         filters.setdefault(dimension, set()).update(more)
     # fuzzy dimension words ("custmer"), unless closer to a metric's
     for start, word in enumerate(text.words):
@@ -429,6 +440,7 @@ def parse_question(question: str, layer: Layer, values: Mapping[str, Sequence[st
         for start in text.find(phrase):
             ambiguous_metrics.extend(layer.ambiguous[word])
             text.take(start, len(phrase))
+    compare, problem = _compare(text, layer, when, filters, value_at, today)
     # a dimension word before (or after) a value of that dimension names the filter
     group_by = []
     for name, _position in dimension_hits:
@@ -467,6 +479,11 @@ def parse_question(question: str, layer: Layer, values: Mapping[str, Sequence[st
         return Parsed("refuse", reason="no metric of the semantic layer in the question (it "
                       "knows " + ", ".join(layer.metrics) + ")")
     name, confidence = candidates[0]
+    if problem is not None:
+        reading = _reading(layer, name, 0.5, group_by, when, filters, order, limit, problem)
+        if isinstance(reading, str):
+            return Parsed("refuse", reason=reading)
+        return Parsed("clarify", [reading], problem)
     unknown = [w for w in text.free() if w not in _STOP and not w.isdigit()]
     if ambiguous_values:
         said, dimensions = ambiguous_values[0]
@@ -484,7 +501,7 @@ def parse_question(question: str, layer: Layer, values: Mapping[str, Sequence[st
         text.words[p] == n for n, p in dimension_hits)
     reading = _reading(layer, name, confidence, group_by, when, filters, order, limit,
                        why + (f"; words not understood: {', '.join(unknown)}" if unknown else ""),
-                       singular)
+                       singular, compare)
     if isinstance(reading, str):
         return Parsed("refuse", reason=reading)
     if reading.confidence < THRESHOLD:
@@ -494,7 +511,8 @@ def parse_question(question: str, layer: Layer, values: Mapping[str, Sequence[st
 
 def _reading(layer: Layer, metric_name: str, confidence: float, group_by: list[str],
              when: _Time, filters: Mapping[str, set[str]], order: Literal["desc", "asc"] | None,
-             limit: int | None, why: str, singular: bool = False) -> Reading | str:
+             limit: int | None, why: str, singular: bool = False,
+             compare: Compare | None = None) -> Reading | str:
     """A reading, or why the metric cannot answer it (a dimension it lacks...)."""
     metric = layer.metrics[metric_name]
     table = layer.tables[metric.table]
@@ -503,6 +521,15 @@ def _reading(layer: Layer, metric_name: str, confidence: float, group_by: list[s
             return (f"{metric.name} cannot be split or filtered by {dimension} (it has "
                     f"{', '.join(layer.dimensions_of(metric))})")
     grain = when.grain
+    start, end = when.start, when.end
+    if compare is not None and compare.kind == "period":
+        if table.time is None:
+            return f"{metric.name} has no time column: its periods cannot be compared"
+        start = end = grain = None
+    if compare is not None and compare.kind == "member" and (
+            layer.dimension_column(compare.dimension or "", metric.table) is None):
+        return (f"{metric.name} cannot be compared by {compare.dimension} (it has "
+                f"{', '.join(layer.dimensions_of(metric))})")
     if grain is not None and (table.time is None or grain not in table.time.grains):
         return f"{metric.name} is not available by {grain}"
     if order is not None and limit is None:
@@ -513,7 +540,7 @@ def _reading(layer: Layer, metric_name: str, confidence: float, group_by: list[s
         metric=metric.name, group_by=tuple(group_by), grain=grain,
         filters=tuple(Filter(dimension=d, values=tuple(sorted(v)))
                       for d, v in sorted(filters.items())),
-        start=when.start, end=when.end, order=order, limit=limit)
+        start=start, end=end, order=order, limit=limit, compare=compare)
     return Reading(query, round(max(confidence, 0.0), 3), why)
 
 
@@ -526,3 +553,91 @@ def _clarify(layer: Layer, metrics: list[tuple[str, float]], group_by: list[str]
     if not readings:
         return Parsed("refuse", reason=reason + "; and none of them fits the question")
     return Parsed("clarify", readings, reason)
+
+
+_COMPARE_WORDS = frozenset({"vs", "versus", "against", "compare", "compared", "comparing",
+                            "comparison", "contrast", "contrasted"})
+_LABEL_MONTHS = [m for m in calendar.month_name if m]
+
+
+def _period_label(start: dt.date, end: dt.date) -> str:
+    if start.month == 1 and start.day == 1 and end == dt.date(start.year + 1, 1, 1):
+        return str(start.year)
+    if start.day == 1 and (start.month - 1) % 3 == 0 and end == _quarter_range(
+            start.year, (start.month - 1) // 3 + 1)[1]:
+        return f"Q{(start.month - 1) // 3 + 1} {start.year}"
+    if start.day == 1 and end == _month_range(start.year, start.month)[1]:
+        return f"{_LABEL_MONTHS[start.month - 1]} {start.year}"
+    return f"{start.isoformat()}..{(end - dt.timedelta(days=1)).isoformat()}"
+
+
+def _same_span_before(kind: str, start: dt.date, end: dt.date, today: dt.date
+                      ) -> tuple[dt.date, dt.date] | None:
+    """A to-date span (YTD, QTD, MTD) one period earlier, as long."""
+    if kind == "ytd":
+        prior = dt.date(start.year - 1, 1, 1)
+        period_end = dt.date(start.year, 1, 1)
+    elif kind == "qtd":
+        quarter = (start.month - 1) // 3 + 1
+        year, quarter = (start.year, quarter - 1) if quarter > 1 else (start.year - 1, 4)
+        prior, period_end = _quarter_range(year, quarter)
+    elif kind == "mtd":
+        year, month = (start.year, start.month - 1) if start.month > 1 else (start.year - 1, 12)
+        prior, period_end = _month_range(year, month)
+    else:
+        return None
+    return prior, min(prior + (end - start), period_end)
+
+
+_TO_DATE_BEFORE = {"ytd": "lasty", "qtd": "lastq", "mtd": "lastm"}
+
+
+def _compare(text: _Text, layer: Layer, when: _Time, filters: dict[str, set[str]],
+             value_at: Mapping[str, int], today: dt.date) -> tuple[Compare | None, str | None]:
+    """The comparison the question asks for ("2026 vs 2025", "Oak Labs versus Harbor Foods",
+    "compare ... and ..."): (compare, None), (None, why it cannot be read) or (None, None)
+    when the question compares nothing. A member comparison's values leave `filters`."""
+    marks = [i for i, w in enumerate(text.words) if w in _COMPARE_WORDS and not text.used[i]]
+    if not marks:
+        return None, None
+    for i in marks:
+        text.take(i, 1)
+    ranges = sorted(when.ranges)
+    members = {d: v for d, v in filters.items() if len(v) > 1}
+    if len(ranges) >= 2 and members:
+        return None, "compare one thing at a time: two periods or two members, not both"
+    if len(ranges) == 2:
+        (_, kind_a, start_a, end_a), (_, kind_b, start_b, end_b) = ranges
+        if _TO_DATE_BEFORE.get(kind_a) == kind_b:
+            start_b, end_b = _same_span_before(kind_a, start_a, end_a, today) or (start_b, end_b)
+        elif _TO_DATE_BEFORE.get(kind_b) == kind_a:
+            start_a, end_a = _same_span_before(kind_b, start_b, end_b, today) or (start_a, end_a)
+        if (start_a, end_a) == (start_b, end_b):
+            return None, "the two sides of the comparison are the same period"
+        label_a, label_b = _period_label(start_a, end_a), _period_label(start_b, end_b)
+        when.start = when.end = None
+        return Compare(kind="period", sides=(Side(label=label_a, start=start_a, end=end_a),
+                                             Side(label=label_b, start=start_b, end=end_b))
+                       ), None
+    if len(ranges) > 2:
+        return None, "more than two periods to compare (a comparison has two sides)"
+    if len(members) > 1:
+        return None, ("the two sides of the comparison are values of different dimensions ("
+                      + ", ".join(sorted(members)) + ")")
+    if members:
+        dimension, values = next(iter(members.items()))
+        if len(values) != 2:
+            return None, f"more than two values of {dimension} to compare"
+        if not layer.dimensions[dimension].values:
+            return None, f"{dimension} is not compared by its values"
+        first, second = sorted(values, key=lambda v: (value_at.get(v, len(text.words)), v))
+        del filters[dimension]
+        return Compare(kind="member", dimension=dimension,
+                       sides=(Side(label=first, value=first), Side(label=second, value=second))
+                       ), None
+    singles = [d for d, v in filters.items() if len(v) == 1]
+    if len(singles) == 2:
+        return None, ("the two sides of the comparison are values of different dimensions ("
+                      + ", ".join(sorted(singles)) + ")")
+    return None, "the comparison's two sides are not both known (a period or a known value " \
+        "on each side)"

@@ -12,7 +12,7 @@ from control_room.semantic.ask import Parsed, Reading, parse_question
 from control_room.semantic.guard import GuardError
 from control_room.semantic.llm import LlmError, LlmProvider
 from control_room.semantic.model import Layer, Metric
-from control_room.semantic.query import MetricQuery, compile_query
+from control_room.semantic.query import Compare, MetricQuery, compare_columns, compile_query
 from control_room.semantic.warehouse import Warehouse, lineage
 
 __all__ = ["Asker", "metric_definition"]
@@ -27,6 +27,20 @@ def metric_definition(layer: Layer, metric: Metric) -> dict[str, Any]:
             "dimensions": layer.dimensions_of(metric),
             "time_column": (t.column if (t := layer.tables[metric.table].time) else None),
             "grains": list(t.grains) if t else []}
+
+
+def compare_summary(compare: Compare | None) -> dict[str, Any] | None:
+    """The answer's `compare`: which column is which side, and how the difference is taken."""
+    if compare is None:
+        return None
+    first, second = compare_columns(compare)
+    sides = [{**side.model_dump(mode="json"), "column": column}
+             for side, column in zip(compare.sides, (first, second), strict=True)]
+    return {"kind": compare.kind, "dimension": compare.dimension, "sides": sides,
+            "difference": f"{first} - {second}",
+            "change_pct": f"({first} - {second}) * 100 / {second}, null when {second} is 0",
+            "says": f"{first} compared with {second}: columns {first!r} and {second!r}, "
+                    f"difference = {first} - {second}, change_pct in % of {second}"}
 
 
 def _reading(reading: Reading) -> dict[str, Any]:
@@ -47,6 +61,7 @@ class Asker:
         metric = self.layer.metrics[query.metric]
         return {"status": "answer", "source": "semantic", "certified": metric.certified,
                 "query": query.model_dump(mode="json"), "sql": sql,
+                "compare": compare_summary(query.compare),
                 "columns": result.columns, "rows": result.rows,
                 "metrics": [metric_definition(self.layer, metric)],
                 "lineage": [lineage(self.layer, metric.table, self.warehouse.publications())]}
@@ -58,7 +73,8 @@ class Asker:
         base: dict[str, Any] = {"question": question, "status": parsed.status,
                                 "reason": parsed.reason, "readings": [], "sql": None,
                                 "columns": [], "rows": [], "metrics": [], "lineage": [],
-                                "query": None, "confidence": None, "source": "semantic",
+                                "query": None, "compare": None, "confidence": None,
+                                "source": "semantic",
                                 "certified": False}
         if parsed.status == "answer" and parsed.query is not None:
             answer = self.query(parsed.query)

@@ -135,6 +135,49 @@ def test_an_answer_carries_sql_definitions_and_lineage(warehouse: Warehouse) -> 
     assert refused["status"] == "refuse" and refused["rows"] == [] and refused["sql"] is None
 
 
+def test_a_comparison_is_one_sql_whose_numbers_are_the_rows(warehouse: Warehouse) -> None:
+    asker = Asker(default_layer(), warehouse)
+    rows = [(*r[:11], Decimal(str(r[11]))) for r in revenue_rows()]
+    answer = asker.ask("revenue in 2026 vs 2025", today=TODAY)
+    assert answer["status"] == "answer" and answer["sql"].count("SELECT") == 1
+    assert answer["columns"] == ["currency", "2026", "2025", "difference", "change_pct"]
+    assert [s["column"] for s in answer["compare"]["sides"]] == ["2026", "2025"]
+    assert answer["compare"]["difference"] == "2026 - 2025"
+    for currency, now, before, difference, pct in answer["rows"]:
+        a = sum(r[11] for r in rows if r[3] == currency and r[0].year == 2026)
+        b = sum(r[11] for r in rows if r[3] == currency and r[0].year == 2025)
+        assert (Decimal(str(now)), Decimal(str(before))) == (a, b)
+        assert Decimal(str(difference)) == a - b
+        assert Decimal(str(pct)) == round((a - b) * 100 / b, 1)
+    # a member comparison; the base side without rows in a currency: change_pct is null
+    answer = asker.ask("revenue of Oak Labs vs Blue Logistics", today=TODAY)
+    assert answer["compare"]["kind"] == "member"
+    assert answer["columns"] == ["currency", "Oak Labs", "Blue Logistics", "difference",
+                                 "change_pct"]
+    by_currency = {r[0]: r[1:] for r in answer["rows"]}
+    oak = sum(r[11] for r in rows if r[5] == "Oak Labs")
+    blue = sum(r[11] for r in rows if r[5] == "Blue Logistics")
+    assert [Decimal(str(v)) for v in by_currency["EUR"][:3]] == [oak, 0, oak]
+    assert by_currency["EUR"][3] is None
+    assert [Decimal(str(v)) for v in by_currency["USD"][:3]] == [0, blue, -blue]
+    assert by_currency["USD"][3] == -100.0
+    # an ordered-set aggregate (median) with FILTER, through the join of the company
+    answer = asker.ask("median invoice lag Northwind EU vs Northwind US", today=TODAY)
+    lags = {1: sorted(r[11] for r in lag_rows() if r[2] == 1 and r[11] is not None),
+            2: sorted(r[11] for r in lag_rows() if r[2] == 2 and r[11] is not None)}
+
+    def median(values: list[int]) -> float:
+        middle = len(values) // 2
+        return float(values[middle] if len(values) % 2 else
+                     (values[middle - 1] + values[middle]) / 2)
+
+    ((eu, us, difference, _pct),) = answer["rows"]
+    assert (float(eu), float(us)) == (median(lags[1]), median(lags[2]))
+    assert float(difference) == median(lags[1]) - median(lags[2])
+    unsure = asker.ask("revenue of Oak Labs vs Birch Co", today=TODAY)
+    assert unsure["status"] == "clarify" and unsure["rows"] == [] and unsure["sql"] is None
+
+
 # ------------------------------------------------------------------ the gateway's /ask/v1
 
 
@@ -161,7 +204,14 @@ def test_a_member_asks_through_the_client(served: tuple[str, HttpContract, World
     assert [r[0] for r in answer.rows] == [f"2026-0{m}-01" for m in range(1, 7)]
     assert answer.sql is not None and "'Oak Labs'" in answer.sql
     assert answer.metrics[0].name == "revenue" and answer.metrics[0].certified
-    assert answer.lineage[0].run_id == RUN_ID
+    assert answer.lineage[0].run_id == RUN_ID and answer.compare is None
+    with client(url, contract, world.viewer1) as viewer:
+        compared = viewer.ask(world.w1, "revenue this quarter compared to last quarter",
+                              today=TODAY.isoformat())
+    assert compared.compare is not None and compared.query is not None
+    assert [s["label"] for s in compared.compare["sides"]] == ["Q2 2026", "Q1 2026"]
+    assert compared.query["compare"]["kind"] == "period"
+    assert compared.columns == ("currency", "Q2 2026", "Q1 2026", "difference", "change_pct")
     with client(url, contract, world.exec2) as executor:
         unsure = executor.ask(world.w2, "invoices by month", today=TODAY.isoformat())
     assert unsure.status == "clarify" and unsure.rows == ()

@@ -11,7 +11,14 @@ import pytest
 from control_room.semantic.ask import parse_question
 from control_room.semantic.guard import GuardError, guard
 from control_room.semantic.model import SemanticError, default_layer, load_text
-from control_room.semantic.query import Filter, MetricQuery, QueryError, compile_query
+from control_room.semantic.query import (
+    Compare,
+    Filter,
+    MetricQuery,
+    QueryError,
+    Side,
+    compile_query,
+)
 
 from .gold import TODAY, values_snapshot
 
@@ -76,6 +83,40 @@ def test_compiled_sql_is_one_guarded_select() -> None:
     with pytest.raises(QueryError) as failed:
         compile_query(layer, MetricQuery(metric="revenue", grain="day"))
     assert failed.value.code == "unsupported_grain"
+
+
+def test_a_comparison_compiles_to_one_guarded_select_or_a_query_error() -> None:
+    layer = default_layer()
+    year = (Side(start=dt.date(2026, 1, 1), end=dt.date(2027, 1, 1)),
+            Side(start=dt.date(2025, 1, 1), end=dt.date(2026, 1, 1)))
+    sql = compile_query(layer, MetricQuery(metric="revenue", group_by=("customer",),
+                                           compare=Compare(kind="period", sides=year)))
+    assert guard(sql) == sql and sql.count("SELECT") == 1
+    assert sql.count("FILTER(WHERE") >= 2 and "NULLIF(" in sql
+    assert '"2026-01-01..2026-12-31"' in sql and '"change_pct"' in sql
+    member = Compare(kind="member", dimension="customer",
+                     sides=(Side(value="O'Brien"), Side(value="Oak Labs")))
+    sql = compile_query(layer, MetricQuery(metric="revenue", compare=member, order="desc"))
+    assert "'O''Brien'" in sql and 'ORDER BY\n  "O\'Brien" DESC NULLS LAST' in sql
+    bad = [
+        (MetricQuery(metric="revenue", grain="month",
+                     compare=Compare(kind="period", sides=year)), "invalid_compare"),
+        (MetricQuery(metric="revenue", compare=Compare(kind="period", sides=(
+            Side(value="Oak Labs"), year[1]))), "invalid_compare"),
+        (MetricQuery(metric="revenue", compare=Compare(kind="member", dimension="customer",
+                                                       sides=(Side(value="A"), Side(value="A")))),
+         "invalid_compare"),
+        (MetricQuery(metric="revenue", group_by=("customer",), compare=member),
+         "invalid_compare"),
+        (MetricQuery(metric="revenue", compare=Compare(kind="member", dimension="bucket",
+                                                       sides=(Side(value="1-30"),
+                                                              Side(value="90+")))),
+         "unsupported_dimension"),
+    ]
+    for query, code in bad:
+        with pytest.raises(QueryError) as failed:
+            compile_query(layer, query)
+        assert failed.value.code == code, query
 
 
 @pytest.mark.parametrize("sql", [
