@@ -526,10 +526,12 @@ def _reading(layer: Layer, metric_name: str, confidence: float, group_by: list[s
         if table.time is None:
             return f"{metric.name} has no time column: its periods cannot be compared"
         start = end = grain = None
-    if compare is not None and compare.kind == "member" and (
-            layer.dimension_column(compare.dimension or "", metric.table) is None):
-        return (f"{metric.name} cannot be compared by {compare.dimension} (it has "
-                f"{', '.join(layer.dimensions_of(metric))})")
+    if compare is not None and compare.kind == "member":
+        if layer.dimension_column(compare.dimension or "", metric.table) is None:
+            return (f"{metric.name} cannot be compared by {compare.dimension} (it has "
+                    f"{', '.join(layer.dimensions_of(metric))})")
+        # "customer Oak Labs vs Harbor Foods": the dimension's word names the sides
+        group_by = [d for d in group_by if d != compare.dimension]
     if grain is not None and (table.time is None or grain not in table.time.grains):
         return f"{metric.name} is not available by {grain}"
     if order is not None and limit is None:
@@ -606,6 +608,9 @@ def _compare(text: _Text, layer: Layer, when: _Time, filters: dict[str, set[str]
     members = {d: v for d, v in filters.items() if len(v) > 1}
     if len(ranges) >= 2 and members:
         return None, "compare one thing at a time: two periods or two members, not both"
+    if len(ranges) == 2 and when.grain is not None:
+        return None, (f"a comparison of two periods is one number a side, not by "
+                      f"{when.grain} (ask for each period by {when.grain})")
     if len(ranges) == 2:
         (_, kind_a, start_a, end_a), (_, kind_b, start_b, end_b) = ranges
         if _TO_DATE_BEFORE.get(kind_a) == kind_b:
