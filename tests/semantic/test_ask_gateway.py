@@ -248,6 +248,12 @@ def test_bad_input_answers_4xx_with_a_machine_code(served: tuple[str, HttpContra
         ("query", {"workspace_id": world.w1, "query": {"metric": "open_receivables",
                                                        "group_by": ["product"]}}, 400,
          "unsupported_dimension"),
+        ("query", {"workspace_id": world.w1, "query": {"metric": "revenue", "compare": {
+            "kind": "member", "dimension": "customer",
+            "sides": [{"value": "Oak Labs"}, {"value": "Oak Labs"}]}}}, 400, "invalid_compare"),
+        ("query", {"workspace_id": world.w1, "query": {"metric": "revenue", "compare": {
+            "kind": "period", "sides": [{"start": "2026-01-01", "end": "2027-01-01"}]}}}, 400,
+         "invalid_argument"),
     ]
     for path, body, status, code in cases:
         answer = httpx.post(f"{url}/ask/v1/{path}", json=body, headers=headers)
@@ -260,6 +266,14 @@ def test_bad_input_answers_4xx_with_a_machine_code(served: tuple[str, HttpContra
         "workspace_id": world.w1, "query": {"metric": "open_invoices", "group_by": ["bucket"]}})
     assert ran.status_code == 200, ran.text
     assert [r[0] for r in ran.json()["rows"]] == ["not due", "1-30", "31-60", "61-90", "90+"]
+    compared = httpx.post(f"{url}/ask/v1/query", headers=headers, json={
+        "workspace_id": world.w1, "query": {"metric": "open_invoices", "compare": {
+            "kind": "member", "dimension": "customer",
+            "sides": [{"value": "Oak Labs"}, {"value": "Harbor Foods"}]}}})
+    assert compared.status_code == 200, compared.text
+    assert compared.json()["columns"] == ["Oak Labs", "Harbor Foods", "difference",
+                                          "change_pct"]
+    assert compared.json()["compare"]["sides"][1]["column"] == "Harbor Foods"
 
 
 def test_without_a_warehouse_the_endpoints_answer_503(module_db_url: str) -> None:
