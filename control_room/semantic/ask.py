@@ -1,8 +1,9 @@
 """A question in English -> a metric query, deterministically (no model): the metric and the
 dimensions by exact, synonym and fuzzy (rapidfuzz) match, time expressions, filters on known
-dimension values, top-N, comparisons of two periods or two members ("2026 vs 2025"). It answers `answer` with one reading, `clarify` with the candidate
-readings when it is not confident or two readings are close, `refuse` when the question is
-outside the semantic layer (docs/ask.md).
+dimension values, top-N, comparisons of two periods or two members ("2026 vs 2025"). It
+answers `answer` with one reading, `clarify` with the candidate readings when it is not
+confident or two readings are close, `refuse` when the question is outside the semantic layer
+(docs/ask.md).
 """
 
 from __future__ import annotations
