@@ -163,7 +163,8 @@ def _time(text: _Text, today: dt.date) -> _Time:
         ("qtd", r"\b(?:quarter to date|qtd|so far this quarter)\b"),
         ("mtd", r"\b(?:month to date|mtd|so far this month)\b"),
         ("next", r"\b(?:next|coming|upcoming)\s+(?:\d+\s+)?(?:day|week|month|quarter|year)s?\b"),
-        ("lastn", r"\b(?:last|past|previous|trailing)\s+(\d+)\s+(day|week|month)s?\b"),
+        ("lastn", r"\b(?:last|past|previous|prior|preceding|trailing)\s+(\d+)\s+"
+         r"(day|week|month)s?\b"),
         ("lastq", r"\b(?:last|previous|past|prior)\s+quarter\b"),
         ("thisq", r"\b(?:this|current)\s+quarter\b"),
         ("lastm", r"\b(?:last|previous|past|prior)\s+month\b"),
@@ -574,22 +575,21 @@ def _period_label(start: dt.date, end: dt.date) -> str:
     return f"{start.isoformat()}..{(end - dt.timedelta(days=1)).isoformat()}"
 
 
-def _same_span_before(kind: str, start: dt.date, end: dt.date, today: dt.date
-                      ) -> tuple[dt.date, dt.date] | None:
-    """A to-date span (YTD, QTD, MTD) one period earlier, as long."""
-    if kind == "ytd":
-        prior = dt.date(start.year - 1, 1, 1)
-        period_end = dt.date(start.year, 1, 1)
-    elif kind == "qtd":
-        quarter = (start.month - 1) // 3 + 1
-        year, quarter = (start.year, quarter - 1) if quarter > 1 else (start.year - 1, 4)
-        prior, period_end = _quarter_range(year, quarter)
-    elif kind == "mtd":
-        year, month = (start.year, start.month - 1) if start.month > 1 else (start.year - 1, 12)
-        prior, period_end = _month_range(year, month)
-    else:
+def _months_back(day: dt.date, months: int) -> dt.date:
+    """`day` so many months earlier, its day clipped to that month's length."""
+    index = day.year * 12 + day.month - 1 - months
+    year, month = divmod(index, 12)
+    return dt.date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
+
+
+def _same_span_before(kind: str, start: dt.date, end: dt.date) -> tuple[dt.date, dt.date] | None:
+    """A to-date span (YTD, QTD, MTD) one period earlier: from that period's start to the
+    same day of the period (its last day clipped)."""
+    months = {"ytd": 12, "qtd": 3, "mtd": 1}.get(kind)
+    if months is None:
         return None
-    return prior, min(prior + (end - start), period_end)
+    last = _months_back(end - dt.timedelta(days=1), months)
+    return _months_back(start, months), min(last + dt.timedelta(days=1), start)
 
 
 _TO_DATE_BEFORE = {"ytd": "lasty", "qtd": "lastq", "mtd": "lastm"}
@@ -615,9 +615,12 @@ def _compare(text: _Text, layer: Layer, when: _Time, filters: dict[str, set[str]
     if len(ranges) == 2:
         (_, kind_a, start_a, end_a), (_, kind_b, start_b, end_b) = ranges
         if _TO_DATE_BEFORE.get(kind_a) == kind_b:
-            start_b, end_b = _same_span_before(kind_a, start_a, end_a, today) or (start_b, end_b)
+            start_b, end_b = _same_span_before(kind_a, start_a, end_a) or (start_b, end_b)
         elif _TO_DATE_BEFORE.get(kind_b) == kind_a:
-            start_a, end_a = _same_span_before(kind_b, start_b, end_b, today) or (start_a, end_a)
+            start_a, end_a = _same_span_before(kind_b, start_b, end_b) or (start_a, end_a)
+        elif kind_a == kind_b == "lastn" and (start_a, end_a) == (start_b, end_b):
+            # "last 30 days vs the previous 30 days": the span just before
+            start_b, end_b = start_a - (end_a - start_a), start_a
         if (start_a, end_a) == (start_b, end_b):
             return None, "the two sides of the comparison are the same period"
         label_a, label_b = _period_label(start_a, end_a), _period_label(start_b, end_b)

@@ -119,6 +119,29 @@ def test_a_comparison_compiles_to_one_guarded_select_or_a_query_error() -> None:
         assert failed.value.code == code, query
 
 
+@pytest.mark.parametrize(("today", "question", "first", "second"), [
+    (dt.date(2026, 6, 15), "revenue YTD vs last year", ("2026-01-01", "2026-06-16"),
+     ("2025-01-01", "2025-06-16")),
+    (dt.date(2028, 2, 29), "revenue YTD vs last year", ("2028-01-01", "2028-03-01"),
+     ("2027-01-01", "2027-03-01")),
+    (dt.date(2026, 5, 30), "revenue QTD vs last quarter", ("2026-04-01", "2026-05-31"),
+     ("2026-01-01", "2026-03-01")),
+    (dt.date(2026, 3, 31), "revenue MTD vs last month", ("2026-03-01", "2026-04-01"),
+     ("2026-02-01", "2026-03-01")),
+    (dt.date(2026, 1, 10), "revenue this month vs last month", ("2026-01-01", "2026-02-01"),
+     ("2025-12-01", "2026-01-01")),
+    (dt.date(2026, 6, 15), "revenue past 2 weeks vs prior 2 weeks", ("2026-06-02", "2026-06-16"),
+     ("2026-05-19", "2026-06-02")),
+])
+def test_a_to_date_span_is_compared_with_the_same_span_before(
+        today: dt.date, question: str, first: tuple[str, str], second: tuple[str, str]) -> None:
+    parsed = parse_question(question, default_layer(), values_snapshot(), today=today)
+    assert parsed.query is not None and parsed.query.compare is not None, parsed.reason
+    sides = [(s.start.isoformat() if s.start else "", s.end.isoformat() if s.end else "")
+             for s in parsed.query.compare.sides]
+    assert sides == [first, second]
+
+
 @pytest.mark.parametrize("sql", [
     "delete from gold.revenue",
     "select 1; select 2",
