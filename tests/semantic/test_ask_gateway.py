@@ -322,6 +322,14 @@ def test_the_cli_queries_and_asks(reader_dsn: str) -> None:
     assert "lineage: gold.receivables_ageing" in out and RUN_ID in out
     code, out, err = cli("ask", "invoices by month", "--database-url", reader_dsn)
     assert code == 3 and "did you mean" in out
+    code, out, err = cli("ask", "revenue of Oak Labs vs Harbor Foods", "--database-url",
+                         reader_dsn)
+    assert code == 0, err
+    assert "comparison: Oak Labs compared with Harbor Foods" in out and "difference" in out
+    code, out, err = cli("ask", "revenue of Oak Labs vs Birch Co", "--database-url", reader_dsn,
+                         "--json")
+    assert code == 3 and json.loads(out)["compare"] is None
+    assert "not both known" in json.loads(out)["reason"]
     code, out, err = cli("ask", "what is our profit", "--database-url", reader_dsn)
     assert code == 4 and "outside the semantic layer" in out
     code, out, err = cli("metrics", "query", "--metric", "open_receivables", "--by", "product",
