@@ -389,7 +389,8 @@ def build_server(client: ContractClient | ClientSource, *, allow_writes: bool = 
     server.add_tool(ask, name="ask", annotations=READ, description=(
         inspect.cleandoc(ContractClient.ask.__doc__ or "") + "\n\nThe answer holds `status` "
         "(answer, clarify or refuse), the `sql` it ran, the `columns` and `rows`, the metric "
-        "definitions used (`certified` or not) and the `lineage` of the numbers; on clarify, "
+        "definitions used (`certified` or not) and the `lineage` of the numbers (a comparison, "
+        "'X vs Y', also its `compare`: which column is which side); on clarify, "
         "the candidate `readings`: ask again with the one meant."))
 
     # -- the event stream as a resource ---------------------------------------------------
