@@ -14,7 +14,13 @@ from pathlib import Path
 import blake3
 import pytest
 
-from control_room.specs import LoadedSpec, SpecError, load_spec, parse_duration
+from control_room.specs import (
+    LoadedSpec,
+    SpecError,
+    example_specs,
+    load_spec,
+    parse_duration,
+)
 from executor.kinds import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +156,32 @@ def test_the_example_spec_loads(tmp_path: Path) -> None:
     assert [p.name for p in loaded.spec.phases] == ["extract", "silver", "gold"]
     params = loaded.resolve_params({}, cwd=tmp_path)
     assert params == {"orders": 12}
+
+
+def test_every_shipped_example_spec_loads_and_every_kind_has_one(tmp_path: Path) -> None:
+    examples = example_specs()
+    kinds: dict[str, list[str]] = {}
+    for name, path in examples.items():
+        loaded = load_spec(path)            # the schema, each kind's params, the templates
+        assert loaded.spec.slug == name, path
+        loaded.input_manifest(loaded.resolve_params({}, cwd=tmp_path))
+        for phase in loaded.spec.phases:
+            kinds.setdefault(phase.kind, []).append(name)
+    assert set(KINDS) <= set(kinds), f"kinds without an example spec: {set(KINDS) - set(kinds)}"
+    assert set(kinds) <= set(KINDS)
+
+
+def test_the_spark_and_trino_examples_name_their_connections_and_code() -> None:
+    spark = load_spec(REPO / "specs" / "spark_example.yaml")
+    assert spark.spec.connections == ["spark_local"]
+    job_file = REPO / spark.spec.phases[1].params["job_file"]
+    assert job_file.is_file() and "def run(job" in job_file.read_text()
+    trino = load_spec(REPO / "specs" / "trino_example.yaml")
+    assert trino.spec.connections == ["trino"]
+    assert trino.spec.phases[0].params["connection"] == "trino"
+    docs = (REPO / "docs" / "kinds.md").read_text()
+    for name in example_specs():
+        assert f"specs/{name}.yaml" in docs, f"docs/kinds.md does not link specs/{name}.yaml"
 
 
 def test_the_odoo_spec_names_its_connections_and_declares_none(tmp_path: Path) -> None:
