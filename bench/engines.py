@@ -10,8 +10,13 @@ Each kind runs in a process of its own (its peak RSS is the peak sum of the resi
 that process and everything it started: the dbt child, the Spark driver and its JVM), the
 phase twice: cold (what a phase pays the first time: a spawned interpreter, dbt's start, a
 JVM) and warm (a second phase of the same kind instance: the spark kind's driver is kept).
-Printed per kind: wall time cold / warm, rows/s warm, peak RSS, the ratio to the sql kind,
-and the output table's digest, which must be the same for every kind (exit 1 otherwise).
+Beside each kind, its engine called directly in the same run (a process of its own, the
+same two runs: DuckDB on the Arrow tables for sql, pyarrow for python, dbt's `dbtRunner` on
+dbt-duckdb for dbt, a `SparkSession` on local[2] for spark; each reads the Delta inputs and
+writes a Delta output, as the kinds do). Printed per kind and direct engine: wall time cold /
+warm, rows/s warm, peak RSS, the kind's overhead ratio (kind warm / direct warm), the ratio to
+the sql kind, the load average; the kinds' output digests must be the same, and the direct
+results the same (exit 1 otherwise); a line says whether Spark pays off at the size measured.
 `--big` is the 10 M-row variant.
 """
 
@@ -157,6 +162,131 @@ def one(kind: str, lake: Path, code: Path) -> dict[str, Any]:
     return figures
 
 
+def _read_inputs(lake: Path) -> dict[str, Any]:
+    from deltalake import DeltaTable
+
+    return {name: DeltaTable(str(lake / "bronze" / name)).to_pyarrow_table()
+            for name in ("orders", "customers")}
+
+
+def _write_out(out: str, table: Any) -> None:
+    from executor.tables import write_table
+
+    write_table(out, table, mode="overwrite")
+
+
+def _direct_sql(lake: Path, out: str, state: dict[str, Any]) -> Any:
+    import duckdb
+
+    tables = _read_inputs(lake)
+    con = duckdb.connect()
+    for name, table in tables.items():
+        con.register(name, table)
+    result = con.sql(QUERY).to_arrow_table()
+    con.close()
+    _write_out(out, result)
+    return result
+
+
+def _direct_python(lake: Path, out: str, state: dict[str, Any]) -> Any:
+    import pyarrow as pa
+
+    tables = _read_inputs(lake)
+    joined = tables["orders"].join(tables["customers"], keys="customer", right_keys="id")
+    grouped = joined.group_by("region").aggregate([("id", "count"), ("amount", "sum")])
+    result = pa.table({"region": grouped["region"],
+                       "orders": grouped["id_count"].cast(pa.int64()),
+                       "total": grouped["amount_sum"].cast(pa.int64())})
+    _write_out(out, result)
+    return result
+
+
+def _direct_dbt(lake: Path, out: str, state: dict[str, Any]) -> Any:
+    import duckdb
+    import pyarrow.parquet as pq
+    from dbt.cli.main import dbtRunner
+
+    work = Path(tempfile.mkdtemp(prefix="engines-direct-dbt-"))
+    project = work / "project"
+    for path, text in DBT_PROJECT.items():
+        target = project / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(text))
+    for name, table in _read_inputs(lake).items():       # dbt-duckdb reads Parquet sources
+        (work / name).mkdir()
+        pq.write_table(table, work / name / "part.parquet")
+    (project / "models" / "sources.yml").write_text(textwrap.dedent(f"""\
+        version: 2
+        sources:
+          - name: lake
+            meta: {{external_location: "read_parquet('{work}/{{name}}/*.parquet')"}}
+            tables: [{{name: orders}}, {{name: customers}}]
+        """))
+    (work / "profiles.yml").write_text(textwrap.dedent(f"""\
+        any:
+          target: dev
+          outputs:
+            dev: {{type: duckdb, path: "{work}/direct.duckdb", threads: 2}}
+        """))
+    outcome = dbtRunner().invoke(["--quiet", "build", "--project-dir", str(project),
+                                  "--profiles-dir", str(work)])
+    if not outcome.success:
+        raise SystemExit(f"direct dbt build failed: {outcome.exception}")
+    con = duckdb.connect(str(work / "direct.duckdb"))
+    result = con.sql("select * from region_totals").to_arrow_table()
+    con.close()
+    _write_out(out, result)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _direct_spark(lake: Path, out: str, state: dict[str, Any]) -> Any:
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    if "spark" not in state:                 # cold: the session (a JVM) starts here
+        from pyspark.sql import SparkSession
+
+        state["spark"] = (SparkSession.builder.master("local[2]").appName("engines-direct")
+                          .config("spark.ui.enabled", "false")
+                          .config("spark.driver.host", "127.0.0.1")
+                          .config("spark.sql.shuffle.partitions", "2")
+                          .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                          .getOrCreate())
+    spark = state["spark"]
+    for name in ("orders", "customers"):     # a Delta table's files are Parquet
+        files = DeltaTable(str(lake / "bronze" / name)).file_uris()
+        spark.read.parquet(*files).createOrReplaceTempView(name)
+    frame = spark.sql(QUERY).toPandas()
+    result = pa.Table.from_pandas(frame, preserve_index=False)
+    _write_out(out, result)
+    return result
+
+
+DIRECT = {"sql": _direct_sql, "python": _direct_python, "dbt": _direct_dbt,
+          "spark": _direct_spark}
+
+
+def direct(kind: str, lake: Path) -> dict[str, Any]:
+    """The kind's engine called directly, twice in this process (cold, warm); as JSON."""
+    import hashlib
+
+    figures: dict[str, Any] = {"kind": kind}
+    state: dict[str, Any] = {}
+    try:
+        for run in ("cold", "warm"):
+            started = time.perf_counter()
+            result = DIRECT[kind](lake, str(lake / "gold" / f"direct_{kind}_{run}"), state)
+            figures[run] = time.perf_counter() - started
+            rows = sorted(tuple(row.values()) for row in result.to_pylist())
+            figures[f"{run}_digest"] = hashlib.sha256(repr(rows).encode()).hexdigest()
+            figures["out_rows"] = result.num_rows
+    finally:
+        if "spark" in state:
+            state["spark"].stop()
+    return figures
+
+
 def _tree_rss(root: int) -> int:
     """The resident set of `root` and all its descendants, in bytes (from /proc)."""
     children: dict[int, list[int]] = {}
@@ -181,8 +311,8 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-def measure(kind: str, lake: Path, code: Path) -> dict[str, Any]:
-    process = subprocess.Popen([sys.executable, __file__, "--one", kind, "--lake", str(lake),
+def measure(kind: str, lake: Path, code: Path, mode: str = "--one") -> dict[str, Any]:
+    process = subprocess.Popen([sys.executable, __file__, mode, kind, "--lake", str(lake),
                                 "--code", str(code)], stdout=subprocess.PIPE, text=True)
     peak = 0
     done = threading.Event()
@@ -199,7 +329,7 @@ def measure(kind: str, lake: Path, code: Path) -> dict[str, Any]:
     done.set()
     sampler.join()
     if process.returncode != 0:
-        raise SystemExit(f"{kind}: exit {process.returncode}")
+        raise SystemExit(f"{kind} ({mode}): exit {process.returncode}")
     figures: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     figures["peak_rss_mb"] = peak / 2**20
     return figures
@@ -211,12 +341,16 @@ def main() -> int:
     parser.add_argument("--big", action="store_true", help="10 M rows")
     parser.add_argument("--kinds", default="python,sql,dbt,spark")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--direct", help=argparse.SUPPRESS)
     parser.add_argument("--lake", help=argparse.SUPPRESS)
     parser.add_argument("--code", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     if args.one:
         print(json.dumps(one(args.one, Path(args.lake), Path(args.code))))
+        return 0
+    if args.direct:
+        print(json.dumps(direct(args.direct, Path(args.lake))))
         return 0
     rows = 10_000_000 if args.big else args.rows
     from executor.kinds.registry import missing_extra
@@ -232,27 +366,43 @@ def main() -> int:
         print(f"{rows:,} orders, {max(rows // 100, 1):,} customers generated in "
               f"{time.perf_counter() - started:.1f} s")
         results = []
+        directs: dict[str, dict[str, Any]] = {}
         for kind in ["sql", *[k for k in kinds if k != "sql"]]:
             missing = missing_extra(kind)
             if missing is not None:
                 print(f"{kind}: skipped ({missing.message})")
                 continue
             results.append(measure(kind, lake, code))
+            directs[kind] = measure(kind, lake, code, "--direct")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     base = results[0]
-    print(f"\n{'kind':<7} {'cold s':>8} {'warm s':>8} {'rows/s warm':>12} {'peak RSS MB':>12} "
-          f"{'x sql warm':>10}  digest")
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cpus)")
+    print(f"{'kind':<7} {'run':<7} {'cold s':>8} {'warm s':>8} {'rows/s warm':>12} "
+          f"{'peak RSS MB':>12} {'kind/direct':>11} {'x sql warm':>10}")
     for r in results:
-        print(f"{r['kind']:<7} {r['cold']:>8.2f} {r['warm']:>8.2f} {rows / r['warm']:>12,.0f} "
-              f"{r['peak_rss_mb']:>12.0f} {r['warm'] / base['warm']:>10.2f}  "
-              f"{r['warm_digest'][:16]}")
+        d = directs[r["kind"]]
+        for label, f in (("kind", r), ("direct", d)):
+            ratio = f"{r['warm'] / d['warm']:>11.2f}" if label == "kind" else f"{'':>11}"
+            print(f"{r['kind']:<7} {label:<7} {f['cold']:>8.2f} {f['warm']:>8.2f} "
+                  f"{rows / f['warm']:>12,.0f} {f['peak_rss_mb']:>12.0f} {ratio} "
+                  f"{f['warm'] / base['warm']:>10.2f}")
     digests = {r[key] for r in results for key in ("cold_digest", "warm_digest")}
-    same = len(digests) == 1
-    print(f"\noutput digests {'identical' if same else 'DIFFER'} across "
+    direct_digests = {d[key] for d in directs.values() for key in ("cold_digest", "warm_digest")}
+    same = len(digests) == 1 and len(direct_digests) == 1
+    print(f"\nkind output digests {'identical' if len(digests) == 1 else 'DIFFER'}, direct "
+          f"results {'identical' if len(direct_digests) == 1 else 'DIFFER'} across "
           f"{', '.join(r['kind'] for r in results)} ({results[0]['out_rows']} rows)")
+    if "spark" in directs:
+        fastest = min((r for r in results if r["kind"] != "spark"), key=lambda r: r["warm"])
+        spark = next(r for r in results if r["kind"] == "spark")
+        verdict = ("pays off" if spark["warm"] < fastest["warm"] else "does not pay off yet")
+        print(f"spark at {rows:,} rows on this machine: warm {spark['warm']:.2f} s "
+              f"(direct {directs['spark']['warm']:.2f} s) vs {fastest['kind']} warm "
+              f"{fastest['warm']:.2f} s (direct {directs[fastest['kind']]['warm']:.2f} s): "
+              f"{verdict} (measured at this size only)")
     return 0 if same else 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
