@@ -241,7 +241,6 @@ def _direct_dbt(lake: Path, out: str, state: dict[str, Any]) -> Any:
 
 
 def _direct_spark(lake: Path, out: str, state: dict[str, Any]) -> Any:
-    import pyarrow as pa
     from deltalake import DeltaTable
 
     if "spark" not in state:                 # cold: the session (a JVM) starts here
@@ -257,8 +256,7 @@ def _direct_spark(lake: Path, out: str, state: dict[str, Any]) -> Any:
     for name in ("orders", "customers"):     # a Delta table's files are Parquet
         files = DeltaTable(str(lake / "bronze" / name)).file_uris()
         spark.read.parquet(*files).createOrReplaceTempView(name)
-    frame = spark.sql(QUERY).toPandas()
-    result = pa.Table.from_pandas(frame, preserve_index=False)
+    result = spark.sql(QUERY).toArrow()          # no pandas: Arrow straight from the JVM
     _write_out(out, result)
     return result
 
