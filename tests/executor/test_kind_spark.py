@@ -212,3 +212,33 @@ def test_a_job_reads_its_inputs_and_writes_each_dataframe_to_delta(
     assert message.startswith("spark job failed at broken.py:2: AnalysisException: ")
     assert "no_such_column" in message and "\n" not in message and len(message) < 1000
     assert spark_kind._warm is warm and warm is not None and warm.alive
+
+
+@pytest.mark.slow
+def test_the_shipped_spark_example_runs_on_its_local_connection(
+        spark_kind: SparkKind, tmp_path: Path) -> None:
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from control_room.specs import example_spec, load_spec
+    from pipelines.example import orders
+
+    repo = Path(__file__).resolve().parents[2]
+    [_, phase] = load_spec(example_spec("spark_example")).spec.phases
+    lake = tmp_path / "lake"
+    params = json.loads(json.dumps(phase.params).replace("${run.lake}", str(lake)))
+    bronze = write_table(str(lake / "bronze" / "orders"), pa.Table.from_pylist(orders(12)),
+                         mode="overwrite")
+    ctx = make_ctx(tmp_path / "out", params, kind="spark", code_dir=repo, lake_root=lake,
+                   connections={"spark_local": Connection("spark_local", "spark",
+                                                          {"master": "local[2]"})},
+                   inputs={"extract": {"table": {"uri": str(lake / "bronze" / "orders"),
+                                                 "version": bronze.version}}})
+    [table] = spark_kind.run(ctx).output_manifest["tables"]
+    assert table["name"] == "gold.spark_revenue_by_customer"
+    rows = sorted(DeltaTable(table["uri"]).to_pyarrow_table().to_pylist(),
+                  key=lambda r: r["customer"])
+    paid = [o for o in orders(12) if o["status"] == "paid"]
+    assert rows == [{"customer": c, "orders": sum(1 for o in paid if o["customer"] == c),
+                     "revenue": sum(o["amount"] for o in paid if o["customer"] == c)}
+                    for c in ("ada", "bob", "cyd")]
