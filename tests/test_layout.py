@@ -172,8 +172,8 @@ def test_help_loads_no_data_plane_module() -> None:
     assert not loaded, f"--help loaded data-plane modules: {loaded}"
 
 
-def test_the_e2e_modules_named_in_conftest_exist() -> None:
-    from tests.conftest import E2E_MODULES
+def test_the_e2e_and_slow_modules_named_in_conftest_exist() -> None:
+    from tests.conftest import E2E_MODULES, SLOW_MODULES
 
-    missing = [name for name in E2E_MODULES if not (REPO / name).is_file()]
+    missing = [name for name in E2E_MODULES | SLOW_MODULES if not (REPO / name).is_file()]
     assert not missing, missing
