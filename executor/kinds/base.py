@@ -10,7 +10,9 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ValidationError
 
 from control_room.contract.vocabulary import ArtifactRole, EventLevel
 from executor.errors import (
@@ -173,6 +175,21 @@ class Startable(Protocol):
     def start(self, options: KindOptions) -> None: ...
 
     def close(self) -> None: ...
+
+
+_Params = TypeVar("_Params", bound=BaseModel)
+
+
+def validate_params(model: type[_Params], params: Mapping[str, Any], kind: str) -> _Params:
+    """A phase's params as the kind's `model`; a `TerminalPhaseError` naming each bad field
+    (`<kind> params: a.b: ...; c: ...`)."""
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or '(params)'}: {error['msg']}"
+            for error in exc.errors())
+        raise TerminalPhaseError(f"{kind} params: {problems}", error_type="ValueError") from None
 
 
 def collect_outputs(output_dir: Path) -> list[OutputFile]:

@@ -31,7 +31,6 @@ from queue import Empty, Queue
 from typing import Any, ClassVar
 
 import duckdb
-from pydantic import ValidationError
 
 from executor import datasets
 from executor.checkout import OWN_CODE_BASE
@@ -46,6 +45,7 @@ from executor.kinds.base import (
     PhaseTimeout,
     TerminalPhaseError,
     TransientPhaseError,
+    validate_params,
 )
 from executor.kinds.dbt.params import DbtParams, ModelOutput
 from executor.kinds.registry import missing_extra
@@ -74,13 +74,7 @@ _NUMERIC_FIELDS = frozenset({"port", "retries", "connect_timeout", "keepalives_i
 
 def parse_params(params: Mapping[str, Any]) -> DbtParams:
     """The phase's params as `DbtParams`; a `TerminalPhaseError` naming each bad field."""
-    try:
-        return DbtParams.model_validate(dict(params))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(params)'}: {error['msg']}"
-            for error in exc.errors())
-        raise TerminalPhaseError(f"dbt params: {problems}", error_type="ValueError") from None
+    return validate_params(DbtParams, params, "dbt")
 
 
 def _project(project_dir: str, code_dir: Path | None) -> Path:

@@ -31,7 +31,6 @@ from queue import Empty, Queue
 from typing import IO, Any, ClassVar
 
 import pyarrow.dataset as pds
-from pydantic import ValidationError
 
 from executor import datasets
 from executor.checkout import OWN_CODE_BASE
@@ -47,6 +46,7 @@ from executor.kinds.base import (
     PhaseTimeout,
     TerminalPhaseError,
     TransientPhaseError,
+    validate_params,
 )
 from executor.kinds.dbt.params import ModelOutput
 from executor.kinds.registry import missing_extra
@@ -76,13 +76,7 @@ _MASTERS = ("local", "spark://", "k8s://", "yarn", "mesos://")
 
 def parse_params(params: Mapping[str, Any]) -> SparkParams:
     """The phase's params as `SparkParams`; a `TerminalPhaseError` naming each bad field."""
-    try:
-        return SparkParams.model_validate(dict(params))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(params)'}: {error['msg']}"
-            for error in exc.errors())
-        raise TerminalPhaseError(f"spark params: {problems}", error_type="ValueError") from None
+    return validate_params(SparkParams, params, "spark")
 
 
 def _job_file(job_file: str, code_dir: Path | None) -> Path:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import ValidationError
 
 from executor import datasets
 from executor.digests import blob_digest
@@ -30,6 +29,7 @@ from executor.kinds.base import (
     PhaseContext,
     PhaseResult,
     TerminalPhaseError,
+    validate_params,
 )
 from executor.kinds.sql import parse_output, read_query, record_result
 from executor.kinds.trino.client import (
@@ -49,13 +49,7 @@ REQUEST_TIMEOUT_S = 60.0
 
 def parse_params(params: Mapping[str, Any]) -> TrinoParams:
     """The phase's params as `TrinoParams`; a `TerminalPhaseError` naming each bad field."""
-    try:
-        return TrinoParams.model_validate(dict(params))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(params)'}: {error['msg']}"
-            for error in exc.errors())
-        raise TerminalPhaseError(f"trino params: {problems}", error_type="ValueError") from None
+    return validate_params(TrinoParams, params, "trino")
 
 
 class TrinoKind:
