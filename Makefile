@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= auto
 # interpreters (CLI, gateway, workers), each of which would compile our code again.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: venv demo test test-fast lint
+.PHONY: venv demo test test-fast lint ui ui-check
 
 venv: $(STAMP)
 
@@ -39,6 +39,34 @@ test-fast: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -m "not slow and not e2e"
 
+# The web UI (control_room_ui/, docs/ui.md): `make ui` installs its locked dependencies and
+# builds it into control_room/gateway/static/, which the gateway serves at /. `make test` builds
+# it first when npm is present (only when its sources changed) and runs `ui-check`; without
+# npm the browser tests (tests/ui) fail saying `make ui`.
+NPM := $(shell command -v npm 2>/dev/null)
+UI_DIR := control_room_ui
+UI_INDEX := control_room/gateway/static/index.html
+UI_SOURCES = $(shell find $(UI_DIR) -name node_modules -prune -o -type f -print 2>/dev/null)
+
+ui:
+	cd $(UI_DIR) && npm ci && npm run build
+
+$(UI_DIR)/node_modules/.package-lock.json: $(UI_DIR)/package-lock.json
+	cd $(UI_DIR) && npm ci
+
+$(UI_INDEX): $(UI_DIR)/node_modules/.package-lock.json $(UI_SOURCES) control_room/contract/openapi.yaml
+	cd $(UI_DIR) && npm run build
+
+# the generated API types are current, the data-shaping unit tests (vitest), tsc
+ui-check: $(UI_DIR)/node_modules/.package-lock.json
+	cd $(UI_DIR) && npm run types:check
+	cd $(UI_DIR) && npm test
+	cd $(UI_DIR) && npm run typecheck
+
 # what CI runs (.ci/run)
+ifneq ($(NPM),)
+test: lint $(UI_INDEX) ui-check
+else
 test: lint
+endif
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --durations=15
