@@ -54,6 +54,7 @@ E2E_MODULES = frozenset({
     "tests/test_github_summary.py",
     "tests/test_github_statuses.py",
     "tests/test_mcp_stdio.py",
+    "tests/ui/test_browser.py",
 })
 # Not end to end, but slow for the fast loop (each test generates an Odoo database, runs dbt, or
 # fuzzes with hypothesis / schemathesis): marked `slow`, left out of `make test-fast`, always run
