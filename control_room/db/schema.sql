@@ -1739,6 +1739,119 @@ end
 $$;
 
 --
+-- Name: get_health(text, timestamp with time zone, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_health(workspace_id text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, bucket_seconds integer DEFAULT 3600) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws     uuid := ops_private.uuid_arg('workspace_id', get_health.workspace_id, true);
+    v_now    timestamptz := ops_private.now();
+    v_since  timestamptz := coalesce(get_health.since, ops_private.now() - interval '24 hours');
+    v_start  timestamptz;
+    v_b      interval;
+    v_out    jsonb;
+begin
+    if get_health.bucket_seconds is null or get_health.bucket_seconds not between 60 and 86400 then
+        perform ops_private.fail(400, 'invalid_argument', 'bucket_seconds must be between 60 and 86400',
+                                 jsonb_build_object('argument', 'bucket_seconds'));
+    end if;
+    if v_since > v_now or v_since < v_now - interval '31 days' then
+        perform ops_private.fail(400, 'invalid_argument', 'since must be within the last 31 days',
+                                 jsonb_build_object('argument', 'since'));
+    end if;
+    v_b := make_interval(secs => get_health.bucket_seconds);
+    v_start := to_timestamp(floor(extract(epoch from v_since) / get_health.bucket_seconds) * get_health.bucket_seconds);
+    if extract(epoch from v_now - v_start) / get_health.bucket_seconds > 500 then
+        perform ops_private.fail(400, 'invalid_argument',
+            'at most 500 buckets: make bucket_seconds larger or since later',
+            jsonb_build_object('argument', 'bucket_seconds'));
+    end if;
+    perform ops_private.readable_workspace(v_ws);
+
+    with done as (
+        select p.name, p.kind, p.state,
+               floor(extract(epoch from p.finished_at - v_start) / get_health.bucket_seconds)::integer as bucket,
+               extract(epoch from p.finished_at - p.started_at)::double precision as secs
+        from ops.phases p
+        where p.workspace_id = v_ws and p.state in ('succeeded', 'failed')
+          and p.finished_at >= v_start and p.finished_at <= v_now
+    ), expiries as (
+        select floor(extract(epoch from e.recorded_at - v_start) / get_health.bucket_seconds)::integer as bucket
+        from ops.run_events e
+        where e.workspace_id = v_ws and e.type = 'LEASE_EXPIRED' and e.recorded_at >= v_start
+          and e.recorded_at <= v_now
+    ), buckets as (
+        select n from pg_catalog.generate_series(0, floor(extract(epoch from v_now - v_start)
+                                                          / get_health.bucket_seconds)::integer) n
+    )
+    select jsonb_build_object(
+        'now', v_now,
+        'since', v_start,
+        'bucket_seconds', get_health.bucket_seconds,
+        'queue_depth', (select count(*) from ops.phases p where p.workspace_id = v_ws and p.state = 'queued'),
+        'running', (select count(*) from ops.phases p where p.workspace_id = v_ws and p.state = 'running'),
+        'lease_expiries_last_hour', (select count(*) from ops.run_events e
+                                     where e.workspace_id = v_ws and e.type = 'LEASE_EXPIRED'
+                                       and e.recorded_at > v_now - interval '1 hour'),
+        'series', (select coalesce(jsonb_agg(jsonb_build_object(
+                       'bucket', v_start + b.n * v_b,
+                       'succeeded', coalesce(s.ok, 0), 'failed', coalesce(s.bad, 0),
+                       'lease_expiries', coalesce(x.n, 0), 'p50_s', s.p50, 'p95_s', s.p95)
+                       order by b.n), '[]'::jsonb)
+                   from buckets b
+                   left join (select d.bucket, count(*) filter (where d.state = 'succeeded') as ok,
+                                     count(*) filter (where d.state = 'failed') as bad,
+                                     round(percentile_cont(0.5) within group (order by d.secs)::numeric, 3) as p50,
+                                     round(percentile_cont(0.95) within group (order by d.secs)::numeric, 3) as p95
+                              from done d group by d.bucket) s on s.bucket = b.n
+                   left join (select x.bucket, count(*) as n from expiries x group by x.bucket) x
+                          on x.bucket = b.n),
+        'by_kind', (select coalesce(jsonb_agg(jsonb_build_object(
+                        'kind', k.kind, 'succeeded', k.ok, 'failed', k.bad,
+                        'success_rate', round(k.ok::numeric / nullif(k.ok + k.bad, 0), 4),
+                        'p50_s', k.p50, 'p95_s', k.p95) order by k.kind), '[]'::jsonb)
+                    from (select d.kind, count(*) filter (where d.state = 'succeeded') as ok,
+                                 count(*) filter (where d.state = 'failed') as bad,
+                                 round(percentile_cont(0.5) within group (order by d.secs)::numeric, 3) as p50,
+                                 round(percentile_cont(0.95) within group (order by d.secs)::numeric, 3) as p95
+                          from done d group by d.kind) k),
+        'by_phase', (select coalesce(jsonb_agg(jsonb_build_object(
+                         'name', k.name, 'kind', k.kind, 'succeeded', k.ok, 'failed', k.bad,
+                         'success_rate', round(k.ok::numeric / nullif(k.ok + k.bad, 0), 4),
+                         'p50_s', k.p50, 'p95_s', k.p95) order by k.ok + k.bad desc, k.name, k.kind), '[]'::jsonb)
+                     from (select d.name, d.kind, count(*) filter (where d.state = 'succeeded') as ok,
+                                  count(*) filter (where d.state = 'failed') as bad,
+                                  round(percentile_cont(0.5) within group (order by d.secs)::numeric, 3) as p50,
+                                  round(percentile_cont(0.95) within group (order by d.secs)::numeric, 3) as p95
+                           from done d group by d.name, d.kind
+                           order by count(*) desc, d.name, d.kind limit 50) k),
+        'freshness', (select coalesce(jsonb_agg(jsonb_build_object(
+                          'dataset', f.name, 'layer', f.layer, 'data_time', f.data_time,
+                          'lag_s', round(extract(epoch from v_now - f.data_time)::numeric, 1),
+                          'slo_s', f.slo) order by f.layer = 'gold' desc, f.name), '[]'::jsonb)
+                      from (select d.name, d.layer, d.data_time, j.freshness_slo_seconds as slo
+                            from ops.datasets d left join ops.jobs j on j.id = d.data_time_job_id
+                            where d.workspace_id = v_ws and d.data_time is not null
+                            order by d.layer = 'gold' desc, d.name limit 100) f),
+        'alerts', jsonb_build_object(
+            'open', (select count(*) from ops.alerts a
+                     where a.workspace_id = v_ws and a.state in ('pending', 'delivering', 'failed')),
+            'recent', (select coalesce(jsonb_agg(jsonb_build_object(
+                           'id', a.id, 'rule', a.rule_name, 'event', a.event, 'subject', a.subject,
+                           'state', a.state, 'created_at', a.created_at) order by a.created_at desc, a.id desc), '[]'::jsonb)
+                       from (select * from ops.alerts a where a.workspace_id = v_ws and a.created_at >= v_start
+                             order by a.created_at desc, a.id desc limit 10) a)),
+        'dead_letters', (select count(*) from ops_private.dead_letters(v_ws, null, null, null, null, 1000)))
+    into v_out;
+    return v_out;
+end
+$$;
+
+--
 -- Name: get_job(text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1789,6 +1902,194 @@ begin
         perform ops_private.fail(404, 'not_found', 'run not found');
     end if;
     return v_out || ops_private.lineage_json(v_run);
+end
+$$;
+
+--
+-- Name: get_run_grid(text, text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_run_grid(workspace_id text, job_slug text DEFAULT NULL::text, spec_slug text DEFAULT NULL::text, "limit" integer DEFAULT 25) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws   uuid := ops_private.uuid_arg('workspace_id', get_run_grid.workspace_id, true);
+    v_jobs uuid[];
+    v_runs uuid[];
+begin
+    perform ops_private.limit_arg('limit', get_run_grid."limit", 100);
+    if get_run_grid.job_slug is not null and get_run_grid.spec_slug is not null then
+        perform ops_private.fail(400, 'invalid_argument', 'give job_slug or spec_slug, not both',
+                                 jsonb_build_object('argument', 'spec_slug'));
+    end if;
+    if length(get_run_grid.job_slug) > 200 or length(get_run_grid.spec_slug) > 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'a slug is at most 200 characters',
+            jsonb_build_object('argument', case when length(get_run_grid.job_slug) > 200 then 'job_slug' else 'spec_slug' end));
+    end if;
+    perform ops_private.readable_workspace(v_ws);
+    if get_run_grid.job_slug is not null then
+        v_jobs := array(select v.id from ops.job_versions v join ops.jobs j on j.id = v.job_id
+                        where j.workspace_id = v_ws and j.slug = get_run_grid.job_slug);
+        if cardinality(v_jobs) = 0 then
+            perform ops_private.fail(404, 'not_found', 'job not found',
+                                     jsonb_build_object('argument', 'job_slug'));
+        end if;
+    end if;
+    v_runs := array(select r.id from ops.runs r
+                    where r.workspace_id = v_ws
+                      and (v_jobs is null or r.job_version_id = any (v_jobs))
+                      and (get_run_grid.spec_slug is null or r.spec_slug = get_run_grid.spec_slug)
+                    order by r.created_at desc, r.id desc
+                    limit get_run_grid."limit");
+    return jsonb_build_object(
+        'phase_names', (select coalesce(jsonb_agg(n.name order by n.ordinal, n.name), '[]'::jsonb)
+                        from (select p.name, min(p.ordinal) as ordinal from ops.phases p
+                              where p.run_id = any (v_runs) group by p.name) n),
+        'runs', (select coalesce(jsonb_agg(jsonb_build_object(
+                     'id', r.id, 'state', r.state, 'created_at', r.created_at, 'finished_at', r.finished_at,
+                     'git_sha', r.git_sha,
+                     'phases', (select coalesce(jsonb_object_agg(p.name, jsonb_build_object(
+                                    'state', p.state, 'attempt', p.attempt, 'started_at', p.started_at,
+                                    'finished_at', p.finished_at)), '{}'::jsonb)
+                                from ops.phases p where p.run_id = r.id))
+                     order by r.created_at desc, r.id desc), '[]'::jsonb)
+                 from ops.runs r where r.id = any (v_runs)));
+end
+$$;
+
+--
+-- Name: get_run_lineage(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_run_lineage(run_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_run   uuid := ops_private.uuid_arg('run_id', get_run_lineage.run_id, true);
+    v_ws    uuid;
+    v_edges jsonb;
+    v_nodes jsonb;
+begin
+    select r.workspace_id into v_ws from ops.runs r where r.id = v_run;
+    if v_ws is null then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    with phase_rows as (
+        select p.name, p.depends_on, p.output_manifest from ops.phases p where p.run_id = v_run
+    ), outputs as (          -- phase -> dataset: the tables its manifest names, the versions it recorded
+        select pr.name as phase, t ->> 'name' as dataset, t ->> 'layer' as layer
+        from phase_rows pr, ops_private.manifest_tables(pr.output_manifest) t
+        union
+        select v.phase, d.name, d.layer
+        from ops.dataset_versions v join ops.datasets d on d.id = v.dataset_id
+        where v.run_id = v_run and v.phase is not null
+    ), inputs as (           -- dataset -> phase: what it said it read, what its dependencies wrote
+        select e.phase, x #>> '{}' as dataset
+        from ops.run_events e, pg_catalog.jsonb_array_elements(
+                 case when pg_catalog.jsonb_typeof(e.payload -> 'datasets') = 'array' then e.payload -> 'datasets'
+                      else '[]'::jsonb end) x
+        where e.run_id = v_run and e.type = 'DATASET_LINEAGE' and e.phase is not null
+        union
+        select e.phase, 'source:' || (x #>> '{}')
+        from ops.run_events e, pg_catalog.jsonb_array_elements(
+                 case when pg_catalog.jsonb_typeof(e.payload -> 'sources') = 'array' then e.payload -> 'sources'
+                      else '[]'::jsonb end) x
+        where e.run_id = v_run and e.type = 'DATASET_LINEAGE' and e.phase is not null
+        union
+        select pr.name, o.dataset
+        from phase_rows pr join outputs o on o.phase = any (pr.depends_on)
+    ), edges as (
+        select 'phase:' || o.phase as src, 'dataset:' || o.dataset as dst from outputs o
+        union
+        select 'dataset:' || i.dataset, 'phase:' || i.phase from inputs i
+        where not exists (select 1 from outputs o where o.phase = i.phase and o.dataset = i.dataset)
+    ), names as (
+        select o.dataset, o.layer from outputs o
+        union
+        select i.dataset, null from inputs i
+    ), datasets as (
+        select n.dataset, coalesce(max(n.layer), max(d.layer),
+                                   case when n.dataset like 'source:%' then 'source' end) as layer
+        from names n left join ops.datasets d on d.workspace_id = v_ws and d.name = n.dataset
+        group by n.dataset
+    )
+    select (select coalesce(jsonb_agg(jsonb_build_object('from', e.src, 'to', e.dst) order by e.src, e.dst), '[]'::jsonb)
+            from edges e),
+           (select coalesce(jsonb_agg(n.node order by n.node ->> 'id'), '[]'::jsonb) from (
+                select jsonb_build_object('id', 'dataset:' || d.dataset, 'type', 'dataset', 'label', d.dataset,
+                                          'layer', d.layer) as node
+                from datasets d
+                union all
+                select jsonb_build_object('id', 'phase:' || pr.name, 'type', 'phase', 'label', pr.name)
+                from phase_rows pr
+                where exists (select 1 from outputs o where o.phase = pr.name)
+                   or exists (select 1 from inputs i where i.phase = pr.name)) n)
+    into v_edges, v_nodes;
+    return jsonb_build_object('nodes', v_nodes, 'edges', v_edges);
+end
+$$;
+
+--
+-- Name: get_run_timeline(text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.get_run_timeline(run_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_run uuid := ops_private.uuid_arg('run_id', get_run_timeline.run_id, true);
+    v_out jsonb;
+begin
+    if not exists (select 1 from ops.runs r where r.id = v_run) then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    -- each claim opens an attempt; the first end event of that phase and attempt after it
+    -- closes it (a lease expiry is recorded before the failure it leads to, so it wins)
+    with ev as (
+        select e.phase, e.attempt, e.type, e.ts, e.seq,
+               count(*) filter (where e.type = 'PHASE_CLAIMED')
+                   over (partition by e.phase, e.attempt order by e.seq) as claim_no
+        from ops.run_events e
+        where e.run_id = v_run and e.phase is not null
+          and e.type in ('PHASE_CLAIMED', 'PHASE_SUCCEEDED', 'PHASE_FAILED', 'LEASE_EXPIRED',
+                         'PHASE_CANCELLED', 'PHASE_STOPPED')
+    ), att as (
+        select ev.phase, ev.attempt, ev.claim_no,
+               min(ev.ts) filter (where ev.type = 'PHASE_CLAIMED') as claimed_at,
+               (array_agg(ev.type order by ev.seq) filter (where ev.type <> 'PHASE_CLAIMED'))[1] as end_type,
+               (array_agg(ev.ts order by ev.seq) filter (where ev.type <> 'PHASE_CLAIMED'))[1] as ended_at,
+               min(ev.seq) as first_seq
+        from ev where ev.claim_no > 0
+        group by ev.phase, ev.attempt, ev.claim_no
+    )
+    select jsonb_build_object('run_id', v_run, 'phases', coalesce(jsonb_agg(jsonb_build_object(
+               'name', p.name, 'kind', p.kind, 'state', p.state,
+               'attempts', coalesce((
+                   select jsonb_agg(jsonb_build_object(
+                              'attempt', a.attempt, 'claimed_at', a.claimed_at, 'started_at', a.claimed_at,
+                              'ended_at', a.ended_at,
+                              'outcome', case a.end_type
+                                  when 'PHASE_SUCCEEDED' then 'succeeded'
+                                  when 'PHASE_FAILED' then 'failed'
+                                  when 'LEASE_EXPIRED' then 'lease_expired'
+                                  when 'PHASE_CANCELLED' then 'cancelled'
+                                  when 'PHASE_STOPPED' then 'cancelled'
+                                  else case when p.state = 'running' and a.attempt = p.attempt then 'running'
+                                            when p.state in ('succeeded', 'failed', 'cancelled') and a.attempt = p.attempt
+                                                then p.state
+                                            else 'failed' end
+                                  end) order by a.first_seq)
+                   from att a where a.phase = p.name), '[]'::jsonb))
+               order by p.ordinal), '[]'::jsonb))
+    into v_out
+    from ops.phases p where p.run_id = v_run;
+    return v_out;
 end
 $$;
 
@@ -2042,6 +2343,61 @@ end
 $_$;
 
 --
+-- Name: list_audit(text, bigint, integer, text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_audit(workspace_id text, before bigint DEFAULT NULL::bigint, "limit" integer DEFAULT 100, function_name text DEFAULT NULL::text, principal_id text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws        uuid := ops_private.uuid_arg('workspace_id', list_audit.workspace_id, true);
+    v_principal uuid := ops_private.uuid_arg('principal_id', list_audit.principal_id);
+    v_limit     integer := list_audit."limit";
+    v_entries   jsonb;
+    v_count     integer;
+    v_last      bigint;
+begin
+    if not ops_private.is_privileged() then
+        if ops_private.principal() is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+        if v_ws not in (select ops_private.admin_workspaces()) then
+            perform ops_private.fail(403, 'forbidden', 'the audit log is for the workspace''s admins');
+        end if;
+    end if;
+    if v_limit is null or v_limit not between 1 and 1000 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 1000',
+                                 pg_catalog.jsonb_build_object('argument', 'limit'));
+    end if;
+    if list_audit.function_name is not null and length(list_audit.function_name) > 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'function_name is at most 200 characters',
+                                 pg_catalog.jsonb_build_object('argument', 'function_name'));
+    end if;
+    select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', a.id, 'at', a.at,
+               'actor', case when a.principal_id is null then null else pg_catalog.jsonb_build_object(
+                   'id', a.principal_id,
+                   'name', ops_private.principal_name(v_ws, a.principal_id),
+                   'email', (select u.email from ops_private.auth_users u where u.principal_id = a.principal_id))
+               end,
+               'db_role', a.db_role, 'function_name', a.function_name, 'target_type', a.target_type,
+               'target_id', a.target_id, 'details', a.details) order by a.id desc), '[]'::jsonb),
+           pg_catalog.count(*), pg_catalog.min(a.id)
+      into v_entries, v_count, v_last
+      from (select * from ops.audit_log a
+            where a.workspace_id = v_ws
+              and (list_audit.before is null or a.id < list_audit.before)
+              and (list_audit.function_name is null or a.function_name = list_audit.function_name)
+              and (v_principal is null or a.principal_id = v_principal)
+            order by a.id desc limit v_limit) a;
+    return pg_catalog.jsonb_build_object('entries', v_entries,
+                                         'next_before', case when v_count = v_limit then v_last end);
+end
+$$;
+
+--
 -- Name: list_connections(text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -2162,10 +2518,10 @@ end
 $_$;
 
 --
--- Name: list_events(text, bigint, integer, text); Type: FUNCTION; Schema: ops; Owner: -
+-- Name: list_events(text, bigint, integer, text, bigint, text[], text[], text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
-CREATE FUNCTION ops.list_events(run_id text, after bigint DEFAULT 0, "limit" integer DEFAULT 100, phase text DEFAULT NULL::text) RETURNS jsonb
+CREATE FUNCTION ops.list_events(run_id text, after bigint DEFAULT 0, "limit" integer DEFAULT 100, phase text DEFAULT NULL::text, before bigint DEFAULT NULL::bigint, types text[] DEFAULT NULL::text[], levels text[] DEFAULT NULL::text[], text text DEFAULT NULL::text) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
     AS $_$
@@ -2174,37 +2530,74 @@ declare
     v_run    uuid := ops_private.uuid_arg('run_id', list_events.run_id, true);
     v_ws     uuid;
     v_sees   boolean;
+    v_pat    text;
     v_events jsonb;
 begin
-    if list_events."limit" is null or list_events."limit" not between 1 and 1000 then
-        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 1000');
-    end if;
+    perform ops_private.limit_arg('limit', list_events."limit", 1000);
     if list_events.after is null or list_events.after < 0 then
-        perform ops_private.fail(400, 'invalid_argument', 'after must be a sequence number >= 0');
+        perform ops_private.fail(400, 'invalid_argument', 'after must be a sequence number >= 0',
+                                 jsonb_build_object('argument', 'after'));
+    end if;
+    if list_events.before is not null and list_events.before < 1 then
+        perform ops_private.fail(400, 'invalid_argument', 'before must be a sequence number >= 1',
+                                 jsonb_build_object('argument', 'before'));
+    end if;
+    if list_events.types is not null and (cardinality(list_events.types) not between 1 and 50
+            or exists (select 1 from unnest(list_events.types) t where t is null or t !~ '^[A-Z][A-Z0-9_]{0,63}$')) then
+        perform ops_private.fail(400, 'invalid_argument',
+            'types must be 1 to 50 event types (upper case, such as PHASE_FAILED)',
+            jsonb_build_object('argument', 'types'));
+    end if;
+    if list_events.levels is not null and (cardinality(list_events.levels) not between 1 and 4
+            or exists (select 1 from unnest(list_events.levels) l
+                       where l is null or l not in ('debug', 'info', 'warning', 'error'))) then
+        perform ops_private.fail(400, 'invalid_argument', 'levels must be some of debug, info, warning, error',
+                                 jsonb_build_object('argument', 'levels'));
+    end if;
+    if list_events.text is not null then
+        if length(list_events.text) not between 1 and 200 then
+            perform ops_private.fail(400, 'invalid_argument', 'text must be 1 to 200 characters',
+                                     jsonb_build_object('argument', 'text'));
+        end if;
+        v_pat := '%' || replace(replace(replace(list_events.text, '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    end if;
+    if list_events.phase is not null and length(list_events.phase) > 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'phase must be at most 200 characters',
+                                 jsonb_build_object('argument', 'phase'));
     end if;
     select r.workspace_id into v_ws from ops.runs r where r.id = v_run;
     if v_ws is null then
         perform ops_private.fail(404, 'not_found', 'run not found');
     end if;
     v_sees := ops_private.sees_principals(v_ws);
-    select coalesce(jsonb_agg(jsonb_build_object(
-               'seq', e.seq, 'event_id', e.event_id, 'run_id', e.run_id, 'phase', e.phase, 'attempt', e.attempt,
-               'ts', e.ts, 'recorded_at', e.recorded_at, 'level', e.level, 'type', e.type,
-               'message', e.message,
-               -- events written before names replaced ids in claimed_by keep an id: hidden too
-               'payload', case when not v_sees and e.type in ('PHASE_CLAIMED', 'LEASE_EXPIRED')
-                                    and e.payload ->> 'claimed_by' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                               then e.payload || '{"claimed_by": null}'::jsonb else e.payload end,
-               'principal_id', case when v_sees then e.principal_id end) order by e.seq),
-           '[]'::jsonb)
-    into v_events
-    from (select * from ops.run_events e
-          where e.run_id = v_run and e.seq > list_events.after
-            and (list_events.phase is null or e.phase = list_events.phase)
-          order by e.seq
-          limit list_events."limit") e;
+    -- two statements rather than one with an order picked at run time: each is an index range
+    -- in seq order (the primary key, or run_events_phase_idx / _run_type_idx / _problems_idx)
+    if list_events.before is null then
+        select coalesce(jsonb_agg(ops_private.event_json(e, v_sees) order by e.seq), '[]'::jsonb)
+        into v_events
+        from (select * from ops.run_events e
+              where e.run_id = v_run and e.seq > list_events.after
+                and (list_events.phase is null or e.phase = list_events.phase)
+                and (list_events.types is null or e.type = any (list_events.types))
+                and (list_events.levels is null or e.level = any (list_events.levels))
+                and (v_pat is null or e.message ilike v_pat)
+              order by e.seq
+              limit list_events."limit") e;
+    else
+        select coalesce(jsonb_agg(ops_private.event_json(e, v_sees) order by e.seq), '[]'::jsonb)
+        into v_events
+        from (select * from ops.run_events e
+              where e.run_id = v_run and e.seq > list_events.after and e.seq < list_events.before
+                and (list_events.phase is null or e.phase = list_events.phase)
+                and (list_events.types is null or e.type = any (list_events.types))
+                and (list_events.levels is null or e.level = any (list_events.levels))
+                and (v_pat is null or e.message ilike v_pat)
+              order by e.seq desc
+              limit list_events."limit") e;
+    end if;
     return jsonb_build_object('events', v_events,
-        'next_after', coalesce((v_events -> -1 ->> 'seq')::bigint, list_events.after));
+        'next_after', coalesce((v_events -> -1 ->> 'seq')::bigint, list_events.after),
+        'prev_before', (v_events -> 0 ->> 'seq')::bigint);
 end
 $_$;
 
@@ -2278,10 +2671,10 @@ end
 $$;
 
 --
--- Name: list_runs(text, text, text, jsonb, text, integer, text); Type: FUNCTION; Schema: ops; Owner: -
+-- Name: list_runs(text, text, text, jsonb, text, integer, text, text, text, text, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: ops; Owner: -
 --
 
-CREATE FUNCTION ops.list_runs(workspace_id text DEFAULT NULL::text, state text DEFAULT NULL::text, spec_slug text DEFAULT NULL::text, labels jsonb DEFAULT NULL::jsonb, parent_run_id text DEFAULT NULL::text, "limit" integer DEFAULT 50, cursor text DEFAULT NULL::text) RETURNS jsonb
+CREATE FUNCTION ops.list_runs(workspace_id text DEFAULT NULL::text, state text DEFAULT NULL::text, spec_slug text DEFAULT NULL::text, labels jsonb DEFAULT NULL::jsonb, parent_run_id text DEFAULT NULL::text, "limit" integer DEFAULT 50, cursor text DEFAULT NULL::text, job_slug text DEFAULT NULL::text, git_sha text DEFAULT NULL::text, env text DEFAULT NULL::text, created_after timestamp with time zone DEFAULT NULL::timestamp with time zone, created_before timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
     AS $_$
@@ -2298,23 +2691,50 @@ declare
     v_last_at timestamptz;
     v_last_id uuid;
     v_x      record;
+    v_jobs   uuid[];
+    v_sha    text;
     v_admin  uuid[] := case when ops_private.is_privileged() then null
                             else array(select ops_private.admin_workspaces()) end;
 begin
-    if list_runs."limit" is null or list_runs."limit" not between 1 and 500 then
-        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500');
-    end if;
+    perform ops_private.limit_arg('limit', list_runs."limit", 500);
     if list_runs.state is not null and list_runs.state not in ('queued', 'running', 'succeeded', 'failed', 'cancelled') then
         perform ops_private.fail(400, 'invalid_argument',
-            'state must be one of queued, running, succeeded, failed, cancelled');
+            'state must be one of queued, running, succeeded, failed, cancelled',
+            jsonb_build_object('argument', 'state'));
     end if;
     perform ops_private.check_object('labels', list_runs.labels);
     if list_runs.cursor is not null then
         if list_runs.cursor !~ '^\d{1,16}:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
-            perform ops_private.fail(400, 'invalid_argument', 'cursor is not one this function returned');
+            perform ops_private.fail(400, 'invalid_argument', 'cursor is not one this function returned',
+                                     jsonb_build_object('argument', 'cursor'));
         end if;
         v_at := to_timestamp(split_part(list_runs.cursor, ':', 1)::numeric / 1000000);
         v_id := split_part(list_runs.cursor, ':', 2)::uuid;
+    end if;
+    if list_runs.job_slug is not null then
+        if length(list_runs.job_slug) > 200 then
+            perform ops_private.fail(400, 'invalid_argument', 'job_slug must be at most 200 characters',
+                                     jsonb_build_object('argument', 'job_slug'));
+        end if;
+        v_jobs := array(select v.id from ops.job_versions v join ops.jobs j on j.id = v.job_id
+                        where j.slug = list_runs.job_slug and (v_ws is null or j.workspace_id = v_ws));
+    end if;
+    if list_runs.git_sha is not null then
+        if list_runs.git_sha !~ '^[0-9A-Fa-f]{4,64}$' then
+            perform ops_private.fail(400, 'invalid_argument',
+                'git_sha must be a prefix of at least 4 hexadecimal digits',
+                jsonb_build_object('argument', 'git_sha'));
+        end if;
+        v_sha := lower(list_runs.git_sha);
+    end if;
+    if list_runs.env is not null and length(list_runs.env) > 64 then
+        perform ops_private.fail(400, 'invalid_argument', 'env must be at most 64 characters',
+                                 jsonb_build_object('argument', 'env'));
+    end if;
+    if list_runs.created_after is not null and list_runs.created_before is not null
+       and list_runs.created_after >= list_runs.created_before then
+        perform ops_private.fail(400, 'invalid_argument', 'created_after must be before created_before',
+                                 jsonb_build_object('argument', 'created_after'));
     end if;
     -- a page holds at most `limit` runs and about 1 MiB: the run that passes the byte budget
     -- ends the page (it comes first on the next one)
@@ -2325,6 +2745,11 @@ begin
           and (list_runs.spec_slug is null or r.spec_slug = list_runs.spec_slug)
           and (list_runs.labels is null or r.labels @> list_runs.labels)
           and (v_parent is null or r.parent_run_id = v_parent)
+          and (v_jobs is null or r.job_version_id = any (v_jobs))
+          and (v_sha is null or left(r.git_sha, length(v_sha)) = v_sha)
+          and (list_runs.env is null or r.env = list_runs.env)
+          and (list_runs.created_after is null or r.created_at >= list_runs.created_after)
+          and (list_runs.created_before is null or r.created_at < list_runs.created_before)
           and (v_at is null or (r.created_at, r.id) < (v_at, v_id))
         order by r.created_at desc, r.id desc
         limit list_runs."limit"
@@ -4199,6 +4624,393 @@ end
 $$;
 
 --
+-- Name: auth_audit(uuid, text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_audit(p_principal uuid, p_function text, p_details jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_now  timestamptz := ops_private.now();
+    v_role text := coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text);
+begin
+    insert into ops.audit_log (at, principal_id, db_role, function_name, workspace_id, target_type,
+                               target_id, details)
+    select v_now, p_principal, v_role, p_function, w.workspace_id, 'user', p_principal::text,
+           coalesce(p_details, '{}'::jsonb)
+    from (select m.workspace_id from ops.workspace_members m
+          where p_principal is not null and m.principal_id = p_principal
+          union all
+          select null::uuid
+          where p_principal is null
+             or not exists (select 1 from ops.workspace_members m where m.principal_id = p_principal)) w;
+end
+$$;
+
+--
+-- Name: auth_create_user(text, text, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_create_user(p_email text, p_name text, p_password_hash text) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+declare
+    v_email text := ops_private.auth_email(p_email);
+    v_id    uuid;
+begin
+    if v_email is null or length(v_email) not between 3 and 320 or v_email !~ '^[^@\s]+@[^@\s]+$' then
+        perform ops_private.fail(400, 'invalid_argument', 'email must look like name@host',
+                                 pg_catalog.jsonb_build_object('argument', 'email'));
+    end if;
+    if exists (select 1 from ops_private.auth_users u where u.email = v_email) then
+        perform ops_private.fail(409, 'conflict', 'a user with email ' || v_email || ' already exists',
+                                 pg_catalog.jsonb_build_object('argument', 'email'));
+    end if;
+    if p_name is null or length(p_name) not between 1 and 200 then
+        perform ops_private.fail(400, 'invalid_argument', 'name must be 1-200 characters',
+                                 pg_catalog.jsonb_build_object('argument', 'name'));
+    end if;
+    insert into ops.principals (kind, name, created_by, created_at)
+    values ('user', p_name, ops_private.uid(), ops_private.now())
+    returning id into v_id;
+    insert into ops_private.auth_users (principal_id, email, password_hash, created_at, updated_at,
+                                        password_changed_at)
+    values (v_id, v_email, p_password_hash, ops_private.now(), ops_private.now(), ops_private.now());
+    perform ops_private.auth_audit(v_id, 'auth.create_user',
+                                   pg_catalog.jsonb_build_object('email', v_email, 'name', p_name));
+    return v_id;
+end
+$_$;
+
+--
+-- Name: auth_disable_user(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_disable_user(p_email text) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+    v_id uuid := ops_private.auth_user_id(p_email);
+begin
+    if v_id is null then
+        perform ops_private.fail(404, 'not_found', 'no user with email ' || ops_private.auth_email(p_email));
+    end if;
+    update ops_private.auth_users u
+       set disabled_at = coalesce(u.disabled_at, ops_private.now()), updated_at = ops_private.now()
+     where u.principal_id = v_id;
+    perform ops_private.auth_audit(v_id, 'auth.disable_user', pg_catalog.jsonb_build_object(
+        'email', ops_private.auth_email(p_email),
+        'sessions_revoked', ops_private.auth_revoke_sessions(v_id, 'disabled')));
+    return v_id;
+end
+$$;
+
+--
+-- Name: auth_email(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_email(p_email text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select pg_catalog.lower(pg_catalog.btrim(p_email))
+$$;
+
+--
+-- Name: auth_get_user(uuid, uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_get_user(p_principal uuid, p_session uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+    v_user jsonb;
+begin
+    if p_session is not null and exists (
+            select 1 from ops_private.auth_sessions s where s.id = p_session
+            and (s.revoked_at is not null or s.expires_at <= ops_private.now())) then
+        return pg_catalog.jsonb_build_object('error', 'session_not_found');
+    end if;
+    v_user := ops_private.auth_user_json(p_principal);
+    if v_user is null then
+        return pg_catalog.jsonb_build_object('error', 'user_not_found');
+    end if;
+    return pg_catalog.jsonb_build_object('user', v_user);
+end
+$$;
+
+--
+-- Name: auth_list_users(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_list_users() RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', u.principal_id, 'email', u.email, 'name', p.name,
+               'disabled', u.disabled_at is not null, 'revoked', p.revoked_at is not null,
+               'created_at', u.created_at, 'last_sign_in_at', u.last_sign_in_at,
+               'memberships', (select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                                        'workspace_id', w.id, 'slug', w.slug, 'role', m.role)
+                                        order by w.slug), '[]'::jsonb)
+                               from ops.workspace_members m join ops.workspaces w on w.id = m.workspace_id
+                               where m.principal_id = u.principal_id))
+               order by u.email), '[]'::jsonb)
+    from ops_private.auth_users u join ops.principals p on p.id = u.principal_id
+$$;
+
+--
+-- Name: auth_logout(uuid, uuid, text, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_logout(p_principal uuid, p_session uuid, p_scope text, p_ip text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+    v_count integer := 0;
+begin
+    if p_session is not null and not exists (
+            select 1 from ops_private.auth_sessions s where s.id = p_session and s.principal_id = p_principal
+            and s.revoked_at is null and s.expires_at > ops_private.now()) then
+        return pg_catalog.jsonb_build_object('error', 'session_not_found');
+    end if;
+    if p_scope = 'global' then
+        v_count := ops_private.auth_revoke_sessions(p_principal, 'logout_global');
+    elsif p_scope = 'others' then
+        v_count := ops_private.auth_revoke_sessions(p_principal, 'logout_others', p_session);
+    elsif p_session is not null then
+        update ops_private.auth_sessions s set revoked_at = ops_private.now(), revoked_reason = 'logout'
+         where s.id = p_session;
+        v_count := 1;
+    end if;
+    perform ops_private.auth_audit(p_principal, 'auth.logout',
+        pg_catalog.jsonb_build_object('scope', p_scope, 'session_id', p_session, 'ip', p_ip,
+                                      'sessions_revoked', v_count));
+    return pg_catalog.jsonb_build_object('sessions_revoked', v_count);
+end
+$$;
+
+--
+-- Name: auth_refresh(text, text, integer, integer, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_refresh(p_hash text, p_new_hash text, p_session_ttl_seconds integer, p_grace_seconds integer, p_ip text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+    v_now     timestamptz := ops_private.now();
+    v_token   ops_private.auth_refresh_tokens;
+    v_session ops_private.auth_sessions;
+begin
+    select * into v_token from ops_private.auth_refresh_tokens t where t.token_hash = pg_catalog.decode(p_hash, 'hex') for update;
+    if not found then
+        return pg_catalog.jsonb_build_object('error', 'refresh_token_not_found');
+    end if;
+    select * into v_session from ops_private.auth_sessions s where s.id = v_token.session_id for update;
+    if v_session.revoked_at is not null or v_session.expires_at <= v_now
+       or exists (select 1 from ops_private.auth_users u where u.principal_id = v_session.principal_id
+                  and u.disabled_at is not null)
+       or exists (select 1 from ops.principals p where p.id = v_session.principal_id
+                  and p.revoked_at is not null) then
+        return pg_catalog.jsonb_build_object('error', 'refresh_token_not_found');
+    end if;
+    if v_token.used_at is not null and v_token.used_at < v_now - pg_catalog.make_interval(secs => p_grace_seconds) then
+        update ops_private.auth_sessions s set revoked_at = v_now, revoked_reason = 'refresh_token_reuse'
+         where s.id = v_session.id;
+        perform ops_private.auth_audit(v_session.principal_id, 'auth.refresh_token_reuse',
+            pg_catalog.jsonb_build_object('session_id', v_session.id, 'ip', p_ip,
+                                          'used_at', v_token.used_at));
+        return pg_catalog.jsonb_build_object('error', 'refresh_token_already_used');
+    end if;
+    update ops_private.auth_refresh_tokens t set used_at = coalesce(t.used_at, v_now) where t.id = v_token.id;
+    insert into ops_private.auth_refresh_tokens (token_hash, session_id, parent_id, created_at)
+    values (pg_catalog.decode(p_new_hash, 'hex'), v_session.id, v_token.id, v_now);
+    update ops_private.auth_sessions s
+       set refreshed_at = v_now, expires_at = v_now + pg_catalog.make_interval(secs => p_session_ttl_seconds)
+     where s.id = v_session.id;
+    return pg_catalog.jsonb_build_object('session_id', v_session.id,
+                                         'signed_in_at', extract(epoch from v_session.created_at)::bigint,
+                                         'user', ops_private.auth_user_json(v_session.principal_id));
+end
+$$;
+
+--
+-- Name: auth_revoke_sessions(uuid, text, uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_revoke_sessions(p_principal uuid, p_reason text, p_except uuid DEFAULT NULL::uuid) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_count integer;
+begin
+    update ops_private.auth_sessions s set revoked_at = ops_private.now(), revoked_reason = p_reason
+    where s.principal_id = p_principal and s.revoked_at is null
+      and (p_except is null or s.id <> p_except);
+    get diagnostics v_count = row_count;
+    return v_count;
+end
+$$;
+
+--
+-- Name: auth_set_password(text, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_set_password(p_email text, p_password_hash text) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+    v_id uuid := ops_private.auth_user_id(p_email);
+begin
+    if v_id is null then
+        perform ops_private.fail(404, 'not_found', 'no user with email ' || ops_private.auth_email(p_email));
+    end if;
+    update ops_private.auth_users u
+       set password_hash = p_password_hash, password_changed_at = ops_private.now(),
+           updated_at = ops_private.now()
+     where u.principal_id = v_id;
+    perform ops_private.auth_audit(v_id, 'auth.password_change', pg_catalog.jsonb_build_object(
+        'email', ops_private.auth_email(p_email),
+        'sessions_revoked', ops_private.auth_revoke_sessions(v_id, 'password_change')));
+    return v_id;
+end
+$$;
+
+--
+-- Name: auth_signin_failed(text, text, uuid, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_signin_failed(p_email text, p_ip text, p_principal uuid, p_reason text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+    v_email text := pg_catalog.left(ops_private.auth_email(p_email), 320);
+    v_now   timestamptz := ops_private.now();
+begin
+    delete from ops_private.auth_failures f where f.at < v_now - interval '1 day';
+    insert into ops_private.auth_failures (at, email, ip) values (v_now, v_email, p_ip);
+    perform ops_private.auth_audit(p_principal, 'auth.signin_failed',
+        pg_catalog.jsonb_build_object('email', v_email, 'ip', p_ip, 'reason', p_reason));
+end
+$$;
+
+--
+-- Name: auth_signin_lookup(text, text, integer, integer, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_signin_lookup(p_email text, p_ip text, p_window_seconds integer, p_max_per_email integer, p_max_per_ip integer) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+    v_email text := ops_private.auth_email(p_email);
+    v_now   timestamptz := ops_private.now();
+    v_since timestamptz := v_now - pg_catalog.make_interval(secs => p_window_seconds);
+    v_at    timestamptz;
+    v_user  ops_private.auth_users;
+begin
+    -- the failure whose ageing out brings the count under the limit
+    select f.at into v_at from ops_private.auth_failures f
+    where f.email = v_email and f.at > v_since
+    order by f.at desc offset greatest(p_max_per_email - 1, 0) limit 1;
+    if v_at is null then
+        select f.at into v_at from ops_private.auth_failures f
+        where f.ip = p_ip and f.at > v_since
+        order by f.at desc offset greatest(p_max_per_ip - 1, 0) limit 1;
+    end if;
+    if v_at is not null then
+        perform ops_private.fail(429, 'over_request_rate_limit',
+            'too many failed sign-ins: try again later',
+            pg_catalog.jsonb_build_object('retry_after', greatest(1, pg_catalog.ceil(
+                extract(epoch from (v_at + pg_catalog.make_interval(secs => p_window_seconds) - v_now)))::integer)));
+    end if;
+    select * into v_user from ops_private.auth_users u where u.email = v_email;
+    if not found then
+        return pg_catalog.jsonb_build_object('principal_id', null, 'password_hash', null, 'disabled', false);
+    end if;
+    return pg_catalog.jsonb_build_object(
+        'principal_id', v_user.principal_id, 'password_hash', v_user.password_hash,
+        'disabled', v_user.disabled_at is not null
+                    or exists (select 1 from ops.principals p
+                               where p.id = v_user.principal_id and p.revoked_at is not null));
+end
+$$;
+
+--
+-- Name: auth_signin_ok(uuid, text, text, text, integer, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_signin_ok(p_principal uuid, p_ip text, p_user_agent text, p_refresh_hash text, p_session_ttl_seconds integer, p_rehash text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+    v_now     timestamptz := ops_private.now();
+    v_user    ops_private.auth_users;
+    v_session uuid;
+begin
+    select * into v_user from ops_private.auth_users u where u.principal_id = p_principal for update;
+    if not found or v_user.disabled_at is not null
+       or exists (select 1 from ops.principals p where p.id = p_principal and p.revoked_at is not null) then
+        perform ops_private.fail(400, 'invalid_credentials', 'Invalid login credentials');
+    end if;
+    update ops_private.auth_users u
+       set last_sign_in_at = v_now,
+           password_hash = coalesce(p_rehash, u.password_hash)
+     where u.principal_id = p_principal;
+    delete from ops_private.auth_failures f where f.email = v_user.email;
+    insert into ops_private.auth_sessions (principal_id, created_at, refreshed_at, expires_at, ip, user_agent)
+    values (p_principal, v_now, v_now, v_now + pg_catalog.make_interval(secs => p_session_ttl_seconds),
+            p_ip, pg_catalog.left(p_user_agent, 512))
+    returning id into v_session;
+    insert into ops_private.auth_refresh_tokens (token_hash, session_id, created_at)
+    values (pg_catalog.decode(p_refresh_hash, 'hex'), v_session, v_now);
+    perform ops_private.auth_audit(p_principal, 'auth.signin',
+        pg_catalog.jsonb_build_object('email', v_user.email, 'ip', p_ip, 'session_id', v_session));
+    return pg_catalog.jsonb_build_object('session_id', v_session, 'signed_in_at', extract(epoch from v_now)::bigint,
+                                         'user', ops_private.auth_user_json(p_principal));
+end
+$$;
+
+--
+-- Name: auth_user_id(text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_user_id(p_email text) RETURNS uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    select u.principal_id from ops_private.auth_users u where u.email = ops_private.auth_email(p_email)
+$$;
+
+--
+-- Name: auth_user_json(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.auth_user_json(p_principal uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', u.principal_id, 'aud', 'authenticated', 'role', 'authenticated',
+        'email', u.email, 'email_confirmed_at', u.created_at, 'phone', '',
+        'created_at', u.created_at, 'updated_at', u.updated_at,
+        'last_sign_in_at', u.last_sign_in_at,
+        'app_metadata', pg_catalog.jsonb_build_object('provider', 'email', 'providers',
+                                                      pg_catalog.jsonb_build_array('email')),
+        'user_metadata', pg_catalog.jsonb_build_object('name', p.name),
+        'identities', '[]'::jsonb, 'is_anonymous', false)
+    from ops_private.auth_users u join ops.principals p on p.id = u.principal_id
+    where u.principal_id = p_principal
+$$;
+
+--
 -- Name: backoff_seconds(integer, numeric, numeric); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -5327,6 +6139,45 @@ end
 $$;
 
 --
+-- Name: run_events; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.run_events (
+    run_id uuid NOT NULL,
+    seq bigint NOT NULL,
+    event_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    phase text,
+    attempt integer,
+    ts timestamp with time zone NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    level text NOT NULL,
+    type text NOT NULL,
+    message text DEFAULT ''::text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    principal_id uuid,
+    CONSTRAINT run_events_level_check CHECK ((level = ANY (ARRAY['debug'::text, 'info'::text, 'warning'::text, 'error'::text])))
+);
+
+--
+-- Name: event_json(ops.run_events, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.event_json(e ops.run_events, p_sees boolean) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $_$
+    select pg_catalog.jsonb_build_object(
+        'seq', e.seq, 'event_id', e.event_id, 'run_id', e.run_id, 'phase', e.phase, 'attempt', e.attempt,
+        'ts', e.ts, 'recorded_at', e.recorded_at, 'level', e.level, 'type', e.type,
+        'message', e.message,
+        -- events written before names replaced ids in claimed_by keep an id: hidden too
+        'payload', case when not p_sees and e.type in ('PHASE_CLAIMED', 'LEASE_EXPIRED')
+                             and e.payload ->> 'claimed_by' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                        then e.payload || '{"claimed_by": null}'::jsonb else e.payload end,
+        'principal_id', case when p_sees then e.principal_id end)
+$_$;
+
+--
 -- Name: fail(integer, text, text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6204,6 +7055,21 @@ end
 $$;
 
 --
+-- Name: limit_arg(text, integer, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.limit_arg(p_name text, p_value integer, p_max integer) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+begin
+    if p_value is null or p_value not between 1 and p_max then
+        perform ops_private.fail(400, 'invalid_argument', p_name || ' must be between 1 and ' || p_max,
+                                 pg_catalog.jsonb_build_object('argument', p_name));
+    end if;
+end
+$$;
+
+--
 -- Name: lineage_json(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6284,6 +7150,20 @@ begin
     return ops_private.run_json(v_child)
            || pg_catalog.jsonb_build_object('created', true, 'rerun_phases', pg_catalog.to_jsonb(p_rerun));
 end
+$$;
+
+--
+-- Name: manifest_tables(jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.manifest_tables(p_manifest jsonb) RETURNS SETOF jsonb
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select t from pg_catalog.jsonb_array_elements(
+        case when pg_catalog.jsonb_typeof(p_manifest -> 'tables') = 'array' then p_manifest -> 'tables'
+             when pg_catalog.jsonb_typeof(p_manifest -> 'table') = 'object' then pg_catalog.jsonb_build_array(p_manifest -> 'table')
+             else '[]'::jsonb end) t
+    where pg_catalog.jsonb_typeof(t) = 'object' and pg_catalog.jsonb_typeof(t -> 'name') = 'string'
 $$;
 
 --
@@ -6569,6 +7449,27 @@ end
 $$;
 
 --
+-- Name: notify_run_changes(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.notify_run_changes() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_x record;
+begin
+    for v_x in
+        select n.workspace_id, n.run_id, max(n.seq) as seq from new_events n
+        group by n.workspace_id, n.run_id
+    loop
+        perform pg_catalog.pg_notify('ops_run_changes',
+                                     v_x.workspace_id::text || ' ' || v_x.run_id::text || ' ' || v_x.seq::text);
+    end loop;
+    return null;
+end
+$$;
+
+--
 -- Name: now(); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6668,13 +7569,21 @@ CREATE FUNCTION ops_private.pre_request() RETURNS void
     SET search_path TO ''
     AS $_$
 declare
-    v_sub text := coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
-                           nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub');
+    v_claims jsonb := nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb;
+    v_sub    text := coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                              v_claims ->> 'sub');
+    v_sid    text := case when pg_catalog.jsonb_typeof(v_claims) = 'object' then v_claims ->> 'session_id' end;
 begin
     if v_sub is not null
        and v_sub ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
        and exists (select 1 from ops.principals p where p.id = v_sub::uuid and p.revoked_at is not null) then
         perform ops_private.fail(401, 'unauthorized', 'principal ' || v_sub || ' has been revoked');
+    end if;
+    if v_sid is not null
+       and v_sid ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
+       and exists (select 1 from ops_private.auth_sessions s where s.id = v_sid::uuid
+                   and (s.revoked_at is not null or s.expires_at <= ops_private.now())) then
+        perform ops_private.fail(401, 'unauthorized', 'the session has ended (signed out or expired): sign in again');
     end if;
 end
 $_$;
@@ -6741,6 +7650,21 @@ begin
     on conflict (rule_id, dedupe_key) do nothing;
     get diagnostics v_n = row_count;
     return v_n;
+end
+$$;
+
+--
+-- Name: readable_workspace(uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.readable_workspace(p_workspace uuid) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+begin
+    if not exists (select 1 from ops.workspaces w where w.id = p_workspace) then
+        perform ops_private.fail(404, 'not_found', 'workspace not found',
+                                 pg_catalog.jsonb_build_object('argument', 'workspace_id'));
+    end if;
 end
 $$;
 
@@ -7615,27 +8539,6 @@ ALTER TABLE ops.run_artifacts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 );
 
 --
--- Name: run_events; Type: TABLE; Schema: ops; Owner: -
---
-
-CREATE TABLE ops.run_events (
-    run_id uuid NOT NULL,
-    seq bigint NOT NULL,
-    event_id uuid NOT NULL,
-    workspace_id uuid NOT NULL,
-    phase text,
-    attempt integer,
-    ts timestamp with time zone NOT NULL,
-    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
-    level text NOT NULL,
-    type text NOT NULL,
-    message text DEFAULT ''::text NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    principal_id uuid,
-    CONSTRAINT run_events_level_check CHECK ((level = ANY (ARRAY['debug'::text, 'info'::text, 'warning'::text, 'error'::text])))
-);
-
---
 -- Name: secrets_refs; Type: TABLE; Schema: ops; Owner: -
 --
 
@@ -7684,6 +8587,115 @@ CREATE TABLE ops.workspaces (
     CONSTRAINT workspaces_name_check CHECK (((length(name) >= 1) AND (length(name) <= 200))),
     CONSTRAINT workspaces_slug_check CHECK ((slug ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text))
 );
+
+--
+-- Name: auth_failures; Type: TABLE; Schema: ops_private; Owner: -
+--
+
+CREATE TABLE ops_private.auth_failures (
+    id bigint NOT NULL,
+    at timestamp with time zone NOT NULL,
+    email text NOT NULL,
+    ip text NOT NULL
+);
+
+--
+-- Name: TABLE auth_failures; Type: COMMENT; Schema: ops_private; Owner: -
+--
+
+COMMENT ON TABLE ops_private.auth_failures IS 'Failed sign-ins (never the password tried), counted for the rate limits; pruned after a day.';
+
+--
+-- Name: auth_failures_id_seq; Type: SEQUENCE; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ops_private.auth_failures ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME ops_private.auth_failures_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: auth_refresh_tokens; Type: TABLE; Schema: ops_private; Owner: -
+--
+
+CREATE TABLE ops_private.auth_refresh_tokens (
+    id bigint NOT NULL,
+    token_hash bytea NOT NULL,
+    session_id uuid NOT NULL,
+    parent_id bigint,
+    created_at timestamp with time zone NOT NULL,
+    used_at timestamp with time zone,
+    CONSTRAINT auth_refresh_tokens_token_hash_check CHECK ((length(token_hash) = 32))
+);
+
+--
+-- Name: TABLE auth_refresh_tokens; Type: COMMENT; Schema: ops_private; Owner: -
+--
+
+COMMENT ON TABLE ops_private.auth_refresh_tokens IS 'Refresh tokens as SHA-256 hashes; each is used once (used_at), its use issues the next one.';
+
+--
+-- Name: auth_refresh_tokens_id_seq; Type: SEQUENCE; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ops_private.auth_refresh_tokens ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME ops_private.auth_refresh_tokens_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: auth_sessions; Type: TABLE; Schema: ops_private; Owner: -
+--
+
+CREATE TABLE ops_private.auth_sessions (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    principal_id uuid NOT NULL,
+    created_at timestamp with time zone NOT NULL,
+    refreshed_at timestamp with time zone NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    revoked_at timestamp with time zone,
+    revoked_reason text,
+    ip text,
+    user_agent text,
+    CONSTRAINT auth_sessions_user_agent_check CHECK ((length(user_agent) <= 512))
+);
+
+--
+-- Name: TABLE auth_sessions; Type: COMMENT; Schema: ops_private; Owner: -
+--
+
+COMMENT ON TABLE ops_private.auth_sessions IS 'Sign-in sessions; the access tokens carry the id (claim session_id). Ended: revoked, or expires_at passed.';
+
+--
+-- Name: auth_users; Type: TABLE; Schema: ops_private; Owner: -
+--
+
+CREATE TABLE ops_private.auth_users (
+    principal_id uuid NOT NULL,
+    email text NOT NULL,
+    password_hash text NOT NULL,
+    disabled_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    password_changed_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_sign_in_at timestamp with time zone,
+    CONSTRAINT auth_users_email_check CHECK (((email = lower(email)) AND ((length(email) >= 3) AND (length(email) <= 320)) AND (email ~ '^[^@\s]+@[^@\s]+$'::text))),
+    CONSTRAINT auth_users_password_hash_check CHECK ((password_hash ~~ '$argon2id$%'::text))
+);
+
+--
+-- Name: TABLE auth_users; Type: COMMENT; Schema: ops_private; Owner: -
+--
+
+COMMENT ON TABLE ops_private.auth_users IS 'Credentials of local users (principals of kind user): lowercased email, argon2id hash, disabled flag.';
 
 --
 -- Name: reserved_event_types; Type: TABLE; Schema: ops_private; Owner: -
@@ -8002,6 +9014,48 @@ ALTER TABLE ONLY ops.workspaces
     ADD CONSTRAINT workspaces_slug_key UNIQUE (slug);
 
 --
+-- Name: auth_failures auth_failures_pkey; Type: CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_failures
+    ADD CONSTRAINT auth_failures_pkey PRIMARY KEY (id);
+
+--
+-- Name: auth_refresh_tokens auth_refresh_tokens_pkey; Type: CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_refresh_tokens
+    ADD CONSTRAINT auth_refresh_tokens_pkey PRIMARY KEY (id);
+
+--
+-- Name: auth_refresh_tokens auth_refresh_tokens_token_hash_key; Type: CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_refresh_tokens
+    ADD CONSTRAINT auth_refresh_tokens_token_hash_key UNIQUE (token_hash);
+
+--
+-- Name: auth_sessions auth_sessions_pkey; Type: CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_sessions
+    ADD CONSTRAINT auth_sessions_pkey PRIMARY KEY (id);
+
+--
+-- Name: auth_users auth_users_email_key; Type: CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_users
+    ADD CONSTRAINT auth_users_email_key UNIQUE (email);
+
+--
+-- Name: auth_users auth_users_pkey; Type: CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_users
+    ADD CONSTRAINT auth_users_pkey PRIMARY KEY (principal_id);
+
+--
 -- Name: reserved_event_types reserved_event_types_pkey; Type: CONSTRAINT; Schema: ops_private; Owner: -
 --
 
@@ -8049,6 +9103,12 @@ CREATE INDEX alerts_leased_idx ON ops.alerts USING btree (lease_expires_at) WHER
 --
 
 CREATE INDEX alerts_workspace_created_idx ON ops.alerts USING btree (workspace_id, created_at DESC, id DESC);
+
+--
+-- Name: audit_log_workspace_id_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX audit_log_workspace_id_idx ON ops.audit_log USING btree (workspace_id, id DESC);
 
 --
 -- Name: audit_log_workspace_idx; Type: INDEX; Schema: ops; Owner: -
@@ -8129,6 +9189,12 @@ CREATE INDEX phases_due_idx ON ops.phases USING btree (not_before) WHERE (state 
 CREATE INDEX phases_failed_idx ON ops.phases USING btree (workspace_id, finished_at DESC, id DESC) WHERE (state = 'failed'::text);
 
 --
+-- Name: phases_finished_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX phases_finished_idx ON ops.phases USING btree (workspace_id, finished_at) WHERE (state = ANY (ARRAY['succeeded'::text, 'failed'::text]));
+
+--
 -- Name: phases_lease_expiry_idx; Type: INDEX; Schema: ops; Owner: -
 --
 
@@ -8175,6 +9241,30 @@ CREATE INDEX run_artifacts_digest_idx ON ops.run_artifacts USING btree (workspac
 --
 
 CREATE INDEX run_events_lease_expired_idx ON ops.run_events USING btree (recorded_at) WHERE (type = 'LEASE_EXPIRED'::text);
+
+--
+-- Name: run_events_lifecycle_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX run_events_lifecycle_idx ON ops.run_events USING btree (run_id, seq) WHERE (type = ANY (ARRAY['PHASE_CLAIMED'::text, 'PHASE_SUCCEEDED'::text, 'PHASE_FAILED'::text, 'LEASE_EXPIRED'::text, 'PHASE_CANCELLED'::text, 'PHASE_STOPPED'::text]));
+
+--
+-- Name: run_events_phase_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX run_events_phase_idx ON ops.run_events USING btree (run_id, phase, seq) WHERE (phase IS NOT NULL);
+
+--
+-- Name: run_events_problems_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX run_events_problems_idx ON ops.run_events USING btree (run_id, seq) WHERE (level = ANY (ARRAY['warning'::text, 'error'::text]));
+
+--
+-- Name: run_events_run_type_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX run_events_run_type_idx ON ops.run_events USING btree (run_id, type, seq);
 
 --
 -- Name: run_events_type_idx; Type: INDEX; Schema: ops; Owner: -
@@ -8255,6 +9345,36 @@ CREATE INDEX sensors_job_idx ON ops.sensors USING btree (job_id);
 CREATE INDEX workspace_members_principal_idx ON ops.workspace_members USING btree (principal_id, workspace_id);
 
 --
+-- Name: auth_failures_at_idx; Type: INDEX; Schema: ops_private; Owner: -
+--
+
+CREATE INDEX auth_failures_at_idx ON ops_private.auth_failures USING btree (at);
+
+--
+-- Name: auth_failures_email_idx; Type: INDEX; Schema: ops_private; Owner: -
+--
+
+CREATE INDEX auth_failures_email_idx ON ops_private.auth_failures USING btree (email, at);
+
+--
+-- Name: auth_failures_ip_idx; Type: INDEX; Schema: ops_private; Owner: -
+--
+
+CREATE INDEX auth_failures_ip_idx ON ops_private.auth_failures USING btree (ip, at);
+
+--
+-- Name: auth_refresh_tokens_session_idx; Type: INDEX; Schema: ops_private; Owner: -
+--
+
+CREATE INDEX auth_refresh_tokens_session_idx ON ops_private.auth_refresh_tokens USING btree (session_id);
+
+--
+-- Name: auth_sessions_principal_idx; Type: INDEX; Schema: ops_private; Owner: -
+--
+
+CREATE INDEX auth_sessions_principal_idx ON ops_private.auth_sessions USING btree (principal_id) WHERE (revoked_at IS NULL);
+
+--
 -- Name: job_versions job_versions_immutable; Type: TRIGGER; Schema: ops; Owner: -
 --
 
@@ -8301,6 +9421,12 @@ CREATE TRIGGER run_events_freshness AFTER INSERT ON ops.run_events FOR EACH ROW 
 --
 
 CREATE TRIGGER run_events_lineage AFTER INSERT ON ops.run_events FOR EACH ROW WHEN ((new.type = 'DATASET_LINEAGE'::text)) EXECUTE FUNCTION ops_private.record_lineage();
+
+--
+-- Name: run_events run_events_notify_changes; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER run_events_notify_changes AFTER INSERT ON ops.run_events REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION ops_private.notify_run_changes();
 
 --
 -- Name: runs runs_alert_failed; Type: TRIGGER; Schema: ops; Owner: -
@@ -8614,6 +9740,27 @@ ALTER TABLE ONLY ops.sensors
 
 ALTER TABLE ONLY ops.workspace_members
     ADD CONSTRAINT workspace_members_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id) ON DELETE CASCADE;
+
+--
+-- Name: auth_refresh_tokens auth_refresh_tokens_session_id_fkey; Type: FK CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_refresh_tokens
+    ADD CONSTRAINT auth_refresh_tokens_session_id_fkey FOREIGN KEY (session_id) REFERENCES ops_private.auth_sessions(id) ON DELETE CASCADE;
+
+--
+-- Name: auth_sessions auth_sessions_principal_id_fkey; Type: FK CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_sessions
+    ADD CONSTRAINT auth_sessions_principal_id_fkey FOREIGN KEY (principal_id) REFERENCES ops_private.auth_users(principal_id) ON DELETE CASCADE;
+
+--
+-- Name: auth_users auth_users_principal_id_fkey; Type: FK CONSTRAINT; Schema: ops_private; Owner: -
+--
+
+ALTER TABLE ONLY ops_private.auth_users
+    ADD CONSTRAINT auth_users_principal_id_fkey FOREIGN KEY (principal_id) REFERENCES ops.principals(id) ON DELETE CASCADE;
 
 --
 -- Name: alert_deliveries; Type: ROW SECURITY; Schema: ops; Owner: -
@@ -9137,6 +10284,14 @@ GRANT ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) TO authentic
 GRANT ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) TO service_role;
 
 --
+-- Name: FUNCTION get_health(workspace_id text, since timestamp with time zone, bucket_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_health(workspace_id text, since timestamp with time zone, bucket_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_health(workspace_id text, since timestamp with time zone, bucket_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_health(workspace_id text, since timestamp with time zone, bucket_seconds integer) TO service_role;
+
+--
 -- Name: FUNCTION get_job(workspace_id text, slug text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -9151,6 +10306,30 @@ GRANT ALL ON FUNCTION ops.get_job(workspace_id text, slug text) TO service_role;
 REVOKE ALL ON FUNCTION ops.get_run(run_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.get_run(run_id text) TO authenticated;
 GRANT ALL ON FUNCTION ops.get_run(run_id text) TO service_role;
+
+--
+-- Name: FUNCTION get_run_grid(workspace_id text, job_slug text, spec_slug text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_run_grid(workspace_id text, job_slug text, spec_slug text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_run_grid(workspace_id text, job_slug text, spec_slug text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_run_grid(workspace_id text, job_slug text, spec_slug text, "limit" integer) TO service_role;
+
+--
+-- Name: FUNCTION get_run_lineage(run_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_run_lineage(run_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_run_lineage(run_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_run_lineage(run_id text) TO service_role;
+
+--
+-- Name: FUNCTION get_run_timeline(run_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.get_run_timeline(run_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_run_timeline(run_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_run_timeline(run_id text) TO service_role;
 
 --
 -- Name: FUNCTION get_schedule(workspace_id text, name text); Type: ACL; Schema: ops; Owner: -
@@ -9217,6 +10396,14 @@ GRANT ALL ON FUNCTION ops.list_artifacts(run_id text, workspace_id text, digest 
 GRANT ALL ON FUNCTION ops.list_artifacts(run_id text, workspace_id text, digest text, "limit" integer, after bigint) TO service_role;
 
 --
+-- Name: FUNCTION list_audit(workspace_id text, before bigint, "limit" integer, function_name text, principal_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_audit(workspace_id text, before bigint, "limit" integer, function_name text, principal_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_audit(workspace_id text, before bigint, "limit" integer, function_name text, principal_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_audit(workspace_id text, before bigint, "limit" integer, function_name text, principal_id text) TO service_role;
+
+--
 -- Name: FUNCTION list_connections(workspace_id text); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -9241,12 +10428,12 @@ GRANT ALL ON FUNCTION ops.list_dead_letters(workspace_id text, spec_slug text, s
 GRANT ALL ON FUNCTION ops.list_dead_letters(workspace_id text, spec_slug text, since text, "limit" integer, cursor text) TO service_role;
 
 --
--- Name: FUNCTION list_events(run_id text, after bigint, "limit" integer, phase text); Type: ACL; Schema: ops; Owner: -
+-- Name: FUNCTION list_events(run_id text, after bigint, "limit" integer, phase text, before bigint, types text[], levels text[], text text); Type: ACL; Schema: ops; Owner: -
 --
 
-REVOKE ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text) FROM PUBLIC;
-GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text) TO authenticated;
-GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text) TO service_role;
+REVOKE ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text, before bigint, types text[], levels text[], text text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text, before bigint, types text[], levels text[], text text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text, before bigint, types text[], levels text[], text text) TO service_role;
 
 --
 -- Name: FUNCTION list_github_statuses(workspace_id text, run_id text, "limit" integer); Type: ACL; Schema: ops; Owner: -
@@ -9273,12 +10460,12 @@ GRANT ALL ON FUNCTION ops.list_jobs(workspace_id text) TO authenticated;
 GRANT ALL ON FUNCTION ops.list_jobs(workspace_id text) TO service_role;
 
 --
--- Name: FUNCTION list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text); Type: ACL; Schema: ops; Owner: -
+-- Name: FUNCTION list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after timestamp with time zone, created_before timestamp with time zone); Type: ACL; Schema: ops; Owner: -
 --
 
-REVOKE ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text) FROM PUBLIC;
-GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text) TO authenticated;
-GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text) TO service_role;
+REVOKE ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after timestamp with time zone, created_before timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after timestamp with time zone, created_before timestamp with time zone) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after timestamp with time zone, created_before timestamp with time zone) TO service_role;
 
 --
 -- Name: FUNCTION list_schedule_ticks(workspace_id text, name text, state text, before text, "limit" integer); Type: ACL; Schema: ops; Owner: -
@@ -9579,6 +10766,102 @@ REVOKE ALL ON FUNCTION ops_private.alert_workspace(p_workspace uuid, p_roles tex
 --
 
 REVOKE ALL ON FUNCTION ops_private.audit(p_function text, p_workspace uuid, p_target_type text, p_target_id text, p_details jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_audit(p_principal uuid, p_function text, p_details jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_audit(p_principal uuid, p_function text, p_details jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_create_user(p_email text, p_name text, p_password_hash text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_create_user(p_email text, p_name text, p_password_hash text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_disable_user(p_email text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_disable_user(p_email text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_email(p_email text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_email(p_email text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_get_user(p_principal uuid, p_session uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_get_user(p_principal uuid, p_session uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.auth_get_user(p_principal uuid, p_session uuid) TO service_role;
+
+--
+-- Name: FUNCTION auth_list_users(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_list_users() FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_logout(p_principal uuid, p_session uuid, p_scope text, p_ip text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_logout(p_principal uuid, p_session uuid, p_scope text, p_ip text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.auth_logout(p_principal uuid, p_session uuid, p_scope text, p_ip text) TO service_role;
+
+--
+-- Name: FUNCTION auth_refresh(p_hash text, p_new_hash text, p_session_ttl_seconds integer, p_grace_seconds integer, p_ip text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_refresh(p_hash text, p_new_hash text, p_session_ttl_seconds integer, p_grace_seconds integer, p_ip text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.auth_refresh(p_hash text, p_new_hash text, p_session_ttl_seconds integer, p_grace_seconds integer, p_ip text) TO service_role;
+
+--
+-- Name: FUNCTION auth_revoke_sessions(p_principal uuid, p_reason text, p_except uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_revoke_sessions(p_principal uuid, p_reason text, p_except uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_set_password(p_email text, p_password_hash text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_set_password(p_email text, p_password_hash text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_signin_failed(p_email text, p_ip text, p_principal uuid, p_reason text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_signin_failed(p_email text, p_ip text, p_principal uuid, p_reason text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.auth_signin_failed(p_email text, p_ip text, p_principal uuid, p_reason text) TO service_role;
+
+--
+-- Name: FUNCTION auth_signin_lookup(p_email text, p_ip text, p_window_seconds integer, p_max_per_email integer, p_max_per_ip integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_signin_lookup(p_email text, p_ip text, p_window_seconds integer, p_max_per_email integer, p_max_per_ip integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.auth_signin_lookup(p_email text, p_ip text, p_window_seconds integer, p_max_per_email integer, p_max_per_ip integer) TO service_role;
+
+--
+-- Name: FUNCTION auth_signin_ok(p_principal uuid, p_ip text, p_user_agent text, p_refresh_hash text, p_session_ttl_seconds integer, p_rehash text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_signin_ok(p_principal uuid, p_ip text, p_user_agent text, p_refresh_hash text, p_session_ttl_seconds integer, p_rehash text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.auth_signin_ok(p_principal uuid, p_ip text, p_user_agent text, p_refresh_hash text, p_session_ttl_seconds integer, p_rehash text) TO service_role;
+
+--
+-- Name: FUNCTION auth_user_id(p_email text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_user_id(p_email text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION auth_user_json(p_principal uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.auth_user_json(p_principal uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric); Type: ACL; Schema: ops_private; Owner: -
@@ -9952,6 +11235,21 @@ GRANT ALL ON FUNCTION ops_private.dead_letters(p_ws uuid, p_spec text, p_since t
 REVOKE ALL ON FUNCTION ops_private.emit(p_run uuid, p_workspace uuid, p_phase text, p_attempt integer, p_type text, p_level text, p_message text, p_payload jsonb, p_now timestamp with time zone) FROM PUBLIC;
 
 --
+-- Name: TABLE run_events; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.run_events TO authenticated;
+GRANT SELECT ON TABLE ops.run_events TO service_role;
+
+--
+-- Name: FUNCTION event_json(e ops.run_events, p_sees boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.event_json(e ops.run_events, p_sees boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.event_json(e ops.run_events, p_sees boolean) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.event_json(e ops.run_events, p_sees boolean) TO service_role;
+
+--
 -- Name: FUNCTION fail(p_status integer, p_code text, p_message text, p_details jsonb); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -10150,6 +11448,14 @@ GRANT SELECT ON TABLE ops.job_versions TO service_role;
 REVOKE ALL ON FUNCTION ops_private.job_version_json(v ops.job_versions, p_with_spec boolean) FROM PUBLIC;
 
 --
+-- Name: FUNCTION limit_arg(p_name text, p_value integer, p_max integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.limit_arg(p_name text, p_value integer, p_max integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.limit_arg(p_name text, p_value integer, p_max integer) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.limit_arg(p_name text, p_value integer, p_max integer) TO service_role;
+
+--
 -- Name: FUNCTION lineage_json(p_run uuid); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -10162,6 +11468,14 @@ GRANT ALL ON FUNCTION ops_private.lineage_json(p_run uuid) TO service_role;
 --
 
 REVOKE ALL ON FUNCTION ops_private.make_repair(p_r ops.runs, p_rerun text[], p_key text, p_digest text, p_on_active text, p_now timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION manifest_tables(p_manifest jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.manifest_tables(p_manifest jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.manifest_tables(p_manifest jsonb) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.manifest_tables(p_manifest jsonb) TO service_role;
 
 --
 -- Name: FUNCTION member_workspaces(); Type: ACL; Schema: ops_private; Owner: -
@@ -10188,6 +11502,12 @@ REVOKE ALL ON FUNCTION ops_private.normalize_phases(p_phases jsonb) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION ops_private.notify_queued(p_workspace uuid, p_kind text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION notify_run_changes(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.notify_run_changes() FROM PUBLIC;
 
 --
 -- Name: FUNCTION now(); Type: ACL; Schema: ops_private; Owner: -
@@ -10243,6 +11563,14 @@ REVOKE ALL ON FUNCTION ops_private.principal_name(p_workspace uuid, p_principal 
 --
 
 REVOKE ALL ON FUNCTION ops_private.raise_alerts(p_workspace uuid, p_event text, p_subject jsonb, p_payload jsonb, p_run ops.runs, p_dedupe text, p_count bigint) FROM PUBLIC;
+
+--
+-- Name: FUNCTION readable_workspace(p_workspace uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.readable_workspace(p_workspace uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.readable_workspace(p_workspace uuid) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.readable_workspace(p_workspace uuid) TO service_role;
 
 --
 -- Name: FUNCTION record_freshness(); Type: ACL; Schema: ops_private; Owner: -
@@ -10461,13 +11789,6 @@ GRANT SELECT ON TABLE ops.principals TO service_role;
 
 GRANT SELECT ON TABLE ops.run_artifacts TO authenticated;
 GRANT SELECT ON TABLE ops.run_artifacts TO service_role;
-
---
--- Name: TABLE run_events; Type: ACL; Schema: ops; Owner: -
---
-
-GRANT SELECT ON TABLE ops.run_events TO authenticated;
-GRANT SELECT ON TABLE ops.run_events TO service_role;
 
 --
 -- Name: TABLE secrets_refs; Type: ACL; Schema: ops; Owner: -
