@@ -1739,10 +1739,10 @@ end
 $$;
 
 --
--- Name: get_health(text, timestamp with time zone, integer); Type: FUNCTION; Schema: ops; Owner: -
+-- Name: get_health(text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
 --
 
-CREATE FUNCTION ops.get_health(workspace_id text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, bucket_seconds integer DEFAULT 3600) RETURNS jsonb
+CREATE FUNCTION ops.get_health(workspace_id text, since text DEFAULT NULL::text, bucket_seconds integer DEFAULT 3600) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
     AS $$
@@ -1750,7 +1750,8 @@ CREATE FUNCTION ops.get_health(workspace_id text, since timestamp with time zone
 declare
     v_ws     uuid := ops_private.uuid_arg('workspace_id', get_health.workspace_id, true);
     v_now    timestamptz := ops_private.now();
-    v_since  timestamptz := coalesce(get_health.since, ops_private.now() - interval '24 hours');
+    v_since  timestamptz := coalesce(ops_private.time_arg('since', get_health.since),
+                                     ops_private.now() - interval '24 hours');
     v_start  timestamptz;
     v_b      interval;
     v_out    jsonb;
@@ -2671,10 +2672,10 @@ end
 $$;
 
 --
--- Name: list_runs(text, text, text, jsonb, text, integer, text, text, text, text, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: ops; Owner: -
+-- Name: list_runs(text, text, text, jsonb, text, integer, text, text, text, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
 --
 
-CREATE FUNCTION ops.list_runs(workspace_id text DEFAULT NULL::text, state text DEFAULT NULL::text, spec_slug text DEFAULT NULL::text, labels jsonb DEFAULT NULL::jsonb, parent_run_id text DEFAULT NULL::text, "limit" integer DEFAULT 50, cursor text DEFAULT NULL::text, job_slug text DEFAULT NULL::text, git_sha text DEFAULT NULL::text, env text DEFAULT NULL::text, created_after timestamp with time zone DEFAULT NULL::timestamp with time zone, created_before timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS jsonb
+CREATE FUNCTION ops.list_runs(workspace_id text DEFAULT NULL::text, state text DEFAULT NULL::text, spec_slug text DEFAULT NULL::text, labels jsonb DEFAULT NULL::jsonb, parent_run_id text DEFAULT NULL::text, "limit" integer DEFAULT 50, cursor text DEFAULT NULL::text, job_slug text DEFAULT NULL::text, git_sha text DEFAULT NULL::text, env text DEFAULT NULL::text, created_after text DEFAULT NULL::text, created_before text DEFAULT NULL::text) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
     AS $_$
@@ -2693,6 +2694,8 @@ declare
     v_x      record;
     v_jobs   uuid[];
     v_sha    text;
+    v_after  timestamptz := ops_private.time_arg('created_after', list_runs.created_after);
+    v_before timestamptz := ops_private.time_arg('created_before', list_runs.created_before);
     v_admin  uuid[] := case when ops_private.is_privileged() then null
                             else array(select ops_private.admin_workspaces()) end;
 begin
@@ -2731,8 +2734,7 @@ begin
         perform ops_private.fail(400, 'invalid_argument', 'env must be at most 64 characters',
                                  jsonb_build_object('argument', 'env'));
     end if;
-    if list_runs.created_after is not null and list_runs.created_before is not null
-       and list_runs.created_after >= list_runs.created_before then
+    if v_after is not null and v_before is not null and v_after >= v_before then
         perform ops_private.fail(400, 'invalid_argument', 'created_after must be before created_before',
                                  jsonb_build_object('argument', 'created_after'));
     end if;
@@ -2748,8 +2750,8 @@ begin
           and (v_jobs is null or r.job_version_id = any (v_jobs))
           and (v_sha is null or left(r.git_sha, length(v_sha)) = v_sha)
           and (list_runs.env is null or r.env = list_runs.env)
-          and (list_runs.created_after is null or r.created_at >= list_runs.created_after)
-          and (list_runs.created_before is null or r.created_at < list_runs.created_before)
+          and (v_after is null or r.created_at >= v_after)
+          and (v_before is null or r.created_at < v_before)
           and (v_at is null or (r.created_at, r.id) < (v_at, v_id))
         order by r.created_at desc, r.id desc
         limit list_runs."limit"
@@ -4624,10 +4626,10 @@ end
 $$;
 
 --
--- Name: auth_audit(uuid, text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+-- Name: auth_audit(uuid, uuid, text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
-CREATE FUNCTION ops_private.auth_audit(p_principal uuid, p_function text, p_details jsonb) RETURNS void
+CREATE FUNCTION ops_private.auth_audit(p_actor uuid, p_subject uuid, p_function text, p_details jsonb) RETURNS void
     LANGUAGE plpgsql
     AS $$
 declare
@@ -4636,14 +4638,14 @@ declare
 begin
     insert into ops.audit_log (at, principal_id, db_role, function_name, workspace_id, target_type,
                                target_id, details)
-    select v_now, p_principal, v_role, p_function, w.workspace_id, 'user', p_principal::text,
+    select v_now, p_actor, v_role, p_function, w.workspace_id, 'user', p_subject::text,
            coalesce(p_details, '{}'::jsonb)
     from (select m.workspace_id from ops.workspace_members m
-          where p_principal is not null and m.principal_id = p_principal
+          where p_subject is not null and m.principal_id = p_subject
           union all
           select null::uuid
-          where p_principal is null
-             or not exists (select 1 from ops.workspace_members m where m.principal_id = p_principal)) w;
+          where p_subject is null
+             or not exists (select 1 from ops.workspace_members m where m.principal_id = p_subject)) w;
 end
 $$;
 
@@ -4677,7 +4679,7 @@ begin
     insert into ops_private.auth_users (principal_id, email, password_hash, created_at, updated_at,
                                         password_changed_at)
     values (v_id, v_email, p_password_hash, ops_private.now(), ops_private.now(), ops_private.now());
-    perform ops_private.auth_audit(v_id, 'auth.create_user',
+    perform ops_private.auth_audit(ops_private.uid(), v_id, 'auth.create_user',
                                    pg_catalog.jsonb_build_object('email', v_email, 'name', p_name));
     return v_id;
 end
@@ -4700,7 +4702,7 @@ begin
     update ops_private.auth_users u
        set disabled_at = coalesce(u.disabled_at, ops_private.now()), updated_at = ops_private.now()
      where u.principal_id = v_id;
-    perform ops_private.auth_audit(v_id, 'auth.disable_user', pg_catalog.jsonb_build_object(
+    perform ops_private.auth_audit(ops_private.uid(), v_id, 'auth.disable_user', pg_catalog.jsonb_build_object(
         'email', ops_private.auth_email(p_email),
         'sessions_revoked', ops_private.auth_revoke_sessions(v_id, 'disabled')));
     return v_id;
@@ -4787,7 +4789,7 @@ begin
          where s.id = p_session;
         v_count := 1;
     end if;
-    perform ops_private.auth_audit(p_principal, 'auth.logout',
+    perform ops_private.auth_audit(p_principal, p_principal, 'auth.logout',
         pg_catalog.jsonb_build_object('scope', p_scope, 'session_id', p_session, 'ip', p_ip,
                                       'sessions_revoked', v_count));
     return pg_catalog.jsonb_build_object('sessions_revoked', v_count);
@@ -4822,7 +4824,7 @@ begin
     if v_token.used_at is not null and v_token.used_at < v_now - pg_catalog.make_interval(secs => p_grace_seconds) then
         update ops_private.auth_sessions s set revoked_at = v_now, revoked_reason = 'refresh_token_reuse'
          where s.id = v_session.id;
-        perform ops_private.auth_audit(v_session.principal_id, 'auth.refresh_token_reuse',
+        perform ops_private.auth_audit(v_session.principal_id, v_session.principal_id, 'auth.refresh_token_reuse',
             pg_catalog.jsonb_build_object('session_id', v_session.id, 'ip', p_ip,
                                           'used_at', v_token.used_at));
         return pg_catalog.jsonb_build_object('error', 'refresh_token_already_used');
@@ -4875,7 +4877,7 @@ begin
        set password_hash = p_password_hash, password_changed_at = ops_private.now(),
            updated_at = ops_private.now()
      where u.principal_id = v_id;
-    perform ops_private.auth_audit(v_id, 'auth.password_change', pg_catalog.jsonb_build_object(
+    perform ops_private.auth_audit(ops_private.uid(), v_id, 'auth.password_change', pg_catalog.jsonb_build_object(
         'email', ops_private.auth_email(p_email),
         'sessions_revoked', ops_private.auth_revoke_sessions(v_id, 'password_change')));
     return v_id;
@@ -4896,7 +4898,7 @@ declare
 begin
     delete from ops_private.auth_failures f where f.at < v_now - interval '1 day';
     insert into ops_private.auth_failures (at, email, ip) values (v_now, v_email, p_ip);
-    perform ops_private.auth_audit(p_principal, 'auth.signin_failed',
+    perform ops_private.auth_audit(p_principal, p_principal, 'auth.signin_failed',
         pg_catalog.jsonb_build_object('email', v_email, 'ip', p_ip, 'reason', p_reason));
 end
 $$;
@@ -4972,7 +4974,7 @@ begin
     returning id into v_session;
     insert into ops_private.auth_refresh_tokens (token_hash, session_id, created_at)
     values (pg_catalog.decode(p_refresh_hash, 'hex'), v_session, v_now);
-    perform ops_private.auth_audit(p_principal, 'auth.signin',
+    perform ops_private.auth_audit(p_principal, p_principal, 'auth.signin',
         pg_catalog.jsonb_build_object('email', v_user.email, 'ip', p_ip, 'session_id', v_session));
     return pg_catalog.jsonb_build_object('session_id', v_session, 'signed_in_at', extract(epoch from v_now)::bigint,
                                          'user', ops_private.auth_user_json(p_principal));
@@ -8323,6 +8325,33 @@ CREATE FUNCTION ops_private.tick_json(t ops.schedule_ticks) RETURNS jsonb
 $$;
 
 --
+-- Name: time_arg(text, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.time_arg(p_name text, p_value text) RETURNS timestamp with time zone
+    LANGUAGE plpgsql STABLE
+    AS $_$
+declare
+    v_t timestamptz;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    if p_value !~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$' then
+        perform ops_private.fail(400, 'invalid_argument', p_name || ' must be an ISO 8601 time',
+                                 pg_catalog.jsonb_build_object('argument', p_name));
+    end if;
+    begin
+        v_t := p_value::timestamptz;
+    exception when others then
+        perform ops_private.fail(400, 'invalid_argument', p_name || ' must be an ISO 8601 time',
+                                 pg_catalog.jsonb_build_object('argument', p_name));
+    end;
+    return v_t;
+end
+$_$;
+
+--
 -- Name: token_pins(); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -10284,12 +10313,12 @@ GRANT ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) TO authentic
 GRANT ALL ON FUNCTION ops.get_dataset(workspace_id text, name text) TO service_role;
 
 --
--- Name: FUNCTION get_health(workspace_id text, since timestamp with time zone, bucket_seconds integer); Type: ACL; Schema: ops; Owner: -
+-- Name: FUNCTION get_health(workspace_id text, since text, bucket_seconds integer); Type: ACL; Schema: ops; Owner: -
 --
 
-REVOKE ALL ON FUNCTION ops.get_health(workspace_id text, since timestamp with time zone, bucket_seconds integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION ops.get_health(workspace_id text, since timestamp with time zone, bucket_seconds integer) TO authenticated;
-GRANT ALL ON FUNCTION ops.get_health(workspace_id text, since timestamp with time zone, bucket_seconds integer) TO service_role;
+REVOKE ALL ON FUNCTION ops.get_health(workspace_id text, since text, bucket_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.get_health(workspace_id text, since text, bucket_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.get_health(workspace_id text, since text, bucket_seconds integer) TO service_role;
 
 --
 -- Name: FUNCTION get_job(workspace_id text, slug text); Type: ACL; Schema: ops; Owner: -
@@ -10460,12 +10489,12 @@ GRANT ALL ON FUNCTION ops.list_jobs(workspace_id text) TO authenticated;
 GRANT ALL ON FUNCTION ops.list_jobs(workspace_id text) TO service_role;
 
 --
--- Name: FUNCTION list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after timestamp with time zone, created_before timestamp with time zone); Type: ACL; Schema: ops; Owner: -
+-- Name: FUNCTION list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after text, created_before text); Type: ACL; Schema: ops; Owner: -
 --
 
-REVOKE ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after timestamp with time zone, created_before timestamp with time zone) FROM PUBLIC;
-GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after timestamp with time zone, created_before timestamp with time zone) TO authenticated;
-GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after timestamp with time zone, created_before timestamp with time zone) TO service_role;
+REVOKE ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after text, created_before text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after text, created_before text) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_runs(workspace_id text, state text, spec_slug text, labels jsonb, parent_run_id text, "limit" integer, cursor text, job_slug text, git_sha text, env text, created_after text, created_before text) TO service_role;
 
 --
 -- Name: FUNCTION list_schedule_ticks(workspace_id text, name text, state text, before text, "limit" integer); Type: ACL; Schema: ops; Owner: -
@@ -10768,10 +10797,10 @@ REVOKE ALL ON FUNCTION ops_private.alert_workspace(p_workspace uuid, p_roles tex
 REVOKE ALL ON FUNCTION ops_private.audit(p_function text, p_workspace uuid, p_target_type text, p_target_id text, p_details jsonb) FROM PUBLIC;
 
 --
--- Name: FUNCTION auth_audit(p_principal uuid, p_function text, p_details jsonb); Type: ACL; Schema: ops_private; Owner: -
+-- Name: FUNCTION auth_audit(p_actor uuid, p_subject uuid, p_function text, p_details jsonb); Type: ACL; Schema: ops_private; Owner: -
 --
 
-REVOKE ALL ON FUNCTION ops_private.auth_audit(p_principal uuid, p_function text, p_details jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ops_private.auth_audit(p_actor uuid, p_subject uuid, p_function text, p_details jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION auth_create_user(p_email text, p_name text, p_password_hash text); Type: ACL; Schema: ops_private; Owner: -
@@ -11719,6 +11748,14 @@ REVOKE ALL ON FUNCTION ops_private.start_job_run(p_version_id uuid, p_params jso
 --
 
 REVOKE ALL ON FUNCTION ops_private.tick_json(t ops.schedule_ticks) FROM PUBLIC;
+
+--
+-- Name: FUNCTION time_arg(p_name text, p_value text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.time_arg(p_name text, p_value text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops_private.time_arg(p_name text, p_value text) TO authenticated;
+GRANT ALL ON FUNCTION ops_private.time_arg(p_name text, p_value text) TO service_role;
 
 --
 -- Name: FUNCTION token_pins(); Type: ACL; Schema: ops_private; Owner: -

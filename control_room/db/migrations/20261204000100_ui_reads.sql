@@ -53,6 +53,31 @@ begin
 end
 $$;
 
+-- an ISO 8601 time argument (text, as list_dead_letters takes `since`), or a 400 naming it
+create function ops_private.time_arg(p_name text, p_value text)
+returns timestamptz
+language plpgsql stable
+as $$
+declare
+    v_t timestamptz;
+begin
+    if p_value is null then
+        return null;
+    end if;
+    if p_value !~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$' then
+        perform ops_private.fail(400, 'invalid_argument', p_name || ' must be an ISO 8601 time',
+                                 pg_catalog.jsonb_build_object('argument', p_name));
+    end if;
+    begin
+        v_t := p_value::timestamptz;
+    exception when others then
+        perform ops_private.fail(400, 'invalid_argument', p_name || ' must be an ISO 8601 time',
+                                 pg_catalog.jsonb_build_object('argument', p_name));
+    end;
+    return v_t;
+end
+$$;
+
 -- a limit argument between 1 and p_max
 create function ops_private.limit_arg(p_name text, p_value integer, p_max integer)
 returns void
@@ -75,7 +100,7 @@ create function ops.list_runs(workspace_id text default null, state text default
                               labels jsonb default null, parent_run_id text default null,
                               "limit" integer default 50, cursor text default null,
                               job_slug text default null, git_sha text default null, env text default null,
-                              created_after timestamptz default null, created_before timestamptz default null)
+                              created_after text default null, created_before text default null)
 returns jsonb
 language plpgsql stable security invoker
 set search_path = ''
@@ -95,6 +120,8 @@ declare
     v_x      record;
     v_jobs   uuid[];
     v_sha    text;
+    v_after  timestamptz := ops_private.time_arg('created_after', list_runs.created_after);
+    v_before timestamptz := ops_private.time_arg('created_before', list_runs.created_before);
     v_admin  uuid[] := case when ops_private.is_privileged() then null
                             else array(select ops_private.admin_workspaces()) end;
 begin
@@ -133,8 +160,7 @@ begin
         perform ops_private.fail(400, 'invalid_argument', 'env must be at most 64 characters',
                                  jsonb_build_object('argument', 'env'));
     end if;
-    if list_runs.created_after is not null and list_runs.created_before is not null
-       and list_runs.created_after >= list_runs.created_before then
+    if v_after is not null and v_before is not null and v_after >= v_before then
         perform ops_private.fail(400, 'invalid_argument', 'created_after must be before created_before',
                                  jsonb_build_object('argument', 'created_after'));
     end if;
@@ -150,8 +176,8 @@ begin
           and (v_jobs is null or r.job_version_id = any (v_jobs))
           and (v_sha is null or left(r.git_sha, length(v_sha)) = v_sha)
           and (list_runs.env is null or r.env = list_runs.env)
-          and (list_runs.created_after is null or r.created_at >= list_runs.created_after)
-          and (list_runs.created_before is null or r.created_at < list_runs.created_before)
+          and (v_after is null or r.created_at >= v_after)
+          and (v_before is null or r.created_at < v_before)
           and (v_at is null or (r.created_at, r.id) < (v_at, v_id))
         order by r.created_at desc, r.id desc
         limit list_runs."limit"
@@ -481,7 +507,7 @@ $$;
 -- -------------------------------------------------------------------------------------------
 -- get_health
 
-create function ops.get_health(workspace_id text, since timestamptz default null, bucket_seconds integer default 3600)
+create function ops.get_health(workspace_id text, since text default null, bucket_seconds integer default 3600)
 returns jsonb
 language plpgsql stable security invoker
 set search_path = ''
@@ -490,7 +516,8 @@ as $$
 declare
     v_ws     uuid := ops_private.uuid_arg('workspace_id', get_health.workspace_id, true);
     v_now    timestamptz := ops_private.now();
-    v_since  timestamptz := coalesce(get_health.since, ops_private.now() - interval '24 hours');
+    v_since  timestamptz := coalesce(ops_private.time_arg('since', get_health.since),
+                                     ops_private.now() - interval '24 hours');
     v_start  timestamptz;
     v_b      interval;
     v_out    jsonb;
@@ -619,25 +646,27 @@ create trigger run_events_notify_changes after insert on ops.run_events
 -- -------------------------------------------------------------------------------------------
 -- grants
 
-revoke execute on function ops.list_runs(text, text, text, jsonb, text, integer, text, text, text, text, timestamptz, timestamptz),
+revoke execute on function ops.list_runs(text, text, text, jsonb, text, integer, text, text, text, text, text, text),
                            ops.list_events(text, bigint, integer, text, bigint, text[], text[], text),
                            ops.get_run_timeline(text),
                            ops.get_run_grid(text, text, text, integer),
                            ops.get_run_lineage(text),
-                           ops.get_health(text, timestamptz, integer)
+                           ops.get_health(text, text, integer)
     from public, anon;
-grant execute on function ops.list_runs(text, text, text, jsonb, text, integer, text, text, text, text, timestamptz, timestamptz),
+grant execute on function ops.list_runs(text, text, text, jsonb, text, integer, text, text, text, text, text, text),
                           ops.list_events(text, bigint, integer, text, bigint, text[], text[], text),
                           ops.get_run_timeline(text),
                           ops.get_run_grid(text, text, text, integer),
                           ops.get_run_lineage(text),
-                          ops.get_health(text, timestamptz, integer)
+                          ops.get_health(text, text, integer)
     to authenticated, service_role;
 revoke execute on function ops_private.readable_workspace(uuid), ops_private.limit_arg(text, integer, integer),
+                           ops_private.time_arg(text, text),
                            ops_private.event_json(ops.run_events, boolean), ops_private.manifest_tables(jsonb),
                            ops_private.notify_run_changes()
     from public, anon;
 grant execute on function ops_private.readable_workspace(uuid), ops_private.limit_arg(text, integer, integer),
+                          ops_private.time_arg(text, text),
                           ops_private.event_json(ops.run_events, boolean), ops_private.manifest_tables(jsonb)
     to authenticated, service_role;
 revoke execute on function ops_private.notify_run_changes() from authenticated, service_role;
