@@ -102,6 +102,7 @@ from control_room.contract.models import (
     EventPage,
     GithubStatus,
     HeartbeatResult,
+    Health,
     Invitation,
     InvitationRevoked,
     Job,
@@ -120,8 +121,11 @@ from control_room.contract.models import (
     RunCreated,
     RunDetail,
     RunPage,
+    RunGrid,
+    RunLineage,
     RunSummary,
     Schedule,
+    RunTimeline,
     ScheduleDeleted,
     ScheduleDetail,
     Sensor,
@@ -582,11 +586,16 @@ class ContractClient:
     def list_runs(self, workspace_id: str | None = None, *, state: RunState | None = None,
                   spec_slug: str | None = None, labels: Mapping[str, str] | None = None,
                   parent_run_id: str | None = None, limit: int | None = None,
-                  cursor: str | None = None) -> RunPage:
-        """The newest runs first; pass `next_cursor` as `cursor` to continue."""
+                  cursor: str | None = None, job_slug: str | None = None,
+                  git_sha: str | None = None, env: str | None = None,
+                  created_after: datetime | str | None = None,
+                  created_before: datetime | str | None = None) -> RunPage:
+        """The newest runs first; pass `next_cursor` as `cursor` to continue. `git_sha` is
+        a prefix (at least 4 hex digits); `created_after` / `created_before` a time range."""
         args = {"workspace_id": workspace_id, "state": state, "spec_slug": spec_slug,
                 "labels": _dict(labels), "parent_run_id": parent_run_id, "limit": limit,
-                "cursor": cursor}
+                "cursor": cursor, "job_slug": job_slug, "git_sha": git_sha, "env": env,
+                "created_after": _iso(created_after), "created_before": _iso(created_before)}
         return _parse(RunPage, self._rpc("list_runs", args), "list_runs")
 
     def iter_runs(self, workspace_id: str | None = None, *, state: RunState | None = None,
@@ -599,6 +608,31 @@ class ContractClient:
             page = self.list_runs(workspace_id, state=state, spec_slug=spec_slug,
                                   labels=labels, parent_run_id=parent_run_id,
                                   limit=page_size, cursor=cursor)
+    def get_run_timeline(self, run_id: str) -> RunTimeline:
+        """Every phase of the run with its attempts (claimed, started, ended, outcome)."""
+        return _parse(RunTimeline, self._rpc("get_run_timeline", {"run_id": run_id}),
+                      "get_run_timeline")
+
+    def get_run_grid(self, workspace_id: str, *, job_slug: str | None = None,
+                     spec_slug: str | None = None, limit: int | None = None) -> RunGrid:
+        """The runs x phases grid of the newest runs of a job (or spec)."""
+        args = {"workspace_id": workspace_id, "job_slug": job_slug, "spec_slug": spec_slug,
+                "limit": limit}
+        return _parse(RunGrid, self._rpc("get_run_grid", args), "get_run_grid")
+
+    def get_run_lineage(self, run_id: str) -> RunLineage:
+        """The run's table lineage: datasets and phases, edges input -> phase -> output."""
+        return _parse(RunLineage, self._rpc("get_run_lineage", {"run_id": run_id}),
+                      "get_run_lineage")
+
+    def get_health(self, workspace_id: str, *, since: datetime | str | None = None,
+                   bucket_seconds: int | None = None) -> Health:
+        """The workspace's health: queue, outcomes and durations over time, freshness,
+        alerts, dead letters."""
+        args = {"workspace_id": workspace_id, "since": _iso(since),
+                "bucket_seconds": bucket_seconds}
+        return _parse(Health, self._rpc("get_health", args), "get_health")
+
             yield from page.runs
             if page.next_cursor is None or not page.runs:
                 return
@@ -678,9 +712,16 @@ class ContractClient:
     # -- reading events and artifacts -------------------------------------------------------
 
     def list_events(self, run_id: str, after: int = 0, limit: int | None = None,
-                    phase: str | None = None) -> EventPage:
-        """Events with `seq > after`, in order; pass `next_after` as `after` to continue."""
-        args = {"run_id": run_id, "after": after, "limit": limit, "phase": phase}
+                    phase: str | None = None, *, before: int | None = None,
+                    types: Sequence[str] | None = None,
+                    levels: Sequence[EventLevel] | None = None,
+                    text: str | None = None) -> EventPage:
+        """Events with `seq > after`, in order; pass `next_after` as `after` to continue.
+        With `before`: the `limit` events just before it (pass `prev_before` to page back).
+        `types`, `levels` and `text` (a case-insensitive substring of the message) filter."""
+        args = {"run_id": run_id, "after": after, "limit": limit, "phase": phase,
+                "before": before, "types": list(types) if types is not None else None,
+                "levels": list(levels) if levels is not None else None, "text": text}
         return _parse(EventPage, self._rpc("list_events", args), "list_events")
 
     def iter_events(self, run_id: str, after: int = 0, phase: str | None = None,
@@ -1183,3 +1224,7 @@ def _json_default(value: Any) -> Any:
 
 def _dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return dict(value) if value is not None else None
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value

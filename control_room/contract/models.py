@@ -112,13 +112,27 @@ __all__ = [
     "GetJobArgs",
     "GetRunArgs",
     "GetScheduleArgs",
+    "GetHealthArgs",
     "GetSensorArgs",
     "GithubDelivery",
+    "GetRunGridArgs",
+    "GetRunLineageArgs",
+    "GetRunTimelineArgs",
     "GithubState",
     "GithubStatus",
     "HeartbeatArgs",
     "HeartbeatResult",
     "Invitation",
+    "GridCell",
+    "GridRun",
+    "Health",
+    "HealthAlert",
+    "HealthAlerts",
+    "HealthBucket",
+    "HealthByKind",
+    "HealthByPhase",
+    "HealthFreshness",
+    "HealthTotals",
     "InvitationRevoked",
     "InviteMemberArgs",
     "Job",
@@ -134,6 +148,8 @@ __all__ = [
     "ListAlertDestinationsArgs",
     "ListAlertRulesArgs",
     "ListAlertsArgs",
+    "LineageEdge",
+    "LineageNode",
     "ListArtifactsArgs",
     "ListConnectionsArgs",
     "ListDatasetsArgs",
@@ -177,10 +193,13 @@ __all__ = [
     "RunPage",
     "RunRepair",
     "RunSummary",
+    "RunGrid",
     "Schedule",
+    "RunLineage",
     "ScheduleDeleted",
     "ScheduleDetail",
     "Sensor",
+    "RunTimeline",
     "SensorDeleted",
     "SensorEvaluation",
     "SetJobConcurrencyArgs",
@@ -194,6 +213,8 @@ __all__ = [
     "UpdateConnectionArgs",
     "UpdateScheduleArgs",
     "Workspace",
+    "TimelineAttempt",
+    "TimelinePhase",
     "WorkspaceListItem",
 ]
 
@@ -631,8 +652,147 @@ class DatasetVersion(_Result):
     run_id: str | None = None
     phase_id: str | None = None
     phase: str | None = None
+    """`list_events`' answer: `next_after` continues forwards, `prev_before` (the first seq of
+    the page; None when it is empty) pages back as `before`."""
+
     table_version: int | None = None
     digest: str | None = None
+    prev_before: int | None = None
+
+
+class TimelineAttempt(_Result):
+    """One attempt of a phase: claimed, started (the worker's PHASE_STARTED, else the claim),
+    ended (None while running) and its `outcome`: running, succeeded, failed, lease_expired or
+    cancelled."""
+
+    attempt: int
+    claimed_at: datetime
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str
+
+
+class TimelinePhase(_Result):
+    name: str
+    kind: str
+    state: PhaseState
+    attempts: tuple[TimelineAttempt, ...]
+
+
+class RunTimeline(_Result):
+    """`get_run_timeline`'s answer: every phase of the run (by ordinal) with its attempts."""
+
+    run_id: str
+    phases: tuple[TimelinePhase, ...]
+
+
+class GridCell(_Result):
+    state: PhaseState
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class GridRun(_Result):
+    id: str
+    state: RunState
+    created_at: datetime
+    finished_at: datetime | None
+    git_sha: str
+    phases: dict[str, GridCell]
+
+
+class RunGrid(_Result):
+    """`get_run_grid`'s answer: the phase names (columns) and the runs (rows, newest first),
+    each with a cell per phase it has."""
+
+    phase_names: tuple[str, ...]
+    runs: tuple[GridRun, ...]
+
+
+class LineageNode(_Result):
+    id: str
+    type: str
+    label: str
+    layer: str | None = None
+
+
+class LineageEdge(_Result):
+    from_: str = Field(alias="from")
+    to: str
+
+
+class RunLineage(_Result):
+    """`get_run_lineage`'s answer: datasets and phases, edges input -> phase -> output."""
+
+    nodes: tuple[LineageNode, ...]
+    edges: tuple[LineageEdge, ...]
+
+
+class HealthBucket(_Result):
+    bucket: datetime
+    succeeded: int
+    failed: int
+    lease_expiries: int
+    p50_s: float | None
+    p95_s: float | None
+
+
+class HealthTotals(_Result):
+    succeeded: int
+    failed: int
+    success_rate: float | None
+    p50_s: float | None
+    p95_s: float | None
+
+
+class HealthByKind(HealthTotals):
+    kind: str
+
+
+class HealthByPhase(HealthTotals):
+    name: str
+    kind: str
+
+
+class HealthFreshness(_Result):
+    dataset: str
+    layer: DatasetLayer
+    data_time: datetime
+    lag_s: float
+    slo_s: int | None
+
+
+class HealthAlert(_Result):
+    id: str
+    rule: str
+    event: str
+    subject: dict[str, Any]
+    state: AlertState
+    created_at: datetime
+
+
+class HealthAlerts(_Result):
+    open: int
+    recent: tuple[HealthAlert, ...]
+
+
+class Health(_Result):
+    """`get_health`'s answer: a workspace's queue, outcomes and durations over time,
+    freshness, alerts and dead letters."""
+
+    now: datetime
+    since: datetime
+    bucket_seconds: int
+    queue_depth: int
+    running: int
+    lease_expiries_last_hour: int
+    series: tuple[HealthBucket, ...]
+    by_kind: tuple[HealthByKind, ...]
+    by_phase: tuple[HealthByPhase, ...]
+    freshness: tuple[HealthFreshness, ...]
+    alerts: HealthAlerts
+    dead_letters: int
     recorded_at: datetime
     recorded_by: str | None = None
 
@@ -1365,6 +1525,11 @@ class RecordDatasetArgs(_Args):
 
 
 class UnblockDatasetArgs(_Args):
+    job_slug: str | None = None
+    git_sha: str | None = None
+    env: str | None = None
+    created_after: str | None = None
+    created_before: str | None = None
     workspace_id: str
     name: str
     resolution: Resolution
@@ -1372,6 +1537,31 @@ class UnblockDatasetArgs(_Args):
 
 
 class ListDatasetsArgs(_Args):
+    before: int | None = None
+    types: list[str] | None = None
+    levels: list[EventLevel] | None = None
+    text: str | None = None
+
+
+class GetRunTimelineArgs(_Args):
+    run_id: str
+
+
+class GetRunGridArgs(_Args):
+    workspace_id: str
+    job_slug: str | None = None
+    spec_slug: str | None = None
+    limit: int | None = None
+
+
+class GetRunLineageArgs(_Args):
+    run_id: str
+
+
+class GetHealthArgs(_Args):
+    workspace_id: str
+    since: str | None = None
+    bucket_seconds: int | None = None
     workspace_id: str | None = None
     layer: DatasetLayer | None = None
     schema_state: SchemaState | None = None
@@ -1781,6 +1971,10 @@ RESULTS: dict[str, type[_Result]] = {
     "get_sensor": Sensor,
     "claim_due_sensors": ClaimedSensor,
     "record_sensor_value": SensorEvaluation,
+    "get_run_timeline": GetRunTimelineArgs,
+    "get_run_grid": GetRunGridArgs,
+    "get_run_lineage": GetRunLineageArgs,
+    "get_health": GetHealthArgs,
     "create_schedule": Schedule,
     "update_schedule": Schedule,
     "delete_schedule": ScheduleDeleted,
@@ -1845,3 +2039,7 @@ RESULTS: dict[str, type[_Result]] = {
     "record_github_status_delivery": GithubStatus,
 }
 """The result model of each operation (of one item, for those that answer a list)."""
+    "get_run_timeline": RunTimeline,
+    "get_run_grid": RunGrid,
+    "get_run_lineage": RunLineage,
+    "get_health": Health,
