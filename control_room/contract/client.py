@@ -101,8 +101,8 @@ from control_room.contract.models import (
     Event,
     EventPage,
     GithubStatus,
-    HeartbeatResult,
     Health,
+    HeartbeatResult,
     Invitation,
     InvitationRevoked,
     Job,
@@ -120,12 +120,12 @@ from control_room.contract.models import (
     Run,
     RunCreated,
     RunDetail,
-    RunPage,
     RunGrid,
     RunLineage,
+    RunPage,
     RunSummary,
-    Schedule,
     RunTimeline,
+    Schedule,
     ScheduleDeleted,
     ScheduleDetail,
     Sensor,
@@ -598,16 +598,6 @@ class ContractClient:
                 "created_after": _iso(created_after), "created_before": _iso(created_before)}
         return _parse(RunPage, self._rpc("list_runs", args), "list_runs")
 
-    def iter_runs(self, workspace_id: str | None = None, *, state: RunState | None = None,
-                  spec_slug: str | None = None, labels: Mapping[str, str] | None = None,
-                  parent_run_id: str | None = None,
-                  page_size: int = 100) -> Iterator[RunSummary]:
-        """Every run `list_runs` answers for these filters, following the cursor."""
-        cursor: str | None = None
-        while True:
-            page = self.list_runs(workspace_id, state=state, spec_slug=spec_slug,
-                                  labels=labels, parent_run_id=parent_run_id,
-                                  limit=page_size, cursor=cursor)
     def get_run_timeline(self, run_id: str) -> RunTimeline:
         """Every phase of the run with its attempts (claimed, started, ended, outcome)."""
         return _parse(RunTimeline, self._rpc("get_run_timeline", {"run_id": run_id}),
@@ -633,6 +623,16 @@ class ContractClient:
                 "bucket_seconds": bucket_seconds}
         return _parse(Health, self._rpc("get_health", args), "get_health")
 
+    def iter_runs(self, workspace_id: str | None = None, *, state: RunState | None = None,
+                  spec_slug: str | None = None, labels: Mapping[str, str] | None = None,
+                  parent_run_id: str | None = None,
+                  page_size: int = 100) -> Iterator[RunSummary]:
+        """Every run `list_runs` answers for these filters, following the cursor."""
+        cursor: str | None = None
+        while True:
+            page = self.list_runs(workspace_id, state=state, spec_slug=spec_slug,
+                                  labels=labels, parent_run_id=parent_run_id,
+                                  limit=page_size, cursor=cursor)
             yield from page.runs
             if page.next_cursor is None or not page.runs:
                 return

@@ -109,20 +109,17 @@ __all__ = [
     "EventPage",
     "GetConnectionArgs",
     "GetDatasetArgs",
+    "GetHealthArgs",
     "GetJobArgs",
     "GetRunArgs",
-    "GetScheduleArgs",
-    "GetHealthArgs",
-    "GetSensorArgs",
-    "GithubDelivery",
     "GetRunGridArgs",
     "GetRunLineageArgs",
     "GetRunTimelineArgs",
+    "GetScheduleArgs",
+    "GetSensorArgs",
+    "GithubDelivery",
     "GithubState",
     "GithubStatus",
-    "HeartbeatArgs",
-    "HeartbeatResult",
-    "Invitation",
     "GridCell",
     "GridRun",
     "Health",
@@ -133,6 +130,9 @@ __all__ = [
     "HealthByPhase",
     "HealthFreshness",
     "HealthTotals",
+    "HeartbeatArgs",
+    "HeartbeatResult",
+    "Invitation",
     "InvitationRevoked",
     "InviteMemberArgs",
     "Job",
@@ -145,11 +145,11 @@ __all__ = [
     "JobRegistered",
     "JobSource",
     "JobVersion",
+    "LineageEdge",
+    "LineageNode",
     "ListAlertDestinationsArgs",
     "ListAlertRulesArgs",
     "ListAlertsArgs",
-    "LineageEdge",
-    "LineageNode",
     "ListArtifactsArgs",
     "ListConnectionsArgs",
     "ListDatasetsArgs",
@@ -189,17 +189,17 @@ __all__ = [
     "RunCreated",
     "RunDetail",
     "RunDueSchedulesArgs",
+    "RunGrid",
     "RunJob",
+    "RunLineage",
     "RunPage",
     "RunRepair",
     "RunSummary",
-    "RunGrid",
+    "RunTimeline",
     "Schedule",
-    "RunLineage",
     "ScheduleDeleted",
     "ScheduleDetail",
     "Sensor",
-    "RunTimeline",
     "SensorDeleted",
     "SensorEvaluation",
     "SetJobConcurrencyArgs",
@@ -209,12 +209,12 @@ __all__ = [
     "SloState",
     "Tick",
     "TickPage",
+    "TimelineAttempt",
+    "TimelinePhase",
     "UnblockDatasetArgs",
     "UpdateConnectionArgs",
     "UpdateScheduleArgs",
     "Workspace",
-    "TimelineAttempt",
-    "TimelinePhase",
     "WorkspaceListItem",
 ]
 
@@ -620,43 +620,11 @@ class Event(_Result):
 
 
 class EventPage(_Result):
-    events: tuple[Event, ...]
-    next_after: int
-
-
-class DatasetRecord(_Result):
-    """`record_dataset`'s answer: the dataset's state after the call; `version` and `change`
-    what this call recorded (`recorded` False, `version` None and `change` NONE for a write
-    that kept the schema or a repeat of one)."""
-
-    dataset_id: str
-    workspace_id: str
-    name: str
-    layer: DatasetLayer
-    schema_state: SchemaState
-    schema_version: int     # the last applied version (0: no schema yet)
-    recorded: bool
-    version: int | None = None
-    change: ChangeKind | None = None
-
-
-class DatasetVersion(_Result):
-    """One schema the catalog was shown (`get_dataset`'s `versions`, newest first); `applied`
-    False for a refused breaking change."""
-
-    version: int
-    change: ChangeKind
-    applied: bool
-    schema_: Any = Field(default=None, alias="schema")
-    changes: list[dict[str, Any]] = Field(default_factory=list)
-    run_id: str | None = None
-    phase_id: str | None = None
-    phase: str | None = None
     """`list_events`' answer: `next_after` continues forwards, `prev_before` (the first seq of
     the page; None when it is empty) pages back as `before`."""
 
-    table_version: int | None = None
-    digest: str | None = None
+    events: tuple[Event, ...]
+    next_after: int
     prev_before: int | None = None
 
 
@@ -793,6 +761,38 @@ class Health(_Result):
     freshness: tuple[HealthFreshness, ...]
     alerts: HealthAlerts
     dead_letters: int
+
+
+class DatasetRecord(_Result):
+    """`record_dataset`'s answer: the dataset's state after the call; `version` and `change`
+    what this call recorded (`recorded` False, `version` None and `change` NONE for a write
+    that kept the schema or a repeat of one)."""
+
+    dataset_id: str
+    workspace_id: str
+    name: str
+    layer: DatasetLayer
+    schema_state: SchemaState
+    schema_version: int     # the last applied version (0: no schema yet)
+    recorded: bool
+    version: int | None = None
+    change: ChangeKind | None = None
+
+
+class DatasetVersion(_Result):
+    """One schema the catalog was shown (`get_dataset`'s `versions`, newest first); `applied`
+    False for a refused breaking change."""
+
+    version: int
+    change: ChangeKind
+    applied: bool
+    schema_: Any = Field(default=None, alias="schema")
+    changes: list[dict[str, Any]] = Field(default_factory=list)
+    run_id: str | None = None
+    phase_id: str | None = None
+    phase: str | None = None
+    table_version: int | None = None
+    digest: str | None = None
     recorded_at: datetime
     recorded_by: str | None = None
 
@@ -1485,6 +1485,11 @@ class ListRunsArgs(_Args):
     parent_run_id: str | None = None
     limit: int | None = None
     cursor: str | None = None
+    job_slug: str | None = None
+    git_sha: str | None = None
+    env: str | None = None
+    created_after: str | None = None
+    created_before: str | None = None
 
 
 class ListEventsArgs(_Args):
@@ -1492,6 +1497,31 @@ class ListEventsArgs(_Args):
     after: int | None = None
     limit: int | None = None
     phase: str | None = None
+    before: int | None = None
+    types: list[str] | None = None
+    levels: list[EventLevel] | None = None
+    text: str | None = None
+
+
+class GetRunTimelineArgs(_Args):
+    run_id: str
+
+
+class GetRunGridArgs(_Args):
+    workspace_id: str
+    job_slug: str | None = None
+    spec_slug: str | None = None
+    limit: int | None = None
+
+
+class GetRunLineageArgs(_Args):
+    run_id: str
+
+
+class GetHealthArgs(_Args):
+    workspace_id: str
+    since: str | None = None
+    bucket_seconds: int | None = None
 
 
 class ListArtifactsArgs(_Args):
@@ -1525,11 +1555,6 @@ class RecordDatasetArgs(_Args):
 
 
 class UnblockDatasetArgs(_Args):
-    job_slug: str | None = None
-    git_sha: str | None = None
-    env: str | None = None
-    created_after: str | None = None
-    created_before: str | None = None
     workspace_id: str
     name: str
     resolution: Resolution
@@ -1537,31 +1562,6 @@ class UnblockDatasetArgs(_Args):
 
 
 class ListDatasetsArgs(_Args):
-    before: int | None = None
-    types: list[str] | None = None
-    levels: list[EventLevel] | None = None
-    text: str | None = None
-
-
-class GetRunTimelineArgs(_Args):
-    run_id: str
-
-
-class GetRunGridArgs(_Args):
-    workspace_id: str
-    job_slug: str | None = None
-    spec_slug: str | None = None
-    limit: int | None = None
-
-
-class GetRunLineageArgs(_Args):
-    run_id: str
-
-
-class GetHealthArgs(_Args):
-    workspace_id: str
-    since: str | None = None
-    bucket_seconds: int | None = None
     workspace_id: str | None = None
     layer: DatasetLayer | None = None
     schema_state: SchemaState | None = None
@@ -1930,6 +1930,10 @@ REQUESTS: dict[str, type[_Args]] = {
     "get_run": GetRunArgs,
     "list_runs": ListRunsArgs,
     "list_events": ListEventsArgs,
+    "get_run_timeline": GetRunTimelineArgs,
+    "get_run_grid": GetRunGridArgs,
+    "get_run_lineage": GetRunLineageArgs,
+    "get_health": GetHealthArgs,
     "list_artifacts": ListArtifactsArgs,
     "list_workspaces": ListWorkspacesArgs,
     "record_dataset": RecordDatasetArgs,
@@ -1971,10 +1975,6 @@ RESULTS: dict[str, type[_Result]] = {
     "get_sensor": Sensor,
     "claim_due_sensors": ClaimedSensor,
     "record_sensor_value": SensorEvaluation,
-    "get_run_timeline": GetRunTimelineArgs,
-    "get_run_grid": GetRunGridArgs,
-    "get_run_lineage": GetRunLineageArgs,
-    "get_health": GetHealthArgs,
     "create_schedule": Schedule,
     "update_schedule": Schedule,
     "delete_schedule": ScheduleDeleted,
@@ -2006,6 +2006,10 @@ RESULTS: dict[str, type[_Result]] = {
     "get_run": RunDetail,
     "list_runs": RunPage,
     "list_events": EventPage,
+    "get_run_timeline": RunTimeline,
+    "get_run_grid": RunGrid,
+    "get_run_lineage": RunLineage,
+    "get_health": Health,
     "list_artifacts": ArtifactPage,
     "list_workspaces": WorkspaceListItem,
     "record_dataset": DatasetRecord,
@@ -2039,7 +2043,3 @@ RESULTS: dict[str, type[_Result]] = {
     "record_github_status_delivery": GithubStatus,
 }
 """The result model of each operation (of one item, for those that answer a list)."""
-    "get_run_timeline": RunTimeline,
-    "get_run_grid": RunGrid,
-    "get_run_lineage": RunLineage,
-    "get_health": Health,
