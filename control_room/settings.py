@@ -111,6 +111,28 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Polling fallback while a claim waits for work."
     )
 
+    # sign-in of local users (/auth/v1/*, docs/auth.md)
+    auth_access_ttl_seconds: int = Field(
+        default=900, ge=1, le=86_400,
+        description="Lifetime of an access token issued by /auth/v1/token (seconds).",
+    )
+    auth_session_ttl_seconds: int = Field(
+        default=7 * 86_400, ge=60, le=366 * 86_400,
+        description="A sign-in session ends after this many seconds without a refresh.",
+    )
+    auth_failure_window_seconds: int = Field(
+        default=300, ge=1, le=86_400,
+        description="The window (seconds) over which failed sign-ins are counted.",
+    )
+    auth_max_failures_per_email: int = Field(
+        default=5, ge=1, le=10_000,
+        description="Failed sign-ins for one email within the window before 429.",
+    )
+    auth_max_failures_per_ip: int = Field(
+        default=50, ge=1, le=100_000,
+        description="Failed sign-ins from one client IP within the window before 429.",
+    )
+
     # the ask endpoints (/ask/v1/*, docs/ask.md)
     warehouse_read_url: SecretStr | None = Field(
         default=None,

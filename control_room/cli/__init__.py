@@ -29,6 +29,7 @@ from control_room.cli import (
     serve,
     token,
     up,
+    users,
     verify,
     warehouse,
     worker,
@@ -52,6 +53,7 @@ app.add_typer(schedules.scheduler_app)
 # command groups
 app.add_typer(workspace.app, name="workspace")
 app.add_typer(token.app, name="token")
+app.add_typer(users.app, name="users")
 app.add_typer(runs.app, name="runs")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(connections.app, name="connections")

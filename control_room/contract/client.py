@@ -82,6 +82,7 @@ from control_room.contract.models import (
     ArtifactLink,
     ArtifactPage,
     AskAnswer,
+    AuditPage,
     Claim,
     ClaimedAlert,
     ClaimedGithubStatus,
@@ -504,6 +505,15 @@ class ContractClient:
         return _parse_list(Invitation,
                            self._rpc("list_invitations", {"workspace_id": workspace_id}),
                            "list_invitations")
+
+    def list_audit(self, workspace_id: str, *, before: int | None = None,
+                   limit: int | None = None, function_name: str | None = None,
+                   principal_id: str | None = None) -> AuditPage:
+        """The workspace's audit log, newest first (admin); pass `next_before` as `before`
+        for the next page."""
+        args = {"workspace_id": workspace_id, "before": before, "limit": limit,
+                "function_name": function_name, "principal_id": principal_id}
+        return _parse(AuditPage, self._rpc("list_audit", args), "list_audit")
 
     def revoke_principal(self, principal_id: str) -> Principal:
         """Revoke a principal: its tokens and leases stop working (idempotent)."""

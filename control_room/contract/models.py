@@ -63,6 +63,9 @@ __all__ = [
     "AskLineage",
     "AskMetric",
     "AskReading",
+    "AuditActor",
+    "AuditEntry",
+    "AuditPage",
     "CancelRunArgs",
     "Claim",
     "ClaimAlertsArgs",
@@ -151,6 +154,7 @@ __all__ = [
     "ListAlertRulesArgs",
     "ListAlertsArgs",
     "ListArtifactsArgs",
+    "ListAuditArgs",
     "ListConnectionsArgs",
     "ListDatasetsArgs",
     "ListDeadLettersArgs",
@@ -297,6 +301,34 @@ class Invitation(_Result):
     expires_at: datetime
     accepted_at: datetime | None
     state: InvitationState
+
+
+class AuditActor(_Result):
+    id: str
+    name: str | None
+    email: str | None
+
+
+class AuditEntry(_Result):
+    """One row of the audit log: who (`actor`, None for a call without a principal) did what
+    (`function_name`), when, on what (`target_type`, `target_id`)."""
+
+    id: int
+    at: datetime
+    actor: AuditActor | None
+    db_role: str
+    function_name: str
+    target_type: str | None
+    target_id: str | None
+    details: dict[str, Any]
+
+
+class AuditPage(_Result):
+    """`list_audit`'s answer, newest first: pass `next_before` as `before` for the next
+    (older) page (None: the end)."""
+
+    entries: tuple[AuditEntry, ...]
+    next_before: int | None
 
 
 class InvitationRevoked(_Result):
@@ -1384,6 +1416,14 @@ class ListInvitationsArgs(_Args):
     workspace_id: str
 
 
+class ListAuditArgs(_Args):
+    workspace_id: str
+    before: int | None = None
+    limit: int | None = None
+    function_name: str | None = None
+    principal_id: str | None = None
+
+
 class RevokePrincipalArgs(_Args):
     principal_id: str
 
@@ -1915,6 +1955,7 @@ REQUESTS: dict[str, type[_Args]] = {
     "accept_invitation": AcceptInvitationArgs,
     "revoke_invitation": RevokeInvitationArgs,
     "list_invitations": ListInvitationsArgs,
+    "list_audit": ListAuditArgs,
     "create_run": CreateRunArgs,
     "claim_phase": ClaimPhaseArgs,
     "heartbeat": HeartbeatArgs,
@@ -1991,6 +2032,7 @@ RESULTS: dict[str, type[_Result]] = {
     "accept_invitation": Member,
     "revoke_invitation": InvitationRevoked,
     "list_invitations": Invitation,
+    "list_audit": AuditPage,
     "create_run": RunCreated,
     "claim_phase": Claim,
     "heartbeat": HeartbeatResult,

@@ -464,6 +464,7 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
                       contract_file=contract_file or settings.contract_file,
                       test_clock=test_clock)
     from control_room.gateway.ask import AskEndpoints
+    from control_room.gateway.signin import signin_routes
 
     ask = AskEndpoints(gateway)
     mcp_routes: list[BaseRoute] = []
@@ -492,6 +493,7 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
     app = Starlette(
         routes=[
             Route("/rest/v1/rpc/{function}", gateway.rpc, methods=["POST"]),
+            *signin_routes(gateway),
             Route("/ask/v1/ask", ask.ask, methods=["POST"]),
             Route("/ask/v1/metrics", ask.metrics, methods=["POST"]),
             Route("/ask/v1/query", ask.query, methods=["POST"]),
