@@ -164,6 +164,24 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     r.call("list_artifacts", {"run_id": run["id"]}, as_=viewer)
     r.call("list_artifacts", {"workspace_id": ws["id"], "digest": digest, "after": 0},
            label="by digest")
+    # the UI's reads
+    r.call("list_runs", {"workspace_id": ws["id"], "git_sha": "0123", "env": "stage",
+                         "created_after": "2031-03-01T00:00:00Z",
+                         "created_before": "2031-03-02T00:00:00Z"}, label="ui filters")
+    tail = r.call("list_events", {"run_id": run["id"], "before": 1000000, "limit": 3,
+                                  "types": ["PHASE_CLAIMED", "PHASE_FAILED", "LOG"],
+                                  "levels": ["info", "warning", "debug"], "text": "e"},
+                  label="ui filters")
+    assert tail["prev_before"] == tail["events"][0]["seq"]
+    timeline = r.call("get_run_timeline", {"run_id": run["id"]}, as_=viewer)
+    outcomes = {p["name"]: [a["outcome"] for a in p["attempts"]] for p in timeline["phases"]}
+    assert outcomes == {"a": ["failed", "succeeded"], "b": ["failed"], "c": []}, outcomes
+    grid = r.call("get_run_grid", {"workspace_id": ws["id"], "spec_slug": "shapes.demo"},
+                  as_=viewer)
+    assert grid["phase_names"] == ["a", "b", "c"]
+    r.call("get_run_lineage", {"run_id": run["id"]}, as_=viewer)
+    health = r.call("get_health", {"workspace_id": ws["id"], "bucket_seconds": 600}, as_=viewer)
+    assert health["dead_letters"] == 1 and health["by_kind"], health
 
     # retry the failed run, cancel the child while b runs, let b's executor stop
     child = r.call("retry_run", {"run_id": run["id"]}, as_=admin)

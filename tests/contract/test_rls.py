@@ -834,6 +834,11 @@ def _phase_events(targets: Targets) -> dict[str, Any]:
 CASES = [
     Case("get_run", "get_run", lambda t: {"run_id": t.run()}, READERS_OF_W1),
     Case("list_events", "list_events", lambda t: {"run_id": t.run()}, READERS_OF_W1),
+    # the UI's reads (20261204000100_ui_reads.sql): a run or workspace of W1 is hidden from W2
+    Case("get_run_timeline", "get_run_timeline", lambda t: {"run_id": t.run()}, READERS_OF_W1),
+    Case("get_run_lineage", "get_run_lineage", lambda t: {"run_id": t.run()}, READERS_OF_W1),
+    Case("get_run_grid", "get_run_grid", lambda t: {"workspace_id": t.w1}, READERS_OF_W1),
+    Case("get_health", "get_health", lambda t: {"workspace_id": t.w1}, READERS_OF_W1),
     Case("list_artifacts", "list_artifacts", lambda t: {"run_id": t.run()}, READERS_OF_W1),
     Case("list_runs", "list_runs", _w1_with_a_run, AUTHENTICATED | SVC, frozenset(),
          _check_list_runs),

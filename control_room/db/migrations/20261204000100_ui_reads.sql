@@ -26,7 +26,7 @@
 
 -- the lifecycle events of a run (the timeline reads only these, however many events it has)
 create index run_events_lifecycle_idx on ops.run_events (run_id, seq)
-    where type in ('PHASE_CLAIMED', 'PHASE_SUCCEEDED', 'PHASE_FAILED', 'LEASE_EXPIRED',
+    where type in ('PHASE_CLAIMED', 'PHASE_STARTED', 'PHASE_SUCCEEDED', 'PHASE_FAILED', 'LEASE_EXPIRED',
                    'PHASE_CANCELLED', 'PHASE_STOPPED');
 -- the event log filtered by phase, or by type, stays an index range in seq order
 create index run_events_phase_idx on ops.run_events (run_id, phase, seq) where phase is not null;
@@ -319,21 +319,23 @@ begin
     if not exists (select 1 from ops.runs r where r.id = v_run) then
         perform ops_private.fail(404, 'not_found', 'run not found');
     end if;
-    -- each claim opens an attempt; the first end event of that phase and attempt after it
-    -- closes it (a lease expiry is recorded before the failure it leads to, so it wins)
+    -- each claim opens an attempt (started: the worker's PHASE_STARTED, else the claim); the
+    -- first end event of that phase and attempt after it closes it (a lease expiry is recorded
+    -- before the failure it leads to, so it wins)
     with ev as (
         select e.phase, e.attempt, e.type, e.ts, e.seq,
                count(*) filter (where e.type = 'PHASE_CLAIMED')
                    over (partition by e.phase, e.attempt order by e.seq) as claim_no
         from ops.run_events e
         where e.run_id = v_run and e.phase is not null
-          and e.type in ('PHASE_CLAIMED', 'PHASE_SUCCEEDED', 'PHASE_FAILED', 'LEASE_EXPIRED',
+          and e.type in ('PHASE_CLAIMED', 'PHASE_STARTED', 'PHASE_SUCCEEDED', 'PHASE_FAILED', 'LEASE_EXPIRED',
                          'PHASE_CANCELLED', 'PHASE_STOPPED')
     ), att as (
         select ev.phase, ev.attempt, ev.claim_no,
                min(ev.ts) filter (where ev.type = 'PHASE_CLAIMED') as claimed_at,
-               (array_agg(ev.type order by ev.seq) filter (where ev.type <> 'PHASE_CLAIMED'))[1] as end_type,
-               (array_agg(ev.ts order by ev.seq) filter (where ev.type <> 'PHASE_CLAIMED'))[1] as ended_at,
+               min(ev.ts) filter (where ev.type = 'PHASE_STARTED') as started_at,
+               (array_agg(ev.type order by ev.seq) filter (where ev.type not in ('PHASE_CLAIMED', 'PHASE_STARTED')))[1] as end_type,
+               (array_agg(ev.ts order by ev.seq) filter (where ev.type not in ('PHASE_CLAIMED', 'PHASE_STARTED')))[1] as ended_at,
                min(ev.seq) as first_seq
         from ev where ev.claim_no > 0
         group by ev.phase, ev.attempt, ev.claim_no
@@ -342,7 +344,8 @@ begin
                'name', p.name, 'kind', p.kind, 'state', p.state,
                'attempts', coalesce((
                    select jsonb_agg(jsonb_build_object(
-                              'attempt', a.attempt, 'claimed_at', a.claimed_at, 'started_at', a.claimed_at,
+                              'attempt', a.attempt, 'claimed_at', a.claimed_at,
+                              'started_at', coalesce(a.started_at, a.claimed_at),
                               'ended_at', a.ended_at,
                               'outcome', case a.end_type
                                   when 'PHASE_SUCCEEDED' then 'succeeded'
