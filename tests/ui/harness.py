@@ -306,7 +306,7 @@ def sign_in_page(page: Page, person: Person, password: str = PASSWORD) -> None:
         timeout=UI_BOUND_MS)
 
 
-def testid(page: Page, name: str, **attributes: str) -> Any:
+def by_testid(page: Page, name: str, **attributes: str) -> Any:
     """The elements of a data-testid with these data-* attributes (data_run_id -> data-run-id)."""
     selector = f'[data-testid="{name}"]' + "".join(
         f'[{key.replace("_", "-")}="{value}"]' for key, value in attributes.items())

@@ -22,12 +22,12 @@ from tests.ui.harness import (
     PASSWORD,
     UI_BOUND_MS,
     Stack,
+    by_testid,
     chromium,
     publish_screenshot,
     running_stack,
     screenshot,
     sign_in_page,
-    testid,
     wait_for,
 )
 
@@ -114,14 +114,18 @@ def test_launch_a_job_with_params_and_watch_it_succeed_without_a_reload(
         stack: Stack, page: Page) -> None:
     sign_in_page(page, stack.developer)
     page.get_by_test_id("nav-jobs").click()
-    testid(page, "job-row", data_slug=JOB).click()
+    by_testid(page, "job-row", data_slug=JOB).click()
     expect(page).to_have_url(re.compile(rf"/jobs/{JOB}$"))
     expect(page.get_by_test_id("job-version").first).to_be_visible()
     form = page.get_by_test_id("job-launch")
     expect(form.get_by_test_id("param-orders")).to_be_visible()
-    form.get_by_test_id("param-orders").fill("not a number")
+    form.get_by_test_id("param-orders").fill("1.5")              # orders is an integer
     form.get_by_test_id("job-launch-submit").click()
-    expect(page.get_by_test_id("job-launch-error")).to_be_visible()   # validated like the CLI
+    # validated like the CLI: refused in the form (its message, or the browser's own check)
+    refused = page.get_by_test_id("job-launch-error").or_(page.locator(
+        '[data-testid="param-orders"]:invalid'))
+    expect(refused.first).to_be_visible()
+    expect(page).to_have_url(re.compile(rf"/jobs/{JOB}$"))
     form.get_by_test_id("param-orders").fill("7")
     form.get_by_test_id("job-launch-submit").click()
     page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
@@ -138,7 +142,7 @@ def test_launch_a_job_with_params_and_watch_it_succeed_without_a_reload(
     assert run_state(page) == "succeeded", (seen, stack.run(run_id)["state"])
     assert first != "succeeded" and len(seen) >= 2, seen      # it changed while we watched
     assert page.evaluate("window.__no_reload_marker") == "still the same page"
-    expect(testid(page, "dag-node", data_state="succeeded")).to_have_count(3)
+    expect(by_testid(page, "dag-node", data_state="succeeded")).to_have_count(3)
 
     run = stack.run(run_id)
     assert run["state"] == "succeeded"
@@ -150,20 +154,20 @@ def test_the_runs_list_filters_by_state_and_the_grid_shows_phases(
         stack: Stack, page: Page, ok_run: str, failed_run: str) -> None:
     sign_in_page(page, stack.developer)
     page.get_by_test_id("nav-runs").click()
-    expect(testid(page, "run-row", data_run_id=ok_run)).to_have_count(1)
-    expect(testid(page, "run-row", data_run_id=failed_run)).to_have_count(1)
+    expect(by_testid(page, "run-row", data_run_id=ok_run)).to_have_count(1)
+    expect(by_testid(page, "run-row", data_run_id=failed_run)).to_have_count(1)
     page.get_by_test_id("filter-state").select_option("failed")
-    expect(testid(page, "run-row", data_run_id=ok_run)).to_have_count(0)
-    expect(testid(page, "run-row", data_run_id=failed_run)).to_have_attribute(
+    expect(by_testid(page, "run-row", data_run_id=ok_run)).to_have_count(0)
+    expect(by_testid(page, "run-row", data_run_id=failed_run)).to_have_attribute(
         "data-state", "failed")
     states = page.get_by_test_id("run-row").evaluate_all(
         "rows => rows.map(row => row.dataset.state)")
     assert states and set(states) == {"failed"}, states
 
     page.goto(f"/runs/grid?job={JOB}")
-    cell = testid(page, "grid-cell", data_run_id=failed_run, data_phase="extract")
+    cell = by_testid(page, "grid-cell", data_run_id=failed_run, data_phase="extract")
     expect(cell).to_have_attribute("data-state", "failed")
-    expect(testid(page, "grid-cell", data_run_id=ok_run, data_phase="gold")).to_have_attribute(
+    expect(by_testid(page, "grid-cell", data_run_id=ok_run, data_phase="gold")).to_have_attribute(
         "data-state", "succeeded")
 
 
@@ -186,12 +190,12 @@ def test_an_artifact_preview_and_a_sql_output(stack: Stack, page: Page, ok_run: 
     expect(panel).to_contain_text('"rows"')
 
     page.get_by_test_id("tab-sql").click()
-    silver = testid(page, "sql-output", data_phase="silver")
+    silver = by_testid(page, "sql-output", data_phase="silver")
     expect(silver.get_by_test_id("sql-query")).to_contain_text("where status = 'paid'")
     preview = silver.get_by_test_id("sql-preview")
     expect(preview).to_contain_text("customer")
     expect(preview.locator("tbody tr").first).to_be_visible()
-    gold = testid(page, "sql-output", data_phase="gold")
+    gold = by_testid(page, "sql-output", data_phase="gold")
     expect(gold.get_by_test_id("sql-preview")).to_contain_text("revenue")
 
 
@@ -215,7 +219,7 @@ def test_repair_a_failed_run(stack: Stack, page: Page, failed_run: str) -> None:
     page.goto(f"/runs/{failed_run}")
     expect(page.get_by_test_id("run-state")).to_have_attribute("data-state", "failed")
     expect(page.get_by_test_id("phase-error").first).to_contain_text("failing once on purpose")
-    expect(testid(page, "dag-node", data_phase="extract")).to_have_attribute(
+    expect(by_testid(page, "dag-node", data_phase="extract")).to_have_attribute(
         "data-state", "failed")
     screenshot(page, "run-detail-failed")
     page.get_by_test_id("run-repair").click()
@@ -342,10 +346,10 @@ def test_every_page_renders_and_is_screenshotted(
         shots[name] = screenshot(page, name)
 
     page.get_by_test_id("nav-runs").click()
-    expect(testid(page, "run-row", data_run_id=ok_run)).to_be_visible()
+    expect(by_testid(page, "run-row", data_run_id=ok_run)).to_be_visible()
     shot("runs")
     page.goto(f"/runs/grid?job={JOB}")
-    expect(testid(page, "grid-cell", data_run_id=ok_run).first).to_be_visible()
+    expect(by_testid(page, "grid-cell", data_run_id=ok_run).first).to_be_visible()
     shot("runs-grid")
 
     page.goto(f"/runs/{ok_run}")
@@ -362,14 +366,14 @@ def test_every_page_renders_and_is_screenshotted(
     publish_screenshot(shots["run-detail-graph"], "run-detail.png")
 
     page.get_by_test_id("nav-jobs").click()
-    expect(testid(page, "job-row", data_slug=JOB)).to_be_visible()
+    expect(by_testid(page, "job-row", data_slug=JOB)).to_be_visible()
     shot("jobs")
-    testid(page, "job-row", data_slug=JOB).click()
+    by_testid(page, "job-row", data_slug=JOB).click()
     expect(page.get_by_test_id("job-launch")).to_be_visible()
     shot("job-detail")
 
     page.get_by_test_id("nav-datasets").click()
-    silver = testid(page, "dataset-row", data_name="silver.orders")
+    silver = by_testid(page, "dataset-row", data_name="silver.orders")
     expect(silver).to_be_visible()
     shot("datasets")
     silver.click()
