@@ -99,7 +99,7 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
                                    "register_artifact", "complete_phase", "record_dataset")}
     as_.update({"add_member": admin, "remove_member": admin, "revoke_principal": admin,
                 "create_principal": SERVICE, "unblock_dataset": admin, "invite_member": admin,
-                "revoke_invitation": admin, "list_invitations": admin})
+                "revoke_invitation": admin, "list_invitations": admin, "list_audit": admin})
     as_.update({fn: admin for fn in ("create_connection", "update_connection",
                                      "delete_connection")})
     setup.call("create_connection", {"workspace_id": w1, "name": "warehouse", "type": "postgres",
@@ -154,6 +154,7 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
         "accept_invitation": lambda: {"workspace_id": ctx.w1},
         "revoke_invitation": lambda: {"workspace_id": ctx.w1, "principal_id": str(uuid.uuid4())},
         "list_invitations": lambda: {"workspace_id": ctx.w1},
+        "list_audit": lambda: {"workspace_id": ctx.w1},
         "remove_member": lambda: {"workspace_id": ctx.w1, "principal_id": str(ctx.dev.sub)},
         "create_principal": lambda: {"name": "runner"},
         "revoke_principal": lambda: {"principal_id": str(ctx.executor.sub)},
@@ -600,6 +601,10 @@ COMPLETE_AND_RUNS = [
     bad("invite-name-too-long", "invite_member", {"name": "n" * 201}, "name", argument="name"),
     bad("invite-expiry-too-short", "invite_member", {"expires_in_seconds": 10},
         "expires_in_seconds", argument="expires_in_seconds"),
+    bad("audit-limit-zero", "list_audit", {"limit": 0}, "limit", argument="limit"),
+    bad("audit-limit-1001", "list_audit", {"limit": 1001}, "limit", argument="limit"),
+    bad("audit-function-name-too-long", "list_audit", {"function_name": "f" * 201},
+        "function_name", argument="function_name"),
 ]
 
 CATALOG = [

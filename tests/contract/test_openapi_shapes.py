@@ -94,6 +94,11 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     [second] = [i for i in pending if i["state"] == "pending"]
     r.call("revoke_invitation", {"workspace_id": own["id"],
                                  "principal_id": second["principal_id"]}, as_=admin)
+    # the audit log of those calls (an actor on each), a page of one and the rest
+    audit = r.call("list_audit", {"workspace_id": own["id"], "limit": 1}, as_=admin)
+    assert audit["entries"][0]["actor"] is not None and audit["next_before"] is not None
+    r.call("list_audit", {"workspace_id": own["id"], "before": audit["next_before"]},
+           label="service_role")
     r.call("add_member", {"workspace_id": ws["id"], "principal_id": bot["id"],
                           "role": "executor"}, label="principal")
     revoked = r.call("revoke_principal", {"principal_id": bot["id"]}, as_=admin)

@@ -355,6 +355,12 @@ PRIVATE_HELPERS_FOR_API_ROLES = frozenset({
 })
 # PostgREST runs its pre-request hook as the request's role, anon included
 PRIVATE_HELPERS_FOR_ANON = frozenset({"pre_request"})
+# the gateway's /auth/v1 calls these as service_role (service_role only: they read password
+# hashes and write sessions, refresh tokens and failed sign-ins; docs/auth.md)
+PRIVATE_HELPERS_FOR_SERVICE_ROLE = PRIVATE_HELPERS_FOR_API_ROLES | frozenset({
+    "auth_signin_lookup", "auth_signin_failed", "auth_signin_ok", "auth_refresh",
+    "auth_get_user", "auth_logout",
+})
 
 
 class TestDatabase:
@@ -548,7 +554,7 @@ class TestDatabase:
                         names.add(name)
         assert granted["anon"] == PRIVATE_HELPERS_FOR_ANON
         assert granted["authenticated"] == PRIVATE_HELPERS_FOR_API_ROLES
-        assert granted["service_role"] == PRIVATE_HELPERS_FOR_API_ROLES
+        assert granted["service_role"] == PRIVATE_HELPERS_FOR_SERVICE_ROLE
 
     def test_a_forged_role_claim_is_not_privileged(
         self, conn: psycopg.Connection[Any], populated: Populated
@@ -876,6 +882,9 @@ CASES = [
          frozenset({"admin1"}) | SVC),
     Case("list_invitations", "list_invitations", lambda t: {"workspace_id": t.w1},
          frozenset({"admin1"}) | SVC, AUTHENTICATED - {"admin1"}),
+    # the audit log: W1's admins (everyone else, members of W1 included: 403)
+    Case("list_audit", "list_audit", lambda t: {"workspace_id": t.w1},
+         frozenset({"admin1"}) | SVC, frozenset()),
     # the invitee itself accepts; executors (pinned tokens) and service_role have nothing to
     # accept
     Case("accept_invitation", "accept_invitation",
