@@ -133,6 +133,34 @@ class Settings(BaseSettings):
         description="Failed sign-ins from one client IP within the window before 429.",
     )
 
+    # the web UI, its change feed and artifact downloads (docs/ui.md, "Server side")
+    ui_dir: Path | None = Field(
+        default=None,
+        description="Where the gateway finds the built web UI (index.html, assets/). Unset: "
+                    "the package's control_room/gateway/static (`make ui` builds it).",
+    )
+    ui_api_url: str = Field(
+        default="",
+        description="The REST root the web UI calls (/ui-config.json `api_url`); empty: this "
+                    "gateway. Set it to a Supabase project's URL to point the UI there.",
+    )
+    ui_auth_url: str = Field(
+        default="",
+        description="The sign-in root the web UI calls (/ui-config.json `auth_url`); empty: "
+                    "this gateway's /auth/v1.",
+    )
+    ui_anon_key: str | None = Field(
+        default=None,
+        description="The Supabase anon key the web UI sends as `apikey` (public by design); "
+                    "unset against this gateway.",
+    )
+    artifacts_url: str | None = Field(
+        default=None,
+        description="Artifact store the gateway serves /artifacts/v1 from: a directory, "
+                    "file:///dir or s3://bucket/prefix (the same variable the workers read). "
+                    "Unset: artifacts under the state directory (where `up` keeps them).",
+    )
+
     # the ask endpoints (/ask/v1/*, docs/ask.md)
     warehouse_read_url: SecretStr | None = Field(
         default=None,

@@ -44,6 +44,7 @@ def serve_command(
     from control_room.db.migrate import migrate
     from control_room.gateway.app import create_app
     from control_room.gateway.auth import signing_secret
+    from control_room.gateway.ui import ui_line
 
     with guard():
         settings = load_settings(host=host, port=port, database_url=database_url,
@@ -58,6 +59,7 @@ def serve_command(
             app_ = create_app(settings, database_url=url, jwt_secret=signing_secret(settings))
             err.print(f"Serving the contract on http://{settings.host}:{settings.port}/rest/v1/rpc/"
                       f" (database {target(url)})", markup=False)
+            err.print(ui_line(settings, f"http://{settings.host}:{settings.port}"), markup=False)
             # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
             # handler it found: make that one a no-op so that this command's own cleanup
             # (stopping an embedded server) runs and the exit status is 0

@@ -70,6 +70,7 @@ def up_command(
     Writes `<state-dir>/stack.json` so that `control-room runs ...` finds the stack without
     options. A second `up` reuses the state directory (database, lake, artifacts).
     """
+    from control_room.gateway.ui import ui_line
     from control_room.localstack import LocalStack, LocalStackError
 
     with guard():
@@ -88,6 +89,7 @@ def up_command(
                 assert stack.info is not None
                 out.print(f"Control Room is up: gateway {stack.info.gateway_url}, workspace "
                           f"{stack.info.workspace_slug}, lake {stack.info.lake}", markup=False)
+                out.print(ui_line(settings, stack.info.ui_url), markup=False)
                 out.print(f"State in {settings.state_dir} (stack.json, logs in log/). "
                           "Ctrl-C stops everything.", markup=False)
                 stack.wait(stop)
@@ -126,6 +128,7 @@ def demo_command(
 
     from control_room.cli.display import watch
     from control_room.contract.client import ContractClient
+    from control_room.gateway.ui import ui_line
     from control_room.local import without_password
     from control_room.localstack import LocalStack, LocalStackError
     from control_room.specs import example_spec, load_spec
@@ -172,7 +175,8 @@ def demo_command(
                     "run_id": run_id, "state": run.state, "source": report.to_json(),
                     "lake": str(lake), "warehouse": without_password(warehouse),
                     "gold_schema": "gold",
-                    "ui_url": stack.info.ui_url, "kpis": kpis, "artifacts": artifacts,
+                    "ui_url": stack.info.ui_url, "ui": ui_line(settings, stack.info.ui_url),
+                    "kpis": kpis, "artifacts": artifacts,
                     "kept_up": keep_up and run.state == "succeeded",
                 }
                 if as_json:
@@ -331,5 +335,6 @@ def _print_demo(summary: dict[str, Any]) -> None:
               markup=False)
     out.print(f"Gateway: {summary['ui_url']} (`control-room runs show {summary['run_id']}`)",
               markup=False)
+    out.print(summary["ui"], markup=False)
     if not summary.get("kept_up"):
         out.print(STOPPING_NOTE, markup=False)

@@ -126,6 +126,11 @@ select state, pg_catalog.count(*)::int from ops.phases group by 1 order by 1;
 -- The ops functions notify this channel when they queue a phase (ops_private.notify_queued).
 listen ops_phase_queued;
 
+-- name: listen_run_changes
+-- A statement on ops.run_events notifies this channel once per run ('<workspace> <run> <seq>',
+-- 20261204000100_ui_reads.sql); the gateway's change feed (gateway/feed.py) listens.
+listen ops_run_changes;
+
 -- name: claim_due_at
 -- When a waiting claim should try again without a notification: the soonest not_before of a
 -- phase queued for later, or lease expiry, among its kinds and workspaces, in seconds from now

@@ -44,9 +44,13 @@ from control_room.contract.errors import ContractError
 from control_room.db.migrate import migrate
 from control_room.db.queries import query
 from control_room.db.store import call_as, clip, json_depth
+from control_room.gateway.artifacts import ArtifactEndpoints
 from control_room.gateway.auth import Caller, TokenCache
 from control_room.gateway.errors import GatewayError, contract_response
+from control_room.gateway.feed import CHANNEL as FEED_CHANNEL
+from control_room.gateway.feed import Feed
 from control_room.gateway.metrics import Metrics, MetricsScope, is_loopback
+from control_room.gateway.ui import ui_routes
 from control_room.settings import Settings
 
 log = logging.getLogger("control_room.gateway")
@@ -109,6 +113,8 @@ class Notifier:
         self._conninfo = conninfo
         self.connected = False
         self._waiters: set[Waiter] = set()
+        self.feed: Feed | None = None
+        """The change feed (gateway/feed.py) gets `ops_run_changes` on the same connection."""
 
     async def run(self) -> None:
         while True:
@@ -116,10 +122,17 @@ class Notifier:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
                 async with conn:
                     await conn.execute(query("listen_phase_queued"))
+                    await conn.execute(query("listen_run_changes"))
                     self.connected = True
                     self._wake("")             # anything queued while we were away
+                    if self.feed is not None:
+                        self.feed.reconnected()
                     async for notification in conn.notifies():
-                        self._wake(notification.payload)
+                        if notification.channel == FEED_CHANNEL:
+                            if self.feed is not None:
+                                self.feed.dispatch(notification.payload)
+                        else:
+                            self._wake(notification.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:   # reconnect; waiters poll meanwhile
@@ -158,6 +171,9 @@ class Gateway:
             kwargs={"options": f"-c statement_timeout={timeout}", "autocommit": True},
         )
         self.notifier = Notifier(database_url)
+        self.feed = Feed(self)
+        self.notifier.feed = self.feed
+        self.artifacts = ArtifactEndpoints(self)
         self.tokens = TokenCache(jwt_secret)
         self.metrics = Metrics(self.pool.connection)
         self._health_cache: tuple[float, dict[str, Any]] | None = None
@@ -501,7 +517,13 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
             Route("/openapi.yaml", gateway.openapi_yaml, methods=["GET"]),
             Route("/health", gateway.health, methods=["GET"]),
             Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
+            Route("/feed/v1/changes", gateway.feed.changes, methods=["GET"]),
+            Route("/artifacts/v1/{workspace_id}/{digest}", gateway.artifacts.content,
+                  methods=["GET"]),
+            Route("/artifacts/v1/{workspace_id}/{digest}/preview", gateway.artifacts.preview,
+                  methods=["GET"]),
             *mcp_routes,
+            *ui_routes(settings),      # last: its catch-all answers the web UI's routes
         ],
         exception_handlers={404: _not_found, 405: _method_not_allowed},
         lifespan=lifespan,
