@@ -24,7 +24,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +50,7 @@ from control_room.gateway.errors import GatewayError, contract_response
 from control_room.gateway.feed import CHANNEL as FEED_CHANNEL
 from control_room.gateway.feed import Feed
 from control_room.gateway.metrics import Metrics, MetricsScope, is_loopback
-from control_room.gateway.ui import ui_routes
+from control_room.gateway.ui import ui_built, ui_routes
 from control_room.settings import Settings
 
 log = logging.getLogger("control_room.gateway")
@@ -174,6 +174,8 @@ class Gateway:
         self.feed = Feed(self)
         self.notifier.feed = self.feed
         self.artifacts = ArtifactEndpoints(self)
+        self.ui_page: Callable[[Request], Awaitable[Response]] | None = None
+        """The web UI's page handler (gateway/ui.py), when it is built."""
         self.tokens = TokenCache(jwt_secret)
         self.metrics = Metrics(self.pool.connection)
         self._health_cache: tuple[float, dict[str, Any]] | None = None
@@ -361,6 +363,8 @@ class Gateway:
                                  media_type="application/yaml")
 
     async def health(self, request: Request) -> Response:
+        if self.ui_page is not None and "text/html" in request.headers.get("accept", ""):
+            return await self.ui_page(request)     # a browser on the web UI's /health page
         report = await anyio.to_thread.run_sync(self._health)
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
@@ -506,6 +510,9 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
             finally:
                 await anyio.to_thread.run_sync(ask.close)
 
+    ui = ui_routes(settings)
+    if ui_built(settings):
+        gateway.ui_page = ui[-1].endpoint  # type: ignore[attr-defined]
     app = Starlette(
         routes=[
             Route("/rest/v1/rpc/{function}", gateway.rpc, methods=["POST"]),
@@ -523,7 +530,7 @@ def create_app(settings: Settings, *, database_url: str, jwt_secret: str,
             Route("/artifacts/v1/{workspace_id}/{digest}/preview", gateway.artifacts.preview,
                   methods=["GET"]),
             *mcp_routes,
-            *ui_routes(settings),      # last: its catch-all answers the web UI's routes
+            *ui,                       # last: its catch-all answers the web UI's routes
         ],
         exception_handlers={404: _not_found, 405: _method_not_allowed},
         lifespan=lifespan,

@@ -90,7 +90,9 @@ def ui_routes(settings: Settings) -> list[BaseRoute]:
 
     async def page(request: Request) -> Response:
         path = request.url.path
-        if request.method not in ("GET", "HEAD") or path.startswith(API_PREFIXES):
+        browser_health = path == "/health" and "text/html" in request.headers.get("accept", "")
+        if request.method not in ("GET", "HEAD") or (path.startswith(API_PREFIXES)
+                                                     and not browser_health):
             return _not_found(request)
         index = root / "index.html"
         if not index.is_file():
