@@ -226,6 +226,34 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/rpc/list_audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The workspace's audit log (who did what, when, on what), newest first, in pages.
+         * @description Role: `admin` of the workspace, or service_role (anyone else: `403 forbidden`).
+         *     Writes nothing.
+         *
+         *     Entries are the workspace's rows of `ops.audit_log`: the audited calls of this contract
+         *     (`function_name` = the function) and the sign-in events of its members
+         *     (`auth.signin`, `auth.signin_failed`, `auth.refresh_token_reuse`, `auth.logout`,
+         *     `auth.password_change`, `auth.create_user`, `auth.disable_user`; docs/auth.md), never
+         *     with a password. Pages go backwards: pass the answer's `next_before` as `before` for
+         *     the next (older) page; it is null on the last page.
+         */
+        post: operations["list_audit"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/rpc/create_run": {
         parameters: {
             query?: never;
@@ -686,7 +714,9 @@ export interface paths {
          *     Order: `created_at` descending, then id descending. Runs come as summaries: without
          *     phases but with `phase_counts`, without `input_manifest` and `output_manifest`, the
          *     `error` reduced to `{phase, message}` (`get_run` has everything). `labels` matches
-         *     runs whose labels contain the given pairs.
+         *     runs whose labels contain the given pairs; `job_slug` the runs of a job, `git_sha` a
+         *     sha prefix (at least 4 hex digits), `env` an environment, `created_after` /
+         *     `created_before` a time range (ISO 8601; a bad one is `400` naming it).
          *     Paging: pass the returned `next_cursor` as `cursor`; it is null when the page was not
          *     full (a full last page is followed by an empty one). A page also ends once its runs
          *     pass about 1 MiB (at least one run per page), with `next_cursor` set. Writes nothing.
@@ -711,8 +741,13 @@ export interface paths {
          * A run's events after a sequence number, in order.
          * @description Role: any member of the run's workspace, or service_role (a run not visible is `404`).
          *     Returns events with `seq > after` in ascending `seq`, at most `limit`, optionally of
-         *     one phase. `next_after` is the last returned `seq` (or `after` when none): pass it as
-         *     `after` to continue. The cursor never skips an event: `seq` is allocated per run under
+         *     one phase, of some `types`, of some `levels`, whose message contains `text`
+         *     (case-insensitive). With `before`: the `limit` matching events just before that seq,
+         *     still in ascending order (the tail of a log: `before` = the run's `last_event_seq` + 1).
+         *     `next_after` is the last returned `seq` (or `after` when none): pass it as
+         *     `after` to continue; `prev_before` is the first (null when none): pass it as `before`
+         *     to page back. Each filter is an index range, so a run of 100,000 events pages as fast
+         *     as a small one (a `text` search reads the run's events). The cursor never skips an event: `seq` is allocated per run under
          *     the run's row lock, so it is gap-free and commit-ordered (an event with a higher `seq`
          *     is never visible before one with a lower `seq`). Writes nothing.
          *     `principal_id` is shown to admins of the workspace and service_role only (null for
@@ -744,6 +779,120 @@ export interface paths {
          *     already read. Writes nothing.
          */
         post: operations["list_artifacts"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/rpc/get_run_timeline": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Every phase of a run with its attempts (claimed, started, ended, outcome), for a Gantt chart.
+         * @description Role: any member of the run's workspace, or service_role (a run not visible is `404`).
+         *     Built from the run's lifecycle events only (an index of them, so a run of 100,000
+         *     events answers as fast as a small one): each `PHASE_CLAIMED` opens an attempt,
+         *     `started_at` is the worker's `PHASE_STARTED` (else the claim), and the first of
+         *     `PHASE_SUCCEEDED`, `PHASE_FAILED`, `LEASE_EXPIRED`, `PHASE_CANCELLED` or
+         *     `PHASE_STOPPED` of that phase and attempt ends it, giving `outcome` `succeeded`,
+         *     `failed`, `lease_expired` or `cancelled` (`running` while none came and the phase is
+         *     running that attempt). A phase never claimed (waiting, skipped, reused) has no
+         *     attempts. Phases in `ordinal` order, attempts in the order they were claimed.
+         *     Writes nothing.
+         */
+        post: operations["get_run_timeline"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/rpc/get_run_grid": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The runs x phases grid of a workspace's recent runs (of one job or spec), newest run first.
+         * @description Role: any member of the workspace, or service_role (a workspace not visible is `404`,
+         *     as is a `job_slug` the workspace has no job of). At most `limit` runs (1-100, default
+         *     25), newest first, of the job `job_slug` (any of its versions) or the spec
+         *     `spec_slug` (not both; neither: every run). `phase_names` lists every phase name of
+         *     those runs, by their lowest `ordinal`; each run's `phases` maps a name to that
+         *     phase's `state`, `attempt`, `started_at` and `finished_at` (a run without a phase of
+         *     that name has no entry). One call draws the whole grid. Writes nothing.
+         */
+        post: operations["get_run_grid"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/rpc/get_run_lineage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A run's table lineage, inputs -> phase -> outputs, from what the run recorded.
+         * @description Role: any member of the run's workspace, or service_role (a run not visible is `404`).
+         *     Outputs (`phase:<name>` -> `dataset:<name>`): the tables each phase's output manifest
+         *     names (`tables[].name`) and the dataset versions it recorded. Inputs
+         *     (`dataset:<name>` -> `phase:<name>`): the datasets and sources (`source:<name>`) its
+         *     `DATASET_LINEAGE` events name, and the tables its dependencies (`depends_on`) wrote.
+         *     Nodes are the datasets and the phases on an edge; a dataset's `layer` is its
+         *     catalog layer (`source` for a source, null when unknown). Writes nothing.
+         */
+        post: operations["get_run_lineage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/rpc/get_health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A workspace's health over time, in one call (queue, lease expiries, outcomes, durations, freshness, alerts, dead letters).
+         * @description Role: any member of the workspace, or service_role (a workspace not visible is `404`).
+         *     Now: `queue_depth` (phases queued), `running` (phases running),
+         *     `lease_expiries_last_hour`. Over time, from `since` (an ISO 8601 time within the last
+         *     31 days; default 24 hours ago), rounded down to a multiple of `bucket_seconds`
+         *     (60-86400, default 3600; at most 500 buckets): `series`, one entry per bucket with
+         *     the phases that finished in it (`succeeded`, `failed`, the p50 and p95 of their
+         *     durations in seconds, null without any) and its lease expiries; `by_kind` and
+         *     `by_phase` (the 50 phase names that finished most) the same totals with
+         *     `success_rate` (null without any). A phase counts once, with its final outcome and
+         *     its last attempt's duration. `freshness`: the datasets with a data time (gold
+         *     first), their lag and their job's SLO; `alerts`: how many are `open` (not delivered:
+         *     pending, delivering or failed) and the 10 most recent since `since`;
+         *     `dead_letters`: how many failed phases no repair has rerun (at most 1000 counted).
+         *     Writes nothing.
+         */
+        post: operations["get_health"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1981,6 +2130,26 @@ export interface components {
         ListInvitationsArgs: {
             workspace_id: components["schemas"]["Uuid"];
         };
+        ListAuditArgs: {
+            workspace_id: components["schemas"]["Uuid"];
+            /**
+             * @description Only entries with a lower id (the previous page's `next_before`).
+             * @default null
+             */
+            before: number | null;
+            /** @default 100 */
+            limit: number;
+            /**
+             * @description Only entries of this function (or sign-in event, such as `auth.signin`).
+             * @default null
+             */
+            function_name: string | null;
+            /**
+             * @description Only entries whose actor is this principal.
+             * @default null
+             */
+            principal_id: components["schemas"]["NullableUuid"];
+        };
         RevokePrincipalArgs: {
             principal_id: components["schemas"]["Uuid"];
         };
@@ -2170,6 +2339,31 @@ export interface components {
              * @default null
              */
             cursor: string | null;
+            /**
+             * @description Runs of this job (any version).
+             * @default null
+             */
+            job_slug: string | null;
+            /**
+             * @description Runs whose git sha starts with this prefix (at least 4 hex digits, any case).
+             * @default null
+             */
+            git_sha: string | null;
+            /**
+             * @description Runs of this environment (dev, stage, prod).
+             * @default null
+             */
+            env: string | null;
+            /**
+             * @description Runs created at or after this ISO 8601 time.
+             * @default null
+             */
+            created_after: string | null;
+            /**
+             * @description Runs created before this ISO 8601 time (after created_after).
+             * @default null
+             */
+            created_before: string | null;
         };
         ListEventsArgs: {
             run_id: components["schemas"]["Uuid"];
@@ -2185,6 +2379,57 @@ export interface components {
              * @default null
              */
             phase: string | null;
+            /**
+             * @description The `limit` events just before this seq (still in ascending order); pass `prev_before` to page back.
+             * @default null
+             */
+            before: number | null;
+            /**
+             * @description Only events of these types.
+             * @default null
+             */
+            types: components["schemas"]["EventType"][] | null;
+            /**
+             * @description Only events of these levels.
+             * @default null
+             */
+            levels: components["schemas"]["EventLevel"][] | null;
+            /**
+             * @description Only events whose message contains this text (case-insensitive).
+             * @default null
+             */
+            text: string | null;
+        };
+        GetRunTimelineArgs: {
+            run_id: components["schemas"]["Uuid"];
+        };
+        GetRunGridArgs: {
+            workspace_id: components["schemas"]["Uuid"];
+            /**
+             * @description The runs of this job (any version).
+             * @default null
+             */
+            job_slug: string | null;
+            /**
+             * @description The runs of this spec (not with job_slug).
+             * @default null
+             */
+            spec_slug: string | null;
+            /** @default 25 */
+            limit: number;
+        };
+        GetRunLineageArgs: {
+            run_id: components["schemas"]["Uuid"];
+        };
+        GetHealthArgs: {
+            workspace_id: components["schemas"]["Uuid"];
+            /**
+             * @description An ISO 8601 time within the last 31 days; null is 24 hours ago.
+             * @default null
+             */
+            since: string | null;
+            /** @default 3600 */
+            bucket_seconds: number;
         };
         ListArtifactsArgs: {
             /** @default null */
@@ -2406,6 +2651,30 @@ export interface components {
             accepted_at: components["schemas"]["NullableTimestamp"];
             /** @enum {string} */
             state: "pending" | "accepted" | "expired";
+        };
+        AuditPage: {
+            entries: components["schemas"]["AuditEntry"][];
+            /** @description The `before` of the next (older) page; null on the last page. */
+            next_before: number | null;
+        };
+        AuditEntry: {
+            id: number;
+            at: components["schemas"]["Timestamp"];
+            /** @description Who did it (null for a call without a principal, such as the operator's). */
+            actor: components["schemas"]["AuditActor"] | null;
+            /** @description The database role the call ran as (authenticated, service_role, ...). */
+            db_role: string;
+            function_name: string;
+            target_type: string | null;
+            target_id: string | null;
+            /** @description What the call was given or did (no secret, no password). */
+            details: Record<string, never>;
+        };
+        AuditActor: {
+            id: components["schemas"]["Uuid"];
+            name: string | null;
+            /** @description The local user's email; null for other principals. */
+            email: string | null;
         };
         InvitationRevoked: {
             workspace_id: components["schemas"]["Uuid"];
@@ -2687,6 +2956,112 @@ export interface components {
             events: components["schemas"]["Event"][];
             /** @description Pass as `after` for the next page. */
             next_after: number;
+            /** @description The first seq of this page (null when it is empty); pass as `before` for the page before it. */
+            prev_before: number | null;
+        };
+        /** @enum {string} */
+        AttemptOutcome: "running" | "succeeded" | "failed" | "lease_expired" | "cancelled";
+        TimelineAttempt: {
+            attempt: number;
+            claimed_at: components["schemas"]["Timestamp"];
+            started_at: components["schemas"]["Timestamp"];
+            ended_at: components["schemas"]["NullableTimestamp"];
+            outcome: components["schemas"]["AttemptOutcome"];
+        };
+        RunTimeline: {
+            run_id: components["schemas"]["Uuid"];
+            phases: {
+                name: components["schemas"]["PhaseName"];
+                kind: components["schemas"]["Kind"];
+                state: components["schemas"]["PhaseState"];
+                attempts: components["schemas"]["TimelineAttempt"][];
+            }[];
+        };
+        GridCell: {
+            state: components["schemas"]["PhaseState"];
+            attempt: number;
+            started_at: components["schemas"]["NullableTimestamp"];
+            finished_at: components["schemas"]["NullableTimestamp"];
+        };
+        RunGrid: {
+            phase_names: components["schemas"]["PhaseName"][];
+            runs: {
+                id: components["schemas"]["Uuid"];
+                state: components["schemas"]["RunState"];
+                created_at: components["schemas"]["Timestamp"];
+                finished_at: components["schemas"]["NullableTimestamp"];
+                git_sha: string;
+                /** @description Phase name -> its cell. */
+                phases: {
+                    [key: string]: components["schemas"]["GridCell"];
+                };
+            }[];
+        };
+        RunLineage: {
+            nodes: {
+                /** @description `dataset:<name>` or `phase:<name>`. */
+                id: string;
+                /** @enum {string} */
+                type: "dataset" | "phase";
+                label: string;
+                /** @description A dataset's layer (raw, bronze, silver, gold, other; `source` for a source); absent on phases. */
+                layer?: string | null;
+            }[];
+            edges: {
+                from: string;
+                to: string;
+            }[];
+        };
+        HealthTotals: {
+            succeeded: number;
+            failed: number;
+            success_rate: number | null;
+            p50_s: number | null;
+            p95_s: number | null;
+        };
+        Health: {
+            now: components["schemas"]["Timestamp"];
+            /** @description The first bucket's start (`since` rounded down to a multiple of bucket_seconds). */
+            since: components["schemas"]["Timestamp"];
+            bucket_seconds: number;
+            queue_depth: number;
+            running: number;
+            lease_expiries_last_hour: number;
+            series: {
+                bucket: components["schemas"]["Timestamp"];
+                succeeded: number;
+                failed: number;
+                lease_expiries: number;
+                p50_s: number | null;
+                p95_s: number | null;
+            }[];
+            by_kind: (components["schemas"]["HealthTotals"] & {
+                kind: components["schemas"]["Kind"];
+            })[];
+            by_phase: (components["schemas"]["HealthTotals"] & {
+                name: components["schemas"]["PhaseName"];
+                kind: components["schemas"]["Kind"];
+            })[];
+            freshness: {
+                dataset: components["schemas"]["DatasetName"];
+                layer: components["schemas"]["DatasetLayer"];
+                data_time: components["schemas"]["Timestamp"];
+                lag_s: number;
+                /** @description The freshness SLO of the job that moved its data time last (null without one). */
+                slo_s: number | null;
+            }[];
+            alerts: {
+                open: number;
+                recent: {
+                    id: components["schemas"]["Uuid"];
+                    rule: string;
+                    event: string;
+                    subject: components["schemas"]["JsonObject"];
+                    state: components["schemas"]["AlertState"];
+                    created_at: components["schemas"]["Timestamp"];
+                }[];
+            };
+            dead_letters: number;
         };
         /** @description An immutable, content-addressed artifact of a workspace. */
         Artifact: {
@@ -4053,6 +4428,40 @@ export interface operations {
             503: components["responses"]["Unavailable"];
         };
     };
+    list_audit: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ListAuditArgs"];
+            };
+        };
+        responses: {
+            /** @description A page of the audit log. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            406: components["responses"]["NotAcceptable"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
     create_run: {
         parameters: {
             query?: never;
@@ -4623,6 +5032,142 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    get_run_timeline: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GetRunTimelineArgs"];
+            };
+        };
+        responses: {
+            /** @description The run's timeline. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunTimeline"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    get_run_grid: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GetRunGridArgs"];
+            };
+        };
+        responses: {
+            /** @description The grid. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunGrid"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    get_run_lineage: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GetRunLineageArgs"];
+            };
+        };
+        responses: {
+            /** @description The lineage graph. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RunLineage"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    get_health: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GetHealthArgs"];
+            };
+        };
+        responses: {
+            /** @description The workspace's health. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Health"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
             406: components["responses"]["NotAcceptable"];
             413: components["responses"]["PayloadTooLarge"];

@@ -14,12 +14,12 @@ import { linearScale, linePath, niceMax } from "./charts";
 import { isRunQuery, isWorkspaceList } from "../api/live";
 import { refreshDelay } from "../api/auth";
 import { ApiError, badStateOf, errorFromBody } from "../api/errors";
-import type { ArtifactLink, JobParam, RunEvent } from "../api/types";
+import type { ArtifactLink, JobParam, RunEvent, RunGrid } from "../api/types";
 
 const ev = (seq: number): RunEvent => ({ seq, event_id: `e${seq}`, run_id: "r", phase: null, attempt: null, ts: "2026-12-04T10:00:00Z", recorded_at: "2026-12-04T10:00:00Z", level: "info", type: "LOG", message: `m${seq}`, payload: {}, principal_id: null });
 
 describe("grid shaping", () => {
-  const grid = {
+  const grid: RunGrid = {
     phase_names: ["extract", "load"],
     runs: [
       { id: "b", state: "failed" as const, created_at: "2026-12-04T11:00:00Z", finished_at: null, git_sha: "abc", phases: { extract: { state: "failed" as const, attempt: 2, started_at: null, finished_at: null } } },
@@ -45,9 +45,9 @@ describe("gantt bars", () => {
         phases: [
           { name: "a", kind: "sql", state: "succeeded", attempts: [
             { attempt: 1, claimed_at: "2026-12-04T10:00:00Z", started_at: "2026-12-04T10:00:02Z", ended_at: "2026-12-04T10:01:00Z", outcome: "lease_expired" },
-            { attempt: 2, claimed_at: "2026-12-04T10:02:00Z", started_at: null, ended_at: "2026-12-04T10:03:00Z", outcome: "succeeded" },
+            { attempt: 2, claimed_at: "2026-12-04T10:02:00Z", started_at: "2026-12-04T10:02:00Z", ended_at: "2026-12-04T10:03:00Z", outcome: "succeeded" },
           ] },
-          { name: "b", kind: "python", state: "running", attempts: [{ attempt: 1, claimed_at: null, started_at: "2026-12-04T10:05:00Z", ended_at: null, outcome: "running" }] },
+          { name: "b", kind: "python", state: "running", attempts: [{ attempt: 1, claimed_at: "2026-12-04T10:05:00Z", started_at: "2026-12-04T10:05:00Z", ended_at: null, outcome: "running" }] },
           { name: "c", kind: "python", state: "waiting", attempts: [] },
         ],
       },
