@@ -24,7 +24,8 @@ export function BadStateView({ error, what }: { error: unknown; what?: string })
   if (!state) return <ErrorBox error={error} />;
   const [title, text] = BAD_TEXT[state];
   return (
-    <div className={`bad-state bad-${state}`} data-testid={`state-${state}`} role="alert">
+    // gateway down: the shell's banner carries data-testid="state-gateway-down" (one element)
+    <div className={`bad-state bad-${state}`} data-testid={state === "gateway-down" ? undefined : `state-${state}`} role="alert">
       <h2>{state === "not-found" && what ? `${what} not found` : title}</h2>
       <p>{text}</p>
       {error instanceof ApiError && error.message && state !== "gateway-down" ? <p className="muted">{error.message}</p> : null}

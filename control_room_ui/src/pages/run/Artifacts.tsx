@@ -8,7 +8,8 @@ import { sqlOutputs } from "../../lib/sqlOutputs";
 import { Link } from "../../router";
 
 export function artifactPath(ws: string, digest: string): string {
-  return `/artifacts/v1/${encodeURIComponent(ws)}/${encodeURIComponent(digest)}`;
+  // digests are `blake3:<hex>` and ids UUIDs: nothing to escape (the gateway expects the colon)
+  return `/artifacts/v1/${ws}/${digest}`;
 }
 
 export function useArtifacts(run: RunDetail) {
