@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from typing import Annotated
+from typing import Annotated, Any
 
 from control_room.cli.common import (
     BadInput,
@@ -66,8 +66,15 @@ def serve_command(
             previous = {sig: signal.signal(sig, lambda *_: None)
                         for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
-                uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info",
-                            access_log=False)
+                feed = app_.state.gateway.feed
+
+                class _Server(uvicorn.Server):
+                    def handle_exit(self, sig: int, frame: Any) -> None:
+                        feed.close_threadsafe()     # open change feeds end (clients reconnect)
+                        super().handle_exit(sig, frame)
+
+                _Server(uvicorn.Config(app_, host=settings.host, port=settings.port,
+                                       log_level="info", access_log=False)).run()
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)

@@ -563,6 +563,9 @@ def serving(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Iterator[
     try:
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
+        gateway = getattr(app.state, "gateway", None)
+        if gateway is not None:
+            gateway.feed.close_threadsafe()     # open change feeds would hold the shutdown up
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()

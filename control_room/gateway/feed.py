@@ -55,6 +55,8 @@ class Feed:
         self.gateway = gateway
         self._subscribers: set[Subscriber] = set()
         self.ping_seconds = PING_SECONDS
+        self.closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- from the listener --------------------------------------------------------------------
 
@@ -74,9 +76,27 @@ class Feed:
             sub.resync = True
             sub.woken.set()
 
+    def stopping(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        """End every stream (the server is stopping: open streams would hold it up)."""
+        self.closing = True
+        for sub in self._subscribers:
+            sub.woken.set()
+
+    def close_threadsafe(self) -> None:
+        """`close` from another thread (or a signal handler)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.closing = True
+            return
+        loop.call_soon_threadsafe(self.close)
+
     @contextlib.contextmanager
     def subscribed(self, workspace: str, run: str | None) -> Iterator[Subscriber]:
         sub = Subscriber(workspace, run)
+        self._loop = asyncio.get_running_loop()
         self._subscribers.add(sub)
         try:
             yield sub
@@ -138,7 +158,7 @@ class Feed:
             yield b"event: ready\ndata: {}\n\n"
             last = 0.0
             loop = asyncio.get_running_loop()
-            while True:
+            while not self.stopping():
                 wait = self.ping_seconds
                 if expires is not None:
                     left = expires - time.time()
@@ -155,6 +175,8 @@ class Feed:
                 pause = last + COALESCE_SECONDS - loop.time()
                 if pause > 0:
                     await asyncio.sleep(pause)       # merge what comes meanwhile
+                if self.stopping():
+                    return
                 sub.woken.clear()
                 pending, sub.pending = sub.pending, {}
                 chunks = []
