@@ -7,6 +7,8 @@ directory for the session.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,42 @@ SLOW_MODULES = frozenset({
     "tests/conformance/test_kinds.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
+
+
+_KEYWORDS = frozenset({"and", "or", "not"})
+
+
+def _module_marks(path: Path) -> frozenset[str]:
+    try:
+        name = path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return frozenset()
+    return frozenset({"e2e"} if name in E2E_MODULES else set()) | frozenset(
+        {"slow"} if name in SLOW_MODULES else set())
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Skip importing a module `-m` deselects whole: one whose marks from E2E_MODULES /
+    SLOW_MODULES make the expression false whatever other marks its tests carry.
+
+    Importing them costs the fast loop seconds per xdist worker (test_schemathesis.py builds
+    its items, test_kind_dbt.py imports dbt) for tests that would be deselected anyway.
+    """
+    marks = _module_marks(collection_path)
+    expr = config.getoption("markexpr", "")
+    if not marks or not expr or "(" in expr:
+        return None
+    from _pytest.mark.expression import Expression  # pytest's own -m parser
+
+    compiled = Expression.compile(expr)
+    others = sorted(set(re.findall(r"[\w.:+\-\[\]\\/]+", expr)) - _KEYWORDS - marks)
+    if len(others) > 8:
+        return None
+    for chosen in itertools.product((False, True), repeat=len(others)):
+        present = marks | {name for name, on in zip(others, chosen, strict=True) if on}
+        if compiled.evaluate(lambda name, /, present=present, **_: name in present):
+            return None                 # some test of it could still be selected
+    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
