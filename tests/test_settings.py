@@ -23,7 +23,9 @@ from control_room.settings import ClientSettings, Settings, StackSettings, env_v
 from executor.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_ONLY = {"CONTROL_ROOM_TEST_ADMIN_URL"}
+# read by the tests and benchmarks only, never by the product: the admin URL of the tests'
+# PostgreSQL, the Chromium build the browser tests and bench/ui.py drive (docs/testing.md)
+TEST_ONLY = {"CONTROL_ROOM_TEST_ADMIN_URL", "CONTROL_ROOM_CHROMIUM"}
 
 
 def _fields() -> dict[str, list[tuple[type[BaseSettings], str]]]:

@@ -90,6 +90,9 @@ def up_command(
                 out.print(f"Control Room is up: gateway {stack.info.gateway_url}, workspace "
                           f"{stack.info.workspace_slug}, lake {stack.info.lake}", markup=False)
                 out.print(ui_line(settings, stack.info.ui_url), markup=False)
+                out.print("Sign in to the UI as a user: control-room users create --email "
+                          f"you@example.org --workspace {stack.info.workspace_slug} --role admin",
+                          markup=False)
                 out.print(f"State in {settings.state_dir} (stack.json, logs in log/). "
                           "Ctrl-C stops everything.", markup=False)
                 stack.wait(stop)

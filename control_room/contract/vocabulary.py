@@ -37,6 +37,7 @@ __all__ = [
     "SCHEDULE_CATCHUPS",
     "SCHEDULE_OVERLAPS",
     "SCHEMA_STATES",
+    "SIGN_IN_CODES",
     "SLO_STATES",
     "TICK_STATES",
     "AlertDestinationType",
@@ -151,6 +152,9 @@ RESERVED_EVENT_TYPES = LIFECYCLE_EVENT_TYPES
 """What `append_events` refuses as an event type."""
 EXECUTOR_EVENT_TYPES: frozenset[str] = frozenset(get_args(ExecutorEventType))
 MACHINE_CODES: frozenset[str] = frozenset(get_args(MachineCode))
+SIGN_IN_CODES: frozenset[str] = frozenset({"invalid_credentials", "over_request_rate_limit"})
+"""The codes the ops_private sign-in functions raise for the gateway's /auth/v1 endpoints, which
+answer them in GoTrue's error shape (docs/auth.md); no /rest/v1/rpc function raises them."""
 
 FINISHED_RUN_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 FINISHED_PHASE_STATES: frozenset[str] = frozenset({"succeeded", "failed", "skipped",

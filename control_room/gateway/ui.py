@@ -13,7 +13,8 @@ from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from control_room.db.store import clip
 from control_room.gateway.errors import GatewayError
@@ -74,6 +75,17 @@ def _not_found(request: Request) -> Response:
     return GatewayError(404, "PGRST125", message, hint="not_found").response()
 
 
+class _PageRoute(Route):
+    """The catch-all of the SPA's routes: it never matches a path under the API's prefixes, so
+    those keep the API's own answers (404 for an unknown path, 405 for a known path with another
+    method: `GET /rest/v1/rpc/get_run`)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and str(scope.get("path", "")).startswith(API_PREFIXES):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
 def ui_routes(settings: Settings) -> list[BaseRoute]:
     root = ui_dir(settings)
     config = {"api_url": settings.ui_api_url, "auth_url": settings.ui_auth_url,
@@ -90,9 +102,7 @@ def ui_routes(settings: Settings) -> list[BaseRoute]:
 
     async def page(request: Request) -> Response:
         path = request.url.path
-        browser_health = path == "/health" and "text/html" in request.headers.get("accept", "")
-        if request.method not in ("GET", "HEAD") or (path.startswith(API_PREFIXES)
-                                                     and not browser_health):
+        if request.method not in ("GET", "HEAD"):
             return _not_found(request)
         index = root / "index.html"
         if not index.is_file():
@@ -108,6 +118,6 @@ def ui_routes(settings: Settings) -> list[BaseRoute]:
     return [
         Route("/ui-config.json", ui_config, methods=["GET"]),
         Route("/assets/{path:path}", asset, methods=["GET"]),
-        Route("/{path:path}", page,
+        _PageRoute("/{path:path}", page,
               methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
     ]

@@ -352,6 +352,10 @@ PRIVATE_HELPERS_FOR_API_ROLES = frozenset({
     # get_run's lineage and list_dead_letters (reads of the caller's runs and phases, as RLS
     # lets it see them)
     "lineage_json", "active_child", "rerun_to_an_end", "dead_letters",
+    # the web UI's reads (all security invoker, so RLS applies): argument checks (a time, a
+    # limit), an event row the caller already read as JSON, a manifest's table entries, and
+    # whether a workspace is visible to the caller (its row under RLS)
+    "time_arg", "limit_arg", "event_json", "manifest_tables", "readable_workspace",
 })
 # PostgREST runs its pre-request hook as the request's role, anon included
 PRIVATE_HELPERS_FOR_ANON = frozenset({"pre_request"})

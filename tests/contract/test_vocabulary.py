@@ -168,7 +168,12 @@ def test_the_machine_codes_are_the_functions_and_the_documents(
          where p.pronamespace in ('ops'::regnamespace, 'ops_private'::regnamespace)""").fetchone()
     assert bodies is not None
     raised = set(re.findall(r"fail\(\s*\d+\s*,\s*'([a-z_]+)'", bodies[0]))
-    assert raised == vocabulary.MACHINE_CODES
+    assert raised == vocabulary.MACHINE_CODES | vocabulary.SIGN_IN_CODES
+    signin = (REPO / "control_room" / "gateway" / "signin.py").read_text(encoding="utf-8")
+    auth_doc = (REPO / "docs" / "auth.md").read_text(encoding="utf-8")
+    for code in vocabulary.SIGN_IN_CODES:
+        assert f'"{code}"' in signin and f"`{code}`" in auth_doc, code
+        assert code not in vocabulary.MACHINE_CODES, code
     assert DOCUMENTED_CODES == vocabulary.MACHINE_CODES
     table = load_openapi()["info"]["description"]
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", table, re.MULTILINE))

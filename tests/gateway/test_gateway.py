@@ -315,7 +315,7 @@ def test_the_listener_has_a_connection_of_its_own(gw: Gateway, db_url: str) -> N
         while True:
             rows = probe.execute(
                 "select pid, state from pg_stat_activity"
-                " where datname = %s and query ilike '%%listen ops_phase_queued%%'"
+                " where datname = %s and query ilike '%%listen ops_run_changes%%'"
                 " and pid <> pg_backend_pid()",
                 (dbname,)).fetchall()
             if rows or time.monotonic() > deadline:

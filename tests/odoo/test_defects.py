@@ -25,6 +25,7 @@ TABLES = ("res_currency_rate", "res_partner", "product_template", "sale_order",
 
 def _summary(kept_up: bool) -> dict[str, object]:
     return {"run_id": "r1", "state": "succeeded", "lake": "/lake", "ui_url": "http://ui",
+            "ui": "UI: http://ui/",
             "warehouse": "postgresql://postgres@127.0.0.1:5999/odoo_warehouse",
             "kpis": {}, "artifacts": [], "kept_up": kept_up}
 
@@ -34,6 +35,7 @@ def test_the_demo_says_its_stack_stops_with_the_warehouse_it_printed() -> None:
         _print_demo(_summary(kept_up=False))
     text = " ".join(captured.get().split())
     assert "Warehouse for BI (Superset, Metabase): postgresql://postgres@127.0.0.1:5999" in text
+    assert "UI: http://ui/" in text
     assert " ".join(STOPPING_NOTE.split()) in text
     assert text.index("Warehouse for BI") < text.index("stops now")
     assert "control-room demo --keep-up" in text
