@@ -1,5 +1,5 @@
 // Plain-SVG charts: stacked bars over time and lines over time, and horizontal bars.
-import { linePath, linearScale } from "../lib/charts";
+import { isolatedPoints, linePath, linearScale } from "../lib/charts";
 import { formatDuration } from "../lib/format";
 
 const W = 560;
@@ -92,9 +92,17 @@ export function Lines({ name, title, buckets, series, seconds }: { name: string;
               <text x={-4} y={y(t) + 3} className="axis" textAnchor="end">{seconds ? formatDuration(t) : Math.round(t * 10) / 10}</text>
             </g>
           ))}
-          {series.map((s) => (
-            <path key={s.key} d={linePath(buckets.map((b, i) => ({ x: x(i), y: b[s.key] === null || b[s.key] === undefined ? null : y(Number(b[s.key])) })))} className={`line ${s.cls}`} />
-          ))}
+          {series.map((s) => {
+            const points = buckets.map((b, i) => ({ x: x(i), y: b[s.key] === null || b[s.key] === undefined ? null : y(Number(b[s.key])) }));
+            return (
+              <g key={s.key}>
+                <path d={linePath(points)} className={`line ${s.cls}`} />
+                {isolatedPoints(points).map((p) => (
+                  <circle key={p.x} cx={p.x} cy={p.y} r={3} className={`dot ${s.cls}`} />
+                ))}
+              </g>
+            );
+          })}
           {buckets.map((b, i) => (i % every === 0 ? <text key={b.bucket} x={x(i)} y={ih + 14} className="axis" textAnchor="middle">{timeLabel(b.bucket)}</text> : null))}
         </g>
       </svg>

@@ -26,6 +26,13 @@ export interface SeriesPoint {
 }
 
 /** An SVG polyline path for one series (gaps where values are null). */
+/** The points no line passes through (both neighbours missing): drawn as dots, or a bucket
+ * with data between empty ones would not show at all. */
+export function isolatedPoints(points: { x: number; y: number | null }[]): { x: number; y: number }[] {
+  const has = (i: number) => i >= 0 && i < points.length && points[i].y !== null && Number.isFinite(points[i].y);
+  return points.flatMap((p, i) => (has(i) && !has(i - 1) && !has(i + 1) ? [{ x: p.x, y: p.y as number }] : []));
+}
+
 export function linePath(points: { x: number; y: number | null }[]): string {
   let d = "";
   let pen = false;

@@ -10,7 +10,7 @@ import { runFilterToArgs, parseLabels, EMPTY_RUN_FILTER, filterFromSearch, filte
 import { diffSchemas } from "./schemaDiff";
 import { sqlOutputs } from "./sqlOutputs";
 import { can, runActions } from "./roles";
-import { linearScale, linePath, niceMax } from "./charts";
+import { isolatedPoints, linearScale, linePath, niceMax } from "./charts";
 import { isRunQuery, isWorkspaceList } from "../api/live";
 import { refreshDelay } from "../api/auth";
 import { ApiError, badStateOf, errorFromBody } from "../api/errors";
@@ -236,6 +236,10 @@ describe("schema diff, sql outputs, roles, charts, invalidation, errors", () => 
     expect(y(0)).toBe(100);
     expect(y(10)).toBe(0);
     expect(linePath([{ x: 0, y: 1 }, { x: 1, y: null }, { x: 2, y: 3 }])).toBe("M0.0,1.0M2.0,3.0");
+    // a bucket with data between empty ones is a dot (a lone "M" draws nothing)
+    expect(isolatedPoints([{ x: 0, y: null }, { x: 1, y: 5 }, { x: 2, y: null }, { x: 3, y: 1 }, { x: 4, y: 2 }]))
+      .toEqual([{ x: 1, y: 5 }]);
+    expect(isolatedPoints([{ x: 0, y: 4 }])).toEqual([{ x: 0, y: 4 }]);
   });
   it("invalidates only the changed run's queries, never its event log", () => {
     expect(isRunQuery(["run", "r1", "detail"], "r1")).toBe(true);
