@@ -110,8 +110,8 @@ class GithubGate:
         if serves:
             return run_links(run_id, gateway_url=target.url, ui_base=stack.ui_url)
         return run_links(run_id, gateway_url=target.url, ui_base=None,
-                         ui_note="the local stack's gateway serves no Control Room UI yet: "
-                                 "the run is read from the gateway's get_run")
+                         ui_note="the local stack's gateway serves no web UI (not built: "
+                                 "make ui): the run is read from the gateway's get_run")
 
     def started(self, target: GatewayTarget, run: Run) -> None:
         """The outputs as soon as the run exists (a cancelled step still knows its run)."""
