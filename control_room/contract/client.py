@@ -83,8 +83,10 @@ from control_room.contract.models import (
     ArtifactPage,
     AskAnswer,
     AuditPage,
+    ChangedRunCreated,
     Claim,
     ClaimedAlert,
+    ClaimedGithubCheckRun,
     ClaimedGithubStatus,
     ClaimedSensor,
     ClaimRun,
@@ -101,6 +103,7 @@ from control_room.contract.models import (
     DueResult,
     Event,
     EventPage,
+    GithubCheckRun,
     GithubStatus,
     Health,
     HeartbeatResult,
@@ -365,7 +368,8 @@ class ContractClient:
         body = dict(args or {})
         if idempotent is None:
             idempotent = fn not in _NOT_IDEMPOTENT and not (
-                fn in ("create_run", "create_job_run") and body.get("idempotency_key") is None)
+                fn in ("create_run", "create_job_run", "create_changed_run")
+                and body.get("idempotency_key") is None)
         headers: dict[str, str] = {}
         timeout = self.timeout
         if wait is not None and wait > 0:
@@ -918,6 +922,23 @@ class ContractClient:
                 "labels": _dict(labels), "priority": priority}
         return _parse(RunCreated, self._rpc("create_job_run", args), "create_job_run")
 
+    def create_changed_run(self, workspace_id: str, job: str, base_run_id: str,
+                           changed: Mapping[str, str], *, version: int | None = None,
+                           params: Mapping[str, Any] | None = None,
+                           idempotency_key: str | None = None,
+                           labels: Mapping[str, str] | None = None,
+                           priority: int | None = None) -> ChangedRunCreated:
+        """A run of a job's version that reruns only what changed since `base_run_id` (a
+        succeeded run of the job) and everything downstream, reusing the base's outputs for
+        the rest; `changed` names the phases whose code changed (phase -> why), the control
+        plane adds the spec and param changes it sees (docs/github.md, "Only what changed")."""
+        args = {"workspace_id": workspace_id, "job": job, "base_run_id": base_run_id,
+                "changed": dict(changed), "version": version, "params": dict(params or {}),
+                "idempotency_key": idempotency_key, "labels": _dict(labels),
+                "priority": priority}
+        return _parse(ChangedRunCreated, self._rpc("create_changed_run", args),
+                      "create_changed_run")
+
     # -- alerts -----------------------------------------------------------------------------
 
     def create_alert_destination(self, workspace_id: str, name: str, type: str, url: str, *,
@@ -1020,6 +1041,42 @@ class ContractClient:
                 "retry": retry, "retry_after_seconds": retry_after_seconds}
         return _parse(GithubStatus, self._rpc("record_github_status_delivery", args),
                       "record_github_status_delivery")
+
+    # -- GitHub check runs of gate runs (docs/github.md, Check runs) -----------------------
+
+    def list_github_check_runs(self, workspace_id: str, *, run_id: str | None = None,
+                               limit: int | None = None) -> list[GithubCheckRun]:
+        """The check runs of the workspace's gate runs, newest first (of one run: `run_id`),
+        with GitHub's check run id and their delivery; `limit` 1-500 (default 50)."""
+        args = {"workspace_id": workspace_id, "run_id": run_id, "limit": limit}
+        return _parse_list(GithubCheckRun, self._rpc("list_github_check_runs", args),
+                           "list_github_check_runs")
+
+    def claim_github_check_runs(self, limit: int | None = None,
+                                lease_seconds: int | None = None) -> list[ClaimedGithubCheckRun]:
+        """Lease the check runs that are due (service_role: the deliverer). Not retried: a
+        lost answer leaves its check runs leased until the lease expires."""
+        args = {"limit": limit, "lease_seconds": lease_seconds}
+        return _parse_list(ClaimedGithubCheckRun, self._rpc("claim_github_check_runs", args),
+                           "claim_github_check_runs")
+
+    def record_github_check_run_delivery(self, check_id: str, version: int, ok: bool, *,
+                                         check_run_id: int | None = None,
+                                         html_url: str | None = None,
+                                         http_status: int | None = None,
+                                         error: str | None = None, retry: bool | None = None,
+                                         retry_after_seconds: int | None = None
+                                         ) -> GithubCheckRun:
+        """Record one attempt at a leased check run's claimed `version` (service_role), with
+        GitHub's `check_run_id` / `html_url` when known: pending again at once when the run
+        changed since; else delivered when `ok`, failed (`retry` False, or the last attempt)
+        or pending after a backoff of at least `retry_after_seconds`."""
+        args = {"check_id": check_id, "version": version, "ok": ok,
+                "check_run_id": check_run_id, "html_url": html_url,
+                "http_status": http_status, "error": error, "retry": retry,
+                "retry_after_seconds": retry_after_seconds}
+        return _parse(GithubCheckRun, self._rpc("record_github_check_run_delivery", args),
+                      "record_github_check_run_delivery")
 
     # -- schedules ------------------------------------------------------------------------
 

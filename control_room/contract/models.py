@@ -29,6 +29,9 @@ from control_room.contract.vocabulary import (
     DatasetLayer,
     Env,
     EventLevel,
+    GithubCheckConclusion,
+    GithubCheckDelivery,
+    GithubCheckStatus,
     GithubDelivery,
     GithubState,
     MemberRole,
@@ -67,15 +70,19 @@ __all__ = [
     "AuditEntry",
     "AuditPage",
     "CancelRunArgs",
+    "ChangedRunCreated",
+    "ChangedSince",
     "Claim",
     "ClaimAlertsArgs",
     "ClaimConnection",
     "ClaimDueSensorsArgs",
+    "ClaimGithubCheckRunsArgs",
     "ClaimGithubStatusesArgs",
     "ClaimPhaseArgs",
     "ClaimRun",
     "ClaimedAlert",
     "ClaimedAlertDestination",
+    "ClaimedGithubCheckRun",
     "ClaimedGithubStatus",
     "ClaimedSensor",
     "CompletePhaseArgs",
@@ -86,6 +93,7 @@ __all__ = [
     "ConnectionTest",
     "CreateAlertDestinationArgs",
     "CreateAlertRuleArgs",
+    "CreateChangedRunArgs",
     "CreateConnectionArgs",
     "CreateJobRunArgs",
     "CreatePrincipalArgs",
@@ -120,6 +128,10 @@ __all__ = [
     "GetRunTimelineArgs",
     "GetScheduleArgs",
     "GetSensorArgs",
+    "GithubCheckConclusion",
+    "GithubCheckDelivery",
+    "GithubCheckRun",
+    "GithubCheckStatus",
     "GithubDelivery",
     "GithubState",
     "GithubStatus",
@@ -159,6 +171,7 @@ __all__ = [
     "ListDatasetsArgs",
     "ListDeadLettersArgs",
     "ListEventsArgs",
+    "ListGithubCheckRunsArgs",
     "ListGithubStatusesArgs",
     "ListInvitationsArgs",
     "ListJobsArgs",
@@ -176,6 +189,7 @@ __all__ = [
     "RecordAlertDeliveryArgs",
     "RecordConnectionTestArgs",
     "RecordDatasetArgs",
+    "RecordGithubCheckRunDeliveryArgs",
     "RecordGithubStatusDeliveryArgs",
     "RecordSensorValueArgs",
     "RegisterArtifactArgs",
@@ -572,6 +586,25 @@ class RepairCreated(RunCreated):
     reruns (in ordinal order)."""
 
     rerun_phases: tuple[str, ...]
+
+
+class ChangedSince(_Result):
+    """What a run of what changed (`create_changed_run`) reruns and reuses, and from which
+    run: `changed` maps each changed phase to why; `rerun` (the changed phases and everything
+    downstream) and `reused` (the base run's outputs) in ordinal order."""
+
+    base_run_id: str
+    base_git_sha: str
+    changed: dict[str, str]
+    rerun: tuple[str, ...]
+    reused: tuple[str, ...]
+
+
+class ChangedRunCreated(RunCreated):
+    """`create_changed_run`'s answer: the run, whether this call created it, and what it
+    reruns and reuses (also in `input_manifest.changed_since`)."""
+
+    changed_since: ChangedSince
 
 
 class DeadLetterError(_Result):
@@ -1154,6 +1187,9 @@ class GithubStatus(_Result):
     http_status: int | None
     last_error: str | None
     delivered_at: datetime | None
+    check_run_id: int | None = None
+    """GitHub's id of the run's check run (docs/github.md, Check runs), if one was created."""
+    check_run_url: str | None = None
 
 
 class ClaimedGithubStatus(_Result):
@@ -1169,6 +1205,67 @@ class ClaimedGithubStatus(_Result):
     description: str
     target_url: str | None
     created_at: datetime
+    attempt: int
+    max_attempts: int
+    lease_expires_at: datetime
+
+
+class GithubCheckRun(_Result):
+    """The check run of a gate run and context (`list_github_check_runs`,
+    `record_github_check_run_delivery`): what GitHub should show (`status`, `conclusion`,
+    `title`), GitHub's `check_run_id` / `html_url` once created, and how its delivery went.
+    `version` counts the run's state changes; `delivered_version` is the last GitHub has."""
+
+    id: str
+    workspace_id: str
+    run_id: str
+    repo: str
+    sha: str
+    context: str
+    details_url: str | None
+    run_state: str
+    status: GithubCheckStatus
+    conclusion: GithubCheckConclusion | None
+    title: str
+    started_at: datetime | None
+    completed_at: datetime | None
+    version: int
+    delivered_version: int
+    check_run_id: int | None
+    html_url: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivery: GithubCheckDelivery
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime | None
+    http_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+class ClaimedGithubCheckRun(_Result):
+    """A check run leased by `claim_github_check_runs`: record the attempt with its `version`.
+    `claims` above 1 without a `check_run_id`: an earlier create may have reached GitHub."""
+
+    id: str
+    workspace_id: str
+    run_id: str
+    repo: str
+    sha: str
+    context: str
+    external_id: str
+    details_url: str | None
+    run_state: str
+    status: GithubCheckStatus
+    conclusion: GithubCheckConclusion | None
+    title: str
+    started_at: datetime | None
+    completed_at: datetime | None
+    version: int
+    check_run_id: int | None
+    html_url: str | None
+    claims: int
     attempt: int
     max_attempts: int
     lease_expires_at: datetime
@@ -1699,6 +1796,18 @@ class CreateJobRunArgs(_Args):
     priority: int | None = None
 
 
+class CreateChangedRunArgs(_Args):
+    workspace_id: str
+    job: str
+    base_run_id: str
+    changed: dict[str, str]
+    version: int | None = None
+    params: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    labels: dict[str, str] | None = None
+    priority: int | None = None
+
+
 class CreateAlertDestinationArgs(_Args):
     workspace_id: str
     name: str
@@ -1770,6 +1879,29 @@ class ClaimGithubStatusesArgs(_Args):
 class RecordGithubStatusDeliveryArgs(_Args):
     status_id: str
     ok: bool
+    http_status: int | None = None
+    error: str | None = None
+    retry: bool | None = None
+    retry_after_seconds: int | None = None
+
+
+class ListGithubCheckRunsArgs(_Args):
+    workspace_id: str
+    run_id: str | None = None
+    limit: int | None = None
+
+
+class ClaimGithubCheckRunsArgs(_Args):
+    limit: int | None = None
+    lease_seconds: int | None = None
+
+
+class RecordGithubCheckRunDeliveryArgs(_Args):
+    check_id: str
+    version: int
+    ok: bool
+    check_run_id: int | None = None
+    html_url: str | None = None
     http_status: int | None = None
     error: str | None = None
     retry: bool | None = None
@@ -1994,6 +2126,7 @@ REQUESTS: dict[str, type[_Args]] = {
     "set_job_concurrency": SetJobConcurrencyArgs,
     "evaluate_slos": EvaluateSlosArgs,
     "create_job_run": CreateJobRunArgs,
+    "create_changed_run": CreateChangedRunArgs,
     "create_alert_destination": CreateAlertDestinationArgs,
     "list_alert_destinations": ListAlertDestinationsArgs,
     "delete_alert_destination": DeleteAlertDestinationArgs,
@@ -2006,6 +2139,9 @@ REQUESTS: dict[str, type[_Args]] = {
     "list_github_statuses": ListGithubStatusesArgs,
     "claim_github_statuses": ClaimGithubStatusesArgs,
     "record_github_status_delivery": RecordGithubStatusDeliveryArgs,
+    "list_github_check_runs": ListGithubCheckRunsArgs,
+    "claim_github_check_runs": ClaimGithubCheckRunsArgs,
+    "record_github_check_run_delivery": RecordGithubCheckRunDeliveryArgs,
 }
 """The request model of each operation (its body's properties, by the same names)."""
 
@@ -2071,6 +2207,7 @@ RESULTS: dict[str, type[_Result]] = {
     "set_job_concurrency": Job,
     "evaluate_slos": SloEvaluation,
     "create_job_run": RunCreated,
+    "create_changed_run": ChangedRunCreated,
     "create_alert_destination": AlertDestination,
     "list_alert_destinations": AlertDestination,
     "delete_alert_destination": AlertObjectDeleted,
@@ -2083,5 +2220,8 @@ RESULTS: dict[str, type[_Result]] = {
     "list_github_statuses": GithubStatus,
     "claim_github_statuses": ClaimedGithubStatus,
     "record_github_status_delivery": GithubStatus,
+    "list_github_check_runs": GithubCheckRun,
+    "claim_github_check_runs": ClaimedGithubCheckRun,
+    "record_github_check_run_delivery": GithubCheckRun,
 }
 """The result model of each operation (of one item, for those that answer a list)."""

@@ -467,6 +467,57 @@ end
 $$;
 
 --
+-- Name: claim_github_check_runs(integer, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.claim_github_check_runs("limit" integer DEFAULT 20, lease_seconds integer DEFAULT 60) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now    timestamptz := ops_private.now();
+    v_result jsonb;
+begin
+    perform ops_private.require_github_deliverer('claim_github_check_runs');
+    if claim_github_check_runs."limit" is null or claim_github_check_runs."limit" not between 1 and 500 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    if claim_github_check_runs.lease_seconds is null
+       or claim_github_check_runs.lease_seconds not between 5 and 3600 then
+        perform ops_private.fail(400, 'invalid_argument', 'lease_seconds must be between 5 and 3600',
+                                 jsonb_build_object('argument', 'lease_seconds'));
+    end if;
+    with due as (
+        select c.id from ops.github_check_runs c
+        where (c.delivery = 'pending' and c.next_attempt_at <= v_now)
+           or (c.delivery = 'delivering' and c.lease_expires_at <= v_now)
+        order by c.next_attempt_at, c.seq
+        limit claim_github_check_runs."limit"
+        for update skip locked
+    ), leased as (
+        update ops.github_check_runs c
+        set delivery = 'delivering', leased_version = c.version, claims = c.claims + 1,
+            lease_expires_at = v_now + make_interval(secs => claim_github_check_runs.lease_seconds)
+        from due where c.id = due.id
+        returning c.*
+    )
+    select coalesce(jsonb_agg(jsonb_build_object(
+               'id', l.id, 'workspace_id', l.workspace_id, 'run_id', l.run_id, 'repo', l.repo, 'sha', l.sha,
+               'context', l.context, 'external_id', l.run_id::text, 'details_url', l.details_url,
+               'run_state', l.run_state, 'status', l.status, 'conclusion', l.conclusion, 'title', l.title,
+               'started_at', l.started_at, 'completed_at', l.completed_at, 'version', l.version,
+               'check_run_id', l.check_run_id, 'html_url', l.html_url, 'claims', l.claims,
+               'attempt', l.attempts + 1, 'max_attempts', l.max_attempts,
+               'lease_expires_at', l.lease_expires_at)
+             order by l.next_attempt_at, l.seq), '[]'::jsonb)
+    into v_result from leased l;
+    return v_result;
+end
+$$;
+
+--
 -- Name: claim_github_statuses(integer, integer); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -1031,6 +1082,98 @@ begin
         jsonb_build_object('id', v_row.id, 'event', v_row.event, 'destination', create_alert_rule.destination,
                            'enabled', v_row.enabled));
     return ops_private.alert_rule_json(v_row);
+end
+$$;
+
+--
+-- Name: create_changed_run(text, text, text, jsonb, integer, jsonb, text, jsonb, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.create_changed_run(workspace_id text, job text, base_run_id text, changed jsonb, version integer DEFAULT NULL::integer, params jsonb DEFAULT '{}'::jsonb, idempotency_key text DEFAULT NULL::text, labels jsonb DEFAULT '{}'::jsonb, priority integer DEFAULT 0) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_job   ops.jobs := ops_private.find_job(create_changed_run.workspace_id, create_changed_run.job,
+                                             array['developer', 'admin'], false);
+    v_ver   ops.job_versions;
+    v_base  uuid;
+    v_r     ops.runs;
+    v_of    text;
+    v_bad   text;
+    v_out   jsonb;
+begin
+    if v_job.latest_version = 0 then
+        perform ops_private.fail(404, 'not_found', 'job ' || v_job.slug || ' has no version');
+    end if;
+    if create_changed_run.version is not null
+       and create_changed_run.version not between 1 and v_job.latest_version then
+        perform ops_private.fail(404, 'not_found',
+            pg_catalog.format('job %s has no version %s (versions 1..%s)', v_job.slug, create_changed_run.version,
+                              v_job.latest_version),
+            jsonb_build_object('argument', 'version'));
+    end if;
+    select * into v_ver from ops.job_versions v
+    where v.job_id = v_job.id and v.version = coalesce(create_changed_run.version, v_job.latest_version);
+
+    if create_changed_run.changed is null or jsonb_typeof(create_changed_run.changed) <> 'object' then
+        perform ops_private.fail(400, 'invalid_argument',
+            'changed must be a JSON object: phase name -> why it changed ({} when only the control plane''s own checks apply), got '
+            || coalesce(jsonb_typeof(create_changed_run.changed), 'nothing'),
+            jsonb_build_object('argument', 'changed'));
+    end if;
+    perform ops_private.check_size('changed', create_changed_run.changed, 262144);
+    select c.key into v_bad from jsonb_each(create_changed_run.changed) c
+    where not exists (select 1 from jsonb_array_elements(v_ver.spec -> 'phases') e where e ->> 'name' = c.key)
+    order by c.key limit 1;
+    if v_bad is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('changed: %s is not a phase of job %s version %s', pg_catalog.left(v_bad, 200),
+                              v_job.slug, v_ver.version),
+            jsonb_build_object('argument', 'changed', 'phase', pg_catalog.left(v_bad, 200)));
+    end if;
+    select c.key into v_bad from jsonb_each(create_changed_run.changed) c
+    where jsonb_typeof(c.value) <> 'string' or length(c.value #>> '{}') not between 1 and 500
+    order by c.key limit 1;
+    if v_bad is not null then
+        perform ops_private.fail(400, 'invalid_argument',
+            'changed.' || v_bad || ' must be a string of 1-500 characters: why the phase changed',
+            jsonb_build_object('argument', 'changed.' || v_bad));
+    end if;
+
+    v_base := ops_private.uuid_arg('base_run_id', create_changed_run.base_run_id, true);
+    select * into v_r from ops.runs r where r.id = v_base and r.workspace_id = v_job.workspace_id;
+    if v_r.id is null then
+        perform ops_private.fail(404, 'not_found', 'base run ' || v_base::text || ' not found in this workspace',
+                                 jsonb_build_object('argument', 'base_run_id'));
+    end if;
+    if v_r.job_version_id is null
+       or not exists (select 1 from ops.job_versions v where v.id = v_r.job_version_id and v.job_id = v_job.id) then
+        select 'job ' || j.slug into v_of from ops.job_versions v join ops.jobs j on j.id = v.job_id
+        where v.id = v_r.job_version_id;
+        perform ops_private.fail(400, 'invalid_argument',
+            pg_catalog.format('base run %s is a run of %s, not of job %s: only a run of the same job is reused',
+                              v_r.id, coalesce(v_of, 'the spec ' || v_r.spec_slug), v_job.slug),
+            jsonb_build_object('argument', 'base_run_id', 'reason', 'other_job'));
+    end if;
+    if v_r.state <> 'succeeded' then
+        perform ops_private.fail(409, 'conflict',
+            pg_catalog.format('base run %s is %s: only a succeeded run''s outputs are reused', v_r.id, v_r.state),
+            jsonb_build_object('run_id', v_r.id, 'reason', 'base_not_succeeded'));
+    end if;
+
+    v_out := ops_private.start_job_run(v_ver.id, create_changed_run.params, create_changed_run.idempotency_key,
+                                       create_changed_run.labels, create_changed_run.priority, v_r.id,
+                                       create_changed_run.changed);
+    if (v_out ->> 'created')::boolean then
+        perform ops_private.audit('create_changed_run', v_job.workspace_id, 'run', v_out ->> 'id',
+            jsonb_build_object('job', v_job.slug, 'version', v_ver.version, 'base_run_id', v_r.id,
+                               'rerun_phases', v_out -> 'input_manifest' -> 'changed_since' -> 'rerun',
+                               'reused_phases', v_out -> 'input_manifest' -> 'changed_since' -> 'reused',
+                               'idempotency_key', create_changed_run.idempotency_key));
+    end if;
+    return v_out || jsonb_build_object('changed_since', v_out -> 'input_manifest' -> 'changed_since');
 end
 $$;
 
@@ -2606,6 +2749,32 @@ end
 $_$;
 
 --
+-- Name: list_github_check_runs(text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.list_github_check_runs(workspace_id text, run_id text DEFAULT NULL::text, "limit" integer DEFAULT 50) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_ws  uuid := ops_private.uuid_arg('workspace_id', list_github_check_runs.workspace_id, true);
+    v_run uuid := ops_private.uuid_arg('run_id', list_github_check_runs.run_id, false);
+begin
+    perform ops_private.alert_workspace(v_ws, array['viewer', 'developer', 'admin']);
+    if list_github_check_runs."limit" is null or list_github_check_runs."limit" not between 1 and 500 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 500',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    return (select coalesce(jsonb_agg(ops_private.github_check_run_json(c) order by c.seq desc), '[]'::jsonb)
+            from (select * from ops.github_check_runs c
+                  where c.workspace_id = v_ws and (v_run is null or c.run_id = v_run)
+                  order by c.seq desc
+                  limit list_github_check_runs."limit") c);
+end
+$$;
+
+--
 -- Name: list_github_statuses(text, text, integer); Type: FUNCTION; Schema: ops; Owner: -
 --
 
@@ -3216,6 +3385,96 @@ begin
                                'change', v_effective, 'version', v_version, 'applied', v_applied));
     end if;
     return ops_private.dataset_record_json(v_d, v_version is not null, v_version, v_effective);
+end
+$_$;
+
+--
+-- Name: record_github_check_run_delivery(text, integer, boolean, bigint, text, integer, text, boolean, integer); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint DEFAULT NULL::bigint, html_url text DEFAULT NULL::text, http_status integer DEFAULT NULL::integer, error text DEFAULT NULL::text, retry boolean DEFAULT true, retry_after_seconds integer DEFAULT NULL::integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+declare
+    v_now   timestamptz := ops_private.now();
+    v_id    uuid;
+    v_row   ops.github_check_runs;
+    v_err   text;
+    v_newer boolean;
+    v_final boolean;
+    v_wait  integer := coalesce(record_github_check_run_delivery.retry_after_seconds, 0);
+begin
+    perform ops_private.require_github_deliverer('record_github_check_run_delivery');
+    v_id := ops_private.uuid_arg('check_id', record_github_check_run_delivery.check_id, true);
+    if record_github_check_run_delivery.ok is null then
+        perform ops_private.fail(400, 'invalid_argument', 'ok is required (true or false)',
+                                 jsonb_build_object('argument', 'ok'));
+    end if;
+    if record_github_check_run_delivery.version is null or record_github_check_run_delivery.version < 1 then
+        perform ops_private.fail(400, 'invalid_argument', 'version is required (the claimed version, at least 1)',
+                                 jsonb_build_object('argument', 'version'));
+    end if;
+    if record_github_check_run_delivery.check_run_id is not null and record_github_check_run_delivery.check_run_id < 1 then
+        perform ops_private.fail(400, 'invalid_argument', 'check_run_id must be a positive integer',
+                                 jsonb_build_object('argument', 'check_run_id'));
+    end if;
+    if record_github_check_run_delivery.html_url is not null
+       and (record_github_check_run_delivery.html_url !~ '^https?://[^[:space:][:cntrl:]@]+$'
+            or pg_catalog.length(record_github_check_run_delivery.html_url) > 2048) then
+        perform ops_private.fail(400, 'invalid_argument', 'html_url must be an http(s) URL without user info (at most 2048 characters)',
+                                 jsonb_build_object('argument', 'html_url'));
+    end if;
+    if record_github_check_run_delivery.http_status is not null
+       and record_github_check_run_delivery.http_status not between 100 and 599 then
+        perform ops_private.fail(400, 'invalid_argument', 'http_status must be between 100 and 599',
+                                 jsonb_build_object('argument', 'http_status'));
+    end if;
+    if record_github_check_run_delivery.retry_after_seconds is not null
+       and record_github_check_run_delivery.retry_after_seconds not between 0 and 86400 then
+        perform ops_private.fail(400, 'invalid_argument', 'retry_after_seconds must be between 0 and 86400',
+                                 jsonb_build_object('argument', 'retry_after_seconds'));
+    end if;
+    select * into v_row from ops.github_check_runs c where c.id = v_id for update;
+    if v_row.id is null then
+        perform ops_private.fail(404, 'not_found', 'github check run ' || v_id::text || ' not found',
+                                 jsonb_build_object('argument', 'check_id'));
+    end if;
+    if v_row.delivery <> 'delivering' or v_row.leased_version is distinct from record_github_check_run_delivery.version then
+        perform ops_private.fail(409, 'conflict',
+            'github check run ' || v_id::text || ' is ' || v_row.delivery
+            || case when v_row.delivery = 'delivering' then ' of version ' || v_row.leased_version::text else '' end
+            || ', not delivering version ' || record_github_check_run_delivery.version::text
+            || ': claim it with claim_github_check_runs first',
+            jsonb_build_object('argument', 'check_id', 'delivery', v_row.delivery));
+    end if;
+    v_err := nullif(ops_private.alert_message(record_github_check_run_delivery.error), '');
+    v_newer := v_row.version > v_row.leased_version;
+    v_final := not coalesce(record_github_check_run_delivery.retry, true) or v_row.attempts + 1 >= v_row.max_attempts;
+    update ops.github_check_runs c
+    set attempts = case when v_newer then 0 else c.attempts + 1 end,
+        lease_expires_at = null,
+        leased_version = null,
+        check_run_id = coalesce(record_github_check_run_delivery.check_run_id, c.check_run_id),
+        html_url = coalesce(record_github_check_run_delivery.html_url, c.html_url),
+        http_status = record_github_check_run_delivery.http_status,
+        delivered_version = case when record_github_check_run_delivery.ok then v_row.leased_version
+                                 else c.delivered_version end,
+        delivery = case when v_newer then 'pending'
+                        when record_github_check_run_delivery.ok then 'delivered'
+                        when v_final then 'failed'
+                        else 'pending' end,
+        delivered_at = case when record_github_check_run_delivery.ok then v_now else c.delivered_at end,
+        next_attempt_at = case when v_newer then v_now + make_interval(secs => v_wait)
+                               when record_github_check_run_delivery.ok or v_final then c.next_attempt_at
+                               else v_now + make_interval(secs => greatest(
+                                   ops_private.alert_backoff_seconds(c.attempts + 1), v_wait)) end,
+        last_error = case when record_github_check_run_delivery.ok then null
+                          else coalesce(v_err, 'HTTP ' || record_github_check_run_delivery.http_status::text, 'failed') end
+    where c.id = v_row.id
+    returning * into v_row;
+    return ops_private.github_check_run_json(v_row);
 end
 $_$;
 
@@ -5030,6 +5289,75 @@ end
 $$;
 
 --
+-- Name: changed_plan(jsonb, ops.runs, jsonb, jsonb, text); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.changed_plan(p_phases jsonb, p_base ops.runs, p_changed jsonb, p_params jsonb, p_git_sha text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $_$
+declare
+    v_why    jsonb := '{}'::jsonb;
+    v_e      jsonb;
+    v_name   text;
+    v_old    ops.phases;
+    v_text   text;
+    v_reason text;
+    v_k      text;
+    v_rerun  jsonb;
+    v_reused jsonb;
+begin
+    for v_e in select e from pg_catalog.jsonb_array_elements(p_phases) e order by (e ->> 'ordinal')::integer loop
+        v_name := v_e ->> 'name';
+        v_reason := null;
+        select * into v_old from ops.phases p where p.run_id = p_base.id and p.name = v_name;
+        v_text := (v_e -> 'params')::text;
+        if p_changed ? v_name then
+            v_reason := p_changed ->> v_name;
+        elsif v_old.id is null then
+            v_reason := 'new: the base run has no phase ' || v_name;
+        elsif v_old.state <> 'succeeded' then
+            v_reason := 'the base run''s phase is ' || v_old.state;
+        elsif v_old.kind <> v_e ->> 'kind' then
+            v_reason := 'kind changed: ' || v_old.kind || ' -> ' || (v_e ->> 'kind');
+        elsif array(select d from pg_catalog.unnest(v_old.depends_on) d order by d)
+              <> array(select d from pg_catalog.jsonb_array_elements_text(v_e -> 'depends_on') d order by d) then
+            v_reason := 'depends_on changed';
+        elsif v_old.params <> (v_e -> 'params') then
+            v_reason := 'params changed';
+        elsif p_git_sha <> p_base.git_sha and pg_catalog.strpos(v_text, '${run.git_sha}') > 0 then
+            v_reason := 'uses ${run.git_sha}, which changed';
+        else
+            select k into v_k from pg_catalog.jsonb_object_keys(coalesce(p_params, '{}'::jsonb)) k
+            where pg_catalog.strpos(v_text, '${params.' || k || '}') > 0
+              and (p_params -> k) is distinct from (p_base.input_manifest -> 'params' -> k)
+            order by k limit 1;
+            if v_k is not null then
+                v_reason := pg_catalog.format('param %s changed: %s -> %s', v_k,
+                    pg_catalog.left(coalesce((p_base.input_manifest -> 'params' -> v_k)::text, 'none'), 60),
+                    pg_catalog.left((p_params -> v_k)::text, 60));
+            end if;
+        end if;
+        if v_reason is not null then
+            v_why := v_why || pg_catalog.jsonb_build_object(v_name, v_reason);
+        end if;
+    end loop;
+    with recursive closure(name) as (
+        select k from pg_catalog.jsonb_object_keys(v_why) k
+        union
+        select e ->> 'name' from pg_catalog.jsonb_array_elements(p_phases) e
+        join closure c on (e -> 'depends_on') ? c.name
+    )
+    select coalesce(pg_catalog.jsonb_agg(e ->> 'name' order by (e ->> 'ordinal')::integer)
+                    filter (where e ->> 'name' in (select c.name from closure c)), '[]'::jsonb),
+           coalesce(pg_catalog.jsonb_agg(e ->> 'name' order by (e ->> 'ordinal')::integer)
+                    filter (where e ->> 'name' not in (select c.name from closure c)), '[]'::jsonb)
+    into v_rerun, v_reused
+    from pg_catalog.jsonb_array_elements(p_phases) e;
+    return pg_catalog.jsonb_build_object('changed', v_why, 'rerun', v_rerun, 'reused', v_reused);
+end
+$_$;
+
+--
 -- Name: check_alert_destination(text, text, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6590,6 +6918,130 @@ end
 $$;
 
 --
+-- Name: github_check_runs; Type: TABLE; Schema: ops; Owner: -
+--
+
+CREATE TABLE ops.github_check_runs (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    seq bigint NOT NULL,
+    workspace_id uuid NOT NULL,
+    run_id uuid NOT NULL,
+    repo text NOT NULL,
+    sha text NOT NULL,
+    context text NOT NULL,
+    details_url text,
+    run_state text NOT NULL,
+    status text NOT NULL,
+    conclusion text,
+    title text NOT NULL,
+    started_at timestamp with time zone,
+    completed_at timestamp with time zone,
+    version integer DEFAULT 1 NOT NULL,
+    delivered_version integer DEFAULT 0 NOT NULL,
+    leased_version integer,
+    check_run_id bigint,
+    html_url text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    delivery text DEFAULT 'pending'::text NOT NULL,
+    claims integer DEFAULT 0 NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 8 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    lease_expires_at timestamp with time zone,
+    http_status integer,
+    last_error text,
+    delivered_at timestamp with time zone,
+    CONSTRAINT github_check_runs_check_run_id_check CHECK ((check_run_id > 0)),
+    CONSTRAINT github_check_runs_conclusion_check CHECK ((conclusion = ANY (ARRAY['success'::text, 'failure'::text, 'cancelled'::text]))),
+    CONSTRAINT github_check_runs_context_check CHECK (((length(context) >= 1) AND (length(context) <= 255))),
+    CONSTRAINT github_check_runs_delivery_check CHECK ((delivery = ANY (ARRAY['pending'::text, 'delivering'::text, 'delivered'::text, 'failed'::text]))),
+    CONSTRAINT github_check_runs_details_url_check CHECK ((length(details_url) <= 2048)),
+    CONSTRAINT github_check_runs_html_url_check CHECK ((length(html_url) <= 2048)),
+    CONSTRAINT github_check_runs_last_error_check CHECK ((length(last_error) <= 500)),
+    CONSTRAINT github_check_runs_repo_check CHECK ((repo ~ '^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$'::text)),
+    CONSTRAINT github_check_runs_sha_check CHECK ((sha ~ '^[0-9a-f]{40}$'::text)),
+    CONSTRAINT github_check_runs_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'in_progress'::text, 'completed'::text]))),
+    CONSTRAINT github_check_runs_title_check CHECK ((length(title) <= 140))
+);
+
+--
+-- Name: github_check_run_json(ops.github_check_runs); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.github_check_run_json(c ops.github_check_runs) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select pg_catalog.jsonb_build_object(
+        'id', c.id, 'workspace_id', c.workspace_id, 'run_id', c.run_id, 'repo', c.repo, 'sha', c.sha,
+        'context', c.context, 'details_url', c.details_url, 'run_state', c.run_state, 'status', c.status,
+        'conclusion', c.conclusion, 'title', c.title, 'started_at', c.started_at,
+        'completed_at', c.completed_at, 'version', c.version, 'delivered_version', c.delivered_version,
+        'check_run_id', c.check_run_id, 'html_url', c.html_url, 'created_at', c.created_at,
+        'updated_at', c.updated_at, 'delivery', c.delivery, 'attempts', c.attempts,
+        'max_attempts', c.max_attempts,
+        'next_attempt_at', case when c.delivery in ('pending', 'delivering') then c.next_attempt_at end,
+        'http_status', c.http_status, 'last_error', c.last_error, 'delivered_at', c.delivered_at)
+$$;
+
+--
+-- Name: github_check_run_on_run(); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.github_check_run_on_run() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_now        timestamptz := ops_private.now();
+    v_repo       text := new.labels ->> 'github_repo';
+    v_sha        text := pg_catalog.lower(new.labels ->> 'github_sha');
+    v_url        text := new.labels ->> 'github_run_url';
+    v_context    text := pg_catalog.left(coalesce(nullif(new.labels ->> 'github_context', ''),
+                                                  'control-room/' || new.spec_slug), 255);
+    v_status     text;
+    v_conclusion text;
+    v_title      text;
+    v_secs       numeric;
+begin
+    if v_repo is null or v_sha is null
+       or v_repo !~ '^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$' or v_sha !~ '^[0-9a-f]{40}$' then
+        return null;
+    end if;
+    if v_url is not null and (v_url !~ '^https://[^[:space:][:cntrl:]@?#]+$' or pg_catalog.length(v_url) > 2048) then
+        v_url := null;
+    end if;
+    v_status := case when new.state in ('succeeded', 'failed', 'cancelled') then 'completed'
+                     when new.state = 'running' then 'in_progress' else 'queued' end;
+    v_conclusion := case new.state when 'succeeded' then 'success' when 'failed' then 'failure'
+                                   when 'cancelled' then 'cancelled' end;
+    v_secs := pg_catalog.round(extract(epoch from (coalesce(new.finished_at, v_now) - new.started_at))::numeric, 1);
+    v_title := case new.state
+        when 'queued' then 'Control Room run queued'
+        when 'running' then 'Control Room run running'
+        when 'succeeded' then 'Control Room run succeeded' || coalesce(' in ' || v_secs::text || ' s', '')
+        when 'failed' then 'Control Room run failed' || coalesce(': phase ' || (new.error ->> 'phase'), '')
+        when 'cancelled' then 'Control Room run cancelled'
+        else 'Control Room run ' || new.state end;
+    insert into ops.github_check_runs as c
+        (workspace_id, run_id, repo, sha, context, details_url, run_state, status, conclusion, title,
+         started_at, completed_at, created_at, updated_at, next_attempt_at)
+    values (new.workspace_id, new.id, v_repo, v_sha, v_context, v_url, new.state, v_status, v_conclusion,
+            pg_catalog.left(v_title, 140), coalesce(new.started_at, new.created_at, v_now),
+            case when v_status = 'completed' then coalesce(new.finished_at, v_now) end, v_now, v_now, v_now)
+    on conflict (run_id, context) do update
+    set run_state = excluded.run_state, status = excluded.status, conclusion = excluded.conclusion,
+        title = excluded.title, started_at = excluded.started_at, completed_at = excluded.completed_at,
+        details_url = excluded.details_url, version = c.version + 1, updated_at = v_now,
+        -- a leased row stays leased (its deliverer records the attempt, then the new version is
+        -- due at once); otherwise the new state is due now with fresh attempts
+        delivery = case when c.delivery = 'delivering' then 'delivering' else 'pending' end,
+        attempts = case when c.delivery = 'delivering' then c.attempts else 0 end,
+        next_attempt_at = case when c.delivery = 'delivering' then c.next_attempt_at else v_now end;
+    return null;
+end
+$_$;
+
+--
 -- Name: github_state(text); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6648,7 +7100,11 @@ CREATE FUNCTION ops_private.github_status_json(s ops.github_statuses) RETURNS js
         'target_url', s.target_url, 'created_at', s.created_at, 'delivery', s.delivery,
         'attempts', s.attempts, 'max_attempts', s.max_attempts,
         'next_attempt_at', case when s.delivery in ('pending', 'delivering') then s.next_attempt_at end,
-        'http_status', s.http_status, 'last_error', s.last_error, 'delivered_at', s.delivered_at)
+        'http_status', s.http_status, 'last_error', s.last_error, 'delivered_at', s.delivered_at,
+        'check_run_id', (select c.check_run_id from ops.github_check_runs c
+                         where c.run_id = s.run_id and c.context = s.context),
+        'check_run_url', (select c.html_url from ops.github_check_runs c
+                          where c.run_id = s.run_id and c.context = s.context))
 $$;
 
 --
@@ -6787,7 +7243,8 @@ begin
                                      'queued', '{}'::jsonb, p_now);
         else
             perform ops_private.emit(v_run, p_workspace, v_ph.name, 0, 'PHASE_REUSED', 'info',
-                'kept from the parent run',
+                case when p_parent is null then 'reused: the output of phase ' || v_ph.reused_from_phase_id::text
+                     else 'kept from the parent run' end,
                 pg_catalog.jsonb_build_object('reused_from_phase_id', v_ph.reused_from_phase_id), p_now);
         end if;
     end loop;
@@ -8197,6 +8654,17 @@ $$;
 --
 
 CREATE FUNCTION ops_private.start_job_run(p_version_id uuid, p_params jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer) RETURNS jsonb
+    LANGUAGE sql
+    AS $$
+    select ops_private.start_job_run(p_version_id, p_params, p_idempotency_key, p_labels, p_priority,
+                                     null::uuid, null::jsonb)
+$$;
+
+--
+-- Name: start_job_run(uuid, jsonb, text, jsonb, integer, uuid, jsonb); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.start_job_run(p_version_id uuid, p_params jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer, p_base uuid, p_changed jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
 declare
@@ -8216,6 +8684,9 @@ declare
     v_run      uuid;
     v_old      ops.runs;
     v_bad      text;
+    v_base     ops.runs;
+    v_plan     jsonb;
+    v_reuse    jsonb := '{}'::jsonb;
 begin
     select * into v_ver from ops.job_versions v where v.id = p_version_id;
     if v_ver.id is null then
@@ -8287,6 +8758,30 @@ begin
         'params', v_params,
         'job', pg_catalog.jsonb_build_object('slug', v_job.slug, 'version', v_ver.version));
 
+    -- a run of what changed since p_base (a succeeded run of the same job, checked by the
+    -- caller): the rerun set and the base's outputs kept for the rest
+    if p_base is not null then
+        select * into v_base from ops.runs r where r.id = p_base;
+        v_plan := ops_private.changed_plan(v_phases, v_base, coalesce(p_changed, '{}'::jsonb), v_params,
+                                           v_ver.git_sha);
+        if pg_catalog.jsonb_array_length(v_plan -> 'rerun') = 0 then
+            perform ops_private.fail(409, 'conflict',
+                pg_catalog.format('nothing changed since run %s (%s): every phase would be reused; '
+                                  'create_job_run runs them all', v_base.id, v_base.git_sha),
+                pg_catalog.jsonb_build_object('run_id', v_base.id, 'reason', 'nothing_changed'));
+        end if;
+        select coalesce(pg_catalog.jsonb_object_agg(p.name, pg_catalog.jsonb_build_object(
+                   'output_manifest', p.output_manifest,
+                   'phase_id', coalesce(p.reused_from_phase_id, p.id))), '{}'::jsonb)
+        into v_reuse
+        from ops.phases p
+        where p.run_id = v_base.id and p.state = 'succeeded'
+          and p.name in (select x.value #>> '{}' from pg_catalog.jsonb_array_elements(v_plan -> 'reused') x);
+        v_input := v_input || pg_catalog.jsonb_build_object('changed_since', pg_catalog.jsonb_build_object(
+            'base_run_id', v_base.id, 'base_git_sha', v_base.git_sha, 'changed', v_plan -> 'changed',
+            'rerun', v_plan -> 'rerun', 'reused', v_plan -> 'reused'));
+    end if;
+
     v_digest := pg_catalog.md5(pg_catalog.jsonb_build_array(v_job.slug, v_ver.git_sha, v_phases, v_input, v_labels,
                                                              p_priority, v_ver.id)::text);
     if p_idempotency_key is not null then
@@ -8295,7 +8790,7 @@ begin
     end if;
     if v_old.id is null then
         v_run := ops_private.insert_run(v_ver.workspace_id, v_job.slug, v_ver.git_sha, v_phases, v_input,
-                                        p_idempotency_key, v_labels, p_priority, null, '{}'::jsonb, v_digest, v_now);
+                                        p_idempotency_key, v_labels, p_priority, null, v_reuse, v_digest, v_now);
         if v_run is null then
             select * into v_old from ops.runs r
             where r.workspace_id = v_ver.workspace_id and r.idempotency_key = p_idempotency_key;
@@ -8501,6 +8996,19 @@ CREATE TABLE ops.dataset_versions (
     recorded_by uuid,
     CONSTRAINT dataset_versions_change_check CHECK ((change = ANY (ARRAY['INITIAL'::text, 'NON_BREAKING'::text, 'BREAKING'::text]))),
     CONSTRAINT dataset_versions_version_check CHECK ((version >= 1))
+);
+
+--
+-- Name: github_check_runs_seq_seq; Type: SEQUENCE; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.github_check_runs ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME ops.github_check_runs_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
 
 --
@@ -8857,6 +9365,27 @@ ALTER TABLE ONLY ops.datasets
     ADD CONSTRAINT datasets_workspace_id_name_key UNIQUE (workspace_id, name);
 
 --
+-- Name: github_check_runs github_check_runs_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_check_runs
+    ADD CONSTRAINT github_check_runs_pkey PRIMARY KEY (id);
+
+--
+-- Name: github_check_runs github_check_runs_run_id_context_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_check_runs
+    ADD CONSTRAINT github_check_runs_run_id_context_key UNIQUE (run_id, context);
+
+--
+-- Name: github_check_runs github_check_runs_seq_key; Type: CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_check_runs
+    ADD CONSTRAINT github_check_runs_seq_key UNIQUE (seq);
+
+--
 -- Name: github_statuses github_statuses_pkey; Type: CONSTRAINT; Schema: ops; Owner: -
 --
 
@@ -9159,6 +9688,24 @@ CREATE INDEX datasets_freshness_job_idx ON ops.datasets USING btree (data_time_j
 --
 
 CREATE INDEX datasets_not_active_idx ON ops.datasets USING btree (workspace_id, schema_state) WHERE (schema_state <> 'active'::text);
+
+--
+-- Name: github_check_runs_due_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX github_check_runs_due_idx ON ops.github_check_runs USING btree (next_attempt_at) WHERE (delivery = 'pending'::text);
+
+--
+-- Name: github_check_runs_leased_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX github_check_runs_leased_idx ON ops.github_check_runs USING btree (lease_expires_at) WHERE (delivery = 'delivering'::text);
+
+--
+-- Name: github_check_runs_workspace_idx; Type: INDEX; Schema: ops; Owner: -
+--
+
+CREATE INDEX github_check_runs_workspace_idx ON ops.github_check_runs USING btree (workspace_id, seq DESC);
 
 --
 -- Name: github_statuses_due_idx; Type: INDEX; Schema: ops; Owner: -
@@ -9467,6 +10014,18 @@ CREATE TRIGGER run_events_notify_changes AFTER INSERT ON ops.run_events REFERENC
 CREATE TRIGGER runs_alert_failed AFTER UPDATE OF state ON ops.runs FOR EACH ROW WHEN (((new.state = 'failed'::text) AND (old.state IS DISTINCT FROM 'failed'::text))) EXECUTE FUNCTION ops_private.alert_run_failed();
 
 --
+-- Name: runs runs_github_check_run_insert; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_github_check_run_insert AFTER INSERT ON ops.runs FOR EACH ROW WHEN (((new.labels ? 'github_repo'::text) AND (new.labels ? 'github_sha'::text))) EXECUTE FUNCTION ops_private.github_check_run_on_run();
+
+--
+-- Name: runs runs_github_check_run_state; Type: TRIGGER; Schema: ops; Owner: -
+--
+
+CREATE TRIGGER runs_github_check_run_state AFTER UPDATE OF state ON ops.runs FOR EACH ROW WHEN (((new.labels ? 'github_repo'::text) AND (new.labels ? 'github_sha'::text) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION ops_private.github_check_run_on_run();
+
+--
 -- Name: runs runs_github_status_insert; Type: TRIGGER; Schema: ops; Owner: -
 --
 
@@ -9597,6 +10156,20 @@ ALTER TABLE ONLY ops.datasets
 
 ALTER TABLE ONLY ops.datasets
     ADD CONSTRAINT datasets_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
+
+--
+-- Name: github_check_runs github_check_runs_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_check_runs
+    ADD CONSTRAINT github_check_runs_run_id_fkey FOREIGN KEY (run_id) REFERENCES ops.runs(id);
+
+--
+-- Name: github_check_runs github_check_runs_workspace_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
+--
+
+ALTER TABLE ONLY ops.github_check_runs
+    ADD CONSTRAINT github_check_runs_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES ops.workspaces(id);
 
 --
 -- Name: github_statuses github_statuses_run_id_fkey; Type: FK CONSTRAINT; Schema: ops; Owner: -
@@ -9903,6 +10476,18 @@ ALTER TABLE ops.datasets ENABLE ROW LEVEL SECURITY;
 CREATE POLICY datasets_read ON ops.datasets FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
 
 --
+-- Name: github_check_runs; Type: ROW SECURITY; Schema: ops; Owner: -
+--
+
+ALTER TABLE ops.github_check_runs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: github_check_runs github_check_runs_read; Type: POLICY; Schema: ops; Owner: -
+--
+
+CREATE POLICY github_check_runs_read ON ops.github_check_runs FOR SELECT TO authenticated USING ((workspace_id IN ( SELECT ops_private.member_workspaces() AS member_workspaces)));
+
+--
 -- Name: github_statuses; Type: ROW SECURITY; Schema: ops; Owner: -
 --
 
@@ -10148,6 +10733,14 @@ GRANT ALL ON FUNCTION ops.claim_due_sensors(workspace_id text, "limit" integer) 
 GRANT ALL ON FUNCTION ops.claim_due_sensors(workspace_id text, "limit" integer) TO service_role;
 
 --
+-- Name: FUNCTION claim_github_check_runs("limit" integer, lease_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.claim_github_check_runs("limit" integer, lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.claim_github_check_runs("limit" integer, lease_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.claim_github_check_runs("limit" integer, lease_seconds integer) TO service_role;
+
+--
 -- Name: FUNCTION claim_github_statuses("limit" integer, lease_seconds integer); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -10194,6 +10787,14 @@ GRANT ALL ON FUNCTION ops.create_alert_destination(workspace_id text, name text,
 REVOKE ALL ON FUNCTION ops.create_alert_rule(workspace_id text, name text, event text, destination text, threshold integer, filters jsonb, enabled boolean, description text) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.create_alert_rule(workspace_id text, name text, event text, destination text, threshold integer, filters jsonb, enabled boolean, description text) TO authenticated;
 GRANT ALL ON FUNCTION ops.create_alert_rule(workspace_id text, name text, event text, destination text, threshold integer, filters jsonb, enabled boolean, description text) TO service_role;
+
+--
+-- Name: FUNCTION create_changed_run(workspace_id text, job text, base_run_id text, changed jsonb, version integer, params jsonb, idempotency_key text, labels jsonb, priority integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.create_changed_run(workspace_id text, job text, base_run_id text, changed jsonb, version integer, params jsonb, idempotency_key text, labels jsonb, priority integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.create_changed_run(workspace_id text, job text, base_run_id text, changed jsonb, version integer, params jsonb, idempotency_key text, labels jsonb, priority integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.create_changed_run(workspace_id text, job text, base_run_id text, changed jsonb, version integer, params jsonb, idempotency_key text, labels jsonb, priority integer) TO service_role;
 
 --
 -- Name: FUNCTION create_connection(workspace_id text, name text, type text, config jsonb, secrets jsonb, description text); Type: ACL; Schema: ops; Owner: -
@@ -10468,6 +11069,14 @@ GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer
 GRANT ALL ON FUNCTION ops.list_events(run_id text, after bigint, "limit" integer, phase text, before bigint, types text[], levels text[], text text) TO service_role;
 
 --
+-- Name: FUNCTION list_github_check_runs(workspace_id text, run_id text, "limit" integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.list_github_check_runs(workspace_id text, run_id text, "limit" integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.list_github_check_runs(workspace_id text, run_id text, "limit" integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.list_github_check_runs(workspace_id text, run_id text, "limit" integer) TO service_role;
+
+--
 -- Name: FUNCTION list_github_statuses(workspace_id text, run_id text, "limit" integer); Type: ACL; Schema: ops; Owner: -
 --
 
@@ -10554,6 +11163,14 @@ GRANT ALL ON FUNCTION ops.record_connection_test(workspace_id text, name text, o
 REVOKE ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO authenticated;
 GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO service_role;
+
+--
+-- Name: FUNCTION record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) TO service_role;
 
 --
 -- Name: FUNCTION record_github_status_delivery(status_id text, ok boolean, http_status integer, error text, retry boolean, retry_after_seconds integer); Type: ACL; Schema: ops; Owner: -
@@ -10900,6 +11517,12 @@ REVOKE ALL ON FUNCTION ops_private.auth_user_json(p_principal uuid) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION ops_private.backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION changed_plan(p_phases jsonb, p_base ops.runs, p_changed jsonb, p_params jsonb, p_git_sha text); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.changed_plan(p_phases jsonb, p_base ops.runs, p_changed jsonb, p_params jsonb, p_git_sha text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION check_alert_destination(p_type text, p_url text, p_headers jsonb); Type: ACL; Schema: ops_private; Owner: -
@@ -11353,6 +11976,25 @@ GRANT SELECT ON TABLE ops.schedule_ticks TO service_role;
 REVOKE ALL ON FUNCTION ops_private.fire_tick(s ops.schedules, p_for timestamp with time zone, p_state text, p_reason text, p_now timestamp with time zone) FROM PUBLIC;
 
 --
+-- Name: TABLE github_check_runs; Type: ACL; Schema: ops; Owner: -
+--
+
+GRANT SELECT ON TABLE ops.github_check_runs TO authenticated;
+GRANT SELECT ON TABLE ops.github_check_runs TO service_role;
+
+--
+-- Name: FUNCTION github_check_run_json(c ops.github_check_runs); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.github_check_run_json(c ops.github_check_runs) FROM PUBLIC;
+
+--
+-- Name: FUNCTION github_check_run_on_run(); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.github_check_run_on_run() FROM PUBLIC;
+
+--
 -- Name: FUNCTION github_state(p_run_state text); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -11745,6 +12387,12 @@ REVOKE ALL ON FUNCTION ops_private.settle_run(p_run ops.runs, p_now timestamp wi
 --
 
 REVOKE ALL ON FUNCTION ops_private.start_job_run(p_version_id uuid, p_params jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION start_job_run(p_version_id uuid, p_params jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer, p_base uuid, p_changed jsonb); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.start_job_run(p_version_id uuid, p_params jsonb, p_idempotency_key text, p_labels jsonb, p_priority integer, p_base uuid, p_changed jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION tick_json(t ops.schedule_ticks); Type: ACL; Schema: ops_private; Owner: -

@@ -331,6 +331,18 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
            as_=executor, label="freshness")
     r.call("complete_phase", {"lease_token": held["lease_token"], "outcome": "succeeded"},
            as_=executor, label="job run")
+    # only what changed since that run: version 2 with its phase's code changed; nothing
+    # changed is a 409 (the run is cancelled at once: nothing below claims it)
+    changed = r.call("create_changed_run", {
+        "workspace_id": ws["id"], "job": "shapes-job", "base_run_id": job_run["id"],
+        "changed": {"extract": "code changed: pipelines/example.py"}, "params": {"day": "d"}},
+        as_=admin)
+    assert changed["changed_since"]["rerun"] == ["extract"]
+    r.call("cancel_run", {"run_id": changed["id"]}, as_=admin, label="a changed run")
+    r.refused("create_changed_run", {"workspace_id": ws["id"], "job": "shapes-job",
+                                     "base_run_id": job_run["id"], "changed": {},
+                                     "params": {"day": "d"}},
+              status=409, code="conflict", as_=admin)
     slo = r.call("set_job_slo", {"workspace_id": ws["id"], "job": "shapes-job",
                                  "freshness_seconds": 600}, as_=admin)
     assert slo["freshness"]["datasets"][0]["name"] == "gold.shapes.mart"
