@@ -23,6 +23,9 @@ __all__ = [
     "EXECUTOR_EVENT_TYPES",
     "FINISHED_PHASE_STATES",
     "FINISHED_RUN_STATES",
+    "GITHUB_CHECK_CONCLUSIONS",
+    "GITHUB_CHECK_DELIVERIES",
+    "GITHUB_CHECK_STATUSES",
     "GITHUB_DELIVERIES",
     "GITHUB_STATES",
     "LIFECYCLE_EVENT_TYPES",
@@ -50,6 +53,9 @@ __all__ = [
     "Env",
     "EventLevel",
     "ExecutorEventType",
+    "GithubCheckConclusion",
+    "GithubCheckDelivery",
+    "GithubCheckStatus",
     "GithubDelivery",
     "GithubState",
     "LifecycleEventType",
@@ -91,6 +97,12 @@ GithubState = Literal["pending", "success", "failure", "error"]
 """A commit status's state, as GitHub takes it (`ops.github_statuses.state`)."""
 GithubDelivery = Literal["pending", "delivering", "delivered", "failed", "superseded"]
 """Where a commit status of the outbox is (`ops.github_statuses.delivery`)."""
+GithubCheckStatus = Literal["queued", "in_progress", "completed"]
+"""A check run's status, as GitHub takes it (`ops.github_check_runs.status`)."""
+GithubCheckConclusion = Literal["success", "failure", "cancelled"]
+"""A completed check run's conclusion (`ops.github_check_runs.conclusion`)."""
+GithubCheckDelivery = Literal["pending", "delivering", "delivered", "failed"]
+"""Where a gate run's check run is (`ops.github_check_runs.delivery`)."""
 AlertEvent = Literal["run_failed", "phase_dead_lettered", "schedule_tick_failed",
                      "lease_expiries", "slo_breached"]
 """What an alert rule fires on (`ops.alert_rules.event`, docs/alerts.md)."""
@@ -142,6 +154,9 @@ TICK_STATES: frozenset[str] = frozenset(get_args(TickState))
 SLO_STATES: frozenset[str] = frozenset(get_args(SloState))
 GITHUB_STATES: frozenset[str] = frozenset(get_args(GithubState))
 GITHUB_DELIVERIES: frozenset[str] = frozenset(get_args(GithubDelivery))
+GITHUB_CHECK_STATUSES: frozenset[str] = frozenset(get_args(GithubCheckStatus))
+GITHUB_CHECK_CONCLUSIONS: frozenset[str] = frozenset(get_args(GithubCheckConclusion))
+GITHUB_CHECK_DELIVERIES: frozenset[str] = frozenset(get_args(GithubCheckDelivery))
 ALERT_EVENTS: frozenset[str] = frozenset(get_args(AlertEvent))
 ALERT_STATES: frozenset[str] = frozenset(get_args(AlertState))
 ALERT_DESTINATION_TYPES: frozenset[str] = frozenset(get_args(AlertDestinationType))

@@ -110,6 +110,7 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
                                      "create_alert_rule", "delete_alert_rule")})
     as_.update({"claim_alerts": SERVICE, "record_alert_delivery": SERVICE})
     as_.update({"claim_github_statuses": SERVICE, "record_github_status_delivery": SERVICE})
+    as_.update({"claim_github_check_runs": SERVICE, "record_github_check_run_delivery": SERVICE})
     setup.call("create_alert_destination", {"workspace_id": w1, "name": "hook", "type": "webhook",
                                             "url": "env:ALERT_HOOK_URL"}, as_=admin)
     setup.call("create_alert_rule", {"workspace_id": w1, "name": "failed", "event": "run_failed",
@@ -224,6 +225,10 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
         "list_github_statuses": lambda: {"workspace_id": ctx.w1},
         "claim_github_statuses": lambda: {"limit": 1},
         "record_github_status_delivery": lambda: {"status_id": str(uuid.uuid4()), "ok": True},
+        "list_github_check_runs": lambda: {"workspace_id": ctx.w1},
+        "claim_github_check_runs": lambda: {"limit": 1},
+        "record_github_check_run_delivery": lambda: {"check_id": str(uuid.uuid4()),
+                                                     "version": 1, "ok": True},
         "create_schedule": lambda: {"workspace_id": ctx.w1, "name": "fresh", "job": "sched-job",
                                     "cron": "*/5 * * * *"},
         "update_schedule": lambda: {"workspace_id": ctx.w1, "name": "hourly",
@@ -740,6 +745,20 @@ ALERTS = [
     bad("github-delivery-ok-null", "record_github_status_delivery", {"ok": None}, "ok",
         argument="ok"),
     bad("github-delivery-unknown", "record_github_status_delivery", {}, "not found",
+        status=404),
+    bad("github-check-runs-limit-zero", "list_github_check_runs", {"limit": 0}, "limit",
+        argument="limit"),
+    bad("claim-github-check-runs-lease-too-short", "claim_github_check_runs",
+        {"lease_seconds": 1}, "lease_seconds", argument="lease_seconds"),
+    bad("github-check-delivery-ok-null", "record_github_check_run_delivery", {"ok": None}, "ok",
+        argument="ok"),
+    bad("github-check-delivery-version-zero", "record_github_check_run_delivery",
+        {"version": 0}, "version", argument="version"),
+    bad("github-check-delivery-id-negative", "record_github_check_run_delivery",
+        {"check_run_id": -1}, "check_run_id", argument="check_run_id"),
+    bad("github-check-delivery-url-userinfo", "record_github_check_run_delivery",
+        {"html_url": "https://user:pw@github.com/x"}, "html_url", argument="html_url"),
+    bad("github-check-delivery-unknown", "record_github_check_run_delivery", {}, "not found",
         status=404),
 ]
 

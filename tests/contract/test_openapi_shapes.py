@@ -413,6 +413,22 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     r.refused("record_github_status_delivery", {"status_id": gh["id"], "ok": True}, status=409,
               code="conflict")
     r.refused("claim_github_statuses", {}, status=403, code="forbidden", as_=admin)
+    # its check run (docs/github.md, Check runs): created on GitHub, then the id remembered
+    [check] = r.call("claim_github_check_runs", {"limit": 10, "lease_seconds": 30})
+    assert check["run_id"] == gate["id"] and check["status"] == "queued"
+    assert check["external_id"] == gate["id"] and check["claims"] == 1
+    r.call("record_github_check_run_delivery", {
+        "check_id": check["id"], "version": check["version"], "ok": True, "check_run_id": 4,
+        "html_url": "https://github.com/acme/lake/runs/4", "http_status": 201})
+    [shown_check] = r.call("list_github_check_runs", {"workspace_id": ws["id"],
+                                                      "run_id": gate["id"]}, as_=viewer)
+    assert (shown_check["check_run_id"], shown_check["delivery"]) == (4, "delivered")
+    [listed] = r.call("list_github_statuses", {"workspace_id": ws["id"], "run_id": gate["id"]},
+                      as_=viewer, label="with its check run")
+    assert listed["check_run_id"] == 4
+    r.refused("record_github_check_run_delivery", {"check_id": check["id"], "version": 1,
+                                                   "ok": True}, status=409, code="conflict")
+    r.refused("claim_github_check_runs", {}, status=403, code="forbidden", as_=admin)
     r.refused("delete_alert_destination", {"workspace_id": ws["id"], "name": "slack"},
               status=409, code="conflict", as_=admin)
     r.call("delete_alert_rule", {"workspace_id": ws["id"], "name": "expiries"}, as_=admin)

@@ -737,6 +737,17 @@ class Targets:
         claimed = self.contract.call("claim_github_statuses", {"limit": 500})
         return str(next(s["id"] for s in claimed if s["run_id"] == run["id"]))
 
+    def delivering_github_check_run(self) -> tuple[str, int]:
+        """The id and version of the check run of a new gate run of W1, claimed by the
+        deliverer."""
+        run = self.contract.call("create_run", {
+            "workspace_id": self.world.w1, "spec_slug": "gate", "git_sha": "0123abc",
+            "phases": [{"name": "a", "kind": "python"}],
+            "labels": {"github_repo": "acme/lake", "github_sha": "c" * 40}})
+        claimed = self.contract.call("claim_github_check_runs", {"limit": 500})
+        found = next(c for c in claimed if c["run_id"] == run["id"])
+        return str(found["id"]), int(found["version"])
+
     def schedule(self) -> str:
         """The name of a new hourly schedule of W1 (of job rls-sched-job)."""
         jobs = self.contract.call("list_jobs", {"workspace_id": self.world.w1})
@@ -997,6 +1008,15 @@ CASES = [
          frozenset()),
     Case("record_github_status_delivery", "record_github_status_delivery",
          lambda t: {"status_id": t.delivering_github_status(), "ok": False, "error": "HTTP 500"},
+         SVC, frozenset()),
+    Case("list_github_check_runs", "list_github_check_runs",
+         lambda t: {"workspace_id": t.w1} if t.delivering_github_check_run() else {},
+         frozenset({"viewer1", "dev1", "admin1"}) | SVC),
+    Case("claim_github_check_runs", "claim_github_check_runs", lambda t: {"limit": 1}, SVC,
+         frozenset()),
+    Case("record_github_check_run_delivery", "record_github_check_run_delivery",
+         lambda t: dict(zip(("check_id", "version"), t.delivering_github_check_run(),
+                            strict=True)) | {"ok": False, "error": "HTTP 500"},
          SVC, frozenset()),
     Case("record_alert_delivery", "record_alert_delivery",
          lambda t: {"alert_id": t.delivering_alert(), "ok": False, "error": "HTTP 500"}, SVC,
