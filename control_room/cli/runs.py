@@ -42,7 +42,7 @@ from control_room.cli.display import counts, dump, duration, show, watch_and_exi
 from control_room.settings import ClientSettings
 
 if TYPE_CHECKING:
-    from control_room.contract.client import Run
+    from control_room.contract.client import Run, RunCreated
     from control_room.integrations.github.summary import RunLinks
 
 app = new_app("Runs: create them from specs, list, show, watch, cancel, retry, repair.")
@@ -172,6 +172,16 @@ def create_command(
                                   "arguments answers the same run.")] = None,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="KEY=VALUE: a label of the run (repeatable).")] = None,
+    changed_since: Annotated[str | None, typer.Option(
+        "--changed-since", help="With --job: run only the phases whose code, params or spec "
+                                "changed since this commit (a sha, a branch, HEAD~1) and "
+                                "everything downstream, reusing the outputs of the newest "
+                                "succeeded run of the job at that commit for the rest "
+                                "(docs/github.md, \"Only what changed\"). Nothing changed: no "
+                                "run, exit 0.", show_default=False)] = None,
+    repo_dir: Annotated[Path, typer.Option(
+        "--repo-dir", help="With --changed-since: the git checkout holding the job's code and "
+                           "both commits.", file_okay=False)] = Path("."),
     wait: Wait = False,
     interval: Interval = 1.0,
     github_summary: GithubSummary = False,
@@ -182,7 +192,7 @@ def create_command(
     as_json: JsonOut = False,
 ) -> None:
     """Create a run of a spec (its phases, params and connections, at a git sha), or of a
-    registered job's version (--job)."""
+    registered job's version (--job); with --changed-since, of what changed since a commit."""
     from control_room.specs import load_spec
 
     with guard():
@@ -198,11 +208,16 @@ def create_command(
                                "(pick one with --version)")
             _create_job_run(job, version, pairs("--param", param), pairs("--label", label),
                             idempotency_key, wait, interval, workspace, gateway_url, token,
-                            state_dir, as_json, gate)
+                            state_dir, as_json, gate, changed_since, repo_dir)
         return
     if version is not None:
         with guard():
             raise BadInput("--version is for --job (a spec file has no versions)")
+    if changed_since is not None:
+        with guard():
+            raise BadInput("--changed-since needs --job: it reuses the outputs of a succeeded "
+                           "run of a registered job (register the spec with `control-room jobs "
+                           "register --spec FILE`, then `runs create --job SLUG`)")
     with guard(), spec_errors():
         loaded = load_spec(spec, git_sha=git_sha)
         params = pairs("--param", param)
@@ -242,7 +257,8 @@ def _create_job_run(job: str, version: int | None, params: dict[str, str],
                     labels: dict[str, str], idempotency_key: str | None, wait: bool,
                     interval: float, workspace: str | None, gateway_url: str | None,
                     token: str | None, state_dir: Path | None, as_json: bool,
-                    gate: GithubGate | None = None) -> None:
+                    gate: GithubGate | None = None, changed_since: str | None = None,
+                    repo_dir: Path = Path(".")) -> None:
     """`runs create --job`: the params coerced to the version's declared types here, for a
     friendly error (the control plane checks them again)."""
     from control_room.specs.jobs import coerce_params
@@ -257,13 +273,26 @@ def _create_job_run(job: str, version: int | None, params: dict[str, str],
                            f"{detail.latest_version})")
         declared = {name: p.model_dump() for name, p in chosen.params.items()}
         values = coerce_params(declared, params, job=job)
-        created = target.client.create_job_run(workspace_id, job, version=version,
-                                               params=values, idempotency_key=idempotency_key,
-                                               labels=labels or None)
+        created: RunCreated
+        extra: dict[str, Any] = {}
+        if changed_since is not None:
+            from control_room.cli.changed import create_changed
+
+            made = create_changed(target, workspace_id, detail, chosen, values, labels,
+                                  idempotency_key, changed_since, repo_dir, as_json=as_json,
+                                  gate=gate)
+            if made is None:            # nothing changed: no run (the gate passes)
+                return
+            created, extra = made
+        else:
+            created = target.client.create_job_run(workspace_id, job, version=version,
+                                                   params=values,
+                                                   idempotency_key=idempotency_key,
+                                                   labels=labels or None)
         if gate is not None:            # the outputs now; the summary when the run ends
             gate.started(target, created)
         if as_json and not wait:
-            out.print_json(data=dump(created))
+            out.print_json(data={**dump(created), **extra})
             return
         if not as_json:
             _print_created(created.id, created.created, f"{job} v{wanted}", created.git_sha,

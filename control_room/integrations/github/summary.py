@@ -10,6 +10,8 @@ append a GitHub-flavoured Markdown report of the run to `$GITHUB_STEP_SUMMARY` a
   with the schema versions this run recorded (INITIAL, NON_BREAKING, a refused BREAKING change)
   and their column changes;
 - the artifacts it produced and read, with their blake3 digests;
+- for a run of only what changed (`runs create --changed-since`): why each phase ran, and the
+  phases skipped because they did not change, whose outputs are the base run's;
 - a link to the UI's run page (`--ui-url`, `CONTROL_ROOM_UI_URL`, or the local stack's UI
   when it serves one); without a UI, the gateway's `get_run` and the CLI command to read it.
 
@@ -41,6 +43,7 @@ __all__ = [
     "github_outputs",
     "output_lines",
     "render_summary",
+    "render_unchanged",
     "run_links",
     "safe_url",
     "write_github_files",
@@ -257,6 +260,8 @@ def _render(run: Run, report: GateReport, links: RunLinks, limits: _Limits) -> s
                for p in run.phases),
               limits.phases, len(run.phases), f"{code(links.cli)}")
 
+    _changed_sections(doc, run, limits, links)
+
     doc.add(f"### Datasets changed ({len(report.datasets)})", "")
     if report.datasets:
         doc.table(("dataset", "layer", "state", "schema", "schema changes by this run",
@@ -300,6 +305,71 @@ def _render(run: Run, report: GateReport, links: RunLinks, limits: _Limits) -> s
         doc.add(f"- note: {cell(note)}")
     doc.add("")
     return "\n".join(doc.lines)
+
+
+def _changed_sections(doc: _Doc, run: Run, limits: _Limits, links: RunLinks) -> None:
+    """A run of what changed (input_manifest.changed_since): why each phase ran, and the
+    phases skipped because they did not change (their outputs are the base run's)."""
+    since = run.input_manifest.get("changed_since")
+    if not isinstance(since, Mapping) or run.parent_run_id is not None:
+        return      # a repair of such a run keeps its parent's outputs, not the base's
+    base_id, base_sha = str(since.get("base_run_id", "")), str(since.get("base_git_sha", ""))
+    changed = since.get("changed") if isinstance(since.get("changed"), Mapping) else {}
+    assert isinstance(changed, Mapping)
+    reused = [p for p in run.phases if p.reused_from_phase_id is not None]
+    ran = [p for p in run.phases if p.reused_from_phase_id is None]
+    upstream = {p.name: p.depends_on for p in run.phases}
+
+    def why(name: str) -> str:
+        """The phase's own change, else the first changed phase upstream of it."""
+        if name in changed:
+            return str(changed[name])
+        queue, seen = list(upstream.get(name, ())), set()
+        while queue:
+            dep = queue.pop(0)
+            if dep in changed:
+                return f"downstream of {dep}"
+            if dep not in seen:
+                seen.add(dep)
+                queue.extend(upstream.get(dep, ()))
+        return "the control plane reruns it"
+
+    doc.add(f"### Only what changed since {code(base_sha[:12])} ({len(ran)} ran, "
+            f"{len(reused)} reused from run {code(base_id)})", "")
+    doc.table(("phase", "kind", "why it ran"),
+              ((cell(p.name), cell(p.kind), cell(why(p.name)[:limits.error_chars]))
+               for p in ran), limits.phases, len(ran), code(links.cli))
+    doc.add(f"### Skipped (unchanged) ({len(reused)})", "")
+    if reused:
+        doc.table(("phase", "kind", "reason", "output of phase"),
+                  ((cell(p.name), cell(p.kind),
+                    cell(f"unchanged since {base_sha[:12]} (run {base_id})"),
+                    code(p.reused_from_phase_id)) for p in reused),
+                  limits.phases, len(reused), code(links.cli))
+    else:
+        doc.add("_Every phase changed (or is downstream of a change): nothing was skipped._", "")
+
+
+def render_unchanged(job: str, version: int, git_sha: str, base: Run,
+                     reasons: Sequence[tuple[str, str]], links: RunLinks, *,
+                     max_rows: int = MAX_ROWS) -> str:
+    """The summary when nothing changed since the base run: no run was created, every phase
+    is the base run's (`runs create --changed-since`)."""
+    doc = _Doc()
+    doc.add(f"## ⏭️ Control Room run skipped: {cell(job)}", "")
+    doc.add(f"job {code(job)} version {version} @ {code(git_sha)}: nothing changed since "
+            f"{code(base.git_sha[:12])}; every phase's outputs are those of run {code(base.id)} "
+            f"({state_cell(base.state)}), so no run was created.", "")
+    doc.add(f"### Skipped (unchanged) ({len(reasons)})", "")
+    doc.table(("phase", "reason"), ((cell(name), cell(reason)) for name, reason in reasons),
+              max_rows, len(reasons), code(links.cli))
+    doc.add("### Links", "")
+    if links.ui_url:
+        doc.add(f"- The base run in the Control Room UI: <{links.ui_url}>")
+    doc.add(f"- On the command line: {code(links.cli)}", "")
+    text = "\n".join(doc.lines)
+    return text if len(text.encode()) <= SUMMARY_LIMIT else text.encode()[:SUMMARY_LIMIT].decode(
+        errors="ignore")
 
 
 def render_summary(run: Run, report: GateReport, links: RunLinks, *,
