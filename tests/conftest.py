@@ -55,6 +55,7 @@ E2E_MODULES = frozenset({
     "tests/chaos/test_starvation.py",
     "tests/test_github_summary.py",
     "tests/test_github_statuses.py",
+    "tests/test_github_checks.py",
     "tests/test_mcp_stdio.py",
     "tests/ui/test_browser.py",
 })
