@@ -65,6 +65,8 @@ class Ctx:
     run_id: str          # running: phase a claimed (lease `token`), phase b waits for it
     token: str
     succeeded_run: str
+    job_base: str        # a succeeded run of the job nightly (day 2026-12-01)
+    job_queued: str      # a queued run of the job nightly
     as_: dict[str, Principal] = field(default_factory=dict)   # who calls each function
 
     def caller(self, fn: str) -> Principal:
@@ -117,6 +119,14 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
                                      "destination": "hook"}, as_=admin)
     # jobs: nightly (params n, integer with a default, and day, a required string)
     register(setup, w1, "nightly", as_=dev)
+    job_base = setup.call("create_job_run", {"workspace_id": w1, "job": "nightly",
+                                             "params": {"day": "2026-12-01"}}, as_=dev)
+    held = setup.call("claim_phase", {"run_id": job_base["id"], "lease_seconds": 3600},
+                      as_=executor)
+    setup.call("complete_phase", {"lease_token": held["lease_token"], "outcome": "succeeded"},
+               as_=executor)
+    job_queued = setup.call("create_job_run", {"workspace_id": w1, "job": "nightly",
+                                               "params": {"day": "2026-12-02"}}, as_=dev)
     # schedules: a job and an hourly schedule of it
     setup.call("register_job", {"workspace_id": w1, "slug": "sched-job",
                                 "digest": "blake3:" + "ab" * 32, "git_sha": "0123abc", "spec": {
@@ -131,7 +141,8 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
                                  "connection": "warehouse", "query": "select 1"}, as_=dev)
     as_.update({"claim_due_sensors": SERVICE, "record_sensor_value": SERVICE})
     return Ctx(w1=w1, admin=admin, dev=dev, executor=executor, run_id=run["id"],
-               token=claim["lease_token"], succeeded_run=done["id"], as_=as_)
+               token=claim["lease_token"], succeeded_run=done["id"], job_base=job_base["id"],
+               job_queued=job_queued["id"], as_=as_)
 
 
 @pytest.fixture(scope="module", params=["sql", "http"])
@@ -211,6 +222,10 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
                                         "max_concurrent_runs": 1},
         "create_job_run": lambda: {"workspace_id": ctx.w1, "job": "nightly",
                                    "params": {"day": "2026-12-01"}},
+        "create_changed_run": lambda: {"workspace_id": ctx.w1, "job": "nightly",
+                                       "base_run_id": ctx.job_base,
+                                       "changed": {"extract": "code changed: pipelines/x.py"},
+                                       "params": {"day": "2026-12-01"}},
         "create_alert_destination": lambda: {"workspace_id": ctx.w1, "name": "fresh-hook",
                                              "type": "webhook", "url": "env:FRESH_HOOK"},
         "list_alert_destinations": lambda: {"workspace_id": ctx.w1},
@@ -885,6 +900,32 @@ JOBS = [
         argument="priority"),
     bad("job-run-label-not-a-string", "create_job_run", {"labels": {"a": 1}}, "labels",
         argument="labels.a"),
+    bad("changed-unknown-phase", "create_changed_run", {"changed": {"nope": "x"}},
+        "nope is not a phase of job nightly version 1", argument="changed"),
+    bad("changed-a-list", "create_changed_run", {"changed": ["extract"]}, "changed",
+        "object", argument="changed"),
+    bad("changed-null", "create_changed_run", {"changed": None}, "changed", argument="changed"),
+    bad("changed-reason-a-number", "create_changed_run", {"changed": {"extract": 1}},
+        "changed.extract", argument="changed.extract"),
+    bad("changed-reason-empty", "create_changed_run", {"changed": {"extract": ""}},
+        "changed.extract", argument="changed.extract"),
+    bad("changed-base-not-a-uuid", "create_changed_run", {"base_run_id": "run-1"},
+        "base_run_id", argument="base_run_id"),
+    bad("changed-base-missing", "create_changed_run", {}, "base_run_id", drop=("base_run_id",)),
+    bad("changed-base-unknown", "create_changed_run", {"base_run_id": str(uuid.uuid4())},
+        "base run", status=404, argument="base_run_id"),
+    bad("changed-base-a-spec-run", "create_changed_run",
+        lambda c: {"base_run_id": c.succeeded_run}, "spec demo", "not of job nightly",
+        argument="base_run_id"),
+    bad("changed-base-not-succeeded", "create_changed_run",
+        lambda c: {"base_run_id": c.job_queued}, "is queued", "succeeded", status=409),
+    bad("changed-nothing", "create_changed_run", {"changed": {}}, "nothing changed since run",
+        status=409),
+    bad("changed-unknown-param", "create_changed_run", {"params": {"day": "d", "rows": 1}},
+        "unknown param rows", argument="params.rows"),
+    bad("changed-unknown-version", "create_changed_run", {"version": 9}, "no version 9",
+        status=404, argument="version"),
+    bad("changed-unknown-job", "create_changed_run", {"job": "weekly"}, "weekly", status=404),
     bad("slo-too-short", "set_job_slo", {"freshness_seconds": 30}, "freshness_seconds",
         "60", argument="freshness_seconds"),
     bad("slo-unknown-job", "set_job_slo", {"job": "weekly"}, "weekly", status=404),
@@ -910,7 +951,8 @@ def test_bad_input_is_a_4xx_naming_the_problem(
         args.pop(name)
     args.update(case.spoil(ctx))
     err = refused(transport, mconn, case.fn, args, ctx.caller(case.fn))
-    code = {400: "invalid_argument", 404: "not_found", 413: "payload_too_large"}[case.status]
+    code = {400: "invalid_argument", 404: "not_found", 409: "conflict",
+            413: "payload_too_large"}[case.status]
     assert (err.status, err.code, err.sqlstate) == (case.status, code, f"PT{case.status}"), err
     for name in case.names:
         assert name in err.message, f"the message does not name {name!r}: {err.message!r}"

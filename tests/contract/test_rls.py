@@ -696,6 +696,16 @@ class Targets:
         register(self.contract, self.world.w1, slug)
         return slug
 
+    def job_base(self) -> dict[str, Any]:
+        """A new job of W1 and a succeeded run of it: a base for create_changed_run."""
+        slug = self.job()
+        run = self.contract.call("create_job_run", {"workspace_id": self.world.w1, "job": slug,
+                                                    "params": {"day": "d"}})
+        claim = self.contract.call("claim_phase", {"run_id": run["id"]}, as_=self.world.exec1)
+        self.contract.call("complete_phase", {"lease_token": claim["lease_token"],
+                                              "outcome": "succeeded"}, as_=self.world.exec1)
+        return {"workspace_id": self.world.w1, "job": slug, "base_run_id": run["id"]}
+
     def connection(self) -> str:
         """The name of a new connection of W1, with a secret reference."""
         name = f"c_{uuid.uuid4().hex[:12]}"
@@ -958,6 +968,9 @@ CASES = [
          READERS_OF_W1),
     Case("create_job_run", "create_job_run",
          lambda t: {"workspace_id": t.w1, "job": t.job(), "params": {"day": "d"}}, DEVELOPERS),
+    Case("create_changed_run", "create_changed_run",
+         lambda t: t.job_base() | {"changed": {"extract": "code changed"},
+                                   "params": {"day": "d"}}, DEVELOPERS),
     Case("set_job_slo", "set_job_slo",
          lambda t: {"workspace_id": t.w1, "job": t.job(), "freshness_seconds": 600}, DEVELOPERS),
     Case("set_job_concurrency", "set_job_concurrency",
