@@ -28,6 +28,7 @@ from control_room.gateway.auth import mint_token
 from control_room.integrations.github.checks import OUTPUT_SUMMARY_LIMIT, deliver_check_runs
 from control_room.integrations.github.statuses import deliver_statuses
 from executor.secrets import SecretPolicy
+from tests.cli_lines import resolve, shell_calls
 from tests.contract.conftest import new_run, phase
 from tests.executor.harness import Env, gateway_env
 from tests.helpers import TEST_JWT_SECRET
@@ -452,3 +453,15 @@ def _recording(calls: list[httpx.Request]) -> Callable[[httpx.Request], httpx.Re
         calls.append(request)
         return httpx.Response(500)
     return answer
+
+
+def test_the_documented_commands_exist_with_their_options() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "github.md").read_text("utf-8")
+    section = text.split("## Check runs", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```sh\n")[1:]
+    calls = [resolve(argv, "docs/github.md, Check runs")
+             for block in blocks for argv in shell_calls(block.split("```", 1)[0], "sh")]
+    deliver = next(c for c in calls if c.path == ("github", "deliver"))
+    assert {"--as", "--repo", "--github-token", "--ui-url"} <= set(deliver.options)
+    assert {" ".join(c.path) for c in calls} >= {"github check-runs", "github statuses",
+                                                  "token create"}

@@ -173,14 +173,12 @@ def _lookup(check: ClaimedGithubCheckRun, http: httpx.Client, api: str, token: s
 
 def _summary(client: ContractClient, check: ClaimedGithubCheckRun, *, gateway_url: str,
              ui_url: str | None) -> tuple[str, str | None]:
-    """The run's Markdown report (datasets and artifacts once it ended) and its UI page."""
+    """The run's Markdown report (as `--github-summary` writes it) and its UI page."""
     run: Run = client.get_run(check.run_id)
-    report = GateReport()
-    if check.status == "completed":
-        try:
-            report = collect(client, run)
-        except ContractError as exc:
-            report = GateReport(notes=(f"the catalog was not read: {exc.message}",))
+    try:
+        report = collect(client, run)
+    except ContractError as exc:
+        report = GateReport(notes=(f"the catalog was not read: {exc.message}",))
     links = run_links(check.run_id, gateway_url=gateway_url, ui_base=ui_url)
     return render_summary(run, report, links, limit=OUTPUT_SUMMARY_LIMIT), links.ui_url
 
