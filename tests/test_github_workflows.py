@@ -38,7 +38,7 @@ def test_the_gate_is_a_reusable_workflow_as_documented() -> None:
     gate = load("control-room-gate.yml")
     call = gate["on"]["workflow_call"]
     assert set(call["inputs"]) == {"job", "spec", "env", "gateway-url", "params",
-                                   "timeout-minutes", "ui-url", "package"}
+                                   "timeout-minutes", "changed-since", "ui-url", "package"}
     assert call["inputs"]["gateway-url"]["required"] is True
     assert call["inputs"]["timeout-minutes"]["type"] == "number"
     assert call["secrets"] == {"token": {"description": call["secrets"]["token"]["description"],
@@ -58,6 +58,12 @@ def test_the_gate_is_a_reusable_workflow_as_documented() -> None:
         assert f'--label "{label}"' in create
     assert "--github-summary" in create and "--idempotency-key" in create
     assert "--github-summary" in steps["wait"]["run"]
+    # only what changed: the base commit's history is fetched, and nothing to run (no run)
+    # skips the wait
+    assert 'args+=(--changed-since "$GATE_CHANGED_SINCE")' in create
+    assert job["env"]["GATE_CHANGED_SINCE"] == "${{ inputs.changed-since }}"
+    assert "inputs.changed-since != ''" in job["steps"][0]["with"]["fetch-depth"]
+    assert steps["wait"]["if"] == "steps.create.outputs.state != 'skipped'"
     cancel = steps["cancel the control-plane run"]
     assert cancel["if"].startswith("cancelled()")
     assert "control-room runs cancel \"${{ steps.create.outputs.run_id }}\"" in cancel["run"]
