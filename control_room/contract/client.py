@@ -1061,18 +1061,18 @@ class ContractClient:
                            "claim_github_check_runs")
 
     def record_github_check_run_delivery(self, check_id: str, version: int, ok: bool, *,
-                                         check_run_id: int | None = None,
+                                         check_run: int | None = None,
                                          html_url: str | None = None,
                                          http_status: int | None = None,
                                          error: str | None = None, retry: bool | None = None,
                                          retry_after_seconds: int | None = None
                                          ) -> GithubCheckRun:
         """Record one attempt at a leased check run's claimed `version` (service_role), with
-        GitHub's `check_run_id` / `html_url` when known: pending again at once when the run
+        GitHub's check run id (`check_run`) and `html_url` when known: pending again at once when the run
         changed since; else delivered when `ok`, failed (`retry` False, or the last attempt)
         or pending after a backoff of at least `retry_after_seconds`."""
         args = {"check_id": check_id, "version": version, "ok": ok,
-                "check_run_id": check_run_id, "html_url": html_url,
+                "check_run": check_run, "html_url": html_url,
                 "http_status": http_status, "error": error, "retry": retry,
                 "retry_after_seconds": retry_after_seconds}
         return _parse(GithubCheckRun, self._rpc("record_github_check_run_delivery", args),

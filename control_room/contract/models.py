@@ -1900,7 +1900,7 @@ class RecordGithubCheckRunDeliveryArgs(_Args):
     check_id: str
     version: int
     ok: bool
-    check_run_id: int | None = None
+    check_run: int | None = None
     html_url: str | None = None
     http_status: int | None = None
     error: str | None = None

@@ -3392,7 +3392,7 @@ $_$;
 -- Name: record_github_check_run_delivery(text, integer, boolean, bigint, text, integer, text, boolean, integer); Type: FUNCTION; Schema: ops; Owner: -
 --
 
-CREATE FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint DEFAULT NULL::bigint, html_url text DEFAULT NULL::text, http_status integer DEFAULT NULL::integer, error text DEFAULT NULL::text, retry boolean DEFAULT true, retry_after_seconds integer DEFAULT NULL::integer) RETURNS jsonb
+CREATE FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run bigint DEFAULT NULL::bigint, html_url text DEFAULT NULL::text, http_status integer DEFAULT NULL::integer, error text DEFAULT NULL::text, retry boolean DEFAULT true, retry_after_seconds integer DEFAULT NULL::integer) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $_$
@@ -3416,9 +3416,9 @@ begin
         perform ops_private.fail(400, 'invalid_argument', 'version is required (the claimed version, at least 1)',
                                  jsonb_build_object('argument', 'version'));
     end if;
-    if record_github_check_run_delivery.check_run_id is not null and record_github_check_run_delivery.check_run_id < 1 then
-        perform ops_private.fail(400, 'invalid_argument', 'check_run_id must be a positive integer',
-                                 jsonb_build_object('argument', 'check_run_id'));
+    if record_github_check_run_delivery.check_run is not null and record_github_check_run_delivery.check_run < 1 then
+        perform ops_private.fail(400, 'invalid_argument', 'check_run must be a positive integer (GitHub''s check run id)',
+                                 jsonb_build_object('argument', 'check_run'));
     end if;
     if record_github_check_run_delivery.html_url is not null
        and (record_github_check_run_delivery.html_url !~ '^https?://[^[:space:][:cntrl:]@]+$'
@@ -3456,7 +3456,7 @@ begin
     set attempts = case when v_newer then 0 else c.attempts + 1 end,
         lease_expires_at = null,
         leased_version = null,
-        check_run_id = coalesce(record_github_check_run_delivery.check_run_id, c.check_run_id),
+        check_run_id = coalesce(record_github_check_run_delivery.check_run, c.check_run_id),
         html_url = coalesce(record_github_check_run_delivery.html_url, c.html_url),
         http_status = record_github_check_run_delivery.http_status,
         delivered_version = case when record_github_check_run_delivery.ok then v_row.leased_version
@@ -11165,12 +11165,12 @@ GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location t
 GRANT ALL ON FUNCTION ops.record_dataset(lease_token text, name text, location text, layer text, format text, schema jsonb, change text, changes jsonb, table_version bigint, digest text, rows bigint, owner text, tags text[]) TO service_role;
 
 --
--- Name: FUNCTION record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer); Type: ACL; Schema: ops; Owner: -
+-- Name: FUNCTION record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer); Type: ACL; Schema: ops; Owner: -
 --
 
-REVOKE ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) TO authenticated;
-GRANT ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run_id bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) TO service_role;
+REVOKE ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) TO authenticated;
+GRANT ALL ON FUNCTION ops.record_github_check_run_delivery(check_id text, version integer, ok boolean, check_run bigint, html_url text, http_status integer, error text, retry boolean, retry_after_seconds integer) TO service_role;
 
 --
 -- Name: FUNCTION record_github_status_delivery(status_id text, ok boolean, http_status integer, error text, retry boolean, retry_after_seconds integer); Type: ACL; Schema: ops; Owner: -

@@ -770,7 +770,7 @@ ALERTS = [
     bad("github-check-delivery-version-zero", "record_github_check_run_delivery",
         {"version": 0}, "version", argument="version"),
     bad("github-check-delivery-id-negative", "record_github_check_run_delivery",
-        {"check_run_id": -1}, "check_run_id", argument="check_run_id"),
+        {"check_run": -1}, "check_run", argument="check_run"),
     bad("github-check-delivery-url-userinfo", "record_github_check_run_delivery",
         {"html_url": "https://user:pw@github.com/x"}, "html_url", argument="html_url"),
     bad("github-check-delivery-unknown", "record_github_check_run_delivery", {}, "not found",

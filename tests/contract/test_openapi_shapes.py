@@ -418,7 +418,7 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     assert check["run_id"] == gate["id"] and check["status"] == "queued"
     assert check["external_id"] == gate["id"] and check["claims"] == 1
     r.call("record_github_check_run_delivery", {
-        "check_id": check["id"], "version": check["version"], "ok": True, "check_run_id": 4,
+        "check_id": check["id"], "version": check["version"], "ok": True, "check_run": 4,
         "html_url": "https://github.com/acme/lake/runs/4", "http_status": 201})
     [shown_check] = r.call("list_github_check_runs", {"workspace_id": ws["id"],
                                                       "run_id": gate["id"]}, as_=viewer)

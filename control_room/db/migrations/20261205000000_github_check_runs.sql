@@ -232,13 +232,14 @@ begin
 end
 $$;
 
--- One attempt of a leased check run (of the version claimed). check_run_id / html_url: GitHub's
--- check run (created, or found by its external_id), remembered even when the attempt failed after
--- it. Then: when the run changed meanwhile (a newer version), pending again at once (at least
--- retry_after_seconds); else delivered when ok, failed when retry is false (422, 404, a 403 the
--- token's permissions explain) or after max_attempts, otherwise pending after the backoff.
+-- One attempt of a leased check run (of the version claimed). check_run / html_url: GitHub's id
+-- and page of the check run (created, or found by its external_id; the argument is not named
+-- *_id, which are uuids), remembered even when the attempt failed after it. Then: when the run
+-- changed meanwhile (a newer version), pending again at once (at least retry_after_seconds); else
+-- delivered when ok, failed when retry is false (422, 404, a 403 the token's permissions explain)
+-- or after max_attempts, otherwise pending after the backoff.
 create function ops.record_github_check_run_delivery(check_id text, version integer, ok boolean,
-                                                     check_run_id bigint default null,
+                                                     check_run bigint default null,
                                                      html_url text default null,
                                                      http_status integer default null,
                                                      error text default null, retry boolean default true,
@@ -267,9 +268,9 @@ begin
         perform ops_private.fail(400, 'invalid_argument', 'version is required (the claimed version, at least 1)',
                                  jsonb_build_object('argument', 'version'));
     end if;
-    if record_github_check_run_delivery.check_run_id is not null and record_github_check_run_delivery.check_run_id < 1 then
-        perform ops_private.fail(400, 'invalid_argument', 'check_run_id must be a positive integer',
-                                 jsonb_build_object('argument', 'check_run_id'));
+    if record_github_check_run_delivery.check_run is not null and record_github_check_run_delivery.check_run < 1 then
+        perform ops_private.fail(400, 'invalid_argument', 'check_run must be a positive integer (GitHub''s check run id)',
+                                 jsonb_build_object('argument', 'check_run'));
     end if;
     if record_github_check_run_delivery.html_url is not null
        and (record_github_check_run_delivery.html_url !~ '^https?://[^[:space:][:cntrl:]@]+$'
@@ -307,7 +308,7 @@ begin
     set attempts = case when v_newer then 0 else c.attempts + 1 end,
         lease_expires_at = null,
         leased_version = null,
-        check_run_id = coalesce(record_github_check_run_delivery.check_run_id, c.check_run_id),
+        check_run_id = coalesce(record_github_check_run_delivery.check_run, c.check_run_id),
         html_url = coalesce(record_github_check_run_delivery.html_url, c.html_url),
         http_status = record_github_check_run_delivery.http_status,
         delivered_version = case when record_github_check_run_delivery.ok then v_row.leased_version

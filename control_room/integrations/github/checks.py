@@ -267,7 +267,7 @@ def deliver_check_runs(client: ContractClient, *, token_ref: str, repos: Sequenc
                     gateway_url=gateway, ui_url=ui_url)
             try:
                 client.record_github_check_run_delivery(
-                    check.id, check.version, attempt.ok, check_run_id=check_run_id,
+                    check.id, check.version, attempt.ok, check_run=check_run_id,
                     html_url=html_url, http_status=attempt.http_status, error=attempt.error,
                     retry=attempt.retry, retry_after_seconds=attempt.retry_after_seconds)
             except ContractError as exc:
