@@ -1068,9 +1068,9 @@ class ContractClient:
                                          retry_after_seconds: int | None = None
                                          ) -> GithubCheckRun:
         """Record one attempt at a leased check run's claimed `version` (service_role), with
-        GitHub's check run id (`check_run`) and `html_url` when known: pending again at once when the run
-        changed since; else delivered when `ok`, failed (`retry` False, or the last attempt)
-        or pending after a backoff of at least `retry_after_seconds`."""
+        GitHub's check run id (`check_run`) and `html_url` when known: pending again at once
+        when the run changed since; else delivered when `ok`, failed (`retry` False, or the
+        last attempt) or pending after a backoff of at least `retry_after_seconds`."""
         args = {"check_id": check_id, "version": version, "ok": ok,
                 "check_run": check_run, "html_url": html_url,
                 "http_status": http_status, "error": error, "retry": retry,
