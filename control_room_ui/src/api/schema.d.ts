@@ -1432,6 +1432,86 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/rpc/list_github_check_runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The check runs of a workspace's gate runs and their delivery.
+         * @description Role: `viewer`, `developer` or `admin` of the workspace, or service_role (a non-member, like a
+         *     missing workspace, is `404`). Newest first, at most `limit` (1-500), optionally of one `run_id`.
+         *     One per gate run and context: the check run GitHub should show (`status` queued, in_progress or
+         *     completed with a `conclusion`), kept current in the transaction of each state change of the run
+         *     (queued -> running too); `check_run_id` and `html_url` are GitHub's once the check run was
+         *     created (docs/github.md, Check runs).
+         */
+        post: operations["list_github_check_runs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/rpc/claim_github_check_runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Lease the check runs that are due (the deliverer's call).
+         * @description Role: service_role only (`control-room github deliver --as check-runs`); anyone else is `403`.
+         *     Leases up to `limit` check runs that are pending and due, or delivering with an expired lease,
+         *     for `lease_seconds` (5-3600), oldest first, SKIP LOCKED. There is one per gate run and context,
+         *     so a run's check is never leased twice at once; each carries the `version` to record and
+         *     GitHub's `check_run_id` when one was created (then the deliverer updates it instead of
+         *     creating another). `claims` counts this row's leases: above 1 with no `check_run_id`, an
+         *     earlier create may have succeeded without its answer, and the deliverer looks the check run up
+         *     by its `external_id` first.
+         */
+        post: operations["claim_github_check_runs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/rpc/record_github_check_run_delivery": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Record one attempt to create or update a leased check run.
+         * @description Role: service_role only; anyone else is `403`. `version` is the claimed one. `check_run`
+         *     (GitHub's id of the check run, created or found; shown as `check_run_id`) and `html_url` are
+         *     remembered even when the attempt failed after them, so every later state updates the same
+         *     check run. Then: when the run changed since
+         *     the claim, `pending` again at once (at least `retry_after_seconds`); else `delivered` when `ok`,
+         *     `failed` when `retry` is false (422, 404, a 403 of missing permissions) or after `max_attempts`
+         *     (8), otherwise pending after a backoff of 5 s, 30 s, 2 min, 10 min, 30 min, then hourly, and at
+         *     least `retry_after_seconds` (a rate limit's reset). A check run that is not delivering that
+         *     version is `409 conflict`; an unknown one `404`.
+         */
+        post: operations["record_github_check_run_delivery"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/rpc/claim_alerts": {
         parameters: {
             query?: never;
@@ -1581,6 +1661,46 @@ export interface paths {
          *     another request `409 conflict`. Emits what `create_run` emits. Audited (`create_job_run`).
          */
         post: operations["create_job_run"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/rpc/create_changed_run": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create a run of a job's version that reruns only what changed since a succeeded base run of the job, reusing the base's outputs for the rest.
+         * @description Role: developer or admin of the workspace, or service_role (a non-member, like a missing
+         *     workspace, is `404`; so is a job it does not have, or a version the job does not have).
+         *     dbt Slim CI's idea (docs/github.md, "Only what changed"). `base_run_id` must be a run of
+         *     the same job in the same workspace (another workspace's run, or one that does not exist,
+         *     is `404 not_found`; a run of another job or of a spec file `400 invalid_argument`, reason
+         *     `other_job`) that `succeeded` (else `409 conflict`, reason `base_not_succeeded`).
+         *     `changed` maps the phases whose code changed (what the caller compared: the CLI compares
+         *     the git trees of each phase's code at the two commits) to why; a name that is not a phase
+         *     of the version is `400` naming it. The control plane adds the changes it can see: a phase
+         *     the base run has not (or that did not succeed there), another kind, params or
+         *     depends_on than the base phase's, a run param the phase uses (`${params.X}`) with another
+         *     value than in the base run, `${run.git_sha}` at another commit. It reruns those and
+         *     everything downstream of them (`changed_since.rerun`, ordinal order); every other phase
+         *     (`changed_since.reused`) is created `succeeded` with the base phase's `output_manifest`
+         *     and `reused_from_phase_id` (the phase that produced it), event `PHASE_REUSED`, as
+         *     `repair_run` keeps a parent's. Nothing to rerun is `409 conflict`, reason
+         *     `nothing_changed`. The run is made as `create_job_run` makes it (params checked,
+         *     `input_manifest` as there) plus `input_manifest.changed_since` = `{base_run_id,
+         *     base_git_sha, changed, rerun, reused}`; it is not a child of the base (`parent_run_id`
+         *     null). Idempotent as `create_job_run` (the request includes the base and `changed`).
+         *     Audited (`create_changed_run`).
+         */
+        post: operations["create_changed_run"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3382,6 +3502,10 @@ export interface components {
             http_status: number | null;
             last_error: string | null;
             delivered_at: components["schemas"]["NullableTimestamp"];
+            /** @description GitHub's id of the run's check run (docs/github.md, Check runs), if one was created. */
+            check_run_id: number | null;
+            /** @description The page of that check run on GitHub. */
+            check_run_url: string | null;
         };
         ClaimedGithubStatus: {
             id: components["schemas"]["Uuid"];
@@ -3394,6 +3518,118 @@ export interface components {
             description: string;
             target_url: string | null;
             created_at: components["schemas"]["Timestamp"];
+            attempt: number;
+            max_attempts: number;
+            lease_expires_at: components["schemas"]["Timestamp"];
+        };
+        ListGithubCheckRunsArgs: {
+            workspace_id: components["schemas"]["Uuid"];
+            /**
+             * Format: uuid
+             * @default null
+             */
+            run_id: string | null;
+            /** @default 50 */
+            limit: number;
+        };
+        ClaimGithubCheckRunsArgs: {
+            /** @default 20 */
+            limit: number;
+            /** @default 60 */
+            lease_seconds: number;
+        };
+        RecordGithubCheckRunDeliveryArgs: {
+            check_id: components["schemas"]["Uuid"];
+            /** @description The version claim_github_check_runs leased. */
+            version: number;
+            ok: boolean;
+            /**
+             * @description GitHub's id of the check run (created, or found by its external_id); recorded as check_run_id.
+             * @default null
+             */
+            check_run: number | null;
+            /**
+             * @description The check run's page on GitHub (an http(s) URL without user info).
+             * @default null
+             */
+            html_url: string | null;
+            /** @default null */
+            http_status: number | null;
+            /**
+             * @description Why the attempt failed (capped at 500 characters, never a token).
+             * @default null
+             */
+            error: string | null;
+            /**
+             * @description False when GitHub refused it for good (422, 404, a 403 of missing permissions): failed at once.
+             * @default true
+             */
+            retry: boolean;
+            /**
+             * @description The earliest next attempt (a rate limit's reset), if later than the backoff.
+             * @default null
+             */
+            retry_after_seconds: number | null;
+        };
+        /** @enum {string} */
+        GithubCheckStatus: "queued" | "in_progress" | "completed";
+        /** @enum {string} */
+        GithubCheckConclusion: "success" | "failure" | "cancelled";
+        GithubCheckRun: {
+            id: components["schemas"]["Uuid"];
+            workspace_id: components["schemas"]["Uuid"];
+            run_id: components["schemas"]["Uuid"];
+            /** @description owner/name */
+            repo: string;
+            sha: string;
+            /** @description The check run's name. */
+            context: string;
+            /** @description The run's github_run_url label (the deliverer falls back to the UI's run page). */
+            details_url: string | null;
+            run_state: string;
+            status: components["schemas"]["GithubCheckStatus"];
+            conclusion: components["schemas"]["GithubCheckConclusion"] | null;
+            title: string;
+            started_at: components["schemas"]["NullableTimestamp"];
+            completed_at: components["schemas"]["NullableTimestamp"];
+            /** @description Counts the run's state changes; delivered_version is the last one GitHub has. */
+            version: number;
+            delivered_version: number;
+            /** @description GitHub's id of the check run, once created. */
+            check_run_id: number | null;
+            /** @description The check run's page on GitHub, once created. */
+            html_url: string | null;
+            created_at: components["schemas"]["Timestamp"];
+            updated_at: components["schemas"]["Timestamp"];
+            /** @enum {string} */
+            delivery: "pending" | "delivering" | "delivered" | "failed";
+            attempts: number;
+            max_attempts: number;
+            next_attempt_at: components["schemas"]["NullableTimestamp"];
+            http_status: number | null;
+            last_error: string | null;
+            delivered_at: components["schemas"]["NullableTimestamp"];
+        };
+        ClaimedGithubCheckRun: {
+            id: components["schemas"]["Uuid"];
+            workspace_id: components["schemas"]["Uuid"];
+            run_id: components["schemas"]["Uuid"];
+            repo: string;
+            sha: string;
+            context: string;
+            /** @description The check run's external_id (the run's id). */
+            external_id: string;
+            details_url: string | null;
+            run_state: string;
+            status: components["schemas"]["GithubCheckStatus"];
+            conclusion: components["schemas"]["GithubCheckConclusion"] | null;
+            title: string;
+            started_at: components["schemas"]["NullableTimestamp"];
+            completed_at: components["schemas"]["NullableTimestamp"];
+            version: number;
+            check_run_id: number | null;
+            html_url: string | null;
+            claims: number;
             attempt: number;
             max_attempts: number;
             lease_expires_at: components["schemas"]["Timestamp"];
@@ -3560,6 +3796,53 @@ export interface components {
             labels: components["schemas"]["Labels"];
             /** @default 0 */
             priority: number;
+        };
+        CreateChangedRunArgs: {
+            workspace_id: components["schemas"]["Uuid"];
+            /** @description The job's slug. */
+            job: string;
+            /** @description A succeeded run of the same job whose outputs are reused for the phases that did not change. */
+            base_run_id: components["schemas"]["Uuid"];
+            /** @description Phase name -> why it changed (1-500 characters), for the phases whose code changed; {} leaves it to the control plane's own checks. */
+            changed: {
+                [key: string]: string;
+            };
+            /**
+             * @description The version to run; null runs the latest.
+             * @default null
+             */
+            version: number | null;
+            /**
+             * @description Values of the version's declared params, as JSON of their types (at most 64 KiB).
+             * @default {}
+             */
+            params: components["schemas"]["JsonObject"];
+            /** @default null */
+            idempotency_key: string | null;
+            /** @default {} */
+            labels: components["schemas"]["Labels"];
+            /** @default 0 */
+            priority: number;
+        };
+        /** @description What a run of what changed (create_changed_run) reruns and reuses, and from which run. */
+        ChangedSince: {
+            base_run_id: components["schemas"]["Uuid"];
+            base_git_sha: string;
+            /** @description The phases that changed -> why (the caller's reasons, or the control plane's). */
+            changed: {
+                [key: string]: string;
+            };
+            /** @description The phases that run (the changed ones and everything downstream), in ordinal order. */
+            rerun: string[];
+            /** @description The phases whose output is the base run's, in ordinal order. */
+            reused: string[];
+        };
+        /** @description create_changed_run's answer, the run with its phases, whether this call created it and what it reruns and reuses. */
+        ChangedRunCreated: components["schemas"]["RunFields"] & {
+            phases: components["schemas"]["Phase"][];
+            /** @description false when an earlier call with the same idempotency key created it. */
+            created: boolean;
+            changed_since: components["schemas"]["ChangedSince"];
         };
         JobParam: {
             /** @enum {unknown} */
@@ -5915,6 +6198,112 @@ export interface operations {
             503: components["responses"]["Unavailable"];
         };
     };
+    list_github_check_runs: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ListGithubCheckRunsArgs"];
+            };
+        };
+        responses: {
+            /** @description The check runs. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GithubCheckRun"][];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    claim_github_check_runs: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ClaimGithubCheckRunsArgs"];
+            };
+        };
+        responses: {
+            /** @description The leased check runs (possibly none). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClaimedGithubCheckRun"][];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    record_github_check_run_delivery: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RecordGithubCheckRunDeliveryArgs"];
+            };
+        };
+        responses: {
+            /** @description The check run after the attempt. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GithubCheckRun"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
     claim_alerts: {
         parameters: {
             query?: never;
@@ -6114,6 +6503,42 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RunCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    create_changed_run: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateChangedRunArgs"];
+            };
+        };
+        responses: {
+            /** @description The run, whether this call created it, and what it reruns and reuses. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChangedRunCreated"];
                 };
             };
             400: components["responses"]["BadRequest"];
