@@ -33,7 +33,8 @@ MACHINE_CODES = frozenset({
 def load_openapi() -> dict[str, Any]:
     """The parsed document (cached: treat it as read-only)."""
     with OPENAPI_PATH.open(encoding="utf-8") as f:
-        doc = yaml.safe_load(f)
+        # libyaml's loader when present: 0.08 s instead of 0.66 s per test process
+        doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     assert isinstance(doc, dict), f"{OPENAPI_PATH} is not a YAML mapping"
     return doc
 

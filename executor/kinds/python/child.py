@@ -5,6 +5,7 @@ data libraries, then runs the one entrypoint it is sent and reports back (docs/k
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import json
 import multiprocessing.connection
@@ -58,6 +59,32 @@ def die_with_parent(parent: int, interval: float = 0.2) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
+def watch_lifeline(spec_reader: multiprocessing.connection.Connection) -> None:
+    """Kill this process group the moment the worker is gone, once the phase runs.
+
+    The worker keeps the write end of the spec pipe open while the phase runs and holds its
+    only copy, so the kernel ends the pipe (EOF here) as the worker dies, however it dies: no
+    polling window in which an orphaned phase could still do its side effect beside the
+    attempt another worker makes (`die_with_parent` polls, for a spare that waits).
+    """
+
+    fd = spec_reader.fileno()
+    # The kernel itself signals the group when the pipe's last writer goes: SIGIO, whose
+    # default action ends every process of it at once, needing neither the GIL nor a
+    # scheduled thread (the thread below is the fallback where O_ASYNC pipes do not exist).
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(fd, fcntl.F_SETOWN, -os.getpgrp())
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(fd, 4096):
+                pass
+        os.killpg(0, signal.SIGKILL)       # also if the worker was gone before SIGIO was armed
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
 def boot(spec_reader: multiprocessing.connection.Connection,
                 writer: multiprocessing.connection.Connection, parent: int) -> None:
     """A phase process: lead a process group, watch the worker, import what phases use,
@@ -71,7 +98,7 @@ def boot(spec_reader: multiprocessing.connection.Connection,
         spec = spec_reader.recv()
     except (EOFError, OSError):
         os._exit(0)
-    spec_reader.close()
+    watch_lifeline(spec_reader)
     child_main(spec, writer)
 
 

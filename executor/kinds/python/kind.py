@@ -132,12 +132,11 @@ class PythonKind:
         error: tuple[bool, str, str, str, dict[str, Any] | None] | None = None
         exitcode: int | None = None
         try:
-            try:
+            # a spare that died while it waited: no result (below)
+            with contextlib.suppress(OSError, EOFError):
                 child.spec_writer.send(spec)
-            except (OSError, EOFError):     # a spare that died while it waited: no result
-                pass
-            finally:
-                child.spec_writer.close()
+            # the spec pipe stays open while the phase runs: it is the child's lifeline (EOF
+            # the moment this worker dies kills the child: child.watch_lifeline)
             pid = process.pid
             assert pid is not None
             open_pipe = True
@@ -178,6 +177,7 @@ class PythonKind:
                 process.join()
                 exitcode = process.exitcode
                 process.close()
+            child.spec_writer.close()
             reader.close()
             writer.close()
         if manifest_text is not None:
