@@ -2,8 +2,8 @@ import { defineConfig } from "vitest/config";
 import react from "@vitejs/plugin-react";
 
 // The gateway serves the built files from control_room/gateway/static (docs/ui.md).
-// `npm run dev` proxies the API paths to a gateway on 127.0.0.1:8787 (CONTROL_ROOM_GATEWAY).
-const gateway = process.env.CONTROL_ROOM_GATEWAY ?? "http://127.0.0.1:8787";
+// `npm run dev` proxies the API paths to a gateway on 127.0.0.1:8787 (CONTROL_ROOM_GATEWAY_URL).
+const gateway = process.env.CONTROL_ROOM_GATEWAY_URL ?? "http://127.0.0.1:8787";
 const proxied = ["/rest", "/auth", "/feed", "/artifacts", "/ui-config.json"];
 
 export default defineConfig({
