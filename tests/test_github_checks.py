@@ -465,3 +465,19 @@ def test_the_documented_commands_exist_with_their_options() -> None:
     assert {"--as", "--repo", "--github-token", "--ui-url"} <= set(deliver.options)
     assert {" ".join(c.path) for c in calls} >= {"github check-runs", "github statuses",
                                                   "token create"}
+
+
+def test_checks_left_when_the_lease_is_nearly_spent_are_not_posted(env: Env) -> None:
+    first, second = gate_run(env), gate_run(env, github_context="ci/second")
+    gh = FakeChecks()
+    ticks = iter([0.0, 50.0])         # the claim, then the second check: 50 s of a 60 s lease
+    report = deliver(env, gh.router(), T0, lease_seconds=60, clock=lambda: next(ticks))
+    assert (report.claimed, report.delivered, report.unrecorded) == (2, 1, 1)
+    [created] = gh.creates
+    assert created["external_id"] == first
+    [left] = checks(env, second)
+    assert (left.delivery, left.attempts, left.check_run_id) == ("delivering", 0, None)
+    # after the lease: claimed again, looked up (nothing there), created once
+    report = deliver(env, gh.router(), T0 + timedelta(seconds=61))
+    assert report.delivered == 1 and len(gh.creates) == 2 and len(gh.lookups) == 1
+    assert gh.creates[1]["external_id"] == second

@@ -189,7 +189,7 @@ def deliver_command(
                             report = deliver_check_runs(
                                 target.client, token_ref=github_token, repos=repo,
                                 api_url=api_url, policy=policy, limit=limit, timeout=timeout,
-                                lease_seconds=max(60, int(timeout * 4)),
+                                lease_seconds=min(3600, max(120, int(timeout * 12))),
                                 gateway_url=target.url, ui_url=ui_url)
                         for key in keys:
                             totals[mode][key] += getattr(report, key)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -232,13 +233,16 @@ def deliver_check_runs(client: ContractClient, *, token_ref: str, repos: Sequenc
                        environ: Mapping[str, str] | None = None,
                        http: httpx.Client | None = None, limit: int = 20,
                        lease_seconds: int = 60, timeout: float = 10.0,
-                       gateway_url: str | None = None, ui_url: str | None = None
-                       ) -> StatusReport:
+                       gateway_url: str | None = None, ui_url: str | None = None,
+                       clock: Callable[[], float] = time.monotonic) -> StatusReport:
     """Claim up to `limit` due check runs (`client` holds a service_role token), create or
     update each once and record the attempt with GitHub's check run id. `ui_url`: the Control
     Room UI's root (the details_url of a run without a `github_run_url`, and the summary's
-    link). GithubConfigError before claiming when the token reference does not resolve or no
-    repository pattern is given; contract errors of the claim propagate."""
+    link). Once three quarters of the lease are spent, the checks not yet begun are left to
+    their lease's expiry (another claim then looks each up before creating it), so no check is
+    posted while another deliverer may hold it. GithubConfigError before claiming when the
+    token reference does not resolve or no repository pattern is given; contract errors of
+    the claim propagate."""
     if not repos:
         raise GithubConfigError("no repository pattern: give --repo OWNER/NAME or OWNER/* (the "
                                 "repositories this deliverer's token may post check runs to)")
@@ -248,6 +252,7 @@ def deliver_check_runs(client: ContractClient, *, token_ref: str, repos: Sequenc
     token = resolve_token(token_ref, policy, environ)
     masker = Masker([token])
     claimed = client.claim_github_check_runs(limit=limit, lease_seconds=lease_seconds)
+    started = clock()
     if not claimed:
         return StatusReport()
     api = api_url.rstrip("/")
@@ -256,7 +261,12 @@ def deliver_check_runs(client: ContractClient, *, token_ref: str, repos: Sequenc
     own = http is None
     poster = httpx.Client() if http is None else http
     try:
-        for check in claimed:
+        for index, check in enumerate(claimed):
+            if index and clock() - started > lease_seconds * 0.75:
+                unrecorded += len(claimed) - index
+                log.warning("check runs: %d left for their lease's expiry (the lease of %d s "
+                            "is nearly spent)", len(claimed) - index, lease_seconds)
+                break
             check_run_id, html_url = check.check_run_id, check.html_url
             if not repo_allowed(check.repo, repos):
                 attempt = Attempt(False, None, f"repository {check.repo} is not one this "
