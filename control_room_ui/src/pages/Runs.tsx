@@ -6,7 +6,7 @@ import type { RunPage, RunSummary } from "../api/types";
 import { useWorkspace } from "../api/workspace";
 import { BadStateView, Empty, ErrorBox, StateBadge } from "../components/common";
 import { durationBetween, formatDuration, formatRelative, formatTime, shortId, shortSha } from "../lib/format";
-import { filterFromSearch, filterToSearch, RUN_STATES, runFilterToArgs, type RunFilter } from "../lib/runFilter";
+import { filterFromSearch, filterToSearch, RUN_FILTER_KEYS, RUN_STATES, runFilterToArgs, type RunFilter } from "../lib/runFilter";
 import { Link, setSearch, useLocation } from "../router";
 
 const col = createColumnHelper<RunSummary>();
@@ -70,15 +70,17 @@ export function RunsPage() {
   const [cursors, setCursors] = useState<(string | null)[]>([null]);
   const key = filterToSearch(applied).toString();
 
-  // the form follows the URL (back/forward), typing updates the URL after a pause
+  // the form follows the URL (back/forward); the state select applies at once, typing
+  // updates the URL after a pause
   useEffect(() => setForm(filterFromSearch(new URLSearchParams(key))), [key]);
   useEffect(() => setCursors([null]), [key, current?.id]);
   useEffect(() => {
     const next = filterToSearch(form).toString();
     if (next === key) return;
-    const t = setTimeout(() => setSearch(filterToSearch(form)), 300);
+    const typed = RUN_FILTER_KEYS.some((k) => k !== "state" && form[k] !== applied[k]);
+    const t = setTimeout(() => setSearch(filterToSearch(form)), typed ? 300 : 0);
     return () => clearTimeout(t);
-  }, [form, key]);
+  }, [form, key]); // applied is derived from key
 
   const cursor = cursors[cursors.length - 1];
   const { args, error: filterError } = runFilterToArgs(current!.id, applied, cursor);

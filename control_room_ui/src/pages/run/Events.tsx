@@ -57,31 +57,52 @@ export function EventsTab({ run }: { run: RunDetail }) {
   const pages = q.data?.pages;
   const events = useMemo(() => flattenPages(pages ?? []), [pages]);
 
-  // live tail: a change of this run (or a poll tick) fetches the events after the last one
+  // live tail: a change of this run (or a poll tick) fetches the events after the last one.
+  // A change that comes while the log is being read (its first page, or a tail read already
+  // on its way) may be newer than what that read sees: it is remembered and read after it,
+  // never dropped.
   const fetching = useRef(false);
+  const missed = useRef(false);
+  const pullRef = useRef<(() => Promise<void>) | null>(null);
   useEffect(() => {
     const pull = async () => {
-      if (fetching.current) return;
+      if (fetching.current) {
+        missed.current = true;
+        return;
+      }
       fetching.current = true;
       try {
-        await q.fetchNextPage();
-        // an empty newest page carries no events: drop it (its cursor is the previous page's)
-        client.setQueryData<InfiniteData<LoadedPage, PageParam>>(key, (d) => {
-          if (!d || d.pages.length < 2 || d.pages[d.pages.length - 1].events.length) return d;
-          return { pages: d.pages.slice(0, -1), pageParams: d.pageParams.slice(0, -1) };
-        });
+        do {
+          missed.current = false;
+          await q.fetchNextPage();
+          // an empty newest page carries no events: drop it (its cursor is the previous page's)
+          client.setQueryData<InfiniteData<LoadedPage, PageParam>>(key, (d) => {
+            if (!d || d.pages.length < 2 || d.pages[d.pages.length - 1].events.length) return d;
+            return { pages: d.pages.slice(0, -1), pageParams: d.pageParams.slice(0, -1) };
+          });
+        } while (missed.current);
       } finally {
         fetching.current = false;
       }
     };
+    pullRef.current = pull;
     return feed.subscribe((s) => {
       if (s.run_id !== null && s.run_id !== run.id) return;
       const data = client.getQueryData<InfiniteData<LoadedPage, PageParam>>(key);
-      if (!data || !hasNewer(data.pages, s.seq)) return;
+      if (!data) {
+        missed.current = true; // the first page is on its way: read after it once it is here
+        return;
+      }
+      if (!hasNewer(data.pages, s.seq)) return;
       if (following) pull();
       else setNewer(true);
     });
   }, [client, key, following, q, run.id]);
+  useEffect(() => {
+    if (!pages || !missed.current || fetching.current) return;
+    if (following) pullRef.current?.();
+    else setNewer(true);
+  }, [pages, following]);
 
   const virt = useVirtualizer({ count: events.length, getScrollElement: () => scroller.current, estimateSize: () => ROW, overscan: 30 });
 
