@@ -53,6 +53,8 @@ E2E_MODULES = frozenset({
     "tests/chaos/test_backends_terminated.py",
     "tests/chaos/test_worker_killed.py",
     "tests/chaos/test_starvation.py",
+    "tests/chaos/test_pool_exhaustion.py",
+    "tests/chaos/test_retry_storm.py",
     "tests/test_github_summary.py",
     "tests/test_github_statuses.py",
     "tests/test_github_checks.py",

@@ -29,6 +29,17 @@ def side_effect(ctx: PythonContext) -> dict[str, Any]:
     return {"phase": ctx.phase}
 
 
+def flaky(ctx: PythonContext) -> dict[str, Any]:
+    """Fails transiently (an exception: the worker retries it with backoff) on its first
+    `args.fail_first` attempts, after working `args.seconds`; then works and does its side
+    effect as `side_effect` does. A failed attempt writes no ledger line: the ledger still
+    counts the executions that did the side effect."""
+    if ctx.attempt <= int(ctx.args.get("fail_first", 0)):
+        time.sleep(float(ctx.args.get("seconds", 0.5)))
+        raise ConnectionError(f"{ctx.phase}: transient failure of attempt {ctx.attempt}")
+    return side_effect(ctx)
+
+
 def noop(ctx: PythonContext) -> dict[str, Any]:
     """Does nothing: the phases of a long run that only keeps workers busy."""
     return {}

@@ -149,13 +149,15 @@ class Chaos:
         return (self.tmp / f"worker-{k}.log").read_text(errors="replace")
 
     def new_run(self, phases: int, seconds: list[float], *, slug: str = "chaos",
-                chain: bool = False, **extra: Any) -> str:
+                chain: bool = False, entrypoint: str = "side_effect",
+                args: dict[str, Any] | None = None, **extra: Any) -> str:
         """A run of `phases` side-effect phases (independent, or a chain), created over SQL
-        as dev1; phase k works seconds[k % len(seconds)]."""
+        as dev1; phase k works seconds[k % len(seconds)]. `entrypoint` names another one of
+        tests/chaos/entrypoints.py (`args` adds to its arguments)."""
         specs = [phase(f"p{k:03d}", "python", *([f"p{k - 1:03d}"] if chain and k else []),
-                       params={"entrypoint": f"{EP}:side_effect",
+                       params={"entrypoint": f"{EP}:{entrypoint}",
                                "args": {"ledger": str(self.ledger),
-                                        "seconds": seconds[k % len(seconds)]}},
+                                        "seconds": seconds[k % len(seconds)], **(args or {})}},
                        **extra)
                  for k in range(phases)]
         run = self.contract.call("create_run", {

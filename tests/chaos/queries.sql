@@ -47,3 +47,23 @@ where s.id = %(small)s::uuid;
 
 -- name: succeeded_phases
 select count(*)::int from ops.phases p where p.run_id = %(run)s::uuid and p.state = 'succeeded';
+
+-- name: retry_pickups
+-- Each retry of these runs: the not_before its PHASE_RETRY_SCHEDULED gave, and the seconds
+-- from it to the next attempt's PHASE_CLAIMED (null: never claimed).
+select s.run_id::text as run_id, s.phase, s.attempt,
+       (s.payload ->> 'not_before')::timestamptz as not_before,
+       extract(epoch from c.ts - (s.payload ->> 'not_before')::timestamptz)::float8 as delay
+from ops.run_events s
+left join lateral (
+    select min(e.ts) as ts from ops.run_events e
+    where e.run_id = s.run_id and e.phase = s.phase and e.type = 'PHASE_CLAIMED'
+      and e.attempt = s.attempt + 1) c on true
+where s.run_id = any (%(runs)s::uuid[]) and s.type = 'PHASE_RETRY_SCHEDULED'
+order by s.run_id, s.phase, s.attempt;
+
+-- name: sessions_of_database
+-- The client sessions on this database but the test's own (the gateway's pool and listener).
+select count(*)::int from pg_stat_activity a
+where a.datname = current_database() and a.pid <> pg_backend_pid()
+  and a.backend_type = 'client backend' and a.application_name <> 'chaos-observer';
