@@ -179,7 +179,11 @@ def scram_verifier(password: str, *, salt: bytes | None = None,
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether PostgreSQL could listen on `port`: bound as it binds (SO_REUSEADDR), so the
+    last server's connections still in TIME_WAIT (a restart with clients that were connected)
+    do not make its remembered port look taken; a socket listening there still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:

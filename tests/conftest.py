@@ -55,6 +55,7 @@ E2E_MODULES = frozenset({
     "tests/chaos/test_starvation.py",
     "tests/chaos/test_pool_exhaustion.py",
     "tests/chaos/test_retry_storm.py",
+    "tests/chaos/test_postgres_restart.py",
     "tests/test_github_summary.py",
     "tests/test_github_statuses.py",
     "tests/test_github_checks.py",

@@ -369,9 +369,9 @@ class Gateway:
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
     def _health(self) -> dict[str, Any]:
-        cached = self._health_cache
-        if cached is not None and time.monotonic() - cached[0] < 5:
-            return cached[1]
+        """The database and the listener as they are now (a ping per probe: a database that
+        went away is reported at once); the migration check, which reads every migration
+        file, is reused for 5 s."""
         report: dict[str, Any] = {"status": "ok", "database": "reachable",
                                   "listener": "connected" if self.notifier.connected else "polling"}
         try:
@@ -380,17 +380,23 @@ class Gateway:
         except (psycopg.Error, TimeoutError) as exc:
             report.update(status="unavailable", database=f"unreachable: {exc}")
             return report
+        cached = self._health_cache
+        if cached is not None and time.monotonic() - cached[0] < 5:
+            report.update(cached[1])
+            return report
+        checked: dict[str, Any] = {}
         try:
             migrations = migrate(self.database_url, self.settings.migrations_dir, check=True)
             current = not (migrations.pending or migrations.drifted or migrations.unknown)
-            report["migrations"] = "current" if current else {
+            checked["migrations"] = "current" if current else {
                 "pending": migrations.pending, "drifted": migrations.drifted,
                 "unknown": migrations.unknown}
             if not current:
-                report["status"] = "degraded"
+                checked["status"] = "degraded"
         except Exception as exc:   # report, don't crash the probe
-            report.update(status="degraded", migrations=f"unknown: {exc}")
-        self._health_cache = (time.monotonic(), report)
+            checked.update(status="degraded", migrations=f"unknown: {exc}")
+        self._health_cache = (time.monotonic(), checked)
+        report.update(checked)
         return report
 
     async def metrics_endpoint(self, request: Request) -> Response:

@@ -67,3 +67,9 @@ order by s.run_id, s.phase, s.attempt;
 select count(*)::int from pg_stat_activity a
 where a.datname = current_database() and a.pid <> pg_backend_pid()
   and a.backend_type = 'client backend' and a.application_name <> 'chaos-observer';
+
+-- name: claimed_after
+-- Seconds from the run's creation to its first PHASE_CLAIMED (null: not claimed yet).
+select extract(epoch from min(e.ts) - r.created_at)::float8
+from ops.runs r left join ops.run_events e on e.run_id = r.id and e.type = 'PHASE_CLAIMED'
+where r.id = %(run_id)s::uuid group by r.created_at;
