@@ -322,7 +322,7 @@ def test_a_run_that_does_not_exist(stack: Stack, page: Page) -> None:
     screenshot(page, "run-not-found")
 
 
-def test_the_gateway_going_down_is_shown(browser: Browser, stack: Stack,
+def test_the_gateway_going_down_is_shown(browser: Browser, stack: Stack, ok_run: str,
                                           tmp_path: Path) -> None:
     from tests.helpers import running_gateway
     from tests.ui.harness import gateway_settings
