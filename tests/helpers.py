@@ -7,6 +7,7 @@ clone of it (`create database X template Y`), which is much faster than migratin
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import queue
@@ -97,41 +98,39 @@ def temporary_database(admin_url: str, *, template: str | None = None,
 class ClonePool:
     """Clones of a template made ahead of time and dropped afterwards, off the test's clock.
 
-    A clone (`create database ... template`) and a drop each take 0.1-0.5 s of mostly
-    waiting on PostgreSQL's writes; a test that needs a fresh database takes one that is
-    ready and hands it back to be dropped, while one thread per pytest worker makes the next
-    clones and drops the used ones. `close()` drops every database the pool still holds.
+    A clone (`create database ... template`) takes ≈ 0.1 s and a drop ≈ 0.15 s of mostly
+    waiting on PostgreSQL (a drop asks for a checkpoint): a test that needs a fresh database
+    takes one that is ready and hands it back to be dropped. One thread per pytest worker makes
+    the next clones; the used ones are dropped by a few threads of their own, concurrently, so
+    that their checkpoints are shared (five drops at once take about what one takes) and no
+    clone waits behind a drop. `close()` drops every database the pool still holds.
     """
+
+    DROPPERS = 4
 
     def __init__(self, admin_url: str, template: str, *, ready: int = 2) -> None:
         self.admin_url = admin_url
         self.template = template
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
-        self._work: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._work: queue.Queue[str | None] = queue.Queue()    # None: stop
+        self._drops = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.DROPPERS, thread_name_prefix="clone-pool-drop")
         self._thread = threading.Thread(target=self._run, name="clone-pool", daemon=True)
         self._thread.start()
         for _ in range(ready):
-            self._work.put(("clone", None))
+            self._work.put("clone")
 
     def _run(self) -> None:
-        while True:
-            job, name = self._work.get()
-            if job == "stop":
-                return
+        while self._work.get() is not None:
             try:
-                if job == "clone":
-                    self._ready.put(create_database(self.admin_url, unique_name(),
-                                                    template=self.template))
-                else:
-                    assert name is not None
-                    drop_database(self.admin_url, name)
+                self._ready.put(create_database(self.admin_url, unique_name(),
+                                                template=self.template))
             except BaseException as exc:  # handed to the test that waits for a clone
-                if job == "clone":
-                    self._ready.put(exc)
+                self._ready.put(exc)
 
     def take(self) -> str:
         """The name of a fresh clone (waits for one), and a replacement started."""
-        self._work.put(("clone", None))
+        self._work.put("clone")
         got = self._ready.get(timeout=120)
         if isinstance(got, BaseException):
             raise got
@@ -139,11 +138,16 @@ class ClonePool:
 
     def give_back(self, name: str) -> None:
         """Drop `name` in the background (its connections are terminated first)."""
-        self._work.put(("drop", name))
+        self._drops.submit(self._drop, name)
+
+    def _drop(self, name: str) -> None:
+        with contextlib.suppress(Exception):   # a database left behind is no test's failure
+            drop_database(self.admin_url, name)
 
     def close(self) -> None:
-        self._work.put(("stop", None))
+        self._work.put(None)
         self._thread.join(timeout=120)
+        self._drops.shutdown(wait=True)
         while not self._ready.empty():
             got = self._ready.get_nowait()
             if isinstance(got, str):
