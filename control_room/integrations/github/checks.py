@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -257,13 +258,13 @@ def deliver_check_runs(client: ContractClient, *, token_ref: str, repos: Sequenc
         return StatusReport()
     api = api_url.rstrip("/")
     gateway = gateway_url or client.base_url
-    delivered = retried = refused = unrecorded = 0
+    counts: Counter[str] = Counter()
     own = http is None
     poster = httpx.Client() if http is None else http
     try:
         for index, check in enumerate(claimed):
             if index and clock() - started > lease_seconds * 0.75:
-                unrecorded += len(claimed) - index
+                counts["unrecorded"] += len(claimed) - index
                 log.warning("check runs: %d left for their lease's expiry (the lease of %d s "
                             "is nearly spent)", len(claimed) - index, lease_seconds)
                 break
@@ -281,20 +282,15 @@ def deliver_check_runs(client: ContractClient, *, token_ref: str, repos: Sequenc
                     html_url=html_url, http_status=attempt.http_status, error=attempt.error,
                     retry=attempt.retry, retry_after_seconds=attempt.retry_after_seconds)
             except ContractError as exc:
-                unrecorded += 1
+                counts["unrecorded"] += 1
                 log.warning("check run %s (%s %s): the attempt was not recorded: %s", check.id,
                             check.repo, check.status, exc.message)
                 continue
-            if attempt.ok:
-                delivered += 1
-            elif attempt.retry:
-                retried += 1
-            else:
-                refused += 1
+            counts[attempt.outcome] += 1
             log.info("check run %s %s@%s %s%s: %s", check.id, check.repo, check.sha[:12],
                      check.status, f" {check.conclusion}" if check.conclusion else "",
                      "delivered" if attempt.ok else attempt.error)
     finally:
         if own:
             poster.close()
-    return StatusReport(len(claimed), delivered, retried, refused, unrecorded)
+    return StatusReport.of(len(claimed), counts)

@@ -22,6 +22,7 @@ import fnmatch
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,12 @@ class StatusReport:
     """Statuses failed at once (422, 404, a repository outside the patterns)."""
     unrecorded: int = 0
 
+    @classmethod
+    def of(cls, claimed: int, counts: Counter[str]) -> StatusReport:
+        """The report of a pass that claimed `claimed`, from its attempts' outcomes."""
+        return cls(claimed, counts["delivered"], counts["retried"], counts["refused"],
+                   counts["unrecorded"])
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -77,6 +84,11 @@ class Attempt:
     error: str | None
     retry: bool = True
     retry_after_seconds: int | None = None
+
+    @property
+    def outcome(self) -> str:
+        """How a recorded attempt counts in the pass's report."""
+        return "delivered" if self.ok else "retried" if self.retry else "refused"
 
 
 def resolve_token(reference: str, policy: SecretPolicy,
@@ -179,7 +191,7 @@ def deliver_statuses(client: ContractClient, *, token_ref: str, repos: Sequence[
     claimed = client.claim_github_statuses(limit=limit, lease_seconds=lease_seconds)
     if not claimed:
         return StatusReport()
-    delivered = retried = refused = unrecorded = 0
+    counts: Counter[str] = Counter()
     own = http is None
     poster = httpx.Client() if http is None else http
     try:
@@ -195,19 +207,14 @@ def deliver_statuses(client: ContractClient, *, token_ref: str, repos: Sequence[
                     error=attempt.error, retry=attempt.retry,
                     retry_after_seconds=attempt.retry_after_seconds)
             except ContractError as exc:
-                unrecorded += 1
+                counts["unrecorded"] += 1
                 log.warning("status %s (%s %s): the attempt was not recorded: %s", status.id,
                             status.repo, status.state, exc.message)
                 continue
-            if attempt.ok:
-                delivered += 1
-            elif attempt.retry:
-                retried += 1
-            else:
-                refused += 1
+            counts[attempt.outcome] += 1
             log.info("status %s %s@%s %s: %s", status.id, status.repo, status.sha[:12],
                      status.state, "delivered" if attempt.ok else attempt.error)
     finally:
         if own:
             poster.close()
-    return StatusReport(len(claimed), delivered, retried, refused, unrecorded)
+    return StatusReport.of(len(claimed), counts)
