@@ -117,6 +117,7 @@ from control_room.contract.models import (
     MemberRemoved,
     NewEvent,
     Phase,
+    PhaseCompletion,
     PhaseSpec,
     Principal,
     RepairCreated,
@@ -197,6 +198,7 @@ __all__ = [
     "Outcome",
     "PayloadTooLarge",
     "Phase",
+    "PhaseCompletion",
     "PhaseSpec",
     "Principal",
     "RetryPolicy",
@@ -674,6 +676,19 @@ class ContractClient:
         result = self._rpc("claim_phase", args, wait=wait)
         return None if result is None else _parse(Claim, result, "claim_phase")
 
+    def claim_phases(self, kinds: Sequence[str] | None = None, lease_seconds: int = 60,
+                     limit: int = 10, *, run_id: str | None = None,
+                     workspace_id: str | None = None, wait: float | None = None,
+                     claim_id: str | None = None) -> list[Claim]:
+        """Claim up to `limit` phases in one call (each its own lease); [] when none is
+        runnable. `claim_id` and `wait` as for `claim_phase`: a retry after a lost answer
+        returns the leases the lost answer held."""
+        args = {"kinds": list(kinds) if kinds is not None else None,
+                "lease_seconds": lease_seconds, "limit": limit, "run_id": run_id,
+                "workspace_id": workspace_id, "claim_id": claim_id or str(uuid.uuid4())}
+        result = self._rpc("claim_phases", args, wait=wait)
+        return _parse_list(Claim, [] if result is None else result, "claim_phases")
+
     def heartbeat(self, lease_token: str, progress: Mapping[str, Any] | None = None,
                   lease_seconds: int | None = None) -> HeartbeatResult:
         """Extend the lease; `cancel_requested` says to stop. LeaseLost: stop at once."""
@@ -722,6 +737,15 @@ class ContractClient:
                 "output_manifest": _dict(output_manifest), "error": error,
                 "retryable": retryable}
         return _parse(CompleteResult, self._rpc("complete_phase", args), "complete_phase")
+
+    def complete_phases(self, completions: Sequence[Mapping[str, Any]]) -> list[PhaseCompletion]:
+        """Several completions in one call, each a mapping of `complete_phase`'s arguments
+        (`lease_token`, `outcome`, ...); one answer per completion, in order. A completion
+        whose lease was lost answers `.lost` (nothing written for it); any other error fails
+        the whole call with nothing written."""
+        args = {"completions": [dict(c) for c in completions]}
+        return _parse_list(PhaseCompletion, self._rpc("complete_phases", args),
+                           "complete_phases")
 
     # -- reading events and artifacts -------------------------------------------------------
 

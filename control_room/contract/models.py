@@ -79,6 +79,7 @@ __all__ = [
     "ClaimGithubCheckRunsArgs",
     "ClaimGithubStatusesArgs",
     "ClaimPhaseArgs",
+    "ClaimPhasesArgs",
     "ClaimRun",
     "ClaimedAlert",
     "ClaimedAlertDestination",
@@ -86,8 +87,10 @@ __all__ = [
     "ClaimedGithubStatus",
     "ClaimedSensor",
     "CompletePhaseArgs",
+    "CompletePhasesArgs",
     "CompleteResult",
     "CompleteRunArgs",
+    "CompletionLostError",
     "Connection",
     "ConnectionDeleted",
     "ConnectionTest",
@@ -184,6 +187,7 @@ __all__ = [
     "MemberRemoved",
     "NewEvent",
     "Phase",
+    "PhaseCompletion",
     "PhaseSpec",
     "Principal",
     "RecordAlertDeliveryArgs",
@@ -477,6 +481,39 @@ class CompleteResult(_Result):
     not_before: datetime | None
     released: tuple[str, ...]
     replayed: bool
+
+
+class CompletionLostError(_Result):
+    code: Literal["lease_lost"]
+    message: str
+
+
+class PhaseCompletion(_Result):
+    """One answer of `complete_phases`, for the completion with this `lease_token`: the
+    `complete_phase` answer, or `error` (lease_lost; nothing written for it) and no states."""
+
+    lease_token: str
+    error: CompletionLostError | None = None
+    phase_id: str | None = None
+    phase: str | None = None
+    phase_state: PhaseState | None = None
+    attempt: int | None = None
+    run_id: str | None = None
+    run_state: RunState | None = None
+    not_before: datetime | None = None
+    released: tuple[str, ...] = ()
+    replayed: bool = False
+
+    @property
+    def lost(self) -> bool:
+        """The lease was not live: this completion was not made."""
+        return self.error is not None
+
+    def result(self) -> CompleteResult | None:
+        """As `complete_phase` answers it (None when the lease was lost)."""
+        if self.error is not None:
+            return None
+        return CompleteResult.model_validate(self.model_dump(exclude={"lease_token", "error"}))
 
 
 class Phase(_Result):
@@ -1544,6 +1581,15 @@ class ClaimPhaseArgs(_Args):
     workspace_id: str | None = None
 
 
+class ClaimPhasesArgs(_Args):
+    kinds: list[str] | None = None
+    lease_seconds: int | None = None
+    limit: int | None = None
+    claim_id: str | None = None
+    run_id: str | None = None
+    workspace_id: str | None = None
+
+
 class HeartbeatArgs(_Args):
     lease_token: str
     progress: dict[str, Any] | None = None
@@ -1574,6 +1620,10 @@ class CompletePhaseArgs(_Args):
     output_manifest: dict[str, Any] | None = None
     error: Any = None
     retryable: bool | None = None
+
+
+class CompletePhasesArgs(_Args):
+    completions: list[CompletePhaseArgs]
 
 
 class CompleteRunArgs(_Args):
@@ -2090,10 +2140,12 @@ REQUESTS: dict[str, type[_Args]] = {
     "list_audit": ListAuditArgs,
     "create_run": CreateRunArgs,
     "claim_phase": ClaimPhaseArgs,
+    "claim_phases": ClaimPhasesArgs,
     "heartbeat": HeartbeatArgs,
     "append_events": AppendEventsArgs,
     "register_artifact": RegisterArtifactArgs,
     "complete_phase": CompletePhaseArgs,
+    "complete_phases": CompletePhasesArgs,
     "complete_run": CompleteRunArgs,
     "cancel_run": CancelRunArgs,
     "retry_run": RetryRunArgs,
@@ -2171,10 +2223,12 @@ RESULTS: dict[str, type[_Result]] = {
     "list_audit": AuditPage,
     "create_run": RunCreated,
     "claim_phase": Claim,
+    "claim_phases": Claim,
     "heartbeat": HeartbeatResult,
     "append_events": AppendResult,
     "register_artifact": Artifact,
     "complete_phase": CompleteResult,
+    "complete_phases": PhaseCompletion,
     "complete_run": Run,
     "cancel_run": Run,
     "retry_run": RunCreated,

@@ -574,80 +574,18 @@ $$;
 CREATE FUNCTION ops.claim_phase(kinds text[] DEFAULT NULL::text[], lease_seconds integer DEFAULT 60, claim_id text DEFAULT NULL::text, run_id text DEFAULT NULL::text, workspace_id text DEFAULT NULL::text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
-    AS $_$
+    AS $$
 #variable_conflict use_column
 declare
-    v_now      timestamptz := ops_private.now();
-    v_uid      uuid := ops_private.principal();
-    v_claim    uuid := ops_private.uuid_arg('claim_id', claim_phase.claim_id);
-    v_run      uuid := ops_private.uuid_arg('run_id', claim_phase.run_id);
-    v_wsid     uuid := ops_private.uuid_arg('workspace_id', claim_phase.workspace_id);
-    v_kinds    text[] := claim_phase.kinds;
-    v_ws       uuid[];          -- workspaces the caller may claim in; null means any
-    v_pins     uuid[];          -- the workspaces the caller's token is pinned to
-    v_p        ops.phases;
-    v_r        ops.runs;
-    v_expired  boolean;
-    v_held_run boolean := false; -- this transaction holds a run lock: take further ones with SKIP LOCKED
-    v_skip     uuid[] := '{}';   -- phases tried (and locked) by this call
-    v_busy     uuid[] := '{}';   -- runs whose row another transaction holds: look elsewhere first
-    v_fallback ops.phases;       -- a phase of a busy run, claimed by waiting if nothing else is free
-    v_fallback_expired boolean;
-    v_i        integer := 0;
+    v_now   timestamptz := ops_private.now();
+    v_uid   uuid := ops_private.principal();
+    v_claim uuid := ops_private.uuid_arg('claim_id', claim_phase.claim_id);
+    v_run   uuid := ops_private.uuid_arg('run_id', claim_phase.run_id);
+    v_wsid  uuid := ops_private.uuid_arg('workspace_id', claim_phase.workspace_id);
+    v_ws    uuid[] := ops_private.claim_scope(claim_phase.kinds, claim_phase.lease_seconds, v_wsid, v_run, v_uid);
+    v_p     ops.phases;
+    v_r     ops.runs;
 begin
-    if claim_phase.lease_seconds is null or claim_phase.lease_seconds not between 1 and 3600 then
-        perform ops_private.fail(400, 'invalid_argument', 'lease_seconds must be between 1 and 3600',
-                                 jsonb_build_object('argument', 'lease_seconds'));
-    end if;
-    if v_kinds is not null then
-        if cardinality(v_kinds) = 0 or cardinality(v_kinds) > 100
-           or exists (select 1 from unnest(v_kinds) k where k is null or k !~ '^[a-z][a-z0-9_]{0,63}$') then
-            perform ops_private.fail(400, 'invalid_argument',
-                'kinds must be a non-empty list of at most 100 kind names such as python or sql',
-                jsonb_build_object('argument', 'kinds'));
-        end if;
-    end if;
-
-    if ops_private.is_privileged() then
-        if v_wsid is not null then
-            v_ws := array[v_wsid];
-        end if;
-    else
-        if v_uid is null then
-            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
-        end if;
-        -- an executor token is pinned to its workspaces when minted: claims never leave them,
-        -- whatever memberships appear later
-        v_pins := ops_private.token_pins();
-        if v_pins is null then
-            perform ops_private.fail(403, 'forbidden',
-                'this token is not pinned to workspaces (JWT claim workspaces): mint an executor token with '
-                || 'control-room token create --role executor --workspace <slug>',
-                jsonb_build_object('reason', 'token_not_pinned'));
-        end if;
-        if v_wsid is not null and not (v_wsid = any (v_pins)) then
-            perform ops_private.fail(403, 'forbidden',
-                'workspace ' || v_wsid::text || ' is not one this token is pinned to',
-                jsonb_build_object('argument', 'workspace_id', 'reason', 'workspace_not_pinned'));
-        end if;
-        v_ws := array(select m.workspace_id from ops.workspace_members m
-                      where m.principal_id = v_uid and m.role = 'executor' and m.workspace_id = any (v_pins));
-        if v_wsid is not null then
-            if not (v_wsid = any (v_ws)) then
-                perform ops_private.fail(403, 'forbidden', 'caller is not an executor in workspace ' || v_wsid::text);
-            end if;
-            v_ws := array[v_wsid];
-        end if;
-        if cardinality(v_ws) = 0 then
-            perform ops_private.fail(403, 'forbidden',
-                'caller is not an executor in any workspace its token is pinned to');
-        end if;
-    end if;
-    if v_run is not null and not exists (select 1 from ops.runs r where r.id = v_run
-                                         and (v_ws is null or r.workspace_id = any (v_ws))) then
-        perform ops_private.fail(404, 'not_found', 'run not found');
-    end if;
-
     -- a repeated call with the same claim_id gets the same phase and lease back; concurrent
     -- calls with one claim_id queue on it (this lock is taken before any row lock)
     if v_claim is not null then
@@ -662,101 +600,66 @@ begin
             return ops_private.claim_json(v_p, v_r);
         end if;
     end if;
-
-    -- Claims of one run serialize on its row (its events are numbered under it), so a claim
-    -- first looks for work in runs nobody else holds, and waits for a busy run only when
-    -- there is nothing else.
-    loop
-        v_i := v_i + 1;
-        v_p := null;
-        if v_i <= 20 then
-            -- 1. a running phase whose lease expired (its holder is presumed dead)
-            v_p := ops_private.claim_expired_candidate(v_now, v_kinds, v_ws, v_run, v_skip, v_busy);
-            v_expired := v_p.id is not null;
-            -- 2. else the best queued phase: priority, then age
-            if not v_expired then
-                v_p := ops_private.claim_queued_candidate(v_now, v_kinds, v_ws, v_run, v_skip, v_busy);
-            end if;
-        end if;
-
-        if v_p.id is null then
-            if v_fallback.id is null or v_held_run then
-                return null;
-            end if;
-            v_p := v_fallback;
-            v_expired := v_fallback_expired;
-            v_fallback := null;
-            select * into v_r from ops.runs r where r.id = v_p.run_id for update;
-        else
-            v_skip := v_skip || v_p.id;
-            select * into v_r from ops.runs r where r.id = v_p.run_id for update skip locked;
-            if v_r.id is null then
-                if not v_held_run then
-                    v_busy := v_busy || v_p.run_id;
-                    if v_fallback.id is null then
-                        v_fallback := v_p;
-                        v_fallback_expired := v_expired;
-                    end if;
-                end if;
-                continue;
-            end if;
-        end if;
-        v_held_run := true;
-
-        if v_r.state not in ('queued', 'running') then
-            -- the run finished while this phase was locked by us: settle it (protocol rule 3)
-            if v_p.state = 'running' and v_r.state = 'cancelled' then
-                perform ops_private.move_phase(v_p.id, 'cancelled', v_now, 'revoke');
-                perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CANCELLED',
-                                         'info', 'cancelled with the run (its lease had expired)', '{}'::jsonb, v_now);
-            elsif v_p.state = 'running' then
-                perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'LEASE_EXPIRED',
-                    'warning', 'lease expired after the run had finished',
-                    jsonb_build_object('attempt', v_p.attempt, 'lease_expires_at', v_p.lease_expires_at), v_now);
-                -- the dead holder's token must not pass for a completion replay
-                perform ops_private.fail_phase_final(v_p.id, v_r,
-                    jsonb_build_object('message', 'lease expired', 'reason', 'lease_expired'), true, v_now,
-                    'revoke');
-            else
-                perform ops_private.settle_run(v_r, v_now);
-            end if;
-            continue;
-        end if;
-
-        if v_expired then
-            perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'LEASE_EXPIRED', 'warning',
-                'lease expired: attempt ' || v_p.attempt || ' counted as failed',
-                jsonb_build_object('attempt', v_p.attempt, 'max_attempts', v_p.max_attempts,
-                                   'lease_expires_at', v_p.lease_expires_at,
-                                   'claimed_by', ops_private.principal_name(v_p.workspace_id, v_p.claimed_by)),
-                v_now);
-            if v_p.attempt >= v_p.max_attempts then
-                perform ops_private.fail_phase_final(v_p.id, v_r,
-                    jsonb_build_object('message', 'lease expired on the last attempt', 'reason', 'lease_expired'),
-                    true, v_now, 'revoke');
-                continue;
-            end if;
-        end if;
-
-        v_p := ops_private.move_phase(v_p.id, 'running', v_now, p_lease_seconds => claim_phase.lease_seconds,
-                                      p_claim_id => v_claim, p_claimed_by => v_uid);
-        if v_r.state = 'queued' then
-            update ops.runs r set state = 'running', started_at = v_now, updated_at = v_now
-            where r.id = v_r.id
-            returning * into v_r;
-        end if;
-        perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CLAIMED', 'info',
-            'claimed, attempt ' || v_p.attempt || ' of ' || v_p.max_attempts,
-            jsonb_build_object('attempt', v_p.attempt,
-                               'claimed_by', ops_private.principal_name(v_p.workspace_id, v_uid),
-                               'lease_expires_at', v_p.lease_expires_at, 'kind', v_p.kind), v_now);
-        perform ops_private.audit('claim_phase', v_p.workspace_id, 'phase', v_p.id::text,
-                                  jsonb_build_object('run_id', v_p.run_id, 'phase', v_p.name, 'attempt', v_p.attempt));
-        return ops_private.claim_json(v_p, v_r);
-    end loop;
-    return null;
+    return ops_private.claim_next(v_now, claim_phase.kinds, v_ws, v_run, v_uid, claim_phase.lease_seconds,
+                                  v_claim, false);
 end
-$_$;
+$$;
+
+--
+-- Name: claim_phases(text[], integer, integer, text, text, text); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.claim_phases(kinds text[] DEFAULT NULL::text[], lease_seconds integer DEFAULT 60, "limit" integer DEFAULT 10, claim_id text DEFAULT NULL::text, run_id text DEFAULT NULL::text, workspace_id text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now    timestamptz := ops_private.now();
+    v_uid    uuid := ops_private.principal();
+    v_claim  uuid := ops_private.uuid_arg('claim_id', claim_phases.claim_id);
+    v_run    uuid := ops_private.uuid_arg('run_id', claim_phases.run_id);
+    v_wsid   uuid := ops_private.uuid_arg('workspace_id', claim_phases.workspace_id);
+    v_ws     uuid[];
+    v_ids    uuid[];
+    v_out    jsonb := '[]'::jsonb;
+    v_c      jsonb;
+    v_i      integer;
+begin
+    if claim_phases."limit" is null or claim_phases."limit" not between 1 and 100 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 100',
+                                 jsonb_build_object('argument', 'limit'));
+    end if;
+    v_ws := ops_private.claim_scope(claim_phases.kinds, claim_phases.lease_seconds, v_wsid, v_run, v_uid);
+    -- a repeated call with the same claim_id gets the same phases and leases back (those still
+    -- running under it) and claims nothing more; concurrent calls with one claim_id queue on it
+    if v_claim is not null then
+        perform pg_advisory_xact_lock(
+            ('x' || left(replace(v_claim::text, '-', ''), 16))::bit(64)::bigint);
+        v_ids := array(select ops_private.batch_claim_id(v_claim, g) from generate_series(1, 100) g);
+        if exists (select 1 from ops.phases p where p.claim_id = any (v_ids) and p.state = 'running') then
+            if exists (select 1 from ops.phases p where p.claim_id = any (v_ids) and p.state = 'running'
+                       and p.claimed_by is distinct from v_uid) and not ops_private.is_privileged() then
+                perform ops_private.fail(409, 'conflict', 'claim_id is in use by another principal');
+            end if;
+            select coalesce(jsonb_agg(ops_private.claim_json(p, r) order by array_position(v_ids, p.claim_id)),
+                            '[]'::jsonb)
+            into v_out
+            from ops.phases p join ops.runs r on r.id = p.run_id
+            where p.claim_id = any (v_ids) and p.state = 'running';
+            return v_out;
+        end if;
+    end if;
+    for v_i in 1 .. claim_phases."limit" loop
+        v_c := ops_private.claim_next(v_now, claim_phases.kinds, v_ws, v_run, v_uid, claim_phases.lease_seconds,
+                                      case when v_claim is not null then ops_private.batch_claim_id(v_claim, v_i) end,
+                                      v_i > 1);
+        exit when v_c is null;
+        v_out := v_out || jsonb_build_array(v_c);
+    end loop;
+    return v_out;
+end
+$$;
 
 --
 -- Name: complete_phase(text, text, jsonb, jsonb, boolean); Type: FUNCTION; Schema: ops; Owner: -
@@ -899,6 +802,120 @@ begin
     return jsonb_build_object('phase_id', v_p.id, 'phase', v_p.name, 'phase_state', v_p.state,
                               'attempt', v_p.attempt, 'run_id', v_r.id, 'run_state', v_r.state,
                               'not_before', v_p.not_before, 'released', to_jsonb(v_released), 'replayed', false);
+end
+$$;
+
+--
+-- Name: complete_phases(jsonb); Type: FUNCTION; Schema: ops; Owner: -
+--
+
+CREATE FUNCTION ops.complete_phases(completions jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+#variable_conflict use_column
+declare
+    v_now     timestamptz := ops_private.now();
+    v_allowed constant text[] := array['lease_token', 'outcome', 'output_manifest', 'error', 'retryable'];
+    v_n       integer;
+    v_i       integer;
+    v_e       jsonb;
+    v_key     text;
+    v_tokens  uuid[] := '{}';
+    v_token   uuid;
+    v_run     record;
+    v_item    record;
+    v_p       ops.phases;
+    v_results jsonb[];
+begin
+    if completions is null or jsonb_typeof(completions) <> 'array' then
+        perform ops_private.fail(400, 'invalid_argument', 'completions must be a JSON array of completions',
+                                 jsonb_build_object('argument', 'completions'));
+    end if;
+    v_n := jsonb_array_length(completions);
+    if v_n = 0 or v_n > 100 then
+        perform ops_private.fail(400, 'invalid_argument',
+            format('completions must hold 1 to 100 completions, got %s', v_n),
+            jsonb_build_object('argument', 'completions'));
+    end if;
+    perform ops_private.check_size('completions', completions, 4194304);
+    for v_i in 0 .. v_n - 1 loop
+        v_e := completions -> v_i;
+        if jsonb_typeof(v_e) <> 'object' then
+            perform ops_private.fail(400, 'invalid_argument', format('completions[%s] must be a JSON object', v_i),
+                                     jsonb_build_object('argument', format('completions[%s]', v_i)));
+        end if;
+        for v_key in select jsonb_object_keys(v_e) loop
+            if not (v_key = any (v_allowed)) then
+                perform ops_private.fail(400, 'invalid_argument',
+                    format('completions[%s] has an unknown field %s (known: %s)', v_i, v_key,
+                           array_to_string(v_allowed, ', ')),
+                    jsonb_build_object('argument', format('completions[%s].%s', v_i, v_key)));
+            end if;
+        end loop;
+        if jsonb_typeof(v_e -> 'lease_token') is distinct from 'string' then
+            perform ops_private.fail(400, 'invalid_argument', format('completions[%s].lease_token is required', v_i),
+                                     jsonb_build_object('argument', format('completions[%s].lease_token', v_i)));
+        end if;
+        v_token := ops_private.uuid_arg(format('completions[%s].lease_token', v_i), v_e ->> 'lease_token', true);
+        if v_token = any (v_tokens) then
+            perform ops_private.fail(400, 'invalid_argument',
+                format('completions[%s] repeats the lease token of an earlier completion', v_i),
+                jsonb_build_object('argument', format('completions[%s].lease_token', v_i)));
+        end if;
+        v_tokens := v_tokens || v_token;
+        if jsonb_typeof(v_e -> 'outcome') is distinct from 'string' then
+            perform ops_private.fail(400, 'invalid_argument',
+                format('completions[%s].outcome must be succeeded or failed', v_i),
+                jsonb_build_object('argument', format('completions[%s].outcome', v_i)));
+        end if;
+        if v_e ? 'retryable' and jsonb_typeof(v_e -> 'retryable') not in ('boolean', 'null') then
+            perform ops_private.fail(400, 'invalid_argument',
+                format('completions[%s].retryable must be true or false', v_i),
+                jsonb_build_object('argument', format('completions[%s].retryable', v_i)));
+        end if;
+    end loop;
+
+    -- take the locks: runs in id order, each run's phases in id order before its row
+    for v_run in
+        select p.run_id,
+               array_agg(p.id) as ids, array_agg(p.name) filter (where c.e ->> 'outcome' = 'succeeded') as done,
+               bool_or(c.e ->> 'outcome' = 'failed'
+                       and (coalesce((c.e ->> 'retryable')::boolean, true) is false or p.attempt >= p.max_attempts))
+                   as final
+        from jsonb_array_elements(completions) c(e)
+        join ops.phases p on p.lease_token = (c.e ->> 'lease_token')::uuid
+        group by p.run_id
+        order by p.run_id
+    loop
+        perform 1 from ops.phases p
+        where p.run_id = v_run.run_id
+          and (p.id = any (v_run.ids)
+               or (p.state = 'waiting' and p.depends_on && coalesce(v_run.done, '{}'))
+               or (v_run.final and p.state in ('waiting', 'queued')))
+        order by p.id for update;
+        perform 1 from ops.runs r where r.id = v_run.run_id for update;
+    end loop;
+
+    v_results := array_fill(null::jsonb, array[v_n]);
+    for v_item in
+        select c.e, c.o, p.run_id, p.id from jsonb_array_elements(completions) with ordinality c(e, o)
+        left join ops.phases p on p.lease_token = (c.e ->> 'lease_token')::uuid
+        order by p.run_id nulls first, p.id, c.o
+    loop
+        if v_item.id is null then
+            v_results[v_item.o] := jsonb_build_object('lease_token', v_item.e ->> 'lease_token',
+                'error', jsonb_build_object('code', 'lease_lost',
+                    'message', 'lease token is not live: the phase was reclaimed or finished'));
+            continue;
+        end if;
+        v_results[v_item.o] := jsonb_build_object('lease_token', v_item.e ->> 'lease_token')
+            || ops.complete_phase(v_item.e ->> 'lease_token', v_item.e ->> 'outcome',
+                                  nullif(v_item.e -> 'output_manifest', 'null'::jsonb),
+                                  nullif(v_item.e -> 'error', 'null'::jsonb),
+                                  coalesce((v_item.e ->> 'retryable')::boolean, true));
+    end loop;
+    return to_jsonb(v_results);
 end
 $$;
 
@@ -5289,6 +5306,16 @@ end
 $$;
 
 --
+-- Name: batch_claim_id(uuid, integer); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.batch_claim_id(p_claim uuid, p_i integer) RETURNS uuid
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select pg_catalog.md5(p_claim::text || '#' || p_i::text)::uuid
+$$;
+
+--
 -- Name: changed_plan(jsonb, ops.runs, jsonb, jsonb, text); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6135,6 +6162,116 @@ end
 $$;
 
 --
+-- Name: claim_next(timestamp with time zone, text[], uuid[], uuid, uuid, integer, uuid, boolean); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.claim_next(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_uid uuid, p_lease_seconds integer, p_claim uuid, p_held boolean) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_p        ops.phases;
+    v_r        ops.runs;
+    v_expired  boolean;
+    v_held_run boolean := p_held; -- this transaction holds a run lock: take further ones with SKIP LOCKED
+    v_skip     uuid[] := '{}';   -- phases tried (and locked) by this call
+    v_busy     uuid[] := '{}';   -- runs whose row another transaction holds: look elsewhere first
+    v_fallback ops.phases;       -- a phase of a busy run, claimed by waiting if nothing else is free
+    v_fallback_expired boolean;
+    v_i        integer := 0;
+begin
+    loop
+        v_i := v_i + 1;
+        v_p := null;
+        if v_i <= 20 then
+            -- 1. a running phase whose lease expired (its holder is presumed dead)
+            v_p := ops_private.claim_expired_candidate(p_now, p_kinds, p_ws, p_run, v_skip, v_busy);
+            v_expired := v_p.id is not null;
+            -- 2. else the best queued phase: priority, then age
+            if not v_expired then
+                v_p := ops_private.claim_queued_candidate(p_now, p_kinds, p_ws, p_run, v_skip, v_busy);
+            end if;
+        end if;
+
+        if v_p.id is null then
+            if v_fallback.id is null or v_held_run then
+                return null;
+            end if;
+            v_p := v_fallback;
+            v_expired := v_fallback_expired;
+            v_fallback := null;
+            select * into v_r from ops.runs r where r.id = v_p.run_id for update;
+        else
+            v_skip := v_skip || v_p.id;
+            select * into v_r from ops.runs r where r.id = v_p.run_id for update skip locked;
+            if v_r.id is null then
+                if not v_held_run then
+                    v_busy := v_busy || v_p.run_id;
+                    if v_fallback.id is null then
+                        v_fallback := v_p;
+                        v_fallback_expired := v_expired;
+                    end if;
+                end if;
+                continue;
+            end if;
+        end if;
+        v_held_run := true;
+
+        if v_r.state not in ('queued', 'running') then
+            -- the run finished while this phase was locked by us: settle it (protocol rule 3)
+            if v_p.state = 'running' and v_r.state = 'cancelled' then
+                perform ops_private.move_phase(v_p.id, 'cancelled', p_now, 'revoke');
+                perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CANCELLED',
+                                         'info', 'cancelled with the run (its lease had expired)', '{}'::jsonb, p_now);
+            elsif v_p.state = 'running' then
+                perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'LEASE_EXPIRED',
+                    'warning', 'lease expired after the run had finished',
+                    jsonb_build_object('attempt', v_p.attempt, 'lease_expires_at', v_p.lease_expires_at), p_now);
+                -- the dead holder's token must not pass for a completion replay
+                perform ops_private.fail_phase_final(v_p.id, v_r,
+                    jsonb_build_object('message', 'lease expired', 'reason', 'lease_expired'), true, p_now,
+                    'revoke');
+            else
+                perform ops_private.settle_run(v_r, p_now);
+            end if;
+            continue;
+        end if;
+
+        if v_expired then
+            perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'LEASE_EXPIRED', 'warning',
+                'lease expired: attempt ' || v_p.attempt || ' counted as failed',
+                jsonb_build_object('attempt', v_p.attempt, 'max_attempts', v_p.max_attempts,
+                                   'lease_expires_at', v_p.lease_expires_at,
+                                   'claimed_by', ops_private.principal_name(v_p.workspace_id, v_p.claimed_by)),
+                p_now);
+            if v_p.attempt >= v_p.max_attempts then
+                perform ops_private.fail_phase_final(v_p.id, v_r,
+                    jsonb_build_object('message', 'lease expired on the last attempt', 'reason', 'lease_expired'),
+                    true, p_now, 'revoke');
+                continue;
+            end if;
+        end if;
+
+        v_p := ops_private.move_phase(v_p.id, 'running', p_now, p_lease_seconds => p_lease_seconds,
+                                      p_claim_id => p_claim, p_claimed_by => p_uid);
+        if v_r.state = 'queued' then
+            update ops.runs r set state = 'running', started_at = p_now, updated_at = p_now
+            where r.id = v_r.id
+            returning * into v_r;
+        end if;
+        perform ops_private.emit(v_r.id, v_r.workspace_id, v_p.name, v_p.attempt, 'PHASE_CLAIMED', 'info',
+            'claimed, attempt ' || v_p.attempt || ' of ' || v_p.max_attempts,
+            jsonb_build_object('attempt', v_p.attempt,
+                               'claimed_by', ops_private.principal_name(v_p.workspace_id, p_uid),
+                               'lease_expires_at', v_p.lease_expires_at, 'kind', v_p.kind), p_now);
+        perform ops_private.audit('claim_phase', v_p.workspace_id, 'phase', v_p.id::text,
+                                  jsonb_build_object('run_id', v_p.run_id, 'phase', v_p.name, 'attempt', v_p.attempt));
+        return ops_private.claim_json(v_p, v_r);
+    end loop;
+    return null;
+end
+$$;
+
+--
 -- Name: claim_queued_candidate(timestamp with time zone, text[], uuid[], uuid, uuid[], uuid[]); Type: FUNCTION; Schema: ops_private; Owner: -
 --
 
@@ -6185,6 +6322,73 @@ begin
     return v_r;
 end
 $$;
+
+--
+-- Name: claim_scope(text[], integer, uuid, uuid, uuid); Type: FUNCTION; Schema: ops_private; Owner: -
+--
+
+CREATE FUNCTION ops_private.claim_scope(p_kinds text[], p_lease_seconds integer, p_wsid uuid, p_run uuid, p_uid uuid) RETURNS uuid[]
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    v_ws   uuid[];
+    v_pins uuid[];
+begin
+    if p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
+        perform ops_private.fail(400, 'invalid_argument', 'lease_seconds must be between 1 and 3600',
+                                 jsonb_build_object('argument', 'lease_seconds'));
+    end if;
+    if p_kinds is not null then
+        if cardinality(p_kinds) = 0 or cardinality(p_kinds) > 100
+           or exists (select 1 from unnest(p_kinds) k where k is null or k !~ '^[a-z][a-z0-9_]{0,63}$') then
+            perform ops_private.fail(400, 'invalid_argument',
+                'kinds must be a non-empty list of at most 100 kind names such as python or sql',
+                jsonb_build_object('argument', 'kinds'));
+        end if;
+    end if;
+
+    if ops_private.is_privileged() then
+        if p_wsid is not null then
+            v_ws := array[p_wsid];
+        end if;
+    else
+        if p_uid is null then
+            perform ops_private.fail(401, 'unauthorized', 'this call needs an authenticated principal (a JWT with sub)');
+        end if;
+        -- an executor token is pinned to its workspaces when minted: claims never leave them,
+        -- whatever memberships appear later
+        v_pins := ops_private.token_pins();
+        if v_pins is null then
+            perform ops_private.fail(403, 'forbidden',
+                'this token is not pinned to workspaces (JWT claim workspaces): mint an executor token with '
+                || 'control-room token create --role executor --workspace <slug>',
+                jsonb_build_object('reason', 'token_not_pinned'));
+        end if;
+        if p_wsid is not null and not (p_wsid = any (v_pins)) then
+            perform ops_private.fail(403, 'forbidden',
+                'workspace ' || p_wsid::text || ' is not one this token is pinned to',
+                jsonb_build_object('argument', 'workspace_id', 'reason', 'workspace_not_pinned'));
+        end if;
+        v_ws := array(select m.workspace_id from ops.workspace_members m
+                      where m.principal_id = p_uid and m.role = 'executor' and m.workspace_id = any (v_pins));
+        if p_wsid is not null then
+            if not (p_wsid = any (v_ws)) then
+                perform ops_private.fail(403, 'forbidden', 'caller is not an executor in workspace ' || p_wsid::text);
+            end if;
+            v_ws := array[p_wsid];
+        end if;
+        if cardinality(v_ws) = 0 then
+            perform ops_private.fail(403, 'forbidden',
+                'caller is not an executor in any workspace its token is pinned to');
+        end if;
+    end if;
+    if p_run is not null and not exists (select 1 from ops.runs r where r.id = p_run
+                                         and (v_ws is null or r.workspace_id = any (v_ws))) then
+        perform ops_private.fail(404, 'not_found', 'run not found');
+    end if;
+    return v_ws;
+end
+$_$;
 
 --
 -- Name: connections; Type: TABLE; Schema: ops; Owner: -
@@ -10757,12 +10961,28 @@ GRANT ALL ON FUNCTION ops.claim_phase(kinds text[], lease_seconds integer, claim
 GRANT ALL ON FUNCTION ops.claim_phase(kinds text[], lease_seconds integer, claim_id text, run_id text, workspace_id text) TO service_role;
 
 --
+-- Name: FUNCTION claim_phases(kinds text[], lease_seconds integer, "limit" integer, claim_id text, run_id text, workspace_id text); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.claim_phases(kinds text[], lease_seconds integer, "limit" integer, claim_id text, run_id text, workspace_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.claim_phases(kinds text[], lease_seconds integer, "limit" integer, claim_id text, run_id text, workspace_id text) TO authenticated;
+GRANT ALL ON FUNCTION ops.claim_phases(kinds text[], lease_seconds integer, "limit" integer, claim_id text, run_id text, workspace_id text) TO service_role;
+
+--
 -- Name: FUNCTION complete_phase(lease_token text, outcome text, output_manifest jsonb, error jsonb, retryable boolean); Type: ACL; Schema: ops; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops.complete_phase(lease_token text, outcome text, output_manifest jsonb, error jsonb, retryable boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION ops.complete_phase(lease_token text, outcome text, output_manifest jsonb, error jsonb, retryable boolean) TO authenticated;
 GRANT ALL ON FUNCTION ops.complete_phase(lease_token text, outcome text, output_manifest jsonb, error jsonb, retryable boolean) TO service_role;
+
+--
+-- Name: FUNCTION complete_phases(completions jsonb); Type: ACL; Schema: ops; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops.complete_phases(completions jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION ops.complete_phases(completions jsonb) TO authenticated;
+GRANT ALL ON FUNCTION ops.complete_phases(completions jsonb) TO service_role;
 
 --
 -- Name: FUNCTION complete_run(run_id text, output_manifest jsonb); Type: ACL; Schema: ops; Owner: -
@@ -11519,6 +11739,12 @@ REVOKE ALL ON FUNCTION ops_private.auth_user_json(p_principal uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ops_private.backoff_seconds(p_attempt integer, p_base numeric, p_cap numeric) FROM PUBLIC;
 
 --
+-- Name: FUNCTION batch_claim_id(p_claim uuid, p_i integer); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.batch_claim_id(p_claim uuid, p_i integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION changed_plan(p_phases jsonb, p_base ops.runs, p_changed jsonb, p_params jsonb, p_git_sha text); Type: ACL; Schema: ops_private; Owner: -
 --
 
@@ -11820,10 +12046,22 @@ REVOKE ALL ON FUNCTION ops_private.claim_expired_candidate(p_now timestamp with 
 REVOKE ALL ON FUNCTION ops_private.claim_json(p ops.phases, r ops.runs) FROM PUBLIC;
 
 --
+-- Name: FUNCTION claim_next(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_uid uuid, p_lease_seconds integer, p_claim uuid, p_held boolean); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.claim_next(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_uid uuid, p_lease_seconds integer, p_claim uuid, p_held boolean) FROM PUBLIC;
+
+--
 -- Name: FUNCTION claim_queued_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]); Type: ACL; Schema: ops_private; Owner: -
 --
 
 REVOKE ALL ON FUNCTION ops_private.claim_queued_candidate(p_now timestamp with time zone, p_kinds text[], p_ws uuid[], p_run uuid, p_skip uuid[], p_busy uuid[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION claim_scope(p_kinds text[], p_lease_seconds integer, p_wsid uuid, p_run uuid, p_uid uuid); Type: ACL; Schema: ops_private; Owner: -
+--
+
+REVOKE ALL ON FUNCTION ops_private.claim_scope(p_kinds text[], p_lease_seconds integer, p_wsid uuid, p_run uuid, p_uid uuid) FROM PUBLIC;
 
 --
 -- Name: TABLE connections; Type: ACL; Schema: ops; Owner: -

@@ -7,11 +7,12 @@ JSON, or an error in PostgREST's shape. Only the contract's functions (the opera
 threads, through `control_room.db.store.call_as` (the settings and the call in one round trip,
 one implicit transaction), which shares its argument handling with the direct-SQL `call`.
 
-`claim_phase` may wait for work (`Prefer: wait=<seconds>`): the gateway keeps one LISTEN
-connection of its own (never a pooled one) and retries the claim when the database announces
-a queued phase, and when work becomes due without a notification (a retry's backoff ending,
-a lease expiring: after an empty claim it asks `ops_private.claim_due_at` when the soonest
-falls due and sleeps until then), polling as a fallback (`claim_poll_seconds`).
+`claim_phase` and `claim_phases` may wait for work (`Prefer: wait=<seconds>`): the gateway
+keeps one LISTEN connection of its own (never a pooled one) and retries the claim when the
+database announces a queued phase, and when work becomes due without a notification (a
+retry's backoff ending, a lease expiring: after an empty claim it asks
+`ops_private.claim_due_at` when the soonest falls due and sleeps until then), polling as a
+fallback (`claim_poll_seconds`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ SCHEMA = "ops"
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _DUE_SLACK = 0.005
+# the claims that may wait for work (`Prefer: wait`), and what each answers when none came
+_NOTHING_CLAIMED: dict[str, Any] = {"claim_phase": None, "claim_phases": []}
+_WAITING_CLAIMS = frozenset(_NOTHING_CLAIMED)
 """Seconds a waiting claim sleeps past the due time it was told (the clocks of the gateway
 and the database are the same host's, or close)."""
 
@@ -231,9 +235,9 @@ class Gateway:
                                           request.headers.get("apikey"))
         args = await self._arguments(request)
         now = self._clock(request)
-        wait = self._wait(request) if fn == "claim_phase" else 0.0
+        wait = self._wait(request) if fn in _WAITING_CLAIMS else 0.0
         if wait > 0:
-            result = await self._claim_waiting(request, args, caller, now, wait)
+            result = await self._claim_waiting(request, fn, args, caller, now, wait)
             # RFC 7240: say that the wait was honoured (Supabase's PostgREST does not wait)
             return JSONResponse(result, headers={"Preference-Applied": f"wait={wait:g}"})
         result = await anyio.to_thread.run_sync(self._call, fn, args, caller, now)
@@ -297,16 +301,17 @@ class Gateway:
                            claims=caller.claims, now=now, schema=SCHEMA,
                            max_depth=self.settings.max_json_depth)
 
-    def _claim_or_due(self, args: dict[str, Any], caller: Caller, now: datetime | None
-                      ) -> tuple[Any, float | None]:
-        """One claim; when it found nothing, also (on the same connection) how many seconds
-        until the soonest work it could take falls due (None: none pending). The kinds and
-        workspaces narrow that hint only when they are well-formed; the claim checks them."""
+    def _claim_or_due(self, fn: str, args: dict[str, Any], caller: Caller,
+                      now: datetime | None) -> tuple[Any, float | None]:
+        """One claim (`claim_phase`, or a batch: `claim_phases`); when it found nothing, also
+        (on the same connection) how many seconds until the soonest work it could take falls
+        due (None: none pending). The kinds and workspaces narrow that hint only when they are
+        well-formed; the claim checks them."""
         with self.pool.connection() as conn:
-            result = call_as(conn, "claim_phase", args, role=caller.role, sub=caller.sub,
+            result = call_as(conn, fn, args, role=caller.role, sub=caller.sub,
                              claims=caller.claims, now=now, schema=SCHEMA,
                              max_depth=self.settings.max_json_depth)
-            if result is not None:
+            if result:                  # a claim, or a non-empty batch
                 return result, None
             kinds = args.get("kinds")
             workspaces = ([args["workspace_id"]] if args.get("workspace_id") is not None
@@ -324,8 +329,8 @@ class Gateway:
             return None, None
         return None, max(float(row[0]), 0.0)
 
-    async def _claim_waiting(self, request: Request, args: dict[str, Any], caller: Caller,
-                             now: datetime | None, wait: float) -> Any:
+    async def _claim_waiting(self, request: Request, fn: str, args: dict[str, Any],
+                             caller: Caller, now: datetime | None, wait: float) -> Any:
         kinds = args.get("kinds")
         workspace = args.get("workspace_id")
         loop = asyncio.get_running_loop()
@@ -339,13 +344,13 @@ class Gateway:
                 if await request.is_disconnected():
                     # nobody would receive a lease now; a client that retries with the same
                     # claim_id gets back any lease a claim in flight took for it
-                    return None
+                    return _NOTHING_CLAIMED[fn]
                 waiter.woken.clear()
                 result, due_in = await anyio.to_thread.run_sync(
-                    self._claim_or_due, args, caller, now)
+                    self._claim_or_due, fn, args, caller, now)
                 left = deadline - loop.time()
-                if result is not None or left <= 0:
-                    return result
+                if result or left <= 0:
+                    return result or _NOTHING_CLAIMED[fn]
                 pause = min(left, self.settings.claim_poll_seconds)
                 if due_in is not None:      # a retry or a lease falls due before the next poll
                     pause = min(pause, due_in + _DUE_SLACK)

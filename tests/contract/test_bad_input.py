@@ -97,8 +97,9 @@ def ctx(mconn: psycopg.Connection[Any]) -> Ctx:
                       as_=executor)
     setup.call("complete_phase", {"lease_token": only["lease_token"], "outcome": "succeeded"},
                as_=executor)
-    as_ = {fn: executor for fn in ("claim_phase", "heartbeat", "append_events",
-                                   "register_artifact", "complete_phase", "record_dataset")}
+    as_ = {fn: executor for fn in ("claim_phase", "claim_phases", "heartbeat", "append_events",
+                                   "register_artifact", "complete_phase", "complete_phases",
+                                   "record_dataset")}
     as_.update({"add_member": admin, "remove_member": admin, "revoke_principal": admin,
                 "create_principal": SERVICE, "unblock_dataset": admin, "invite_member": admin,
                 "revoke_invitation": admin, "list_invitations": admin, "list_audit": admin})
@@ -174,6 +175,10 @@ def baseline(ctx: Ctx, fn: str) -> dict[str, Any]:
                                "git_sha": "0123abc", "phases": [ph()]},
         "claim_phase": lambda: {"claim_id": str(uuid.uuid4()), "run_id": ctx.run_id,
                                 "workspace_id": ctx.w1, "lease_seconds": 60},
+        "claim_phases": lambda: {"claim_id": str(uuid.uuid4()), "run_id": ctx.run_id,
+                                 "workspace_id": ctx.w1, "lease_seconds": 60, "limit": 2},
+        "complete_phases": lambda: {"completions": [{"lease_token": ctx.token,
+                                                     "outcome": "succeeded"}]},
         "heartbeat": lambda: {"lease_token": ctx.token},
         "append_events": lambda: {"run_id": ctx.run_id, "lease_token": ctx.token,
                                   "events": [event("a")]},
@@ -434,6 +439,12 @@ CLAIM_AND_LEASE = [
     bad("kinds-empty-name", "claim_phase", {"kinds": [""]}, "kinds"),
     bad("kinds-null-name", "claim_phase", {"kinds": [None]}, "kinds"),
     bad("kinds-101", "claim_phase", {"kinds": [f"k{i}" for i in range(101)]}, "kinds"),
+    bad("batch-limit-zero", "claim_phases", {"limit": 0}, "limit", argument="limit"),
+    bad("batch-limit-101", "claim_phases", {"limit": 101}, "limit", argument="limit"),
+    bad("batch-limit-null", "claim_phases", {"limit": None}, "limit", argument="limit"),
+    bad("batch-lease-seconds-zero", "claim_phases", {"lease_seconds": 0}, "lease_seconds",
+        argument="lease_seconds"),
+    bad("batch-kinds-empty", "claim_phases", {"kinds": []}, "kinds", argument="kinds"),
     bad("heartbeat-lease-seconds-zero", "heartbeat", {"lease_seconds": 0}, "lease_seconds"),
     bad("heartbeat-lease-seconds-3601", "heartbeat", {"lease_seconds": 3601}, "lease_seconds"),
     bad("progress-a-list", "heartbeat", {"progress": [1]}, "progress"),
@@ -531,6 +542,32 @@ REGISTER_ARTIFACT = [
 ]
 
 COMPLETE_AND_RUNS = [
+    bad("completions-an-object", "complete_phases", {"completions": {"lease_token": "x"}},
+        "completions", argument="completions"),
+    bad("completions-empty", "complete_phases", {"completions": []}, "completions",
+        argument="completions"),
+    bad("completions-101", "complete_phases",
+        lambda ctx: {"completions": [{"lease_token": str(uuid.uuid4()), "outcome": "failed"}
+                                     for _ in range(101)]}, "completions", "101"),
+    bad("completion-a-string", "complete_phases", {"completions": ["done"]}, "completions[0]",
+        argument="completions[0]"),
+    bad("completion-unknown-field", "complete_phases",
+        lambda ctx: {"completions": [{"lease_token": ctx.token, "outcome": "succeeded",
+                                      "phase": "a"}]}, "completions[0]", "phase",
+        argument="completions[0].phase"),
+    bad("completion-without-token", "complete_phases",
+        {"completions": [{"outcome": "succeeded"}]}, "completions[0].lease_token",
+        argument="completions[0].lease_token"),
+    bad("completion-token-twice", "complete_phases",
+        lambda ctx: {"completions": [{"lease_token": ctx.token, "outcome": "succeeded"}] * 2},
+        "completions[1]", "repeats", argument="completions[1].lease_token"),
+    bad("completion-outcome-done", "complete_phases",
+        lambda ctx: {"completions": [{"lease_token": ctx.token, "outcome": "done"}]},
+        "outcome"),
+    bad("completion-retryable-a-string", "complete_phases",
+        lambda ctx: {"completions": [{"lease_token": ctx.token, "outcome": "failed",
+                                      "retryable": "yes"}]}, "retryable",
+        argument="completions[0].retryable"),
     bad("outcome-done", "complete_phase", {"outcome": "done"}, "outcome", argument="outcome"),
     bad("outcome-upper-case", "complete_phase", {"outcome": "SUCCEEDED"}, "outcome"),
     bad("outcome-null", "complete_phase", {"outcome": None}, "outcome"),

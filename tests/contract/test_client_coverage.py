@@ -92,7 +92,7 @@ def test_the_document_has_the_operations_the_client_knows() -> None:
 
 def object_schema(doc: dict[str, Any], node: Any) -> tuple[dict[str, Any], set[str]]:
     """The properties and required names of an object schema (following `$ref`, `allOf`, and
-    the one non-null branch of an `anyOf`)."""
+    the non-null branches of an `anyOf`)."""
     node = deref(doc, node)
     properties: dict[str, Any] = {}
     required: set[str] = set(node.get("required", []))
@@ -105,6 +105,11 @@ def object_schema(doc: dict[str, Any], node: Any) -> tuple[dict[str, Any], set[s
         more, needed = object_schema(doc, branches[0])
         properties.update(more)
         required |= needed
+    elif branches:      # one model for several shapes: any branch's property, required in all
+        shapes = [object_schema(doc, branch) for branch in branches]
+        for more, _ in shapes:
+            properties.update(more)
+        required |= set.intersection(*(needed for _, needed in shapes))
     if node.get("type") == "array" and "items" in node:
         return object_schema(doc, node["items"])
     if not node.get("properties") and isinstance(node.get("additionalProperties"), dict):

@@ -295,9 +295,12 @@ def unfinished_runs(conn: psycopg.Connection[Any], workspace_id: str) -> int:
 # 16 executors, 2,000 phases
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("mode", ["single", "batched"])
 def test_sixteen_executors_drain_two_thousand_phases(
-    sql_contract: Contract, connect: Callable[[], Contract]
+    sql_contract: Contract, connect: Callable[[], Contract], mode: str
 ) -> None:
+    """`batched`: every other executor claims up to four phases at once (`claim_phases`) and
+    completes what it claimed in one call (`complete_phases`), racing the single callers."""
     contract = sql_contract   # the workers are connections to the database itself
     executors = [user(f"exec{k}") for k in range(WORKERS)]
     dev = user("dev")
@@ -323,58 +326,100 @@ def test_sixteen_executors_drain_two_thousand_phases(
         me = executors[k]
         c = connect()
         start.wait()
+        batched = mode == "batched" and k % 2 == 1
+        fn = "claim_phases" if batched else "claim_phase"
         while not stop.is_set():
             if time.monotonic() > deadline:
                 ledger.error(f"worker {k}: deadline passed with runs unfinished")
                 return
+            args = {"lease_seconds": 300, "workspace_id": ws, "claim_id": str(uuid.uuid4())}
             try:
-                got = c.call("claim_phase", {"lease_seconds": 300, "workspace_id": ws,
-                                             "claim_id": str(uuid.uuid4())}, as_=me)
+                answer = c.call(fn, args | ({"limit": 4} if batched else {}), as_=me)
             except ContractError as exc:
-                ledger.error(f"worker {k}: claim_phase raised {describe(exc)}")
+                ledger.error(f"worker {k}: {fn} raised {describe(exc)}")
                 continue
-            if got is None:
+            got_all: list[dict[str, Any]] = (answer if batched else
+                                             [] if answer is None else [answer])
+            if not got_all:
                 if unfinished_runs(c.conn, ws) == 0:
                     return
                 time.sleep(0.005)
                 continue
-            claim = Claim(k, got["phase_id"], got["run_id"], got["name"], got["lease_token"],
-                          got["attempt"])
-            ledger.claimed(claim)
-            params: dict[str, Any] = got["params"]
-            stop_requested = False
-            if params.get("hold_for_cancel"):
-                held[claim.run_id].set()
-                if not cancel_done[claim.run_id].wait(DEADLINE_SECONDS):
-                    ledger.error(f"worker {k}: run of {claim} was never cancelled")
-            if k % 4 == 0 or "work_ms" in params:
-                time.sleep(params.get("work_ms", 0) / 2000)
-                try:
-                    beat = c.call("heartbeat", {"lease_token": claim.token,
-                                                "progress": {"pct": 50}}, as_=me)
-                except ContractError as exc:
-                    ledger.error(f"worker {k}: heartbeat of {claim} raised {describe(exc)}")
-                else:
-                    with ledger.lock:
-                        ledger.heartbeats.append((claim, beat))
-                    stop_requested = bool(beat["cancel_requested"])
-                time.sleep(params.get("work_ms", 0) / 2000)
-            if stop_requested:
-                outcome, extra = "failed", {"error": {"message": "stopped: cancel requested"},
-                                            "retryable": False}
-            elif params.get("fail_once") and claim.attempt == 1:
-                outcome, extra = "failed", {"error": {"message": "transient"}, "retryable": True}
-            else:
-                outcome, extra = "succeeded", {"output_manifest": {"by": k}}
-            ledger.releasing(claim)
+            # a batch's phases that wait for their run's cancel come last: the others are
+            # completed first (a worker completes what has finished, it does not hold it back)
+            holds = [got for got in got_all if got["params"].get("hold_for_cancel")]
+            for group in ([got for got in got_all if got not in holds], holds):
+                done = [one(k, me, c, got) for got in group]
+                if batched and done:
+                    complete_all(k, me, c, done)
+
+    def one(k: int, me: Principal, c: Contract, got: dict[str, Any]
+            ) -> tuple[Claim, str, dict[str, Any]]:
+        """One claimed phase worked on; completed here unless the executor batches."""
+        batched = mode == "batched" and k % 2 == 1
+        claim = Claim(k, got["phase_id"], got["run_id"], got["name"], got["lease_token"],
+                      got["attempt"])
+        ledger.claimed(claim)
+        params: dict[str, Any] = got["params"]
+        stop_requested = False
+        if params.get("hold_for_cancel"):
+            held[claim.run_id].set()
+            if not cancel_done[claim.run_id].wait(DEADLINE_SECONDS):
+                ledger.error(f"worker {k}: run of {claim} was never cancelled")
+        if k % 4 == 0 or "work_ms" in params:
+            time.sleep(params.get("work_ms", 0) / 2000)
             try:
-                answer = c.call("complete_phase", {"lease_token": claim.token, "outcome": outcome,
-                                                   **extra}, as_=me)
+                beat = c.call("heartbeat", {"lease_token": claim.token,
+                                            "progress": {"pct": 50}}, as_=me)
             except ContractError as exc:
+                ledger.error(f"worker {k}: heartbeat of {claim} raised {describe(exc)}")
+            else:
                 with ledger.lock:
-                    ledger.completions.append(Completion(claim, outcome, None, exc))
-                if not (exc.code == "lease_lost" and claim.run_id in cancelled):
-                    ledger.error(f"worker {k}: complete_phase of {claim} raised {describe(exc)}")
+                    ledger.heartbeats.append((claim, beat))
+                stop_requested = bool(beat["cancel_requested"])
+            time.sleep(params.get("work_ms", 0) / 2000)
+        if stop_requested:
+            outcome, extra = "failed", {"error": {"message": "stopped: cancel requested"},
+                                        "retryable": False}
+        elif params.get("fail_once") and claim.attempt == 1:
+            outcome, extra = "failed", {"error": {"message": "transient"}, "retryable": True}
+        else:
+            outcome, extra = "succeeded", {"output_manifest": {"by": k}}
+        ledger.releasing(claim)
+        if batched:
+            return claim, outcome, extra
+        try:
+            answer = c.call("complete_phase", {"lease_token": claim.token, "outcome": outcome,
+                                               **extra}, as_=me)
+        except ContractError as exc:
+            with ledger.lock:
+                ledger.completions.append(Completion(claim, outcome, None, exc))
+            if not (exc.code == "lease_lost" and claim.run_id in cancelled):
+                ledger.error(f"worker {k}: complete_phase of {claim} raised {describe(exc)}")
+        else:
+            with ledger.lock:
+                ledger.completions.append(Completion(claim, outcome, answer, None))
+        return claim, outcome, extra
+
+    def complete_all(k: int, me: Principal, c: Contract,
+                     done: list[tuple[Claim, str, dict[str, Any]]]) -> None:
+        completions = [{"lease_token": claim.token, "outcome": outcome, **extra}
+                       for claim, outcome, extra in done]
+        try:
+            answers = c.call("complete_phases", {"completions": completions}, as_=me)
+        except ContractError as exc:
+            ledger.error(f"worker {k}: complete_phases raised {describe(exc)}")
+            return
+        if len(answers) != len(done):
+            ledger.error(f"worker {k}: complete_phases answered {len(answers)} of {len(done)}")
+        for (claim, outcome, _), answer in zip(done, answers, strict=False):
+            if answer["lease_token"] != claim.token:
+                ledger.error(f"worker {k}: complete_phases answered out of order: {answer}")
+            if answer.get("error") is not None:
+                with ledger.lock:
+                    ledger.completions.append(Completion(claim, outcome, None, None))
+                if not (answer["error"]["code"] == "lease_lost" and claim.run_id in cancelled):
+                    ledger.error(f"worker {k}: complete_phases of {claim} answered {answer}")
             else:
                 with ledger.lock:
                     ledger.completions.append(Completion(claim, outcome, answer, None))

@@ -222,6 +222,25 @@ def test_every_result_matches_its_response_schema(contract: Contract) -> None:
     only = r.call("claim_phase", {"run_id": single["id"]}, label="service_role")
     r.call("complete_phase", {"lease_token": only["lease_token"], "outcome": "succeeded"},
            label="last phase")
+    # batches: three phases claimed in one call, completed in one (a lost lease answered in
+    # its place), nothing left to claim
+    wide = r.call("create_run", {"workspace_id": ws["id"], "spec_slug": "wide",
+                                 "git_sha": "abcdef0",
+                                 "phases": [phase("w1"), phase("w2"), phase("w3")]},
+                  label="wide")
+    batch = r.call("claim_phases", {"run_id": wide["id"], "limit": 5}, as_=executor,
+                   label="batch")
+    assert sorted(c["name"] for c in batch) == ["w1", "w2", "w3"]
+    answers = r.call("complete_phases", {"completions": [
+        {"lease_token": batch[0]["lease_token"], "outcome": "succeeded"},
+        {"lease_token": str(uuid.uuid4()), "outcome": "succeeded"},
+        {"lease_token": batch[1]["lease_token"], "outcome": "failed", "retryable": False},
+        {"lease_token": batch[2]["lease_token"], "outcome": "succeeded"}]}, as_=executor,
+        label="batch")
+    assert ["error" in a for a in answers] == [False, True, False, False]
+    assert answers[1]["error"]["code"] == "lease_lost"
+    assert [a.get("phase_state") for a in answers] == ["succeeded", None, "failed", "succeeded"]
+    assert r.call("claim_phases", {"run_id": wide["id"]}, as_=executor, label="nothing") == []
     finalized = r.call("complete_run", {"run_id": single["id"],
                                         "output_manifest": {"gold": digest}}, as_=executor)
     assert finalized["finalized_at"] is not None

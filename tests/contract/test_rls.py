@@ -839,6 +839,10 @@ def _check_claim(result: Any, label: str) -> None:
     assert result["lease_token"] and result["name"] == "a"
 
 
+def _check_claims(result: Any, label: str) -> None:
+    assert [c["name"] for c in result][:1] == ["a"] and all(c["lease_token"] for c in result)
+
+
 def _w1_with_a_run(targets: Targets) -> dict[str, Any]:
     targets.run()
     return {"workspace_id": targets.w1}
@@ -933,6 +937,9 @@ CASES = [
     # not an executor anywhere: 403; an executor of W2 only: W1's run is not found
     Case("claim_phase", "claim_phase", lambda t: {"run_id": t.run(), "lease_seconds": 60},
          EXECUTORS, frozenset({"exec2"}), _check_claim),
+    Case("claim_phases", "claim_phases",
+         lambda t: {"run_id": t.run(), "lease_seconds": 60, "limit": 2},
+         EXECUTORS, frozenset({"exec2"}), _check_claims),
     Case("heartbeat", "heartbeat", lambda t: {"lease_token": t.claimed()["lease_token"]},
          EXECUTORS),
     Case("append_events[phase]", "append_events", _phase_events, EXECUTORS),
@@ -945,6 +952,9 @@ CASES = [
     Case("complete_phase", "complete_phase",
          lambda t: {"lease_token": t.claimed()["lease_token"], "outcome": "succeeded"},
          EXECUTORS),
+    Case("complete_phases", "complete_phases",
+         lambda t: {"completions": [{"lease_token": t.claimed()["lease_token"],
+                                     "outcome": "succeeded"}]}, EXECUTORS),
     Case("record_dataset", "record_dataset",
          lambda t: dataset_args(t.claimed()["lease_token"], "bronze.orders"), EXECUTORS),
     Case("list_datasets", "list_datasets", _w1_with_a_dataset, AUTHENTICATED | SVC, frozenset(),
