@@ -187,28 +187,34 @@ class Worker:
         while not stop.is_set() and (max_phases is None or stats.claimed < max_phases):
             if not slots.acquire(timeout=0.2):
                 continue
-            claim = None
+            # every slot free now is claimed for in one call (claim_phases)
+            free = 1
+            while (free < self.concurrency and (max_phases is None
+                                                or stats.claimed + free < max_phases)
+                   and slots.acquire(blocking=False)):
+                free += 1
+            claims: list[Claim] = []
             try:
-                claim = self.client.poll_for_work(
-                    self.kinds, self.lease_seconds, workspace_id=self.workspace_id,
+                claims = self.client.poll_for_claims(
+                    self.kinds, self.lease_seconds, free, workspace_id=self.workspace_id,
                     run_id=self.run_id,
                     wait=self.claim_wait, idle_max=self.idle_max, stop=stop)
             except ContractError as exc:        # refused (a bad token...): back off, retry
-                log.error("claim_phase refused: %s", exc)
+                log.error("claim_phases refused: %s", exc)
                 stop.wait(self.idle_max)
-            if claim is None:
+            for _ in range(free - len(claims)):
                 slots.release()
-                continue
-            stats.claimed += 1
-            phase = Attempt(self.client, claim, event_batch=self.event_batch,
-                            event_flush_seconds=self.event_flush_seconds,
-                            timeout_grace=self.timeout_grace)
-            with self._stats_lock:
-                self._active[claim.phase_id] = phase
-            thread = threading.Thread(target=self._slot, args=(phase, slots, stats),
-                                      name=f"slot-{claim.name}", daemon=True)
-            threads.append(thread)
-            thread.start()
+            for claim in claims:
+                stats.claimed += 1
+                phase = Attempt(self.client, claim, event_batch=self.event_batch,
+                                event_flush_seconds=self.event_flush_seconds,
+                                timeout_grace=self.timeout_grace)
+                with self._stats_lock:
+                    self._active[claim.phase_id] = phase
+                thread = threading.Thread(target=self._slot, args=(phase, slots, stats),
+                                          name=f"slot-{claim.name}", daemon=True)
+                threads.append(thread)
+                thread.start()
             threads = [t for t in threads if t.is_alive()]
         if stop.is_set():
             self._drain(threads)

@@ -265,6 +265,10 @@ def _parse(model: type[_M], value: Any, function: str) -> _M:
                               function=function) from exc
 
 
+def _one(claim: Claim | None) -> list[Claim]:
+    return [] if claim is None else [claim]
+
+
 def _parse_list(model: type[_M], value: Any, function: str) -> list[_M]:
     if not isinstance(value, list):
         raise InvalidResponse(f"{function}: the answer is not a JSON array", status=200,
@@ -1237,6 +1241,34 @@ class ContractClient:
         a phase claimed for a call whose answer was lost is returned to it.
         `stop` interrupts the sleeps, not a wait in progress (bounded by `wait`).
         """
+        claims = self._poll(
+            lambda call_wait, claim_id: _one(self.claim_phase(
+                kinds, lease_seconds, run_id=run_id, workspace_id=workspace_id,
+                wait=call_wait, claim_id=claim_id)),
+            "claim_phase", wait=wait, idle_start=idle_start, idle_max=idle_max,
+            timeout=timeout, stop=stop)
+        return claims[0] if claims else None
+
+    def poll_for_claims(self, kinds: Sequence[str] | None = None, lease_seconds: int = 60,
+                        limit: int = 10, *, run_id: str | None = None,
+                        workspace_id: str | None = None, wait: float = 20.0,
+                        idle_start: float = 0.2, idle_max: float = 10.0,
+                        timeout: float | None = None,
+                        stop: threading.Event | None = None) -> list[Claim]:
+        """Claim up to `limit` phases in one call (`claim_phases`: a worker's free slots),
+        waiting until there is at least one; [] once `timeout` passed or `stop` was set.
+        Waiting, polling and retries as for `poll_for_work`."""
+        return self._poll(
+            lambda call_wait, claim_id: self.claim_phases(
+                kinds, lease_seconds, limit, run_id=run_id, workspace_id=workspace_id,
+                wait=call_wait, claim_id=claim_id),
+            "claim_phases", wait=wait, idle_start=idle_start, idle_max=idle_max,
+            timeout=timeout, stop=stop)
+
+    def _poll(self, claim: Callable[[float | None, str], list[Claim]], fn: str, *,
+              wait: float, idle_start: float, idle_max: float, timeout: float | None,
+              stop: threading.Event | None) -> list[Claim]:
+        """Claims by `claim(wait, claim_id)`, waiting for some (see `poll_for_work`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = idle_start
         # one claim_id until a claim is answered: a claim the server made for a call whose
@@ -1245,21 +1277,19 @@ class ContractClient:
         while stop is None or not stop.is_set():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                return None
+                return []
             call_wait = 0.0
             if self.wait_supported is not False and wait > 0:
                 call_wait = wait if left is None else min(wait, left)
             started = time.monotonic()
             try:
-                claim = self.claim_phase(kinds, lease_seconds, run_id=run_id,
-                                         workspace_id=workspace_id, wait=call_wait or None,
-                                         claim_id=claim_id)
+                claims = claim(call_wait or None, claim_id)
             except TransientError as exc:
-                log.warning("claim_phase failed; polling again in %.1f s: %s", delay, exc)
-                claim, call_wait = None, 0.0
+                log.warning("%s failed; polling again in %.1f s: %s", fn, delay, exc)
+                claims, call_wait = [], 0.0
             else:
-                if claim is not None:
-                    return claim
+                if claims:
+                    return claims
                 claim_id = str(uuid.uuid4())
                 if call_wait > 0:
                     self._learn_wait_support(call_wait, time.monotonic() - started)
@@ -1272,7 +1302,7 @@ class ContractClient:
                 else:
                     self._sleep(pause)
             delay = min(delay * 2, idle_max)
-        return None
+        return []
 
     def _learn_wait_support(self, waited_for: float, elapsed: float) -> None:
         if waited_for < 1.0:        # too short to tell a wait from the network's latency

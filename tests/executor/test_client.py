@@ -264,6 +264,38 @@ def test_poll_for_work_gets_back_a_claim_whose_answers_were_lost(env: Env) -> No
     assert env.event_types(run_id).count("PHASE_CLAIMED") == 1
 
 
+def test_poll_for_claims_gets_back_a_batch_whose_answers_were_lost(env: Env) -> None:
+    """The batch form: a lost answer's leases come back to the next try (same claim_id), and
+    one complete_phases call completes them, a stale token answered in its place."""
+    run_id = env.new_run(phase("a"), phase("b"), phase("c"))
+    ex = env.client(env.world.exec1, retry=RetryPolicy.never(), faulty=True)
+    env.faults.lose["claim_phases"] = 1
+
+    claims = ex.poll_for_claims(["python"], 30, 2, wait=0, idle_start=0.05, idle_max=0.1,
+                                timeout=10)
+
+    tries = env.faults.calls("claim_phases")
+    assert len(tries) == 2 and len({t["claim_id"] for t in tries}) == 1
+    assert [t["limit"] for t in tries] == [2, 2]
+    assert [(c.name, c.lease_token) for c in claims] == [
+        (c["name"], c["lease_token"]) for c in env.faults.lost[0]]
+    assert env.event_types(run_id).count("PHASE_CLAIMED") == 2
+
+    answers = ex.complete_phases(
+        [{"lease_token": claims[0].lease_token, "outcome": "succeeded"},
+         {"lease_token": str(uuid.uuid4()), "outcome": "succeeded"},
+         {"lease_token": claims[1].lease_token, "outcome": "failed", "error": "boom"}])
+    assert [a.lost for a in answers] == [False, True, False]
+    first, lost, last = answers
+    done = first.result()
+    assert done is not None and (done.phase, done.phase_state) == (claims[0].name, "succeeded")
+    assert lost.result() is None and lost.error is not None and lost.error.code == "lease_lost"
+    assert (last.phase_state, last.attempt, last.not_before is not None) == ("queued", 1, True)
+    rest = ex.poll_for_claims(["python"], 30, 5, wait=0, timeout=5)
+    assert [c.name for c in rest] == ["c"]      # b waits out its backoff
+    assert ex.poll_for_claims(["python"], 30, 5, wait=0, idle_start=0.05, timeout=0.3) == []
+
+
 def test_events_retried_after_a_lost_answer_are_stored_once(env: Env) -> None:
     run_id = env.new_run()
     ex = env.client(env.world.exec1, faulty=True)

@@ -91,6 +91,18 @@ def test_a_dag_of_three_python_phases_succeeds_with_two_slots(env: Env) -> None:
     assert not any((env.tmp / "work").rglob("*.txt"))
 
 
+def test_a_worker_claims_for_all_its_free_slots_in_one_call(env: Env) -> None:
+    """Four free slots, four runnable phases: one claim_phases call takes them all (one
+    transaction: their PHASE_CLAIMED events share its time), and each runs in its slot."""
+    run_id = env.new_run(*(python(name, f"{EP}:produce") for name in "abcd"))
+    stats = Running(env.worker(concurrency=4), max_phases=4).join()
+    assert (stats.claimed, stats.succeeded, stats.failed, stats.abandoned) == (4, 4, 0, 0)
+    claimed = [e for e in env.events(run_id) if e.type == "PHASE_CLAIMED"]
+    assert sorted(e.phase for e in claimed) == ["a", "b", "c", "d"]
+    assert len({e.ts for e in claimed}) == 1, [e.ts for e in claimed]
+    assert env.get_run(run_id).state == "succeeded"
+
+
 def test_a_transient_error_is_retried_then_succeeds(env: Env) -> None:
     run_id = env.new_run(python("f", f"{EP}:flaky", max_attempts=2, retry_backoff_seconds=0))
     stats = Running(env.worker(), max_phases=2).join()
