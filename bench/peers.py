@@ -620,10 +620,13 @@ def bench(args: argparse.Namespace) -> int:
             order = keys[r % len(keys):] + keys[:r % len(keys)]
             for n in counts:
                 for key in order:
+                    t0 = time.monotonic()
                     per_second = measure_throughput(key, db, args.jobs, n, args, q)
                     results.add(key, n, per_second)
+                    timed = args.jobs / per_second
                     console.print(f"round {r + 1}, {n} connection(s): {key} "
-                                  f"{per_second:,.0f} jobs/s")
+                                  f"{per_second:,.0f} jobs/s ({timed:.1f} s timed, "
+                                  f"{time.monotonic() - t0 - timed:.1f} s setup)")
             results.loads.append(load())
             console.print(f"round {r + 1} done at {time.monotonic() - started:.0f} s, "
                           f"load average {results.loads[-1]}")
@@ -681,21 +684,23 @@ def bench(args: argparse.Namespace) -> int:
     console.print(table)
 
     if results.latency:
-        ltable = Table(title=f"enqueue -> start, one idle consumer, "
-                             f"{args.samples} jobs {args.interval_ms:.0f} ms apart")
+        ltable = Table(title=f"enqueue -> start, one idle consumer, {args.samples} jobs, "
+                             f"each {args.interval_ms:.0f} ms after the previous one started; "
+                             "'after it': from the enqueuing call's return")
         for column in ("system", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                       "enqueue call p50 ms"):
+                       "enqueue call p50 ms", "after it p50 ms"):
             ltable.add_column(column, justify="left" if column == "system" else "right")
         for key, label in LATENCY_ROWS:
             v = results.latency[key]
+            after = [a - e for a, e in zip(v, results.enqueue[key], strict=True)]
             ltable.add_row(label, f"{pct(v, 50):.1f}", f"{pct(v, 90):.1f}",
                            f"{pct(v, 99):.1f}", f"{max(v):.1f}",
-                           f"{pct(results.enqueue[key], 50):.1f}")
+                           f"{pct(results.enqueue[key], 50):.1f}", f"{pct(after, 50):.1f}")
         ltable.add_section()
         pq = pct(results.latency["pgqueuer"], 50)
         for key in ("ours_gateway", "ours_listen"):
             ltable.add_row(f"p50 {key} / pgqueuer", f"{pct(results.latency[key], 50) / pq:.2f}",
-                           "", "", "", "")
+                           "", "", "", "", "")
         console.print(ltable)
     console.print(f"load average after each round: {'; '.join(results.loads)}; "
                   f"{elapsed:.0f} s in all")
