@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -343,6 +344,7 @@ class Results:
     throughput: dict[str, dict[int, list[float]]] = field(default_factory=dict)
     latency: dict[str, list[float]] = field(default_factory=dict)
     enqueue: dict[str, list[float]] = field(default_factory=dict)   # the enqueuing call alone
+    deadlocks: dict[str, dict[int, int]] = field(default_factory=dict)   # retried, all rounds
     loads: list[str] = field(default_factory=list)
 
     def add(self, system: str, connections: int, per_second: float) -> None:
@@ -368,8 +370,11 @@ def prepare_ours(url: str, jobs: int, connections: int, per_run: int) -> tuple[s
 
 
 def measure_ours(url: str, jobs: int, connections: int, *, per_run: int, batch: int | None,
-                 q: dict[str, str]) -> float:
-    """jobs/s: claim_phase + complete_phase per job, or claim_phases + complete_phases."""
+                 q: dict[str, str], deadlocks: list[str]) -> float:
+    """jobs/s: claim_phase + complete_phase per job, or claim_phases + complete_phases.
+
+    Deadlocks of the batched calls are retried, and appended to `deadlocks`.
+    """
     from claim_throughput import run_threads
 
     from control_room.db.store import call_as
@@ -377,6 +382,7 @@ def measure_ours(url: str, jobs: int, connections: int, *, per_run: int, batch: 
     ws, executors = prepare_ours(url, jobs, connections, per_run)
     vacuum(url, q)
     done = [0] * connections
+    lock = threading.Lock()
     conns = [psycopg.connect(url, autocommit=True) for _ in range(connections)]
     try:
         def one_at_a_time(k: int, barrier: threading.Barrier) -> None:
@@ -392,18 +398,31 @@ def measure_ours(url: str, jobs: int, connections: int, *, per_run: int, batch: 
                         role="authenticated", sub=sub)
                 done[k] += 1
 
+        def retrying(fn: Callable[[], Any]) -> Any:
+            # a deadlock rolls the call back (the gateway answers 503): a worker calls again
+            while True:
+                try:
+                    return fn()
+                except Exception as exc:
+                    if not isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
+                        raise
+                    with lock:
+                        deadlocks.append(str(exc.__cause__).splitlines()[0])
+
         def batched(k: int, barrier: threading.Barrier) -> None:
             conn, sub = conns[k], executors[k]
             barrier.wait()
             while True:
-                claims = call_as(conn, "claim_phases",
-                                 {**CLAIM, "limit": batch, "workspace_id": ws},
-                                 role="authenticated", sub=sub, claims={"workspaces": [ws]})
+                claims = retrying(functools.partial(
+                    call_as, conn, "claim_phases", {**CLAIM, "limit": batch, "workspace_id": ws},
+                    role="authenticated", sub=sub, claims={"workspaces": [ws]}))
                 if not claims:
                     return
-                answers = call_as(conn, "complete_phases", {"completions": [
-                    {"lease_token": c["lease_token"], "outcome": "succeeded"} for c in claims]},
-                    role="authenticated", sub=sub)
+                completions = [{"lease_token": c["lease_token"], "outcome": "succeeded"}
+                               for c in claims]
+                answers = retrying(functools.partial(
+                    call_as, conn, "complete_phases", {"completions": completions},
+                    role="authenticated", sub=sub))
                 assert len(answers) == len(claims) and not any(
                     "error" in a for a in answers), answers
                 done[k] += len(claims)
@@ -529,13 +548,16 @@ LATENCY_ROWS = [
 
 
 def measure_throughput(key: str, db: Databases, jobs: int, n: int, args: argparse.Namespace,
-                       q: dict[str, str]) -> float:
+                       q: dict[str, str], deadlocks: list[str]) -> float:
     if key == "ours_single":
-        return measure_ours(db.ours, jobs, n, per_run=args.phases_per_run, batch=None, q=q)
+        return measure_ours(db.ours, jobs, n, per_run=args.phases_per_run, batch=None, q=q,
+                            deadlocks=deadlocks)
     if key == "ours_batched":
-        return measure_ours(db.ours, jobs, n, per_run=args.phases_per_run, batch=BATCH, q=q)
+        return measure_ours(db.ours, jobs, n, per_run=args.phases_per_run, batch=BATCH, q=q,
+                            deadlocks=deadlocks)
     if key == "ours_batched_wide":
-        return measure_ours(db.ours, jobs, n, per_run=args.wide_phases_per_run, batch=BATCH, q=q)
+        return measure_ours(db.ours, jobs, n, per_run=args.wide_phases_per_run, batch=BATCH,
+                            q=q, deadlocks=deadlocks)
     if key == "bare":
         return measure_bare(db.bare, jobs, n)
     if key.startswith("pgqueuer"):
@@ -621,12 +643,18 @@ def bench(args: argparse.Namespace) -> int:
             for n in counts:
                 for key in order:
                     t0 = time.monotonic()
-                    per_second = measure_throughput(key, db, args.jobs, n, args, q)
+                    deadlocks: list[str] = []
+                    per_second = measure_throughput(key, db, args.jobs, n, args, q, deadlocks)
                     results.add(key, n, per_second)
+                    if deadlocks:
+                        results.deadlocks.setdefault(key, {})[n] = (
+                            results.deadlocks.get(key, {}).get(n, 0) + len(deadlocks))
                     timed = args.jobs / per_second
                     console.print(f"round {r + 1}, {n} connection(s): {key} "
                                   f"{per_second:,.0f} jobs/s ({timed:.1f} s timed, "
-                                  f"{time.monotonic() - t0 - timed:.1f} s setup)")
+                                  f"{time.monotonic() - t0 - timed:.1f} s setup)"
+                                  + (f", {len(deadlocks)} deadlock(s) retried" if deadlocks
+                                     else ""))
             results.loads.append(load())
             console.print(f"round {r + 1} done at {time.monotonic() - started:.0f} s, "
                           f"load average {results.loads[-1]}")
@@ -682,6 +710,9 @@ def bench(args: argparse.Namespace) -> int:
             table.add_row(label, *(ratio(results.median(a, n), results.median(b, n))
                                    for n in counts))
     console.print(table)
+    for key, per in results.deadlocks.items():
+        console.print(f"{labels[key]}: deadlocks retried (all rounds): "
+                      + ", ".join(f"{c} at {n} connections" for n, c in sorted(per.items())))
 
     if results.latency:
         ltable = Table(title=f"enqueue -> start, one idle consumer, {args.samples} jobs, "
@@ -710,6 +741,8 @@ def bench(args: argparse.Namespace) -> int:
             "when": when, "postgres": server, "versions": versions, "cpus": os.cpu_count(),
             "jobs": args.jobs, "rounds": args.rounds, "phases_per_run": args.phases_per_run,
             "wide_phases_per_run": args.wide_phases_per_run, "loads": results.loads,
+            "deadlocks": {k: {str(n): c for n, c in per.items()}
+                          for k, per in results.deadlocks.items()},
             "throughput": {k: {str(n): {"median": results.median(k, n), "rounds": v}
                                for n, v in per.items()}
                            for k, per in results.throughput.items()},
