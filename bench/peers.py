@@ -1,29 +1,32 @@
 """This project beside pgqueuer and procrastinate: noop throughput and enqueue -> start latency.
 
     python bench/peers.py [--jobs 3000] [--connections 1,4,8] [--rounds 3] [--phases-per-run 10]
-                          [--wide-phases-per-run 100] [--samples 200] [--interval-ms 20]
-                          [--skip-latency] [--json]
+                          [--wide-phases-per-run N] [--samples 200] [--interval-ms 20]
+                          [--systems ROW,...] [--skip-latency] [--json]
 
 Each system has a database of its own on 127.0.0.1:5432 (created here, dropped at the end).
 Throughput: `--jobs` noop jobs per measurement, taken by `--connections` concurrent consumers
 (one connection each), timed from the consumers' start to the last job done. Every round
 measures every system once per connection count, the systems in an order rotated each round;
 the table shows the median of the rounds. Before each measurement, outside the timed part, the
-jobs are enqueued and the system's database is VACUUM ANALYZEd.
+jobs are enqueued and the system's database is VACUUM ANALYZEd. The batched calls of ours retry
+a deadlock (as a worker retries the gateway's 503), and the output counts them.
 
 - ours, one at a time: `ops.claim_phase` + `ops.complete_phase` per job as an executor
   principal (`call_as`: one round trip and one transaction per call, as PostgREST and the
   gateway make them); a thread per connection. Runs of --phases-per-run phases without
   dependencies (bench/claim_throughput.py's setup).
 - ours, batched: `ops.claim_phases(limit => 10)` + `ops.complete_phases` of what it claimed;
-  also on runs of --wide-phases-per-run phases.
-- pgqueuer: one `QueueManager` per connection (psycopg 3 `PsycopgDriver`), all in one event
-  loop, `run(batch_size=10 | 1, mode=drain)`: its dequeue of a batch, its buffered log of the
-  finished jobs (one statement per batch).
+  with --wide-phases-per-run N, also on runs of N phases (a row of its own).
+- pgqueuer: one `QueueManager` per connection (its asyncpg driver), all in one event loop,
+  `run(batch_size=10 | 1, mode=drain)`: its dequeue of a batch, its buffered log of the
+  finished jobs (one statement per batch). Its psycopg driver waits for a NOTIFY before each
+  query (it reads notifications on the same connection, `notifies(timeout=1.0, stop_after=1)`):
+  `--systems pgqueuer_psycopg` measures it at batch 10.
 - procrastinate: one `App` over a pool of N connections; N workers of concurrency 1
   (`run_worker_async(wait=False, listen_notify=False)`), each fetching and finishing one job
-  at a time (`procrastinate_fetch_job_v2`, `procrastinate_finish_job`); and one worker of
-  concurrency N (its single fetch loop feeding N job slots).
+  at a time (`procrastinate_fetch_job_v2`, `procrastinate_finish_job_v1`);
+  `--systems procrastinate_1xn`: one worker of concurrency N (one fetch loop, N job slots).
 - bare SQL: the database's limit (bench/claim_throughput.py): per job one transaction
   `UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)`, one marking it done.
 
@@ -33,10 +36,11 @@ the rounds. From just before the enqueuing call (its commit included) to the mom
 consumer has the job in hand:
 - ours through the gateway: `control-room serve` in its own process; the consumer an executor
   waiting in `claim_phase` with `Prefer: wait=30`; the enqueue a `create_run` of a one-phase run.
-- ours over SQL: the consumer LISTENs on `ops_phase_queued` (what the claim notifies) and calls
+- ours over SQL: the consumer LISTENs on `ops_phase_queued` (ops_private.notify_queued: a phase
+  became claimable) and calls
   `claim_phase` when woken.
-- pgqueuer: a `QueueManager` (LISTEN/NOTIFY) in continuous mode; `Queries.enqueue`; the job's
-  function entered.
+- pgqueuer: a `QueueManager` (LISTEN/NOTIFY, asyncpg) in continuous mode; `Queries.enqueue` on
+  another connection; the job's function entered.
 - procrastinate: a worker with `listen_notify`; `Task.defer_async`; the task entered.
 
 pgqueuer and procrastinate are not dependencies of this project: they run in a venv of their
