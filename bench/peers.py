@@ -37,8 +37,7 @@ consumer has the job in hand:
 - ours through the gateway: `control-room serve` in its own process; the consumer an executor
   waiting in `claim_phase` with `Prefer: wait=30`; the enqueue a `create_run` of a one-phase run.
 - ours over SQL: the consumer LISTENs on `ops_phase_queued` (ops_private.notify_queued: a phase
-  became claimable) and calls
-  `claim_phase` when woken.
+  became claimable) and calls `claim_phase` when woken.
 - pgqueuer: a `QueueManager` (LISTEN/NOTIFY, asyncpg) in continuous mode; `Queries.enqueue` on
   another connection; the job's function entered.
 - procrastinate: a worker with `listen_notify`; `Task.defer_async`; the task entered.
