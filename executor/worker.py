@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_room.contract.client import Claim, ContractClient, ContractError, LeaseLost
+from control_room.contract.client import (
+    CLAIM_PHASES_MAX,
+    Claim,
+    ContractClient,
+    ContractError,
+    LeaseLost,
+)
 from executor.artifacts import ArtifactStore
 from executor.attempt import Attempt, AttemptLost, LeaseRunOut, Outcome
 from executor.checkout import Checkouts, own_code
@@ -187,9 +193,9 @@ class Worker:
         while not stop.is_set() and (max_phases is None or stats.claimed < max_phases):
             if not slots.acquire(timeout=0.2):
                 continue
-            # every slot free now is claimed for in one call (claim_phases)
+            # every slot free now is claimed for in one call (claim_phases, at most 32)
             free = 1
-            while (free < self.concurrency and (max_phases is None
+            while (free < min(self.concurrency, CLAIM_PHASES_MAX) and (max_phases is None
                                                 or stats.claimed + free < max_phases)
                    and slots.acquire(blocking=False)):
                 free += 1

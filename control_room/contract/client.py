@@ -160,6 +160,7 @@ from control_room.contract.vocabulary import (
 )
 
 __all__ = [
+    "CLAIM_PHASES_MAX",
     "TRANSPORT_OPTIONS",
     "AppendResult",
     "Artifact",
@@ -228,6 +229,9 @@ log = logging.getLogger("control_room.contract.client")
 
 SCHEMA = "ops"
 USER_AGENT = "control-room-executor/0.1"
+
+CLAIM_PHASES_MAX = 32
+"""The most phases one `claim_phases` call claims (its `limit`)."""
 
 TRANSPORT_OPTIONS = frozenset({"wait"})
 """Method arguments that are not request properties (`wait`: `Prefer: wait=<s>`)."""

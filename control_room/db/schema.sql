@@ -584,8 +584,8 @@ declare
     v_c      jsonb;
     v_i      integer;
 begin
-    if claim_phases."limit" is null or claim_phases."limit" not between 1 and 100 then
-        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 100',
+    if claim_phases."limit" is null or claim_phases."limit" not between 1 and 32 then
+        perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 32',
                                  jsonb_build_object('argument', 'limit'));
     end if;
     v_ws := ops_private.claim_scope(claim_phases.kinds, claim_phases.lease_seconds, v_wsid, v_run, v_uid);
@@ -594,7 +594,7 @@ begin
     if v_claim is not null then
         perform pg_advisory_xact_lock(
             ('x' || left(replace(v_claim::text, '-', ''), 16))::bit(64)::bigint);
-        v_ids := array(select ops_private.batch_claim_id(v_claim, g) from generate_series(1, 100) g);
+        v_ids := array(select ops_private.batch_claim_id(v_claim, g) from generate_series(1, 32) g);
         if exists (select 1 from ops.phases p where p.claim_id = any (v_ids) and p.state = 'running') then
             if exists (select 1 from ops.phases p where p.claim_id = any (v_ids) and p.state = 'running'
                        and p.claimed_by is distinct from v_uid) and not ops_private.is_privileged() then
@@ -785,6 +785,7 @@ declare
     v_item    record;
     v_p       ops.phases;
     v_results jsonb[];
+    v_runs    uuid[] := '{}';
 begin
     if completions is null or jsonb_typeof(completions) <> 'array' then
         perform ops_private.fail(400, 'invalid_argument', 'completions must be a JSON array of completions',
@@ -834,7 +835,9 @@ begin
         end if;
     end loop;
 
-    -- take the locks: runs in id order, each run's phases in id order before its row
+    -- take the locks: every phase the completions may change, run by run in id order and
+    -- each run's in id order, then the runs' rows in id order (no run row is held while a
+    -- phase is waited for)
     for v_run in
         select p.run_id,
                array_agg(p.id) as ids, array_agg(p.name) filter (where c.e ->> 'outcome' = 'succeeded') as done,
@@ -852,8 +855,9 @@ begin
                or (p.state = 'waiting' and p.depends_on && coalesce(v_run.done, '{}'))
                or (v_run.final and p.state in ('waiting', 'queued')))
         order by p.id for update;
-        perform 1 from ops.runs r where r.id = v_run.run_id for update;
+        v_runs := v_runs || v_run.run_id;
     end loop;
+    perform 1 from ops.runs r where r.id = any (v_runs) order by r.id for update;
 
     v_results := array_fill(null::jsonb, array[v_n]);
     for v_item in
@@ -6216,18 +6220,44 @@ declare
     v_fallback ops.phases;       -- a phase of a busy run, claimed by waiting if nothing else is free
     v_fallback_expired boolean;
     v_i        integer := 0;
+    v_locked   boolean := false; -- v_r is the candidate's run, locked (or not: busy) already
+    v_timeout  text := pg_catalog.current_setting('lock_timeout');
 begin
     loop
         v_i := v_i + 1;
         v_p := null;
-        if v_i <= 20 then
-            -- 1. a running phase whose lease expired (its holder is presumed dead)
+        v_r := null;
+        if v_i <= 20 and not v_held_run and v_i = 1 then
+            -- holding no lock yet: the candidate statements may wait
             v_p := ops_private.claim_expired_candidate(p_now, p_kinds, p_ws, p_run, v_skip, v_busy);
             v_expired := v_p.id is not null;
-            -- 2. else the best queued phase: priority, then age
             if not v_expired then
                 v_p := ops_private.claim_queued_candidate(p_now, p_kinds, p_ws, p_run, v_skip, v_busy);
             end if;
+        elsif v_i <= 20 then
+            -- holding locks (a run's row, or phases tried before): never wait. FOR UPDATE SKIP
+            -- LOCKED still waits when it follows a row's update chain to a version another
+            -- transaction holds, and that transaction may be a completion waiting for a row we
+            -- hold (a deadlock, seen with batches on runs of 100 phases): under a lock_timeout
+            -- of 1 ms, a candidate that would make us wait ends this claim instead (the batch
+            -- answers the claims it has; a single claim answers null and is asked again)
+            begin
+                perform pg_catalog.set_config('lock_timeout', '1ms', true);
+                -- 1. a running phase whose lease expired (its holder is presumed dead)
+                v_p := ops_private.claim_expired_candidate(p_now, p_kinds, p_ws, p_run, v_skip, v_busy);
+                v_expired := v_p.id is not null;
+                -- 2. else the best queued phase: priority, then age
+                if not v_expired then
+                    v_p := ops_private.claim_queued_candidate(p_now, p_kinds, p_ws, p_run, v_skip, v_busy);
+                end if;
+                if v_p.id is not null then
+                    select * into v_r from ops.runs r where r.id = v_p.run_id for update skip locked;
+                    v_locked := true;
+                end if;
+                perform pg_catalog.set_config('lock_timeout', v_timeout, true);
+            exception when lock_not_available then
+                return null;            -- (the setting is rolled back with the block)
+            end;
         end if;
 
         if v_p.id is null then
@@ -6240,7 +6270,10 @@ begin
             select * into v_r from ops.runs r where r.id = v_p.run_id for update;
         else
             v_skip := v_skip || v_p.id;
-            select * into v_r from ops.runs r where r.id = v_p.run_id for update skip locked;
+            if not v_locked then
+                select * into v_r from ops.runs r where r.id = v_p.run_id for update skip locked;
+            end if;
+            v_locked := false;
             if v_r.id is null then
                 if not v_held_run then
                     v_busy := v_busy || v_p.run_id;

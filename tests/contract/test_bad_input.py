@@ -440,7 +440,7 @@ CLAIM_AND_LEASE = [
     bad("kinds-null-name", "claim_phase", {"kinds": [None]}, "kinds"),
     bad("kinds-101", "claim_phase", {"kinds": [f"k{i}" for i in range(101)]}, "kinds"),
     bad("batch-limit-zero", "claim_phases", {"limit": 0}, "limit", argument="limit"),
-    bad("batch-limit-101", "claim_phases", {"limit": 101}, "limit", argument="limit"),
+    bad("batch-limit-33", "claim_phases", {"limit": 33}, "limit", argument="limit"),
     bad("batch-limit-null", "claim_phases", {"limit": None}, "limit", argument="limit"),
     bad("batch-lease-seconds-zero", "claim_phases", {"lease_seconds": 0}, "lease_seconds",
         argument="lease_seconds"),

@@ -549,6 +549,81 @@ def test_sixteen_executors_drain_two_thousand_phases(
 
 
 # --------------------------------------------------------------------------------------------
+# batches on wide runs: the deadlock bench/peers.py found
+# --------------------------------------------------------------------------------------------
+
+def wide_shape(width: int) -> list[dict[str, Any]]:
+    """`width` roots, each second one failing once, and fan-ins of four roots each: their
+    completions release dependents (updating rows claims are walking past) and re-queue
+    retries, the update chains a SKIP LOCKED claim would wait on."""
+    roots = [phase(f"r{k:03d}", params={"fail_once": k % 2 == 0}, retry_backoff_seconds=0)
+             for k in range(width)]
+    fans = [phase(f"f{k:03d}", "python", *[f"r{j:03d}" for j in range(k * 4, k * 4 + 4)])
+            for k in range(width // 4)]
+    return roots + fans
+
+
+def test_batches_on_wide_runs_never_deadlock(
+    sql_contract: Contract, connect: Callable[[], Contract]
+) -> None:
+    """Eight executors claiming ten at a time and completing what they claimed in one call,
+    on runs of 125 phases: before claims stopped waiting while they hold a run's row, runs of
+    100 at 8 connections deadlocked (a claim_phases waiting on a phase's update chain held by
+    a complete_phases that waited for the claim's run row)."""
+    contract = sql_contract
+    executors = [user(f"wide{k}") for k in range(8)]
+    ws = make_workspace(contract, "wide", {f"executor:{k}": e for k, e in enumerate(executors)})
+    executors = [e.pinned(ws) for e in executors]
+    runs = [contract.call("create_run", {"workspace_id": ws, "spec_slug": "wide",
+                                         "git_sha": "0123abc", "phases": wide_shape(100)},
+                          as_=SERVICE)["id"] for _ in range(6)]
+    errors: list[str] = []
+    claimed: Counter[tuple[str, int]] = Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(len(executors))
+    deadline = time.monotonic() + 120
+
+    def work(me: Principal) -> None:
+        c = connect()
+        start.wait()
+        while time.monotonic() < deadline:
+            try:
+                got = c.call("claim_phases", {"lease_seconds": 300, "limit": 10,
+                                              "workspace_id": ws}, as_=me)
+                if not got:
+                    if unfinished_runs(c.conn, ws) == 0:
+                        return
+                    time.sleep(0.002)
+                    continue
+                with lock:
+                    claimed.update((g["phase_id"], g["attempt"]) for g in got)
+                answers = c.call("complete_phases", {"completions": [
+                    {"lease_token": g["lease_token"], "retryable": True,
+                     "outcome": "failed" if g["params"].get("fail_once") and g["attempt"] == 1
+                     else "succeeded"} for g in got]}, as_=me)
+                lost = [a for a in answers if a.get("error") is not None]
+                if lost:
+                    with lock:
+                        errors.append(f"lost leases: {lost}")
+            except ContractError as exc:
+                with lock:
+                    errors.append(describe(exc))
+        with lock:
+            errors.append("deadline passed with runs unfinished")
+
+    with ThreadPoolExecutor(len(executors)) as pool:
+        for future in [pool.submit(work, e) for e in executors]:
+            future.result(timeout=180)
+    assert errors == []       # no 40P01 deadlock, no lease lost
+    assert [key for key, n in claimed.items() if n > 1] == []
+    assert load_runs(contract.conn, ws) == dict.fromkeys(runs, "succeeded")
+    phases = load_phases(contract.conn, ws)
+    assert len(phases) == 6 * 125
+    assert {p["state"] for p in phases.values()} == {"succeeded"}
+    assert sum(1 for _, attempt in claimed if attempt == 2) == 6 * 50   # each fail_once twice
+
+
+# --------------------------------------------------------------------------------------------
 # killed executors: their leases expire, others take the work over, their late calls are refused
 # --------------------------------------------------------------------------------------------
 
