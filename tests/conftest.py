@@ -100,6 +100,31 @@ def _build_each_cli_once() -> None:
 _build_each_cli_once()
 
 
+def _load_the_ca_bundle_once() -> None:
+    """Every httpx client makes an SSL context and loads certifi's CA bundle into it (40 ms of
+    CPU) although the tests' clients talk plain HTTP to 127.0.0.1; thousands are made (a
+    ContractClient each, the CLI's in each invocation, the workers'). Share one default
+    context, made the same way, among the clients that ask for the default (verify=True and no
+    client certificate); any other verify or cert gets its own context as before."""
+    import httpx._transports.default
+
+    transports: Any = httpx._transports.default
+    make = transports.create_ssl_context     # what HTTPTransport calls (fails loudly if renamed)
+    shared: list[Any] = []
+
+    def default_once(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return make(verify=verify, cert=cert, trust_env=trust_env)
+        if not shared:
+            shared.append(make(verify=verify, cert=cert, trust_env=trust_env))
+        return shared[0]
+
+    transports.create_ssl_context = default_once
+
+
+_load_the_ca_bundle_once()
+
+
 _KEYWORDS = frozenset({"and", "or", "not"})
 
 
