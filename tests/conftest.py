@@ -74,6 +74,7 @@ SLOW_MODULES = frozenset({
     "tests/gateway/test_schemathesis.py",
     "tests/security/test_bad_input_fuzz.py",
     "tests/conformance/test_kinds.py",
+    "tests/security/test_embedded_auth.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -159,6 +159,7 @@ print("RESULT" + json.dumps(results))
 """
 
 
+@pytest.mark.e2e   # the CLI (every command's --help) in a process of its own
 def test_help_loads_no_data_plane_module() -> None:
     """`control-room --help` and every command's `--help`, in one fresh interpreter: after each
     one, no data-plane module is in `sys.modules`."""
