@@ -22,6 +22,7 @@ from tests.helpers import (
     ClonePool,
     admin_url_from_env,
     database_url,
+    finish_drops,
     server_answers,
     template_database,
     temporary_database,
@@ -177,14 +178,17 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     configured = admin_url_from_env()
     if configured is not None:
         yield configured
+        finish_drops()
         return
     if server_answers(SYSTEM_ADMIN_URL):
         yield SYSTEM_ADMIN_URL
+        finish_drops()
         return
     with EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg")) as server:
         url = server.url
         assert url is not None
         yield url
+        finish_drops()
 
 
 @pytest.fixture(scope="session")
