@@ -28,8 +28,16 @@ from tests.helpers import (
     temporary_database,
 )
 
+# `make test-fast` (the loop while working: ruff, then pytest -m "not slow and not e2e" on every
+# core; about 2,280 tests) leaves out what is marked `e2e` or `slow`; `make test` (CI) runs every
+# test. A module whose tests all fit a mark is named below (then the fast loop does not even
+# import it); a test that fits one in a module of other tests carries `@pytest.mark.e2e` or
+# `@pytest.mark.slow` itself (e.g. test_kind_params's CLI processes, test_claim_plan's million
+# phases).
+#
 # End to end through real processes (the CLI, gateway and worker processes, the demo, the wheel):
-# marked `e2e`, left out of `make test-fast`, always run by `make test` (CI).
+# marked `e2e`. The CLI run in-process (typer's CliRunner) and the gateway in a thread
+# (tests/helpers.py running_gateway) are not: their tests stay in the fast loop.
 E2E_MODULES = frozenset({
     "tests/test_demo.py",
     "tests/test_wheel.py",
@@ -63,9 +71,8 @@ E2E_MODULES = frozenset({
     "tests/test_mcp_stdio.py",
     "tests/ui/test_browser.py",
 })
-# Not end to end, but slow for the fast loop (each test generates an Odoo database, runs dbt, or
-# fuzzes with hypothesis / schemathesis): marked `slow`, left out of `make test-fast`, always run
-# by `make test` (CI).
+# Not end to end, but slow for the fast loop (each test generates an Odoo database, runs dbt,
+# fuzzes with hypothesis / schemathesis, or starts an embedded PostgreSQL): marked `slow`.
 SLOW_MODULES = frozenset({
     "tests/odoo/test_in_flight.py",
     "tests/odoo/test_generator.py",
