@@ -34,10 +34,12 @@ lint: venv
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/actionlint .github/workflows/*.yml
 
-# unit and contract tests (over SQL and HTTP), no end-to-end: the loop while working
+# unit and contract tests (over SQL and HTTP), no end-to-end: the loop while working.
+# --dist loadgroup: tests marked with one xdist_group run on one worker (test_layout's fork
+# server starts once); the others are shared out as with the default (load).
 test-fast: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -m "not slow and not e2e"
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow and not e2e"
 
 # The web UI (control_room_ui/, docs/ui.md): `make ui` installs its locked dependencies and
 # builds it into control_room/gateway/static/, which the gateway serves at /. `make test` builds

@@ -22,13 +22,22 @@ from tests.helpers import (
     ClonePool,
     admin_url_from_env,
     database_url,
+    finish_drops,
     server_answers,
     template_database,
     temporary_database,
 )
 
+# `make test-fast` (the loop while working: ruff, then pytest -m "not slow and not e2e" on every
+# core; about 2,280 tests) leaves out what is marked `e2e` or `slow`; `make test` (CI) runs every
+# test. A module whose tests all fit a mark is named below (then the fast loop does not even
+# import it); a test that fits one in a module of other tests carries `@pytest.mark.e2e` or
+# `@pytest.mark.slow` itself (e.g. test_kind_params's CLI processes, test_claim_plan's million
+# phases).
+#
 # End to end through real processes (the CLI, gateway and worker processes, the demo, the wheel):
-# marked `e2e`, left out of `make test-fast`, always run by `make test` (CI).
+# marked `e2e`. The CLI run in-process (typer's CliRunner) and the gateway in a thread
+# (tests/helpers.py running_gateway) are not: their tests stay in the fast loop.
 E2E_MODULES = frozenset({
     "tests/test_demo.py",
     "tests/test_wheel.py",
@@ -62,9 +71,8 @@ E2E_MODULES = frozenset({
     "tests/test_mcp_stdio.py",
     "tests/ui/test_browser.py",
 })
-# Not end to end, but slow for the fast loop (each test generates an Odoo database, runs dbt, or
-# fuzzes with hypothesis / schemathesis): marked `slow`, left out of `make test-fast`, always run
-# by `make test` (CI).
+# Not end to end, but slow for the fast loop (each test generates an Odoo database, runs dbt,
+# fuzzes with hypothesis / schemathesis, or starts an embedded PostgreSQL): marked `slow`.
 SLOW_MODULES = frozenset({
     "tests/odoo/test_in_flight.py",
     "tests/odoo/test_generator.py",
@@ -74,8 +82,56 @@ SLOW_MODULES = frozenset({
     "tests/gateway/test_schemathesis.py",
     "tests/security/test_bad_input_fuzz.py",
     "tests/conformance/test_kinds.py",
+    "tests/security/test_embedded_auth.py",
 })
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build_each_cli_once() -> None:
+    """typer's CliRunner builds the click command tree of the app it is given on every
+    `invoke` (0.15 to 0.25 s for control-room's hundred commands, several times what most
+    invocations then take); the `control-room` process builds it once. Build it once per app
+    here: the tree holds no state of an invocation (click makes a new context for each)."""
+    import typer.testing
+
+    testing: Any = typer.testing
+    build = testing._get_command   # what CliRunner.invoke calls (fails loudly if renamed)
+    built: dict[int, tuple[Any, Any]] = {}
+
+    def once(app: Any) -> Any:
+        if id(app) not in built:
+            built[id(app)] = (app, build(app))    # the app is kept: its id stays its own
+        return built[id(app)][1]
+
+    testing._get_command = once
+
+
+_build_each_cli_once()
+
+
+def _load_the_ca_bundle_once() -> None:
+    """Every httpx client makes an SSL context and loads certifi's CA bundle into it (40 ms of
+    CPU) although the tests' clients talk plain HTTP to 127.0.0.1; thousands are made (a
+    ContractClient each, the CLI's in each invocation, the workers'). Share one default
+    context, made the same way, among the clients that ask for the default (verify=True and no
+    client certificate); any other verify or cert gets its own context as before."""
+    import httpx._transports.default
+
+    transports: Any = httpx._transports.default
+    make = transports.create_ssl_context     # what HTTPTransport calls (fails loudly if renamed)
+    shared: list[Any] = []
+
+    def default_once(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return make(verify=verify, cert=cert, trust_env=trust_env)
+        if not shared:
+            shared.append(make(verify=verify, cert=cert, trust_env=trust_env))
+        return shared[0]
+
+    transports.create_ssl_context = default_once
+
+
+_load_the_ca_bundle_once()
 
 
 _KEYWORDS = frozenset({"and", "or", "not"})
@@ -129,14 +185,17 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     configured = admin_url_from_env()
     if configured is not None:
         yield configured
+        finish_drops()
         return
     if server_answers(SYSTEM_ADMIN_URL):
         yield SYSTEM_ADMIN_URL
+        finish_drops()
         return
     with EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg")) as server:
         url = server.url
         assert url is not None
         yield url
+        finish_drops()
 
 
 @pytest.fixture(scope="session")

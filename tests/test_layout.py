@@ -101,6 +101,9 @@ def fork_server() -> Iterator[subprocess.Popen[str]]:
         server.wait()
 
 
+# One xdist worker takes them all under `--dist loadgroup` (make test-fast): the fork server
+# costs 5 to 7 s of imports, once instead of once per worker.
+@pytest.mark.xdist_group("fork_server")
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_in_a_fresh_interpreter(
         module: str, fork_server: subprocess.Popen[str]) -> None:
@@ -159,6 +162,7 @@ print("RESULT" + json.dumps(results))
 """
 
 
+@pytest.mark.e2e   # the CLI (every command's --help) in a process of its own
 def test_help_loads_no_data_plane_module() -> None:
     """`control-room --help` and every command's `--help`, in one fresh interpreter: after each
     one, no data-plane module is in `sys.modules`."""

@@ -13,6 +13,15 @@ from psycopg import sql
 
 TablesState = dict[str, tuple[int, str]]
 
+# The digest of a table's content: the sum of a 64-bit hash of each row (order does not matter,
+# a changed, added or removed row changes it), hashed by each column type's own hash function.
+# That reads each row as stored; rendering every row as text and sorting it (md5 of string_agg,
+# as this was first) took 3 to 4 times as long, and the contract tests take a snapshot before
+# and after every refused call. A table with a column of a type that has no hash function
+# (json, point) is digested from its rows' text instead.
+_HASHED = "coalesce(sum(pg_catalog.hash_record_extended(t, 0)), 0)::text"
+_AS_TEXT = "coalesce(md5(string_agg(t::text, E'\\n' order by t::text)), '')"
+
 
 def ops_tables(conn: psycopg.Connection[Any]) -> list[str]:
     """Every table of schema ops, from the catalog (a new table is covered automatically)."""
@@ -25,19 +34,26 @@ def ops_tables(conn: psycopg.Connection[Any]) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def snapshot(conn: psycopg.Connection[Any]) -> TablesState:
-    """Row count and a digest of the content of every ops table, and the runs' event counters
-    (one statement)."""
+def _statement(tables: list[str], digest: str) -> sql.Composed:
     parts: list[sql.Composable] = [
-        sql.SQL(
-            "select {name}, count(*),"
-            " coalesce(md5(string_agg(t::text, E'\\n' order by t::text)), '') from ops.{table} t"
-        ).format(name=sql.Literal(table), table=sql.Identifier(table))
-        for table in ops_tables(conn)
+        sql.SQL("select {name}, count(*), " + digest + " from ops.{table} t").format(
+            name=sql.Literal(table), table=sql.Identifier(table))
+        for table in tables
     ]
     parts.append(sql.SQL(
         "select 'runs.last_event_seq', count(*), coalesce(sum(last_event_seq), 0)::text"
         " from ops.runs"))
-    with conn.transaction():
-        rows = conn.execute(sql.SQL(" union all ").join(parts)).fetchall()
+    return sql.SQL(" union all ").join(parts)
+
+
+def snapshot(conn: psycopg.Connection[Any]) -> TablesState:
+    """Row count and a digest of the content of every ops table, and the runs' event counters
+    (one statement)."""
+    tables = ops_tables(conn)
+    try:
+        with conn.transaction():
+            rows = conn.execute(_statement(tables, _HASHED)).fetchall()
+    except psycopg.errors.UndefinedFunction:     # could not identify a hash function for type
+        with conn.transaction():
+            rows = conn.execute(_statement(tables, _AS_TEXT)).fetchall()
     return {str(name): (int(n), str(digest)) for name, n, digest in rows}

@@ -1033,13 +1033,19 @@ def check_bad_ids(transport: Contract, mconn: psycopg.Connection[Any], ctx: Ctx,
     pairs = id_arguments(mconn)
     assert {a for _, a in pairs} >= {"workspace_id", "run_id", "lease_token", "claim_id",
                                       "principal_id", "parent_run_id"}
+    before = snapshot(mconn)    # each refusal is checked against it (not a snapshot of its own)
     for fn, name in pairs:
         for value in values:
             args = baseline(ctx, fn) | {name: value}
             try:
-                err = refused(transport, mconn, fn, args, ctx.caller(fn))
+                err = transport.error(fn, args, as_=ctx.caller(fn))
             except (AssertionError, pytest.fail.Exception) as exc:
                 wrong.append(f"{fn}({name}={value!r}): {exc}")
+                before = snapshot(mconn)
+                continue
+            if (after := snapshot(mconn)) != before:
+                wrong.append(f"{fn}({name}={value!r}): the refused {fn} wrote something")
+                before = after
                 continue
             if (err.status, err.code, err.sqlstate) != (400, "invalid_argument", "PT400") or (
                     name not in err.message):

@@ -154,7 +154,13 @@ def explaining(url: str, misled: bool = False) -> Iterator[tuple[Contract, list[
 
 CALLERS = ["executor", "executor_in_workspace", "executor_in_run", "service_role"]
 
+# The tests of `big` are `slow` (tests/conftest.py: make test runs them, make test-fast does
+# not): writing its million phases takes 15 to 25 s, and dropping the database after them as
+# long again (the checkpoint writes them out). The 27k-phase tests below stay in the fast loop.
+MILLION = pytest.mark.slow
 
+
+@MILLION
 @pytest.mark.parametrize("caller", CALLERS)
 def test_claim_reads_only_the_partial_indexes(
     big: Big, explained: tuple[Contract, list[Plan]], caller: str
@@ -201,6 +207,7 @@ def test_claim_reads_only_the_partial_indexes(
                 assert pages < 200, (where, plan.query, pages)
 
 
+@MILLION
 def test_claim_latency_with_a_million_finished_phases(big: Big) -> None:
     with psycopg.connect(big.url) as conn:
         contract = Contract(conn)

@@ -295,6 +295,9 @@ def unfinished_runs(conn: psycopg.Connection[Any], workspace_id: str) -> int:
 # 16 executors, 2,000 phases
 # --------------------------------------------------------------------------------------------
 
+# `slow` (make test runs it, make test-fast does not): 2,000 phases through 16 connections take
+# 10 to 15 s; its twin over HTTP (tests/gateway/test_gateway_concurrency.py) is slow too.
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["single", "batched"])
 def test_sixteen_executors_drain_two_thousand_phases(
     sql_contract: Contract, connect: Callable[[], Contract], mode: str

@@ -105,6 +105,7 @@ def test_templates_of_the_right_type_pass(tmp_path: Path) -> None:
     assert [p.kind for p in loaded.spec.phases] == ["sql", "dbt"]
 
 
+@pytest.mark.e2e   # `control-room runs create` in a process of its own
 def test_the_cli_exits_2_on_bad_kind_params(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(BAD)
@@ -224,6 +225,7 @@ def test_a_kind_whose_extra_is_missing_names_the_extra(monkeypatch: pytest.Monke
         check_kinds("python,dbt")
 
 
+@pytest.mark.e2e   # `control-room worker` in a process of its own
 def test_a_worker_told_to_run_a_kind_without_its_extra_exits_2(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['dbt'] = None\n"
             "from control_room.cli import app\n"

@@ -57,6 +57,9 @@ def test_the_default_end_is_the_last_day_over_by_now() -> None:
         simulated_days(3, start=dt.date(2026, 1, 1), end=dt.date(2026, 1, 3))
 
 
+# The two tests that generate an Odoo database (three times, and in a process of the
+# generator's CLI) are `slow`, like the generator's own tests (tests/conftest.py SLOW_MODULES).
+@pytest.mark.slow
 def test_the_generated_activity_ends_at_now_by_default_and_is_fixed_by_end(
         source_dsn: str) -> None:
     before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -76,6 +79,7 @@ def test_the_generated_activity_ends_at_now_by_default_and_is_fixed_by_end(
     assert generator.source_digest(source_dsn) == digest
 
 
+@pytest.mark.slow
 def test_the_generator_command_takes_end_and_refuses_both(source_dsn: str) -> None:
     command = [sys.executable, "-m", "pipelines.odoo", "generate", "--dsn", source_dsn,
                "--scale", "0.01", "--days", "2"]
