@@ -98,7 +98,7 @@ def test_a_worker_claims_for_all_its_free_slots_in_one_call(env: Env) -> None:
     stats = Running(env.worker(concurrency=4), max_phases=4).join()
     assert (stats.claimed, stats.succeeded, stats.failed, stats.abandoned) == (4, 4, 0, 0)
     claimed = [e for e in env.events(run_id) if e.type == "PHASE_CLAIMED"]
-    assert sorted(e.phase for e in claimed) == ["a", "b", "c", "d"]
+    assert sorted(str(e.phase) for e in claimed) == ["a", "b", "c", "d"]
     assert len({e.ts for e in claimed}) == 1, [e.ts for e in claimed]
     assert env.get_run(run_id).state == "succeeded"
 
