@@ -349,6 +349,44 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/rpc/claim_phases": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Claim up to `limit` runnable phases in one call, each under its own lease.
+         * @description Role, pins, arguments and claim order as `claim_phase`; `limit` (1-32, default 10)
+         *     phases are claimed one after the other in one transaction, each exactly as
+         *     `claim_phase` claims one (its own `lease_token`, `PHASE_CLAIMED` event and audit row,
+         *     `claim_phase`), so a worker with N free slots fills them in one round trip and one
+         *     commit. Answers the claims in claim order; an empty array when nothing is runnable
+         *     (fewer than `limit` when fewer were free).
+         *
+         *     After its first claim the call holds that run's row and never waits for another lock
+         *     (a run or phase another transaction holds is passed over, and a candidate that would
+         *     make it wait, under a lock_timeout of 1 ms, ends the batch), so concurrent batches
+         *     never deadlock; several phases of one run are claimed under one lock.
+         *
+         *     Replay: with `claim_id`, the i-th phase is claimed under a claim_id derived from it
+         *     (`md5(claim_id || '#' || i)`); a repeated call with the same `claim_id` returns the
+         *     phases still `running` under the batch (same leases, not renewed) and claims nothing
+         *     more; another principal's claim_id is `409 conflict`.
+         *
+         *     On the control-room gateway, `Prefer: wait=<seconds>` makes the call wait until at
+         *     least one phase is claimed or the time is up, instead of answering `[]` at once.
+         */
+        post: operations["claim_phases"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/rpc/heartbeat": {
         parameters: {
             query?: never;
@@ -483,6 +521,39 @@ export interface paths {
          *     Audited (`complete_phase`) except on replay.
          */
         post: operations["complete_phase"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/rpc/complete_phases": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Report the outcomes of several leased attempts in one call.
+         * @description Role: `executor` of the phases' workspaces, or service_role. Up to 100 completions,
+         *     each exactly as `complete_phase` makes it (same transitions, events, audit rows,
+         *     replays), in one transaction; the answers come in the order the completions were
+         *     given. A completion whose lease token is not live answers `{"lease_token", "error":
+         *     {"code": "lease_lost", "message"}}` in its place and the others proceed; any other
+         *     error (a malformed completion, a repeated lease token, a phase of a workspace where
+         *     the caller is not an executor) fails the whole call and nothing is written.
+         *
+         *     Locks: first every phase its completions may change, run by run in run id order and
+         *     each run's in id order (as `complete_phase` locks them for one), then the runs' rows
+         *     in id order: phases before runs, as single claims and completions lock them, and no run
+         *     row held while a phase is waited for, so batches deadlock neither each other nor single
+         *     calls. The completions are applied in that order (run id, then phase id), so
+         *     the `run_state` of an answer is the run's state right after its own completion.
+         */
+        post: operations["complete_phases"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1876,7 +1947,8 @@ export interface paths {
          *     label `schedule: <name>`. A tick is recorded once (UNIQUE (schedule_id, scheduled_for)):
          *     two callers racing on one tick make one run. A run that cannot be made is a `failed` tick
          *     with the error; the other schedules go on. Answers the counts and the ticks recorded (at
-         *     most 500). Safe to repeat: nothing due, nothing done.
+         *     most 500). Safe to repeat: nothing due, nothing done. Audited only where it cancels
+         *     (cancel_previous: each cancelled run is audited `cancel_run`, as `cancel_run` does).
          */
         post: operations["run_due_schedules"];
         delete?: never;
@@ -2317,6 +2389,38 @@ export interface components {
              */
             workspace_id: components["schemas"]["NullableUuid"];
         };
+        ClaimPhasesArgs: {
+            /**
+             * @description The kinds this executor can run; null means any.
+             * @default null
+             */
+            kinds: components["schemas"]["Kind"][] | null;
+            /**
+             * @description Each claim's lease.
+             * @default 60
+             */
+            lease_seconds: number;
+            /**
+             * @description At most this many phases (a worker's free slots).
+             * @default 10
+             */
+            limit: number;
+            /**
+             * @description A client-made UUID per batch attempt; a retried call with it returns the same claims.
+             * @default null
+             */
+            claim_id: components["schemas"]["NullableUuid"];
+            /**
+             * @description Claim only within this run.
+             * @default null
+             */
+            run_id: components["schemas"]["NullableUuid"];
+            /**
+             * @description Claim only within this workspace.
+             * @default null
+             */
+            workspace_id: components["schemas"]["NullableUuid"];
+        };
         HeartbeatArgs: {
             lease_token: components["schemas"]["Uuid"];
             /**
@@ -2406,6 +2510,10 @@ export interface components {
              * @default true
              */
             retryable: boolean;
+        };
+        CompletePhasesArgs: {
+            /** @description The completions, each as complete_phase's arguments; lease tokens distinct. */
+            completions: components["schemas"]["CompletePhaseArgs"][];
         };
         CompleteRunArgs: {
             run_id: components["schemas"]["Uuid"];
@@ -3245,6 +3353,28 @@ export interface components {
             released: components["schemas"]["PhaseName"][];
             /** @description true when this attempt had been completed already and nothing was written. */
             replayed: boolean;
+        };
+        /** @description complete_phases' answer for a completion made (or replayed), as complete_phase answers it, with its lease token. */
+        PhaseCompleted: {
+            lease_token: components["schemas"]["Uuid"];
+            phase_id: components["schemas"]["Uuid"];
+            phase: components["schemas"]["PhaseName"];
+            phase_state: components["schemas"]["PhaseState"];
+            attempt: number;
+            run_id: components["schemas"]["Uuid"];
+            run_state: components["schemas"]["RunState"];
+            not_before: components["schemas"]["NullableTimestamp"];
+            released: components["schemas"]["PhaseName"][];
+            replayed: boolean;
+        };
+        /** @description complete_phases' answer for a completion whose lease token is not live (nothing written for it). */
+        CompletionLost: {
+            lease_token: components["schemas"]["Uuid"];
+            error: {
+                /** @enum {string} */
+                code: "lease_lost";
+                message: string;
+            };
         };
         /** @description record_dataset's answer. */
         DatasetRecorded: {
@@ -4825,6 +4955,50 @@ export interface operations {
             503: components["responses"]["Unavailable"];
         };
     };
+    claim_phases: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+                /**
+                 * @description Control-room gateway only (PostgREST ignores it): `wait=<seconds>` lets `claim_phase`
+                 *     wait for work, woken when a phase is queued and when a retry's backoff ends or a lease
+                 *     expires (it sleeps until the soonest), up to the gateway's `claim_wait_max_seconds`
+                 *     (30 by default, at most 300).
+                 * @example wait=20
+                 */
+                Prefer?: components["parameters"]["PreferWait"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ClaimPhasesArgs"];
+            };
+        };
+        responses: {
+            /** @description The claims, in claim order (empty when nothing is runnable). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Claim"][];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
     heartbeat: {
         parameters: {
             query?: never;
@@ -4964,6 +5138,42 @@ export interface operations {
             404: components["responses"]["NotFound"];
             406: components["responses"]["NotAcceptable"];
             409: components["responses"]["LeaseLost"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    complete_phases: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description Selects schema `ops` (PostgREST serves several schemas; `ops` must be exposed). */
+                "Content-Profile": components["parameters"]["ContentProfile"];
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CompletePhasesArgs"];
+            };
+        };
+        responses: {
+            /** @description One answer per completion, in the order given. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": (components["schemas"]["PhaseCompleted"] | components["schemas"]["CompletionLost"])[];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            406: components["responses"]["NotAcceptable"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             503: components["responses"]["Unavailable"];
