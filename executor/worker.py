@@ -194,10 +194,10 @@ class Worker:
             if not slots.acquire(timeout=0.2):
                 continue
             # every slot free now is claimed for in one call (claim_phases, at most 32)
+            most = min(self.concurrency, CLAIM_PHASES_MAX,
+                       self.concurrency if max_phases is None else max_phases - stats.claimed)
             free = 1
-            while (free < min(self.concurrency, CLAIM_PHASES_MAX) and (max_phases is None
-                                                or stats.claimed + free < max_phases)
-                   and slots.acquire(blocking=False)):
+            while free < most and slots.acquire(blocking=False):
                 free += 1
             claims: list[Claim] = []
             try:

@@ -583,6 +583,7 @@ declare
     v_out    jsonb := '[]'::jsonb;
     v_c      jsonb;
     v_i      integer;
+    v_foreign boolean;
 begin
     if claim_phases."limit" is null or claim_phases."limit" not between 1 and 32 then
         perform ops_private.fail(400, 'invalid_argument', 'limit must be between 1 and 32',
@@ -595,22 +596,22 @@ begin
         perform pg_advisory_xact_lock(
             ('x' || left(replace(v_claim::text, '-', ''), 16))::bit(64)::bigint);
         v_ids := array(select ops_private.batch_claim_id(v_claim, g) from generate_series(1, 32) g);
-        if exists (select 1 from ops.phases p where p.claim_id = any (v_ids) and p.state = 'running') then
-            if exists (select 1 from ops.phases p where p.claim_id = any (v_ids) and p.state = 'running'
-                       and p.claimed_by is distinct from v_uid) and not ops_private.is_privileged() then
-                perform ops_private.fail(409, 'conflict', 'claim_id is in use by another principal');
-            end if;
-            select coalesce(jsonb_agg(ops_private.claim_json(p, r) order by array_position(v_ids, p.claim_id)),
-                            '[]'::jsonb)
-            into v_out
-            from ops.phases p join ops.runs r on r.id = p.run_id
-            where p.claim_id = any (v_ids) and p.state = 'running';
+        select coalesce(jsonb_agg(ops_private.claim_json(p, r) order by array_position(v_ids, p.claim_id)),
+                        '[]'::jsonb),
+               coalesce(bool_or(p.claimed_by is distinct from v_uid), false)
+        into v_out, v_foreign
+        from ops.phases p join ops.runs r on r.id = p.run_id
+        where p.claim_id = any (v_ids) and p.state = 'running';
+        if v_foreign and not ops_private.is_privileged() then
+            perform ops_private.fail(409, 'conflict', 'claim_id is in use by another principal');
+        end if;
+        if jsonb_array_length(v_out) > 0 then
             return v_out;
         end if;
     end if;
     for v_i in 1 .. claim_phases."limit" loop
         v_c := ops_private.claim_next(v_now, claim_phases.kinds, v_ws, v_run, v_uid, claim_phases.lease_seconds,
-                                      case when v_claim is not null then ops_private.batch_claim_id(v_claim, v_i) end,
+                                      v_ids[v_i],   -- null without a claim_id
                                       v_i > 1);
         exit when v_c is null;
         v_out := v_out || jsonb_build_array(v_c);

@@ -60,11 +60,11 @@ SCHEMA = "ops"
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _DUE_SLACK = 0.005
-# the claims that may wait for work (`Prefer: wait`), and what each answers when none came
-_NOTHING_CLAIMED: dict[str, Any] = {"claim_phase": None, "claim_phases": []}
-_WAITING_CLAIMS = frozenset(_NOTHING_CLAIMED)
 """Seconds a waiting claim sleeps past the due time it was told (the clocks of the gateway
 and the database are the same host's, or close)."""
+_NOTHING_CLAIMED: dict[str, Any] = {"claim_phase": None, "claim_phases": []}
+"""The claims that may wait for work (`Prefer: wait`), and what each answers when none came."""
+_WAITING_CLAIMS = frozenset(_NOTHING_CLAIMED)
 
 
 def _strings(value: Any) -> TypeGuard[list[str]]:
