@@ -351,6 +351,8 @@ def test_sixteen_executors_drain_two_thousand_phases(
             # a batch's phases that wait for their run's cancel come last: the others are
             # completed first (a worker completes what has finished, it does not hold it back)
             holds = [got for got in got_all if got["params"].get("hold_for_cancel")]
+            for got in holds:       # all held now: the canceller may take their runs in any order
+                held[got["run_id"]].set()
             for group in ([got for got in got_all if got not in holds], holds):
                 done = [one(k, me, c, got) for got in group]
                 if batched and done:
